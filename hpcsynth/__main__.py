@@ -1,0 +1,3 @@
+from hpcsynth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The `hpcsynth` command: a thin layer over plan_corpus, launch_run, collect_status and reduce_run.
+
+User mistakes arrive here as HpcsynthError and leave as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from hpcsynth import __version__
+from hpcsynth.errors import HpcsynthError
+
+COMMANDS = {
+    "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
+             "hpcsynth plan configs/finephrase.yaml --run runs/fp --input 'corpus/*.jsonl.zst'"),
+    "launch": ("run the workers of a planned run (only shards not yet done)",
+               "hpcsynth launch runs/fp --executor local"),
+    "status": ("show a run's progress from its run directory",
+               "hpcsynth status runs/fp --json"),
+    "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx",
+               "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
+    "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
+             "hpcsynth demo /tmp/hpcsynth-demo"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcsynth", description="Turn a web corpus into synthetic pretraining data, shard by shard.",
+        epilog="example:\n  hpcsynth demo /tmp/hpcsynth-demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hpcsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        summary, example = COMMANDS[name]
+        return sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    plan = command("plan")
+    plan.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    plan.add_argument("--run", type=Path, required=True, help="run directory to create")
+    plan.add_argument("--input", action="append", metavar="PATH_OR_GLOB",
+                      help="corpus JSONL file(s), plain/.gz/.zst; repeatable; replaces plan.inputs")
+
+    launch = command("launch")
+    launch.add_argument("run", type=Path, help="a planned run directory")
+    launch.add_argument("--executor", default="local", choices=["local"], help="where workers run")
+    launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
+
+    status = command("status")
+    status.add_argument("run", type=Path, help="a planned run directory")
+    status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    reduce = command("reduce")
+    reduce.add_argument("run", type=Path, help="a run whose shards are done")
+    reduce.add_argument("--out", type=Path, help="output directory (default: RUN/reduce)")
+    reduce.add_argument("--tokenizer", help="tokenizer.json or its directory (default: reduce.tokenizer, "
+                                            "else the generator's own)")
+    reduce.add_argument("--partial", action="store_true", help="reduce the done shards even if some are not")
+
+    demo = command("demo")
+    demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
+    demo.add_argument("--documents", type=int, default=32, help="corpus size (default: 32)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except HpcsynthError as exc:
+        print(f"hpcsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hpcsynth: interrupted; committed work is kept, relaunch to continue", file=sys.stderr)
+        return 130
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from hpcsynth.config import load_config
+    from hpcsynth.plan import plan_corpus
+    from hpcsynth.rundir import RunDir
+
+    plan = plan_corpus(load_config(args.config), RunDir(args.run), args.input)
+    print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
+          f"({plan.rejected:,} rejected; fingerprint {plan.fingerprint[:12]})")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from hpcsynth.launch import launch_run
+    from hpcsynth.rundir import RunDir
+
+    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed)
+    print(f"launch ({report.executor}): {report.count('done')} shards done, {report.count('failed')} failed, "
+          f"{report.count('busy')} held by other workers")
+    for result in report.results:
+        if result.state == "failed":
+            print(f"  shard {result.shard} failed: {result.error}", file=sys.stderr)
+    return 1 if report.count("failed") else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.status import collect_status, render_status
+
+    status = collect_status(RunDir(args.run))
+    if args.json:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        render_status(status)
+    return 0
+
+
+def _reduce(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce import reduce_run
+    from hpcsynth.rundir import RunDir
+
+    report = reduce_run(RunDir(args.run), args.out, args.tokenizer, partial=args.partial).data
+    print(f"wrote {report['sequences']:,} documents, {report['tokens']:,} tokens "
+          f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original, ratio "
+          f"{report['original_ratio']}) to {report['prefix']}.bin/.idx")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from hpcsynth.demo import run_demo
+
+    out = args.dir or Path(tempfile.mkdtemp(prefix="hpcsynth-demo-"))
+    started = time.monotonic()
+    result = run_demo(out, documents=args.documents)
+    report = result.reduce.data
+    print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
+    print(f"  run directory : {result.run.root}  (hpcsynth status {result.run.root})")
+    print(f"  outputs       : {result.status['records_done']} records from {result.plan.documents} documents "
+          f"x {result.status['prompts']} prompts")
+    print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
+          f"{report['tokens']} tokens, {report['dtype']})")
+    return 0 if not result.launch.count("failed") else 1
+
+
+HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "reduce": _reduce, "demo": _demo}

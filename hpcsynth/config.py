@@ -1,0 +1,269 @@
+"""Config: YAML in configs/ -> frozen, typed objects, checked key by key.
+
+Sits before everything else in the flow: `plan` loads a config file, resolves it and writes it into the
+run directory with its fingerprint; later stages read the resolved copy from there, never the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcsynth.errors import ConfigError
+
+ENGINES = ("transformers", "vllm", "endpoint", "fake")
+FORMATS = ("megatron",)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    # JSONL files or globs (plain, .gz or .zst); `hpcsynth plan --input` replaces them.
+    inputs: tuple[str, ...] = ()
+    # ~1,000 documents x 4 prompts is minutes of GPU work: small enough that a lost shard costs little,
+    # large enough that 339M documents stay a few hundred thousand files.
+    shard_docs: int = 1000
+    # dolma / datatrove field names for the document text and its id.
+    text_key: str = "text"
+    id_key: str = "id"
+    # Shorter documents carry too little to rephrase; they are counted and skipped.
+    min_chars: int = 1
+    # zstd level 3: ~250 MB/s to write, ~1.4 GB/s to read; higher levels cost far more than they save.
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # transformers: CPU or one GPU, tests and small users; vllm: production; endpoint: an
+    # OpenAI-compatible server; fake: no model, for unit tests and fault injection.
+    engine: str = "transformers"
+    # A local model directory (or a hub id your cluster has cached); hpcsynth downloads nothing.
+    path: str = ""
+    revision: str = ""
+    dtype: str = "bfloat16"
+    # FinePhrase ran SmolLM2 with an 8k context.
+    max_model_len: int = 8192
+    # FinePhrase cut documents longer than ~18k characters at the last newline; we do too, and record it.
+    max_input_chars: int = 18000
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # 0 turns top-k off; transformers and vLLM then sample alike.
+    top_k: int = 0
+    # FinePhrase's cap; outputs average ~360 tokens, so the cap only trims runaways.
+    max_tokens: int = 2048
+    # Each record's seed is derived from this and the record id, so reruns reproduce a record.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    # Requests handed to the engine at once (transformers: one padded batch).
+    batch_size: int = 8
+    # Completed records reach the disk at least this often: the most work a crash can cost.
+    flush_interval_s: float = 60.0
+    # How often status sees fresh numbers.
+    heartbeat_interval_s: float = 10.0
+    # A shard whose lease has not been renewed for this long may be taken over by another worker.
+    lease_timeout_s: float = 300.0
+    # torch intra-op threads; 0 leaves torch's default. Tests use 1 (shared cores thrash at 2+).
+    threads: int = 0
+    # "auto" picks cuda when present, else cpu.
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    # tokenizer.json file or a directory holding one; empty: the generator's own tokenizer.
+    tokenizer: str = ""
+    # Appended after every document; empty: from tokenizer_config.json, else a well-known EOS token.
+    eos_token: str = ""
+    # Original web tokens mixed in per synthetic token (FinePhrase: the mix matters; 1.0 is half/half).
+    original_ratio: float = 1.0
+    format: str = "megatron"
+    # Flat readers cut contiguous windows, so documents are shuffled (seeded) before writing.
+    seed: int = 0
+    # Drop records the engine cut at max_tokens instead of keeping a truncated rephrase.
+    drop_truncated: bool = False
+    # Shorter outputs are rejected (empty or near-empty generations teach nothing).
+    min_chars: int = 16
+    # Output file prefix: DIR/NAME.bin and DIR/NAME.idx.
+    name: str = "mix"
+
+
+@dataclass(frozen=True)
+class Config:
+    # FinePhrase's four structured formats; every document is rephrased once per prompt.
+    prompts: tuple[str, ...] = ("faq", "math", "table", "tutorial")
+    # A directory of NAME.md prompt templates; empty: the prompts that ship with hpcsynth.
+    prompts_dir: str = ""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+
+
+# Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).
+FINGERPRINTED = ("prompts", "plan", "model", "sampling")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file into a checked Config; raise ConfigError naming file, line and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass a YAML file, e.g. configs/demo.yaml)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    return config_from_dict(data or {}, source=str(path), lines=lines)
+
+
+def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:
+    """Build a Config from plain data (a parsed YAML document), checking every key and type."""
+    config = _build(Config, data, "", source, lines or {})
+    _check_values(config, source, lines or {})
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["prompts"] = list(config.prompts)
+    return data
+
+
+def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
+    """sha256 over what decides the outputs: fingerprinted sections and the prompt templates' hashes."""
+    data = config_to_dict(config)
+    payload = {key: data[key] for key in FINGERPRINTED}
+    payload["prompt_templates"] = dict(sorted(prompt_hashes.items()))
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def diff_configs(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ, for 'which keys changed' messages."""
+    return sorted(_diff(config_to_dict(old), config_to_dict(new), ""))
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        return out
+    return [] if a == b else [prefix]
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """Map dotted key paths to their 1-based line in the YAML text."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, key))
+    return out
+
+
+def _where(source: str, lines: dict[str, int], key: str) -> str:
+    line = lines.get(key)
+    return f"{source} line {line}" if line else source
+
+
+def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]) -> Any:
+    section = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source, lines, prefix)}: {section} must be a mapping of keys, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"{_where(source, lines, dotted)}: unknown key '{dotted}'; valid keys in "
+                              f"{section}: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, dotted, source, lines)
+        else:
+            values[key] = _coerce(hint, value, dotted, source, lines)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+    where = _where(source, lines, key)
+    got = f"got {value!r} ({type(value).__name__})"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, {got}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be an integer, {got}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: '{key}' must be a number, {got}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be a string, {got}")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: '{key}' must be a list of strings, {got}")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
+
+
+def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{_where(source, lines, key)}: '{key}' {why}")
+
+    if config.model.engine not in ENGINES:
+        raise bad("model.engine", f"must be one of {', '.join(ENGINES)}, got {config.model.engine!r}")
+    if config.reduce.format not in FORMATS:
+        raise bad("reduce.format", f"must be one of {', '.join(FORMATS)}, got {config.reduce.format!r}")
+    if not config.prompts:
+        raise bad("prompts", "must name at least one prompt, e.g. [faq, math, table, tutorial]")
+    if len(set(config.prompts)) != len(config.prompts):
+        raise bad("prompts", "names a prompt twice")
+    positive = {
+        "plan.shard_docs": config.plan.shard_docs,
+        "model.max_model_len": config.model.max_model_len,
+        "model.max_input_chars": config.model.max_input_chars,
+        "sampling.max_tokens": config.sampling.max_tokens,
+        "worker.batch_size": config.worker.batch_size,
+        "worker.flush_interval_s": config.worker.flush_interval_s,
+        "worker.heartbeat_interval_s": config.worker.heartbeat_interval_s,
+        "worker.lease_timeout_s": config.worker.lease_timeout_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise bad(key, f"must be greater than 0, got {value}")
+    if config.reduce.original_ratio < 0:
+        raise bad("reduce.original_ratio", f"must be 0 or more, got {config.reduce.original_ratio}")
+    if not 0 <= config.sampling.top_p <= 1:
+        raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
+    if config.sampling.temperature < 0:
+        raise bad("sampling.temperature", f"must be 0 or more, got {config.sampling.temperature}")
+

@@ -1,0 +1,95 @@
+"""`hpcsynth demo`: the whole pipeline on the embedded default, CPU only, nothing downloaded.
+
+Builds a tiny model and tokenizer, writes a small corpus from the help topics that ship with Python,
+then runs plan -> launch (local) -> status -> reduce through the same functions the CLI uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hpcsynth.config import Config, load_config
+from hpcsynth.errors import RunError
+from hpcsynth.launch import LaunchReport, launch_run
+from hpcsynth.plan import Plan, plan_corpus
+from hpcsynth.reduce import ReduceReport, reduce_run
+from hpcsynth.resources import data_dir
+from hpcsynth.rundir import RunDir
+from hpcsynth.status import collect_status
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    run: RunDir
+    plan: Plan
+    launch: LaunchReport
+    status: dict[str, Any]
+    reduce: ReduceReport
+    seconds: dict[str, float]
+
+
+def write_demo_corpus(path: Path, documents: int) -> Path:
+    """A dolma-style JSONL corpus made from Python's own pydoc help topics."""
+    from pydoc_data.topics import topics
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = sorted(topics)[:documents]
+    with open(path, "wb") as handle:
+        for key in keys:
+            record = {"id": f"pydoc/{key}", "text": topics[key].strip(), "source": "python-pydoc-topics"}
+            handle.write(orjson.dumps(record) + b"\n")
+    return path
+
+
+def demo_config(model_dir: Path, corpus: Path) -> Config:
+    config = load_config(data_dir("configs") / "demo.yaml")
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, path=str(model_dir)),
+        plan=dataclasses.replace(config.plan, inputs=(str(corpus),)),
+    )
+
+
+def run_demo(out_dir: Path, documents: int = 32, progress=print) -> DemoResult:
+    # One thread each: on a small shared machine more threads only contend.
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out_dir = Path(out_dir).resolve()
+    run = RunDir(out_dir / "run")
+    if run.manifest_path.exists():
+        raise RunError(f"{out_dir} already holds a demo run; pass an empty or new directory")
+    seconds: dict[str, float] = {}
+
+    clock = time.monotonic()
+    from hpcsynth.tinymodel import build_tiny_model
+
+    model_dir = build_tiny_model(out_dir / "model")
+    corpus = write_demo_corpus(out_dir / "corpus.jsonl", documents)
+    seconds["model"] = time.monotonic() - clock
+    progress(f"built a tiny Llama and tokenizer in {seconds['model']:.1f}s -> {model_dir}")
+
+    clock = time.monotonic()
+    plan = plan_corpus(demo_config(model_dir, corpus), run)
+    seconds["plan"] = time.monotonic() - clock
+    progress(f"plan: {plan.documents} documents -> {plan.shards} shards in {run.root / 'shards'}")
+
+    clock = time.monotonic()
+    launch = launch_run(run, "local")
+    seconds["launch"] = time.monotonic() - clock
+    progress(f"launch (local): {launch.count('done')} shards done, {launch.count('failed')} failed "
+             f"in {seconds['launch']:.1f}s")
+
+    status = collect_status(run)
+    progress(f"status: {status['records_done']} records, {status['tokens_done']} tokens generated")
+
+    clock = time.monotonic()
+    reduced = reduce_run(run)
+    seconds["reduce"] = time.monotonic() - clock
+    return DemoResult(run, plan, launch, status, reduced, seconds)

@@ -1,0 +1,59 @@
+"""Generation engines behind one small protocol.
+
+The worker hands an engine a stream of Requests and gets Completions back, in any order, as they
+finish; it never knows which engine runs. Heavy libraries are imported only by the engine that needs
+them, so plan and status start fast on a login node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from hpcsynth.config import Config
+from hpcsynth.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Request:
+    record_id: str
+    messages: list[dict[str, str]]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    record_id: str
+    text: str
+    # "stop" (the model ended), "length" (cut at max_tokens) or "rejected" (never generated; see error).
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str = ""
+
+
+class Engine(Protocol):
+    model_id: str
+    revision: str
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        """Yield one Completion per Request, as each finishes."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(config: Config) -> Engine:
+    kind = config.model.engine
+    if kind != "fake" and not config.model.path:
+        raise ConfigError("model.path is empty; set it to a local model directory")
+    if kind == "transformers":
+        from hpcsynth.engines.hf import TransformersEngine
+
+        return TransformersEngine(config)
+    if kind == "fake":
+        from hpcsynth.engines.fake import FakeEngine
+
+        return FakeEngine(config)
+    raise ConfigError(f"model.engine {kind!r} is not available in this version; use transformers or fake")

@@ -1,0 +1,104 @@
+"""One worker per shard at a time: a lease file with an owner and a renewal time.
+
+No flock (unreliable over NFS). A lease is taken by creating the file exclusively (O_EXCL); the holder
+rewrites it with a fresh time every heartbeat; one not renewed for `timeout` seconds is stale and may be
+taken over: renamed aside under a name unique to the taker (only one rename of the same file can win),
+checked to be the very lease judged stale, then created anew. Times come from the file's contents, so
+nodes compare their own clocks (kept in step by NTP on any cluster) rather than a server's mtime.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from hpcsynth.files import atomic_write_bytes
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseLost(Exception):
+    """Another worker holds this shard's lease now; stop without committing."""
+
+
+@dataclass
+class Lease:
+    path: Path
+    owner: str
+    timeout: float
+
+    def acquire(self) -> bool:
+        """Take the lease; False when another live worker holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            if self._create():
+                return True
+            held = _read(self.path)
+            if held is None:
+                continue  # vanished between create and read: try again
+            if held.get("owner") == self.owner:
+                return True
+            if time.time() - held.get("renewed", 0) < self.timeout:
+                return False
+            aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                continue  # another taker won the rename
+            if _read(aside) != held:
+                # Renewed or retaken between our read and our rename: put it back and yield.
+                if not self.path.exists():
+                    os.rename(aside, self.path)
+                return False
+            aside.unlink(missing_ok=True)
+        return False
+
+    def renew(self) -> None:
+        held = _read(self.path)
+        if held is None or held.get("owner") != self.owner:
+            raise LeaseLost(f"lease {self.path} is now held by {held and held.get('owner')}")
+        atomic_write_bytes(self.path, _payload(self.owner))
+
+    def release(self) -> None:
+        held = _read(self.path)
+        if held is not None and held.get("owner") == self.owner:
+            self.path.unlink(missing_ok=True)
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_payload(self.owner))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+
+
+def read_lease(path: Path) -> dict | None:
+    return _read(path)
+
+
+def _payload(owner: str) -> bytes:
+    return orjson.dumps({"owner": owner, "renewed": time.time()})
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # A lease torn mid-write (crash) counts as long expired.
+        return {"owner": "", "renewed": 0}
