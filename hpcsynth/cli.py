@@ -125,6 +125,10 @@ def _reduce(args: argparse.Namespace) -> int:
     print(f"wrote {report['sequences']:,} documents, {report['tokens']:,} tokens "
           f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original, ratio "
           f"{report['original_ratio']}) to {report['prefix']}.bin/.idx")
+    if report["original_pool_exhausted"]:
+        print(f"note: all {report['original_documents']:,} source documents were mixed in and the original "
+              f"ratio is {report['original_ratio']}, below reduce.original_ratio="
+              f"{report['original_ratio_target']}", file=sys.stderr)
     return 0
 
 

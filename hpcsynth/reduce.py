@@ -89,6 +89,8 @@ def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None =
         "original_documents": len(original_tokens), "original_tokens": orig_tokens,
         "original_ratio_target": config.reduce.original_ratio,
         "original_ratio": round(orig_tokens / syn_tokens, 4) if syn_tokens else None,
+        # True when every source document was mixed in and the ratio still fell short.
+        "original_pool_exhausted": orig_tokens < target,
         "rejected_records": len(rejects),
         "sequences": len(entries), "tokens": syn_tokens + orig_tokens,
         "seconds": round(time.monotonic() - started, 2),

@@ -1,0 +1,54 @@
+"""Shared fixtures: one tiny model per test session, one thread everywhere (2 shared cores thrash at 2+)."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import dataclasses
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hpcsynth.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    from hpcsynth.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def write_corpus(path: Path, count: int, prefix: str = "doc") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        for i in range(count):
+            text = f"Document {i} about topic {i % 7}.\n" + " ".join(f"word{(i * 13 + j) % 97}" for j in range(40))
+            handle.write(orjson.dumps({"id": f"{prefix}-{i}", "text": text}) + b"\n")
+    return path
+
+
+def fake_config(corpus: Path, **sections) -> Config:
+    """The demo config on the fake engine, with fast intervals; sections replace parts of it."""
+    config = load_config(REPO / "configs" / "demo.yaml")
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, engine="fake", path="fake-model"),
+        plan=dataclasses.replace(config.plan, inputs=(str(corpus),), shard_docs=5),
+        worker=dataclasses.replace(config.worker, flush_interval_s=0.05, heartbeat_interval_s=0.05),
+    )
+    for name, changes in sections.items():
+        config = dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **changes)})
+    return config

@@ -1,0 +1,69 @@
+"""The CLI contract: every command documented with an example, mistakes as one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hpcsynth.cli import COMMANDS
+
+from conftest import REPO, write_corpus
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help_with_example(command: str) -> None:
+    proc = run(command, "--help")
+    assert proc.returncode == 0
+    assert "example:" in proc.stdout and f"hpcsynth {command}" in proc.stdout
+
+
+def test_every_command_is_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    for command in COMMANDS:
+        assert f"hpcsynth {command}" in readme, command
+
+
+@pytest.mark.parametrize("command", ["launch", "status", "reduce"])
+def test_unplanned_run_says_plan_first(tmp_path: Path, command: str) -> None:
+    proc = run(command, str(tmp_path / "never"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "run `hpcsynth plan" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_launch_status_reduce_on_fake_engine(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 9)
+    config = tmp_path / "fake.yaml"
+    config.write_text("prompts: [faq, table]\nplan: {shard_docs: 4}\nmodel: {engine: fake}\n"
+                      "worker: {flush_interval_s: 0.1, heartbeat_interval_s: 0.1}\n")
+    runs = tmp_path / "run"
+    proc = run("plan", str(config), "--run", str(runs), "--input", str(corpus))
+    assert proc.returncode == 0 and "planned 9 documents into 3 shards" in proc.stdout
+    status = orjson.loads(run("status", str(runs), "--json").stdout)
+    assert status["shards"]["pending"] == 3 and status["docs_done"] == 0
+    proc = run("launch", str(runs))
+    assert proc.returncode == 0 and "3 shards done" in proc.stdout, proc.stderr
+    status = orjson.loads(run("status", str(runs), "--json").stdout)
+    assert status["shards"]["done"] == 3 and status["records_done"] == 18
+    assert "done" in run("status", str(runs)).stdout
+    # The fake model has no tokenizer: reduce asks for one, in one line.
+    proc = run("reduce", str(runs))
+    assert proc.returncode == 2 and "reduce.tokenizer: no tokenizer.json" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_plan_rejects_a_corpus_line_with_file_and_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"id": 1, "text": "fine"}\nnot json\n')
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake}\n")
+    proc = run("plan", str(config), "--run", str(tmp_path / "r"), "--input", str(corpus))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "bad.jsonl line 2: not valid JSON" in proc.stderr

@@ -1,0 +1,82 @@
+"""The whole demo pipeline through the real `hpcsynth` entry point, read back with megatron-core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hpcsynth.files import read_jsonl_zst
+
+
+def hpcsynth(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hpcsynth {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    proc = hpcsynth("demo", str(out), "--documents", "24")
+    assert "training data" in proc.stdout
+    return out
+
+
+def test_demo_reports_where_files_are(demo: Path) -> None:
+    run = demo / "run"
+    for name in ("manifest.json", "config.yaml", "fingerprint", "reduce/mix.bin", "reduce/mix.idx",
+                 "reduce/report.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "work").exists() or not any((run / "work").iterdir()), "work dirs are cleaned on commit"
+
+
+def test_status_json_counts_everything(demo: Path) -> None:
+    status = orjson.loads(hpcsynth("status", str(demo / "run"), "--json").stdout)
+    assert status["shards"]["done"] == status["shards"]["total"] == 3
+    assert status["docs_done"] == 24
+    assert status["records_done"] == 24 * 4
+    tokens = sum(r["completion_tokens"] for out in sorted((demo / "run" / "outputs").glob("*.jsonl.zst"))
+                 for r in read_jsonl_zst(out))
+    assert status["tokens_done"] == tokens > 0
+
+
+def test_megatron_core_reads_every_document_as_tokens_plus_eos(demo: Path) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer
+
+    run = demo / "run"
+    report = orjson.loads((run / "reduce" / "report.json").read_bytes())
+    tokenizer = Tokenizer.from_file(str(demo / "model" / "tokenizer.json"))
+    eos = tokenizer.token_to_id("<|im_end|>")
+    assert report["eos_id"] == eos
+
+    texts = {r["id"]: r["text"] for out in (run / "outputs").glob("*.jsonl.zst") for r in read_jsonl_zst(out)}
+    texts.update({d["key"]: d["text"] for shard in (run / "shards").glob("*.jsonl.zst")
+                  for d in read_jsonl_zst(shard)})
+    index = [orjson.loads(line) for line in (run / "reduce" / "mix.docs.jsonl").read_bytes().splitlines()]
+
+    dataset = IndexedDataset(str(run / "reduce" / "mix"))
+    assert len(dataset) == len(index) == report["sequences"]
+    kinds = {"synthetic": 0, "original": 0}
+    for i, entry in enumerate(index):
+        expected = tokenizer.encode(texts[entry["id"]], add_special_tokens=False).ids + [eos]
+        assert dataset[i].tolist() == expected, entry
+        kinds[entry["kind"]] += 1
+    status = orjson.loads(hpcsynth("status", str(run), "--json").stdout)
+    assert kinds["synthetic"] == status["records_done"] == report["synthetic_documents"]
+    assert kinds["original"] == report["original_documents"] >= 1
+    assert int(dataset.sequence_lengths.sum()) == report["tokens"]
+    # Seeded shuffle: synthetic and original documents are interleaved, not in two blocks.
+    order = [e["kind"] for e in index]
+    assert order != sorted(order) and order != sorted(order, reverse=True)
+
+
+def test_demo_refuses_to_overwrite(demo: Path) -> None:
+    proc = hpcsynth("demo", str(demo), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "already holds a demo run" in proc.stderr

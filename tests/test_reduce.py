@@ -1,0 +1,121 @@
+"""Reduce: validation, mixing ratio, and output files that other readers agree with."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from hpcsynth.errors import ConfigError, RunError
+from hpcsynth.megatron import IndexedDatasetWriter, read_indexed_dataset
+from hpcsynth.plan import plan_corpus
+from hpcsynth.pull import pull_shards
+from hpcsynth.reduce import reduce_run
+from hpcsynth.rundir import RunDir
+
+from conftest import SHARED_DATA, fake_config, write_corpus
+
+
+@pytest.fixture
+def finished(tmp_path: Path, tiny_model: Path) -> RunDir:
+    corpus = write_corpus(tmp_path / "c.jsonl", 12)
+    config = fake_config(corpus, reduce={"tokenizer": str(tiny_model), "min_chars": 1})
+    run = RunDir(tmp_path / "run")
+    plan_corpus(config, run)
+    pull_shards(run.root)
+    return run
+
+
+def test_megatron_writer_matches_megatron_core_builder(tmp_path: Path) -> None:
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 4000, size=int(n)).tolist() for n in rng.integers(1, 200, size=50)]
+    ours = IndexedDatasetWriter(tmp_path / "ours", np.uint16)
+    theirs = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=np.uint16)
+    for doc in docs:
+        ours.add(doc)
+        theirs.add_document(torch.tensor(doc), [len(doc)])
+    ours.finish()
+    theirs.finalize(str(tmp_path / "theirs.idx"))
+    for ext in ("bin", "idx"):
+        assert (tmp_path / f"ours.{ext}").read_bytes() == (tmp_path / f"theirs.{ext}").read_bytes(), ext
+    assert [d.tolist() for d in read_indexed_dataset(tmp_path / "ours")] == docs
+
+
+def test_mix_ratio_is_met_and_reported(finished: RunDir) -> None:
+    config = finished.config()
+    _rewrite_config(finished, dataclasses.replace(config, reduce=dataclasses.replace(config.reduce,
+                                                                                     original_ratio=0.4)))
+    report = reduce_run(finished).data
+    assert report["synthetic_documents"] == 12 * 4
+    target = 0.4 * report["synthetic_tokens"]
+    assert report["original_tokens"] >= target and not report["original_pool_exhausted"]
+    # Greedy whole documents: overshoot by less than one original document.
+    longest = max(entry["tokens"] for entry in _index(finished) if entry["kind"] == "original")
+    assert report["original_tokens"] - longest < target
+    assert report["original_ratio"] == pytest.approx(report["original_tokens"] / report["synthetic_tokens"], 1e-3)
+
+
+def test_small_pool_is_reported_exhausted(finished: RunDir) -> None:
+    report = reduce_run(finished).data  # ratio 1.0, but 12 short documents cannot match 48 outputs
+    assert report["original_pool_exhausted"] and report["original_documents"] == 12
+
+
+def test_ratio_zero_means_synthetic_only(finished: RunDir, tmp_path: Path) -> None:
+    config = finished.config()
+    _rewrite_config(finished, dataclasses.replace(config, reduce=dataclasses.replace(config.reduce,
+                                                                                     original_ratio=0.0)))
+    report = reduce_run(finished, tmp_path / "out").data
+    assert report["original_documents"] == 0 and report["sequences"] == 48
+
+
+def test_unfinished_run_needs_partial(finished: RunDir) -> None:
+    finished.done_path(1).unlink()
+    with pytest.raises(RunError, match=r"1 of 3 shards are not ready .* --partial"):
+        reduce_run(finished)
+    report = reduce_run(finished, partial=True).data
+    assert report["shards_used"] == 2 and report["synthetic_documents"] == 7 * 4
+
+
+def test_corrupt_output_is_detected(finished: RunDir) -> None:
+    path = finished.output_path(2)
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(RunError, match="checksum differs"):
+        reduce_run(finished)
+
+
+def test_bad_tokenizer_path_is_one_clear_error(finished: RunDir, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--tokenizer: no tokenizer.json at"):
+        reduce_run(finished, tokenizer=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name, eos, dtype", [("gpt-neox-20b", "<|endoftext|>", np.uint16),
+                                              ("llama2", "</s>", np.uint16)])
+def test_real_tokenizers(finished: RunDir, tmp_path: Path, name: str, eos: str, dtype) -> None:
+    path = SHARED_DATA / "tokenizers" / f"{name}.tokenizer.json"
+    if not path.is_file():
+        pytest.skip("shared tokenizers not present")
+    from tokenizers import Tokenizer
+
+    report = reduce_run(finished, tmp_path / name, tokenizer=str(path)).data
+    assert report["eos_token"] == eos and report["dtype"] == dtype.__name__
+    tokenizer = Tokenizer.from_file(str(path))
+    eos_id = tokenizer.token_to_id(eos)
+    docs = read_indexed_dataset(tmp_path / name / "mix")
+    assert all(d[-1] == eos_id for d in docs)
+    # No BOS sneaks in from the Llama-2 post-processor.
+    bos = tokenizer.token_to_id("<s>")
+    assert bos is None or all(d[0] != bos for d in docs)
+
+
+def _index(run: RunDir) -> list[dict]:
+    return [orjson.loads(l) for l in (run.default_reduce_dir / "mix.docs.jsonl").read_bytes().splitlines()]
+
+
+def _rewrite_config(run: RunDir, config) -> None:
+    run.write_config(config, run.fingerprint())
