@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
-    demo.add_argument("--documents", type=int, default=32, help="corpus size (default: 32)")
+    demo.add_argument("--documents", type=int, default=64, help="corpus size (default: 64)")
     return parser
 
 
@@ -140,6 +140,9 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.dir or Path(tempfile.mkdtemp(prefix="hpcsynth-demo-"))
     started = time.monotonic()
     result = run_demo(out, documents=args.documents)
+    from hpcsynth.status import render_status
+
+    render_status(result.status)
     report = result.reduce.data
     print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
     print(f"  run directory : {result.run.root}  (hpcsynth status {result.run.root})")

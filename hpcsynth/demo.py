@@ -57,7 +57,7 @@ def demo_config(model_dir: Path, corpus: Path) -> Config:
     )
 
 
-def run_demo(out_dir: Path, documents: int = 32, progress=print) -> DemoResult:
+def run_demo(out_dir: Path, documents: int = 64, progress=print) -> DemoResult:
     # One thread each: on a small shared machine more threads only contend.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -49,6 +49,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out_dir = Path(out_dir)
     if (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,12 @@ import pytest
 from hpcsynth.files import read_jsonl_zst
 
 
+# The installed console script when there is one (the real entry point), else the module.
+ENTRY = [shutil.which("hpcsynth")] if shutil.which("hpcsynth") else [sys.executable, "-m", "hpcsynth"]
+
+
 def hpcsynth(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*ENTRY, *args], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"hpcsynth {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

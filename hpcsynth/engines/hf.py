@@ -21,6 +21,9 @@ class TransformersEngine:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # worker logs are line-oriented; bars only garble them
 
         if config.worker.threads > 0:
             torch.set_num_threads(config.worker.threads)
