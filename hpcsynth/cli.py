@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("run", type=Path, help="a planned run directory")
     launch.add_argument("--executor", default="local", choices=["local"], help="where workers run")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
+    launch.add_argument("--workers", type=int, default=1,
+                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
 
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")
@@ -94,13 +96,13 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.launch import launch_run
     from hpcsynth.rundir import RunDir
 
-    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed)
-    print(f"launch ({report.executor}): {report.count('done')} shards done, {report.count('failed')} failed, "
-          f"{report.count('busy')} held by other workers")
-    for result in report.results:
-        if result.state == "failed":
-            print(f"  shard {result.shard} failed: {result.error}", file=sys.stderr)
-    return 1 if report.count("failed") else 0
+    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers)
+    print(f"launch ({report.executor}): {report.done}/{report.total} shards done, {len(report.failed)} failed")
+    for shard, reason in report.failed[:10]:
+        print(f"  shard {shard} failed: {reason}", file=sys.stderr)
+    if report.failed:
+        print(f"  rerun them with: hpcsynth launch {args.run} --retry-failed", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -150,7 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
           f"x {result.status['prompts']} prompts")
     print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
           f"{report['tokens']} tokens, {report['dtype']})")
-    return 0 if not result.launch.count("failed") else 1
+    return 0 if not result.launch.failed else 1
 
 
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "reduce": _reduce, "demo": _demo}

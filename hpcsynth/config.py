@@ -75,6 +75,11 @@ class WorkerConfig:
     heartbeat_interval_s: float = 10.0
     # A shard whose lease has not been renewed for this long may be taken over by another worker.
     lease_timeout_s: float = 300.0
+    # Fail the shard when the engine holds requests but finishes none for this long (a hung GPU or
+    # server); FinePhrase outputs take seconds each, so ten quiet minutes mean something is stuck.
+    watchdog_s: float = 600.0
+    # Out-of-memory errors answered by halving the engine's concurrency before the shard fails.
+    oom_retries: int = 3
     # torch intra-op threads; 0 leaves torch's default. Tests use 1 (shared cores thrash at 2+).
     threads: int = 0
     # "auto" picks cuda when present, else cpu.
@@ -293,6 +298,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         "worker.flush_interval_s": config.worker.flush_interval_s,
         "worker.heartbeat_interval_s": config.worker.heartbeat_interval_s,
         "worker.lease_timeout_s": config.worker.lease_timeout_s,
+        "worker.watchdog_s": config.worker.watchdog_s,
     }
     for key, value in positive.items():
         if value <= 0:

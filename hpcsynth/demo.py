@@ -83,7 +83,7 @@ def run_demo(out_dir: Path, documents: int = 64, progress=print) -> DemoResult:
     clock = time.monotonic()
     launch = launch_run(run, "local")
     seconds["launch"] = time.monotonic() - clock
-    progress(f"launch (local): {launch.count('done')} shards done, {launch.count('failed')} failed "
+    progress(f"launch (local): {launch.done}/{launch.total} shards done, {len(launch.failed)} failed "
              f"in {seconds['launch']:.1f}s")
 
     status = collect_status(run)

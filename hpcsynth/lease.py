@@ -5,6 +5,10 @@ rewrites it with a fresh time every heartbeat; one not renewed for `timeout` sec
 taken over: renamed aside under a name unique to the taker (only one rename of the same file can win),
 checked to be the very lease judged stale, then created anew. Times come from the file's contents, so
 nodes compare their own clocks (kept in step by NTP on any cluster) rather than a server's mtime.
+
+A lease is also stale, without waiting for the timeout, when its holder is provably gone: a process of
+this host that no longer exists, or an earlier run of this very Slurm array task (requeued after a
+preemption or a time limit, possibly on another node).
 """
 
 from __future__ import annotations
@@ -23,6 +27,28 @@ from hpcsynth.files import atomic_write_bytes
 
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def slurm_task() -> str:
+    """This process's Slurm array task ("JOB_TASK") or job id; '' outside Slurm."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if job:
+        return f"{job}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def holder_gone(held: dict) -> bool:
+    host, _, rest = str(held.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    task = held.get("task", "")
+    return bool(task) and task == slurm_task() and int(pid or -1) != os.getpid()
 
 
 class LeaseLost(Exception):
@@ -46,7 +72,7 @@ class Lease:
                 continue  # vanished between create and read: try again
             if held.get("owner") == self.owner:
                 return True
-            if time.time() - held.get("renewed", 0) < self.timeout:
+            if time.time() - held.get("renewed", 0) < self.timeout and not holder_gone(held):
                 return False
             aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
             try:
@@ -89,7 +115,7 @@ def read_lease(path: Path) -> dict | None:
 
 
 def _payload(owner: str) -> bytes:
-    return orjson.dumps({"owner": owner, "renewed": time.time()})
+    return orjson.dumps({"owner": owner, "renewed": time.time(), "task": slurm_task()})
 
 
 def _read(path: Path) -> dict | None:

@@ -45,3 +45,22 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     finally:
         engine.close()
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hpcsynth.pull RUN`: one worker process, as a local executor or a job script starts it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m hpcsynth.pull", description=pull_shards.__doc__)
+    parser.add_argument("run", help="a planned run directory")
+    parser.add_argument("--shards", help="comma-separated shard ids to consider (default: all)")
+    parser.add_argument("--retry-failed", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    shards = [int(s) for s in args.shards.split(",")] if args.shards else None
+    results = pull_shards(args.run, shards, retry_failed=args.retry_failed)
+    return 1 if any(r.state == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

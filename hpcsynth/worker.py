@@ -1,8 +1,8 @@
 """The worker: one shard in, one committed output file and a done marker out.
 
 `run_shard` reads RUN/shards/ID, renders every (document, prompt) pair, streams them through an engine
-and appends each finished record to RUN/work/ID/records.jsonl. On restart, what that file holds is
-skipped (a torn last line is dropped), so no request is replayed. The commit writes
+and appends each finished record to the shard's progress log (hpcsynth/progress.py). On restart, what
+that log holds is skipped, so no request is replayed and none is produced twice. The commit writes
 RUN/outputs/ID.jsonl.zst atomically, then RUN/done/ID.json with the fingerprint and checksum.
 The worker knows nothing of Slurm; launch decides where it runs.
 """
@@ -10,9 +10,8 @@ The worker knows nothing of Slurm; launch decides where it runs.
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 import shutil
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -24,9 +23,13 @@ import orjson
 from hpcsynth.config import Config
 from hpcsynth.engines import Completion, Engine, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_jsonl_zst, write_jsonl_zst
+from hpcsynth.heartbeat import Heartbeat
 from hpcsynth.lease import Lease, LeaseLost
+from hpcsynth.progress import ProgressLog
 from hpcsynth.prompts import Prompt, load_prompts
 from hpcsynth.rundir import RunDir
+
+log = logging.getLogger("hpcsynth.worker")
 
 
 @dataclass(frozen=True)
@@ -49,37 +52,60 @@ def run_shard(run: RunDir, shard: int, engine: Engine, config: Config, owner: st
     if not lease.acquire():
         return ShardResult(shard, "busy")
     started = time.monotonic()
-    progress = _Progress(run, shard, config)
-    beat = _Heartbeat(run, shard, lease, progress, config.worker.heartbeat_interval_s)
+    progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s)
+    beat = Heartbeat(run, shard, lease, progress, config.worker.heartbeat_interval_s, config.worker.watchdog_s)
     try:
         run.failed_path(shard).unlink(missing_ok=True)
         beat.start()
         prompts = load_prompts(config)
         documents = list(read_jsonl_zst(run.shard_path(shard)))
         progress.expected = len(documents) * len(prompts)
-        requests = _requests(documents, prompts, config, progress.finished)
-        meta = {d["key"]: d for d in documents}
-        for completion in engine.generate(requests):
-            progress.add(_record(completion, meta, prompts, engine, config))
-            beat.check()
+        _generate(documents, prompts, engine, config, progress, beat)
         beat.stop()
-        lease.renew()  # still ours? a stale worker must not commit over a live one
-        result = _commit(run, shard, progress, documents, prompts, digest)
+        lease.renew()  # still ours? a worker that lost its lease must not commit over a live one
+        marker = _commit(run, shard, progress, documents, prompts, digest)
         lease.release()
         shutil.rmtree(run.work_dir(shard), ignore_errors=True)
-        return ShardResult(shard, "done", result["records"], result["rejected"], result["completion_tokens"],
+        return ShardResult(shard, "done", marker["records"], marker["rejected"], marker["completion_tokens"],
                            time.monotonic() - started)
     except LeaseLost as exc:
         return ShardResult(shard, "busy", error=str(exc))
+    except KeyboardInterrupt:
+        if not beat.tripped:
+            raise
+        return _fail(run, shard, owner, lease, beat.tripped)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        atomic_write_json(run.failed_path(shard), {"shard": shard, "reason": reason, "owner": owner,
-                                                   "time": time.time(), "traceback": traceback.format_exc()})
-        lease.release()
-        return ShardResult(shard, "failed", error=reason)
+        return _fail(run, shard, owner, lease, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         beat.stop()
         progress.close()
+
+
+def _generate(documents: list[dict], prompts: list[Prompt], engine: Engine, config: Config,
+              progress: ProgressLog, beat: Heartbeat) -> None:
+    """Stream every unfinished request through the engine; on OOM, step the engine down and go on."""
+    meta = {d["key"]: d for d in documents}
+    by_name = {p.name: p for p in prompts}
+    while True:
+        progress.restart_stream()
+        try:
+            for completion in engine.generate(_requests(documents, prompts, config, progress)):
+                progress.add(_record(completion, meta, by_name, engine, config))
+                beat.check()
+            return
+        except Exception as exc:
+            step = getattr(engine, "step_down", None)
+            if not is_out_of_memory(exc) or step is None or len(progress.step_downs) >= config.worker.oom_retries:
+                raise
+            change = step()
+            if not change:
+                raise
+            progress.step_downs.append(change)
+            log.warning("out of memory (%s); stepped down: %s", exc, change)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower()
 
 
 def record_seed(base: int, source_id: str, prompt: str) -> int:
@@ -96,24 +122,24 @@ def truncate_document(text: str, limit: int) -> tuple[str, bool]:
     return text[: cut if cut > limit // 2 else limit], True
 
 
-def _requests(documents: list[dict], prompts: list[Prompt], config: Config, finished: set[str]) -> Iterator[Request]:
+def _requests(documents: list[dict], prompts: list[Prompt], config: Config, progress: ProgressLog) -> Iterator[Request]:
     for doc in documents:
         text, _ = truncate_document(doc["text"], config.model.max_input_chars)
         for prompt in prompts:
             record_id = f"{doc['key']}/{prompt.name}"
-            if record_id in finished:
+            if record_id in progress.finished:
                 continue
-            seed = record_seed(config.sampling.seed, doc["id"], prompt.name)
-            yield Request(record_id, prompt.render(text), seed)
+            progress.submitted += 1
+            yield Request(record_id, prompt.render(text), record_seed(config.sampling.seed, doc["id"], prompt.name))
 
 
-def _record(completion: Completion, meta: dict[str, dict], prompts: list[Prompt], engine: Engine,
+def _record(completion: Completion, meta: dict[str, dict], prompts: dict[str, Prompt], engine: Engine,
             config: Config) -> dict[str, Any]:
     key, prompt_name = completion.record_id.rsplit("/", 1)
     doc = meta[key]
-    prompt = next(p for p in prompts if p.name == prompt_name)
+    prompt = prompts[prompt_name]
     sampling = config.sampling
-    return {
+    return {  # "id" first: resume reads it
         "id": completion.record_id,
         "source_id": doc["id"],
         "prompt": prompt.name,
@@ -131,115 +157,20 @@ def _record(completion: Completion, meta: dict[str, dict], prompts: list[Prompt]
         "completion_tokens": completion.completion_tokens,
         "input_chars": len(doc["text"]),
         "input_truncated": len(doc["text"]) > config.model.max_input_chars,
+        "generate_s": round(completion.seconds, 4),
         "finished_at": round(time.time(), 3),
     }
 
 
-class _Progress:
-    """Append-only log of finished records; fsynced at least every flush interval."""
-
-    def __init__(self, run: RunDir, shard: int, config: Config) -> None:
-        self.path = run.progress_path(shard)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.flush_interval = config.worker.flush_interval_s
-        self.finished, self.tokens = _recover(self.path)
-        self.resumed = len(self.finished)
-        self.expected = 0
-        self.handle = open(self.path, "ab")
-        self.last_sync = time.monotonic()
-        self.lock = threading.Lock()
-
-    def add(self, record: dict) -> None:
-        with self.lock:
-            self.handle.write(orjson.dumps(record) + b"\n")
-            self.handle.flush()  # in the page cache: survives the process being killed
-            self.finished.add(record["id"])
-            self.tokens += record["completion_tokens"]
-            if time.monotonic() - self.last_sync >= self.flush_interval:
-                self.sync()
-
-    def sync(self) -> None:
-        os.fsync(self.handle.fileno())
-        self.last_sync = time.monotonic()
-
-    def records(self) -> list[dict]:
-        with self.lock:
-            self.handle.flush()
-        out = []
-        with open(self.path, "rb") as handle:
-            for line in handle:
-                out.append(orjson.loads(line))
-        return out
-
-    def close(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
+def _fail(run: RunDir, shard: int, owner: str, lease: Lease, reason: str, trace: str = "") -> ShardResult:
+    atomic_write_json(run.failed_path(shard), {"shard": shard, "reason": reason, "owner": owner,
+                                               "time": time.time(), "traceback": trace})
+    lease.release()
+    log.error("shard %d failed: %s", shard, reason)
+    return ShardResult(shard, "failed", error=reason)
 
 
-def _recover(path) -> tuple[set[str], int]:
-    """Ids and tokens already on disk; a torn last line (killed mid-write) is cut off."""
-    if not path.exists():
-        return set(), 0
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(end)
-    finished: set[str] = set()
-    tokens = 0
-    for line in data[:end].splitlines():
-        record = orjson.loads(line)
-        if record["id"] not in finished:
-            finished.add(record["id"])
-            tokens += record["completion_tokens"]
-    return finished, tokens
-
-
-class _Heartbeat:
-    """Renews the lease and writes progress for status from a thread, so a slow engine keeps its lease."""
-
-    def __init__(self, run: RunDir, shard: int, lease: Lease, progress: _Progress, interval: float) -> None:
-        self.run, self.shard, self.lease, self.progress, self.interval = run, shard, lease, progress, interval
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True, name=f"heartbeat-{shard}")
-        self.error: BaseException | None = None
-        self.started = time.time()
-
-    def start(self) -> None:
-        self.beat()
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                self.beat()
-            except BaseException as exc:  # surfaced in the worker's thread by check()
-                self.error = exc
-                return
-
-    def beat(self) -> None:
-        self.lease.renew()
-        progress = self.progress
-        elapsed = max(time.time() - self.started, 1e-9)
-        generated = progress.tokens
-        atomic_write_bytes(self.run.heartbeat_path(self.shard), orjson.dumps({
-            "shard": self.shard, "owner": self.lease.owner, "updated": time.time(), "started": self.started,
-            "records_done": len(progress.finished), "records_expected": progress.expected,
-            "resumed_records": progress.resumed, "completion_tokens": generated,
-            "tokens_per_s": round(generated / elapsed, 2),
-        }))
-
-
-def _commit(run: RunDir, shard: int, progress: _Progress, documents: list[dict], prompts: list[Prompt],
+def _commit(run: RunDir, shard: int, progress: ProgressLog, documents: list[dict], prompts: list[Prompt],
             digest: str) -> dict[str, Any]:
     order = {f"{d['key']}/{p.name}": i for i, (d, p) in enumerate((d, p) for d in documents for p in prompts)}
     by_id: dict[str, dict] = {}
@@ -260,7 +191,8 @@ def _commit(run: RunDir, shard: int, progress: _Progress, documents: list[dict],
         "shard": shard, "fingerprint": digest, "output": run.output_path(shard).name, "sha256": checksum,
         "records": count, "rejected": len(rejected), "documents": len(documents),
         "completion_tokens": sum(r["completion_tokens"] for r in kept),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in kept), "committed": time.time(),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in kept), "step_downs": progress.step_downs,
+        "committed": time.time(),
     }
     atomic_write_json(run.done_path(shard), marker)
     return marker

@@ -49,7 +49,7 @@ def test_plan_launch_status_reduce_on_fake_engine(tmp_path: Path) -> None:
     status = orjson.loads(run("status", str(runs), "--json").stdout)
     assert status["shards"]["pending"] == 3 and status["docs_done"] == 0
     proc = run("launch", str(runs))
-    assert proc.returncode == 0 and "3 shards done" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "3/3 shards done" in proc.stdout, proc.stderr
     status = orjson.loads(run("status", str(runs), "--json").stdout)
     assert status["shards"]["done"] == 3 and status["records_done"] == 18
     assert "done" in run("status", str(runs)).stdout

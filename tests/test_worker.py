@@ -80,7 +80,7 @@ def test_resume_skips_what_is_on_disk_and_drops_torn_line(planned) -> None:
 
 def test_rejected_documents_are_recorded_not_fatal(planned) -> None:
     run, config = planned
-    engine = CountingEngine(config, reject_if="Document 2 ")
+    engine = CountingEngine(config, reject_on="Document 2 ")
     result = run_shard(run, 0, engine, config, "me")
     assert result.state == "done" and result.records == 16 and result.rejected == 4
     rejects = [orjson.loads(l) for l in run.rejects_path(0).read_bytes().splitlines()]

@@ -31,6 +31,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     error: str = ""
+    # Seconds from the engine taking the request to its completion.
+    seconds: float = 0.0
 
 
 class Engine(Protocol):
@@ -44,6 +46,12 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+class SteppableEngine(Engine, Protocol):
+    def step_down(self) -> str:
+        """Lower concurrency after an out-of-memory error; describe the change, or '' if at the floor."""
+        ...
+
+
 def make_engine(config: Config) -> Engine:
     kind = config.model.engine
     if kind != "fake" and not config.model.path:
@@ -52,8 +60,16 @@ def make_engine(config: Config) -> Engine:
         from hpcsynth.engines.hf import TransformersEngine
 
         return TransformersEngine(config)
+    if kind == "vllm":
+        from hpcsynth.engines.vllm_offline import VllmEngine
+
+        return VllmEngine(config)
+    if kind == "endpoint":
+        from hpcsynth.engines.endpoint import EndpointEngine
+
+        return EndpointEngine(config)
     if kind == "fake":
         from hpcsynth.engines.fake import FakeEngine
 
         return FakeEngine(config)
-    raise ConfigError(f"model.engine {kind!r} is not available in this version; use transformers or fake")
+    raise ConfigError(f"model.engine {kind!r} is not available; use transformers, vllm, endpoint or fake")

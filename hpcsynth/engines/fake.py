@@ -1,11 +1,21 @@
 """A model-free engine: deterministic text from the prompt, with faults on demand.
 
-For fast unit tests and fault injection only; every path it covers is also tested with a real model.
+For fast unit tests and fault injection; every path it covers is also tested with a real model.
+Faults come from the HPCSYNTH_FAKE_FAULTS environment variable (JSON), so that a worker started in
+another process (a subprocess, a Slurm job) misbehaves the same way:
+  delay_s      seconds per completion (so tests can kill a worker mid-shard)
+  reject_on    prompts containing this text are rejected, as an over-long document would be
+  hang_on      the engine stops producing once it is given a prompt containing this text
+  oom_above    raises a CUDA-style out-of-memory error while its concurrency is above this
+  crash_on     raises a plain error on a prompt containing this text
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import time
 from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
@@ -15,22 +25,39 @@ from hpcsynth.engines import Completion, Request
 class FakeEngine:
     revision = ""
 
-    def __init__(self, config: Config, reject_if: str = "") -> None:
+    def __init__(self, config: Config, **faults) -> None:
         self.model_id = config.model.path or "fake"
         self.max_tokens = config.sampling.max_tokens
-        # Requests whose prompt contains this marker are rejected, like an over-long document.
-        self.reject_if = reject_if
+        self.concurrency = config.worker.batch_size
+        env = os.environ.get("HPCSYNTH_FAKE_FAULTS", "")
+        self.faults = {**(json.loads(env) if env else {}), **faults}
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        faults = self.faults
         for request in requests:
             prompt = request.messages[-1]["content"]
+            if faults.get("oom_above") is not None and self.concurrency > faults["oom_above"]:
+                raise RuntimeError(f"CUDA out of memory (injected at concurrency {self.concurrency})")
+            if faults.get("crash_on") and faults["crash_on"] in prompt:
+                raise RuntimeError("engine crashed (injected)")
+            if faults.get("hang_on") and faults["hang_on"] in prompt:
+                while True:
+                    time.sleep(0.05)
+            if faults.get("delay_s"):
+                time.sleep(faults["delay_s"])
             prompt_tokens = len(prompt.split())
-            if self.reject_if and self.reject_if in prompt:
+            if faults.get("reject_on") and faults["reject_on"] in prompt:
                 yield Completion(request.record_id, "", "rejected", prompt_tokens, 0, "fake: rejected on marker")
                 continue
             words = _words(request, self.max_tokens)
             finish = "length" if len(words) == self.max_tokens else "stop"
             yield Completion(request.record_id, " ".join(words), finish, prompt_tokens, len(words))
+
+    def step_down(self) -> str:
+        if self.concurrency <= 1:
+            return ""
+        before, self.concurrency = self.concurrency, self.concurrency // 2
+        return f"concurrency {before} -> {self.concurrency}"
 
     def close(self) -> None:
         pass

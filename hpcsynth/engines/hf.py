@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
@@ -49,11 +50,20 @@ class TransformersEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stop_ids = _stop_ids(self.model, self.tokenizer)
+        self.batch_size = config.worker.batch_size
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         iterator = iter(requests)
-        while batch := list(itertools.islice(iterator, self.config.worker.batch_size)):
+        while batch := list(itertools.islice(iterator, self.batch_size)):
             yield from self._generate_batch(batch)
+
+    def step_down(self) -> str:
+        if self.batch_size <= 1:
+            return ""
+        before, self.batch_size = self.batch_size, self.batch_size // 2
+        if self.device.startswith("cuda"):
+            self.torch.cuda.empty_cache()
+        return f"batch_size {before} -> {self.batch_size}"
 
     def close(self) -> None:
         del self.model
@@ -81,6 +91,7 @@ class TransformersEngine:
         mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
         sampling = self.config.sampling
         torch.manual_seed(accepted[0].seed)
+        clock = time.monotonic()
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new,
@@ -88,10 +99,11 @@ class TransformersEngine:
                 top_p=sampling.top_p, top_k=sampling.top_k or None, pad_token_id=pad,
                 eos_token_id=sorted(self.stop_ids),
             )
+        seconds = time.monotonic() - clock
         for request, ids, row in zip(accepted, prompts, out[:, longest:].tolist()):
             tokens, finish = _until_stop(row, self.stop_ids)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            yield Completion(request.record_id, text, finish, len(ids), len(tokens))
+            yield Completion(request.record_id, text, finish, len(ids), len(tokens), seconds=seconds)
 
 
 def _stop_ids(model, tokenizer) -> set[int]:

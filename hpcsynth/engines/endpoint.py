@@ -1,0 +1,149 @@
+"""The endpoint engine (model.engine: endpoint): an OpenAI-compatible /v1/chat/completions server.
+
+For a `vllm serve` (or SGLang, TGI) that someone else runs. Standard library only, so this engine costs
+nothing to install. Up to endpoint.concurrency requests are open at once; a new one starts as soon as one
+returns, so the server's batch stays full.
+
+What happens to a failed request:
+- connection errors, timeouts, 408, 429 and 5xx are retried with exponential backoff; once
+  endpoint.retries are spent the engine raises EngineError, so the shard fails and is retried later
+  (a server that is down must not turn a whole shard into rejected records);
+- 400, 413 and 422 (prompt too long, bad request) become a "rejected" Completion carrying the server's
+  message: that request will never succeed, the others go on;
+- other 4xx (401, 403, 404: wrong key, url or model name) raise EngineError at once: a setup problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from hpcsynth.config import Config
+from hpcsynth.engines import Completion, Request
+from hpcsynth.engines.feed import Feeder
+from hpcsynth.errors import EngineError
+
+RETRY_STATUS = {408, 429}
+REJECT_STATUS = {400, 413, 422}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_BACKOFF_S = 60.0
+
+
+class EndpointEngine:
+    def __init__(self, config: Config) -> None:
+        endpoint = config.endpoint
+        self.config = config
+        # vllm serve registers the model under the path it was given, so the path is its name.
+        self.model_id = config.model.path
+        self.revision = config.model.revision
+        self.url = endpoint.url.rstrip("/") + "/chat/completions"
+        self.headers = {"Content-Type": "application/json"}
+        if endpoint.api_key_env:
+            key = os.environ.get(endpoint.api_key_env, "")
+            if not key:
+                raise EngineError(f"endpoint.api_key_env names ${endpoint.api_key_env}, which is not set")
+            self.headers["Authorization"] = f"Bearer {key}"
+        # A proxy set for the cluster's outbound traffic must not capture a server on this node.
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        handlers = [urllib.request.ProxyHandler({})] if host in LOOPBACK else []
+        self.opener = urllib.request.build_opener(*handlers)
+        self.jitter = random.Random()
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        feeder = Feeder(requests, max(1, self.config.endpoint.concurrency))
+        pool = ThreadPoolExecutor(max_workers=feeder.capacity, thread_name_prefix="hpcsynth-endpoint")
+        open_: set[Future[Completion]] = set()
+        try:
+            while True:
+                open_.update(pool.submit(self._complete, request) for request in feeder.refill(len(open_)))
+                if not open_:
+                    return
+                done, open_ = wait(open_, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            # Stopped early or failed: drop what has not started; running calls end by their timeout.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        pass
+
+    def body(self, request: Request) -> dict[str, Any]:
+        sampling = self.config.sampling
+        return {
+            "model": self.model_id, "messages": request.messages, "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": request.seed,
+            # Sent even when off (-1): otherwise the server falls back to the model's generation_config.
+            "top_k": sampling.top_k if sampling.top_k > 0 else -1,
+        }
+
+    def _complete(self, request: Request) -> Completion:
+        started = time.monotonic()
+        completion = self._post(request)
+        return dataclasses.replace(completion, seconds=time.monotonic() - started)
+
+    def _post(self, request: Request) -> Completion:
+        endpoint = self.config.endpoint
+        data = json.dumps(self.body(request)).encode()
+        problem = ""
+        for attempt in range(endpoint.retries + 1):
+            if attempt:
+                time.sleep(self._backoff(attempt))
+            try:
+                post = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
+                with self.opener.open(post, timeout=endpoint.timeout_s) as response:
+                    payload = json.loads(response.read())
+                return _completion(request, payload)
+            except urllib.error.HTTPError as exc:
+                message = _server_message(exc)
+                if exc.code in REJECT_STATUS:
+                    return Completion(request.record_id, "", "rejected", 0, 0, f"HTTP {exc.code}: {message}")
+                if exc.code not in RETRY_STATUS and exc.code < 500:
+                    raise EngineError(f"{self.url} answered HTTP {exc.code}: {message} (check endpoint.url, "
+                                      "model.path and endpoint.api_key_env)") from None
+                problem = f"HTTP {exc.code}: {message}"
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+                # OSError: refused, reset, timed out; the others: a garbled 200 answer.
+                problem = f"{type(exc).__name__}: {exc}"
+        raise EngineError(f"{self.url} failed {endpoint.retries + 1} times for {request.record_id}; "
+                          f"last: {problem}")
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.config.endpoint.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+        return delay * self.jitter.uniform(0.5, 1.0)  # spread out the retries of many open requests
+
+
+def _completion(request: Request, payload: dict[str, Any]) -> Completion:
+    choice = payload["choices"][0]
+    usage = payload.get("usage") or {}
+    prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    text = choice["message"].get("content") or ""
+    reason = choice.get("finish_reason")
+    if reason in ("stop", "length"):
+        return Completion(request.record_id, text, reason, prompt_tokens, completion_tokens)
+    return Completion(request.record_id, "", "rejected", prompt_tokens, 0,
+                      f"the server finished the request with {reason!r}")
+
+
+def _server_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        raw = exc.read().decode("utf-8", "replace")
+    except OSError:
+        return exc.reason or ""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.strip()[:500] or str(exc.reason)
+    error = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:500]
+    return str(error)[:500]

@@ -1,0 +1,154 @@
+"""The vLLM engine (model.engine: vllm): production generation, in-process, fed continuously.
+
+The worker's request stream is pulled lazily: the engine keeps up to max_num_seqs + in_flight requests
+inside vLLM and adds a new one as soon as one finishes, so its batch never drains between shards or
+"batches". Prompts are rendered with the model's own chat template and submitted as token ids, which lets
+us count them and reject an over-long prompt ourselves instead of letting vLLM raise mid-stream.
+
+vLLM starts its engine core in a spawned process: a script that builds this engine must do so under
+`if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hpcsynth.config import Config
+from hpcsynth.engines import Completion, Request
+from hpcsynth.engines.feed import Feeder
+from hpcsynth.errors import EngineError
+
+
+class VllmEngine:
+    def __init__(self, config: Config) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            import vllm
+            from vllm.exceptions import VLLMClientError
+            from vllm.inputs import tokens_input
+            from vllm.sampling_params import RequestOutputKind
+        except ImportError as exc:
+            raise EngineError(f"model.engine=vllm needs vLLM in this environment ({exc}); "
+                              "see docs/engines.md (tools/setup_vllm_lane.sh for CPU)") from None
+        self.config = config
+        self.model_id = config.model.path
+        self.revision = config.model.revision
+        self.max_model_len = config.model.max_model_len
+        # Room inside vLLM: a full batch plus a queue, so a finished slot refills without waiting on us.
+        self.capacity = max(1, config.vllm.max_num_seqs + config.vllm.in_flight)
+        self._vllm = vllm
+        self._client_errors = (VLLMClientError, ValueError)
+        self._tokens_input = tokens_input
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self._ids = itertools.count()
+        try:
+            self.llm = vllm.LLM(**engine_kwargs(config))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"vLLM cannot load model.path={config.model.path!r}: {first}") from None
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        feeder = Feeder(requests, self.capacity)
+        inside: dict[str, _Inside] = {}  # our vLLM request id -> what we need to report it
+        try:
+            while True:
+                for request in feeder.refill(len(inside)):
+                    rejected = self._submit(request, inside)
+                    if rejected is not None:
+                        yield rejected
+                if not inside:
+                    if feeder.exhausted:
+                        return
+                    continue  # everything taken was rejected: take more
+                for output in self.engine.step():
+                    if output.finished and output.request_id in inside:
+                        yield _completion(inside.pop(output.request_id), output)
+        finally:
+            if inside:  # the consumer stopped early or failed: don't leave vLLM generating for nobody
+                self.engine.abort_request(list(inside))
+
+    def close(self) -> None:
+        engine_core = getattr(self.engine, "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        del self.llm, self.engine
+
+    def render(self, request: Request) -> list[int]:
+        """Chat template (with the assistant turn opened) -> token ids, as vLLM's server renders it."""
+        text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _submit(self, request: Request, inside: dict[str, _Inside]) -> Completion | None:
+        try:
+            ids = self.render(request)
+        except Exception as exc:  # a malformed conversation is this request's problem, not the run's
+            return _rejected(request, 0, f"cannot render the chat template: {exc}")
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            return _rejected(request, len(ids), f"prompt has {len(ids)} tokens; model.max_model_len is "
+                                                f"{self.max_model_len} (no room to generate)")
+        params = self._sampling(request, min(self.config.sampling.max_tokens, room))
+        request_id = str(next(self._ids))
+        try:
+            self.engine.add_request(request_id, self._tokens_input(ids), params)
+        except self._client_errors as exc:
+            return _rejected(request, len(ids), f"vLLM refused the request: {exc}")
+        inside[request_id] = _Inside(request, len(ids), time.monotonic())
+        return None
+
+    def _sampling(self, request: Request, max_tokens: int) -> Any:
+        sampling = self.config.sampling
+        return self._vllm.SamplingParams(
+            temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,  # our 0 means off; vLLM's off is -1
+            max_tokens=max_tokens, seed=request.seed, output_kind=self._final_only,
+        )
+
+
+def engine_kwargs(config: Config) -> dict[str, Any]:
+    """config.model + config.vllm -> keyword arguments of vllm.LLM (also used to echo the settings)."""
+    model, opts = config.model, config.vllm
+    kwargs: dict[str, Any] = dict(
+        model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
+        max_num_seqs=opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
+        gpu_memory_utilization=opts.gpu_memory_utilization, enable_prefix_caching=opts.enable_prefix_caching,
+        enforce_eager=opts.enforce_eager, tensor_parallel_size=opts.tensor_parallel_size,
+        kv_cache_dtype=opts.kv_cache_dtype, seed=config.sampling.seed,
+    )
+    if model.revision:
+        kwargs["revision"] = model.revision
+    if opts.speculative_method:
+        kwargs["speculative_config"] = {"method": opts.speculative_method,
+                                        "num_speculative_tokens": opts.num_speculative_tokens}
+    return kwargs
+
+
+@dataclass(frozen=True)
+class _Inside:
+    request: Request
+    prompt_tokens: int
+    started: float
+
+
+def _completion(inside: _Inside, output: Any) -> Completion:
+    result = output.outputs[0]
+    seconds = time.monotonic() - inside.started
+    if result.finish_reason in ("stop", "length"):
+        return Completion(inside.request.record_id, result.text, result.finish_reason, inside.prompt_tokens,
+                          len(result.token_ids), seconds=seconds)
+    # vLLM aborted it (e.g. an engine-side limit): no usable text, so report it like any rejection.
+    return _rejected(inside.request, inside.prompt_tokens,
+                     f"vLLM finished the request with {result.finish_reason!r}")
+
+
+def _rejected(request: Request, prompt_tokens: int, reason: str) -> Completion:
+    return Completion(request.record_id, "", "rejected", prompt_tokens, 0, reason)

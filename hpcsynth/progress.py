@@ -1,0 +1,91 @@
+"""A shard's progress log: RUN/work/ID/records.jsonl, appended as records finish.
+
+This file is the resume point. Every finished record is written and flushed to the operating system
+at once (it survives the process being killed) and fsynced at least every flush interval (it survives
+the node going down, less at most that interval). On restart the ids in it are skipped; the last line
+may be torn by a kill mid-write and is cut off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+ID_PREFIX = b'{"id":"'
+
+
+class ProgressLog:
+    def __init__(self, path: Path, flush_interval_s: float) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.flush_interval = flush_interval_s
+        self.finished, self.tokens = recover(self.path)
+        self.resumed = len(self.finished)
+        self.resumed_tokens = self.tokens
+        self.expected = 0
+        # Requests handed to the engine and completions received in this process: their difference is
+        # what the engine holds now, which the watchdog watches.
+        self.submitted = 0
+        self.completed = 0
+        self.last_completion = time.time()
+        self.step_downs: list[str] = []
+        self.handle = open(self.path, "ab")
+        self.last_sync = time.monotonic()
+        self.lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.completed
+
+    def add(self, record: dict) -> None:
+        line = orjson.dumps(record) + b"\n"
+        with self.lock:
+            self.handle.write(line)
+            self.handle.flush()
+            self.finished.add(record["id"])
+            self.tokens += record["completion_tokens"]
+            self.completed += 1
+            self.last_completion = time.time()
+            if time.monotonic() - self.last_sync >= self.flush_interval:
+                os.fsync(self.handle.fileno())
+                self.last_sync = time.monotonic()
+
+    def restart_stream(self) -> None:
+        """After an engine failure: whatever it held is lost and will be asked for again."""
+        with self.lock:
+            self.submitted = self.completed = 0
+            self.last_completion = time.time()
+
+    def records(self) -> list[dict]:
+        with self.lock:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        with open(self.path, "rb") as handle:
+            return [orjson.loads(line) for line in handle]
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+
+
+def recover(path: Path) -> tuple[set[str], int]:
+    """Record ids and completion tokens already on disk; cuts a torn last line off the file."""
+    if not path.exists():
+        return set(), 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    finished: set[str] = set()
+    tokens = 0
+    for line in data[:end].splitlines():
+        record = orjson.loads(line)
+        if record["id"] not in finished:
+            finished.add(record["id"])
+            tokens += record["completion_tokens"]
+    return finished, tokens

@@ -1,0 +1,129 @@
+"""Faults: kill -9 anywhere, hung engines, out-of-memory, several workers sharing shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcsynth.engines.fake import FakeEngine
+from hpcsynth.files import read_json, read_jsonl_zst
+from hpcsynth.launch import launch_run
+from hpcsynth.plan import plan_corpus
+from hpcsynth.pull import pull_shards
+from hpcsynth.rundir import RunDir
+from hpcsynth.worker import run_shard
+
+from conftest import fake_config, write_corpus
+
+
+def planned_run(tmp_path: Path, name: str, docs: int = 40, **sections) -> RunDir:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    config = fake_config(corpus, plan={"shard_docs": 10}, **sections)
+    run = RunDir(tmp_path / name)
+    plan_corpus(config, run)
+    return run
+
+
+def outputs(run: RunDir) -> list[dict]:
+    return [r for shard in run.shard_ids() for r in read_jsonl_zst(run.output_path(shard))]
+
+
+def worker(run: RunDir, faults: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps(faults or {})}
+    return subprocess.Popen([sys.executable, "-m", "hpcsynth.pull", str(run.root)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    reference = planned_run(tmp_path, "reference")
+    pull_shards(reference.root)
+    expected = outputs(reference)
+    assert len(expected) == 40 * 4
+
+    run = planned_run(tmp_path, "killed")
+    rng = random.Random(1234)
+    kills = attempts = 0
+    while kills < 20:
+        attempts += 1
+        assert attempts < 80, "the worker kept finishing before it could be killed"
+        proc = worker(run, {"delay_s": 0.05})
+        time.sleep(rng.uniform(0.2, 0.6))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not all(run.is_done(s, run.fingerprint()) for s in run.shard_ids()) or kills >= 20, \
+            f"finished after only {kills} kills"
+    proc = worker(run)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    got = outputs(run)
+    ids = [r["id"] for r in got]
+    assert len(ids) == len(set(ids)), "a record was produced twice"
+    assert ids == [r["id"] for r in expected], "a record was lost or reordered"
+    assert [r["text"] for r in got] == [r["text"] for r in expected]
+    assert kills >= 20
+
+
+def test_watchdog_fails_a_hung_shard_with_a_reason(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "hang", docs=10, worker={"watchdog_s": 0.5, "heartbeat_interval_s": 0.1})
+    proc = worker(run, {"hang_on": "Document 3 "})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err.decode()[-2000:]
+    reason = read_json(run.failed_path(0))["reason"]
+    assert reason.startswith("watchdog: no completion for") and "in flight" in reason
+    # The records finished before the hang are kept for the retry.
+    assert len(run.progress_path(0).read_bytes().splitlines()) == 3 * 4
+
+
+def test_out_of_memory_steps_down_and_is_recorded(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "oom", docs=10, worker={"batch_size": 16})
+    config = run.config()
+    result = run_shard(run, 0, FakeEngine(config, oom_above=4), config, "me")
+    assert result.state == "done" and result.records == 40
+    assert read_json(run.done_path(0))["step_downs"] == ["concurrency 16 -> 8", "concurrency 8 -> 4"]
+
+
+def test_out_of_memory_past_the_floor_fails(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "oom2", docs=10, worker={"batch_size": 16, "oom_retries": 1})
+    config = run.config()
+    result = run_shard(run, 0, FakeEngine(config, oom_above=2), config, "me")
+    assert result.state == "failed" and "out of memory" in result.error
+
+
+def test_crashing_engine_fails_the_shard_and_retry_completes(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "crash", docs=20)
+    os.environ["HPCSYNTH_FAKE_FAULTS"] = json.dumps({"crash_on": "Document 12 "})
+    try:
+        report = launch_run(run)
+    finally:
+        del os.environ["HPCSYNTH_FAKE_FAULTS"]
+    assert report.done == 1 and [s for s, _ in report.failed] == [1]
+    assert "engine crashed" in report.failed[0][1]
+    assert launch_run(run).failed, "failed shards are skipped unless asked"
+    report = launch_run(run, retry_failed=True)
+    assert report.done == 2 and not report.failed
+
+
+def test_local_workers_share_shards_and_see_their_gpu(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "multi", docs=60)
+    os.environ["HPCSYNTH_FAKE_FAULTS"] = json.dumps({"delay_s": 0.005})
+    try:
+        report = launch_run(run, workers=2)
+    finally:
+        del os.environ["HPCSYNTH_FAKE_FAULTS"]
+    assert report.done == 6 and not report.failed
+    ids = [r["id"] for r in outputs(run)]
+    assert len(ids) == len(set(ids)) == 240
+    logs = [run.log_path(f"worker-local-{i}").read_text() for i in range(2)]
+    assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
+    shards_per_worker = [log.count(": done") for log in logs]
+    assert sum(shards_per_worker) == 6 and min(shards_per_worker) >= 1, shards_per_worker
