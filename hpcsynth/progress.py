@@ -27,19 +27,9 @@ class ProgressLog:
         self.resumed = len(self.finished)
         self.resumed_tokens = self.tokens
         self.expected = 0
-        # Requests handed to the engine and completions received in this process: their difference is
-        # what the engine holds now, which the watchdog watches.
-        self.submitted = 0
-        self.completed = 0
-        self.last_completion = time.time()
-        self.step_downs: list[str] = []
         self.handle = open(self.path, "ab")
         self.last_sync = time.monotonic()
         self.lock = threading.Lock()
-
-    @property
-    def in_flight(self) -> int:
-        return self.submitted - self.completed
 
     def add(self, record: dict) -> None:
         line = orjson.dumps(record) + b"\n"
@@ -48,17 +38,9 @@ class ProgressLog:
             self.handle.flush()
             self.finished.add(record["id"])
             self.tokens += record["completion_tokens"]
-            self.completed += 1
-            self.last_completion = time.time()
             if time.monotonic() - self.last_sync >= self.flush_interval:
                 os.fsync(self.handle.fileno())
                 self.last_sync = time.monotonic()
-
-    def restart_stream(self) -> None:
-        """After an engine failure: whatever it held is lost and will be asked for again."""
-        with self.lock:
-            self.submitted = self.completed = 0
-            self.last_completion = time.time()
 
     def records(self) -> list[dict]:
         with self.lock:

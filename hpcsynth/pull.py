@@ -1,7 +1,7 @@
 """A worker process: start one engine, then claim and run unfinished shards until none remain.
 
 This is what an executor starts, once per GPU (an array task, or one local process): the engine's
-start-up is paid once, not per shard. Its arguments are small and picklable (a run directory and
+start-up is paid once, not per shard, and one request stream runs across all the shards it claims. Its arguments are small and picklable (a run directory and
 optionally the shard ids to consider) so that submitit can ship it anywhere.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcsynth.engines import make_engine
 from hpcsynth.lease import new_owner
 from hpcsynth.rundir import RunDir
-from hpcsynth.worker import ShardResult, run_shard
+from hpcsynth.worker import ShardResult, WorkerSession
 
 log = logging.getLogger("hpcsynth.worker")
 
@@ -30,18 +30,14 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     candidates = shard_ids if shard_ids is not None else run.shard_ids()
     todo = [s for s in candidates if not run.is_done(s, digest)
             and (retry_failed or not run.failed_path(s).exists())]
-    results: list[ShardResult] = []
     if not todo:
-        return results
+        return []
     started = time.monotonic()
     engine = engine_factory(config)
     log.info("engine %s ready in %.1fs (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
              time.monotonic() - started, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     try:
-        for shard in todo:
-            result = run_shard(run, shard, engine, config, owner)
-            log.info("shard %d: %s %s", shard, result.state, result.error)
-            results.append(result)
+        results = WorkerSession(run, engine, config, owner).work(todo)
     finally:
         engine.close()
     return results

@@ -1,0 +1,190 @@
+"""One claimed shard while a worker holds it: its lease, documents, progress log and commit.
+
+A ShardTask is opened when the worker's request stream reaches the shard, fed to the engine, filled
+with completions, and committed (RUN/outputs/ID.jsonl.zst, then RUN/done/ID.json) the moment its last
+record arrives, while the engine already works on the next shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from hpcsynth.config import Config
+from hpcsynth.engines import Completion, Request
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_jsonl_zst, write_jsonl_zst
+from hpcsynth.lease import Lease
+from hpcsynth.progress import ProgressLog
+from hpcsynth.prompts import Prompt
+from hpcsynth.rundir import RunDir
+
+log = logging.getLogger("hpcsynth.worker")
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    state: str  # "done", "skipped" (already done), "busy" (leased elsewhere), "failed"
+    records: int = 0
+    rejected: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+def record_seed(base: int, source_id: str, prompt: str) -> int:
+    """Per-record seed: the same document and prompt sample the same way on every rerun."""
+    blob = hashlib.sha256(f"{base}:{source_id}:{prompt}".encode()).digest()
+    return int.from_bytes(blob[:4], "little") & 0x7FFFFFFF
+
+
+def truncate_document(text: str, limit: int) -> tuple[str, bool]:
+    """Cut at the last newline before `limit` characters (FinePhrase did this silently; we record it)."""
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind("\n", 0, limit)
+    return text[: cut if cut > limit // 2 else limit], True
+
+
+class ShardTask:
+    def __init__(self, run: RunDir, shard: int, config: Config, lease: Lease, prompts: list[Prompt]) -> None:
+        self.run, self.shard, self.config, self.lease, self.prompts = run, shard, config, lease, prompts
+        self.by_name = {p.name: p for p in prompts}
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s)
+        self.documents = list(read_jsonl_zst(run.shard_path(shard)))
+        self.meta = {d["key"]: d for d in self.documents}
+        self.progress.expected = len(self.documents) * len(prompts)
+        self.lost = False
+        run.failed_path(shard).unlink(missing_ok=True)
+
+    @classmethod
+    def open(cls, run: RunDir, shard: int, config: Config, owner: str, prompts: list[Prompt],
+             digest: str) -> ShardTask | ShardResult:
+        if run.is_done(shard, digest):
+            return ShardResult(shard, "skipped")
+        lease = Lease(run.lease_path(shard), owner, config.worker.lease_timeout_s)
+        if not lease.acquire():
+            return ShardResult(shard, "busy")
+        try:
+            return cls(run, shard, config, lease, prompts)
+        except BaseException:
+            lease.release()
+            raise
+
+    @property
+    def complete(self) -> bool:
+        return len(self.progress.finished) >= self.progress.expected
+
+    def requests(self) -> Iterator[Request]:
+        """Every record not yet on disk, in document x prompt order."""
+        seed = self.config.sampling.seed
+        limit = self.config.model.max_input_chars
+        for doc in self.documents:
+            text, _ = truncate_document(doc["text"], limit)
+            for prompt in self.prompts:
+                record_id = f"{doc['key']}/{prompt.name}"
+                if record_id not in self.progress.finished:
+                    yield Request(record_id, prompt.render(text), record_seed(seed, doc["id"], prompt.name))
+
+    def add(self, completion: Completion, model_id: str, revision: str) -> None:
+        if not self.lost:
+            self.progress.add(self._record(completion, model_id, revision))
+
+    def commit(self, digest: str, step_downs: list[str]) -> ShardResult:
+        self.lease.renew()  # still ours? a worker that lost its lease must not commit over a live one
+        marker = _commit(self, digest, step_downs)
+        self.progress.close()
+        self.lease.release()
+        shutil.rmtree(self.run.work_dir(self.shard), ignore_errors=True)
+        return ShardResult(self.shard, "done", marker["records"], marker["rejected"], marker["completion_tokens"],
+                           time.monotonic() - self.started)
+
+    def fail(self, reason: str, trace: str = "") -> ShardResult:
+        self.progress.close()
+        atomic_write_json(self.run.failed_path(self.shard), {
+            "shard": self.shard, "reason": reason, "owner": self.lease.owner, "time": time.time(),
+            "traceback": trace or "".join(traceback.format_stack(limit=8))})
+        self.lease.release()
+        log.error("shard %d failed: %s", self.shard, reason)
+        return ShardResult(self.shard, "failed", error=reason)
+
+    def close(self) -> None:
+        self.progress.close()
+
+    def heartbeat(self, in_flight: int, step_downs: list[str]) -> dict[str, Any]:
+        progress = self.progress
+        elapsed = max(time.time() - self.started_wall, 1e-9)
+        return {
+            "shard": self.shard, "owner": self.lease.owner, "updated": time.time(), "started": self.started_wall,
+            "records_done": len(progress.finished), "records_expected": progress.expected,
+            "resumed_records": progress.resumed, "worker_in_flight": in_flight,
+            "completion_tokens": progress.tokens,
+            "tokens_per_s": round((progress.tokens - progress.resumed_tokens) / elapsed, 2),
+            "step_downs": step_downs,
+        }
+
+    def _record(self, completion: Completion, model_id: str, revision: str) -> dict[str, Any]:
+        key, prompt_name = completion.record_id.rsplit("/", 1)
+        doc = self.meta[key]
+        prompt = self.by_name[prompt_name]
+        sampling = self.config.sampling
+        return {  # "id" first
+            "id": completion.record_id,
+            "source_id": doc["id"],
+            "prompt": prompt.name,
+            "template_hash": prompt.template_hash,
+            "text": completion.text,
+            "model": model_id,
+            "revision": revision,
+            "engine": self.config.model.engine,
+            "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                         "max_tokens": sampling.max_tokens},
+            "seed": record_seed(sampling.seed, doc["id"], prompt.name),
+            "finish_reason": completion.finish_reason,
+            "error": completion.error,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "input_chars": len(doc["text"]),
+            "input_truncated": len(doc["text"]) > self.config.model.max_input_chars,
+            "generate_s": round(completion.seconds, 4),
+            "finished_at": round(time.time(), 3),
+        }
+
+
+def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, Any]:
+    run, shard = task.run, task.shard
+    order = {f"{d['key']}/{p.name}": i
+             for i, (d, p) in enumerate((d, p) for d in task.documents for p in task.prompts)}
+    by_id: dict[str, dict] = {}
+    for record in task.progress.records():
+        by_id.setdefault(record["id"], record)
+    missing = set(order) - set(by_id)
+    if missing:
+        raise RuntimeError(f"engine returned no result for {len(missing)} record(s), e.g. {min(missing)}")
+    records = sorted((r for r in by_id.values() if r["id"] in order), key=lambda r: order[r["id"]])
+    kept = [r for r in records if r["finish_reason"] != "rejected"]
+    rejected = [r for r in records if r["finish_reason"] == "rejected"]
+    if rejected:
+        blob = b"".join(orjson.dumps({"id": r["id"], "source_id": r["source_id"], "reason": r["error"]}) + b"\n"
+                        for r in rejected)
+        atomic_write_bytes(run.rejects_path(shard), blob)
+    count, checksum = write_jsonl_zst(run.output_path(shard), kept)
+    marker = {
+        "shard": shard, "fingerprint": digest, "output": run.output_path(shard).name, "sha256": checksum,
+        "records": count, "rejected": len(rejected), "documents": len(task.documents),
+        "completion_tokens": sum(r["completion_tokens"] for r in kept),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in kept), "step_downs": list(step_downs),
+        "resumed_records": task.progress.resumed, "committed": time.time(),
+    }
+    atomic_write_json(run.done_path(shard), marker)
+    return marker
