@@ -86,9 +86,12 @@ if [ -n "$missing" ]; then
   command -v apt-get >/dev/null || die "missing packages:$missing and no apt-get to install them"
   say "installing:$missing (apt-get, --no-install-recommends)"
   export DEBIAN_FRONTEND=noninteractive
+  apt_install() { apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600 "$@"; }
   # try without `apt-get update` first (fast when the package lists are current), then with it
-  if ! apt-get install -y --no-install-recommends $missing >"/tmp/hpcsynth-slurm-apt.log" 2>&1; then
-    { apt-get update && apt-get install -y --no-install-recommends $missing; } >>"/tmp/hpcsynth-slurm-apt.log" 2>&1 \
+  # shellcheck disable=SC2086
+  if ! apt_install $missing >"/tmp/hpcsynth-slurm-apt.log" 2>&1; then
+    # shellcheck disable=SC2086
+    { apt-get update -o DPkg::Lock::Timeout=600 && apt_install $missing; } >>"/tmp/hpcsynth-slurm-apt.log" 2>&1 \
       || { tail -20 /tmp/hpcsynth-slurm-apt.log >&2; die "apt-get install failed (log: /tmp/hpcsynth-slurm-apt.log)"; }
   fi
   say "packages installed"
@@ -96,6 +99,7 @@ fi
 
 # ------------------------------------------------------------------------------------------ lock, helpers
 mkdir -p "$(dirname "$DIR")"
+# fd 9 holds the lock; every daemon is started with 9>&- so that none of them inherits (and keeps) it
 exec 9>"$DIR.lock"
 flock -w 600 9 || die "could not lock $DIR.lock (another start/stop still running?)"
 
@@ -121,6 +125,16 @@ wait_until() {
   say "$desc"
 }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# check_port PORT WHAT KNOB -> die if something else listens on PORT (usually another dev cluster)
+check_port() {
+  port_in_use "$1" || return 0
+  local hint="" other
+  other=$(readlink /etc/slurm/slurm.conf 2>/dev/null || true)
+  if [ -n "$other" ] && [ "$other" != "$SLURM_CONF" ]; then
+    hint=" Perhaps the dev cluster in ${other%/etc/slurm.conf} runs: $(dirname "$0")/stop-cluster.sh ${other%/etc/slurm.conf}."
+  fi
+  die "port $1 ($2) is in use, not by the cluster in $DIR.${hint} Or choose other ports with $3."
+}
 node_usable() { sinfo -h -n "$NODENAME" -o %T 2>/dev/null | grep -qxE 'idle|mixed|allocated|completing'; }
 # record NAME PIDFILE -> copy a daemon's own PID file into STARTED/
 record() { cp "$2" "$STARTED/$1.pid"; }
@@ -277,15 +291,6 @@ else
   rm -rf "$tmp_etc"
 fi
 
-if [ "$LINK_ETC" = 1 ]; then
-  if [ ! -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
-    mkdir -p /etc/slurm
-    ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
-  else
-    say "NOTE: /etc/slurm/slurm.conf is a real file, left alone; use SLURM_CONF=$SLURM_CONF"
-  fi
-fi
-
 # ------------------------------------------------------------------------------------------ munge
 if running munged; then
   say "munged running (pid $(cat "$STARTED/munged.pid"))"
@@ -300,7 +305,7 @@ else
   chown munge:munge /etc/munge /etc/munge/munge.key /run/munge /var/lib/munge /var/log/munge
   chmod 700 /etc/munge; chmod 400 /etc/munge/munge.key; chmod 755 /run/munge
   rm -f /run/munge/munged.pid
-  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$DIR/log/munged.stdout" 2>&1
+  runuser -u munge -- /usr/sbin/munged --force </dev/null >>"$DIR/log/munged.stdout" 2>&1 9>&-
   wait_until "munged up" sh -c 'munge -n | unmunge' || die "munged did not come up (see /var/log/munge/munged.log)"
   record munged /run/munge/munged.pid
 fi
@@ -310,7 +315,7 @@ if [ "$ACCOUNTING" = 1 ]; then
   if running mariadbd; then
     say "mariadbd running (pid $(cat "$STARTED/mariadbd.pid"))"
   else
-    port_in_use "$DB_PORT" && die "port $DB_PORT is in use, not by this cluster's MariaDB (set HPCSYNTH_SLURM_DB_PORT)"
+    check_port "$DB_PORT" MariaDB HPCSYNTH_SLURM_DB_PORT
     if [ ! -d "$DIR/mysql/mysql" ]; then
       mariadb-install-db --no-defaults --user=root --datadir="$DIR/mysql" \
         --auth-root-authentication-method=socket --skip-test-db >"$DIR/log/mariadb-install.log" 2>&1 \
@@ -322,7 +327,7 @@ if [ "$ACCOUNTING" = 1 ]; then
       --socket="$DIR/run/mysqld.sock" --pid-file="$DIR/run/mariadbd.pid" \
       --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
       --log-error="$DIR/log/mariadb.err" --innodb-buffer-pool-size=128M \
-      --innodb-lock-wait-timeout=900 </dev/null >>"$DIR/log/mariadbd.stdout" 2>&1 &
+      --innodb-lock-wait-timeout=900 </dev/null >>"$DIR/log/mariadbd.stdout" 2>&1 9>&- &
     wait_until "mariadbd up" mariadb-admin --socket="$DIR/run/mysqld.sock" ping \
       || die "mariadbd did not come up, see $DIR/log/mariadb.err"
     wait_until "mariadbd pid file" test -s "$DIR/run/mariadbd.pid" || die "mariadbd wrote no PID file"
@@ -338,9 +343,9 @@ if [ "$ACCOUNTING" = 1 ]; then
   if running slurmdbd; then
     say "slurmdbd running (pid $(cat "$STARTED/slurmdbd.pid"))"
   else
-    port_in_use "$DBD_PORT" && die "port $DBD_PORT is in use, not by this cluster's slurmdbd (set HPCSYNTH_SLURM_PORT_BASE)"
+    check_port "$DBD_PORT" slurmdbd HPCSYNTH_SLURM_PORT_BASE
     rm -f "$DIR/run/slurmdbd.pid"
-    slurmdbd </dev/null >>"$DIR/log/slurmdbd.stdout" 2>&1   # reads slurmdbd.conf next to $SLURM_CONF; daemonizes
+    slurmdbd </dev/null >>"$DIR/log/slurmdbd.stdout" 2>&1 9>&-   # reads slurmdbd.conf next to $SLURM_CONF; daemonizes
     wait_until "slurmdbd up" sacctmgr -n show cluster || die "slurmdbd did not come up, see $DIR/log/slurmdbd.log"
     record slurmdbd "$DIR/run/slurmdbd.pid"
   fi
@@ -350,9 +355,9 @@ fi
 if running slurmctld; then
   say "slurmctld running (pid $(cat "$STARTED/slurmctld.pid"))"
 else
-  port_in_use "$CTLD_PORT" && die "port $CTLD_PORT is in use, not by this cluster's slurmctld (set HPCSYNTH_SLURM_PORT_BASE)"
+  check_port "$CTLD_PORT" slurmctld HPCSYNTH_SLURM_PORT_BASE
   rm -f "$DIR/run/slurmctld.pid"
-  slurmctld -f "$SLURM_CONF" </dev/null >>"$DIR/log/slurmctld.stdout" 2>&1   # recovers jobs from DIR/state
+  slurmctld -f "$SLURM_CONF" </dev/null >>"$DIR/log/slurmctld.stdout" 2>&1 9>&-   # recovers jobs from DIR/state
   wait_until "slurmctld up" sh -c 'scontrol ping | grep -q UP' || die "slurmctld did not come up, see $DIR/log/slurmctld.log"
   record slurmctld "$DIR/run/slurmctld.pid"
 fi
@@ -360,10 +365,10 @@ fi
 if running slurmd; then
   say "slurmd running (pid $(cat "$STARTED/slurmd.pid"))"
 else
-  port_in_use "$SLURMD_PORT" && die "port $SLURMD_PORT is in use, not by this cluster's slurmd (set HPCSYNTH_SLURM_PORT_BASE)"
+  check_port "$SLURMD_PORT" slurmd HPCSYNTH_SLURM_PORT_BASE
   rm -f "$DIR/run/slurmd.pid"
   mkdir -p "$DIR/spool/slurmd-$NODENAME"
-  slurmd -f "$SLURM_CONF" -N "$NODENAME" </dev/null >>"$DIR/log/slurmd.stdout" 2>&1
+  slurmd -f "$SLURM_CONF" -N "$NODENAME" </dev/null >>"$DIR/log/slurmd.stdout" 2>&1 9>&-
   wait_until "slurmd up" test -s "$DIR/run/slurmd.pid" || die "slurmd did not start, see $DIR/log/slurmd.log"
   record slurmd "$DIR/run/slurmd.pid"
 fi
@@ -374,6 +379,16 @@ if ! WAIT_S=5 wait_until "node $NODENAME usable" node_usable; then
   scontrol update NodeName="$NODENAME" State=RESUME 2>/dev/null || true
   wait_until "node $NODENAME usable after RESUME" node_usable \
     || die "node not usable: $(sinfo -h -N -o '%N %T %E'), see $DIR/log/slurmd.log"
+fi
+
+# only now, so that a failed start leaves the link of a running cluster alone
+if [ "$LINK_ETC" = 1 ]; then
+  if [ ! -e /etc/slurm/slurm.conf ] || [ -L /etc/slurm/slurm.conf ]; then
+    mkdir -p /etc/slurm
+    ln -sfn "$SLURM_CONF" /etc/slurm/slurm.conf
+  else
+    say "NOTE: /etc/slurm/slurm.conf is a real file, left alone; use SLURM_CONF=$SLURM_CONF"
+  fi
 fi
 
 say "ready"
