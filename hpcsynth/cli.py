@@ -17,9 +17,11 @@ COMMANDS = {
     "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
              "hpcsynth plan configs/finephrase.yaml --run runs/fp --input 'corpus/*.jsonl.zst'"),
     "launch": ("run the workers of a planned run (only shards not yet done)",
-               "hpcsynth launch runs/fp --executor local"),
-    "status": ("show a run's progress from its run directory",
-               "hpcsynth status runs/fp --json"),
+               "hpcsynth launch runs/fp --executor slurm --profile configs/site-example.yaml"),
+    "status": ("show a run's progress from its run directory (and one sacct call)",
+               "hpcsynth status runs/fp --watch"),
+    "cancel": ("cancel the Slurm jobs a run launched (finished work is kept)",
+               "hpcsynth cancel runs/fp"),
     "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx",
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
     "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
@@ -47,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
-    launch.add_argument("--executor", default="local", choices=["local"], help="where workers run")
+    launch.add_argument("--executor", default="local", choices=["local", "slurm"], help="where workers run")
+    launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...)")
+    launch.add_argument("--config", type=Path, help="a config to use instead of the run's own (must not change "
+                                                   "outputs unless --force)")
+    launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--workers", type=int, default=1,
                         help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
@@ -55,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    status.add_argument("--watch", action="store_true", help="refresh a live view until interrupted")
+    status.add_argument("--interval", type=float, default=10.0, help="seconds between --watch refreshes")
+
+    cancel = command("cancel")
+    cancel.add_argument("run", type=Path, help="a launched run directory")
 
     reduce = command("reduce")
     reduce.add_argument("run", type=Path, help="a run whose shards are done")
@@ -96,7 +107,13 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.launch import launch_run
     from hpcsynth.rundir import RunDir
 
-    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers)
+    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
+                        config_path=args.config, force=args.force, profile=args.profile)
+    if report.executor == "slurm":
+        arrays = ", ".join(f"{a['job_id']} ({a['tasks']} tasks)" for a in report.arrays) or "nothing to submit"
+        print(f"launch (slurm): {report.submitted_shards} shards pending, submitted {arrays}; "
+              f"follow with: hpcsynth status {args.run} --watch")
+        return 0
     print(f"launch ({report.executor}): {report.done}/{report.total} shards done, {len(report.failed)} failed")
     for shard, reason in report.failed[:10]:
         print(f"  shard {shard} failed: {reason}", file=sys.stderr)
@@ -111,11 +128,28 @@ def _status(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
     from hpcsynth.status import collect_status, render_status
 
-    status = collect_status(RunDir(args.run))
+    run = RunDir(args.run)
+    if args.watch:
+        from hpcsynth.status import watch_status
+
+        watch_status(run, args.interval)
+        return 0
+    status = collect_status(run)
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         render_status(status)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.slurm import cancel
+
+    run = RunDir(args.run)
+    run.require_planned()
+    ids = cancel(run)
+    print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
     return 0
 
 
@@ -155,4 +189,5 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if not result.launch.failed else 1
 
 
-HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "reduce": _reduce, "demo": _demo}
+HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
+            "demo": _demo}

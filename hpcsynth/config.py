@@ -122,6 +122,37 @@ class EndpointConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    # Array tasks = GPUs kept busy; each starts its engine once and pulls shards until none remain.
+    array_tasks: int = 8
+    # Several shards per array task instead of pulling: each task gets its own fixed group (0: pull).
+    shards_per_task: int = 0
+    # Slurm's %N: at most this many array tasks at once (0: no limit).
+    array_parallelism: int = 0
+    partition: str = ""
+    qos: str = ""
+    account: str = ""
+    gpus_per_task: int = 1
+    # "gres" asks --gres=gpu:N (works on every Slurm); "gpus" asks --gpus-per-task=N.
+    gpu_request: str = "gres"
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    # Requeue on a time limit is built in, so a short limit mostly buys earlier starts.
+    time_min: int = 240
+    # USR2 comes this long before the limit: enough to flush the progress logs and requeue.
+    signal_delay_s: int = 120
+    # 0 reads MaxArraySize from `scontrol show config`; arrays larger than that are split.
+    max_array_size: int = 0
+    # Extra sbatch options as "key=value" ("exclusive" alone for a flag), e.g. ["constraint=h100"].
+    sbatch: tuple[str, ...] = ()
+    # Shell lines run before the worker: module load, venv activation.
+    setup: tuple[str, ...] = ()
+    # The interpreter on the compute nodes; empty: the one running `hpcsynth launch`.
+    python: str = ""
+    job_name: str = "hpcsynth"
+
+
+@dataclass(frozen=True)
 class ReduceConfig:
     # tokenizer.json file or a directory holding one; empty: the generator's own tokenizer.
     tokenizer: str = ""
@@ -152,6 +183,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     vllm: VllmConfig = field(default_factory=VllmConfig)
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
 
 
@@ -303,6 +335,10 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise bad(key, f"must be greater than 0, got {value}")
+    if config.slurm.gpu_request not in ("gres", "gpus"):
+        raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
+    if config.slurm.array_tasks < 1:
+        raise bad("slurm.array_tasks", f"must be 1 or more, got {config.slurm.array_tasks}")
     if config.reduce.original_ratio < 0:
         raise bad("reduce.original_ratio", f"must be 0 or more, got {config.reduce.original_ratio}")
     if not 0 <= config.sampling.top_p <= 1:

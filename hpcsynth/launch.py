@@ -1,26 +1,32 @@
 """Launch: run the workers of a planned run on an executor.
 
-The local executor runs one worker in this process, or with `workers > 1` one worker process per GPU,
-each pinned through CUDA_VISIBLE_DEVICES; the workers share the shards through their leases. Only
-shards without a done marker for the run's fingerprint are worked on, so a relaunch picks up where
-the last one stopped. What happened is read back from the run directory, not from the workers.
+local: one worker in this process, or with `workers > 1` one worker process per GPU, each pinned through
+CUDA_VISIBLE_DEVICES; the workers share the shards through their leases. slurm: job arrays through
+hpcsynth/slurm.py. Either way only shards without a done marker for the run's fingerprint are worked
+on, so a relaunch picks up where the last one stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hpcsynth.errors import HpcsynthError
+import yaml
+
+from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config
+from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import read_json
+from hpcsynth.prompts import load_prompts
 from hpcsynth.pull import pull_shards
 from hpcsynth.rundir import RunDir
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "slurm")
 
 
 @dataclass(frozen=True)
@@ -29,21 +35,70 @@ class LaunchReport:
     done: int = 0
     total: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
+    arrays: list[dict[str, Any]] = field(default_factory=list)
+    submitted_shards: int = 0
 
 
-def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False, workers: int = 1) -> LaunchReport:
+def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False, workers: int = 1,
+               config_path: Path | None = None, force: bool = False, profile: Path | None = None) -> LaunchReport:
     run.require_planned()
-    run.config()  # a broken resolved config should fail here, not inside a worker
+    config = run.config()  # a broken resolved config should fail here, not inside a worker
     if executor not in EXECUTORS:
         raise HpcsynthError(f"--executor {executor!r} is not available; choose one of {', '.join(EXECUTORS)}")
     if workers < 1:
         raise HpcsynthError(f"--workers must be 1 or more, got {workers}")
+    if config_path is not None:
+        config = adopt_config(run, config, load_config(config_path), force, str(config_path))
+    if executor == "slurm":
+        slurm = load_profile(profile, config.slurm) if profile else config.slurm
+        return _launch_slurm(run, slurm, retry_failed)
     if workers == 1:
-        _log_to(run.log_path("worker-local"))
+        log_to(run.log_path("worker-local"))
         pull_shards(str(run.root), retry_failed=retry_failed)
     else:
         _run_worker_processes(run, workers, retry_failed)
     return _report(run, executor)
+
+
+def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source: str) -> Config:
+    """Use a config given at launch: refuse one that changes outputs, unless forced."""
+    new = dataclasses.replace(new, plan=dataclasses.replace(new.plan, inputs=current.plan.inputs))
+    digest = fingerprint(new, {p.name: p.template_hash for p in load_prompts(new)})
+    if digest != run.fingerprint():
+        changed = [k for k in diff_configs(current, new) if k.split(".")[0] in ("prompts", "plan", "model", "sampling")]
+        if not force:
+            raise RunError(f"{source} changes what this run generates ({', '.join(changed) or 'prompt templates'} "
+                           f"differ from {run.config_path}); pass --force to adopt it (finished shards are redone)")
+    run.write_config(new, digest)
+    return new
+
+
+def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
+    """A site profile: a YAML file with a `slurm:` section (the keys of SlurmConfig)."""
+    if not path.is_file():
+        raise ConfigError(f"site profile not found: {path} (see configs/site-example.yaml)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or set(data) - {"slurm"}:
+        raise ConfigError(f"{path}: a site profile holds only a 'slurm:' section")
+    merged = {**dataclasses.asdict(base), **(data.get("slurm") or {})}
+    return config_from_dict({"slurm": merged}, source=str(path)).slurm
+
+
+def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool) -> LaunchReport:
+    from hpcsynth import slurm as backend
+
+    digest = run.fingerprint()
+    pending = [s for s in run.shard_ids() if not run.is_done(s, digest)
+               and (retry_failed or not run.failed_path(s).exists())]
+    if not pending:
+        return dataclasses.replace(_report(run, "slurm"), submitted_shards=0)
+    if retry_failed:
+        for shard in pending:
+            run.failed_path(shard).unlink(missing_ok=True)
+    tasks = backend.plan_tasks(slurm, pending)
+    arrays = backend.submit_arrays(run, slurm, tasks, retry_failed)
+    backend.record_launch(run, arrays, slurm, len(pending))
+    return dataclasses.replace(_report(run, "slurm"), arrays=arrays, submitted_shards=len(pending))
 
 
 def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None:
@@ -78,7 +133,7 @@ def _report(run: RunDir, executor: str) -> LaunchReport:
     return LaunchReport(executor, done, len(shards), failed)
 
 
-def _log_to(path: Path) -> None:
+def log_to(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("hpcsynth")
     if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):

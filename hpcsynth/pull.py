@@ -1,23 +1,60 @@
 """A worker process: start one engine, then claim and run unfinished shards until none remain.
 
 This is what an executor starts, once per GPU (an array task, or one local process): the engine's
-start-up is paid once, not per shard, and one request stream runs across all the shards it claims. Its arguments are small and picklable (a run directory and
-optionally the shard ids to consider) so that submitit can ship it anywhere.
+start-up is paid once, not per shard, and one request stream runs across all the shards it claims.
+Its arguments are small and picklable (a run directory and optionally the shard ids to consider) so
+that submitit can ship it anywhere. It records how its time went (start-up, generation, idle) in
+RUN/tasks/NAME.json for status.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
 from hpcsynth.engines import make_engine
-from hpcsynth.lease import new_owner
+from hpcsynth.files import atomic_write_json
+from hpcsynth.lease import new_owner, slurm_task
 from hpcsynth.rundir import RunDir
 from hpcsynth.worker import ShardResult, WorkerSession
 
 log = logging.getLogger("hpcsynth.worker")
+
+
+def task_name() -> str:
+    """This worker's name in RUN/tasks/ and RUN/logs/: the Slurm array task and its restart, or host-pid."""
+    task = slurm_task()
+    if task:
+        return f"{task}-r{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class TaskClock:
+    """Where a worker's (GPU) time goes, rewritten at each milestone so a killed task leaves a record."""
+
+    def __init__(self, run: RunDir, name: str) -> None:
+        self.path = run.root / "tasks" / f"{name}.json"
+        self.started = time.time()
+        self.data = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
+                     "gpus": _visible_gpus(), "started": self.started, "startup_s": 0.0, "generation_s": 0.0,
+                     "shards_done": 0, "state": "starting"}
+        self.write()
+
+    def write(self, **changes) -> None:
+        self.data.update(changes)
+        self.data["updated"] = time.time()
+        self.data["wall_s"] = round(self.data["updated"] - self.started, 3)
+        self.data["idle_s"] = round(max(0.0, self.data["wall_s"] - self.data["startup_s"]
+                                        - self.data["generation_s"]), 3)
+        atomic_write_json(self.path, self.data)
+
+
+def _visible_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return len([d for d in visible.split(",") if d.strip()]) if visible else 0
 
 
 def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_failed: bool = False,
@@ -32,14 +69,19 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
             and (retry_failed or not run.failed_path(s).exists())]
     if not todo:
         return []
-    started = time.monotonic()
+    clock = TaskClock(run, task_name())
     engine = engine_factory(config)
+    startup = time.time() - clock.started
+    clock.write(startup_s=round(startup, 3), state="generating")
     log.info("engine %s ready in %.1fs (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
-             time.monotonic() - started, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+             startup, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    session = WorkerSession(run, engine, config, owner, on_result=lambda r: clock.write(
+        generation_s=round(session.generation_s, 3), shards_done=clock.data["shards_done"] + (r.state == "done")))
     try:
-        results = WorkerSession(run, engine, config, owner).work(todo)
+        results = session.work(todo)
     finally:
         engine.close()
+        clock.write(generation_s=round(session.generation_s, 3), state="finished")
     return results
 
 

@@ -21,7 +21,7 @@ import orjson
 from hpcsynth.config import Config
 from hpcsynth.engines import Completion, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_jsonl_zst, write_jsonl_zst
-from hpcsynth.lease import Lease
+from hpcsynth.lease import Lease, slurm_task
 from hpcsynth.progress import ProgressLog
 from hpcsynth.prompts import Prompt
 from hpcsynth.rundir import RunDir
@@ -38,6 +38,15 @@ class ShardResult:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str = ""
+
+
+def worker_log_path() -> str:
+    """The file this worker logs to, so status can show a failed shard's last log lines."""
+    for handler in logging.getLogger("hpcsynth").handlers + logging.getLogger().handlers:
+        name = getattr(handler, "baseFilename", None)
+        if name:
+            return str(name)
+    return ""
 
 
 def record_seed(base: int, source_id: str, prompt: str) -> int:
@@ -113,7 +122,7 @@ class ShardTask:
         self.progress.close()
         atomic_write_json(self.run.failed_path(self.shard), {
             "shard": self.shard, "reason": reason, "owner": self.lease.owner, "time": time.time(),
-            "traceback": trace or "".join(traceback.format_stack(limit=8))})
+            "log": worker_log_path(), "traceback": trace or "".join(traceback.format_stack(limit=8))})
         self.lease.release()
         log.error("shard %d failed: %s", self.shard, reason)
         return ShardResult(self.shard, "failed", error=reason)
@@ -125,8 +134,8 @@ class ShardTask:
         progress = self.progress
         elapsed = max(time.time() - self.started_wall, 1e-9)
         return {
-            "shard": self.shard, "owner": self.lease.owner, "updated": time.time(), "started": self.started_wall,
-            "records_done": len(progress.finished), "records_expected": progress.expected,
+            "shard": self.shard, "owner": self.lease.owner, "task": slurm_task(), "updated": time.time(),
+            "started": self.started_wall, "records_done": len(progress.finished), "records_expected": progress.expected,
             "resumed_records": progress.resumed, "worker_in_flight": in_flight,
             "completion_tokens": progress.tokens,
             "tokens_per_s": round((progress.tokens - progress.resumed_tokens) / elapsed, 2),

@@ -1,7 +1,8 @@
-"""Status: what a run has done, read from the run directory alone.
+"""Status: what a run has done, from the run directory first and at most one sacct call.
 
-Each directory (done/, failed/, work/) is listed once, so status stays fast over thousands of shards;
-nothing here talks to a scheduler.
+Each directory (done/, failed/, work/, tasks/) is listed once, so status stays fast over thousands of
+shards. Slurm is asked once per refresh, for every job the run launched, to tell requeued shards from
+dead ones and to count GPU time; without Slurm jobs nothing is asked.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import orjson
 
 from hpcsynth.rundir import RunDir, shard_name
 
-STATES = ("pending", "running", "stale", "failed", "done")
+STATES = ("pending", "running", "requeued", "stale", "failed", "done")
+WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
+LOG_TAIL_LINES = 5
 
 
-def collect_status(run: RunDir) -> dict[str, Any]:
+def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     manifest = run.manifest()
+    jobs, sacct = _slurm_view(run) if slurm else ([], {})
     config = run.config()
     digest = run.fingerprint()
     prompts = len(manifest["prompts"])
@@ -48,12 +52,16 @@ def collect_status(run: RunDir) -> dict[str, Any]:
             tokens_done += beat["completion_tokens"]
         if sid in failed:
             counts["failed"] += 1
-            failures.append({"shard": sid, "reason": failed[sid].get("reason", "")})
+            failures.append({"shard": sid, "reason": failed[sid].get("reason", ""),
+                             "log": failed[sid].get("log", ""), "log_tail": _tail(failed[sid].get("log", ""))})
         elif beat is None:
             counts["pending"] += 1
-        elif now - beat["updated"] > config.worker.lease_timeout_s:
-            counts["stale"] += 1
-            stale.append(sid)
+        elif now - beat["updated"] > config.worker.lease_timeout_s or _holder_gone(beat, sacct):
+            if sacct.get(beat.get("task", ""), {}).get("state") in WAITING:
+                counts["requeued"] += 1  # its array task waits to run again and will resume it
+            else:
+                counts["stale"] += 1
+                stale.append(sid)
         else:
             counts["running"] += 1
             rate += beat.get("tokens_per_s", 0.0)
@@ -63,6 +71,17 @@ def collect_status(run: RunDir) -> dict[str, Any]:
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
+    tasks = _json_by_name(run.root / "tasks")
+    time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
+                  for key in ("startup_s", "generation_s", "idle_s")}
+    if sacct:
+        gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
+        gpu_hours = sum(t["elapsed_s"] * gpus.get(tid.split("_")[0], 1) for tid, t in sacct.items()) / 3600
+    else:
+        gpu_hours = sum(t.get("wall_s", 0.0) * t.get("gpus", 0) for t in tasks) / 3600
+    task_states: dict[str, int] = {}
+    for task in sacct.values():
+        task_states[task["state"]] = task_states.get(task["state"], 0) + 1
     return {
         "run": str(run.root),
         "fingerprint": digest,
@@ -77,7 +96,54 @@ def collect_status(run: RunDir) -> dict[str, Any]:
         "eta_s": None if eta is None else round(eta, 1),
         "stale_shards": stale,
         "failed_shards": failures,
+        "gpu_hours": round(gpu_hours, 4),
+        # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
+        "worker_hours": time_split,
+        "workers": len(tasks),
+        "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
+                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
     }
+
+
+def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
+    from hpcsynth.slurm import recorded_jobs, sacct_tasks
+
+    jobs = recorded_jobs(run)
+    ids = [a["job_id"] for launch in jobs for a in launch.get("arrays", [])]
+    return jobs, sacct_tasks(ids) if ids else {}
+
+
+def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
+    """Slurm says the array task holding this shard is not running (preempted, requeued, ended)."""
+    task = sacct.get(beat.get("task", ""))
+    return task is not None and task["state"] != "RUNNING"
+
+
+def _tail(path: str) -> list[str]:
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return lines[-LOG_TAIL_LINES:]
+
+
+def _json_by_name(directory: Path) -> list[dict]:
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.endswith(".json") and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        try:
+            out.append(orjson.loads(Path(entry.path).read_bytes()))
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 def _json_by_shard(directory: Path, suffix: str) -> dict[int, dict]:
@@ -111,29 +177,59 @@ def _heartbeats(work: Path) -> dict[int, dict]:
     return out
 
 
-def render_status(status: dict[str, Any]) -> None:
+def render_status(status: dict[str, Any], console=None) -> None:
     from rich.console import Console
+
+    console = console or Console()
+    for part in status_renderables(status):
+        console.print(part)
+
+
+def watch_status(run: RunDir, interval: float) -> None:
+    from rich.console import Group
+    from rich.live import Live
+
+    with Live(Group(*status_renderables(collect_status(run))), refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(Group(*status_renderables(collect_status(run))))
+        except KeyboardInterrupt:
+            pass
+
+
+def status_renderables(status: dict[str, Any]) -> list:
     from rich.table import Table
 
-    console = Console()
+    parts: list = []
     shards = status["shards"]
     table = Table(title=f"hpcsynth run {status['run']}", show_header=True)
     for state in (*STATES, "total"):
         table.add_column(state, justify="right")
     table.add_row(*(str(shards[s]) for s in (*STATES, "total")))
-    console.print(table)
+    parts.append(table)
     eta = status["eta_s"]
-    console.print(
+    split = status["worker_hours"]
+    parts.append(
         f"documents {status['docs_done']:,}/{status['documents']:,}  "
         f"records {status['records_done']:,}/{status['records_expected']:,}  "
         f"tokens {status['tokens_done']:,}  {status['tokens_per_s']:,.0f} tok/s  "
-        f"ETA {'-' if eta is None else _duration(eta)}"
+        f"ETA {'-' if eta is None else _duration(eta)}\n"
+        f"GPU-hours {status['gpu_hours']:.2f}  worker hours: start-up {split['startup_s']:.2f}, "
+        f"generation {split['generation_s']:.2f}, idle {split['idle_s']:.2f} ({status['workers']} workers)"
     )
+    slurm = status["slurm"]
+    if slurm["jobs"]:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())) or "not in sacct yet"
+        parts.append(f"Slurm jobs {', '.join(slurm['jobs'])}: array tasks {states}")
     if status["stale_shards"]:
         shown = ", ".join(shard_name(s) for s in status["stale_shards"][:10])
-        console.print(f"[yellow]stale heartbeats[/yellow]: {shown}")
+        parts.append(f"[yellow]stale heartbeats[/yellow]: {shown}")
     for failure in status["failed_shards"][:10]:
-        console.print(f"[red]failed[/red] {shard_name(failure['shard'])}: {failure['reason']}")
+        parts.append(f"[red]failed[/red] {shard_name(failure['shard'])}: {failure['reason']}")
+        for line in failure["log_tail"]:
+            parts.append(f"    [dim]{line}[/dim]")
+    return parts
 
 
 def _duration(seconds: float) -> str:

@@ -47,7 +47,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class WorkerSession:
-    def __init__(self, run: RunDir, engine: Engine, config: Config, owner: str, grace_s: float = 30.0) -> None:
+    def __init__(self, run: RunDir, engine: Engine, config: Config, owner: str, grace_s: float = 30.0,
+                 on_result=None) -> None:
         self.run, self.engine, self.config, self.owner = run, engine, config, owner
         self.digest = run.fingerprint()
         self.prompts = load_prompts(config)
@@ -61,6 +62,8 @@ class WorkerSession:
         self.grace_s = grace_s
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self.on_result = on_result
+        self.generation_s = 0.0  # wall time with the engine working, for the task's time split
 
     @property
     def in_flight(self) -> int:
@@ -70,9 +73,11 @@ class WorkerSession:
         pending = deque(shards)
         thread = threading.Thread(target=self._beat_loop, daemon=True, name="hpcsynth-heartbeat")
         thread.start()
+        started = time.monotonic()
         try:
             self._generate(pending)
         finally:
+            self.generation_s += time.monotonic() - started
             self._stop.set()
             thread.join()
             for task in self.open.values():
@@ -142,7 +147,12 @@ class WorkerSession:
             except Exception as exc:
                 result = task.fail(f"commit failed: {type(exc).__name__}: {exc}", traceback.format_exc())
         log.info("shard %d: %s %s", task.shard, result.state, result.error)
+        self._record(result)
+
+    def _record(self, result: ShardResult) -> None:
         self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
     def _step_down(self, exc: Exception) -> bool:
         step = getattr(self.engine, "step_down", None)
@@ -159,7 +169,7 @@ class WorkerSession:
         with self.lock:
             for shard, task in list(self.open.items()):
                 del self.open[shard]
-                self.results.append(task.fail(reason, trace))
+                self._record(task.fail(reason, trace))
 
     # --- the heartbeat thread
     def _beat_loop(self) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -62,16 +63,19 @@ class EndpointEngine:
         feeder = Feeder(requests, max(1, self.config.endpoint.concurrency))
         pool = ThreadPoolExecutor(max_workers=feeder.capacity, thread_name_prefix="hpcsynth-endpoint")
         open_: set[Future[Completion]] = set()
+        stopped = threading.Event()
         try:
             while True:
-                open_.update(pool.submit(self._complete, request) for request in feeder.refill(len(open_)))
+                open_.update(pool.submit(self._complete, request, stopped) for request in feeder.refill(len(open_)))
                 if not open_:
                     return
                 done, open_ = wait(open_, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
         finally:
-            # Stopped early or failed: drop what has not started; running calls end by their timeout.
+            # Stopped early or failed: drop what has not started, end retry waits now; calls on the wire
+            # end by their timeout.
+            stopped.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -86,18 +90,18 @@ class EndpointEngine:
             "top_k": sampling.top_k if sampling.top_k > 0 else -1,
         }
 
-    def _complete(self, request: Request) -> Completion:
+    def _complete(self, request: Request, stopped: threading.Event) -> Completion:
         started = time.monotonic()
-        completion = self._post(request)
+        completion = self._post(request, stopped)
         return dataclasses.replace(completion, seconds=time.monotonic() - started)
 
-    def _post(self, request: Request) -> Completion:
+    def _post(self, request: Request, stopped: threading.Event) -> Completion:
         endpoint = self.config.endpoint
         data = json.dumps(self.body(request)).encode()
         problem = ""
         for attempt in range(endpoint.retries + 1):
-            if attempt:
-                time.sleep(self._backoff(attempt))
+            if attempt and stopped.wait(self._backoff(attempt)):
+                raise EngineError("the stream was closed")
             try:
                 post = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
                 with self.opener.open(post, timeout=endpoint.timeout_s) as response:

@@ -1,12 +1,12 @@
-"""The vLLM engine (model.engine: vllm): production generation, in-process, fed continuously.
+"""The vLLM engine (model.engine: vllm): production generation, driven step by step, fed continuously.
 
 The worker's request stream is pulled lazily: the engine keeps up to max_num_seqs + in_flight requests
-inside vLLM and adds a new one as soon as one finishes, so its batch never drains between shards or
-"batches". Prompts are rendered with the model's own chat template and submitted as token ids, which lets
-us count them and reject an over-long prompt ourselves instead of letting vLLM raise mid-stream.
+inside vLLM and adds a new one as soon as one finishes, so the batch never drains while the stream lasts.
+Prompts are rendered with the model's own chat template and submitted as token ids, which lets us count
+them and reject an over-long prompt ourselves instead of letting vLLM raise mid-stream.
 
-vLLM starts its engine core in a spawned process: a script that builds this engine must do so under
-`if __name__ == "__main__":`.
+vLLM starts its engine core in a spawned process (unless VLLM_ENABLE_V1_MULTIPROCESSING=0): a script that
+builds this engine must do so under `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class VllmEngine:
 
 
 def engine_kwargs(config: Config) -> dict[str, Any]:
-    """config.model + config.vllm -> keyword arguments of vllm.LLM (also used to echo the settings)."""
+    """config.model + config.vllm -> keyword arguments of vllm.LLM."""
     model, opts = config.model, config.vllm
     kwargs: dict[str, Any] = dict(
         model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
