@@ -303,7 +303,7 @@ def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int])
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{where}: '{key}' must be a list of strings, {got}")
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input

