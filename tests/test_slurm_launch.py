@@ -132,7 +132,7 @@ def test_preemption_requeues_and_resumes(tmp_path: Path, cluster: ClusterInfo) -
     job = job_ids(run)[0]
     _wait_progress(cluster, run, records_done=12)
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "--gres=gpu:1", "-c", "1", "--mem=256M",
-                           "--wrap", "sleep 2"], env=cluster.env, capture_output=True, text=True, check=True)
+                           "-o", str(tmp_path / "high-%j.out"), "--wrap", "sleep 2"], env=cluster.env, capture_output=True, text=True, check=True)
     wait_sacct(cluster, high.stdout.strip(), {"COMPLETED"}, timeout=120)
     final = wait_for(cluster, run, 8, timeout=240)
     assert final["shards"]["done"] == 8, final
