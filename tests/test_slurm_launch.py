@@ -78,13 +78,14 @@ def wait_for(cluster: ClusterInfo, run: Path, done: int, timeout: float = 150.0)
     raise AssertionError(f"not done after {timeout}s: {current}\n{_logs(run)}")
 
 
-def wait_sacct(cluster: ClusterInfo, job: str, states: set[str], timeout: float = 90.0) -> str:
+def wait_sacct(cluster: ClusterInfo, job: str, states: set[str], timeout: float = 90.0, tasks: int = 1) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "JobID,State"], env=cluster.env,
                              capture_output=True, text=True).stdout
-        seen = {line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line}
-        if seen and seen <= states:
+        lines = [line for line in out.splitlines() if "|" in line]
+        seen = {line.split("|")[1].split()[0] for line in lines}
+        if len(lines) >= tasks and seen <= states:
             return out
         time.sleep(1)
     raise AssertionError(f"job {job} never reached {states}: {out}")
@@ -114,7 +115,7 @@ def test_array_end_to_end_with_fake_gpus(tmp_path: Path, cluster: ClusterInfo) -
     assert final["shards"]["done"] == 6 and final["records_done"] == 60
     assert records(run) == expected_ids(30, 5)
     job = job_ids(run)[0]
-    wait_sacct(cluster, job, {"COMPLETED"})
+    wait_sacct(cluster, job, {"COMPLETED"}, tasks=2)
     after = status(cluster, run)
     assert after["slurm"]["array_tasks"] == {"COMPLETED": 2} and after["slurm"]["sacct_calls"] == 1
     worker_logs = sorted((run / "logs").glob("worker-*.log"))

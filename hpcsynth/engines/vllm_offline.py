@@ -47,13 +47,28 @@ class VllmEngine:
         self._tokens_input = tokens_input
         self._final_only = RequestOutputKind.FINAL_ONLY
         self._ids = itertools.count()
+        self.max_num_seqs = config.vllm.max_num_seqs
+        self._start()
+
+    def _start(self) -> None:
         try:
-            self.llm = vllm.LLM(**engine_kwargs(config))
+            self.llm = self._vllm.LLM(**engine_kwargs(self.config, self.max_num_seqs))
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"vLLM cannot load model.path={config.model.path!r}: {first}") from None
+            raise EngineError(f"vLLM cannot load model.path={self.config.model.path!r}: {first}") from None
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
+
+    def step_down(self) -> str:
+        """After an out-of-memory error: restart vLLM with half the sequences (it cannot shrink live)."""
+        if self.max_num_seqs <= 1:
+            return ""
+        before = self.max_num_seqs
+        self.max_num_seqs //= 2
+        self.capacity = max(1, self.max_num_seqs + self.config.vllm.in_flight)
+        self.close()
+        self._start()
+        return f"max_num_seqs {before} -> {self.max_num_seqs} (engine restarted)"
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         feeder = Feeder(requests, self.capacity)
@@ -79,7 +94,7 @@ class VllmEngine:
         engine_core = getattr(self.engine, "engine_core", None)
         if engine_core is not None and hasattr(engine_core, "shutdown"):
             engine_core.shutdown()
-        del self.llm, self.engine
+        self.llm = self.engine = None
 
     def render(self, request: Request) -> list[int]:
         """Chat template (with the assistant turn opened) -> token ids, as vLLM's server renders it."""
@@ -114,12 +129,12 @@ class VllmEngine:
         )
 
 
-def engine_kwargs(config: Config) -> dict[str, Any]:
+def engine_kwargs(config: Config, max_num_seqs: int | None = None) -> dict[str, Any]:
     """config.model + config.vllm -> keyword arguments of vllm.LLM."""
     model, opts = config.model, config.vllm
     kwargs: dict[str, Any] = dict(
         model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
-        max_num_seqs=opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
+        max_num_seqs=max_num_seqs or opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
         gpu_memory_utilization=opts.gpu_memory_utilization, enable_prefix_caching=opts.enable_prefix_caching,
         enforce_eager=opts.enforce_eager, tensor_parallel_size=opts.tensor_parallel_size,
         kv_cache_dtype=opts.kv_cache_dtype, seed=config.sampling.seed,

@@ -217,3 +217,14 @@ def test_endpoint_engine_against_vllm_server(server, config, requests, offline_c
             assert completion.prompt_tokens == other.prompt_tokens
     # Per-request seeds make a record reproducible across engines too, whatever shares its batch.
     assert {k: c.text for k, c in served.items()} == {k: c.text for k, c in offline_completions.items()}
+
+
+def test_offline_step_down_restarts_with_half_the_sequences(offline, requests, offline_completions, measured):
+    # Last in the module: it restarts the shared engine. What the worker calls after an out-of-memory error.
+    before = offline.max_num_seqs
+    change = offline.step_down()
+    assert change == f"max_num_seqs {before} -> {before // 2} (engine restarted)"
+    assert offline.capacity == before // 2 + offline.config.vllm.in_flight
+    again = run(offline, requests[:6], "vllm offline after step-down", measured)
+    # Per-request seeds: the same text whatever the batch size.
+    assert {k: c.text for k, c in again.items()} == {k: offline_completions[k].text for k in again}
