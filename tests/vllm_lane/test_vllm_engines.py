@@ -219,6 +219,41 @@ def test_endpoint_engine_against_vllm_server(server, config, requests, offline_c
     assert {k: c.text for k, c in served.items()} == {k: c.text for k, c in offline_completions.items()}
 
 
+
+def test_same_records_from_transformers_vllm_and_endpoint(offline, server, config, tmp_path):
+    """One shard through the worker with each engine: identical record schema, ids and prompt tokens."""
+    from hpcsynth.engines.hf import TransformersEngine
+    from hpcsynth.files import read_jsonl_zst
+    from hpcsynth.plan import plan_corpus
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.worker import run_shard
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i}. " + "Facts and figures. " * 12})
+                              + "\n" for i in range(3)))
+    base = dataclasses.replace(config, prompts=("faq", "table"),
+                               plan=dataclasses.replace(config.plan, inputs=(str(corpus),)),
+                               worker=dataclasses.replace(config.worker, threads=1, device="cpu"),
+                               endpoint=dataclasses.replace(config.endpoint, url=server))
+    engines = {"vllm": lambda c: offline, "endpoint": make_engine, "transformers": TransformersEngine}
+    outputs = {}
+    for name, build in engines.items():
+        cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, engine=name))
+        run = RunDir(tmp_path / name)
+        plan_corpus(cfg, run)
+        engine = build(run.config())
+        result = run_shard(run, 0, engine, run.config(), f"lane-{name}")
+        assert result.state == "done", (name, result.error)
+        outputs[name] = list(read_jsonl_zst(run.output_path(0)))
+    schema = {name: [{k: type(v).__name__ for k, v in r.items()} for r in recs] for name, recs in outputs.items()}
+    assert schema["vllm"] == schema["endpoint"] == schema["transformers"]
+    ids = {name: [r["id"] for r in recs] for name, recs in outputs.items()}
+    assert ids["vllm"] == ids["endpoint"] == ids["transformers"] and len(ids["vllm"]) == 6
+    prompt_tokens = {name: [r["prompt_tokens"] for r in recs] for name, recs in outputs.items()}
+    assert prompt_tokens["vllm"] == prompt_tokens["endpoint"] == prompt_tokens["transformers"]
+    assert {r["engine"] for r in outputs["endpoint"]} == {"endpoint"}
+
+
 def test_offline_step_down_restarts_with_half_the_sequences(offline, requests, offline_completions, measured):
     # Last in the module: it restarts the shared engine. What the worker calls after an out-of-memory error.
     before = offline.max_num_seqs
