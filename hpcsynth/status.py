@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from hpcsynth.lease import holder_gone
 from hpcsynth.rundir import RunDir, shard_name
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
@@ -100,6 +101,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
         "worker_hours": time_split,
         "workers": len(tasks),
+        "tasks": sorted(({k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
+                                                 "idle_s", "wall_s", "shards_done")} for t in tasks),
+                        key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
     }
@@ -114,9 +118,12 @@ def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
 
 
 def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
-    """Slurm says the array task holding this shard is not running (preempted, requeued, ended)."""
+    """The worker holding this shard is gone: Slurm says its array task is not running (preempted,
+    requeued, ended), or it was a process on this host that no longer exists."""
     task = sacct.get(beat.get("task", ""))
-    return task is not None and task["state"] != "RUNNING"
+    if task is not None:
+        return task["state"] != "RUNNING"
+    return holder_gone({"owner": beat.get("owner", ""), "task": ""})
 
 
 def _tail(path: str) -> list[str]:

@@ -127,3 +127,33 @@ def test_local_workers_share_shards_and_see_their_gpu(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
     shards_per_worker = [log.count(": done") for log in logs]
     assert sum(shards_per_worker) == 6 and min(shards_per_worker) >= 1, shards_per_worker
+
+
+def test_status_sees_a_killed_local_worker_at_once(tmp_path: Path) -> None:
+    from hpcsynth.status import collect_status
+
+    run = planned_run(tmp_path, "dead", docs=20)
+    proc = worker(run, {"delay_s": 0.05})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and collect_status(run)["records_done"] < 4:
+        time.sleep(0.1)
+    assert collect_status(run)["shards"]["running"] == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    current = collect_status(run)
+    assert current["shards"]["running"] == 0 and current["shards"]["stale"] == 1, current["shards"]
+    assert current["tasks"][0]["state"] == "generating" and current["tasks"][0]["startup_s"] >= 0
+
+
+def test_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    path.write_bytes(b'{"owner": "gone-host:1:x", "renewed": 0}')
+    script = ("import sys, time; from pathlib import Path; from hpcsynth.lease import Lease, new_owner\n"
+              "time.sleep(float(sys.argv[2]) - time.time())\n"
+              "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire())")
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    answers = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert answers.count("True") == 1, answers
+    assert json.loads(path.read_text())["owner"] != "gone-host:1:x"

@@ -115,6 +115,10 @@ def test_array_end_to_end_with_fake_gpus(tmp_path: Path, cluster: ClusterInfo) -
     assert final["shards"]["done"] == 6 and final["records_done"] == 60
     assert records(run) == expected_ids(30, 5)
     job = job_ids(run)[0]
+    script = (run / "slurm" / job / f"{job}_submission.sh").read_text()
+    for line in ("--array=0-1%2", "--gres=gpu:1", "--partition=gpu", "--cpus-per-task=1", "--mem=1GB",
+                 "--time=20", "--signal=USR2@30", "--job-name=hpcsynth"):
+        assert f"#SBATCH {line}\n" in script, line
     wait_sacct(cluster, job, {"COMPLETED"}, tasks=2)
     after = status(cluster, run)
     assert after["slurm"]["array_tasks"] == {"COMPLETED": 2} and after["slurm"]["sacct_calls"] == 1
@@ -175,10 +179,15 @@ def test_arrays_split_at_max_array_size(tmp_path: Path, cluster: ClusterInfo) ->
     run = planned(tmp_path, cluster, docs=35, tasks=1)
     profile = tmp_path / "site.yaml"
     profile.write_text("slurm: {shards_per_task: 1, max_array_size: 3, partition: gpu, cpus_per_task: 1, "
-                       "mem_gb: 1}\n")
+                       "mem_gb: 1, array_parallelism: 2, sbatch: [comment=hpcsynth-test], "
+                       "setup: ['export HPCSYNTH_SETUP_RAN=1']}\n")
     out = cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", str(profile)).stdout
     launch = orjson.loads(next((run / "launches").glob("*.json")).read_bytes())
     assert [a["tasks"] for a in launch["arrays"]] == [3, 3, 1] and out.count("tasks)") == 3
+    script = (run / "slurm" / launch["arrays"][0]["job_id"] / f"{launch['arrays'][0]['job_id']}_submission.sh")
+    text = script.read_text()
+    assert "#SBATCH --array=0-2%2\n" in text and "#SBATCH --comment=hpcsynth-test\n" in text
+    assert "export HPCSYNTH_SETUP_RAN=1" in text
     assert wait_for(cluster, run, 7)["shards"]["done"] == 7
     assert records(run) == expected_ids(35, 5)
 
