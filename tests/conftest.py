@@ -52,3 +52,14 @@ def fake_config(corpus: Path, **sections) -> Config:
     for name, changes in sections.items():
         config = dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **changes)})
     return config
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The project's single-node Slurm (slurm/start-cluster.sh), started once, left running."""
+    from slurm_cluster import cluster_available, ensure_cluster
+
+    ok, reason = cluster_available()
+    if not ok:
+        pytest.skip(reason)
+    return ensure_cluster()

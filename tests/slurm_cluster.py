@@ -95,24 +95,14 @@ def ensure_cluster(base_dir: Path | None = None, *, timeout: float = 1200.0) -> 
     """
     base = Path(base_dir) if base_dir is not None else default_base_dir()
     base = base.absolute()
-    command = ["bash", str(START_SCRIPT), str(base)]
-    try:
-        proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
-        raise RuntimeError(f"{START_SCRIPT.name} {base} did not finish within {timeout:.0f} s; "
-                           f"output tail:\n{_tail(output)}") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"{START_SCRIPT.name} {base} failed (exit {proc.returncode}); logs in {base}/log; "
-                           f"output tail:\n{_tail(proc.stdout)}")
+    output = _run_script([str(START_SCRIPT), str(base)], timeout, f"logs in {base}/log; ")
     try:
         values = _read_cluster_env(base)
         conf = Path(values["SLURM_CONF"])
         nodename = values["HPCSYNTH_SLURM_NODENAME"]
     except (OSError, KeyError) as exc:
         raise RuntimeError(f"{START_SCRIPT.name} succeeded but {base}/cluster.env is unusable ({exc!r}); "
-                           f"output tail:\n{_tail(proc.stdout)}") from None
+                           f"output tail:\n{_tail(output)}") from None
     return ClusterInfo(conf=conf, env=_client_env(conf), nodename=nodename, dir=base)
 
 
@@ -122,14 +112,18 @@ def stop_cluster(info: ClusterInfo, *, keep_jobs: bool = False, timeout: float =
     Config, job state, accounting DB and logs stay in info.dir, so a later ensure_cluster() is a fast cold
     start. Raises RuntimeError with the script's output tail when it fails.
     """
-    command = ["bash", str(STOP_SCRIPT)] + (["--keep-jobs"] if keep_jobs else []) + [str(info.dir)]
+    _run_script([str(STOP_SCRIPT)] + (["--keep-jobs"] if keep_jobs else []) + [str(info.dir)], timeout)
+
+
+def _run_script(args: list[str], timeout: float, hint: str = "") -> str:
+    """Run one of slurm/*.sh; RuntimeError with its output tail when it fails or hangs."""
+    name = f"{Path(args[0]).name} {args[-1]}"
     try:
-        proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.run(["bash", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
-        raise RuntimeError(f"{STOP_SCRIPT.name} {info.dir} did not finish within {timeout:.0f} s; "
-                           f"output tail:\n{_tail(output)}") from None
+        raise RuntimeError(f"{name} did not finish within {timeout:.0f} s; output tail:\n{_tail(output)}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"{STOP_SCRIPT.name} {info.dir} failed (exit {proc.returncode}); "
-                           f"output tail:\n{_tail(proc.stdout)}")
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}); {hint}output tail:\n{_tail(proc.stdout)}")
+    return proc.stdout

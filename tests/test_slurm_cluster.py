@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 try:
-    from slurm_cluster import ClusterInfo, cluster_available, ensure_cluster
+    from slurm_cluster import ClusterInfo
 except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from slurm_cluster import ClusterInfo, cluster_available, ensure_cluster
+    from slurm_cluster import ClusterInfo
 
 pytestmark = pytest.mark.slurm
 
@@ -24,14 +24,6 @@ WAIT_S = 60
 CVD_LINE = re.compile(r"^CUDA_VISIBLE_DEVICES=(\d+(?:,\d+)*)$", re.M)
 # the job prints what it saw; an empty value fails the regex above
 REPORT = 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-}"; echo "SLURM_JOB_GPUS=${SLURM_JOB_GPUS:-}"'
-
-
-@pytest.fixture(scope="module")
-def cluster() -> ClusterInfo:
-    ok, reason = cluster_available()
-    if not ok:
-        pytest.skip(reason)
-    return ensure_cluster()
 
 
 def sbatch(cluster: ClusterInfo, *args: str) -> str:

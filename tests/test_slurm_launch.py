@@ -21,7 +21,7 @@ import pytest
 from hpcsynth.files import read_jsonl_zst
 
 from conftest import write_corpus
-from slurm_cluster import ClusterInfo, cluster_available, ensure_cluster
+from slurm_cluster import ClusterInfo
 
 pytestmark = pytest.mark.slurm
 
@@ -33,14 +33,6 @@ worker: {{flush_interval_s: 0.2, heartbeat_interval_s: 0.5, lease_timeout_s: 120
 slurm: {{array_tasks: {tasks}, partition: {partition}, gpus_per_task: {gpus}, cpus_per_task: 1, mem_gb: 1,
         time_min: {time_min}, signal_delay_s: {signal_delay}}}
 """
-
-
-@pytest.fixture(scope="module")
-def cluster() -> ClusterInfo:
-    ok, reason = cluster_available()
-    if not ok:
-        pytest.skip(reason)
-    return ensure_cluster()
 
 
 def cli(cluster: ClusterInfo, *args: str, faults: dict | None = None, env: dict | None = None,
