@@ -105,19 +105,27 @@ class WorkerSession:
     def _stream(self, pending: deque[int]) -> Iterator[Request]:
         for task in list(self.open.values()):  # after a step-down: what the failed engine held
             yield from self._feed(task)
-        while pending:
-            shard = pending.popleft()
-            opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest)
-            if isinstance(opened, ShardResult):
-                self.results.append(opened)
-                continue
-            with self.lock:
-                self.open[shard] = opened
-            self._write_heartbeat(opened)
-            if opened.complete:  # everything was on disk already: commit without the engine
-                self._finish(opened)
-                continue
-            yield from self._feed(opened)
+        # Shards another worker held when we passed them get a second try at the end: if that worker
+        # died meanwhile (its lease expired or its process is gone), this one takes them over.
+        for second_pass in (False, True):
+            busy: list[int] = []
+            while pending:
+                shard = pending.popleft()
+                opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest)
+                if isinstance(opened, ShardResult):
+                    if opened.state == "busy" and not second_pass:
+                        busy.append(shard)
+                    else:
+                        self.results.append(opened)
+                    continue
+                with self.lock:
+                    self.open[shard] = opened
+                self._write_heartbeat(opened)
+                if opened.complete:  # everything was on disk already: commit without the engine
+                    self._finish(opened)
+                    continue
+                yield from self._feed(opened)
+            pending.extend(busy)
 
     def _feed(self, task: ShardTask) -> Iterator[Request]:
         for request in task.requests():

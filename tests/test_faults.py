@@ -157,3 +157,26 @@ def test_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) -> None
     answers = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert answers.count("True") == 1, answers
     assert json.loads(path.read_text())["owner"] != "gone-host:1:x"
+
+
+def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -> None:
+    import threading
+
+    from hpcsynth.worker import WorkerSession
+
+    run = planned_run(tmp_path, "takeover", docs=20)
+    holder = worker(run, {"delay_s": 0.2})
+    deadline = time.monotonic() + 30
+    while not run.progress_path(0).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    config = run.config()
+    def kill_holder() -> None:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()  # reaped, as its parent (Slurm, a shell) would: a zombie still answers kill(pid, 0)
+
+    threading.Timer(0.4, kill_holder).start()
+    results = WorkerSession(run, FakeEngine(config, delay_s=0.05), config, "taker").work([0, 1])
+    holder.wait()
+    assert [(r.shard, r.state) for r in results] == [(1, "done"), (0, "done")], results
+    ids = [r["id"] for r in outputs(run)]
+    assert len(ids) == len(set(ids)) == 80
