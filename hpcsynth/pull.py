@@ -70,7 +70,11 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     if not todo:
         return []
     clock = TaskClock(run, task_name())
-    engine = engine_factory(config)
+    try:
+        engine = engine_factory(config)
+    except Exception as exc:
+        clock.write(state="failed", error=f"engine start-up: {type(exc).__name__}: {exc}")
+        raise
     startup = time.time() - clock.started
     clock.write(startup_s=round(startup, 3), state="generating")
     log.info("engine %s ready in %.1fs (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,

@@ -102,7 +102,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "worker_hours": time_split,
         "workers": len(tasks),
         "tasks": sorted(({k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
-                                                 "idle_s", "wall_s", "shards_done")} for t in tasks),
+                                                 "idle_s", "wall_s", "shards_done", "error")} for t in tasks),
                         key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
@@ -229,6 +229,10 @@ def status_renderables(status: dict[str, Any]) -> list:
     if slurm["jobs"]:
         states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())) or "not in sacct yet"
         parts.append(f"Slurm jobs {', '.join(slurm['jobs'])}: array tasks {states}")
+    broken = [t for t in status["tasks"] if t.get("state") == "failed"]
+    if broken:
+        parts.append(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {broken[0]['name']}: "
+                     f"{broken[0].get('error', '')}")
     if status["stale_shards"]:
         shown = ", ".join(shard_name(s) for s in status["stale_shards"][:10])
         parts.append(f"[yellow]stale heartbeats[/yellow]: {shown}")

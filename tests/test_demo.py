@@ -85,3 +85,18 @@ def test_demo_refuses_to_overwrite(demo: Path) -> None:
     proc = hpcsynth("demo", str(demo), check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "already holds a demo run" in proc.stderr
+
+
+def test_flat_readers_see_the_same_tokens(demo: Path) -> None:
+    """OLMo-core and nanoGPT read the .bin as one flat array with np.memmap: EOS separates documents."""
+    import numpy as np
+
+    from hpcsynth.megatron import read_indexed_dataset
+
+    prefix = demo / "run" / "reduce" / "mix"
+    flat = np.memmap(prefix.with_name("mix.bin"), dtype=np.uint16, mode="r")
+    docs = read_indexed_dataset(prefix)
+    assert np.array_equal(flat, np.concatenate(docs))
+    eos = orjson.loads((demo / "run" / "reduce" / "report.json").read_bytes())["eos_id"]
+    ends = np.flatnonzero(flat == eos)
+    assert len(ends) >= len(docs) and ends[-1] == len(flat) - 1

@@ -180,3 +180,17 @@ def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -
     assert [(r.shard, r.state) for r in results] == [(1, "done"), (0, "done")], results
     ids = [r["id"] for r in outputs(run)]
     assert len(ids) == len(set(ids)) == 80
+
+
+def test_a_worker_that_cannot_start_its_engine_shows_in_status(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, "nostart", docs=5)
+    config_path = run.config_path
+    config_path.write_text(config_path.read_text().replace("engine: fake", "engine: transformers")
+                           .replace("path: fake-model", f"path: {tmp_path / 'no-model'}"))
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no-model is not a directory" in proc.stderr
+    status = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run.root)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "COLUMNS": "300"}).stdout
+    assert "1 worker(s) failed to start" in status and "is not a directory" in status

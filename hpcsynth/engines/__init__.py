@@ -7,6 +7,7 @@ them, so plan and status start fast on a login node.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,8 +55,13 @@ class SteppableEngine(Engine, Protocol):
 
 def make_engine(config: Config) -> Engine:
     kind = config.model.engine
-    if kind != "fake" and not config.model.path:
+    path = config.model.path
+    if kind != "fake" and not path:
         raise ConfigError("model.path is empty; set it to a local model directory")
+    if kind in ("transformers", "vllm") and path.startswith(("/", ".", "~")) and not os.path.isdir(
+            os.path.expanduser(path)):
+        raise ConfigError(f"model.path {path} is not a directory; point it at a local copy of the model "
+                          f"(hpcsynth downloads nothing)")
     if kind == "transformers":
         from hpcsynth.engines.hf import TransformersEngine
 
