@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     except HpcsynthError as exc:
         print(f"hpcsynth: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a full disk, a vanished directory: the user's to fix
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"hpcsynth: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hpcsynth: interrupted; committed work is kept, relaunch to continue", file=sys.stderr)
         return 130

@@ -45,7 +45,9 @@ class ModelConfig:
     engine: str = "transformers"
     # A local model directory (or a hub id your cluster has cached); hpcsynth downloads nothing.
     path: str = ""
+    # A hub revision (commit or tag) recorded in every output; empty for a plain directory.
     revision: str = ""
+    # SmolLM2 and most small instruct models are trained and served in bf16.
     dtype: str = "bfloat16"
     # FinePhrase ran SmolLM2 with an 8k context.
     max_model_len: int = 8192
@@ -55,7 +57,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    # Plain sampling from the model's distribution, as FinePhrase rephrased: varied, not greedy.
     temperature: float = 1.0
+    # 1.0 leaves nucleus sampling off.
     top_p: float = 1.0
     # 0 turns top-k off; transformers and vLLM then sample alike.
     top_k: int = 0
@@ -114,7 +118,9 @@ class EndpointConfig:
     url: str = "http://127.0.0.1:8000/v1"
     # Requests open at once: enough to fill the server's batch, few enough not to time out in its queue.
     concurrency: int = 64
+    # A 2048-token answer from a busy server can take minutes.
     timeout_s: float = 600.0
+    # Connection errors, 429 and 5xx: retried this many times, waits doubling from backoff_s.
     retries: int = 5
     backoff_s: float = 1.0
     # Name of the environment variable holding an API key, if the server wants one.
@@ -129,12 +135,15 @@ class SlurmConfig:
     shards_per_task: int = 0
     # Slurm's %N: at most this many array tasks at once (0: no limit).
     array_parallelism: int = 0
+    # Empty partition, qos and account leave Slurm's defaults; a site profile sets them.
     partition: str = ""
     qos: str = ""
     account: str = ""
+    # One engine per GPU: generators around 1-2B gain nothing from tensor parallelism.
     gpus_per_task: int = 1
     # "gres" asks --gres=gpu:N (works on every Slurm); "gpus" asks --gpus-per-task=N.
     gpu_request: str = "gres"
+    # Tokenization, the request stream and zstd need a few cores and host memory beside each GPU.
     cpus_per_task: int = 8
     mem_gb: int = 64
     # Requeue on a time limit is built in, so a short limit mostly buys earlier starts.
@@ -149,6 +158,7 @@ class SlurmConfig:
     setup: tuple[str, ...] = ()
     # The interpreter on the compute nodes; empty: the one running `hpcsynth launch`.
     python: str = ""
+    # What squeue and sacct show.
     job_name: str = "hpcsynth"
 
 
@@ -160,6 +170,7 @@ class ReduceConfig:
     eos_token: str = ""
     # Original web tokens mixed in per synthetic token (FinePhrase: the mix matters; 1.0 is half/half).
     original_ratio: float = 1.0
+    # Megatron .bin/.idx: read by Megatron-LM and NeMo, and as a flat array by nanoGPT and OLMo-core.
     format: str = "megatron"
     # Flat readers cut contiguous windows, so documents are shuffled (seeded) before writing.
     seed: int = 0
