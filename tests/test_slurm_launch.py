@@ -158,9 +158,10 @@ def test_scontrol_requeue_resumes_from_disk(tmp_path: Path, cluster: ClusterInfo
 
 
 def test_time_limit_requeues_and_completes(tmp_path: Path, cluster: ClusterInfo) -> None:
-    # Limits are checked every 30 s; a 1-minute limit with USR2 45 s early lands within ~15-45 s.
+    # Limits are checked every 30 s; a 1-minute limit with USR2 45 s early lands within ~15-45 s, so the
+    # work (120 records x 0.6 s = 72 s) must outlast that.
     run = planned(tmp_path, cluster, docs=60, tasks=1, time_min=1, signal_delay=45)
-    cli(cluster, "launch", str(run), "--executor", "slurm", faults={"delay_s": 0.25})
+    cli(cluster, "launch", str(run), "--executor", "slurm", faults={"delay_s": 0.6})
     final = wait_for(cluster, run, 12, timeout=300)
     assert final["shards"]["done"] == 12
     assert records(run) == expected_ids(60, 5)
