@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...)")
     launch.add_argument("--config", type=Path, help="a config to use instead of the run's own (must not change "
                                                    "outputs unless --force)")
-    launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs")
+    launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs; "
+                                                             "submit even while the run has active Slurm jobs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--workers", type=int, default=1,
                         help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")

@@ -51,7 +51,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
-        return _launch_slurm(run, slurm, retry_failed)
+        return _launch_slurm(run, slurm, retry_failed, force)
     if workers == 1:
         log_to(run.log_path("worker-local"))
         pull_shards(str(run.root), retry_failed=retry_failed)
@@ -84,9 +84,14 @@ def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
     return config_from_dict({"slurm": merged}, source=str(path)).slurm
 
 
-def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool) -> LaunchReport:
+def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bool) -> LaunchReport:
     from hpcsynth import slurm as backend
 
+    active = backend.active_jobs(run)
+    if active and not force:
+        raise RunError(f"{run.root} already has Slurm jobs pending or running ({', '.join(active)}); their "
+                       f"workers will finish the run. `hpcsynth cancel {run.root}` first, or pass --force to add "
+                       f"more workers")
     digest = run.fingerprint()
     pending = [s for s in run.shard_ids() if not run.is_done(s, digest)
                and (retry_failed or not run.failed_path(s).exists())]

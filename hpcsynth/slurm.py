@@ -175,6 +175,17 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
     return tasks
 
 
+def active_jobs(run: RunDir) -> list[str]:
+    """Recorded jobs that Slurm still holds (pending, running, requeued): one squeue call, which unlike
+    sacct shows a job the moment it is submitted."""
+    ids = set(job_ids(run))
+    if not ids:
+        return []
+    require_tools("squeue")
+    queued = _run(["squeue", "-h", "-o", "%F"], check=False).split()
+    return sorted(ids & set(queued))
+
+
 def cancel(run: RunDir) -> list[str]:
     ids = job_ids(run)
     if ids:

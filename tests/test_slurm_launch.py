@@ -198,6 +198,8 @@ def test_cancel_stops_jobs_and_keeps_finished_work(tmp_path: Path, cluster: Clus
     run = planned(tmp_path, cluster, docs=40, tasks=1)
     cli(cluster, "launch", str(run), "--executor", "slurm", faults={"delay_s": 0.3})
     _wait_progress(cluster, run, records_done=12)
+    again = cli(cluster, "launch", str(run), "--executor", "slurm", check=False)
+    assert again.returncode == 2 and "already has Slurm jobs pending or running" in again.stderr
     out = cli(cluster, "cancel", str(run)).stdout
     job = job_ids(run)[0]
     assert f"cancelled Slurm jobs {job}" in out
