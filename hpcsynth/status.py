@@ -29,9 +29,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     digest = run.fingerprint()
     prompts = len(manifest["prompts"])
     now = time.time()
-    done = _json_by_shard(run.root / "done", ".json")
-    failed = _json_by_shard(run.root / "failed", ".json")
-    beats = _heartbeats(run.root / "work")
+    done = _by_shard(_read_json_files(run.root / "done"))
+    failed = _by_shard(_read_json_files(run.root / "failed"))
+    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"))
 
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
@@ -72,7 +72,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
-    tasks = _json_by_name(run.root / "tasks")
+    tasks = list(_read_json_files(run.root / "tasks").values())
     time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
     if sacct:
@@ -139,48 +139,31 @@ def _tail(path: str) -> list[str]:
     return lines[-LOG_TAIL_LINES:]
 
 
-def _json_by_name(directory: Path) -> list[dict]:
-    try:
-        entries = [e for e in os.scandir(directory) if e.name.endswith(".json") and not e.name.startswith(".")]
-    except FileNotFoundError:
-        return []
-    out = []
-    for entry in entries:
-        try:
-            out.append(orjson.loads(Path(entry.path).read_bytes()))
-        except (ValueError, OSError):
-            continue
-    return out
-
-
-def _json_by_shard(directory: Path, suffix: str) -> dict[int, dict]:
-    out: dict[int, dict] = {}
+def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
+    """{name: parsed JSON} for each DIR/NAME (or DIR/NAME/inside), listing the directory once. Files
+    half-written by a crashed writer, and hidden temporaries, count as absent."""
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
-        return out
+        return {}
+    out: dict[str, dict] = {}
     for entry in entries:
-        name = entry.name
-        if not name.endswith(suffix) or name.startswith("."):
+        if entry.name.startswith("."):
             continue
         try:
-            out[int(name[: -len(suffix)])] = orjson.loads(Path(entry.path).read_bytes())
+            out[entry.name] = orjson.loads(Path(entry.path, inside).read_bytes())
         except (ValueError, OSError):
-            continue  # half-written by a crashed writer: treat as absent
+            continue
     return out
 
 
-def _heartbeats(work: Path) -> dict[int, dict]:
+def _by_shard(files: dict[str, dict]) -> dict[int, dict]:
+    """Key by shard id: '000042.json' (markers) or '000042' (work directories) -> 42."""
     out: dict[int, dict] = {}
-    try:
-        entries = list(os.scandir(work))
-    except FileNotFoundError:
-        return out
-    for entry in entries:
-        try:
-            out[int(entry.name)] = orjson.loads(Path(entry.path, "heartbeat.json").read_bytes())
-        except (ValueError, OSError):
-            continue
+    for name, data in files.items():
+        stem = name.removesuffix(".json")
+        if stem.isdigit():
+            out[int(stem)] = data
     return out
 
 

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from hpcsynth.engines.fake import FakeEngine
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.launch import launch_run

@@ -15,8 +15,6 @@ import argparse
 import dataclasses
 import math
 import os
-import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -26,18 +24,13 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config  # noqa: E402
 from hpcsynth.plan import plan_corpus  # noqa: E402
 from hpcsynth.rundir import RunDir  # noqa: E402
 from hpcsynth.slurm import SlurmWorker, executor_parameters, max_array_size, plan_tasks, submit_arrays  # noqa: E402
-
-
-def counting(bin_dir: Path, tool: str, log: Path) -> None:
-    real = shutil.which(tool)
-    script = bin_dir / tool
-    script.write_text(f"#!/bin/sh\necho {tool} >> {log}\nexec {real} \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
 
 
 def plan(root: Path, shards: int) -> tuple[RunDir, Config]:
@@ -81,7 +74,7 @@ def main() -> None:
         limit = max_array_size(config.slurm)
         bin_dir, log = root / "bin", root / "calls"
         bin_dir.mkdir()
-        counting(bin_dir, "sbatch", log)
+        counting_shim(bin_dir, "sbatch", log)
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
         start = time.perf_counter()

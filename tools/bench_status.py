@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import stat
 import sys
 import tempfile
 import time
@@ -24,7 +22,9 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config, config_to_dict  # noqa: E402
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir  # noqa: E402
 from hpcsynth.status import collect_status  # noqa: E402
@@ -78,13 +78,6 @@ def probe_each_shard(run: RunDir) -> dict[str, int]:
     return counts
 
 
-def counting_sacct(bin_dir: Path, log: Path) -> None:
-    real = shutil.which("sacct")
-    script = bin_dir / "sacct"
-    script.write_text(f"#!/bin/sh\necho call >> {log}\n" + (f'exec {real} "$@"\n' if real else "exit 0\n"))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-
-
 def best_of(fn, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -103,7 +96,7 @@ def main() -> None:
         run = build_run(root, args.shards)
         bin_dir, log = root / "bin", root / "sacct.calls"
         bin_dir.mkdir()
-        counting_sacct(bin_dir, log)
+        counting_shim(bin_dir, "sacct", log)
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
         t_anchor = best_of(lambda: probe_each_shard(run))
         log.unlink(missing_ok=True)
