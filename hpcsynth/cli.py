@@ -109,7 +109,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from hpcsynth.launch import launch_run
+    from hpcsynth.execute.launch import launch_run
     from hpcsynth.rundir import RunDir
 
     report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
@@ -149,7 +149,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
-    from hpcsynth.slurm import cancel
+    from hpcsynth.execute.slurm import cancel
 
     run = RunDir(args.run)
     run.require_planned()

@@ -17,9 +17,9 @@ import orjson
 
 from hpcsynth.config import Config, load_config
 from hpcsynth.errors import RunError
-from hpcsynth.launch import LaunchReport, launch_run
-from hpcsynth.plan import Plan, plan_corpus
-from hpcsynth.reduce import ReduceReport, reduce_run
+from hpcsynth.execute.launch import LaunchReport, launch_run
+from hpcsynth.plan.planner import Plan, plan_corpus
+from hpcsynth.reduce.reducer import ReduceReport, reduce_run
 from hpcsynth.resources import data_dir
 from hpcsynth.rundir import RunDir
 from hpcsynth.status import collect_status

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from hpcsynth.lease import holder_gone
+from hpcsynth.generate.lease import holder_gone
 from hpcsynth.rundir import RunDir, shard_name
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
@@ -110,7 +110,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
 
 
 def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
-    from hpcsynth.slurm import recorded_jobs, sacct_tasks
+    from hpcsynth.execute.slurm import recorded_jobs, sacct_tasks
 
     jobs = recorded_jobs(run)
     ids = [a["job_id"] for launch in jobs for a in launch.get("arrays", [])]

@@ -91,7 +91,7 @@ def test_flat_readers_see_the_same_tokens(demo: Path) -> None:
     """OLMo-core and nanoGPT read the .bin as one flat array with np.memmap: EOS separates documents."""
     import numpy as np
 
-    from hpcsynth.megatron import read_indexed_dataset
+    from hpcsynth.reduce.formats.megatron import read_indexed_dataset
 
     prefix = demo / "run" / "reduce" / "mix"
     flat = np.memmap(prefix.with_name("mix.bin"), dtype=np.uint16, mode="r")

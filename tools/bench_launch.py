@@ -4,7 +4,7 @@ Needs a running cluster (slurm/start-cluster.sh; SLURM_CONF set). Plans N shards
 array task per shard (slurm.shards_per_task=1, the worst case) with a counting `sbatch` first on PATH.
 Jobs are submitted held (--hold) and cancelled at the end, so nothing runs. In the same run:
   anchor    plain submitit: one executor.batch() of N tasks, not split (fails past MaxArraySize)
-  hpcsynth  hpcsynth.slurm.submit_arrays: split at MaxArraySize, ceil(N / MaxArraySize) sbatch calls
+  hpcsynth  hpcsynth.execute.slurm.submit_arrays: split at MaxArraySize, ceil(N / MaxArraySize) sbatch calls
 
     SLURM_CONF=/tmp/hpcsynth-slurm/etc/slurm.conf python tools/bench_launch.py [--shards 10000]
 """
@@ -30,7 +30,7 @@ from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config  # noqa: E402
 from hpcsynth.plan import plan_corpus  # noqa: E402
 from hpcsynth.rundir import RunDir  # noqa: E402
-from hpcsynth.slurm import SlurmWorker, executor_parameters, max_array_size, plan_tasks, submit_arrays  # noqa: E402
+from hpcsynth.execute.slurm import SlurmWorker, executor_parameters, max_array_size, plan_tasks, submit_arrays  # noqa: E402
 
 
 def plan(root: Path, shards: int) -> tuple[RunDir, Config]:

@@ -3,7 +3,7 @@
 Writes a progress log of N finished records shaped like real ones (~1.5 kB of text, FinePhrase's
 ~359 output tokens), then times, in the same run:
   anchor    parse every line with the standard library's json (a straightforward resume)
-  hpcsynth  hpcsynth.progress.recover (what the worker runs on restart)
+  hpcsynth  hpcsynth.generate.progress.recover (what the worker runs on restart)
 and prints seconds per 100k records and the ratio. The goal is < 1 s per 100k records; a replaying
 resume (FinePhrase's case) would instead regenerate every record: hours of GPU time.
 
@@ -24,7 +24,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcsynth.progress import recover  # noqa: E402
+from hpcsynth.generate.progress import recover  # noqa: E402
 
 WORDS = "the of and to in is that for it as with was on be by this are from at or an which".split()
 

@@ -32,11 +32,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpcsynth.config import Config  # noqa: E402
-from hpcsynth.engines import Completion, Request  # noqa: E402
-from hpcsynth.engines.feed import Feeder  # noqa: E402
+from hpcsynth.generate.engines import Completion, Request  # noqa: E402
+from hpcsynth.generate.engines.feed import Feeder  # noqa: E402
 from hpcsynth.plan import plan_corpus  # noqa: E402
 from hpcsynth.rundir import RunDir  # noqa: E402
-from hpcsynth.worker import WorkerSession  # noqa: E402
+from hpcsynth.generate.worker import WorkerSession  # noqa: E402
 
 
 def output_length(record_id: str) -> int:

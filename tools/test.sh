@@ -23,6 +23,6 @@ echo "[test.sh] main lane done at $(( $(date +%s) - t0 ))s"
 
 if [ "${HPCSYNTH_SKIP_VLLM:-0}" != 1 ] && [ -f tools/setup_vllm_lane.sh ]; then
   bash tools/setup_vllm_lane.sh
-  .venv-vllm/bin/python -m pytest -q tests/vllm_lane tests/test_endpoint_engine.py
+  .venv-vllm/bin/python -m pytest -q tests/vllm_lane tests/generate/test_endpoint_engine.py
   echo "[test.sh] vLLM lane done at $(( $(date +%s) - t0 ))s"
 fi

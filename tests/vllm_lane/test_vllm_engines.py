@@ -27,7 +27,7 @@ except Exception as exc:  # ImportError, or a vLLM that cannot load on this mach
                 allow_module_level=True)
 
 from hpcsynth.config import Config, config_from_dict
-from hpcsynth.engines import Completion, Request, make_engine
+from hpcsynth.generate.engines import Completion, Request, make_engine
 
 pytestmark = pytest.mark.vllm
 
@@ -134,7 +134,7 @@ def test_worker_commits_a_shard_with_the_vllm_engine(offline, config, tmp_path):
     from hpcsynth.files import read_jsonl_zst
     from hpcsynth.plan import plan_corpus
     from hpcsynth.rundir import RunDir
-    from hpcsynth.worker import run_shard
+    from hpcsynth.generate.worker import run_shard
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i}. " + "Some words here. " * 20}) + "\n"
@@ -222,11 +222,11 @@ def test_endpoint_engine_against_vllm_server(server, config, requests, offline_c
 
 def test_same_records_from_transformers_vllm_and_endpoint(offline, server, config, tmp_path):
     """One shard through the worker with each engine: identical record schema, ids and prompt tokens."""
-    from hpcsynth.engines.hf import TransformersEngine
+    from hpcsynth.generate.engines.hf import TransformersEngine
     from hpcsynth.files import read_jsonl_zst
     from hpcsynth.plan import plan_corpus
     from hpcsynth.rundir import RunDir
-    from hpcsynth.worker import run_shard
+    from hpcsynth.generate.worker import run_shard
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Document {i}. " + "Facts and figures. " * 12})

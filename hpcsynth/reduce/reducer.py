@@ -21,9 +21,9 @@ import orjson
 from hpcsynth.config import Config
 from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json, read_jsonl_zst, sha256_file
-from hpcsynth.megatron import IndexedDatasetWriter, token_dtype
+from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.rundir import RunDir, shard_name
-from hpcsynth.tokenize import load_tokenizer
+from hpcsynth.reduce.tokenize import load_tokenizer
 
 ENCODE_BATCH = 256
 

@@ -14,7 +14,7 @@ import pytest
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
-from hpcsynth.worker import run_shard
+from hpcsynth.generate.worker import run_shard
 
 from conftest import fake_config, write_corpus
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_transformers_engine_on_cuda(tiny_model: Path, tmp_path: Path) -> None:
-    from hpcsynth.engines.hf import TransformersEngine
+    from hpcsynth.generate.engines.hf import TransformersEngine
 
     corpus = write_corpus(tmp_path / "c.jsonl", 64)
     config = fake_config(corpus, plan={"shard_docs": 64}, sampling={"max_tokens": 128},

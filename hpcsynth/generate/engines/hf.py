@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
-from hpcsynth.engines import Completion, Request
+from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.errors import EngineError
 
 

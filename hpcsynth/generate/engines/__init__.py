@@ -63,19 +63,19 @@ def make_engine(config: Config) -> Engine:
         raise ConfigError(f"model.path {path} is not a directory; point it at a local copy of the model "
                           f"(hpcsynth downloads nothing)")
     if kind == "transformers":
-        from hpcsynth.engines.hf import TransformersEngine
+        from hpcsynth.generate.engines.hf import TransformersEngine
 
         return TransformersEngine(config)
     if kind == "vllm":
-        from hpcsynth.engines.vllm_offline import VllmEngine
+        from hpcsynth.generate.engines.vllm_offline import VllmEngine
 
         return VllmEngine(config)
     if kind == "endpoint":
-        from hpcsynth.engines.endpoint import EndpointEngine
+        from hpcsynth.generate.engines.endpoint import EndpointEngine
 
         return EndpointEngine(config)
     if kind == "fake":
-        from hpcsynth.engines.fake import FakeEngine
+        from hpcsynth.generate.engines.fake import FakeEngine
 
         return FakeEngine(config)
     raise ConfigError(f"model.engine {kind!r} is not available; use transformers, vllm, endpoint or fake")

@@ -8,14 +8,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hpcsynth.engines import Completion, Request
-from hpcsynth.engines.fake import FakeEngine
+from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.fake import FakeEngine
 from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
-from hpcsynth.lease import Lease
+from hpcsynth.generate.lease import Lease
 from hpcsynth.plan import plan_corpus
-from hpcsynth.pull import pull_shards
+from hpcsynth.generate.pull import pull_shards
 from hpcsynth.rundir import RunDir
-from hpcsynth.worker import run_shard, truncate_document
+from hpcsynth.generate.worker import run_shard, truncate_document
 
 from conftest import fake_config, write_corpus
 

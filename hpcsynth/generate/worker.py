@@ -1,6 +1,6 @@
 """The worker: one engine, fed one continuous stream of requests across the shards it claims.
 
-A WorkerSession walks its shard list lazily: it claims the next shard (hpcsynth/shard.py) only when the
+A WorkerSession walks its shard list lazily: it claims the next shard (generate/shard.py) only when the
 engine asks for more requests than the open shards hold, so the engine never drains at a shard's end,
 and commits each shard the moment its last record arrives. A heartbeat thread renews the leases of the
 open shards, writes their heartbeats for status, and runs the watchdog. On restart, what the progress
@@ -22,16 +22,16 @@ from collections.abc import Iterator
 import orjson
 
 from hpcsynth.config import Config
-from hpcsynth.engines import Completion, Engine, Request
+from hpcsynth.generate.engines import Completion, Engine, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
-from hpcsynth.lease import LeaseLost
+from hpcsynth.generate.lease import LeaseLost
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
-from hpcsynth.shard import ShardResult, ShardTask, record_seed, truncate_document
+from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, truncate_document
 
 __all__ = ["ShardResult", "WorkerSession", "run_shard", "record_seed", "truncate_document", "is_out_of_memory"]
 
-log = logging.getLogger("hpcsynth.worker")
+log = logging.getLogger("hpcsynth.generate.worker")
 
 WATCHDOG_EXIT_CODE = 75  # EX_TEMPFAIL: the shards failed for now; a new worker may take them
 

@@ -187,7 +187,7 @@ def test_arrays_split_at_max_array_size(tmp_path: Path, cluster: ClusterInfo) ->
 
 def test_max_array_size_is_read_from_the_cluster(cluster: ClusterInfo) -> None:
     from hpcsynth.config import SlurmConfig
-    from hpcsynth.slurm import max_array_size
+    from hpcsynth.execute.slurm import max_array_size
 
     os.environ["SLURM_CONF"] = str(cluster.conf)
     conf = cluster.conf.read_text()

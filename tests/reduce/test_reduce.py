@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from hpcsynth.errors import ConfigError, RunError
-from hpcsynth.megatron import IndexedDatasetWriter, read_indexed_dataset
+from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, read_indexed_dataset
 from hpcsynth.plan import plan_corpus
-from hpcsynth.pull import pull_shards
+from hpcsynth.generate.pull import pull_shards
 from hpcsynth.reduce import reduce_run
 from hpcsynth.rundir import RunDir
 

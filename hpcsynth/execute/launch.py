@@ -2,14 +2,13 @@
 
 local: one worker in this process, or with `workers > 1` one worker process per GPU, each pinned through
 CUDA_VISIBLE_DEVICES; the workers share the shards through their leases. slurm: job arrays through
-hpcsynth/slurm.py. Either way only shards without a done marker for the run's fingerprint are worked
+hpcsynth/execute/slurm.py. Either way only shards without a done marker for the run's fingerprint are worked
 on, so a relaunch picks up where the last one stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs,
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
-from hpcsynth.pull import pull_shards
+from hpcsynth.generate.pull import pull_shards
+from hpcsynth.logs import log_to
 from hpcsynth.rundir import RunDir
 
 EXECUTORS = ("local", "slurm")
@@ -110,7 +110,7 @@ def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None
     procs = []
     for index in range(workers):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
-        command = [sys.executable, "-m", "hpcsynth.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
+        command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
         log_path = run.log_path(f"worker-local-{index}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
@@ -136,13 +136,3 @@ def _report(run: RunDir, executor: str) -> LaunchReport:
         if path.is_file() and not run.is_done(shard, digest):
             failed.append((shard, read_json(path).get("reason", "")))
     return LaunchReport(executor, done, len(shards), failed)
-
-
-def log_to(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger("hpcsynth")
-    if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)

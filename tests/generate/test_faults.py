@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from hpcsynth.engines.fake import FakeEngine
+from hpcsynth.generate.engines.fake import FakeEngine
 from hpcsynth.files import read_json, read_jsonl_zst
-from hpcsynth.launch import launch_run
+from hpcsynth.execute.launch import launch_run
 from hpcsynth.plan import plan_corpus
-from hpcsynth.pull import pull_shards
+from hpcsynth.generate.pull import pull_shards
 from hpcsynth.rundir import RunDir
-from hpcsynth.worker import run_shard
+from hpcsynth.generate.worker import run_shard
 
 from conftest import fake_config, write_corpus
 
@@ -36,7 +36,7 @@ def outputs(run: RunDir) -> list[dict]:
 
 def worker(run: RunDir, faults: dict | None = None, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps(faults or {})}
-    return subprocess.Popen([sys.executable, "-m", "hpcsynth.pull", str(run.root)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -146,7 +146,7 @@ def test_status_sees_a_killed_local_worker_at_once(tmp_path: Path) -> None:
 def test_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) -> None:
     path = tmp_path / "lease.json"
     path.write_bytes(b'{"owner": "gone-host:1:x", "renewed": 0}')
-    script = ("import sys, time; from pathlib import Path; from hpcsynth.lease import Lease, new_owner\n"
+    script = ("import sys, time; from pathlib import Path; from hpcsynth.generate.lease import Lease, new_owner\n"
               "time.sleep(float(sys.argv[2]) - time.time())\n"
               "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire())")
     start = str(time.time() + 1.5)
@@ -160,7 +160,7 @@ def test_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) -> None
 def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -> None:
     import threading
 
-    from hpcsynth.worker import WorkerSession
+    from hpcsynth.generate.worker import WorkerSession
 
     run = planned_run(tmp_path, "takeover", docs=20)
     holder = worker(run, {"delay_s": 0.2})

@@ -1,6 +1,6 @@
 """The one module that talks to Slurm: submitit for submission, sacct/scancel/scontrol for the rest.
 
-Submission: array tasks are long-lived workers (hpcsynth.pull) that start their engine once and pull
+Submission: array tasks are long-lived workers (hpcsynth.generate.pull) that start their engine once and pull
 shards; arrays larger than the cluster's MaxArraySize are split into several sbatch calls. Preemption
 and time limits reach the worker as USR2 through submitit's checkpointing, which requeues the same
 task; the requeued task resumes from the run directory. Watching: at most one sacct call per status
@@ -25,7 +25,7 @@ from hpcsynth.errors import HpcsynthError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.rundir import RunDir
 
-log = logging.getLogger("hpcsynth.slurm")
+log = logging.getLogger("hpcsynth.execute.slurm")
 
 
 class SlurmError(HpcsynthError):
@@ -119,8 +119,8 @@ class SlurmWorker:
     """What an array task runs; submitit calls checkpoint() on USR2 (preemption, time limit)."""
 
     def __call__(self, run_root: str, shards: list[int] | None, retry_failed: bool) -> dict[str, int]:
-        from hpcsynth.launch import log_to
-        from hpcsynth.pull import pull_shards, task_name
+        from hpcsynth.logs import log_to
+        from hpcsynth.generate.pull import pull_shards, task_name
 
         log_to(RunDir(Path(run_root)).log_path(f"worker-{task_name()}"))
         results = pull_shards(run_root, shards, retry_failed=retry_failed)

@@ -19,14 +19,15 @@ from typing import Any
 import orjson
 
 from hpcsynth.config import Config
-from hpcsynth.engines import Completion, Request
+from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_jsonl_zst, write_jsonl_zst
-from hpcsynth.lease import Lease, slurm_task
-from hpcsynth.progress import ProgressLog
+from hpcsynth.generate.lease import Lease, slurm_task
+from hpcsynth.generate.progress import ProgressLog
+from hpcsynth.logs import worker_log_path
 from hpcsynth.prompts import Prompt
 from hpcsynth.rundir import RunDir
 
-log = logging.getLogger("hpcsynth.worker")
+log = logging.getLogger("hpcsynth.generate.worker")
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,6 @@ class ShardResult:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str = ""
-
-
-def worker_log_path() -> str:
-    """The file this worker logs to, so status can show a failed shard's last log lines."""
-    for handler in logging.getLogger("hpcsynth").handlers + logging.getLogger().handlers:
-        name = getattr(handler, "baseFilename", None)
-        if name:
-            return str(name)
-    return ""
 
 
 def record_seed(base: int, source_id: str, prompt: str) -> int:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcsynth.config import Config
-from hpcsynth.engines import Completion, Request
-from hpcsynth.engines.feed import Feeder
+from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.errors import EngineError
 
 

@@ -15,13 +15,13 @@ import socket
 import time
 from pathlib import Path
 
-from hpcsynth.engines import make_engine
+from hpcsynth.generate.engines import make_engine
 from hpcsynth.files import atomic_write_json
-from hpcsynth.lease import new_owner, slurm_task
+from hpcsynth.generate.lease import new_owner, slurm_task
 from hpcsynth.rundir import RunDir
-from hpcsynth.worker import ShardResult, WorkerSession
+from hpcsynth.generate.worker import ShardResult, WorkerSession
 
-log = logging.getLogger("hpcsynth.worker")
+log = logging.getLogger("hpcsynth.generate.worker")
 
 
 def task_name() -> str:
@@ -90,10 +90,10 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hpcsynth.pull RUN`: one worker process, as a local executor or a job script starts it."""
+    """`python -m hpcsynth.generate.pull RUN`: one worker process, as a local executor or a job script starts it."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m hpcsynth.pull", description=pull_shards.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hpcsynth.generate.pull", description=pull_shards.__doc__)
     parser.add_argument("run", help="a planned run directory")
     parser.add_argument("--shards", help="comma-separated shard ids to consider (default: all)")
     parser.add_argument("--retry-failed", action="store_true")

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from hpcsynth.config import config_from_dict
-from hpcsynth.engines import Request, make_engine
+from hpcsynth.generate.engines import Request, make_engine
 from hpcsynth.errors import EngineError
 
 

@@ -29,8 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from hpcsynth.config import Config
-from hpcsynth.engines import Completion, Request
-from hpcsynth.engines.feed import Feeder
+from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.errors import EngineError
 
 RETRY_STATUS = {408, 429}

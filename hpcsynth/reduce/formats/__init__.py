@@ -1,0 +1,1 @@
+"""Token file formats that trainers read."""
