@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs; "
                                                              "submit even while the run has active Slurm jobs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
+    launch.add_argument("--verify", choices=["sha256", "size"], default="sha256",
+                        help="how done outputs are checked before relaunching (default: sha256, reads every "
+                             "output once; size: a stat per shard)")
     launch.add_argument("--workers", type=int, default=1,
                         help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
 
@@ -113,7 +116,9 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
 
     report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
-                        config_path=args.config, force=args.force, profile=args.profile)
+                        config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
+    for shard, problem in report.repaired[:10]:
+        print(f"  shard {shard} will be generated again: {problem}", file=sys.stderr)
     if report.executor == "slurm":
         arrays = ", ".join(f"{a['job_id']} ({a['tasks']} tasks)" for a in report.arrays) or "nothing to submit"
         print(f"launch (slurm): {report.submitted_shards} shards pending, submitted {arrays}; "

@@ -232,13 +232,23 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return data
 
 
-def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
-    """sha256 over what decides the outputs: fingerprinted sections and the prompt templates' hashes."""
+def fingerprint_payload(config: Config, prompt_hashes: dict[str, str]) -> dict[str, Any]:
+    """What decides the outputs: the fingerprinted sections and the prompt templates' hashes."""
     data = config_to_dict(config)
     payload = {key: data[key] for key in FINGERPRINTED}
     payload["prompt_templates"] = dict(sorted(prompt_hashes.items()))
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return payload
+
+
+def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
+    """sha256 over fingerprint_payload's canonical JSON."""
+    blob = json.dumps(fingerprint_payload(config, prompt_hashes), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def diff_payloads(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two fingerprint payloads."""
+    return sorted(_diff(old, new, ""))
 
 
 def diff_configs(old: Config, new: Config) -> list[str]:

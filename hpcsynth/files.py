@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -68,7 +67,8 @@ def write_jsonl_zst(path: Path, records: Iterable[dict], level: int = 3) -> tupl
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
     digest = hashlib.sha256()
-    compressor = zstandard.ZstdCompressor(level=level)
+    # Content checksums: a reader detects a flipped bit inside a frame, not just a cut file.
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
     try:
         with os.fdopen(fd, "wb") as handle:
             frame: list[bytes] = []
@@ -102,11 +102,49 @@ def _write_frame(handle: Any, compressor: zstandard.ZstdCompressor, lines: list[
 def read_jsonl_zst(path: Path) -> Iterator[dict]:
     """Records of a zstd JSONL file written by this project (all frames, via a stream reader)."""
     with open(path, "rb") as raw:
-        # decompress() on a multi-frame file would silently return only the first frame.
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        for line in io.BufferedReader(reader, buffer_size=1 << 20):
-            if line.strip():
-                yield orjson.loads(line)
+        yield from jsonl_zst_records(raw)
+
+
+def jsonl_zst_records(raw: Any) -> Iterator[dict]:
+    """Records from a binary file object holding zstd JSONL; zstandard.ZstdError when the bytes are damaged."""
+    for line in zstd_lines(raw):
+        if line.strip():
+            yield orjson.loads(line)
+
+
+def zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed bytes of every frame in a binary file object; ZstdError when it is cut inside a frame.
+
+    zstandard's stream reader returns what it has when a file ends mid-frame, without an error, so a cut
+    file would read as a shorter one; frames are walked one by one here instead.
+    """
+    decompressor = zstandard.ZstdDecompressor()
+    frame = decompressor.decompressobj()
+    inside = False
+    while chunk := raw.read(size):
+        while chunk:
+            out = frame.decompress(chunk)
+            inside = True
+            if out:
+                yield out
+            if frame.eof:
+                chunk, frame, inside = frame.unused_data, decompressor.decompressobj(), False
+            else:
+                chunk = b""
+    if inside:
+        raise zstandard.ZstdError("the file ends inside a zstd frame (cut short)")
+
+
+def zstd_lines(raw: Any) -> Iterator[bytes]:
+    """Lines (with their newline) of zstd-compressed text, across frames."""
+    rest = b""
+    for chunk in zstd_chunks(raw):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
 
 
 def sha256_file(path: Path) -> str:
@@ -142,8 +180,7 @@ def _open_lines(path: Path) -> Iterator[bytes]:
             yield from handle
     elif name.endswith(".zst"):
         with open(path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            yield from io.BufferedReader(reader, buffer_size=1 << 20)
+            yield from zstd_lines(raw)
     else:
         with open(path, "rb") as handle:
             yield from handle

@@ -12,9 +12,10 @@ from typing import Any
 
 import yaml
 
-from hpcsynth.config import Config, config_from_dict, config_to_dict
-from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, read_json
+from hpcsynth.config import (Config, config_from_dict, config_to_dict, diff_payloads, fingerprint,
+                             fingerprint_payload)
+from hpcsynth.errors import HpcsynthError, RunError
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 LAYOUT_VERSION = 1
 
@@ -35,6 +36,10 @@ class RunDir:
     @property
     def fingerprint_path(self) -> Path:
         return self.root / "fingerprint"
+
+    @property
+    def fingerprint_payload_path(self) -> Path:
+        return self.root / "fingerprint.json"
 
     @property
     def manifest_path(self) -> Path:
@@ -69,6 +74,10 @@ class RunDir:
     def rejects_path(self, shard: int) -> Path:
         return self.root / "rejects" / f"{shard_name(shard)}.jsonl"
 
+    @property
+    def set_aside_dir(self) -> Path:
+        return self.root / "set-aside"
+
     def log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
 
@@ -91,34 +100,117 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         self.require_planned()
-        manifest = read_json(self.manifest_path)
+        manifest = _read_run_json(self.manifest_path, "plan the run again into a new directory")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+            raise RunError(f"{self.manifest_path}: not a manifest (no 'shards' list); plan the run again into "
+                           f"a new directory")
         if manifest.get("layout_version") != LAYOUT_VERSION:
             raise RunError(f"{self.manifest_path}: layout version {manifest.get('layout_version')} is not "
                            f"{LAYOUT_VERSION}; plan the run again with this hpcsynth")
         return manifest
 
     def config(self) -> Config:
+        """The run's resolved config, refused when it no longer matches the run's fingerprint."""
+        config = self.load_config_file()
+        self.check_fingerprint(config)
+        return config
+
+    def load_config_file(self) -> Config:
         self.require_planned()
-        data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunError(f"{self.config_path} is missing; restore it with `hpcsynth launch {self.root} "
+                           f"--config FILE`") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RunError(f"{self.config_path}: not valid YAML ({str(exc).splitlines()[0]}); restore it with "
+                           f"`hpcsynth launch {self.root} --config FILE`") from None
         return config_from_dict(data, source=str(self.config_path))
 
-    def fingerprint(self) -> str:
-        return self.fingerprint_path.read_text(encoding="utf-8").strip()
+    def check_fingerprint(self, config: Config) -> str:
+        """Recompute the fingerprint of what was loaded; refuse, naming the keys, when it differs."""
+        from hpcsynth.prompts import load_prompts
 
-    def write_config(self, config: Config, fingerprint: str) -> None:
+        try:
+            hashes = {p.name: p.template_hash for p in load_prompts(config)}
+        except HpcsynthError as exc:
+            raise RunError(f"{self.config_path}: {exc}") from None
+        digest = fingerprint(config, hashes)
+        planned = self.fingerprint()
+        if digest == planned:
+            return digest
+        try:
+            old = read_json(self.fingerprint_payload_path)
+            changed = diff_payloads(old, fingerprint_payload(config, hashes))
+        except (OSError, ValueError):
+            changed = []
+        what = ", ".join(changed) if changed else "what decides the outputs"
+        raise RunError(f"{self.config_path} no longer matches the run's fingerprint ({what} changed since it was "
+                       f"written); to change the config use `hpcsynth launch {self.root} --config FILE "
+                       f"[--force]`, or undo the edit")
+
+    def fingerprint(self) -> str:
+        try:
+            digest = self.fingerprint_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise RunError(f"{self.fingerprint_path} is missing; restore the config with `hpcsynth launch "
+                           f"{self.root} --config FILE --force`") from None
+        if len(digest) != 64:
+            raise RunError(f"{self.fingerprint_path} is damaged; restore the config with `hpcsynth launch "
+                           f"{self.root} --config FILE --force`")
+        return digest
+
+    def write_config(self, config: Config, digest: str) -> None:
+        from hpcsynth.prompts import load_prompts
+
+        hashes = {p.name: p.template_hash for p in load_prompts(config)}
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+        atomic_write_json(self.fingerprint_payload_path, fingerprint_payload(config, hashes))
         atomic_write_bytes(self.config_path, text.encode())
-        atomic_write_bytes(self.fingerprint_path, f"{fingerprint}\n".encode())
+        atomic_write_bytes(self.fingerprint_path, f"{digest}\n".encode())
 
     def shard_ids(self) -> list[int]:
         return [shard["id"] for shard in self.manifest()["shards"]]
 
-    def is_done(self, shard: int, fingerprint: str) -> bool:
-        """A shard counts as done only with a marker for this config's fingerprint."""
-        path = self.done_path(shard)
-        if not path.is_file():
-            return False
+    def done_marker(self, shard: int) -> dict | None:
+        """The shard's done marker, or None when absent or damaged (a damaged one counts as not done)."""
         try:
-            return read_json(path).get("fingerprint") == fingerprint
-        except ValueError:
-            return False
+            marker = read_json(self.done_path(shard))
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def is_done(self, shard: int, fingerprint: str, verify: str = "size") -> bool:
+        """Done: a marker for this fingerprint whose output is in place (same size; with
+        verify="sha256" also the same checksum)."""
+        return self.done_problem(shard, fingerprint, verify) is None
+
+    def done_problem(self, shard: int, fingerprint: str, verify: str = "size") -> str | None:
+        """None when the shard is done; else why not ('' when simply not done under this fingerprint)."""
+        path = self.done_path(shard)
+        if not path.exists():
+            return ""
+        marker = self.done_marker(shard)
+        if marker is None:
+            return f"done marker {path} is damaged"
+        if marker.get("fingerprint") != fingerprint:
+            return ""
+        output = self.output_path(shard)
+        try:
+            size = output.stat().st_size
+        except FileNotFoundError:
+            return f"done marker {path.name} names {output} but the file is missing"
+        if "bytes" in marker and size != marker["bytes"]:
+            return f"{output} has {size} bytes, its done marker says {marker['bytes']}"
+        if verify == "sha256" and sha256_file(output) != marker.get("sha256"):
+            return f"{output} fails its checksum (sha256 differs from its done marker)"
+        return None
+
+
+def _read_run_json(path: Path, fix: str) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; {fix}") from None
+    except ValueError as exc:
+        raise RunError(f"{path} is damaged ({exc}); {fix}") from None

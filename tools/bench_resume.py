@@ -24,7 +24,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpcsynth.generate.progress import recover  # noqa: E402
+from hpcsynth.generate.progress import header, recover  # noqa: E402
+
+FINGERPRINT = "0" * 64
 
 WORDS = "the of and to in is that for it as with was on be by this are from at or an which".split()
 
@@ -32,6 +34,7 @@ WORDS = "the of and to in is that for it as with was on be by this are from at o
 def write_log(path: Path, count: int) -> int:
     rng = random.Random(0)
     with open(path, "wb") as handle:
+        handle.write(header(FINGERPRINT))
         for i in range(count):
             text = " ".join(rng.choice(WORDS) for _ in range(300))
             record = {"id": f"{i // 4000:06d}-{i % 4000:06d}/faq", "source_id": f"https://example.org/{i}",
@@ -49,6 +52,7 @@ def anchor(path: Path) -> tuple[set[str], int]:
     ids: set[str] = set()
     tokens = 0
     with open(path, encoding="utf-8") as handle:
+        next(handle)  # the fingerprint header
         for line in handle:
             record = json.loads(line)
             ids.add(record["id"])
@@ -73,7 +77,8 @@ def main() -> None:
         path = Path(tmp) / "records.jsonl"
         size = write_log(path, args.records)
         t_anchor, a = timed(anchor, path)
-        t_ours, b = timed(recover, path)
+        t_ours, got = timed(lambda p: recover(p, FINGERPRINT, Path(tmp) / "aside"), path)
+        b = (got.finished, got.tokens)
         assert a == b, "both must recover the same ids and token count"
     per = 100_000 / args.records
     print(f"{args.records:,} records, {size / 1e6:.0f} MB progress log")

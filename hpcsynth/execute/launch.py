@@ -12,6 +12,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,13 @@ class LaunchReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     arrays: list[dict[str, Any]] = field(default_factory=list)
     submitted_shards: int = 0
+    # Done markers found wrong (output missing, cut, or failing its checksum) and set aside to redo.
+    repaired: list[tuple[int, str]] = field(default_factory=list)
 
 
 def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False, workers: int = 1,
-               config_path: Path | None = None, force: bool = False, profile: Path | None = None) -> LaunchReport:
+               config_path: Path | None = None, force: bool = False, profile: Path | None = None,
+               verify: str = "sha256") -> LaunchReport:
     run.require_planned()
     config = run.config()  # a broken resolved config should fail here, not inside a worker
     if executor not in EXECUTORS:
@@ -49,15 +53,31 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         raise HpcsynthError(f"--workers must be 1 or more, got {workers}")
     if config_path is not None:
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
+    repaired = set_aside_bad_markers(run, verify)
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
-        return _launch_slurm(run, slurm, retry_failed, force)
+        return dataclasses.replace(_launch_slurm(run, slurm, retry_failed, force), repaired=repaired)
     if workers == 1:
         log_to(run.log_path("worker-local"))
         pull_shards(str(run.root), retry_failed=retry_failed)
     else:
         _run_worker_processes(run, workers, retry_failed)
-    return _report(run, executor)
+    return dataclasses.replace(_report(run, executor), repaired=repaired)
+
+
+def set_aside_bad_markers(run: RunDir, verify: str) -> list[tuple[int, str]]:
+    """Done markers whose output is missing, cut or fails its checksum: moved to RUN/set-aside/ (kept, not
+    deleted) so the shard is generated again; returns (shard, what was wrong)."""
+    digest = run.fingerprint()
+    found = []
+    for shard in run.shard_ids():
+        problem = run.done_problem(shard, digest, verify)
+        if problem:
+            run.set_aside_dir.mkdir(parents=True, exist_ok=True)
+            aside = run.set_aside_dir / f"{run.done_path(shard).stem}.{int(time.time())}.done.json"
+            os.replace(run.done_path(shard), aside)
+            found.append((shard, problem))
+    return found
 
 
 def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source: str) -> Config:
@@ -134,5 +154,14 @@ def _report(run: RunDir, executor: str) -> LaunchReport:
     for shard in shards:
         path = run.failed_path(shard)
         if path.is_file() and not run.is_done(shard, digest):
-            failed.append((shard, read_json(path).get("reason", "")))
+            failed.append((shard, failed_reason(path)))
     return LaunchReport(executor, done, len(shards), failed)
+
+
+def failed_reason(path: Path) -> str:
+    """A failed marker's reason; a damaged marker still counts as a failure, and says so."""
+    try:
+        marker = read_json(path)
+        return str(marker.get("reason", "")) if isinstance(marker, dict) else f"failed marker {path} is damaged"
+    except (OSError, ValueError):
+        return f"failed marker {path} is damaged"

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
+import io
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+import zstandard
 
 from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_jsonl_zst, write_jsonl_zst
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, jsonl_zst_records, write_jsonl_zst
 from hpcsynth.generate.lease import Lease, slurm_task
 from hpcsynth.generate.progress import ProgressLog
 from hpcsynth.logs import worker_log_path
@@ -56,28 +58,44 @@ def truncate_document(text: str, limit: int) -> tuple[str, bool]:
 
 
 class ShardTask:
-    def __init__(self, run: RunDir, shard: int, config: Config, lease: Lease, prompts: list[Prompt]) -> None:
+    def __init__(self, run: RunDir, shard: int, config: Config, lease: Lease, prompts: list[Prompt],
+                 digest: str, expected: dict | None) -> None:
         self.run, self.shard, self.config, self.lease, self.prompts = run, shard, config, lease, prompts
         self.by_name = {p.name: p for p in prompts}
         self.started = time.monotonic()
         self.started_wall = time.time()
-        self.progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s)
-        self.documents = list(read_jsonl_zst(run.shard_path(shard)))
+        self.documents = read_shard(run, shard, expected)
         self.meta = {d["key"]: d for d in self.documents}
+        self.progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s, digest,
+                                    run.set_aside_dir)
         self.progress.expected = len(self.documents) * len(prompts)
-        self.lost = False
         run.failed_path(shard).unlink(missing_ok=True)
+
+    @property
+    def lost(self) -> bool:
+        return self.lease.lost
 
     @classmethod
     def open(cls, run: RunDir, shard: int, config: Config, owner: str, prompts: list[Prompt],
-             digest: str) -> ShardTask | ShardResult:
+             digest: str, expected: dict | None = None) -> ShardTask | ShardResult:
+        """Claim a shard: skipped when done, busy when leased elsewhere, failed (with a marker naming the
+        file and the reason) when its files cannot be used."""
         if run.is_done(shard, digest):
             return ShardResult(shard, "skipped")
         lease = Lease(run.lease_path(shard), owner, config.worker.lease_timeout_s)
         if not lease.acquire():
             return ShardResult(shard, "busy")
         try:
-            return cls(run, shard, config, lease, prompts)
+            # Again under the lease: another worker may have committed it since the check above.
+            if run.is_done(shard, digest):
+                lease.release()
+                return ShardResult(shard, "skipped")
+            return cls(run, shard, config, lease, prompts, digest, expected)
+        except ShardUnusable as exc:
+            return fail_shard(run, shard, lease, str(exc), "")
+        except Exception as exc:  # an unexpected error on one shard must not end the worker
+            return fail_shard(run, shard, lease, f"cannot open shard: {type(exc).__name__}: {exc}",
+                              traceback.format_exc())
         except BaseException:
             lease.release()
             raise
@@ -106,18 +124,13 @@ class ShardTask:
         marker = _commit(self, digest, step_downs)
         self.progress.close()
         self.lease.release()
-        shutil.rmtree(self.run.work_dir(self.shard), ignore_errors=True)
+        _remove_work_dir(self.run.work_dir(self.shard))
         return ShardResult(self.shard, "done", marker["records"], marker["rejected"], marker["completion_tokens"],
                            time.monotonic() - self.started)
 
     def fail(self, reason: str, trace: str = "") -> ShardResult:
         self.progress.close()
-        atomic_write_json(self.run.failed_path(self.shard), {
-            "shard": self.shard, "reason": reason, "owner": self.lease.owner, "time": time.time(),
-            "log": worker_log_path(), "traceback": trace or "".join(traceback.format_stack(limit=8))})
-        self.lease.release()
-        log.error("shard %d failed: %s", self.shard, reason)
-        return ShardResult(self.shard, "failed", error=reason)
+        return fail_shard(self.run, self.shard, self.lease, reason, trace)
 
     def close(self) -> None:
         self.progress.close()
@@ -157,6 +170,7 @@ class ShardTask:
             "completion_tokens": completion.completion_tokens,
             "input_chars": len(doc["text"]),
             "input_truncated": len(doc["text"]) > self.config.model.max_input_chars,
+            **({"meta": doc["meta"]} if "meta" in doc else {}),
             "generate_s": round(completion.seconds, 4),
             "finished_at": round(time.time(), 3),
         }
@@ -182,6 +196,7 @@ def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, An
     count, checksum = write_jsonl_zst(run.output_path(shard), kept)
     marker = {
         "shard": shard, "fingerprint": digest, "output": run.output_path(shard).name, "sha256": checksum,
+        "bytes": run.output_path(shard).stat().st_size,
         "records": count, "rejected": len(rejected), "documents": len(task.documents),
         "completion_tokens": sum(r["completion_tokens"] for r in kept),
         "prompt_tokens": sum(r["prompt_tokens"] for r in kept), "step_downs": list(step_downs),
@@ -189,3 +204,56 @@ def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, An
     }
     atomic_write_json(run.done_path(shard), marker)
     return marker
+
+
+class ShardUnusable(Exception):
+    """A shard's input file cannot be used (missing, damaged, or not what plan wrote)."""
+
+
+def read_shard(run: RunDir, shard: int, expected: dict | None) -> list[dict]:
+    """The shard's documents, verified against its manifest row (sha256 and count) before any is used."""
+    path = run.shard_path(shard)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ShardUnusable(f"input shard {path} is missing; plan the run again into a new directory") from None
+    if expected and expected.get("sha256") and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise ShardUnusable(f"input shard {path} differs from the manifest (sha256 mismatch): it was changed or "
+                            f"damaged after plan; restore it or plan the run again into a new directory")
+    try:
+        documents = list(jsonl_zst_records(io.BytesIO(data)))
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise ShardUnusable(f"input shard {path} is damaged ({exc}); restore it or plan the run again") from None
+    if expected and "documents" in expected and len(documents) != expected["documents"]:
+        raise ShardUnusable(f"input shard {path} holds {len(documents)} documents, the manifest says "
+                            f"{expected['documents']}; plan the run again into a new directory")
+    for number, doc in enumerate(documents, start=1):
+        if not (isinstance(doc, dict) and isinstance(doc.get("key"), str) and isinstance(doc.get("text"), str)):
+            raise ShardUnusable(f"input shard {path} record {number} is not a planned document")
+    return documents
+
+
+def fail_shard(run: RunDir, shard: int, lease: Lease, reason: str, trace: str) -> ShardResult:
+    """Write the shard's failed marker (reason, owner, log, traceback) and let the lease go."""
+    atomic_write_json(run.failed_path(shard), {
+        "shard": shard, "reason": reason, "owner": lease.owner, "time": time.time(),
+        "log": worker_log_path(), "traceback": trace or "".join(traceback.format_stack(limit=8))})
+    lease.release()
+    log.error("shard %d failed: %s", shard, reason)
+    return ShardResult(shard, "failed", error=reason)
+
+
+def shard_of(record_id: str) -> int:
+    """The shard a record id (KEY/PROMPT, KEY = SHARD-INDEX) belongs to, at any number of shards."""
+    return int(record_id.split("-", 1)[0])
+
+
+def _remove_work_dir(work: Path) -> None:
+    # Only the files the worker writes there; anything else (a user's copy) stays.
+    for path in work.glob("*"):
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    try:
+        work.rmdir()
+    except OSError:
+        pass

@@ -25,15 +25,22 @@ from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Engine, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.generate.lease import LeaseLost
+from hpcsynth.generate.progress import DamagedLog
+from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, shard_of, truncate_document
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
-from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, truncate_document
 
 __all__ = ["ShardResult", "WorkerSession", "run_shard", "record_seed", "truncate_document", "is_out_of_memory"]
 
 log = logging.getLogger("hpcsynth.generate.worker")
 
+# A progress log that keeps breaking (a failing disk) fails its shard rather than looping.
+MAX_MENDS = 3
 WATCHDOG_EXIT_CODE = 75  # EX_TEMPFAIL: the shards failed for now; a new worker may take them
+
+
+class ConfigChanged(Exception):
+    """The run's config (its fingerprint) changed under this worker: stop, and let a new worker go on."""
 
 
 def run_shard(run: RunDir, shard: int, engine: Engine, config: Config, owner: str) -> ShardResult:
@@ -52,6 +59,10 @@ class WorkerSession:
         self.run, self.engine, self.config, self.owner = run, engine, config, owner
         self.digest = run.fingerprint()
         self.prompts = load_prompts(config)
+        self.expected = {row["id"]: row for row in run.manifest()["shards"]}
+        self.config_changed = False
+        self.mended: dict[int, int] = {}
+        self.pending: deque[int] = deque()
         self.open: dict[int, ShardTask] = {}
         self.results: list[ShardResult] = []
         self.step_downs: list[str] = []
@@ -85,12 +96,18 @@ class WorkerSession:
         return self.results
 
     def _generate(self, pending: deque[int]) -> None:
+        self.pending = pending
         while True:
             self.submitted = self.completed = 0
             self.last_completion = time.time()
             try:
                 for completion in self.engine.generate(self._stream(pending)):
                     self._on_completion(completion)
+                if not pending:
+                    return
+                # Shards handed back after their log was mended: another pass over them.
+            except ConfigChanged:
+                self._abandon_open()
                 return
             except KeyboardInterrupt:
                 if not self.tripped:
@@ -110,13 +127,15 @@ class WorkerSession:
         for second_pass in (False, True):
             busy: list[int] = []
             while pending:
+                self._check_config()
                 shard = pending.popleft()
-                opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest)
+                opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest,
+                                        self.expected.get(shard))
                 if isinstance(opened, ShardResult):
                     if opened.state == "busy" and not second_pass:
                         busy.append(shard)
                     else:
-                        self.results.append(opened)
+                        self._record(opened)
                     continue
                 with self.lock:
                     self.open[shard] = opened
@@ -129,6 +148,8 @@ class WorkerSession:
 
     def _feed(self, task: ShardTask) -> Iterator[Request]:
         for request in task.requests():
+            if task.lost or self.open.get(task.shard) is not task:
+                return  # lost to another worker: not one more request for it
             self.submitted += 1
             yield request
 
@@ -137,8 +158,13 @@ class WorkerSession:
         self.last_completion = time.time()
         if self._error is not None:
             raise self._error
-        task = self.open.get(int(completion.record_id[:6]))
+        if self.config_changed:
+            raise ConfigChanged()
+        task = self.open.get(shard_of(completion.record_id))
         if task is None:
+            return
+        if task.lost:
+            self._drop_lost(task)
             return
         task.add(completion, self.engine.model_id, self.engine.revision)
         if task.complete:
@@ -152,10 +178,47 @@ class WorkerSession:
             except LeaseLost as exc:
                 task.close()
                 result = ShardResult(task.shard, "busy", error=str(exc))
+            except DamagedLog as exc:
+                # The log was mended (damaged lines dropped): reopen the shard to generate exactly those.
+                self.mended[task.shard] = self.mended.get(task.shard, 0) + 1
+                if self.mended[task.shard] > MAX_MENDS:
+                    result = task.fail(f"progress log damaged {MAX_MENDS + 1} times in a row: {exc}")
+                else:
+                    log.warning("shard %d: %s", task.shard, exc)
+                    task.close()
+                    task.lease.release()
+                    self.pending.append(task.shard)
+                    return
             except Exception as exc:
                 result = task.fail(f"commit failed: {type(exc).__name__}: {exc}", traceback.format_exc())
-        log.info("shard %d: %s %s", task.shard, result.state, result.error)
+        if result.state == "done":
+            log.info("shard %d committed: %d records, %d rejected, %d completion tokens, %.1fs", task.shard,
+                     result.records, result.rejected, result.completion_tokens, result.seconds)
+        else:
+            log.info("shard %d: %s %s", task.shard, result.state, result.error)
         self._record(result)
+
+    def _drop_lost(self, task: ShardTask) -> None:
+        with self.lock:
+            if self.open.get(task.shard) is task:
+                del self.open[task.shard]
+        task.close()
+        self._record(ShardResult(task.shard, "busy", error="lease lost to another worker"))
+
+    def _check_config(self) -> None:
+        if self.config_changed or self.run.fingerprint() != self.digest:
+            self.config_changed = True
+            raise ConfigChanged()
+
+    def _abandon_open(self) -> None:
+        """The config changed: leave open shards to a worker of the new config (their logs are set aside)."""
+        log.warning("the run's config changed under this worker (fingerprint %s is no longer the run's); "
+                    "stopping: relaunch to go on under the new config", self.digest[:12])
+        with self.lock:
+            for shard, task in list(self.open.items()):
+                del self.open[shard]
+                task.close()
+                task.lease.release()
 
     def _record(self, result: ShardResult) -> None:
         self.results.append(result)
@@ -183,15 +246,21 @@ class WorkerSession:
     def _beat_loop(self) -> None:
         interval = self.config.worker.heartbeat_interval_s
         while not self._stop.wait(interval):
+            # One bad beat (a full disk for a moment, a file server hiccup) must not end the renewals
+            # and the watchdog for the rest of the run: log it and beat again.
             try:
                 with self.lock:
                     for task in list(self.open.values()):
                         self._write_heartbeat(task)
-                if not self.tripped:
-                    self._watch()
-            except BaseException as exc:  # raised in the main thread at its next completion
-                self._error = exc
-                return
+                try:
+                    if self.run.fingerprint() != self.digest:
+                        self.config_changed = True
+                except Exception:
+                    self.config_changed = True
+            except Exception as exc:
+                log.warning("heartbeat failed (%s: %s); trying again in %gs", type(exc).__name__, exc, interval)
+            if not self.tripped:
+                self._watch()
 
     def _write_heartbeat(self, task: ShardTask) -> None:
         if task.lost:
@@ -199,7 +268,7 @@ class WorkerSession:
         try:
             task.lease.renew()
         except LeaseLost:
-            task.lost = True  # another worker took over: its completions here are dropped
+            # Another worker took over: no more requests, completions dropped, never committed.
             log.warning("shard %d: lease lost to another worker", task.shard)
             return
         atomic_write_bytes(self.run.heartbeat_path(task.shard),

@@ -79,7 +79,7 @@ def test_watchdog_fails_a_hung_shard_with_a_reason(tmp_path: Path) -> None:
     reason = read_json(run.failed_path(0))["reason"]
     assert reason.startswith("watchdog: no completion for") and "in flight" in reason
     # The records finished before the hang are kept for the retry.
-    assert len(run.progress_path(0).read_bytes().splitlines()) == 3 * 4
+    assert len(run.progress_path(0).read_bytes().splitlines()) == 1 + 3 * 4  # the fingerprint header
 
 
 def test_out_of_memory_steps_down_and_is_recorded(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_local_workers_share_shards_and_see_their_gpu(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 240
     logs = [run.log_path(f"worker-local-{i}").read_text() for i in range(2)]
     assert "CUDA_VISIBLE_DEVICES=0" in logs[0] and "CUDA_VISIBLE_DEVICES=1" in logs[1]
-    shards_per_worker = [log.count(": done") for log in logs]
+    shards_per_worker = [log.count(" committed: ") for log in logs]
     assert sum(shards_per_worker) == 6 and min(shards_per_worker) >= 1, shards_per_worker
 
 
@@ -182,11 +182,11 @@ def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -
 
 def test_a_worker_that_cannot_start_its_engine_shows_in_status(tmp_path: Path) -> None:
     run = planned_run(tmp_path, "nostart", docs=5)
-    config_path = run.config_path
-    config_path.write_text(config_path.read_text().replace("engine: fake", "engine: transformers")
+    config_path = tmp_path / "broken.yaml"
+    config_path.write_text(run.config_path.read_text().replace("engine: fake", "engine: transformers")
                            .replace("path: fake-model", f"path: {tmp_path / 'no-model'}"))
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root), "--config", str(config_path),
+                           "--force"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no-model is not a directory" in proc.stderr
     status = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run.root)], capture_output=True,

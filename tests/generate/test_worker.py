@@ -67,7 +67,7 @@ def test_resume_skips_what_is_on_disk_and_drops_torn_line(planned) -> None:
     assert run_shard(run, 0, first, config, "a").state == "failed"
     assert "injected" in read_json(run.failed_path(0))["reason"]
     progress = run.progress_path(0)
-    assert len(progress.read_bytes().splitlines()) == 9
+    assert len(progress.read_bytes().splitlines()) == 1 + 9  # the fingerprint header, then records
     with open(progress, "ab") as handle:
         handle.write(b'{"id": "000000-000003/ma')  # killed mid-write
     second = CountingEngine(config)
