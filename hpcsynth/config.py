@@ -20,6 +20,7 @@ from hpcsynth.errors import ConfigError
 
 ENGINES = ("transformers", "vllm", "endpoint", "fake")
 FORMATS = ("megatron",)
+DTYPES = ("bfloat16", "float16", "float32", "auto")
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,13 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise bad(key, f"must be greater than 0, got {value}")
+    if not 1 <= config.plan.zstd_level <= 22:
+        raise bad("plan.zstd_level", f"must be between 1 and 22 (3 is the fast default), got {config.plan.zstd_level}")
+    if config.model.dtype not in DTYPES:
+        raise bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
+    device = config.worker.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise bad("worker.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
     if config.slurm.gpu_request not in ("gres", "gpus"):
         raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
     if config.slurm.array_tasks < 1:

@@ -139,7 +139,7 @@ class WorkerSession:
                     continue
                 with self.lock:
                     self.open[shard] = opened
-                self._write_heartbeat(opened)
+                self._beat_once(opened)
                 if opened.complete:  # everything was on disk already: commit without the engine
                     self._finish(opened)
                     continue
@@ -171,6 +171,7 @@ class WorkerSession:
             self._finish(task)
 
     def _finish(self, task: ShardTask) -> None:
+        self._check_config()  # never commit under a fingerprint that is no longer the run's
         with self.lock:
             del self.open[task.shard]
             try:
@@ -261,6 +262,12 @@ class WorkerSession:
                 log.warning("heartbeat failed (%s: %s); trying again in %gs", type(exc).__name__, exc, interval)
             if not self.tripped:
                 self._watch()
+
+    def _beat_once(self, task: ShardTask) -> None:
+        try:
+            self._write_heartbeat(task)
+        except Exception as exc:  # status shows the shard a beat later; the work goes on
+            log.warning("heartbeat of shard %d failed (%s: %s)", task.shard, type(exc).__name__, exc)
 
     def _write_heartbeat(self, task: ShardTask) -> None:
         if task.lost:

@@ -8,6 +8,8 @@ another process (a subprocess, a Slurm job) misbehaves the same way:
   hang_on      the engine stops producing once it is given a prompt containing this text
   oom_above    raises a CUDA-style out-of-memory error while its concurrency is above this
   crash_on     raises a plain error on a prompt containing this text
+  count_to     a file to which every generated record id is appended (tests count generations across
+               processes: a record generated twice shows twice)
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class FakeEngine:
             if faults.get("reject_on") and faults["reject_on"] in prompt:
                 yield Completion(request.record_id, "", "rejected", prompt_tokens, 0, "fake: rejected on marker")
                 continue
+            if faults.get("count_to"):
+                with open(faults["count_to"], "a") as handle:
+                    handle.write(request.record_id + "\n")
             words = _words(request, self.max_tokens)
             finish = "length" if len(words) == self.max_tokens else "stop"
             yield Completion(request.record_id, " ".join(words), finish, prompt_tokens, len(words))

@@ -35,16 +35,19 @@ class TransformersEngine:
         device = config.worker.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"worker.device is {device!r} but torch sees no CUDA device here; use auto or cpu")
         self.device = device
         # bf16 matmuls are slow on most CPUs; on CPU the engine computes in float32 instead.
-        dtype = getattr(torch, config.model.dtype) if device != "cpu" else torch.float32
+        dtype = torch.float32 if device == "cpu" or config.model.dtype == "auto" else getattr(torch, config.model.dtype)
         kwargs = {"revision": config.model.revision} if config.model.revision else {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model.path, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(config.model.path, dtype=dtype, **kwargs)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # a damaged model directory (cut weights, broken JSON) is the user's to fix
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"cannot load model.path={config.model.path!r}: {first}") from None
+            raise EngineError(f"cannot load model.path={config.model.path!r}: {type(exc).__name__}: {first[:300]}; "
+                              f"check the model directory's files") from None
         self.model.to(device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

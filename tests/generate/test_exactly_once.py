@@ -1,0 +1,383 @@
+"""Exactly-once when state is damaged, the config changes mid-run, or workers share a Slurm job.
+
+Each test names the promise it holds (docs/reliability.md lists them); each failed on the code before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+import zstandard
+
+from hpcsynth.files import atomic_write_json, read_json, read_jsonl_zst
+from hpcsynth.generate.engines.fake import FakeEngine
+from hpcsynth.generate.lease import Lease, LeaseLost, holder_gone, new_owner
+from hpcsynth.generate.pull import pull_shards
+from hpcsynth.generate.shard import ShardTask, shard_of
+from hpcsynth.generate.worker import WorkerSession, run_shard
+from hpcsynth.plan import plan_corpus
+from hpcsynth.rundir import RunDir
+
+from conftest import REPO, fake_config, write_corpus
+
+
+def planned_run(tmp_path: Path, name: str = "run", docs: int = 20, **sections) -> RunDir:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    config = fake_config(corpus, plan={"shard_docs": 5}, **sections)
+    run = RunDir(tmp_path / name)
+    plan_corpus(config, run)
+    return run
+
+
+def outputs(run: RunDir) -> list[dict]:
+    return [r for s in run.shard_ids() if run.output_path(s).exists() for r in read_jsonl_zst(run.output_path(s))]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def partial(run: RunDir, shard: int, records: int) -> None:
+    """Leave `records` records of a shard in its progress log, as a killed worker would."""
+    config = run.config()
+
+    class Stops(FakeEngine):
+        def generate(self, requests):
+            for n, completion in enumerate(super().generate(requests)):
+                if n == records:
+                    raise RuntimeError("stopped (injected)")
+                yield completion
+
+    assert run_shard(run, shard, Stops(config), config, new_owner()).state == "failed"
+    run.failed_path(shard).unlink()
+
+
+# 1. A shard that cannot be opened fails alone, with its reason and file; the worker goes on.
+def test_a_corrupt_input_shard_fails_alone_and_the_worker_goes_on(tmp_path: Path) -> None:
+    run = planned_run(tmp_path)
+    path = run.shard_path(1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut in half
+    proc = cli("launch", str(run.root))
+    assert proc.returncode == 1, proc.stderr
+    reason = read_json(run.failed_path(1))["reason"]
+    assert str(path) in reason and "differs from the manifest" in reason
+    assert all(run.is_done(s, run.fingerprint()) for s in (0, 2, 3)), "the other shards were still generated"
+    assert "shard 1 failed" in proc.stderr
+
+
+# 5. Input shards are verified against the manifest: a flipped bit that still decodes is caught too.
+def test_input_shards_carry_zstd_checksums_and_are_checked_against_the_manifest(tmp_path: Path) -> None:
+    run = planned_run(tmp_path)
+    data = bytearray(run.shard_path(0).read_bytes())
+    assert zstandard.get_frame_parameters(bytes(data)).has_checksum
+    data[len(data) // 2] ^= 0x01
+    run.shard_path(0).write_bytes(bytes(data))
+    run.shard_path(2).unlink()
+    results = {r.shard: r for r in pull_shards(run.root)}
+    assert results[0].state == "failed" and "sha256 mismatch" in results[0].error
+    assert results[2].state == "failed" and "is missing" in results[2].error
+    assert results[1].state == results[3].state == "done"
+
+
+def test_a_planned_shard_without_a_manifest_checksum_still_fails_on_a_cut_file(tmp_path: Path) -> None:
+    run = planned_run(tmp_path)
+    manifest = read_json(run.manifest_path)
+    for row in manifest["shards"]:
+        del row["sha256"]
+    atomic_write_json(run.manifest_path, manifest)
+    path = run.shard_path(0)
+    path.write_bytes(path.read_bytes()[:-3])
+    result = pull_shards(run.root, [0])[0]
+    assert result.state == "failed" and "damaged" in result.error and "cut short" in result.error
+
+
+# 2. Progress written under another fingerprint is set aside; outputs never mix configs.
+def test_a_config_change_sets_old_progress_aside_and_never_mixes_configs(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, sampling={"max_tokens": 20})
+    partial(run, 0, records=7)
+    new = tmp_path / "new.yaml"
+    data = yaml.safe_load(run.config_path.read_text())
+    data["sampling"]["max_tokens"] = 12
+    data["prompts"] = ["faq", "math"]  # fewer prompts: used to fail for ever
+    new.write_text(yaml.safe_dump(data))
+    proc = cli("launch", str(run.root), "--config", str(new), "--force")
+    assert proc.returncode == 0, proc.stderr
+    records = outputs(run)
+    assert len(records) == 20 * 2
+    assert {r["sampling"]["max_tokens"] for r in records} == {12}
+    assert {r["prompt"] for r in records} == {"faq", "math"}
+    aside = list(run.set_aside_dir.glob("000000.*.records.jsonl"))
+    assert len(aside) == 1 and len(aside[0].read_bytes().splitlines()) == 1 + 7, "kept, with a findable name"
+
+
+def test_a_worker_stops_when_the_config_changes_under_it(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, worker={"heartbeat_interval_s": 0.05})
+    config = run.config()
+
+    class ChangesConfig(FakeEngine):
+        def generate(self, requests):
+            for n, completion in enumerate(super().generate(requests)):
+                if n == 5:  # another user adopts a new config while this worker runs
+                    run.fingerprint_path.write_text("f" * 64 + "\n")
+                yield completion
+
+    results = WorkerSession(run, ChangesConfig(config), config, new_owner()).work(run.shard_ids())
+    assert not any(r.state == "done" for r in results)
+    assert not list(run.root.glob("done/*.json")) and not list(run.root.glob("work/*/lease.json"))
+
+
+# 11. A hand-edited config.yaml is refused by every stage, naming the keys.
+def test_a_hand_edited_config_is_refused_naming_the_keys(tmp_path: Path) -> None:
+    run = planned_run(tmp_path)
+    text = run.config_path.read_text()
+    run.config_path.write_text(text.replace("max_tokens: 64", "max_tokens: 16"))
+    for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"]):
+        proc = cli(*command)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
+        assert "sampling.max_tokens" in proc.stderr and "--config FILE" in proc.stderr, proc.stderr
+    assert not list(run.root.glob("outputs/*")), "nothing was generated under the edited config"
+    run.config_path.write_text(text)  # undone: works again
+    assert cli("launch", str(run.root)).returncode == 0
+
+
+# 3. Workers inside one Slurm job (srun -n N, salloc) share a job id but never steal each other's leases.
+def test_workers_of_one_slurm_job_do_not_steal_leases(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, docs=30, worker={"heartbeat_interval_s": 0.05})
+    counts = tmp_path / "generated.txt"
+    faults = json.dumps({"delay_s": 0.01, "count_to": str(counts)})
+    proc = cli("launch", str(run.root), "--workers", "2",
+               env={"SLURM_JOB_ID": "4242", "HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    logs = "".join(p.read_text() for p in run.root.glob("logs/*.log"))
+    assert "lease lost" not in logs
+    generated = counts.read_text().split()
+    assert len(generated) == len(set(generated)) == 30 * 4, "every record generated exactly once"
+
+
+def test_lease_liveness_by_process_and_array_task_incarnation(monkeypatch) -> None:
+    me = new_owner()
+    assert not holder_gone({"owner": me})
+    host = me.split(":")[0]
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert holder_gone({"owner": f"{host}:{proc.pid}:123:abc"}), "a dead pid of this host"
+    # A reused pid: alive, but started at another time than the holder.
+    assert holder_gone({"owner": f"{host}:{os.getppid()}:1:abc"})
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    other = {"owner": "node9:5:1:x", "task": "77_3"}
+    assert holder_gone({**other, "restart": "0"}), "an earlier incarnation of this array task"
+    assert not holder_gone({**other, "restart": "1"}), "a sibling in the same incarnation (srun -n 2)"
+
+
+def test_a_worker_that_loses_its_lease_stops_the_shard_and_never_commits(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, docs=5, worker={"heartbeat_interval_s": 0.02})
+    config = run.config()
+    fed: list[str] = []
+    thief = Lease(run.lease_path(0), "elsewhere:1:1:thief", 300)
+
+    class Slow(FakeEngine):
+        def generate(self, requests):
+            for request in requests:
+                fed.append(request.record_id)
+                if len(fed) == 3:
+                    run.lease_path(0).unlink()
+                    assert thief.acquire()
+                    time.sleep(0.3)  # the heartbeat notices
+                yield from super().generate([request])
+
+    result = run_shard(run, 0, Slow(config), config, new_owner())
+    assert result.state == "busy"
+    assert len(fed) < 10, "stopped feeding the lost shard at once"
+    assert not run.done_path(0).exists()
+    assert thief.held(), "the winner's lease is intact"
+
+
+# 12. A renewal cannot overwrite a lease another worker took over; racing takers yield one holder.
+def test_renewal_never_overwrites_a_takeover(tmp_path: Path) -> None:
+    path = tmp_path / "lease.json"
+    slow = Lease(path, "a:1:1:slow", timeout=0.2)
+    assert slow.acquire()
+    time.sleep(0.3)
+    fresh = Lease(path, "b:2:2:fresh", timeout=0.2)
+    assert fresh.acquire(), "stale after the timeout"
+    with pytest.raises(LeaseLost):
+        slow.renew()
+    assert read_json(path)["owner"] == "b:2:2:fresh"
+    slow.release()
+    assert fresh.held()
+
+
+def test_many_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) -> None:
+    for round_ in range(5):
+        path = tmp_path / f"lease{round_}.json"
+        atomic_write_json(path, {"owner": "elsewhere:1:1:x", "renewed": time.time() - 600})  # long stale
+        script = ("import sys, time; from pathlib import Path; from hpcsynth.generate.lease import Lease, new_owner\n"
+                  "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+                  "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire())")
+        start = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(6)]
+        answers = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert answers.count("True") == 1, answers
+
+
+def test_shard_ids_are_parsed_at_any_count() -> None:
+    assert shard_of("1000000-000001/faq") == 1000000 and shard_of("000042-000000/math") == 42
+
+
+def test_the_heartbeat_thread_survives_a_failing_beat(tmp_path: Path) -> None:
+    run = planned_run(tmp_path, docs=5, worker={"heartbeat_interval_s": 0.02})
+    config = run.config()
+    session = WorkerSession(run, FakeEngine(config, delay_s=0.02), config, new_owner())
+    beats = {"n": 0}
+    original = session._write_heartbeat
+
+    def flaky(task):
+        beats["n"] += 1
+        if beats["n"] == 1:
+            raise OSError(28, "No space left on device (injected)")
+        original(task)
+
+    session._write_heartbeat = flaky
+    results = session.work([0])
+    assert results[0].state == "done" and beats["n"] > 2, "beats went on after the failing one"
+
+
+# 4. Damage in the middle of a progress log: intact records kept, damaged ones generated again.
+@pytest.mark.parametrize("damage", ["nul-block", "broken-json", "garbage-line"])
+def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tmp_path: Path, damage: str) -> None:
+    run = planned_run(tmp_path)
+    partial(run, 0, records=12)
+    log = run.progress_path(0)
+    lines = log.read_bytes().split(b"\n")
+    if damage == "nul-block":
+        lines[4] = b"\x00" * len(lines[4])
+    elif damage == "broken-json":
+        lines[4] = lines[4].replace(b'"text":"', b'"text":', 1)
+    else:
+        lines.insert(4, b"\x89PNG not a record")
+    log.write_bytes(b"\n".join(lines))
+    config = run.config()
+    counts = tmp_path / "generated.txt"
+    result = run_shard(run, 0, FakeEngine(config, count_to=str(counts)), config, new_owner())
+    assert result.state == "done"
+    regenerated = counts.read_text().split()
+    expected_new = 20 - 12 + (0 if damage == "garbage-line" else 1)
+    assert len(regenerated) == expected_new, regenerated
+    ids = [r["id"] for r in read_jsonl_zst(run.output_path(0))]
+    assert len(ids) == len(set(ids)) == 20
+
+
+# 6. A done marker whose output is missing or corrupt is noticed and the shard generated again.
+@pytest.mark.parametrize("damage", ["missing", "flipped", "marker"])
+def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: str) -> None:
+    run = planned_run(tmp_path)
+    assert cli("launch", str(run.root)).returncode == 0
+    before = outputs(run)
+    output = run.output_path(2)
+    if damage == "missing":
+        output.unlink()
+    elif damage == "flipped":
+        data = bytearray(output.read_bytes())
+        data[20] ^= 0x40
+        output.write_bytes(bytes(data))
+    else:
+        run.done_path(2).write_text('{"shard": 2, "finger')
+    proc = cli("launch", str(run.root))
+    assert proc.returncode == 0, proc.stderr
+    assert "shard 2 will be generated again" in proc.stderr
+    assert outputs(run) == [dict(r, finished_at=a["finished_at"]) for r, a in zip(before, outputs(run))]
+    assert list(run.set_aside_dir.glob("000002.*.done.json")), "the old marker is kept"
+
+
+# 7. The done marker is checked again once the lease is held.
+def test_done_is_checked_again_under_the_lease(tmp_path: Path, monkeypatch) -> None:
+    run = planned_run(tmp_path)
+    config = run.config()
+    assert run_shard(run, 1, FakeEngine(config), config, new_owner()).state == "done"
+    calls = {"n": 0}
+    real = RunDir.is_done
+
+    def racy(self, shard, digest, verify="size"):
+        calls["n"] += 1
+        return False if calls["n"] == 1 else real(self, shard, digest, verify)  # committed meanwhile
+
+    monkeypatch.setattr(RunDir, "is_done", racy)
+    from hpcsynth.prompts import load_prompts
+
+    opened = ShardTask.open(run, 1, config, new_owner(), load_prompts(config), run.fingerprint())
+    assert getattr(opened, "state", None) == "skipped"
+    assert not run.lease_path(1).exists()
+
+
+# Tracebacks where a user made a mistake: one line naming the file or key, and the fix.
+@pytest.mark.parametrize("key,value,expect", [
+    ("plan.zstd_level", 99, "'plan.zstd_level' must be between 1 and 22"),
+    ("model.dtype", "float33", "'model.dtype' must be one of"),
+    ("worker.device", "tpu", "'worker.device' must be auto, cpu, cuda"),
+    ("reduce.eos_token", 5, "'reduce.eos_token' must be a string"),
+])
+def test_bad_config_values_are_one_line(tmp_path: Path, key: str, value, expect: str) -> None:
+    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    section, name = key.split(".")
+    data.setdefault(section, {})[name] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    write_corpus(tmp_path / "c.jsonl", 3)
+    proc = cli("plan", str(path), "--run", str(tmp_path / "r"), "--input", str(tmp_path / "c.jsonl"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expect in proc.stderr, proc.stderr
+    assert str(path) in proc.stderr
+
+
+@pytest.mark.parametrize("victim", ["manifest", "config", "failed", "fingerprint"])
+def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
+    run = planned_run(tmp_path)
+    assert cli("launch", str(run.root)).returncode == 0
+    if victim == "manifest":
+        run.manifest_path.write_text('{"layout_version": 1, "sha')
+    elif victim == "config":
+        run.config_path.write_text("model: [unclosed\n")
+    elif victim == "fingerprint":
+        run.fingerprint_path.write_text("")
+    else:
+        run.done_path(0).unlink()
+        run.failed_path(0).parent.mkdir(exist_ok=True)
+        run.failed_path(0).write_text("{not json")
+    for command in (["status", str(run.root)], ["launch", str(run.root)]):
+        proc = cli(*command)
+        if victim == "failed":
+            assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+            continue
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    corpus = write_corpus(tmp_path / "c.jsonl", 4)
+    for name, changes in (("cut-weights", {"path": str(broken)}), ("no-cuda", {"path": str(tiny_model)})):
+        data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+        data["model"].update(changes)
+        if name == "no-cuda":
+            data.setdefault("worker", {})["device"] = "cuda"
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert cli("plan", str(path), "--run", str(tmp_path / name), "--input", str(corpus)).returncode == 0
+        proc = cli("launch", str(tmp_path / name), timeout=300)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert ("cannot load model.path" if name == "cut-weights" else "no CUDA device") in proc.stderr, proc.stderr
