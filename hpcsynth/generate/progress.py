@@ -80,8 +80,15 @@ class ProgressLog:
         with self.lock:
             if self.fd >= 0:
                 os.fsync(self.fd)
-            data = _read_nofollow(self.path)
+            try:
+                data = _read_nofollow(self.path)
+            except FileNotFoundError:
+                data = b""
         lines = data.split(b"\n")
+        if _header_fingerprint(lines[0]) != self.fingerprint:
+            # Removed or replaced under us (it should not be, while we hold the lease): start it afresh.
+            self.close()
+            raise DamagedLog(f"{self.path} vanished or was replaced during the run; the shard is generated again")
         records, damaged, good = [], 0, [header(self.fingerprint)]
         for line in lines[1:]:
             if not line.strip():

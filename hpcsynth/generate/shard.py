@@ -123,8 +123,14 @@ class ShardTask:
         self.lease.renew()  # still ours? a worker that lost its lease must not commit over a live one
         marker = _commit(self, digest, step_downs)
         self.progress.close()
+        # Clear the work files while the lease is still ours: once it is released, another worker may
+        # already be writing its own there.
+        _remove_work_files(self.run.work_dir(self.shard), keep=self.lease.path)
         self.lease.release()
-        _remove_work_dir(self.run.work_dir(self.shard))
+        try:
+            self.run.work_dir(self.shard).rmdir()
+        except OSError:
+            pass  # someone else's files arrived meanwhile
         return ShardResult(self.shard, "done", marker["records"], marker["rejected"], marker["completion_tokens"],
                            time.monotonic() - self.started)
 
@@ -248,12 +254,8 @@ def shard_of(record_id: str) -> int:
     return int(record_id.split("-", 1)[0])
 
 
-def _remove_work_dir(work: Path) -> None:
-    # Only the files the worker writes there; anything else (a user's copy) stays.
+def _remove_work_files(work: Path, keep: Path) -> None:
+    # Only plain files (the worker's own); anything else there is left alone.
     for path in work.glob("*"):
-        if path.is_file() or path.is_symlink():
+        if path != keep and (path.is_file() or path.is_symlink()):
             path.unlink(missing_ok=True)
-    try:
-        work.rmdir()
-    except OSError:
-        pass

@@ -84,8 +84,8 @@ def launch(run: RunDir, *extra: str) -> subprocess.Popen:
 def damage_a_progress_log(run: RunDir) -> bool:
     for log in sorted(run.root.glob("work/*/records.jsonl")):
         lines = log.read_bytes().split(b"\n")
-        if len(lines) > 4:
-            lines[3] = b"\x00" * len(lines[3])
+        if len(lines) > 3:  # the header, two records and the last newline at least
+            lines[2] = b"\x00" * len(lines[2])
             log.write_bytes(b"\n".join(lines))
             return True
     return False
@@ -143,7 +143,17 @@ def test_kills_config_change_and_damage_leave_each_record_exactly_once(tmp_path:
     deadline = time.monotonic() + 30
     while alive_workers(run, started) and time.monotonic() < deadline:
         time.sleep(0.1)
-    damaged = damaged or damage_a_progress_log(run)
+    while not damaged:  # the kills left no shard half done: make one, then damage its log
+        launcher = launch(run)
+        deadline = time.monotonic() + 60
+        while not damaged and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if any(len(log.read_bytes().split(b"\n")) > 3 for log in run.root.glob("work/*/records.jsonl")):
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+                time.sleep(0.5)
+                damaged = damage_a_progress_log(run)
+        assert damaged or launcher.poll() is None, "no progress log to damage"
     assert changed and damaged and kills["launcher"] >= 3 and kills["worker"] >= 3, kills
 
     final = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root), "--workers", "2"],

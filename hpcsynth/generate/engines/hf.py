@@ -1,7 +1,12 @@
 """The transformers engine: CPU or one GPU, for tests and small users.
 
-Requests are generated in padded batches of worker.batch_size. Sampling is seeded per batch from its
-first request's seed, so a record reproduces when the batch does (the vLLM engine seeds per request).
+Requests are generated in left-padded batches of worker.batch_size by our own decoding loop rather than
+`model.generate`, so that each record is a function of (config, record id) alone, whatever batch it
+lands in, however many workers run, and after any restart:
+- every request samples from its own torch.Generator seeded with its record seed (generate() draws all
+  rows from one global generator, so a record depended on its neighbours);
+- every request has its own budget, min(sampling.max_tokens, model.max_model_len - its prompt), and
+  leaves the batch when it stops, so one long prompt no longer shortens its neighbours' answers.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class TransformersEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stop_ids = _stop_ids(self.model, self.tokenizer)
+        # transformers 5.x renames past_key_values to cache; take whichever this version's forward has.
+        import inspect
+
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.batch_size = config.worker.batch_size
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
@@ -72,7 +81,6 @@ class TransformersEngine:
         del self.model
 
     def _generate_batch(self, batch: list[Request]) -> Iterator[Completion]:
-        torch = self.torch
         limit = self.config.model.max_model_len
         prompts, accepted = [], []
         for request in batch:
@@ -87,26 +95,70 @@ class TransformersEngine:
             accepted.append(request)
         if not accepted:
             return
-        longest = max(len(ids) for ids in prompts)
-        max_new = min(self.config.sampling.max_tokens, limit - longest)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (longest - len(ids)) + ids for ids in prompts], device=self.device)
-        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
-        sampling = self.config.sampling
-        torch.manual_seed(accepted[0].seed)
         clock = time.monotonic()
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new,
-                do_sample=sampling.temperature > 0, temperature=sampling.temperature or None,
-                top_p=sampling.top_p, top_k=sampling.top_k or None, pad_token_id=pad,
-                eos_token_id=sorted(self.stop_ids),
-            )
+        rows = self._decode(prompts, [request.seed for request in accepted])
         seconds = time.monotonic() - clock
-        for request, ids, row in zip(accepted, prompts, out[:, longest:].tolist()):
+        for request, ids, row in zip(accepted, prompts, rows):
             tokens, finish = _until_stop(row, self.stop_ids)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             yield Completion(request.record_id, text, finish, len(ids), len(tokens), seconds=seconds)
+
+    def _decode(self, prompts: list[list[int]], seeds: list[int]) -> list[list[int]]:
+        """New tokens per prompt: each row sampled with its own generator, within its own budget."""
+        torch = self.torch
+        limit, sampling = self.config.model.max_model_len, self.config.sampling
+        budgets = [min(sampling.max_tokens, limit - len(ids)) for ids in prompts]
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        longest = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (longest - len(ids)) + ids for ids in prompts], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
+        outputs: list[list[int]] = [[] for _ in prompts]
+        active = list(range(len(prompts)))  # rows still generating, in batch order
+        cache = None
+        step_ids = input_ids
+        with torch.no_grad():
+            while active:
+                # Positions count real tokens only, so padding never shifts a row's positions.
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                 use_cache=True, **{self.cache_arg: cache})
+                cache = getattr(out, self.cache_arg)
+                logits = out.logits[:, -1, :].float()
+                keep, chosen = [], []
+                for slot, row in enumerate(active):
+                    token = _sample(torch, logits[slot], sampling, generators[row])
+                    outputs[row].append(token)
+                    chosen.append(token)
+                    if token not in self.stop_ids and len(outputs[row]) < budgets[row]:
+                        keep.append(slot)
+                if len(keep) < len(active):
+                    if not keep:
+                        break
+                    index = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(index)
+                    mask = mask.index_select(0, index)
+                    active = [active[slot] for slot in keep]
+                    chosen = [chosen[slot] for slot in keep]
+                step_ids = torch.tensor(chosen, device=self.device).unsqueeze(1)
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        return outputs
+
+
+def _sample(torch, logits, sampling, generator) -> int:
+    """One token from one row's logits: temperature, top-k, top-p, drawn with the row's own generator."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1])).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        cut = ordered.cumsum(-1) - ordered > sampling.top_p  # keep the smallest set reaching top_p
+        probs = probs.scatter(0, order, ordered.masked_fill(cut, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
