@@ -370,7 +370,11 @@ def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path)
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:200])
     corpus = write_corpus(tmp_path / "c.jsonl", 4)
-    for name, changes in (("cut-weights", {"path": str(broken)}), ("no-cuda", {"path": str(tiny_model)})):
+    bad_tokenizer = tmp_path / "bad-tokenizer-model"
+    shutil.copytree(tiny_model, bad_tokenizer)
+    (bad_tokenizer / "tokenizer_config.json").write_text('{"model_max_length": 2048, "eos_tok')
+    for name, changes in (("cut-weights", {"path": str(broken)}), ("no-cuda", {"path": str(tiny_model)}),
+                          ("bad-tokenizer", {"path": str(bad_tokenizer)})):
         data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
         data["model"].update(changes)
         if name == "no-cuda":
@@ -380,4 +384,4 @@ def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path)
         assert cli("plan", str(path), "--run", str(tmp_path / name), "--input", str(corpus)).returncode == 0
         proc = cli("launch", str(tmp_path / name), timeout=300)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert ("cannot load model.path" if name == "cut-weights" else "no CUDA device") in proc.stderr, proc.stderr
+        assert ("no CUDA device" if name == "no-cuda" else "cannot load model.path") in proc.stderr, proc.stderr

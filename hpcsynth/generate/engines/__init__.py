@@ -46,11 +46,8 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
-
-class SteppableEngine(Engine, Protocol):
-    def step_down(self) -> str:
-        """Lower concurrency after an out-of-memory error; describe the change, or '' if at the floor."""
-        ...
+    # Optional: `step_down() -> str` lowers concurrency after an out-of-memory error and describes the
+    # change ('' at the floor); the worker calls it when present.
 
 
 def make_engine(config: Config) -> Engine:

@@ -24,7 +24,6 @@ class Feeder(Generic[T]):
         self._items: Iterator[T] = iter(items)
         self.capacity = capacity
         self.exhausted = False
-        self.taken = 0
 
     def refill(self, in_flight: int) -> list[T]:
         out: list[T] = []
@@ -33,5 +32,4 @@ class Feeder(Generic[T]):
                 out.append(next(self._items))
             except StopIteration:
                 self.exhausted = True
-        self.taken += len(out)
         return out
