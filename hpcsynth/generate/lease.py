@@ -145,15 +145,7 @@ class Lease:
         self.renewal_path.unlink(missing_ok=True)
 
     def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_payload(self.owner))
-            handle.flush()
-            os.fsync(handle.fileno())
-        return True
+        return create_exclusive(self.path, _payload(self.owner))
 
     def _take_over(self, stale: dict) -> bool:
         mutex = self.path.with_name(self.path.name + ".takeover")
@@ -212,9 +204,7 @@ def _payload(owner: str) -> bytes:
 def _create_mutex(mutex: Path, owner: str, timeout: float) -> bool:
     """O_EXCL-create the takeover mutex; clear one left by a taker that died mid-takeover."""
     for _ in range(2):
-        try:
-            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-        except FileExistsError:
+        if not create_exclusive(mutex, _payload(owner)):
             held = read_lease(mutex) or {}
             if time.time() - float(held.get("renewed", 0) or 0) < timeout and not holder_gone(held):
                 return False
@@ -232,7 +222,28 @@ def _create_mutex(mutex: Path, owner: str, timeout: float) -> bool:
                 return False
             aside.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_payload(owner))
         return True
     return False
+
+
+def create_exclusive(path: Path, payload: bytes) -> bool:
+    """Create path holding payload, or return False if it exists; never visible empty or half written.
+
+    O_EXCL alone leaves a moment in which the file exists but is empty, and a racing reader would judge
+    that lease stale; a hard link of a complete temporary file appears all at once, and fails if the
+    name is taken (on NFS too).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)

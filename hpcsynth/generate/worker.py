@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from hpcsynth.config import Config
+from hpcsynth.config import Config, fingerprint
 from hpcsynth.generate.engines import Completion, Engine, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.generate.lease import LeaseLost
@@ -57,8 +57,10 @@ class WorkerSession:
     def __init__(self, run: RunDir, engine: Engine, config: Config, owner: str, grace_s: float = 30.0,
                  on_result=None) -> None:
         self.run, self.engine, self.config, self.owner = run, engine, config, owner
-        self.digest = run.fingerprint()
         self.prompts = load_prompts(config)
+        # The fingerprint of the config this worker generates with, not the file's: should the run's
+        # config change between loading and here, the two differ and the worker stops at its first check.
+        self.digest = fingerprint(config, {p.name: p.template_hash for p in self.prompts})
         self.expected = {row["id"]: row for row in run.manifest()["shards"]}
         self.config_changed = False
         self.mended: dict[int, int] = {}
