@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config
+from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config,
+                             read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
@@ -77,15 +76,16 @@ def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
     """A site profile: a YAML file with a `slurm:` section (the keys of SlurmConfig)."""
     if not path.is_file():
         raise ConfigError(f"site profile not found: {path} (see configs/site-example.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data, lines = read_yaml(path)
+    data = data or {}
     if not isinstance(data, dict) or set(data) - {"slurm"}:
         raise ConfigError(f"{path}: a site profile holds only a 'slurm:' section")
     merged = {**dataclasses.asdict(base), **(data.get("slurm") or {})}
-    return config_from_dict({"slurm": merged}, source=str(path)).slurm
+    return config_from_dict({"slurm": merged}, source=str(path), lines=lines).slurm
 
 
 def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bool) -> LaunchReport:
-    from hpcsynth import slurm as backend
+    from hpcsynth.execute import slurm as backend
 
     active = backend.active_jobs(run)
     if active and not force:
