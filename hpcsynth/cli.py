@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"hpcsynth: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except MemoryError:  # one line, not a traceback that itself may fail to allocate
+        print("hpcsynth: error: out of memory; if a corpus file is involved, lower plan.max_line_bytes or check "
+              "the file is what it claims to be (a small .gz/.zst can decompress to gigabytes)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hpcsynth: interrupted; committed work is kept, relaunch to continue", file=sys.stderr)
         return 130

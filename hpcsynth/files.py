@@ -6,6 +6,7 @@ file or the new one, never half of one (temp file + fsync + rename).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -13,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import zstandard
@@ -117,33 +118,55 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_corpus_lines(path: Path) -> Iterator[tuple[int, dict]]:
+def read_corpus_lines(path: Path, max_line_bytes: int = 64 << 20) -> Iterator[tuple[int, dict | str]]:
     """(line number, record) for a user's JSONL corpus file, plain, .gz or .zst.
 
-    A line that is not a JSON object raises InputError naming the file and line.
+    A line longer than max_line_bytes comes as (number, reason): the caller counts it as a reject. It is
+    skipped as it streams by, so a decompression bomb (gigabytes of zeros from a few KB) costs time,
+    never memory. A line that is not a JSON object raises InputError naming the file and line.
     """
-    for number, line in enumerate(_open_lines(path), start=1):
-        if not line.strip():
+    with _open_stream(path) as stream:
+        for number, line in enumerate(bounded_lines(stream, max_line_bytes), start=1):
+            if line is None:
+                yield number, f"line longer than plan.max_line_bytes={max_line_bytes:,} bytes; skipped unread"
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{path} line {number}: not valid JSON ({exc}); fix or remove that line") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {number}: expected a JSON object per line, "
+                                 f"got {type(record).__name__}")
+            yield number, record
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of a binary stream, each at most `limit` bytes (newline included); None stands for a
+    longer line, which is read past in 1 MiB pieces and never held."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
             continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise InputError(f"{path} line {number}: not valid JSON ({exc}); fix or remove that line") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{path} line {number}: expected a JSON object per line, "
-                             f"got {type(record).__name__}")
-        yield number, record
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 20)
+        yield None
 
 
-def _open_lines(path: Path) -> Iterator[bytes]:
+@contextlib.contextmanager
+def _open_stream(path: Path) -> Iterator[BinaryIO]:
     name = path.name
     if name.endswith(".gz"):
         with gzip.open(path, "rb") as handle:
-            yield from handle
+            yield handle
     elif name.endswith(".zst"):
         with open(path, "rb") as raw:
             reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            yield from io.BufferedReader(reader, buffer_size=1 << 20)
+            yield io.BufferedReader(reader, buffer_size=1 << 20)
     else:
         with open(path, "rb") as handle:
-            yield from handle
+            yield handle

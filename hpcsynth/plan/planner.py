@@ -62,8 +62,8 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None) ->
     input_stats = []
     for path in paths:
         kept = 0
-        for line, record in read_corpus_lines(path):
-            doc = _document(record, config, path, line)
+        for line, record in read_corpus_lines(path, config.plan.max_line_bytes):
+            doc = record if isinstance(record, str) else _document(record, config, path, line)
             if isinstance(doc, str):
                 rejects.add({"source": str(path), "line": line, "reason": doc})
                 continue
