@@ -7,6 +7,7 @@ file or the new one, never half of one (temp file + fsync + rename).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -14,12 +15,12 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import orjson
 import zstandard
 
-from hpcsynth.errors import InputError
+from hpcsynth.errors import InputError, RunError
 
 # Independent ~4 MiB frames: <1% larger than one frame, and a reader can seek between them.
 FRAME_BYTES = 4 << 20
@@ -47,6 +48,56 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:
+    """Open a run-directory file for appending (created if missing), refusing symlinks.
+
+    A symlink planted as the file (RUN/work/ID/records.jsonl -> a file elsewhere) or as its directory
+    would make us write outside the run; O_NOFOLLOW turns that into an error instead.
+    """
+    fd = _open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
+
+
+def open_write_nofollow(path: Path) -> IO[bytes]:
+    """Open a run-directory file for writing from empty; a symlink is refused before anything is cut."""
+    return os.fdopen(_open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+
+
+def truncate_nofollow(path: Path, size: int) -> None:
+    fd = _open_nofollow(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def read_bytes_nofollow(path: Path) -> bytes:
+    with os.fdopen(_open_nofollow(path, os.O_RDONLY), "rb") as handle:
+        return handle.read()
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    """A descriptor for path, refusing a symlink as the file itself or as the directory holding it."""
+    path = Path(path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _symlink_error(path.parent, exc) from None
+    try:
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _symlink_error(path, exc) from None
+    finally:
+        os.close(dir_fd)
+
+
+def _symlink_error(path: Path, exc: OSError) -> OSError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
+        return RunError(f"{path} is a symbolic link; hpcsynth writes only real files inside the run directory, "
+                        f"so remove the link (and check who made it)")
+    return exc
 
 
 def _fsync_dir(directory: Path) -> None:

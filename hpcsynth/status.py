@@ -8,6 +8,7 @@ dead ones and to count GPU time; without Slurm jobs nothing is asked.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from hpcsynth.generate.lease import holder_gone
+from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir, shard_name
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
@@ -26,6 +28,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     manifest = run.manifest()
     jobs, sacct = _slurm_view(run) if slurm else ([], {})
     config = run.config()
+    register_env_secret(config.endpoint.api_key_env)  # so redact() knows the key if this shell holds it
     digest = run.fingerprint()
     prompts = len(manifest["prompts"])
     now = time.time()
@@ -53,8 +56,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
             tokens_done += beat["completion_tokens"]
         if sid in failed:
             counts["failed"] += 1
-            failures.append({"shard": sid, "reason": failed[sid].get("reason", ""),
-                             "log": failed[sid].get("log", ""), "log_tail": _tail(failed[sid].get("log", ""))})
+            log_path = _run_log(run, failed[sid].get("log"))
+            failures.append({"shard": sid, "reason": redact(str(failed[sid].get("reason", ""))),
+                             "log": str(log_path or ""), "log_tail": _tail(log_path)})
         elif beat is None:
             counts["pending"] += 1
         elif now - beat["updated"] > config.worker.lease_timeout_s or _holder_gone(beat, sacct):
@@ -101,8 +105,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
         "worker_hours": time_split,
         "workers": len(tasks),
-        "tasks": sorted(({k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
-                                                 "idle_s", "wall_s", "shards_done", "error")} for t in tasks),
+        "tasks": sorted(({**{k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
+                                                    "idle_s", "wall_s", "shards_done")},
+                          "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                         key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
@@ -126,17 +131,41 @@ def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
     return holder_gone({"owner": beat.get("owner", ""), "task": ""})
 
 
-def _tail(path: str) -> list[str]:
-    if not path:
+def _run_log(run: RunDir, named: object) -> Path | None:
+    """The log a failed marker names, only if it is a file in RUN/logs/.
+
+    Markers are data anyone with write access to the run can forge; status must not print the tail of
+    ~/.ssh/id_rsa because a marker says so. A run directory copied elsewhere keeps its logs: a path
+    outside is looked up by its file name in this run's logs/.
+    """
+    if not isinstance(named, str) or not named:
+        return None
+    logs = (run.root / "logs").resolve()
+    for candidate in (Path(named), logs / Path(named).name):
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if resolved.parent == logs and resolved.is_file():
+            return resolved
+    return None
+
+
+def _tail(path: Path | None) -> list[str]:
+    if path is None:
         return []
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: a FIFO swapped in after the check must not hang status; only regular files are read.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return []
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 8192))
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
         return []
-    return lines[-LOG_TAIL_LINES:]
+    return [redact(line) for line in lines[-LOG_TAIL_LINES:]]
 
 
 def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:

@@ -19,7 +19,7 @@ from typing import Any
 from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config,
                              read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
-from hpcsynth.files import read_json
+from hpcsynth.files import open_append_nofollow, read_json
 from hpcsynth.prompts import load_prompts
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
@@ -113,7 +113,7 @@ def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None
         command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
         log_path = run.log_path(f"worker-local-{index}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        with open_append_nofollow(log_path) as log:
             procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         for proc in procs:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 
+from hpcsynth.files import open_append_nofollow, read_bytes_nofollow, truncate_nofollow
+
 ID_PREFIX = b'{"id":"'
 TOKENS_KEY = b'"completion_tokens":'
 
@@ -28,7 +30,7 @@ class ProgressLog:
         self.resumed = len(self.finished)
         self.resumed_tokens = self.tokens
         self.expected = 0
-        self.handle = open(self.path, "ab")
+        self.handle = open_append_nofollow(self.path)
         self.last_sync = time.monotonic()
         self.lock = threading.Lock()
 
@@ -47,8 +49,7 @@ class ProgressLog:
         with self.lock:
             self.handle.flush()
             os.fsync(self.handle.fileno())
-        with open(self.path, "rb") as handle:
-            return [orjson.loads(line) for line in handle]
+        return [orjson.loads(line) for line in read_bytes_nofollow(self.path).splitlines()]
 
     def close(self) -> None:
         if not self.handle.closed:
@@ -59,11 +60,10 @@ def recover(path: Path) -> tuple[set[str], int]:
     """Record ids and completion tokens already on disk; cuts a torn last line off the file."""
     if not path.exists():
         return set(), 0
-    data = path.read_bytes()
+    data = read_bytes_nofollow(path)
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(end)
+        truncate_nofollow(path, end)
     finished: set[str] = set()
     tokens = 0
     for line in data[:end].splitlines():

@@ -25,6 +25,7 @@ from hpcsynth.generate.lease import Lease, slurm_task
 from hpcsynth.generate.progress import ProgressLog
 from hpcsynth.logs import worker_log_path
 from hpcsynth.prompts import Prompt
+from hpcsynth.redact import redact
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.generate.worker")
@@ -113,7 +114,7 @@ class ShardTask:
     def fail(self, reason: str, trace: str = "") -> ShardResult:
         self.progress.close()
         atomic_write_json(self.run.failed_path(self.shard), {
-            "shard": self.shard, "reason": reason, "owner": self.lease.owner, "time": time.time(),
+            "shard": self.shard, "reason": redact(reason), "owner": self.lease.owner, "time": time.time(),
             "log": worker_log_path(), "traceback": trace or "".join(traceback.format_stack(limit=8))})
         self.lease.release()
         log.error("shard %d failed: %s", self.shard, reason)
