@@ -407,6 +407,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 SLURM_NAMES = re.compile(r"[A-Za-z0-9_.,:+@-]*")
 SLURM_JOB_NAME = re.compile(r"[A-Za-z0-9_.:+@-]{1,200}")
 SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+# Options our requeue and log paths rely on (USR2 before the limit, logs under RUN/slurm/, the array).
+SBATCH_OURS = ("signal", "output", "error", "array", "open-mode", "wrap")
 
 
 def _check_names(config: Config, bad: Any) -> None:
@@ -436,5 +438,8 @@ def _check_slurm_strings(slurm: SlurmConfig, bad: Any) -> None:
         if not SBATCH_KEY.fullmatch(key.strip().lstrip("-")) or not value.isprintable():
             raise bad("slurm.sbatch", f"entry {option!r} is not one sbatch option: write \"key=value\" or "
                                       f"\"flag\" (key: lowercase letters, digits, '-'; value: one line)")
+        if key.strip().lstrip("-") in SBATCH_OURS:
+            raise bad("slurm.sbatch", f"entry {option!r} would replace an option hpcsynth relies on "
+                                      f"({', '.join(SBATCH_OURS)}); use slurm.signal_delay_s or leave it out")
     if not slurm.python.isprintable():
         raise bad("slurm.python", f"{slurm.python!r} must be one line: the interpreter's path")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import open_append_nofollow, open_write_nofollow, read_bytes_nofollow, truncate_nofollow
 from hpcsynth.generate.progress import ProgressLog
 
 from conftest import write_corpus
@@ -53,11 +52,13 @@ def test_shard_directory_symlinked_outside_is_refused(tmp_path: Path, outside: P
     assert outside.read_bytes() == PRECIOUS
 
 
-@pytest.mark.parametrize("use", [
-    lambda p: open_append_nofollow(p).write(b"x"), lambda p: open_write_nofollow(p).write(b"x"),
-    lambda p: truncate_nofollow(p, 0), read_bytes_nofollow,
-], ids=["append", "write", "truncate", "read"])
-def test_every_helper_refuses_a_symlink(tmp_path: Path, outside: Path, use) -> None:
+@pytest.mark.parametrize("use", ["append", "write", "truncate", "read"])
+def test_every_helper_refuses_a_symlink(tmp_path: Path, outside: Path, use: str) -> None:
+    from hpcsynth import files
+
+    use = {"append": lambda p: files.open_append_nofollow(p).write(b"x"),
+           "write": lambda p: files.open_write_nofollow(p).write(b"x"),
+           "truncate": lambda p: files.truncate_nofollow(p, 0), "read": files.read_bytes_nofollow}[use]
     link = tmp_path / "dir" / "file"
     link.parent.mkdir()
     link.symlink_to(outside)
@@ -67,6 +68,8 @@ def test_every_helper_refuses_a_symlink(tmp_path: Path, outside: Path, use) -> N
 
 
 def test_helpers_work_on_real_files(tmp_path: Path) -> None:
+    from hpcsynth.files import open_append_nofollow, open_write_nofollow, read_bytes_nofollow, truncate_nofollow
+
     path = tmp_path / "f"
     with open_append_nofollow(path) as handle:
         handle.write(b"abc\n")

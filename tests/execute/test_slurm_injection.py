@@ -18,7 +18,6 @@ import pytest
 
 from hpcsynth.config import SlurmConfig, config_from_dict
 from hpcsynth.errors import ConfigError, HpcsynthError
-from hpcsynth.execute.slurm import executor_parameters, make_executor
 from hpcsynth.rundir import RunDir
 
 from conftest import write_corpus
@@ -48,6 +47,8 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 def script(run: Path, slurm: SlurmConfig) -> str:
     """The batch script submitit would hand to sbatch for this run and profile."""
+    from hpcsynth.execute.slurm import make_executor
+
     executor = make_executor(RunDir(run), slurm)
     return executor._make_submission_file_text(executor._submitit_command_str, "UID")
 
@@ -64,7 +65,8 @@ def test_sbatch_entry_with_a_newline_is_refused_naming_profile_line_and_key(tmp_
 @pytest.mark.parametrize("key, value", [
     ("partition", "gpu\ntouch X"), ("qos", "normal\r"), ("account", "a b"), ("job_name", "x\n#SBATCH --time=0"),
     ("job_name", ""), ("sbatch", ["constraint=h100\ntouch X"]), ("sbatch", ["time 9999"]),
-    ("sbatch", ["--Mem=1"]), ("python", "/usr/bin/python\nrm -rf ~"),
+    ("sbatch", ["--Mem=1"]), ("sbatch", ["signal=B:TERM@1"]), ("sbatch", ["output=/tmp/x"]),
+    ("python", "/usr/bin/python\nrm -rf ~"),
 ])
 def test_every_slurm_string_is_checked(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"slurm.{key}"):
@@ -96,6 +98,8 @@ def test_python_is_quoted_in_the_job_command(tmp_path: Path) -> None:
 
 def test_directive_guard_catches_a_config_built_in_code(tmp_path: Path) -> None:
     # Code (a plugin, a notebook) can build SlurmConfig without the YAML checks; the edge still holds.
+    from hpcsynth.execute.slurm import executor_parameters
+
     bad = dataclasses.replace(SlurmConfig(), partition="gpu\ntouch X")
     with pytest.raises(HpcsynthError, match="spans lines"):
         executor_parameters(bad)
@@ -150,3 +154,28 @@ def test_garbled_launch_record_is_one_line(tmp_path: Path) -> None:
     (run / "launches" / "x.json").write_text('["not", "a", "launch"]')
     env, _ = fake_scancel(tmp_path)
     assert "not a launch record" in one_line_error(cli("cancel", str(run), env=env))
+
+
+@pytest.mark.slurm
+def test_hostile_but_legal_paths_and_options_run_on_real_slurm(tmp_path: Path, cluster) -> None:
+    """On the real cluster: a run path with spaces, quotes, ';' and $(), an explicit (quoted) interpreter
+    and a two-word sbatch value all reach the job intact, and nothing in them runs as a command."""
+    import time
+
+    base = tmp_path / "team runs 'q' ;$(touch PWNED)"
+    base.mkdir()
+    run = planned(base / "run")
+    profile = tmp_path / "site.yaml"
+    profile.write_text(f"slurm:\n  array_tasks: 1\n  partition: gpu\n  cpus_per_task: 1\n  mem_gb: 1\n  time_min: 17\n"
+                       f"  python: {sys.executable!r}\n  sbatch: ['comment=two words; touch PWNED2']\n")
+    env = {**cluster.env, "HPCSYNTH_FAKE_FAULTS": "{}"}
+    proc = cli("launch", str(run), "--executor", "slurm", "--profile", str(profile), env=env)
+    assert proc.returncode == 0, proc.stderr
+    job = orjson.loads(next((run / "launches").glob("*.json")).read_bytes())["arrays"][0]["job_id"]
+    shown = subprocess.run(["scontrol", "show", "job", job], env=cluster.env, capture_output=True, text=True).stdout
+    assert "TimeLimit=00:17:00" in shown and "Comment=two words; touch PWNED2" in shown
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and len(list((run / "done").glob("*.json"))) < 2:
+        time.sleep(1)
+    assert len(list((run / "done").glob("*.json"))) == 2, list((run / "slurm").rglob("*.out"))
+    assert not list(tmp_path.rglob("PWNED*")) and not Path("PWNED").exists()

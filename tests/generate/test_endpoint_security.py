@@ -16,7 +16,6 @@ import pytest
 from hpcsynth.config import config_from_dict
 from hpcsynth.errors import EngineError
 from hpcsynth.generate.engines import Request, make_engine
-from hpcsynth.redact import redact, register_secret
 
 KEY = "hpcsynth-test-key-0123456789abcdef"
 COMPLETION = {"choices": [{"message": {"content": "stolen answer"}, "finish_reason": "stop"}],
@@ -130,6 +129,8 @@ def test_server_echoing_the_key_is_redacted_in_rejects_and_errors(servers, monke
     "password: hunter2hunter2",
 ])
 def test_credential_shapes_are_redacted(text: str) -> None:
+    from hpcsynth.redact import redact
+
     out = redact(text)
     assert "[redacted]" in out
     for secret in ("abcdef0123456789", "s3cr3t-value", "abcdef012345", "abcdefghijklmnopqrstuvwx",
@@ -138,6 +139,8 @@ def test_credential_shapes_are_redacted(text: str) -> None:
 
 
 def test_registered_secret_of_any_shape_is_redacted_and_plain_text_is_not() -> None:
+    from hpcsynth.redact import redact, register_secret
+
     register_secret("plain words key 42")
     assert redact("the server said: plain words key 42!") == "the server said: [redacted]!"
     text = "HTTP 503: overloaded; retry later (max_tokens=2048, model tiny)"
