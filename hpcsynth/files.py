@@ -60,9 +60,19 @@ def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:
     return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
 
 
-def open_write_nofollow(path: Path) -> IO[bytes]:
-    """Open a run-directory file for writing from empty; a symlink is refused before anything is cut."""
-    return os.fdopen(_open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+def open_write_nofollow(path: Path, directory_too: bool = True) -> IO[bytes]:
+    """Open a run-directory file for writing from empty; a symlink is refused before anything is cut.
+
+    directory_too=False lets the directory be a link (a user's --out pointing at another disk) while the
+    file itself still may not be one.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if not directory_too:
+        try:
+            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")
+        except OSError as exc:
+            raise _symlink_error(Path(path), exc) from None
+    return os.fdopen(_open_nofollow(path, flags), "wb")
 
 
 def truncate_nofollow(path: Path, size: int) -> None:

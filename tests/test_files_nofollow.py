@@ -111,3 +111,33 @@ def test_worker_log_planted_as_symlink(tmp_path: Path, outside: Path) -> None:
     proc = cli("launch", str(run))
     assert proc.returncode == 2 and "worker-local.log is a symbolic link" in proc.stderr
     assert outside.read_bytes() == PRECIOUS
+
+
+def test_atomic_writes_replace_a_planted_symlink_instead_of_following_it(tmp_path: Path, outside: Path) -> None:
+    from hpcsynth.files import atomic_write_json
+
+    marker = tmp_path / "run" / "done" / "000000.json"
+    marker.parent.mkdir(parents=True)
+    marker.symlink_to(outside)
+    atomic_write_json(marker, {"shard": 0})
+    assert outside.read_bytes() == PRECIOUS and not marker.is_symlink()
+
+
+def test_token_file_temporaries_refuse_symlinks_but_out_may_be_a_linked_directory(tmp_path: Path,
+                                                                                   outside: Path) -> None:
+    import numpy as np
+
+    from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter
+
+    real = tmp_path / "big-disk"
+    real.mkdir()
+    (tmp_path / "out").symlink_to(real)  # --out on another filesystem through a link: allowed
+    writer = IndexedDatasetWriter(tmp_path / "out" / "mix", np.uint16)
+    writer.add([1, 2, 3])
+    writer.finish()
+    assert (real / "mix.bin").stat().st_size == 6
+
+    (real / "evil.bin.tmp").symlink_to(outside)
+    with pytest.raises(RunError, match="evil.bin.tmp is a symbolic link"):
+        IndexedDatasetWriter(tmp_path / "out" / "evil", np.uint16)
+    assert outside.read_bytes() == PRECIOUS
