@@ -5,6 +5,9 @@ hostile or misconfigured one."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,7 +54,7 @@ def serve(reply: tuple[int, dict, bytes]) -> tuple[ThreadingHTTPServer, str]:
 
 
 @pytest.fixture
-def servers() -> Iterator[list]:
+def servers() -> Iterator:
     started: list[ThreadingHTTPServer] = []
 
     def start(reply):
@@ -150,9 +153,6 @@ def test_registered_secret_of_any_shape_is_redacted_and_plain_text_is_not() -> N
 def test_failed_marker_and_log_hold_no_key(tmp_path: Path, monkeypatch) -> None:
     """A real worker on a server that fails every request and echoes the key: the shard fails, and
     neither RUN/failed/ nor RUN/logs/ nor status shows the key."""
-    import subprocess
-    import sys
-
     from conftest import write_corpus
 
     echo = {"error": {"message": f"upstream down; your header was Bearer {KEY}"}}
@@ -162,7 +162,7 @@ def test_failed_marker_and_log_hold_no_key(tmp_path: Path, monkeypatch) -> None:
         config = tmp_path / "config.yaml"
         config.write_text(f"prompts: [faq]\nmodel: {{engine: endpoint, path: m}}\nendpoint: {{url: '{url}/v1', "
                           f"api_key_env: TEST_KEY, retries: 1, backoff_s: 0.01}}\n")
-        env = {**__import__("os").environ, "TEST_KEY": KEY}
+        env = {**os.environ, "TEST_KEY": KEY}
         run = tmp_path / "run"
         for args in (["plan", str(config), "--run", str(run), "--input", str(corpus)], ["launch", str(run)]):
             subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=env, capture_output=True, timeout=120)
