@@ -8,6 +8,7 @@ dead ones and to count GPU time; without Slurm jobs nothing is asked.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -222,7 +223,7 @@ def status_renderables(status: dict[str, Any]) -> list:
 
     parts: list = []
     shards = status["shards"]
-    table = Table(title=f"hpcsynth run {status['run']}", show_header=True)
+    table = Table(title=f"hpcsynth run {_shown(status['run'])}", show_header=True)
     for state in (*STATES, "total"):
         table.add_column(state, justify="right")
     table.add_row(*(str(shards[s]) for s in (*STATES, "total")))
@@ -243,16 +244,29 @@ def status_renderables(status: dict[str, Any]) -> list:
         parts.append(f"Slurm jobs {', '.join(slurm['jobs'])}: array tasks {states}")
     broken = [t for t in status["tasks"] if t.get("state") == "failed"]
     if broken:
-        parts.append(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {broken[0]['name']}: "
-                     f"{broken[0].get('error', '')}")
+        parts.append(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {_shown(broken[0]['name'])}: "
+                     f"{_shown(broken[0].get('error', ''))}")
     if status["stale_shards"]:
         shown = ", ".join(shard_name(s) for s in status["stale_shards"][:10])
         parts.append(f"[yellow]stale heartbeats[/yellow]: {shown}")
     for failure in status["failed_shards"][:10]:
-        parts.append(f"[red]failed[/red] {shard_name(failure['shard'])}: {failure['reason']}")
+        parts.append(f"[red]failed[/red] {shard_name(failure['shard'])}: {_shown(failure['reason'])}")
         for line in failure["log_tail"]:
-            parts.append(f"    [dim]{line}[/dim]")
+            parts.append(f"    [dim]{_shown(line)}[/dim]")
     return parts
+
+
+# C0 and C1 control characters but tab: an escape sequence in a log line or a forged marker would
+# reach the terminal (retitle it, rewrite the screen) through rich, which passes ESC through.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _shown(text: object) -> str:
+    """Text from the run directory, made inert for the terminal: no control characters, and rich
+    markup escaped (a log line holding "[/tmp/x]" would otherwise end a tag that is not open, and raise)."""
+    from rich.markup import escape
+
+    return escape(CONTROL.sub("?", str(text or "")))
 
 
 def _duration(seconds: float) -> str:

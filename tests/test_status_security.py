@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,3 +81,19 @@ def test_reason_is_redacted(tmp_path: Path) -> None:
     run = planned(tmp_path)
     failure = fail_with_log(run, "", reason='HTTP 401: {"api_key": "sk-abcdefghijklmnopqrstuvwx"}')
     assert "sk-abcdefghij" not in failure["reason"] and "[redacted]" in failure["reason"]
+
+
+def test_table_shows_hostile_text_inert(tmp_path: Path) -> None:
+    """Brackets that look like rich markup and terminal escape sequences, in a reason and a log line,
+    are shown as text: status neither crashes nor lets them reach the terminal."""
+    run = planned(tmp_path)
+    (run / "logs" / "worker-a.log").write_text("error reading [/tmp/x] done\n\x1b]0;PWNED-TITLE\x07 after\n")
+    (run / "failed" / "000000.json").write_bytes(orjson.dumps({
+        "shard": 0, "reason": "[/red] boom \x1b[2J[link=file:///etc/passwd]x[/link]",
+        "log": str(run / "logs" / "worker-a.log")}))
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b]" not in proc.stdout and "\x1b[2J" not in proc.stdout and "\x07" not in proc.stdout
+    text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # rich's own colours
+    assert "[/tmp/x]" in text and "[/red] boom" in text and "[link=file:///etc/passwd]" in text
