@@ -33,9 +33,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     digest = run.fingerprint()
     prompts = len(manifest["prompts"])
     now = time.time()
-    done = _by_shard(_read_json_files(run.root / "done"))
+    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
     failed = _by_shard(_read_json_files(run.root / "failed"))
-    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"))
+    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
 
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
@@ -77,7 +77,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
-    tasks = list(_read_json_files(run.root / "tasks").values())
+    tasks = [t for t in _read_json_files(run.root / "tasks").values() if _shaped(t, (), TASK_NUMBERS)]
     time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
     if sacct:
@@ -187,14 +187,32 @@ def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
     return out
 
 
-def _by_shard(files: dict[str, dict]) -> dict[int, dict]:
-    """Key by shard id: '000042.json' (markers) or '000042' (work directories) -> 42."""
+def _by_shard(files: dict[str, dict], numbers: tuple[str, ...] = (),
+              optional: tuple[str, ...] = ()) -> dict[int, dict]:
+    """Key by shard id: '000042.json' (markers) or '000042' (work directories) -> 42; a file without the
+    numbers status adds up counts as absent."""
     out: dict[int, dict] = {}
     for name, data in files.items():
         stem = name.removesuffix(".json")
-        if stem.isdigit():
+        if stem.isascii() and stem.isdigit() and _shaped(data, numbers, optional):
             out[int(stem)] = data
     return out
+
+
+# What status adds up or compares, per kind of file. A marker or heartbeat that is corrupt, or forged,
+# is treated as absent rather than ending status in a traceback.
+DONE_NUMBERS = ("documents", "records", "rejected", "completion_tokens")
+BEAT_NUMBERS = ("records_done", "completion_tokens", "updated")
+TASK_NUMBERS = ("startup_s", "generation_s", "idle_s", "wall_s", "gpus")
+
+
+def _shaped(data: object, numbers: tuple[str, ...], optional: tuple[str, ...] = ()) -> bool:
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (isinstance(data, dict) and all(number(data.get(k)) for k in numbers)
+            and all(number(data[k]) for k in optional if k in data)
+            and isinstance(data.get("task", ""), str) and isinstance(data.get("owner", ""), str))
 
 
 def render_status(status: dict[str, Any], console=None) -> None:

@@ -97,3 +97,24 @@ def test_table_shows_hostile_text_inert(tmp_path: Path) -> None:
     assert "\x1b]" not in proc.stdout and "\x1b[2J" not in proc.stdout and "\x07" not in proc.stdout
     text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # rich's own colours
     assert "[/tmp/x]" in text and "[/red] boom" in text and "[link=file:///etc/passwd]" in text
+
+
+@pytest.mark.parametrize("where, content", [
+    ("done/000000.json", b'{"fingerprint": "FP", "documents": "many", "records": 1, "rejected": 0, '
+                         b'"completion_tokens": 1}'),
+    ("done/000000.json", b'["a", "list"]'),
+    ("work/000000/heartbeat.json", b'{"records_done": 1, "completion_tokens": 2, "updated": "soon"}'),
+    ("work/000000/heartbeat.json", b'{"records_done": 1, "completion_tokens": 2, "updated": 1, "task": ["x"]}'),
+    ("work/000000/heartbeat.json", b'null'),
+    ("tasks/w.json", b'{"name": "w", "wall_s": "long", "gpus": 1}'),
+    ("failed/000000.json", b'"just a string"'),
+])
+def test_corrupt_or_forged_files_do_not_crash_status(tmp_path: Path, where: str, content: bytes) -> None:
+    run = planned(tmp_path)
+    path = run / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.replace(b"FP", (run / "fingerprint").read_text().strip().encode()))
+    for args in (["--json"], []):
+        proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
