@@ -129,7 +129,10 @@ def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
     task = sacct.get(beat.get("task", ""))
     if task is not None:
         return task["state"] != "RUNNING"
-    return holder_gone({"owner": beat.get("owner", ""), "task": ""})
+    try:
+        return holder_gone({"owner": beat.get("owner", ""), "task": ""})
+    except (OverflowError, ValueError):  # a pid no process can have: a corrupt or forged heartbeat
+        return True
 
 
 def _run_log(run: RunDir, named: object) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -106,6 +107,8 @@ def test_table_shows_hostile_text_inert(tmp_path: Path) -> None:
     ("work/000000/heartbeat.json", b'{"records_done": 1, "completion_tokens": 2, "updated": "soon"}'),
     ("work/000000/heartbeat.json", b'{"records_done": 1, "completion_tokens": 2, "updated": 1, "task": ["x"]}'),
     ("work/000000/heartbeat.json", b'null'),
+    ("work/000000/heartbeat.json", b'{"records_done": 1, "completion_tokens": 2, "updated": 1e12, '
+                                   b'"owner": "HOST:99999999999999999999:x"}'),
     ("tasks/w.json", b'{"name": "w", "wall_s": "long", "gpus": 1}'),
     ("failed/000000.json", b'"just a string"'),
 ])
@@ -113,7 +116,8 @@ def test_corrupt_or_forged_files_do_not_crash_status(tmp_path: Path, where: str,
     run = planned(tmp_path)
     path = run / where
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content.replace(b"FP", (run / "fingerprint").read_text().strip().encode()))
+    path.write_bytes(content.replace(b"FP", (run / "fingerprint").read_text().strip().encode())
+                     .replace(b"HOST", socket.gethostname().encode()))
     for args in (["--json"], []):
         proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), *args], capture_output=True,
                               text=True, timeout=60)
