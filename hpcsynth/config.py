@@ -209,8 +209,12 @@ class Config:
 FINGERPRINTED = ("prompts", "plan", "model", "sampling")
 # Real configs are a few KB; the cap keeps a wrong or hostile file from being parsed at all.
 MAX_YAML_BYTES = 1 << 20
+# A run's resolved config lists every input file: 64 MiB holds ~500,000 paths.
+MAX_RUN_YAML_BYTES = 64 << 20
 # Configs nest three levels; 32 leaves room for any list of lists a future key may take.
 MAX_YAML_DEPTH = 32
+# libyaml's safe loader when PyYAML has it: ~6x faster on a run config listing thousands of inputs.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_config(path: str | Path) -> Config:
@@ -222,15 +226,15 @@ def load_config(path: str | Path) -> Config:
     return config_from_dict(data or {}, source=str(path), lines=lines)
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[str, int]]:
     """A config, profile or run's config.yaml -> (data, {dotted key: line}); no aliases, bounded size."""
-    if path.stat().st_size > MAX_YAML_BYTES:
+    if path.stat().st_size > max_bytes:
         raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not a config (the limit is "
-                          f"{MAX_YAML_BYTES:,}); check that the right file was passed")
+                          f"{max_bytes:,}); check that the right file was passed")
     text = path.read_text(encoding="utf-8")
     try:
         _refuse_aliases(text, path)
-        return yaml.safe_load(text), _key_lines(yaml.compose(text))
+        return yaml.load(text, Loader=LOADER), _key_lines(yaml.compose(text, Loader=LOADER))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -245,7 +249,7 @@ def _refuse_aliases(text: str, path: Path) -> None:
     # expand into gigabytes before any key is checked. The event stream itself never expands them.
     # Depth is bounded too: PyYAML's scanner slows quadratically with nesting (4,000 levels: 11 s).
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=LOADER):
         if isinstance(event, yaml.AliasEvent):
             raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are "
                               f"not accepted in configs; write the value out in full")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from hpcsynth.config import Config, config_from_dict, config_to_dict, read_yaml
+from hpcsynth.config import MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, read_yaml
 from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, read_json
 
@@ -99,7 +99,7 @@ class RunDir:
 
     def config(self) -> Config:
         self.require_planned()
-        data, lines = read_yaml(self.config_path)
+        data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
         return config_from_dict(data, source=str(self.config_path), lines=lines)
 
     def fingerprint(self) -> str:

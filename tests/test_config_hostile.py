@@ -111,3 +111,22 @@ def test_prompt_outside_prompts_dir_is_never_read(tmp_path: Path) -> None:
     config.write_text(f"prompts: ['../../evil']\nprompts_dir: {prompts}\n")
     with pytest.raises(ConfigError, match="not a plain name"):
         load_config(config)
+
+
+def test_run_config_listing_many_inputs_is_still_read(tmp_path: Path) -> None:
+    """The resolved config lists every corpus file; tens of thousands must not trip the config cap."""
+    from hpcsynth.config import Config, config_to_dict
+    from hpcsynth.rundir import RunDir
+
+    import dataclasses
+
+    config = Config()
+    inputs = tuple(f"/data/corpus/part-{i:06d}/documents-{i:06d}.jsonl.zst" for i in range(30_000))
+    config = dataclasses.replace(config, plan=dataclasses.replace(config.plan, inputs=inputs))
+    run = RunDir(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    run.write_config(config, "0" * 64)
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    assert run.config_path.stat().st_size > 1 << 20
+    assert run.config().plan.inputs == inputs
+    assert config_to_dict(run.config()) == config_to_dict(config)
