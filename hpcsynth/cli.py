@@ -89,15 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except HpcsynthError as exc:
-        print(f"hpcsynth: error: {exc}", file=sys.stderr)
+        print(f"hpcsynth: error: {inert(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # permissions, a full disk, a vanished directory: the user's to fix
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"hpcsynth: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(inert(f"hpcsynth: error: {exc.strerror or exc}{where}"), file=sys.stderr)
+        return 2
+    except MemoryError:  # one line, not a traceback that itself may fail to allocate
+        print("hpcsynth: error: out of memory; if a corpus file is involved, lower plan.max_line_bytes or check "
+              "the file is what it claims to be (a small .gz/.zst can decompress to gigabytes)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hpcsynth: interrupted; committed work is kept, relaunch to continue", file=sys.stderr)
         return 130
+
+
+def inert(text: str) -> str:
+    """One line with no control characters: messages quote paths and markers that anyone may have named,
+    and a newline or an escape sequence in them must not break the line or reach the terminal."""
+    return "".join("?" if (ord(c) < 32 and c != "\t") or 127 <= ord(c) < 160 else c for c in text)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -126,7 +136,7 @@ def _launch(args: argparse.Namespace) -> int:
         return 0
     print(f"launch ({report.executor}): {report.done}/{report.total} shards done, {len(report.failed)} failed")
     for shard, reason in report.failed[:10]:
-        print(f"  shard {shard} failed: {reason}", file=sys.stderr)
+        print(f"  shard {shard} failed: {inert(str(reason))}", file=sys.stderr)
     if report.failed:
         print(f"  rerun them with: hpcsynth launch {args.run} --retry-failed", file=sys.stderr)
     return 1 if report.failed else 0

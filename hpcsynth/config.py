@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class PlanConfig:
     min_chars: int = 1
     # zstd level 3: ~250 MB/s to write, ~1.4 GB/s to read; higher levels cost far more than they save.
     zstd_level: int = 3
+    # A corpus line longer than this is a counted reject, never read whole: web documents stay far
+    # below it (the longest FineWeb pages are a few MB), and it bounds what a decompression bomb costs.
+    max_line_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ class EndpointConfig:
     backoff_s: float = 1.0
     # Name of the environment variable holding an API key, if the server wants one.
     api_key_env: str = ""
+    # An API key sent over plain http to another host can be read on the way; say true only for a
+    # network you trust (loopback and https never need it).
+    allow_plain_http_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,14 @@ class Config:
 
 # Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).
 FINGERPRINTED = ("prompts", "plan", "model", "sampling")
+# Real configs are a few KB; the cap keeps a wrong or hostile file from being parsed at all.
+MAX_YAML_BYTES = 1 << 20
+# A run's resolved config lists every input file: 64 MiB holds ~500,000 paths.
+MAX_RUN_YAML_BYTES = 64 << 20
+# Configs nest three levels; 32 leaves room for any list of lists a future key may take.
+MAX_YAML_DEPTH = 32
+# libyaml's safe loader when PyYAML has it: ~6x faster on a run config listing thousands of inputs.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_config(path: str | Path) -> Config:
@@ -208,16 +223,47 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass a YAML file, e.g. configs/demo.yaml)")
-    text = path.read_text(encoding="utf-8")
+    data, lines = read_yaml(path)
+    return config_from_dict(data or {}, source=str(path), lines=lines)
+
+
+def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[str, int]]:
+    """A config, profile or run's config.yaml -> (data, {dotted key: line}); no aliases, bounded size."""
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not a config (the limit is "
+                          f"{max_bytes:,}); check that the right file was passed")
     try:
-        data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); pass a YAML config file") from None
+    try:
+        _refuse_aliases(text, path)
+        return yaml.load(text, Loader=LOADER), _key_lines(yaml.compose(text, Loader=LOADER))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
-    return config_from_dict(data or {}, source=str(path), lines=lines)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+
+
+def _refuse_aliases(text: str, path: Path) -> None:
+    # An alias (*name) makes the loader repeat what its anchor holds; nested, a few hundred bytes
+    # expand into gigabytes before any key is checked. The event stream itself never expands them.
+    # Depth is bounded too: PyYAML's scanner slows quadratically with nesting (4,000 levels: 11 s).
+    depth = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are "
+                              f"not accepted in configs; write the value out in full")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{path} line {event.start_mark.line + 1}: nested too deeply to be a config "
+                                  f"(more than {MAX_YAML_DEPTH} levels)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:
@@ -374,4 +420,51 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
     if config.sampling.temperature < 0:
         raise bad("sampling.temperature", f"must be 0 or more, got {config.sampling.temperature}")
+    _check_names(config, bad)
+    _check_slurm_strings(config.slurm, bad)
+    if config.plan.max_line_bytes < 1024:
+        raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
 
+
+# A name becomes part of a path (prompts_dir/NAME.md, DIR/NAME.bin) and of record ids (KEY/PROMPT).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# What Slurm accepts in partition, QoS and account names (comma-separated lists allowed).
+SLURM_NAMES = re.compile(r"[A-Za-z0-9_.,:+@-]*")
+SLURM_JOB_NAME = re.compile(r"[A-Za-z0-9_.:+@-]{1,200}")
+SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+# Options our requeue and log paths rely on (USR2 before the limit, logs under RUN/slurm/, the array).
+SBATCH_OURS = ("signal", "output", "error", "array", "open-mode", "wrap")
+
+
+def _check_names(config: Config, bad: Any) -> None:
+    for name in config.prompts:
+        if not NAME.fullmatch(name):
+            raise bad("prompts", f"entry {name!r} is not a plain name (letters, digits, '.', '_', '-'; no "
+                                 f"path); put the template in prompts_dir as NAME.md and list NAME")
+    if not NAME.fullmatch(config.reduce.name):
+        raise bad("reduce.name", f"{config.reduce.name!r} is not a plain name (letters, digits, '.', '_', "
+                                 f"'-'; no path); choose the directory with `reduce --out`")
+
+
+def _check_slurm_strings(slurm: SlurmConfig, bad: Any) -> None:
+    """Every string that becomes an #SBATCH line: one line each, in the characters Slurm allows.
+
+    A newline would end the directive and start a shell command, and sbatch stops reading directives
+    at the first command: --time and --signal (our requeue path) would be silently dropped.
+    """
+    for key in ("partition", "qos", "account"):
+        value = getattr(slurm, key)
+        if not SLURM_NAMES.fullmatch(value):
+            raise bad(f"slurm.{key}", f"{value!r} is not a Slurm name (letters, digits, '_', '.', '-', commas)")
+    if not SLURM_JOB_NAME.fullmatch(slurm.job_name):
+        raise bad("slurm.job_name", f"{slurm.job_name!r} must be 1-200 letters, digits, '_', '.', '-'")
+    for option in slurm.sbatch:
+        key, _, value = option.partition("=")
+        if not SBATCH_KEY.fullmatch(key.strip().lstrip("-")) or not value.isprintable():
+            raise bad("slurm.sbatch", f"entry {option!r} is not one sbatch option: write \"key=value\" or "
+                                      f"\"flag\" (key: lowercase letters, digits, '-'; value: one line)")
+        if key.strip().lstrip("-") in SBATCH_OURS:
+            raise bad("slurm.sbatch", f"entry {option!r} would replace an option hpcsynth relies on "
+                                      f"({', '.join(SBATCH_OURS)}); use slurm.signal_delay_s or leave it out")
+    if not slurm.python.isprintable():
+        raise bad("slurm.python", f"{slurm.python!r} must be one line: the interpreter's path")

@@ -6,18 +6,21 @@ file or the new one, never half of one (temp file + fsync + rename).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 import orjson
 import zstandard
 
-from hpcsynth.errors import InputError
+from hpcsynth.errors import InputError, RunError
 
 # Independent ~4 MiB frames: <1% larger than one frame, and a reader can seek between them.
 FRAME_BYTES = 4 << 20
@@ -45,6 +48,66 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:
+    """Open a run-directory file for appending (created if missing), refusing symlinks.
+
+    A symlink planted as the file (RUN/work/ID/records.jsonl -> a file elsewhere) or as its directory
+    would make us write outside the run; O_NOFOLLOW turns that into an error instead.
+    """
+    fd = _open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
+
+
+def open_write_nofollow(path: Path, directory_too: bool = True) -> IO[bytes]:
+    """Open a run-directory file for writing from empty; a symlink is refused before anything is cut.
+
+    directory_too=False lets the directory be a link (a user's --out pointing at another disk) while the
+    file itself still may not be one.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if not directory_too:
+        try:
+            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")
+        except OSError as exc:
+            raise _symlink_error(Path(path), exc) from None
+    return os.fdopen(_open_nofollow(path, flags), "wb")
+
+
+def truncate_nofollow(path: Path, size: int) -> None:
+    fd = _open_nofollow(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def read_bytes_nofollow(path: Path) -> bytes:
+    with os.fdopen(_open_nofollow(path, os.O_RDONLY), "rb") as handle:
+        return handle.read()
+
+
+def _open_nofollow(path: Path, flags: int) -> int:
+    """A descriptor for path, refusing a symlink as the file itself or as the directory holding it."""
+    path = Path(path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _symlink_error(path.parent, exc) from None
+    try:
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _symlink_error(path, exc) from None
+    finally:
+        os.close(dir_fd)
+
+
+def _symlink_error(path: Path, exc: OSError) -> OSError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
+        return RunError(f"{path} is a symbolic link; hpcsynth writes only real files inside the run directory, "
+                        f"so remove the link (and check who made it)")
+    return exc
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -107,44 +170,70 @@ def read_jsonl_zst(path: Path) -> Iterator[dict]:
 
 def jsonl_zst_records(raw: Any) -> Iterator[dict]:
     """Records from a binary file object holding zstd JSONL; zstandard.ZstdError when the bytes are damaged."""
-    for line in zstd_lines(raw):
+    for line in zstd_stream(raw):
         if line.strip():
             yield orjson.loads(line)
 
 
-def zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
-    """Decompressed bytes of every frame in a binary file object; ZstdError when it is cut inside a frame.
+ZSTD_MAGIC = 0xFD2FB528
 
-    zstandard's stream reader returns what it has when a file ends mid-frame, without an error, so a cut
-    file would read as a shorter one; frames are walked one by one here instead.
+
+def zstd_cut_at(raw: Any) -> int | None:
+    """Where a seekable zstd file stops making sense: None when it ends exactly after a whole frame.
+
+    zstandard's stream reader returns what it has when a file is cut inside a frame, without an error,
+    so a cut file would read as a shorter one. Walking the frame and block headers (reading a few bytes
+    per 128 KiB block, seeking over the rest) finds a cut without decompressing anything.
     """
-    decompressor = zstandard.ZstdDecompressor()
-    frame = decompressor.decompressobj()
-    inside = False
-    while chunk := raw.read(size):
-        while chunk:
-            out = frame.decompress(chunk)
-            inside = True
-            if out:
-                yield out
-            if frame.eof:
-                chunk, frame, inside = frame.unused_data, decompressor.decompressobj(), False
-            else:
-                chunk = b""
-    if inside:
-        raise zstandard.ZstdError("the file ends inside a zstd frame (cut short)")
+    size = raw.seek(0, 2)
+    at = 0
+    while at < size:
+        raw.seek(at)
+        head = raw.read(4)
+        if len(head) < 4:
+            return at
+        magic = int.from_bytes(head, "little")
+        if 0x184D2A50 <= magic <= 0x184D2A5F:  # a skippable frame: magic, 4-byte size, content
+            length = raw.read(4)
+            if len(length) < 4:
+                return at
+            at += 8 + int.from_bytes(length, "little")
+            continue
+        if magic != ZSTD_MAGIC:
+            return at
+        descriptor = raw.read(1)
+        if not descriptor:
+            return at
+        flags = descriptor[0]
+        single_segment = (flags >> 5) & 1
+        header = 4 + 1 + (0 if single_segment else 1) + (0, 1, 2, 4)[flags & 3] + \
+            ((1 if single_segment else 0), 2, 4, 8)[flags >> 6]
+        block = at + header
+        while True:
+            raw.seek(block)
+            head3 = raw.read(3)
+            if len(head3) < 3:
+                return at
+            value = int.from_bytes(head3, "little")
+            kind, length = (value >> 1) & 3, value >> 3
+            block += 3 + (1 if kind == 1 else length)  # an RLE block stores its byte once
+            if block > size:
+                return at
+            if value & 1:
+                break
+        at = block + (4 if (flags >> 2) & 1 else 0)
+    return None if at == size else at
 
 
-def zstd_lines(raw: Any) -> Iterator[bytes]:
-    """Lines (with their newline) of zstd-compressed text, across frames."""
-    rest = b""
-    for chunk in zstd_chunks(raw):
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if rest:
-        yield rest
+def zstd_stream(raw: Any) -> Any:
+    """A bounded-memory binary stream of zstd data across frames; ZstdError when it is cut in a frame."""
+    cut = zstd_cut_at(raw)
+    if cut is not None:
+        raise zstandard.ZstdError(f"the file is cut short or damaged inside the zstd frame at byte {cut}")
+    raw.seek(0)
+    # decompress() on a multi-frame file would silently return only the first frame.
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    return io.BufferedReader(reader, buffer_size=1 << 20)
 
 
 def sha256_file(path: Path) -> str:
@@ -155,32 +244,54 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_corpus_lines(path: Path) -> Iterator[tuple[int, dict]]:
+def read_corpus_lines(path: Path, max_line_bytes: int = 64 << 20) -> Iterator[tuple[int, dict | str]]:
     """(line number, record) for a user's JSONL corpus file, plain, .gz or .zst.
 
-    A line that is not a JSON object raises InputError naming the file and line.
+    A line longer than max_line_bytes comes as (number, reason): the caller counts it as a reject. It is
+    skipped as it streams by, so a decompression bomb (gigabytes of zeros from a few KB) costs time,
+    never memory. A line that is not a JSON object raises InputError naming the file and line.
     """
-    for number, line in enumerate(_open_lines(path), start=1):
-        if not line.strip():
+    with _open_stream(path) as stream:
+        for number, line in enumerate(bounded_lines(stream, max_line_bytes), start=1):
+            if line is None:
+                yield number, f"line longer than plan.max_line_bytes={max_line_bytes:,} bytes; skipped unread"
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{path} line {number}: not valid JSON ({exc}); fix or remove that line") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {number}: expected a JSON object per line, "
+                                 f"got {type(record).__name__}")
+            yield number, record
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of a binary stream, each at most `limit` bytes (newline included); None stands for a
+    longer line, which is read past in 1 MiB pieces and never held."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
             continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise InputError(f"{path} line {number}: not valid JSON ({exc}); fix or remove that line") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{path} line {number}: expected a JSON object per line, "
-                             f"got {type(record).__name__}")
-        yield number, record
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 20)
+        yield None
 
 
-def _open_lines(path: Path) -> Iterator[bytes]:
+@contextlib.contextmanager
+def _open_stream(path: Path) -> Iterator[BinaryIO]:
     name = path.name
     if name.endswith(".gz"):
         with gzip.open(path, "rb") as handle:
-            yield from handle
+            yield handle
     elif name.endswith(".zst"):
         with open(path, "rb") as raw:
-            yield from zstd_lines(raw)
+            yield zstd_stream(raw)
     else:
         with open(path, "rb") as handle:
-            yield from handle
+            yield handle

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from hpcsynth.config import (Config, config_from_dict, config_to_dict, diff_payloads, fingerprint,
-                             fingerprint_payload)
+from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
+                             fingerprint, fingerprint_payload, read_yaml)
 from hpcsynth.errors import HpcsynthError, RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
@@ -117,15 +117,11 @@ class RunDir:
 
     def load_config_file(self) -> Config:
         self.require_planned()
-        try:
-            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not self.config_path.is_file():
             raise RunError(f"{self.config_path} is missing; restore it with `hpcsynth launch {self.root} "
-                           f"--config FILE`") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise RunError(f"{self.config_path}: not valid YAML ({str(exc).splitlines()[0]}); restore it with "
-                           f"`hpcsynth launch {self.root} --config FILE`") from None
-        return config_from_dict(data, source=str(self.config_path))
+                           f"--config FILE --force`")
+        data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
+        return config_from_dict(data, source=str(self.config_path), lines=lines)
 
     def check_fingerprint(self, config: Config) -> str:
         """Recompute the fingerprint of what was loaded; refuse, naming the keys, when it differs."""

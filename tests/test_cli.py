@@ -67,3 +67,22 @@ def test_plan_rejects_a_corpus_line_with_file_and_line(tmp_path: Path) -> None:
     proc = run("plan", str(config), "--run", str(tmp_path / "r"), "--input", str(corpus))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "bad.jsonl line 2: not valid JSON" in proc.stderr
+
+
+def test_error_naming_a_hostile_path_stays_one_inert_line(tmp_path: Path) -> None:
+    hostile = tmp_path / "no\nsuch \x1b]0;PWNED\x07config.yaml"
+    proc = run("plan", str(hostile), "--run", str(tmp_path / "run"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr and "config file not found" in proc.stderr
+
+
+def test_forged_failure_reason_reaches_the_terminal_inert(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 3)
+    config = tmp_path / "config.yaml"
+    config.write_text("prompts: [faq]\nmodel: {engine: fake}\n")
+    assert run("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus)).returncode == 0
+    (tmp_path / "run" / "failed").mkdir()
+    (tmp_path / "run" / "failed" / "000000.json").write_bytes(orjson.dumps({"shard": 0,
+                                                                           "reason": "x\x1b]0;PWNED\x07\ny"}))
+    proc = run("launch", str(tmp_path / "run"))
+    assert "shard 0 failed: x?]0;PWNED??y" in proc.stderr and "\x1b" not in proc.stderr

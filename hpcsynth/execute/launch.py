@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config
+from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config,
+                             read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
-from hpcsynth.files import read_json
+from hpcsynth.files import open_append_nofollow, read_json
 from hpcsynth.prompts import load_prompts
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
@@ -97,15 +96,16 @@ def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
     """A site profile: a YAML file with a `slurm:` section (the keys of SlurmConfig)."""
     if not path.is_file():
         raise ConfigError(f"site profile not found: {path} (see configs/site-example.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data, lines = read_yaml(path)
+    data = data or {}
     if not isinstance(data, dict) or set(data) - {"slurm"}:
         raise ConfigError(f"{path}: a site profile holds only a 'slurm:' section")
     merged = {**dataclasses.asdict(base), **(data.get("slurm") or {})}
-    return config_from_dict({"slurm": merged}, source=str(path)).slurm
+    return config_from_dict({"slurm": merged}, source=str(path), lines=lines).slurm
 
 
 def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bool) -> LaunchReport:
-    from hpcsynth import slurm as backend
+    from hpcsynth.execute import slurm as backend
 
     active = backend.active_jobs(run)
     if active and not force:
@@ -133,7 +133,7 @@ def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None
         command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
         log_path = run.log_path(f"worker-local-{index}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        with open_append_nofollow(log_path) as log:
             procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         for proc in procs:

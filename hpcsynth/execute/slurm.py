@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import shlex
 import sys
 import tempfile
 import shutil
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import SlurmConfig
-from hpcsynth.errors import HpcsynthError
+from hpcsynth.errors import HpcsynthError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.rundir import RunDir
 
@@ -64,11 +66,9 @@ def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None
     """Submit the tasks as job arrays of at most MaxArraySize each; return [{job_id, tasks}]."""
     import submitit
 
+    executor = make_executor(run, config)
     require_tools("sbatch", "sacct")
     limit = max_array_size(config)
-    executor = submitit.SlurmExecutor(folder=run.root / "slurm" / "%A", python=config.python or None,
-                                      max_num_timeout=1000)
-    executor.update_parameters(**executor_parameters(config))
     arrays = []
     for start in range(0, len(tasks), limit):
         chunk = tasks[start:start + limit]
@@ -88,6 +88,31 @@ def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None
         arrays.append({"job_id": job_id, "tasks": len(chunk)})
         log.info("submitted array %s with %d tasks", job_id, len(chunk))
     return arrays
+
+
+def make_executor(run: RunDir, config: SlurmConfig) -> Any:
+    """submitit's executor for this run: the sbatch script it writes is checked line by line."""
+    import submitit
+
+    check_run_path(run)
+    # submitit pastes `python` into the job's command line as is: quoted, a path with spaces or a
+    # `;` stays one word.
+    python = shlex.quote(config.python) if config.python else None
+    executor = submitit.SlurmExecutor(folder=run.root / "slurm" / "%A", python=python, max_num_timeout=1000)
+    executor.update_parameters(**executor_parameters(config))
+    return executor
+
+
+def check_run_path(run: RunDir) -> None:
+    """Refuse run paths that Slurm would read as more than a path.
+
+    Slurm expands %j, %A, %a... in --output (and submitit in its own file names), so a '%' in the path
+    sends the job's log elsewhere and the job fails without one; a newline would end an #SBATCH line.
+    """
+    path = str(run.root.absolute())
+    if "%" in path or not path.isprintable():
+        raise SlurmError(f"run directory {path!r} has a '%' or a control character, which Slurm reads as a "
+                         f"file-name pattern or a line break; plan the run in a directory without them")
 
 
 def executor_parameters(config: SlurmConfig) -> dict[str, Any]:
@@ -112,7 +137,18 @@ def executor_parameters(config: SlurmConfig) -> dict[str, Any]:
         extra[key.strip().lstrip("-")] = value.strip() if sep else True
     if extra:
         params["additional_parameters"] = extra
+    _check_directives(params)
     return params
+
+
+def _check_directives(params: dict[str, Any]) -> None:
+    """Last guard before sbatch (the config check names the key): each directive stays one line."""
+    flat = {**params, **params.get("additional_parameters", {})}
+    flat.pop("additional_parameters", None)
+    flat.pop("setup", None)  # shell lines by design; submitit writes them after every directive
+    for key, value in flat.items():
+        if not str(key).isprintable() or not str(value).isprintable():
+            raise SlurmError(f"sbatch option {key!r}={value!r} spans lines; fix it in the profile's slurm: section")
 
 
 class SlurmWorker:
@@ -146,9 +182,33 @@ def record_launch(run: RunDir, arrays: list[dict[str, Any]], config: SlurmConfig
 
 
 def recorded_jobs(run: RunDir) -> list[dict[str, Any]]:
+    """RUN/launches/*.json, each job id checked: they go to sacct, squeue and scancel."""
     if not run.launches_dir.is_dir():
         return []
-    return [read_json(p) for p in sorted(run.launches_dir.glob("*.json"))]
+    launches = []
+    for path in sorted(run.launches_dir.glob("*.json")):
+        try:
+            launch = read_json(path)
+            arrays = launch.get("arrays", [])
+            ids = [array["job_id"] for array in arrays]
+        except (ValueError, AttributeError, TypeError, KeyError):
+            raise RunError(f"{path}: not a launch record of hpcsynth; move it out of {run.launches_dir}") from None
+        for job_id in ids:
+            check_job_id(job_id, path)
+        launches.append(launch)
+    return launches
+
+
+# A job id (12345), an array task (12345_7) or a range of them (12345_[0-9%4]); nothing else reaches
+# a Slurm command, so a recorded "--user=root" cannot become an option.
+JOB_ID = re.compile(r"[0-9]{1,12}(_([0-9]{1,9}|\[[0-9,%-]{1,200}\]))?")
+
+
+def check_job_id(job_id: Any, source: Path) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise RunError(f"{source}: {job_id!r} is not a Slurm job id; this file was not written by hpcsynth "
+                       f"launch, move it out of the run's launches/ directory")
+    return job_id
 
 
 def job_ids(run: RunDir) -> list[str]:
@@ -190,7 +250,7 @@ def cancel(run: RunDir) -> list[str]:
     ids = job_ids(run)
     if ids:
         require_tools("scancel")
-        _run(["scancel", *ids])
+        _run(["scancel", "--", *ids])  # ids are checked; "--" still ends options, whatever comes
     return ids
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from hpcsynth.files import atomic_write_bytes
+from hpcsynth.files import atomic_write_bytes, open_append_nofollow, read_bytes_nofollow
 
 log = logging.getLogger("hpcsynth.generate.progress")
 
@@ -61,27 +61,29 @@ class ProgressLog:
         self.resumed = len(self.finished)
         self.resumed_tokens = self.tokens
         self.expected = 0
-        self.fd = _open_append(path)
+        self.handle = open_append_nofollow(path)  # a symlink planted here must not send writes elsewhere
         self.last_sync = time.monotonic()
         self.lock = threading.Lock()
 
     def add(self, record: dict) -> None:
         line = orjson.dumps(record) + b"\n"
         with self.lock:
-            _write_all(self.fd, line)  # one write per record: a kill leaves at most a torn last line
+            self.handle.write(line)
+            self.handle.flush()  # in the OS at once: a kill leaves at most a torn last line
             self.finished.add(record["id"])
             self.tokens += record["completion_tokens"]
             if time.monotonic() - self.last_sync >= self.flush_interval:
-                os.fsync(self.fd)
+                os.fsync(self.handle.fileno())
                 self.last_sync = time.monotonic()
 
     def records(self) -> list[dict]:
         """Every record in the log, fully parsed; DamagedLog (after rewriting it clean) if lines are broken."""
         with self.lock:
-            if self.fd >= 0:
-                os.fsync(self.fd)
+            if not self.handle.closed:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
             try:
-                data = _read_nofollow(self.path)
+                data = read_bytes_nofollow(self.path)
             except FileNotFoundError:
                 data = b""
         lines = data.split(b"\n")
@@ -110,15 +112,14 @@ class ProgressLog:
 
     def close(self) -> None:
         with self.lock:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
+            if not self.handle.closed:
+                self.handle.close()
 
 
 def recover(path: Path, fingerprint: str, aside_dir: Path) -> Recovered:
     """Record ids and completion tokens already on disk, after setting aside or mending what is not."""
     try:
-        data = _read_nofollow(path)
+        data = read_bytes_nofollow(path)
     except FileNotFoundError:
         atomic_write_bytes(path, header(fingerprint))
         return Recovered(set(), 0)
@@ -190,20 +191,3 @@ def _id_and_tokens(line: bytes, suspicious: bool) -> tuple[str, int] | None:
         return record["id"], int(record["completion_tokens"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _open_append(path: Path) -> int:
-    # O_NOFOLLOW: a symlink planted at a progress log must not make us write outside the run.
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-
-
-def _read_nofollow(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -27,6 +27,7 @@ from hpcsynth.generate.lease import Lease, slurm_task
 from hpcsynth.generate.progress import ProgressLog
 from hpcsynth.logs import worker_log_path
 from hpcsynth.prompts import Prompt
+from hpcsynth.redact import redact
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.generate.worker")
@@ -242,7 +243,7 @@ def read_shard(run: RunDir, shard: int, expected: dict | None) -> list[dict]:
 def fail_shard(run: RunDir, shard: int, lease: Lease, reason: str, trace: str) -> ShardResult:
     """Write the shard's failed marker (reason, owner, log, traceback) and let the lease go."""
     atomic_write_json(run.failed_path(shard), {
-        "shard": shard, "reason": reason, "owner": lease.owner, "time": time.time(),
+        "shard": shard, "reason": redact(reason), "owner": lease.owner, "time": time.time(),
         "log": worker_log_path(), "traceback": trace or "".join(traceback.format_stack(limit=8))})
     lease.release()
     log.error("shard %d failed: %s", shard, reason)

@@ -18,7 +18,7 @@ import orjson
 from hpcsynth import __version__
 from hpcsynth.config import Config, fingerprint
 from hpcsynth.errors import InputError, RunError
-from hpcsynth.files import atomic_write_json, read_corpus_lines, write_jsonl_zst
+from hpcsynth.files import atomic_write_json, open_write_nofollow, read_corpus_lines, write_jsonl_zst
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir
 
@@ -62,8 +62,8 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None) ->
     input_stats = []
     for path in paths:
         kept = 0
-        for line, record in read_corpus_lines(path):
-            doc = _document(record, config, path, line)
+        for line, record in read_corpus_lines(path, config.plan.max_line_bytes):
+            doc = record if isinstance(record, str) else _document(record, config, path, line)
             if isinstance(doc, str):
                 rejects.add({"source": str(path), "line": line, "reason": doc})
                 continue
@@ -145,7 +145,7 @@ class _Rejects:
     def add(self, entry: dict) -> None:
         if self.handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.path, "wb")
+            self.handle = open_write_nofollow(self.path)
         self.handle.write(orjson.dumps(entry) + b"\n")
         self.count += 1
 

@@ -10,12 +10,17 @@ What happens to a failed request:
   (a server that is down must not turn a whole shard into rejected records);
 - 400, 413 and 422 (prompt too long, bad request) become a "rejected" Completion carrying the server's
   message: that request will never succeed, the others go on;
-- other 4xx (401, 403, 404: wrong key, url or model name) raise EngineError at once: a setup problem.
+- other 4xx (401, 403, 404: wrong key, url or model name) raise EngineError at once: a setup problem;
+- redirects are never followed (urllib would resend the key to the new address): EngineError at once.
+
+The API key goes only to endpoint.url, and over plain http only to loopback unless
+endpoint.allow_plain_http_key says so; server messages are redacted before they are stored anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import random
@@ -32,10 +37,10 @@ from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.errors import EngineError
+from hpcsynth.redact import redact, register_secret
 
 RETRY_STATUS = {408, 429}
 REJECT_STATUS = {400, 413, 422}
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_BACKOFF_S = 60.0
 
 
@@ -48,14 +53,25 @@ class EndpointEngine:
         self.revision = config.model.revision
         self.url = endpoint.url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
+        parts = urllib.parse.urlsplit(self.url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https") or not host:
+            raise EngineError(f"endpoint.url {redact(endpoint.url)!r} is not an http(s) address; set it to the "
+                              f"server's base URL, e.g. http://127.0.0.1:8000/v1")
         if endpoint.api_key_env:
             key = os.environ.get(endpoint.api_key_env, "")
             if not key:
                 raise EngineError(f"endpoint.api_key_env names ${endpoint.api_key_env}, which is not set")
+            register_secret(key)
+            if parts.scheme == "http" and not _is_loopback(host) and not endpoint.allow_plain_http_key:
+                raise EngineError(f"endpoint.url is plain http to {host}, so the API key would cross the network "
+                                  f"readable; use https, or set endpoint.allow_plain_http_key: true on a "
+                                  f"network you trust")
             self.headers["Authorization"] = f"Bearer {key}"
         # A proxy set for the cluster's outbound traffic must not capture a server on this node.
-        host = urllib.parse.urlsplit(self.url).hostname or ""
-        handlers = [urllib.request.ProxyHandler({})] if host in LOOPBACK else []
+        handlers: list[Any] = [_NoRedirect()]
+        if _is_loopback(host):
+            handlers.append(urllib.request.ProxyHandler({}))
         self.opener = urllib.request.build_opener(*handlers)
         self.jitter = random.Random()
 
@@ -105,25 +121,53 @@ class EndpointEngine:
             try:
                 post = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
                 with self.opener.open(post, timeout=endpoint.timeout_s) as response:
+                    if response.status != 200:  # 2xx without a completion: a proxy or a wrong server
+                        raise EngineError(f"{redact(self.url)} answered HTTP {response.status}, not a completion; "
+                                          f"check endpoint.url")
                     payload = json.loads(response.read())
                 return _completion(request, payload)
             except urllib.error.HTTPError as exc:
-                message = _server_message(exc)
+                message = redact(_server_message(exc))
                 if exc.code in REJECT_STATUS:
                     return Completion(request.record_id, "", "rejected", 0, 0, f"HTTP {exc.code}: {message}")
+                if 300 <= exc.code < 400:
+                    raise EngineError(_redirect_refused(self.url, exc)) from None
                 if exc.code not in RETRY_STATUS and exc.code < 500:
-                    raise EngineError(f"{self.url} answered HTTP {exc.code}: {message} (check endpoint.url, "
+                    raise EngineError(f"{redact(self.url)} answered HTTP {exc.code}: {message} (check endpoint.url, "
                                       "model.path and endpoint.api_key_env)") from None
                 problem = f"HTTP {exc.code}: {message}"
             except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
                 # OSError: refused, reset, timed out; the others: a garbled 200 answer.
-                problem = f"{type(exc).__name__}: {exc}"
-        raise EngineError(f"{self.url} failed {endpoint.retries + 1} times for {request.record_id}; "
+                problem = redact(f"{type(exc).__name__}: {exc}")
+        raise EngineError(f"{redact(self.url)} failed {endpoint.retries + 1} times for {request.record_id}; "
                           f"last: {problem}")
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.config.endpoint.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
         return delay * self.jitter.uniform(0.5, 1.0)  # spread out the retries of many open requests
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the Authorization header to wherever the
+    Location points, turned into a GET, and take that server's answer for a completion."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+def _redirect_refused(url: str, exc: urllib.error.HTTPError) -> str:
+    target = exc.headers.get("Location", "") if exc.headers else ""
+    return (f"{redact(url)} answered HTTP {exc.code}, a redirect to {redact(target) or 'elsewhere'}; hpcsynth does "
+            f"not follow redirects (the API key would go along): set endpoint.url to the server itself")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _completion(request: Request, payload: dict[str, Any]) -> Completion:

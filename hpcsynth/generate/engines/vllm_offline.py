@@ -24,10 +24,16 @@ from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.errors import EngineError
 
 
+# vLLM reports usage statistics to its developers by default; nothing of a run leaves the machine. Set
+# before vllm is imported (it reads them at import and in its engine process, which inherits them).
+NO_TELEMETRY = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
 class VllmEngine:
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.update(NO_TELEMETRY)
         try:
             import vllm
             from vllm.exceptions import VLLMClientError

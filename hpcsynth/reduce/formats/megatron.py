@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsynth.files import open_write_nofollow
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6,
@@ -32,7 +34,7 @@ class IndexedDatasetWriter:
         self.dtype = dtype
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._bin_tmp = self.prefix.with_name(self.prefix.name + ".bin.tmp")
-        self._bin = open(self._bin_tmp, "wb")
+        self._bin = open_write_nofollow(self._bin_tmp, directory_too=False)
         self.lengths: list[int] = []
 
     def add(self, tokens: np.ndarray | list[int]) -> None:
@@ -51,7 +53,7 @@ class IndexedDatasetWriter:
             pointers[1:] = np.cumsum(lengths[:-1], dtype=np.int64) * itemsize
         documents = np.arange(len(lengths) + 1, dtype=np.int64)
         idx_tmp = self.prefix.with_name(self.prefix.name + ".idx.tmp")
-        with open(idx_tmp, "wb") as handle:
+        with open_write_nofollow(idx_tmp, directory_too=False) as handle:
             handle.write(MAGIC)
             handle.write(struct.pack("<Q", VERSION))
             handle.write(struct.pack("<B", DTYPE_CODES[self.dtype]))
