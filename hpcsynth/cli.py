@@ -26,23 +26,36 @@ COMMANDS = {
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
     "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
              "hpcsynth demo /tmp/hpcsynth-demo"),
+    "config": ("print a shipped config or site profile, as a starting point for your own",
+               "hpcsynth config finephrase > mine.yaml"),
 }
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown (switches and unset options have none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcsynth", description="Turn a web corpus into synthetic pretraining data, shard by shard.",
-        epilog="example:\n  hpcsynth demo /tmp/hpcsynth-demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example:\n  hpcsynth demo /tmp/hpcsynth-demo", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"hpcsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str) -> argparse.ArgumentParser:
         summary, example = COMMANDS[name]
         return sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
 
     plan = command("plan")
-    plan.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    plan.add_argument("config", type=Path, help="YAML config file, or a shipped config by name (finephrase, demo; "
+                                                "see `hpcsynth config`)")
     plan.add_argument("--run", type=Path, required=True, help="run directory to create")
     plan.add_argument("--input", action="append", metavar="PATH_OR_GLOB",
                       help="corpus JSONL file(s), plain/.gz/.zst; repeatable; replaces plan.inputs")
@@ -50,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
     launch.add_argument("--executor", default="local", choices=["local", "slurm"], help="where workers run")
-    launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...)")
+    launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...), "
+                                                    "or a shipped one by name (site-dev, site-example)")
     launch.add_argument("--config", type=Path, help="a config to use instead of the run's own (must not change "
                                                    "outputs unless --force)")
     launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs; "
                                                              "submit even while the run has active Slurm jobs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--workers", type=int, default=1,
-                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
+                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES")
 
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")
@@ -77,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
-    demo.add_argument("--documents", type=int, default=64, help="corpus size (default: 64)")
+    demo.add_argument("--documents", type=int, default=64, help="corpus size")
+
+    config = command("config")
+    config.add_argument("name", nargs="?", help="a shipped config or site profile; without it, list them")
     return parser
 
 
@@ -102,7 +119,11 @@ def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.plan import plan_corpus
     from hpcsynth.rundir import RunDir
 
-    plan = plan_corpus(load_config(args.config), RunDir(args.run), args.input)
+    from hpcsynth.generate.engines import check_model
+
+    config = load_config(args.config)
+    check_model(config, str(args.config))  # a run that cannot start is refused before any shard is written
+    plan = plan_corpus(config, RunDir(args.run), args.input)
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
           f"({plan.rejected:,} rejected; fingerprint {plan.fingerprint[:12]})")
     return 0
@@ -124,7 +145,10 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"  shard {shard} failed: {reason}", file=sys.stderr)
     if report.failed:
         print(f"  rerun them with: hpcsynth launch {args.run} --retry-failed", file=sys.stderr)
-    return 1 if report.failed else 0
+    if report.worker_errors:
+        print(f"  {len(report.worker_errors)} of {args.workers} worker(s) failed; first: {report.worker_errors[0]}",
+              file=sys.stderr)
+    return 1 if report.failed or report.worker_errors else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -194,5 +218,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if not result.launch.failed else 1
 
 
+def _config(args: argparse.Namespace) -> int:
+    from hpcsynth.errors import ConfigError
+    from hpcsynth.resources import shipped_configs
+
+    configs, profiles = shipped_configs(), shipped_configs(profiles=True)
+    if not args.name:
+        print("run configs   : " + ", ".join(configs))
+        print("site profiles : " + ", ".join(profiles))
+        print("print one with `hpcsynth config NAME > mine.yaml`, edit it, then "
+              "`hpcsynth plan mine.yaml --run RUN --input 'corpus/*.jsonl'`")
+        return 0
+    path = {**configs, **profiles}.get(args.name.removesuffix(".yaml"))
+    if path is None:
+        raise ConfigError(f"no shipped config named {args.name!r}; choose one of "
+                          f"{', '.join([*configs, *profiles])}")
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo}
+            "demo": _demo, "config": _config}

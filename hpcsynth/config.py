@@ -204,9 +204,7 @@ FINGERPRINTED = ("prompts", "plan", "model", "sampling")
 
 def load_config(path: str | Path) -> Config:
     """Read a YAML config file into a checked Config; raise ConfigError naming file, line and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass a YAML file, e.g. configs/demo.yaml)")
+    path = _locate_config(path)
     text = path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
@@ -217,6 +215,18 @@ def load_config(path: str | Path) -> Config:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     return config_from_dict(data or {}, source=str(path), lines=lines)
+
+
+def _locate_config(path: str | Path) -> Path:
+    """A config file by path or by the name of a shipped one; a miss names what exists."""
+    from hpcsynth.resources import find_config, shipped_configs
+
+    found = find_config(path)
+    if found is None:
+        names = ", ".join(shipped_configs()) or "none found in this installation"
+        raise ConfigError(f"config file not found: {path}; pass a YAML file, or a shipped config by name "
+                          f"({names}); start your own with `hpcsynth config finephrase > mine.yaml`")
+    return found
 
 
 def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:

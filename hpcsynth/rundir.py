@@ -87,6 +87,11 @@ class RunDir:
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
+            corpus = _corpus_files(self.root)
+            if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
+                raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "
+                               f"new run directory from them: `hpcsynth plan CONFIG --run NEW_RUN_DIR --input "
+                               f"'{self.root}/*{''.join(corpus[0].suffixes[-2:])}'`")
             raise RunError(f"{self.root} has no manifest.json; run `hpcsynth plan CONFIG --run {self.root}` first")
 
     def manifest(self) -> dict[str, Any]:
@@ -122,3 +127,14 @@ class RunDir:
             return read_json(path).get("fingerprint") == fingerprint
         except ValueError:
             return False
+
+
+CORPUS_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet")
+
+
+def _corpus_files(directory: Path) -> list[Path]:
+    """Corpus-looking files directly in a directory that is not a run (a run keeps its shards in shards/)."""
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+    except OSError:
+        return []

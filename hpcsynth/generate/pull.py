@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
 from hpcsynth.generate.engines import make_engine
+from hpcsynth.errors import HpcsynthError
 from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.lease import new_owner, slurm_task
 from hpcsynth.rundir import RunDir
@@ -100,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     shards = [int(s) for s in args.shards.split(",")] if args.shards else None
-    results = pull_shards(args.run, shards, retry_failed=args.retry_failed)
+    try:
+        results = pull_shards(args.run, shards, retry_failed=args.retry_failed)
+    except HpcsynthError as exc:  # a setup mistake: one line for launch to show, as the CLI would
+        print(f"hpcsynth: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 1 if any(r.state == "failed" for r in results) else 0
 
 
