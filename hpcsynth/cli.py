@@ -205,16 +205,21 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.dir or Path(tempfile.mkdtemp(prefix="hpcsynth-demo-"))
     started = time.monotonic()
     result = run_demo(out, documents=args.documents)
-    from hpcsynth.status import render_status
-
-    render_status(result.status)
     report = result.reduce.data
+    root = result.run.root
+    model = root.parent / "model"
     print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
-    print(f"  run directory : {result.run.root}  (hpcsynth status {result.run.root})")
-    print(f"  outputs       : {result.status['records_done']} records from {result.plan.documents} documents "
-          f"x {result.status['prompts']} prompts")
+    print(f"  run directory : {root}  (see it: hpcsynth status {root})")
+    print(f"  records       : {result.status['records_done']} from {result.plan.documents} documents x "
+          f"{result.status['prompts']} prompts in {root / 'outputs'}/*.jsonl.zst")
+    print(f"                  read one: zstd -dc {root / 'outputs' / '000000.jsonl.zst'} | head -n 1")
     print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
           f"{report['tokens']} tokens, {report['dtype']})")
+    print("  the text is gibberish by design: the tiny model has random weights; every file has the real format")
+    print("  a first project of your own, on this tiny model (swap in a real one later):")
+    print(f"    hpcsynth config demo > mine.yaml   # then set  model: {{path: {model}}}")
+    print("    hpcsynth plan mine.yaml --run my-run --input 'my-corpus/*.jsonl'")
+    print("    hpcsynth launch my-run && hpcsynth status my-run && hpcsynth reduce my-run")
     return 0 if not result.launch.failed else 1
 
 

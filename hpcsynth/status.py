@@ -8,6 +8,7 @@ dead ones and to count GPU time; without Slurm jobs nothing is asked.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from hpcsynth.generate.lease import holder_gone
-from hpcsynth.rundir import RunDir, shard_name
+from hpcsynth.rundir import RunDir
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -67,19 +68,20 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
             counts["running"] += 1
             rate += beat.get("tokens_per_s", 0.0)
 
+    tasks = list(_read_json_files(run.root / "tasks").values())
+    live = [t for t in tasks if _task_live(t, sacct, config.worker.lease_timeout_s, now)]
+    if any("tokens_per_s" in t for t in live):
+        # Each live worker's rate over its recent completions: steady across shard boundaries, where a
+        # new shard's heartbeat starts from zero.
+        rate = sum(t.get("tokens_per_s", 0.0) for t in live)
     total_docs = manifest["documents"]
     remaining_docs = total_docs - docs_done
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
-    tasks = list(_read_json_files(run.root / "tasks").values())
     time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
-    if sacct:
-        gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
-        gpu_hours = sum(t["elapsed_s"] * gpus.get(tid.split("_")[0], 1) for tid, t in sacct.items()) / 3600
-    else:
-        gpu_hours = sum(t.get("wall_s", 0.0) * t.get("gpus", 0) for t in tasks) / 3600
+    gpu_hours, cpu_hours = _worker_hours(jobs, sacct, tasks)
     task_states: dict[str, int] = {}
     for task in sacct.values():
         task_states[task["state"]] = task_states.get(task["state"], 0) + 1
@@ -98,15 +100,51 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "stale_shards": stale,
         "failed_shards": failures,
         "gpu_hours": round(gpu_hours, 4),
+        # Worker time on CPU only (a transformers run without GPUs, the fake engine): not GPU-hours.
+        "cpu_worker_hours": round(cpu_hours, 4),
+        "live_workers": len(live),
         # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
         "worker_hours": time_split,
         "workers": len(tasks),
-        "tasks": sorted(({k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
-                                                 "idle_s", "wall_s", "shards_done", "error")} for t in tasks),
+        "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": t in live} for t in tasks),
                         key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
-                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
+                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
     }
+
+
+TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",
+             "shards_done", "tokens_per_s", "error")
+
+
+def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: float) -> bool:
+    """A worker that is generating now: Slurm says its array task runs, or its process on this host
+    exists, or (elsewhere, without Slurm) it wrote within a lease timeout."""
+    if task.get("state") not in ("starting", "generating"):
+        return False
+    slurm = sacct.get(str(task.get("task") or ""))
+    if slurm is not None:
+        return slurm["state"] == "RUNNING"
+    if task.get("host") == socket.gethostname() and isinstance(task.get("pid"), int):
+        try:
+            os.kill(task["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's live process
+            return True
+        return True
+    return now - task.get("updated", 0.0) <= lease_timeout_s
+
+
+def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -> tuple[float, float]:
+    """(GPU-hours, CPU worker-hours): Slurm's elapsed time times the GPUs each task asked for, else each
+    local worker's wall time split by what its engine ran on."""
+    if sacct:
+        gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
+        used = [(t["elapsed_s"], gpus.get(tid.split("_")[0], 1)) for tid, t in sacct.items()]
+    else:
+        used = [(t.get("wall_s", 0.0), t.get("gpus", 0) or 0) for t in tasks]
+    return (sum(s * g for s, g in used) / 3600, sum(s for s, g in used if not g) / 3600)
 
 
 def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
@@ -115,6 +153,14 @@ def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
     jobs = recorded_jobs(run)
     ids = [a["job_id"] for launch in jobs for a in launch.get("arrays", [])]
     return jobs, sacct_tasks(ids) if ids else {}
+
+
+def _slurm_problems(run: RunDir, sacct: dict[str, dict]) -> dict[str, Any]:
+    if not sacct:
+        return {"pending_reasons": {}, "never_starts": "", "failed_tasks": []}
+    from hpcsynth.execute.slurm import slurm_problems
+
+    return slurm_problems(run, sacct)
 
 
 def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
@@ -168,65 +214,12 @@ def _by_shard(files: dict[str, dict]) -> dict[int, dict]:
 
 
 def render_status(status: dict[str, Any], console=None) -> None:
-    from rich.console import Console
+    from hpcsynth.status_view import render_status as render
 
-    console = console or Console()
-    for part in status_renderables(status):
-        console.print(part)
+    render(status, console)
 
 
-def watch_status(run: RunDir, interval: float) -> None:
-    from rich.console import Group
-    from rich.live import Live
+def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
+    from hpcsynth.status_view import watch_status as watch
 
-    with Live(Group(*status_renderables(collect_status(run))), refresh_per_second=1) as live:
-        try:
-            while True:
-                time.sleep(interval)
-                live.update(Group(*status_renderables(collect_status(run))))
-        except KeyboardInterrupt:
-            pass
-
-
-def status_renderables(status: dict[str, Any]) -> list:
-    from rich.table import Table
-
-    parts: list = []
-    shards = status["shards"]
-    table = Table(title=f"hpcsynth run {status['run']}", show_header=True)
-    for state in (*STATES, "total"):
-        table.add_column(state, justify="right")
-    table.add_row(*(str(shards[s]) for s in (*STATES, "total")))
-    parts.append(table)
-    eta = status["eta_s"]
-    split = status["worker_hours"]
-    parts.append(
-        f"documents {status['docs_done']:,}/{status['documents']:,}  "
-        f"records {status['records_done']:,}/{status['records_expected']:,}  "
-        f"tokens {status['tokens_done']:,}  {status['tokens_per_s']:,.0f} tok/s  "
-        f"ETA {'-' if eta is None else _duration(eta)}\n"
-        f"GPU-hours {status['gpu_hours']:.2f}  worker hours: start-up {split['startup_s']:.2f}, "
-        f"generation {split['generation_s']:.2f}, idle {split['idle_s']:.2f} ({status['workers']} workers)"
-    )
-    slurm = status["slurm"]
-    if slurm["jobs"]:
-        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())) or "not in sacct yet"
-        parts.append(f"Slurm jobs {', '.join(slurm['jobs'])}: array tasks {states}")
-    broken = [t for t in status["tasks"] if t.get("state") == "failed"]
-    if broken:
-        parts.append(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {broken[0]['name']}: "
-                     f"{broken[0].get('error', '')}")
-    if status["stale_shards"]:
-        shown = ", ".join(shard_name(s) for s in status["stale_shards"][:10])
-        parts.append(f"[yellow]stale heartbeats[/yellow]: {shown}")
-    for failure in status["failed_shards"][:10]:
-        parts.append(f"[red]failed[/red] {shard_name(failure['shard'])}: {failure['reason']}")
-        for line in failure["log_tail"]:
-            parts.append(f"    [dim]{line}[/dim]")
-    return parts
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+    return watch(run, interval, console)
