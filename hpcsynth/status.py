@@ -37,7 +37,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
     rate = 0.0
-    failures, stale = [], []
+    failures, stale, running = [], [], []
     for shard in manifest["shards"]:
         sid = shard["id"]
         marker = done.get(sid)
@@ -67,6 +67,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         else:
             counts["running"] += 1
             rate += beat.get("tokens_per_s", 0.0)
+            running.append({"shard": sid, "worker": beat.get("task") or beat.get("owner", "").rsplit(":", 1)[0]})
 
     tasks = list(_read_json_files(run.root / "tasks").values())
     live = [t for t in tasks if _task_live(t, sacct, config.worker.lease_timeout_s, now)]
@@ -98,6 +99,8 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "tokens_per_s": round(rate, 2),
         "eta_s": None if eta is None else round(eta, 1),
         "stale_shards": stale,
+        # Shards a live worker generates now, and which worker (Slurm array task, else host:pid).
+        "running_shards": running,
         "failed_shards": failures,
         "gpu_hours": round(gpu_hours, 4),
         # Worker time on CPU only (a transformers run without GPUs, the fake engine): not GPU-hours.
