@@ -95,14 +95,14 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
     parts += _slurm_lines(status["slurm"], width)
     broken = [t for t in status["tasks"] if t.get("state") == "failed"]
     if broken:
-        parts.append(_cut(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {broken[0]['name']}: "
+        parts.append(_cut(f"{len(broken)} worker(s) failed to start", f", e.g. {broken[0]['name']}: "
                           f"{broken[0].get('error', '')}"))
     if status["stale_shards"]:
-        parts.append(_cut(f"[yellow]stale heartbeats[/yellow]: "
-                          + ", ".join(shard_name(s) for s in status["stale_shards"][:10])))
+        parts.append(_cut("stale heartbeats", ": " + ", ".join(shard_name(s) for s in status["stale_shards"][:10]),
+                          style="yellow"))
     for failure in status["failed_shards"][:10]:
-        parts.append(_cut(f"[red]failed[/red] {shard_name(failure['shard'])}: {failure['reason']}"))
-        parts += [_cut(f"    [dim]{line}[/dim]") for line in failure["log_tail"]]
+        parts.append(_cut("failed", f" {shard_name(failure['shard'])}: {failure['reason']}"))
+        parts += [_cut(f"    {line}", style="dim") for line in failure["log_tail"]]
     if finished(status):
         parts += _flow(summary_phrases(status), width, sep=" ")
     return parts
@@ -115,11 +115,11 @@ def _slurm_lines(slurm: dict[str, Any], width: int) -> list:
     reasons = [f"waiting: {reason} ({count})" for reason, count in sorted(slurm.get("pending_reasons", {}).items())]
     lines = _flow([f"Slurm jobs {', '.join(slurm['jobs'])}:", "array tasks", *states, *reasons], width)
     if slurm.get("never_starts"):
-        lines.append(_cut(f"[red]these tasks can never start[/red]: {slurm['never_starts']}; change the site "
-                          f"profile, `hpcsynth cancel` and launch again"))
+        lines.append(_cut("these tasks can never start", f": {slurm['never_starts']}; change the site profile, "
+                          f"`hpcsynth cancel` and launch again"))
     for task in slurm.get("failed_tasks", [])[:5]:
         said = task["setup_error"] or (task["log_tail"] or [""])[-1]
-        lines.append(_cut(f"[red]array task {task['task']} {task['state'].lower()}[/red]: {said}"))
+        lines.append(_cut(f"array task {task['task']} {task['state'].lower()}", f": {said}"))
     return lines
 
 
@@ -140,11 +140,14 @@ def _flow(phrases: list[str], width: int, sep: str = "  ") -> list:
     return [Text(line, overflow="fold") for line in lines]
 
 
-def _cut(markup: str):
-    """One line, cut with an ellipsis at the console's edge (full text: `status --json`)."""
+def _cut(label: str, rest: str = "", style: str = "red"):
+    """One line, cut with an ellipsis at the console's edge (full text: `status --json`). Only the
+    label is styled: reasons and log lines are plain text, whatever brackets they hold."""
     from rich.text import Text
 
-    return Text.from_markup(markup, no_wrap=True, overflow="ellipsis")
+    text = Text.assemble((label, style), rest, overflow="ellipsis")
+    text.no_wrap = True
+    return text
 
 
 def _duration(seconds: float) -> str:
