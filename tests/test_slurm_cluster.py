@@ -69,3 +69,26 @@ def test_gpu_array_job_completes_each_task_sees_a_gpu(cluster: ClusterInfo, tmp_
         output = (tmp_path / f"array-{job_id}_{task}.out").read_text()
         assert CVD_LINE.search(output), output
         assert f"TASK={task}" in output, output
+
+
+def test_the_running_test_cluster_keeps_its_ports(cluster: ClusterInfo) -> None:
+    from slurm_cluster import port_knobs
+
+    conf = cluster.conf.read_text()
+    knobs = port_knobs(cluster.dir)
+    assert f"SlurmctldPort={knobs['HPCSYNTH_SLURM_PORT_BASE']}\n" in conf
+
+
+@pytest.mark.parametrize("taken", [0, 1, 2, "db"])
+def test_ports_taken_by_another_dev_cluster_are_avoided(taken) -> None:
+    import socket
+
+    from slurm_cluster import pick_free_ports
+
+    base, db = 26817, 33306
+    with socket.socket() as listener:  # stands in for a user's dev cluster on one of those ports
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", db if taken == "db" else base + taken))
+        listener.listen()
+        knobs = pick_free_ports(base, db)
+    assert knobs == {"HPCSYNTH_SLURM_PORT_BASE": str(base + 10), "HPCSYNTH_SLURM_DB_PORT": str(db + 10)}

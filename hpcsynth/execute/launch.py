@@ -9,6 +9,7 @@ on, so a relaunch picks up where the last one stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -57,8 +58,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return _launch_slurm(run, slurm, retry_failed, force)
     if workers == 1:
-        log_to(run.log_path("worker-local"))
-        pull_shards(str(run.root), retry_failed=retry_failed)
+        _run_in_process(run, retry_failed)
     else:
         errors = _run_worker_processes(run, workers, retry_failed)
         return dataclasses.replace(_report(run, executor), worker_errors=errors)
@@ -115,6 +115,21 @@ def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bo
     arrays = backend.submit_arrays(run, slurm, tasks, retry_failed)
     backend.record_launch(run, arrays, slurm, len(pending))
     return dataclasses.replace(_report(run, "slurm"), arrays=arrays, submitted_shards=len(pending))
+
+
+def _run_in_process(run: RunDir, retry_failed: bool) -> None:
+    """One worker in this process. An engine that cannot start (corrupt weights, a broken tokenizer) is
+    the user's to fix: one line with the log that holds its traceback, not a traceback on the terminal."""
+    log_path = run.log_path("worker-local")
+    log_to(log_path)
+    try:
+        pull_shards(str(run.root), retry_failed=retry_failed)
+    except (HpcsynthError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        logging.getLogger("hpcsynth.execute.launch").exception("the worker failed")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(f"the worker failed: {type(exc).__name__}: {first[:300]} (traceback in {log_path})") from None
 
 
 def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> list[str]:

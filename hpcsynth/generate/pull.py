@@ -45,7 +45,8 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
             and (retry_failed or not run.failed_path(s).exists())]
     if not todo:
         return []
-    clock = TaskClock(run, task_name(), tick_s=config.worker.heartbeat_interval_s)
+    # At least a second between rewrites: status refreshes no faster, and each rewrite is an fsync.
+    clock = TaskClock(run, task_name(), tick_s=max(1.0, config.worker.heartbeat_interval_s))
     try:
         engine = engine_factory(config)
     except Exception as exc:
