@@ -15,9 +15,9 @@ from hpcsynth.errors import HpcsynthError
 
 COMMANDS = {
     "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
-             "hpcsynth plan configs/finephrase.yaml --run runs/fp --input 'corpus/*.jsonl.zst'"),
+             "hpcsynth plan finephrase --run runs/fp --input 'corpus/*.jsonl.zst'"),
     "launch": ("run the workers of a planned run (only shards not yet done)",
-               "hpcsynth launch runs/fp --executor slurm --profile configs/site-example.yaml"),
+               "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
     "cancel": ("cancel the Slurm jobs a run launched (finished work is kept)",

@@ -113,4 +113,5 @@ def test_a_second_cluster_starts_beside_a_running_one(cluster: ClusterInfo, tmp_
     finally:
         stop_cluster(second)
         shutil.rmtree(base, ignore_errors=True)
+        Path(f"{base}.lock").unlink(missing_ok=True)
     assert subprocess.run(["sinfo", "-h"], env=cluster.env, capture_output=True).returncode == 0
