@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -86,6 +87,8 @@ def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path:
     live = [f for f in frames if "(2 workers, 2 live)" in f and "generation 0m00s" not in f]
     assert live, frames[:3]
     assert all(" 0 tok/s" not in f and "ETA -" not in f for f in live), live
+    rates = [int(re.search(r"([\d,]+) tok/s", f).group(1).replace(",", "")) for f in live]
+    assert max(rates) < 2.5 * min(rates), rates
     tail = frames[-1].split("0 live)\n", 1)[1]
     assert tail.startswith("done: all 12 shards,\n")
     assert "".join(tail.split()) == "".join(f"done: all 12 shards, 480 records in {run}/outputs;".split()) + \
