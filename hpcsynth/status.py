@@ -85,7 +85,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     gpu_hours, cpu_hours = _worker_hours(jobs, sacct, tasks)
     task_states: dict[str, int] = {}
     for task in sacct.values():
-        task_states[task["state"]] = task_states.get(task["state"], 0) + 1
+        task_states[task["state"]] = task_states.get(task["state"], 0) + task.get("tasks", 1)
     return {
         "run": str(run.root),
         "fingerprint": digest,

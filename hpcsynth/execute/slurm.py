@@ -181,12 +181,28 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
         entry = tasks.setdefault(job, {"state": "", "elapsed_s": 0, "attempts": 0})
         # Why a pending task waits (Priority, Resources, PartitionConfig...); "None" once it runs.
         entry["reason"] = parts[3] if len(parts) > 3 and parts[3] != "None" else ""
+        entry["tasks"] = _array_size(job)
         # -D lists every attempt of a requeued task, oldest first: the last is the current state,
         # and elapsed time adds up over all of them.
         entry["state"] = state.split()[0] if state else ""
         entry["elapsed_s"] += int(elapsed or 0)
         entry["attempts"] += 1
     return tasks
+
+
+def _array_size(job: str) -> int:
+    """Array tasks one sacct line stands for: '12_[0-63%8]' (tasks not started yet) is 64, '12_3' is 1."""
+    if "[" not in job:
+        return 1
+    spec = job[job.index("[") + 1:].rstrip("]").split("%")[0]
+    count = 0
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        try:
+            count += int(high) - int(low) + 1 if high else 1
+        except ValueError:
+            count += 1
+    return max(count, 1)
 
 
 def active_jobs(run: RunDir) -> list[str]:
@@ -258,7 +274,7 @@ def slurm_problems(run: RunDir, sacct: dict[str, dict[str, Any]]) -> dict[str, A
     reasons: dict[str, int] = {}
     for task in sacct.values():
         if task["state"] == "PENDING" and task.get("reason"):
-            reasons[task["reason"]] = reasons.get(task["reason"], 0) + 1
+            reasons[task["reason"]] = reasons.get(task["reason"], 0) + task.get("tasks", 1)
     never = [f"{reason}: {NEVER_STARTS[reason]}" for reason in reasons if reason in NEVER_STARTS]
     failed = []
     for tid, task in sorted(sacct.items()):

@@ -37,14 +37,15 @@ def test_guarded_setup_lines_stop_the_script_with_their_message(tmp_path: Path) 
 @pytest.mark.slurm
 def test_a_profile_the_cluster_cannot_satisfy_is_reported_as_never_starting(tmp_path: Path,
                                                                            cluster: ClusterInfo) -> None:
-    run = planned(tmp_path, cluster, docs=5)
+    run = planned(tmp_path, cluster, docs=10)  # two shards: an array of two tasks, one sacct line
     cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", "site-example")  # 12 CPUs, 96 GB
     try:
         current = wait_status(cluster, run, lambda s: s["slurm"]["pending_reasons"])
-        assert current["slurm"]["pending_reasons"] == {"PartitionConfig": 1}
+        assert current["slurm"]["pending_reasons"] == {"PartitionConfig": 2}
+        assert current["slurm"]["array_tasks"] == {"PENDING": 2}
         assert current["slurm"]["never_starts"].startswith("PartitionConfig: the partition cannot give")
         table = cli(cluster, "status", str(run), env={"COLUMNS": "300"}).stdout
-        assert "waiting: PartitionConfig (1)" in table and "these tasks can never start" in table
+        assert "waiting: PartitionConfig (2)" in table and "these tasks can never start" in table
     finally:
         cli(cluster, "cancel", str(run))
 
