@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.config import load_config
+    from hpcsynth.generate.engines import check_model
     from hpcsynth.plan import plan_corpus
     from hpcsynth.rundir import RunDir
 
-    from hpcsynth.generate.engines import check_model
-
     config = load_config(args.config)
-    check_model(config, str(args.config))  # a run that cannot start is refused before any shard is written
+    # A run that cannot start is refused before any shard is written (a directory this login node does
+    # not see is left to launch, which knows where the workers run).
+    check_model(config, str(args.config), here=False)
     plan = plan_corpus(config, RunDir(args.run), args.input)
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
           f"({plan.rejected:,} rejected; fingerprint {plan.fingerprint[:12]})")

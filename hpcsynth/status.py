@@ -71,6 +71,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
 
     tasks = list(_read_json_files(run.root / "tasks").values())
     live = [t for t in tasks if _task_live(t, sacct, config.worker.lease_timeout_s, now)]
+    live_ids = {id(t) for t in live}
     if any("tokens_per_s" in t for t in live):
         # Each live worker's rate over its recent completions: steady across shard boundaries, where a
         # new shard's heartbeat starts from zero.
@@ -109,7 +110,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
         "worker_hours": time_split,
         "workers": len(tasks),
-        "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": t in live} for t in tasks),
+        "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids} for t in tasks),
                         key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
@@ -128,15 +129,16 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
     slurm = sacct.get(str(task.get("task") or ""))
     if slurm is not None:
         return slurm["state"] == "RUNNING"
+    if now - task.get("updated", 0.0) > lease_timeout_s:
+        return False  # silent that long: dead, or its pid now belongs to another process
     if task.get("host") == socket.gethostname() and isinstance(task.get("pid"), int):
         try:
             os.kill(task["pid"], 0)
         except ProcessLookupError:
             return False
-        except PermissionError:  # another user's live process
-            return True
-        return True
-    return now - task.get("updated", 0.0) <= lease_timeout_s
+        except PermissionError:  # alive, under another user
+            pass
+    return True
 
 
 def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -> tuple[float, float]:

@@ -39,7 +39,7 @@ class LaunchReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     arrays: list[dict[str, Any]] = field(default_factory=list)
     submitted_shards: int = 0
-    # Local worker processes that exited with an error: "NAME (exit N): first error, see LOG".
+    # Local worker processes that exited with an error: "worker I (pid P, exit N): first error; log PATH".
     worker_errors: list[str] = field(default_factory=list)
 
 
@@ -53,7 +53,9 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         raise HpcsynthError(f"--workers must be 1 or more, got {workers}")
     if config_path is not None:
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
-    check_model(config, str(config_path or run.config_path))  # one line now, not a failure in every worker
+    # One line now rather than a failure in every worker. Slurm workers run elsewhere: a model directory
+    # this login node does not see may still be on the compute nodes.
+    check_model(config, str(config_path or run.config_path), here=executor != "slurm")
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return _launch_slurm(run, slurm, retry_failed, force)

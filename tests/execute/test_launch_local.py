@@ -3,11 +3,18 @@ starts, and workers that fail anyway make launch exit non-zero with their first 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from hpcsynth.config import load_config
+from hpcsynth.errors import ConfigError
+from hpcsynth.generate.engines import check_model
 
 from conftest import write_corpus
 
@@ -77,3 +84,11 @@ def _planned_fake_run(tmp_path: Path) -> Path:
     proc = cli("plan", str(config), "--run", str(run), "--input", str(corpus))
     assert proc.returncode == 0, proc.stderr
     return run
+
+
+def test_a_model_directory_only_compute_nodes_see_is_left_to_slurm_workers(tmp_path: Path) -> None:
+    base = load_config("demo")
+    elsewhere = dataclasses.replace(base, model=dataclasses.replace(base.model, path="/scratch/models/smollm2"))
+    check_model(elsewhere, "c.yaml", here=False)  # plan, and launch --executor slurm
+    with pytest.raises(ConfigError, match="is not a directory"):
+        check_model(elsewhere, "c.yaml")  # local workers would fail: say so now

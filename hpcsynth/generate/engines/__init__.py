@@ -57,10 +57,11 @@ class SteppableEngine(Engine, Protocol):
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def check_model(config: Config, source: str = "the config") -> None:
+def check_model(config: Config, source: str = "the config", here: bool = True) -> None:
     """Refuse, before any worker starts, a model no engine could load: an empty model.path, or a local
     directory that is missing or holds no weights. A hub id (Org/Name) is left to the engine: it may sit
-    in the cluster's cache, which a login node need not see."""
+    in the cluster's cache, which a login node need not see. With `here` False (workers on other
+    machines) a directory this machine does not see is left to the workers too."""
     kind, path = config.model.engine, config.model.path
     if kind == "fake":
         return
@@ -74,6 +75,8 @@ def check_model(config: Config, source: str = "the config") -> None:
     if not path.startswith(("/", ".", "~")) and not os.path.exists(local):
         return
     if not os.path.isdir(local):
+        if not here and not os.path.exists(local):
+            return
         raise ConfigError(f"{source}: 'model.path' {path} is not a directory; point it at a local copy of the "
                           f"model (hpcsynth downloads nothing)")
     names = os.listdir(local)
