@@ -207,13 +207,15 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = run_demo(out, documents=args.documents)
     report = result.reduce.data
+    import shlex
+
     root = result.run.root
     model = root.parent / "model"
     print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
-    print(f"  run directory : {root}  (see it: hpcsynth status {root})")
+    print(f"  run directory : {root}  (see it: hpcsynth status {shlex.quote(str(root))})")
     print(f"  records       : {result.status['records_done']} from {result.plan.documents} documents x "
           f"{result.status['prompts']} prompts in {root / 'outputs'}/*.jsonl.zst")
-    print(f"                  read one: zstd -dc {root / 'outputs' / '000000.jsonl.zst'} | head -n 1")
+    print(f"                  read one: zstd -dc {shlex.quote(str(root / 'outputs' / '000000.jsonl.zst'))} | head -n 1")
     print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
           f"{report['tokens']} tokens, {report['dtype']})")
     print("  the text is gibberish by design: the tiny model has random weights; every file has the real format")

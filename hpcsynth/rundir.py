@@ -6,6 +6,7 @@ documented in docs/run-directory.md; keep the two in step.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class RunDir:
             if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
                 raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "
                                f"new run directory from them: `hpcsynth plan CONFIG --run NEW_RUN_DIR --input "
-                               f"'{self.root}/*{''.join(corpus[0].suffixes[-2:])}'`")
+                               f"{shlex.quote(f'{self.root}/*' + ''.join(corpus[0].suffixes[-2:]))}`")
             raise RunError(f"{self.root} has no manifest.json; run `hpcsynth plan CONFIG --run {self.root}` first")
 
     def manifest(self) -> dict[str, Any]:

@@ -75,13 +75,13 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     if any("tokens_per_s" in t for t in live):
         # Each live worker's rate over its recent completions: steady across shard boundaries, where a
         # new shard's heartbeat starts from zero.
-        rate = sum(t.get("tokens_per_s", 0.0) for t in live)
+        rate = sum(_number(t.get("tokens_per_s")) for t in live)
     total_docs = manifest["documents"]
     remaining_docs = total_docs - docs_done
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
-    time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
+    time_split = {key: round(sum(_number(t.get(key)) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
     gpu_hours, cpu_hours = _worker_hours(jobs, sacct, tasks)
     task_states: dict[str, int] = {}
@@ -129,7 +129,7 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
     slurm = sacct.get(str(task.get("task") or ""))
     if slurm is not None:
         return slurm["state"] == "RUNNING"
-    if now - task.get("updated", 0.0) > lease_timeout_s:
+    if now - _number(task.get("updated")) > lease_timeout_s:
         return False  # silent that long: dead, or its pid now belongs to another process
     if task.get("host") == socket.gethostname() and isinstance(task.get("pid"), int):
         try:
@@ -141,6 +141,11 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
     return True
 
 
+def _number(value: Any) -> float:
+    """A number from a task file, 0 for anything else (a hand-edited or foreign file)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -> tuple[float, float]:
     """(GPU-hours, CPU worker-hours): Slurm's elapsed time times the GPUs each task asked for, else each
     local worker's wall time split by what its engine ran on."""
@@ -148,7 +153,7 @@ def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -
         gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
         used = [(t["elapsed_s"], gpus.get(tid.split("_")[0], 1)) for tid, t in sacct.items()]
     else:
-        used = [(t.get("wall_s", 0.0), t.get("gpus", 0) or 0) for t in tasks]
+        used = [(_number(t.get("wall_s")), _number(t.get("gpus"))) for t in tasks]
     return (sum(s * g for s, g in used) / 3600, sum(s for s, g in used if not g) / 3600)
 
 
@@ -202,9 +207,11 @@ def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
         if entry.name.startswith("."):
             continue
         try:
-            out[entry.name] = orjson.loads(Path(entry.path, inside).read_bytes())
+            data = orjson.loads(Path(entry.path, inside).read_bytes())
         except (ValueError, OSError):
             continue
+        if isinstance(data, dict):  # anything else was not written by hpcsynth
+            out[entry.name] = data
     return out
 
 

@@ -6,6 +6,7 @@ between phrases, never inside one; long reasons and log lines are cut with an el
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ def summary_line(status: dict[str, Any]) -> str:
 
 def summary_phrases(status: dict[str, Any]) -> list[str]:
     """What is done, where the outputs are, the next command: one line, or a few at a narrow width."""
-    shards, run = status["shards"], status["run"]
+    shards, run = status["shards"], shlex.quote(status["run"])  # commands a user can paste
     if shards["done"] == shards["total"]:
         return [f"done: all {shards['total']:,} shards,", f"{status['records_done']:,} records in {run}/outputs;",
                 f"next: hpcsynth reduce {run}"]

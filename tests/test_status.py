@@ -100,3 +100,18 @@ def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path:
     assert any(line.startswith("CPU worker-hours") for line in piped) and "GPU-hours" not in "\n".join(piped)
     assert "".join("".join(piped[-2:]).split()) == "".join(f"next: hpcsynth reduce {run}".split())
     assert all(len(line) <= 80 for line in piped if str(run) not in line)
+
+
+def test_damaged_task_files_do_not_break_status(tmp_path: Path) -> None:
+    run = planned(tmp_path, docs=10)
+    tasks = run / "tasks"
+    tasks.mkdir()
+    (tasks / "list.json").write_text("[]")
+    (tasks / "torn.json").write_text('{"name": "torn", "state": "gener')
+    (tasks / "odd.json").write_text('{"name": "odd", "state": "generating", "pid": "x", "updated": "now", '
+                                    '"generation_s": "a lot", "gpus": null, "tokens_per_s": [1]}')
+    (tasks / "\u00e9t\u00e9 'q'.json").write_bytes(b"\x00\xff")
+    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert status["workers"] == 1 and status["live_workers"] == 0 and status["worker_hours"]["generation_s"] == 0
+    proc = cli("status", str(run))
+    assert proc.returncode == 0 and "(1 workers, 0 live)" in proc.stdout, proc.stderr

@@ -11,6 +11,7 @@ This first version holds the texts of the run in memory; it suits runs up to a f
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
     shown = ", ".join(shard_name(r["shard"]) for r in running[:5]) + (", ..." if len(running) > 5 else "")
     raise RunError(f"{len(running)} of the {missing} shards not yet done are being generated now ({shown}; by "
                    f"{len(workers)} worker(s): {', '.join(workers[:3])}{', ...' if len(workers) > 3 else ''}); "
-                   f"reduce once they are done (`hpcsynth status {run.root} --watch` ends when they are), or "
+                   f"reduce once they are done (`hpcsynth status {shlex.quote(str(run.root))} --watch` ends when they are), or "
                    f"pass --partial to reduce the {ready} done now")
 
 
