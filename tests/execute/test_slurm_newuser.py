@@ -52,12 +52,18 @@ def test_a_profile_the_cluster_cannot_satisfy_is_reported_as_never_starting(tmp_
 
 @pytest.mark.slurm
 def test_the_site_dev_profile_runs_on_the_dev_cluster_as_it_is(tmp_path: Path, cluster: ClusterInfo) -> None:
-    run = planned(tmp_path, cluster, docs=10, shard_docs=5)
+    run = planned(tmp_path, cluster, docs=40, shard_docs=5)
     out = cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", "site-dev",
-              faults={"delay_s": 0.01}).stdout
+              faults={"delay_s": 0.2}).stdout
     assert "(2 tasks)" in out
-    final = wait_for(cluster, run, 2)
-    assert final["shards"]["done"] == 2 and final["records_done"] == 20
+    # While the array tasks generate, status shows their live time split and rate, as for local workers.
+    live = wait_status(cluster, run, lambda s: s["live_workers"] == 2 and all(
+        t["generation_s"] > 1 for t in s["tasks"]) or s["shards"]["done"] == 8)
+    assert live["shards"]["done"] < 8, "the run ended before status saw it live"
+    assert live["tokens_per_s"] > 0 and live["eta_s"] is not None
+    assert all(t["task"] and t["idle_s"] < t["generation_s"] for t in live["tasks"]), live["tasks"]
+    final = wait_for(cluster, run, 8)
+    assert final["shards"]["done"] == 8 and final["records_done"] == 80
     job = job_ids(run)[0]
     script = (run / "slurm" / job / f"{job}_submission.sh").read_text()
     assert "#SBATCH --cpus-per-task=2\n" in script and "#SBATCH --mem=2GB\n" in script
