@@ -69,10 +69,14 @@ def test_workers_that_fail_to_start_make_launch_fail_with_their_error(tmp_path: 
     assert "model" in first.lower() or "safetensor" in first.lower() or "header" in first.lower(), first
     status = cli("status", str(run)).stdout
     assert "2 worker(s) failed to start" in status, status
-    # One worker in the launching process: the same cause in one line, its traceback in the log.
-    proc = cli("launch", str(run))
+
+
+def test_a_worker_in_the_launching_process_that_fails_is_one_line(tmp_path: Path) -> None:
+    run = _planned_fake_run(tmp_path)
+    proc = cli("launch", str(run), env={"HPCSYNTH_FAKE_FAULTS": '{"fail_start": "libcuda.so.1: cannot open"}'})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("hpcsynth: error: the worker failed: ") and "worker-local.log" in proc.stderr
+    assert proc.stderr.startswith("hpcsynth: error: the worker failed: RuntimeError: libcuda.so.1: cannot open")
+    assert "worker-local.log" in proc.stderr
     assert "Traceback" in (run / "logs" / "worker-local.log").read_text()
 
 

@@ -8,6 +8,7 @@ another process (a subprocess, a Slurm job) misbehaves the same way:
   hang_on      the engine stops producing once it is given a prompt containing this text
   oom_above    raises a CUDA-style out-of-memory error while its concurrency is above this
   crash_on     raises a plain error on a prompt containing this text
+  fail_start   raises a plain error with this message when the engine is built (a broken install)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class FakeEngine:
         self.concurrency = config.worker.batch_size
         env = os.environ.get("HPCSYNTH_FAKE_FAULTS", "")
         self.faults = {**(json.loads(env) if env else {}), **faults}
+        if self.faults.get("fail_start"):
+            raise RuntimeError(self.faults["fail_start"])
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         faults = self.faults
