@@ -15,9 +15,9 @@ from hpcsynth.errors import HpcsynthError
 
 COMMANDS = {
     "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
-             "hpcsynth plan configs/finephrase.yaml --run runs/fp --input 'corpus/*.jsonl.zst'"),
+             "hpcsynth plan finephrase --run runs/fp --input 'corpus/*.jsonl.zst'"),
     "launch": ("run the workers of a planned run (only shards not yet done)",
-               "hpcsynth launch runs/fp --executor slurm --profile configs/site-example.yaml"),
+               "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
     "cancel": ("cancel the Slurm jobs a run launched (finished work is kept)",
@@ -26,23 +26,36 @@ COMMANDS = {
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
     "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
              "hpcsynth demo /tmp/hpcsynth-demo"),
+    "config": ("print a shipped config or site profile, as a starting point for your own",
+               "hpcsynth config finephrase > mine.yaml"),
 }
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown (switches and unset options have none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcsynth", description="Turn a web corpus into synthetic pretraining data, shard by shard.",
-        epilog="example:\n  hpcsynth demo /tmp/hpcsynth-demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="example:\n  hpcsynth demo /tmp/hpcsynth-demo", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"hpcsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str) -> argparse.ArgumentParser:
         summary, example = COMMANDS[name]
         return sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
 
     plan = command("plan")
-    plan.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    plan.add_argument("config", type=Path, help="YAML config file, or a shipped config by name (finephrase, demo; "
+                                                "see `hpcsynth config`)")
     plan.add_argument("--run", type=Path, required=True, help="run directory to create")
     plan.add_argument("--input", action="append", metavar="PATH_OR_GLOB",
                       help="corpus JSONL file(s), plain/.gz/.zst; repeatable; replaces plan.inputs")
@@ -50,17 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
     launch.add_argument("--executor", default="local", choices=["local", "slurm"], help="where workers run")
-    launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...)")
+    launch.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, gpus...), "
+                                                    "or a shipped one by name (site-dev, site-example)")
     launch.add_argument("--config", type=Path, help="a config to use instead of the run's own (must not change "
                                                    "outputs unless --force)")
     launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs; "
                                                              "submit even while the run has active Slurm jobs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--verify", choices=["sha256", "size"], default="sha256",
-                        help="how done outputs are checked before relaunching (default: sha256, reads every "
-                             "output once; size: a stat per shard)")
+                        help="how done outputs are checked before relaunching: sha256 reads every "
+                             "output once, size is a stat per shard (default: sha256)")
     launch.add_argument("--workers", type=int, default=1,
-                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
+                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES")
 
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")
@@ -80,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
-    demo.add_argument("--documents", type=int, default=64, help="corpus size (default: 64)")
+    demo.add_argument("--documents", type=int, default=64, help="corpus size")
+
+    config = command("config")
+    config.add_argument("name", nargs="?", help="a shipped config or site profile; without it, list them")
     return parser
 
 
@@ -112,10 +129,15 @@ def inert(text: str) -> str:
 
 def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.config import load_config
+    from hpcsynth.generate.engines import check_model
     from hpcsynth.plan import plan_corpus
     from hpcsynth.rundir import RunDir
 
-    plan = plan_corpus(load_config(args.config), RunDir(args.run), args.input)
+    config = load_config(args.config)
+    # A run that cannot start is refused before any shard is written (a directory this login node does
+    # not see is left to launch, which knows where the workers run).
+    check_model(config, str(args.config), here=False)
+    plan = plan_corpus(config, RunDir(args.run), args.input)
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
           f"({plan.rejected:,} rejected; fingerprint {plan.fingerprint[:12]})")
     return 0
@@ -139,7 +161,10 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"  shard {shard} failed: {inert(str(reason))}", file=sys.stderr)
     if report.failed:
         print(f"  rerun them with: hpcsynth launch {args.run} --retry-failed", file=sys.stderr)
-    return 1 if report.failed else 0
+    if report.worker_errors:
+        print(f"  {len(report.worker_errors)} of {args.workers} worker(s) failed; first: {report.worker_errors[0]}",
+              file=sys.stderr)
+    return 1 if report.failed or report.worker_errors else 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -196,18 +221,44 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.dir or Path(tempfile.mkdtemp(prefix="hpcsynth-demo-"))
     started = time.monotonic()
     result = run_demo(out, documents=args.documents)
-    from hpcsynth.status import render_status
-
-    render_status(result.status)
     report = result.reduce.data
+    import shlex
+
+    root = result.run.root
+    model = root.parent / "model"
     print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
-    print(f"  run directory : {result.run.root}  (hpcsynth status {result.run.root})")
-    print(f"  outputs       : {result.status['records_done']} records from {result.plan.documents} documents "
-          f"x {result.status['prompts']} prompts")
+    print(f"  run directory : {root}  (see it: hpcsynth status {shlex.quote(str(root))})")
+    print(f"  records       : {result.status['records_done']} from {result.plan.documents} documents x "
+          f"{result.status['prompts']} prompts in {root / 'outputs'}/*.jsonl.zst")
+    print(f"                  read one: zstd -dc {shlex.quote(str(root / 'outputs' / '000000.jsonl.zst'))} | head -n 1")
     print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
           f"{report['tokens']} tokens, {report['dtype']})")
+    print("  the text is gibberish by design: the tiny model has random weights; every file has the real format")
+    print("  a first project of your own, on this tiny model (swap in a real one later):")
+    print(f"    hpcsynth config demo > mine.yaml   # then set  model: {{path: {model}}}")
+    print("    hpcsynth plan mine.yaml --run my-run --input 'my-corpus/*.jsonl'")
+    print("    hpcsynth launch my-run && hpcsynth status my-run && hpcsynth reduce my-run")
     return 0 if not result.launch.failed else 1
 
 
+def _config(args: argparse.Namespace) -> int:
+    from hpcsynth.errors import ConfigError
+    from hpcsynth.resources import shipped_configs
+
+    configs, profiles = shipped_configs(), shipped_configs(profiles=True)
+    if not args.name:
+        print("run configs   : " + ", ".join(configs))
+        print("site profiles : " + ", ".join(profiles))
+        print("print one with `hpcsynth config NAME > mine.yaml`, edit it, then "
+              "`hpcsynth plan mine.yaml --run RUN --input 'corpus/*.jsonl'`")
+        return 0
+    path = {**configs, **profiles}.get(args.name.removesuffix(".yaml"))
+    if path is None:
+        raise ConfigError(f"no shipped config named {args.name!r}; choose one of "
+                          f"{', '.join([*configs, *profiles])}")
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo}
+            "demo": _demo, "config": _config}

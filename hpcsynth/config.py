@@ -220,9 +220,7 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def load_config(path: str | Path) -> Config:
     """Read a YAML config file into a checked Config; raise ConfigError naming file, line and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass a YAML file, e.g. configs/demo.yaml)")
+    path = _locate_config(path)
     data, lines = read_yaml(path)
     return config_from_dict(data or {}, source=str(path), lines=lines)
 
@@ -264,6 +262,18 @@ def _refuse_aliases(text: str, path: Path) -> None:
                                   f"(more than {MAX_YAML_DEPTH} levels)")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+
+
+def _locate_config(path: str | Path) -> Path:
+    """A config file by path or by the name of a shipped one; a miss names what exists."""
+    from hpcsynth.resources import find_config, shipped_configs
+
+    found = find_config(path)
+    if found is None:
+        names = ", ".join(shipped_configs()) or "none found in this installation"
+        raise ConfigError(f"config file not found: {path}; pass a YAML file, or a shipped config by name "
+                          f"({names}); start your own with `hpcsynth config finephrase > mine.yaml`")
+    return found
 
 
 def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:

@@ -29,7 +29,7 @@ FRAME_BYTES = 4 << 20
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -40,6 +40,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to path, with the mode a plain open() would give (0644 under umask 022):
+    mkstemp makes it 0600, which would leave the run unreadable to a team or a training job under
+    another account once it is renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask can only swap it,
+    which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -127,7 +156,7 @@ def _fsync_dir(directory: Path) -> None:
 def write_jsonl_zst(path: Path, records: Iterable[dict], level: int = 3) -> tuple[int, str]:
     """Atomically write records as zstd JSONL; return (count, sha256 of the compressed file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     count = 0
     digest = hashlib.sha256()
     # Content checksums: a reader detects a flipped bit inside a frame, not just a cut file.

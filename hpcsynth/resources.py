@@ -16,3 +16,24 @@ def data_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"hpcsynth's {name}/ directory is missing from this installation")
+
+
+def shipped_configs(profiles: bool = False) -> dict[str, Path]:
+    """The run configs that ship with hpcsynth by name (demo, finephrase), or with `profiles` the Slurm
+    site profiles (site-*.yaml)."""
+    try:
+        folder = data_dir("configs")
+    except FileNotFoundError:
+        return {}
+    return {path.stem: path for path in sorted(folder.glob("*.yaml")) if path.stem.startswith("site-") == profiles}
+
+
+def find_config(name_or_path: str | Path, profiles: bool = False) -> Path | None:
+    """A YAML file the user named: an existing path, else a shipped config by name ('finephrase' or
+    'finephrase.yaml', so that `hpcsynth plan finephrase` works outside the source tree too)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1 or path.parent.name == "configs":
+        return shipped_configs(profiles).get(path.name.removesuffix(".yaml").removesuffix(".yml"))
+    return None

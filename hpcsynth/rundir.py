@@ -6,6 +6,7 @@ documented in docs/run-directory.md; keep the two in step.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ class RunDir:
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
+            corpus = _corpus_files(self.root)
+            if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
+                raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "
+                               f"new run directory from them: `hpcsynth plan CONFIG --run NEW_RUN_DIR --input "
+                               f"{shlex.quote(f'{self.root}/*' + ''.join(corpus[0].suffixes[-2:]))}`")
             raise RunError(f"{self.root} has no manifest.json; run `hpcsynth plan CONFIG --run {self.root}` first")
 
     def manifest(self) -> dict[str, Any]:
@@ -210,3 +216,14 @@ def _read_run_json(path: Path, fix: str) -> Any:
         raise RunError(f"{path} is missing; {fix}") from None
     except ValueError as exc:
         raise RunError(f"{path} is damaged ({exc}); {fix}") from None
+
+
+CORPUS_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet")
+
+
+def _corpus_files(directory: Path) -> list[Path]:
+    """Corpus-looking files directly in a directory that is not a run (a run keeps its shards in shards/)."""
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(CORPUS_SUFFIXES))
+    except OSError:
+        return []

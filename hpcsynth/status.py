@@ -8,7 +8,7 @@ dead ones and to count GPU time; without Slurm jobs nothing is asked.
 from __future__ import annotations
 
 import os
-import re
+import socket
 import stat
 import time
 from pathlib import Path
@@ -18,7 +18,7 @@ import orjson
 
 from hpcsynth.generate.lease import holder_gone
 from hpcsynth.redact import redact, register_env_secret
-from hpcsynth.rundir import RunDir, shard_name
+from hpcsynth.rundir import RunDir
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -40,11 +40,11 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
     rate = 0.0
-    failures, stale = [], []
+    failures, stale, running = [], [], []
     for shard in manifest["shards"]:
         sid = shard["id"]
         marker = done.get(sid)
-        if marker is not None and marker.get("fingerprint") == digest:
+        if marker is not None and marker.get("fingerprint") == digest and not _output_missing(run, sid, marker):
             counts["done"] += 1
             docs_done += marker["documents"]
             records_done += marker["records"] + marker["rejected"]
@@ -71,23 +71,26 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         else:
             counts["running"] += 1
             rate += beat.get("tokens_per_s", 0.0)
+            running.append({"shard": sid, "worker": beat.get("task") or beat.get("owner", "").rsplit(":", 1)[0]})
 
+    tasks = list(_read_json_files(run.root / "tasks").values())  # odd values count as 0 (_number)
+    live = [t for t in tasks if _task_live(t, sacct, config.worker.lease_timeout_s, now)]
+    live_ids = {id(t) for t in live}
+    if any("tokens_per_s" in t for t in live):
+        # Each live worker's rate over its recent completions: steady across shard boundaries, where a
+        # new shard's heartbeat starts from zero.
+        rate = sum(_number(t.get("tokens_per_s")) for t in live)
     total_docs = manifest["documents"]
     remaining_docs = total_docs - docs_done
     eta = None
     if rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
-    tasks = [t for t in _read_json_files(run.root / "tasks").values() if _shaped(t, (), TASK_NUMBERS)]
-    time_split = {key: round(sum(t.get(key, 0.0) for t in tasks) / 3600, 4)
+    time_split = {key: round(sum(_number(t.get(key)) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
-    if sacct:
-        gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
-        gpu_hours = sum(t["elapsed_s"] * gpus.get(tid.split("_")[0], 1) for tid, t in sacct.items()) / 3600
-    else:
-        gpu_hours = sum(t.get("wall_s", 0.0) * t.get("gpus", 0) for t in tasks) / 3600
+    gpu_hours, cpu_hours = _worker_hours(jobs, sacct, tasks)
     task_states: dict[str, int] = {}
     for task in sacct.values():
-        task_states[task["state"]] = task_states.get(task["state"], 0) + 1
+        task_states[task["state"]] = task_states.get(task["state"], 0) + task.get("tasks", 1)
     return {
         "run": str(run.root),
         "fingerprint": digest,
@@ -101,18 +104,62 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "tokens_per_s": round(rate, 2),
         "eta_s": None if eta is None else round(eta, 1),
         "stale_shards": stale,
+        # Shards a live worker generates now, and which worker (Slurm array task, else host:pid).
+        "running_shards": running,
         "failed_shards": failures,
         "gpu_hours": round(gpu_hours, 4),
+        # Worker time on CPU only (a transformers run without GPUs, the fake engine): not GPU-hours.
+        "cpu_worker_hours": round(cpu_hours, 4),
+        "live_workers": len(live),
         # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
         "worker_hours": time_split,
         "workers": len(tasks),
-        "tasks": sorted(({**{k: t.get(k) for k in ("name", "task", "state", "gpus", "startup_s", "generation_s",
-                                                    "idle_s", "wall_s", "shards_done")},
+        "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
                           "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                         key=lambda t: str(t["name"])),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
-                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0},
+                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
     }
+
+
+TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",
+             "shards_done", "tokens_per_s", "error")
+
+
+def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: float) -> bool:
+    """A worker that is generating now: Slurm says its array task runs, or its process on this host
+    exists, or (elsewhere, without Slurm) it wrote within a lease timeout."""
+    if task.get("state") not in ("starting", "generating"):
+        return False
+    slurm = sacct.get(str(task.get("task") or ""))
+    if slurm is not None:
+        return slurm["state"] == "RUNNING"
+    if now - _number(task.get("updated")) > lease_timeout_s:
+        return False  # silent that long: dead, or its pid now belongs to another process
+    if task.get("host") == socket.gethostname() and isinstance(task.get("pid"), int):
+        try:
+            os.kill(task["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, under another user
+            pass
+    return True
+
+
+def _number(value: Any) -> float:
+    """A number from a task file, 0 for anything else (a hand-edited or foreign file)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -> tuple[float, float]:
+    """(GPU-hours, CPU worker-hours): Slurm's elapsed time times the GPUs each task asked for, else each
+    local worker's wall time split by what its engine ran on."""
+    if sacct:
+        gpus = {a["job_id"]: launch.get("gpus_per_task", 1) for launch in jobs for a in launch.get("arrays", [])}
+        used = [(t["elapsed_s"], gpus.get(tid.split("_")[0], 1)) for tid, t in sacct.items()]
+    else:
+        used = [(_number(t.get("wall_s")), _number(t.get("gpus"))) for t in tasks]
+    return (sum(s * g for s, g in used) / 3600, sum(s for s, g in used if not g) / 3600)
 
 
 def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
@@ -121,6 +168,14 @@ def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
     jobs = recorded_jobs(run)
     ids = [a["job_id"] for launch in jobs for a in launch.get("arrays", [])]
     return jobs, sacct_tasks(ids) if ids else {}
+
+
+def _slurm_problems(run: RunDir, sacct: dict[str, dict]) -> dict[str, Any]:
+    if not sacct:
+        return {"pending_reasons": {}, "never_starts": "", "failed_tasks": []}
+    from hpcsynth.execute.slurm import slurm_problems
+
+    return slurm_problems(run, sacct)
 
 
 def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
@@ -133,6 +188,15 @@ def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
         return holder_gone({"owner": beat.get("owner", ""), "task": ""})
     except (OverflowError, ValueError):  # a pid no process can have: a corrupt or forged heartbeat
         return True
+
+
+def _output_missing(run: RunDir, shard: int, marker: dict) -> bool:
+    """A done marker whose output is gone or cut (a stat, not a checksum): launch redoes such shards."""
+    try:
+        size = run.output_path(shard).stat().st_size
+    except OSError:
+        return True
+    return "bytes" in marker and marker["bytes"] != size
 
 
 def _run_log(run: RunDir, named: object) -> Path | None:
@@ -184,9 +248,11 @@ def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
         if entry.name.startswith("."):
             continue
         try:
-            out[entry.name] = orjson.loads(Path(entry.path, inside).read_bytes())
+            data = orjson.loads(Path(entry.path, inside).read_bytes())
         except (ValueError, OSError):
             continue
+        if isinstance(data, dict):  # anything else was not written by hpcsynth
+            out[entry.name] = data
     return out
 
 
@@ -206,7 +272,6 @@ def _by_shard(files: dict[str, dict], numbers: tuple[str, ...] = (),
 # is treated as absent rather than ending status in a traceback.
 DONE_NUMBERS = ("documents", "records", "rejected", "completion_tokens")
 BEAT_NUMBERS = ("records_done", "completion_tokens", "updated")
-TASK_NUMBERS = ("startup_s", "generation_s", "idle_s", "wall_s", "gpus")
 
 
 def _shaped(data: object, numbers: tuple[str, ...], optional: tuple[str, ...] = ()) -> bool:
@@ -219,78 +284,12 @@ def _shaped(data: object, numbers: tuple[str, ...], optional: tuple[str, ...] = 
 
 
 def render_status(status: dict[str, Any], console=None) -> None:
-    from rich.console import Console
+    from hpcsynth.status_view import render_status as render
 
-    console = console or Console()
-    for part in status_renderables(status):
-        console.print(part)
+    render(status, console)
 
 
-def watch_status(run: RunDir, interval: float) -> None:
-    from rich.console import Group
-    from rich.live import Live
+def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
+    from hpcsynth.status_view import watch_status as watch
 
-    with Live(Group(*status_renderables(collect_status(run))), refresh_per_second=1) as live:
-        try:
-            while True:
-                time.sleep(interval)
-                live.update(Group(*status_renderables(collect_status(run))))
-        except KeyboardInterrupt:
-            pass
-
-
-def status_renderables(status: dict[str, Any]) -> list:
-    from rich.table import Table
-
-    parts: list = []
-    shards = status["shards"]
-    table = Table(title=f"hpcsynth run {_shown(status['run'])}", show_header=True)
-    for state in (*STATES, "total"):
-        table.add_column(state, justify="right")
-    table.add_row(*(str(shards[s]) for s in (*STATES, "total")))
-    parts.append(table)
-    eta = status["eta_s"]
-    split = status["worker_hours"]
-    parts.append(
-        f"documents {status['docs_done']:,}/{status['documents']:,}  "
-        f"records {status['records_done']:,}/{status['records_expected']:,}  "
-        f"tokens {status['tokens_done']:,}  {status['tokens_per_s']:,.0f} tok/s  "
-        f"ETA {'-' if eta is None else _duration(eta)}\n"
-        f"GPU-hours {status['gpu_hours']:.2f}  worker hours: start-up {split['startup_s']:.2f}, "
-        f"generation {split['generation_s']:.2f}, idle {split['idle_s']:.2f} ({status['workers']} workers)"
-    )
-    slurm = status["slurm"]
-    if slurm["jobs"]:
-        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())) or "not in sacct yet"
-        parts.append(f"Slurm jobs {', '.join(slurm['jobs'])}: array tasks {states}")
-    broken = [t for t in status["tasks"] if t.get("state") == "failed"]
-    if broken:
-        parts.append(f"[red]{len(broken)} worker(s) failed to start[/red], e.g. {_shown(broken[0]['name'])}: "
-                     f"{_shown(broken[0].get('error', ''))}")
-    if status["stale_shards"]:
-        shown = ", ".join(shard_name(s) for s in status["stale_shards"][:10])
-        parts.append(f"[yellow]stale heartbeats[/yellow]: {shown}")
-    for failure in status["failed_shards"][:10]:
-        parts.append(f"[red]failed[/red] {shard_name(failure['shard'])}: {_shown(failure['reason'])}")
-        for line in failure["log_tail"]:
-            parts.append(f"    [dim]{_shown(line)}[/dim]")
-    return parts
-
-
-# C0 and C1 control characters but tab: an escape sequence in a log line or a forged marker would
-# reach the terminal (retitle it, rewrite the screen) through rich, which passes ESC through.
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
-def _shown(text: object) -> str:
-    """Text from the run directory, made inert for the terminal: no control characters, and rich
-    markup escaped (a log line holding "[/tmp/x]" would otherwise end a tag that is not open, and raise)."""
-    from rich.markup import escape
-
-    return escape(CONTROL.sub("?", str(text or "")))
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+    return watch(run, interval, console)

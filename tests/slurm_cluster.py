@@ -95,7 +95,8 @@ def ensure_cluster(base_dir: Path | None = None, *, timeout: float = 1200.0) -> 
     """
     base = Path(base_dir) if base_dir is not None else default_base_dir()
     base = base.absolute()
-    output = _run_script([str(START_SCRIPT), str(base)], timeout, f"logs in {base}/log; ")
+    output = _run_script([str(START_SCRIPT), str(base)], timeout, f"logs in {base}/log; ",
+                         env={**os.environ, **port_knobs(base)})
     try:
         values = _read_cluster_env(base)
         conf = Path(values["SLURM_CONF"])
@@ -115,15 +116,71 @@ def stop_cluster(info: ClusterInfo, *, keep_jobs: bool = False, timeout: float =
     _run_script([str(STOP_SCRIPT)] + (["--keep-jobs"] if keep_jobs else []) + [str(info.dir)], timeout)
 
 
-def _run_script(args: list[str], timeout: float, hint: str = "") -> str:
+def _run_script(args: list[str], timeout: float, hint: str = "", env: dict[str, str] | None = None) -> str:
     """Run one of slurm/*.sh; RuntimeError with its output tail when it fails or hangs."""
     name = f"{Path(args[0]).name} {args[-1]}"
     try:
         proc = subprocess.run(["bash", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         output = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else (exc.output or "")
         raise RuntimeError(f"{name} did not finish within {timeout:.0f} s; output tail:\n{_tail(output)}") from None
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {proc.returncode}); {hint}output tail:\n{_tail(proc.stdout)}")
     return proc.stdout
+
+
+# start-cluster.sh's default ports, which a user's own dev cluster (README, slurm/README.md) holds too.
+DEFAULT_PORT_BASE, DEFAULT_DB_PORT = 6817, 13306
+# Where the tests' cluster looks for free ports when those are taken (base, base+1, base+2 and a DB port).
+FALLBACK_PORT_BASE, FALLBACK_DB_PORT = 16817, 23306
+_PORT_KNOBS = ("HPCSYNTH_SLURM_PORT_BASE", "HPCSYNTH_SLURM_DB_PORT")
+
+
+def port_knobs(base: Path) -> dict[str, str]:
+    """Ports for the tests' cluster in `base`, so that it never collides with a dev cluster a user
+    started from the README: the user's own knobs if set; the ports of the tests' cluster if it already
+    runs (start-cluster.sh then keeps it as it is); the defaults if free; else the first free ones."""
+    if any(knob in os.environ for knob in _PORT_KNOBS):
+        return {}
+    running = _running_ports(base)
+    if running:
+        return running
+    if _ports_free(DEFAULT_PORT_BASE, DEFAULT_DB_PORT):
+        return {}
+    # Another cluster holds the defaults: leave /etc/slurm/slurm.conf pointing at that one, too.
+    return {**pick_free_ports(), "HPCSYNTH_SLURM_LINK_ETC": "0"}
+
+
+def pick_free_ports(start: int = FALLBACK_PORT_BASE, db_start: int = FALLBACK_DB_PORT) -> dict[str, str]:
+    for offset in range(0, 1000, 10):
+        if _ports_free(start + offset, db_start + offset):
+            return {"HPCSYNTH_SLURM_PORT_BASE": str(start + offset), "HPCSYNTH_SLURM_DB_PORT": str(db_start + offset)}
+    raise RuntimeError(f"no free ports for the test cluster from {start} and {db_start}; set {' and '.join(_PORT_KNOBS)}")
+
+
+def _ports_free(port_base: int, db_port: int) -> bool:
+    return not any(_listening(port) for port in (port_base, port_base + 1, port_base + 2, db_port))
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _running_ports(base: Path) -> dict[str, str]:
+    """The ports of the cluster in `base` when its slurmctld runs (its PID file names a live process)."""
+    try:
+        pid = int((base / "run" / "started" / "slurmctld.pid").read_text().strip())
+        os.kill(pid, 0)
+        conf = (base / "etc" / "slurm.conf").read_text() + (base / "etc" / "slurmdbd.conf").read_text()
+    except (OSError, ValueError):
+        return {}
+    values = dict(line.split("=", 1) for line in conf.splitlines() if "=" in line and not line.startswith("#"))
+    if "SlurmctldPort" not in values or "StoragePort" not in values:
+        return {}
+    return {"HPCSYNTH_SLURM_PORT_BASE": values["SlurmctldPort"].strip(),
+            "HPCSYNTH_SLURM_DB_PORT": values["StoragePort"].strip()}

@@ -73,7 +73,10 @@ def test_profile_with_alias_is_refused(tmp_path: Path) -> None:
 def test_run_config_with_alias_is_refused(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", 3)
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(REPO / "configs" / "demo.yaml"), "--run",
+    config = tmp_path / "fake.yaml"
+    config.write_text((REPO / "configs" / "demo.yaml").read_text().replace("engine: transformers",
+                                                                           "engine: fake\n  path: fake-model"))
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run",
                            str(run), "--input", str(corpus)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     text = (run / "config.yaml").read_text()

@@ -29,7 +29,21 @@ def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     proc = hpcsynth("demo", str(out), "--documents", "24")
     assert "training data" in proc.stdout
+    (out / "stdout.txt").write_text(proc.stdout)
     return out
+
+
+def test_demo_summary_says_where_records_are_and_how_to_start_a_project(demo: Path, tmp_path: Path) -> None:
+    said = (demo / "stdout.txt").read_text()
+    assert f"in {demo / 'run' / 'outputs'}/*.jsonl.zst" in said and "gibberish by design" in said
+    assert "hpcsynth config demo > mine.yaml" in said
+    # What it says works: the shipped config plus the demo's model plans and runs a corpus of one's own.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(hpcsynth("config", "demo").stdout.replace("model:\n", f"model:\n  path: {demo / 'model'}\n"))
+    corpus = tmp_path / "my-corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "A first document of my own."}\n')
+    hpcsynth("plan", str(mine), "--run", str(tmp_path / "my-run"), "--input", str(corpus))
+    assert "1/1 shards done" in hpcsynth("launch", str(tmp_path / "my-run")).stdout
 
 
 def test_demo_reports_where_files_are(demo: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -69,3 +70,48 @@ def test_gpu_array_job_completes_each_task_sees_a_gpu(cluster: ClusterInfo, tmp_
         output = (tmp_path / f"array-{job_id}_{task}.out").read_text()
         assert CVD_LINE.search(output), output
         assert f"TASK={task}" in output, output
+
+
+def test_the_running_test_cluster_keeps_its_ports(cluster: ClusterInfo) -> None:
+    from slurm_cluster import port_knobs
+
+    conf = cluster.conf.read_text()
+    knobs = port_knobs(cluster.dir)
+    assert f"SlurmctldPort={knobs['HPCSYNTH_SLURM_PORT_BASE']}\n" in conf
+
+
+@pytest.mark.parametrize("taken", [0, 1, 2, "db"])
+def test_ports_taken_by_another_dev_cluster_are_avoided(taken) -> None:
+    import socket
+
+    from slurm_cluster import pick_free_ports
+
+    base, db = 26817, 33306
+    with socket.socket() as listener:  # stands in for a user's dev cluster on one of those ports
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", db if taken == "db" else base + taken))
+        listener.listen()
+        knobs = pick_free_ports(base, db)
+    assert knobs == {"HPCSYNTH_SLURM_PORT_BASE": str(base + 10), "HPCSYNTH_SLURM_DB_PORT": str(db + 10)}
+
+
+def test_a_second_cluster_starts_beside_a_running_one(cluster: ClusterInfo, tmp_path: Path) -> None:
+    """The README's two paths: a dev cluster already holds the default ports (here: the tests' own, which
+    stands in for a user's) and another cluster starts beside it on free ports and runs a job."""
+    from slurm_cluster import ensure_cluster, port_knobs, stop_cluster
+
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="hpcsynth-2nd-"))  # short: MariaDB's socket path has a length limit
+    knobs = port_knobs(base)
+    assert knobs["HPCSYNTH_SLURM_PORT_BASE"] not in cluster.conf.read_text()
+    second = ensure_cluster(base, timeout=300)
+    try:
+        assert f"SlurmctldPort={knobs['HPCSYNTH_SLURM_PORT_BASE']}\n" in second.conf.read_text()
+        job = sbatch(second, "--partition=gpu", "--gres=gpu:1", f"--output={tmp_path}/job-%j.out", "--wrap=true")
+        assert wait_for_states(second, job, 1) == {job: "COMPLETED"}
+    finally:
+        stop_cluster(second)
+        shutil.rmtree(base, ignore_errors=True)
+        Path(f"{base}.lock").unlink(missing_ok=True)
+    assert subprocess.run(["sinfo", "-h"], env=cluster.env, capture_output=True).returncode == 0

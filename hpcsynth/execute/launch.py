@@ -9,6 +9,7 @@ on, so a relaunch picks up where the last one stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import open_append_nofollow, read_json
 from hpcsynth.prompts import load_prompts
+from hpcsynth.generate.engines import check_model
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
 from hpcsynth.rundir import RunDir
@@ -39,6 +41,8 @@ class LaunchReport:
     submitted_shards: int = 0
     # Done markers found wrong (output missing, cut, or failing its checksum) and set aside to redo.
     repaired: list[tuple[int, str]] = field(default_factory=list)
+    # Local worker processes that exited with an error: "worker I (pid P, exit N): first error; log PATH".
+    worker_errors: list[str] = field(default_factory=list)
 
 
 def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False, workers: int = 1,
@@ -53,14 +57,17 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
     if config_path is not None:
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
     repaired = set_aside_bad_markers(run, verify)
+    # One line now rather than a failure in every worker. Slurm workers run elsewhere: a model directory
+    # this login node does not see may still be on the compute nodes.
+    check_model(config, str(config_path or run.config_path), here=executor != "slurm")
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return dataclasses.replace(_launch_slurm(run, slurm, retry_failed, force), repaired=repaired)
     if workers == 1:
-        log_to(run.log_path("worker-local"))
-        pull_shards(str(run.root), retry_failed=retry_failed)
+        _run_in_process(run, retry_failed)
     else:
-        _run_worker_processes(run, workers, retry_failed)
+        errors = _run_worker_processes(run, workers, retry_failed)
+        return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
     return dataclasses.replace(_report(run, executor), repaired=repaired)
 
 
@@ -94,8 +101,14 @@ def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source:
 
 def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
     """A site profile: a YAML file with a `slurm:` section (the keys of SlurmConfig)."""
-    if not path.is_file():
-        raise ConfigError(f"site profile not found: {path} (see configs/site-example.yaml)")
+    from hpcsynth.resources import find_config, shipped_configs
+
+    found = find_config(path, profiles=True)
+    if found is None:
+        raise ConfigError(f"site profile not found: {path}; pass a YAML file with a slurm: section, or a shipped "
+                          f"profile by name ({', '.join(shipped_configs(profiles=True))}); start yours with "
+                          f"`hpcsynth config site-example > site.yaml`")
+    path = found
     data, lines = read_yaml(path)
     data = data or {}
     if not isinstance(data, dict) or set(data) - {"slurm"}:
@@ -126,7 +139,23 @@ def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bo
     return dataclasses.replace(_report(run, "slurm"), arrays=arrays, submitted_shards=len(pending))
 
 
-def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None:
+def _run_in_process(run: RunDir, retry_failed: bool) -> None:
+    """One worker in this process. An engine that cannot start (corrupt weights, a broken tokenizer) is
+    the user's to fix: one line with the log that holds its traceback, not a traceback on the terminal."""
+    log_path = run.log_path("worker-local")
+    log_to(log_path)
+    try:
+        pull_shards(str(run.root), retry_failed=retry_failed)
+    except (HpcsynthError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        logging.getLogger("hpcsynth.execute.launch").exception("the worker failed")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(f"the worker failed: {type(exc).__name__}: {first[:300]} (traceback in {log_path})") from None
+
+
+def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> list[str]:
+    """Start the workers, wait for all, and name each one that failed with its first error."""
     procs = []
     for index in range(workers):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
@@ -134,16 +163,40 @@ def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None
         log_path = run.log_path(f"worker-local-{index}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open_append_nofollow(log_path) as log:
-            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+            start = log.tell()
+            procs.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log_path, start))
     try:
-        for proc in procs:
+        for proc, _, _ in procs:
             proc.wait()
     except KeyboardInterrupt:
-        for proc in procs:
+        for proc, _, _ in procs:
             proc.terminate()
-        for proc in procs:
+        for proc, _, _ in procs:
             proc.wait()
         raise
+    return [f"worker {index} (pid {proc.pid}, exit {proc.returncode}): {first_error(path, start)}; log {path}"
+            for index, (proc, path, start) in enumerate(procs) if proc.returncode != 0]
+
+
+def first_error(log_path: Path, start: int = 0) -> str:
+    """The line of a worker's log (this launch's part) that says what went wrong: the project's own
+    one-line error, else the exception line a traceback ends with, else the last ERROR line."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(start)
+            lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    ours = [line for line in lines if line.startswith("hpcsynth: error:")]
+    raised = [line for line in lines if _is_exception_line(line)]
+    logged = [line for line in lines if " ERROR " in line]
+    return (ours or raised or logged or lines or ["the worker wrote nothing to its log"])[-1][:500]
+
+
+def _is_exception_line(line: str) -> bool:
+    """'ValueError: ...' or 'hpcsynth.errors.EngineError: ...', as Python prints a traceback's last line."""
+    name, sep, _ = line.partition(":")
+    return bool(sep) and name.replace(".", "").replace("_", "").isalnum() and name.endswith(("Error", "Exception"))
 
 
 def _report(run: RunDir, executor: str) -> LaunchReport:

@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 import tempfile
+import shlex
 import shutil
 import subprocess
 import time
@@ -119,7 +120,7 @@ def executor_parameters(config: SlurmConfig) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": config.job_name, "time": config.time_min, "cpus_per_task": config.cpus_per_task,
         "mem": f"{config.mem_gb}GB", "signal_delay_s": config.signal_delay_s, "ntasks_per_node": 1,
-        "setup": list(config.setup), "stderr_to_stdout": True,
+        "setup": [guarded_setup_line(line) for line in config.setup], "stderr_to_stdout": True,
         # submitit's default caps arrays at 256 running tasks; ours is explicit (0: no cap).
         "array_parallelism": config.array_parallelism or 100_000,
     }
@@ -149,6 +150,16 @@ def _check_directives(params: dict[str, Any]) -> None:
     for key, value in flat.items():
         if not str(key).isprintable() or not str(value).isprintable():
             raise SlurmError(f"sbatch option {key!r}={value!r} spans lines; fix it in the profile's slurm: section")
+
+
+SETUP_FAILED_EXIT = 97  # an array task whose setup line failed; distinct from the worker's own codes
+
+
+def guarded_setup_line(line: str) -> str:
+    """A setup line that ends its task when it fails, saying which line and how: without this a failed
+    `source venv/bin/activate` is ignored and the worker runs in the wrong environment."""
+    return (f"{{ {line}\n}} || {{ echo \"hpcsynth: setup line failed (exit $?): \"{shlex.quote(line)} >&2; "
+            f"exit {SETUP_FAILED_EXIT}; }}")
 
 
 class SlurmWorker:
@@ -219,7 +230,8 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
     """One sacct call: state and elapsed seconds of every array task of the given jobs."""
     if not ids or shutil.which("sacct") is None:
         return {}
-    out = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobID,State,ElapsedRaw"], check=False)
+    out = _run(["sacct", "-X", "-n", "-P", "-D", "-j", ",".join(ids), "-o", "JobID,State,ElapsedRaw,Reason"],
+               check=False)
     tasks: dict[str, dict[str, Any]] = {}
     for line in out.splitlines():
         parts = line.split("|")
@@ -227,12 +239,30 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
             continue
         job, state, elapsed = parts[:3]
         entry = tasks.setdefault(job, {"state": "", "elapsed_s": 0, "attempts": 0})
+        # Why a pending task waits (Priority, Resources, PartitionConfig...); "None" once it runs.
+        entry["reason"] = parts[3] if len(parts) > 3 and parts[3] != "None" else ""
+        entry["tasks"] = _array_size(job)
         # -D lists every attempt of a requeued task, oldest first: the last is the current state,
         # and elapsed time adds up over all of them.
         entry["state"] = state.split()[0] if state else ""
         entry["elapsed_s"] += int(elapsed or 0)
         entry["attempts"] += 1
     return tasks
+
+
+def _array_size(job: str) -> int:
+    """Array tasks one sacct line stands for: '12_[0-63%8]' (tasks not started yet) is 64, '12_3' is 1."""
+    if "[" not in job:
+        return 1
+    spec = job[job.index("[") + 1:].rstrip("]").split("%")[0]
+    count = 0
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        try:
+            count += int(high) - int(low) + 1 if high else 1
+        except ValueError:
+            count += 1
+    return max(count, 1)
 
 
 def active_jobs(run: RunDir) -> list[str]:
@@ -282,3 +312,47 @@ def _captured_stderr():
             os.dup2(saved, 2)
             os.close(saved)
 
+
+
+# Pending reasons that no amount of waiting cures: the request exceeds what the partition or account
+# allows. Each maps to what to change.
+NEVER_STARTS = {
+    "PartitionConfig": "the partition cannot give what each task asks (slurm.cpus_per_task, mem_gb, gpus_per_task)",
+    "PartitionNodeLimit": "the partition allows fewer nodes than each task asks",
+    "PartitionTimeLimit": "slurm.time_min is above the partition's time limit",
+    "BadConstraints": "no node has what each task asks (slurm.sbatch constraints, gres)",
+    "InvalidQOS": "slurm.qos is not valid for this account or partition",
+    "InvalidAccount": "slurm.account is not valid here",
+    "QOSMaxWallDurationPerJobLimit": "slurm.time_min is above the QOS's wall-time limit",
+    "DependencyNeverSatisfied": "a dependency can never be met",
+}
+
+
+def slurm_problems(run: RunDir, sacct: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """From status's one sacct answer: why array tasks wait, whether they can ever start, and the
+    last log lines of tasks that failed before their worker could say anything."""
+    reasons: dict[str, int] = {}
+    for task in sacct.values():
+        if task["state"] == "PENDING" and task.get("reason"):
+            reasons[task["reason"]] = reasons.get(task["reason"], 0) + task.get("tasks", 1)
+    never = [f"{reason}: {NEVER_STARTS[reason]}" for reason in reasons if reason in NEVER_STARTS]
+    failed = []
+    for tid, task in sorted(sacct.items()):
+        if task["state"] in ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"):
+            lines = _task_log_tail(run, tid)
+            setup = [line for line in lines if line.startswith("hpcsynth: setup line failed")]
+            failed.append({"task": tid, "state": task["state"], "setup_error": (setup or [""])[-1],
+                           "log_tail": lines[-5:]})
+    return {"pending_reasons": reasons, "never_starts": "; ".join(never), "failed_tasks": failed}
+
+
+def _task_log_tail(run: RunDir, task_id: str) -> list[str]:
+    """The end of submitit's output file of one array task (RUN/slurm/JOB/JOB_TASK_0_log.out)."""
+    path = run.root / "slurm" / task_id.split("_")[0] / f"{task_id}_0_log.out"
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            return [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
+import sys
 from pathlib import Path
 
+from hpcsynth.generate.clock import CountingEngine, TaskClock, engine_device
 from hpcsynth.generate.engines import make_engine
-from hpcsynth.files import atomic_write_json
+from hpcsynth.errors import HpcsynthError
 from hpcsynth.generate.lease import new_owner, slurm_task
 from hpcsynth.rundir import RunDir
 from hpcsynth.generate.worker import ShardResult, WorkerSession
@@ -32,31 +33,6 @@ def task_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class TaskClock:
-    """Where a worker's (GPU) time goes, rewritten at each milestone so a killed task leaves a record."""
-
-    def __init__(self, run: RunDir, name: str) -> None:
-        self.path = run.root / "tasks" / f"{name}.json"
-        self.started = time.time()
-        self.data = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
-                     "gpus": _visible_gpus(), "started": self.started, "startup_s": 0.0, "generation_s": 0.0,
-                     "shards_done": 0, "state": "starting"}
-        self.write()
-
-    def write(self, **changes) -> None:
-        self.data.update(changes)
-        self.data["updated"] = time.time()
-        self.data["wall_s"] = round(self.data["updated"] - self.started, 3)
-        self.data["idle_s"] = round(max(0.0, self.data["wall_s"] - self.data["startup_s"]
-                                        - self.data["generation_s"]), 3)
-        atomic_write_json(self.path, self.data)
-
-
-def _visible_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return len([d for d in visible.split(",") if d.strip()]) if visible else 0
-
-
 def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_failed: bool = False,
                 engine_factory=make_engine) -> list[ShardResult]:
     """Run every unfinished shard (of `shard_ids`, default all) that no other worker holds."""
@@ -69,23 +45,24 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
             and (retry_failed or not run.failed_path(s).exists())]
     if not todo:
         return []
-    clock = TaskClock(run, task_name())
+    # At least a second between rewrites: status refreshes no faster, and each rewrite is an fsync.
+    clock = TaskClock(run, task_name(), tick_s=max(1.0, config.worker.heartbeat_interval_s))
     try:
         engine = engine_factory(config)
     except Exception as exc:
         clock.write(state="failed", error=f"engine start-up: {type(exc).__name__}: {exc}")
         raise
-    startup = time.time() - clock.started
-    clock.write(startup_s=round(startup, 3), state="generating")
-    log.info("engine %s ready in %.1fs (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
-             startup, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    session = WorkerSession(run, engine, config, owner, on_result=lambda r: clock.write(
-        generation_s=round(session.generation_s, 3), shards_done=clock.data["shards_done"] + (r.state == "done")))
+    device, gpus = engine_device(engine, config.model.engine)
+    clock.engine_ready(device, gpus)
+    log.info("engine %s ready in %.1fs on %s (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
+             clock.data["startup_s"], device, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    session = WorkerSession(run, CountingEngine(engine, clock), config, owner, on_result=lambda r: clock.write(
+        shards_done=clock.data["shards_done"] + (r.state == "done")))
     try:
         results = session.work(todo)
     finally:
         engine.close()
-        clock.write(generation_s=round(session.generation_s, 3), state="finished")
+        clock.finish(generation_s=round(session.generation_s, 3), state="finished")
     return results
 
 
@@ -100,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     shards = [int(s) for s in args.shards.split(",")] if args.shards else None
-    results = pull_shards(args.run, shards, retry_failed=args.retry_failed)
+    try:
+        results = pull_shards(args.run, shards, retry_failed=args.retry_failed)
+    except HpcsynthError as exc:  # a setup mistake: one line for launch to show, as the CLI would
+        print(f"hpcsynth: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 1 if any(r.state == "failed" for r in results) else 0
 
 

@@ -11,6 +11,7 @@ This first version holds the texts of the run in memory; it suits runs up to a f
 from __future__ import annotations
 
 import random
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def _valid_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int]
         else:
             valid.append(shard)
     if problems and not partial:
+        _refuse_while_running(run, len(problems), len(valid))
         first = problems[0]
         raise RunError(f"{len(problems)} of {len(manifest['shards'])} shards are not ready (shard "
                        f"{shard_name(first['shard'])}: {first['reason']}); run `hpcsynth launch {run.root}` "
@@ -124,6 +126,21 @@ def _valid_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int]
     if not valid:
         raise RunError(f"no shard of {run.root} is done; run `hpcsynth launch {run.root}` first")
     return valid, problems
+
+
+def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
+    """Shards that live workers generate right now: say so, rather than asking for a launch."""
+    from hpcsynth.status import collect_status
+
+    running = collect_status(run, slurm=False)["running_shards"]
+    if not running:
+        return
+    workers = sorted({r["worker"] for r in running})
+    shown = ", ".join(shard_name(r["shard"]) for r in running[:5]) + (", ..." if len(running) > 5 else "")
+    raise RunError(f"{len(running)} of the {missing} shards not yet done are being generated now ({shown}; by "
+                   f"{len(workers)} worker(s): {', '.join(workers[:3])}{', ...' if len(workers) > 3 else ''}); "
+                   f"reduce once they are done (`hpcsynth status {shlex.quote(str(run.root))} --watch` ends when they are), or "
+                   f"pass --partial to reduce the {ready} done now")
 
 
 def _synthetic_documents(run: RunDir, shards: list[int], config: Config) -> tuple[list[tuple[str, str]], list[dict]]:

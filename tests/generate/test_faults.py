@@ -166,7 +166,8 @@ def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -
     assert len(ids) == len(set(ids)) == 80
 
 
-def test_a_worker_that_cannot_start_its_engine_shows_in_status(tmp_path: Path) -> None:
+def test_a_missing_model_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    # A worker that starts and then fails to load its model: tests/execute/test_launch_local.py.
     run = planned_run(tmp_path, "nostart", docs=5)
     config_path = tmp_path / "broken.yaml"
     config_path.write_text(run.config_path.read_text().replace("engine: fake", "engine: transformers")
@@ -175,6 +176,4 @@ def test_a_worker_that_cannot_start_its_engine_shows_in_status(tmp_path: Path) -
                            "--force"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no-model is not a directory" in proc.stderr
-    status = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run.root)], capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "COLUMNS": "300"}).stdout
-    assert "1 worker(s) failed to start" in status and "is not a directory" in status
+    assert not (run.root / "tasks").exists()

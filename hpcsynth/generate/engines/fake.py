@@ -10,6 +10,7 @@ another process (a subprocess, a Slurm job) misbehaves the same way:
   crash_on     raises a plain error on a prompt containing this text
   count_to     a file to which every generated record id is appended (tests count generations across
                processes: a record generated twice shows twice)
+  fail_start   raises a plain error with this message when the engine is built (a broken install)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class FakeEngine:
         self.concurrency = config.worker.batch_size
         env = os.environ.get("HPCSYNTH_FAKE_FAULTS", "")
         self.faults = {**(json.loads(env) if env else {}), **faults}
+        if self.faults.get("fail_start"):
+            raise RuntimeError(self.faults["fail_start"])
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         faults = self.faults

@@ -1,0 +1,120 @@
+"""Where a worker's time goes (start-up, generation, idle) and how fast it generates, for status.
+
+A TaskClock rewrites RUN/tasks/NAME.json at each milestone and every heartbeat while the worker runs, so
+status sees the split as it is now (not only once the worker ends) and a killed worker leaves its last
+numbers behind. Its rate comes from a window over the worker's recent completions, counted as they leave
+the engine: it does not drop to zero when a shard commits and the next one starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from hpcsynth.files import atomic_write_json
+from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.lease import slurm_task
+from hpcsynth.rundir import RunDir
+
+# Long enough to span several batches and shard commits, so the rate holds steady while work flows;
+# short enough that a slowdown shows within a minute.
+RATE_WINDOW_S = 60.0
+
+
+class TaskClock:
+    def __init__(self, run: RunDir, name: str, tick_s: float = 10.0) -> None:
+        self.path = run.root / "tasks" / f"{name}.json"
+        self.started = time.time()
+        self.generating_since: float | None = None
+        self.tokens = self.records = 0
+        self.samples: deque[tuple[float, int, int]] = deque()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.tick_s = tick_s
+        self.data = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
+                     "gpus": 0, "device": "", "started": self.started, "startup_s": 0.0, "generation_s": 0.0,
+                     "shards_done": 0, "state": "starting", "tokens": 0, "records": 0, "tokens_per_s": 0.0,
+                     "records_per_s": 0.0, "rate_window_s": RATE_WINDOW_S}
+        self.write()
+
+    def engine_ready(self, device: str, gpus: int) -> None:
+        """The engine is up: start-up ends, generation starts, and the clock ticks on its own."""
+        now = time.time()
+        self.generating_since = now
+        self.samples.append((now, 0, 0))
+        self.write(startup_s=round(now - self.started, 3), state="generating", device=device, gpus=gpus)
+        threading.Thread(target=self._tick, daemon=True, name="hpcsynth-taskclock").start()
+
+    def count(self, completion: Completion) -> None:
+        with self.lock:
+            self.records += 1
+            self.tokens += completion.completion_tokens
+
+    def finish(self, **changes) -> None:
+        self._stop.set()
+        if self.generating_since is not None:
+            changes.setdefault("generation_s", round(time.time() - self.generating_since, 3))
+        self.generating_since = None
+        self.write(**changes)
+
+    def write(self, **changes) -> None:
+        with self.lock:
+            now = time.time()
+            self.data.update(changes)
+            if self.generating_since is not None:
+                self.data["generation_s"] = round(now - self.generating_since, 3)
+                self._sample(now)
+            self.data["updated"] = now
+            self.data["wall_s"] = round(now - self.started, 3)
+            self.data["idle_s"] = round(max(0.0, self.data["wall_s"] - self.data["startup_s"]
+                                            - self.data["generation_s"]), 3)
+            atomic_write_json(self.path, self.data)
+
+    def _sample(self, now: float) -> None:
+        self.samples.append((now, self.tokens, self.records))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+        first, tokens, records = self.samples[0]
+        span = now - first
+        self.data.update(tokens=self.tokens, records=self.records,
+                         tokens_per_s=round((self.tokens - tokens) / span, 2) if span > 0 else 0.0,
+                         records_per_s=round((self.records - records) / span, 4) if span > 0 else 0.0)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.write()
+            except OSError:  # a full disk or a vanished run: the worker's own writes will say so
+                pass
+
+
+class CountingEngine:
+    """An engine seen through the clock: every completion is counted as it leaves the engine."""
+
+    def __init__(self, engine, clock: TaskClock) -> None:
+        self._engine, self._clock = engine, clock
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        for completion in self._engine.generate(requests):
+            self._clock.count(completion)
+            yield completion
+
+    def __getattr__(self, name: str):  # model_id, revision, step_down, close: the engine's own
+        return getattr(self._engine, name)
+
+
+def engine_device(engine, kind: str) -> tuple[str, int]:
+    """What the engine computes on ("cuda"/"cpu"/"remote") and how many GPUs that is, so that a CPU run
+    reports CPU worker-hours and no GPU-hours."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = len([d for d in visible.split(",") if d.strip()]) if visible else 0
+    device = str(getattr(engine, "device", ""))
+    if kind in ("fake", "endpoint"):
+        return ("remote" if kind == "endpoint" else "cpu"), 0
+    if device:
+        return ("cuda", max(gpus, 1)) if device.startswith("cuda") else (device, 0)
+    return ("cuda", max(gpus, 1)) if kind == "vllm" and gpus else ("cpu", 0)

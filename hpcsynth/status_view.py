@@ -1,0 +1,168 @@
+"""How status looks on a terminal: `hpcsynth status` once, or `--watch` until the run has finished.
+
+Text is built from short phrases joined up to the console's width (80 when piped), so a line breaks
+between phrases, never inside one; long reasons and log lines are cut with an ellipsis instead.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from typing import Any
+
+from hpcsynth.rundir import RunDir, shard_name
+from hpcsynth.status import STATES, collect_status
+
+
+def render_status(status: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    for part in status_renderables(status, console.width):
+        console.print(part)
+
+
+def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
+    """Refresh until every shard is done (or nothing is left running), then print a one-line summary."""
+    from rich.console import Console, Group
+    from rich.live import Live
+
+    console = console or Console()
+    status = collect_status(run)
+    with Live(Group(*status_renderables(status, console.width)), console=console, refresh_per_second=1,
+              auto_refresh=False) as live:
+        try:
+            while not finished(status):
+                time.sleep(interval)
+                status = collect_status(run)
+                live.update(Group(*status_renderables(status, console.width)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+    if not console.is_terminal:
+        console.print()  # Live leaves a piped frame without its last newline
+    return status  # the last frame ends with the summary line (status_renderables)
+
+
+def finished(status: dict[str, Any]) -> bool:
+    """Every shard is done, or the rest failed or went stale and no worker or Slurm task is left on them."""
+    shards = status["shards"]
+    if shards["done"] == shards["total"]:
+        return True
+    waiting = shards["pending"] + shards["running"] + shards["requeued"]
+    slurm_busy = any(state in ("PENDING", "RUNNING", "REQUEUED") for state in status["slurm"]["array_tasks"])
+    return waiting == 0 and status.get("live_workers", 0) == 0 and not slurm_busy
+
+
+def summary_line(status: dict[str, Any]) -> str:
+    return " ".join(summary_phrases(status))
+
+
+def summary_phrases(status: dict[str, Any]) -> list[str]:
+    """What is done, where the outputs are, the next command: one line, or a few at a narrow width."""
+    shards, run = status["shards"], shlex.quote(status["run"])  # commands a user can paste
+    if shards["done"] == shards["total"]:
+        return [f"done: all {shards['total']:,} shards,", f"{status['records_done']:,} records in {run}/outputs;",
+                f"next: hpcsynth reduce {run}"]
+    return [f"stopped: {shards['done']:,} of {shards['total']:,} shards done,",
+            f"{shards['failed']:,} failed, {shards['stale']:,} stale;", f"next: hpcsynth launch {run} --retry-failed"]
+
+
+def status_renderables(status: dict[str, Any], width: int = 80) -> list:
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list = [Text(_inert(f"hpcsynth run {status['run']}"), overflow="fold")]
+    shards = status["shards"]
+    table = Table(show_header=True, box=None, padding=(0, 1))
+    for state in (*STATES, "total"):
+        table.add_column(state, justify="right", no_wrap=True)
+    table.add_row(*(f"{shards[s]:,}" for s in (*STATES, "total")))
+    parts.append(table)
+    eta = status["eta_s"]
+    split = status["worker_hours"]
+    parts += _flow([f"documents {status['docs_done']:,}/{status['documents']:,}",
+                    f"records {status['records_done']:,}/{status['records_expected']:,}",
+                    f"tokens {status['tokens_done']:,}", f"{status['tokens_per_s']:,.0f} tok/s",
+                    f"ETA {'-' if eta is None else _duration(eta)}"], width)
+    hours = []
+    if status["gpu_hours"] or not status.get("cpu_worker_hours"):
+        hours.append(f"GPU-hours {status['gpu_hours']:.2f}")
+    if status.get("cpu_worker_hours"):
+        hours.append(f"CPU worker-hours {status['cpu_worker_hours']:.2f}")
+    parts += _flow([*hours, f"worker time: start-up {_duration(split['startup_s'] * 3600)}",
+                    f"generation {_duration(split['generation_s'] * 3600)}",
+                    f"idle {_duration(split['idle_s'] * 3600)}",
+                    f"({status['workers']} workers, {status.get('live_workers', 0)} live)"], width)
+    parts += _slurm_lines(status["slurm"], width)
+    broken = [t for t in status["tasks"] if t.get("state") == "failed"]
+    if broken:
+        parts.append(_cut(f"{len(broken)} worker(s) failed to start", f", e.g. {broken[0]['name']}: "
+                          f"{broken[0].get('error', '')}"))
+    if status["stale_shards"]:
+        parts.append(_cut("stale heartbeats", ": " + ", ".join(shard_name(s) for s in status["stale_shards"][:10]),
+                          style="yellow"))
+    for failure in status["failed_shards"][:10]:
+        parts.append(_cut("failed", f" {shard_name(failure['shard'])}: {failure['reason']}"))
+        parts += [_cut(f"    {line}", style="dim") for line in failure["log_tail"]]
+    if finished(status):
+        parts += _flow(summary_phrases(status), width, sep=" ")
+    return parts
+
+
+def _slurm_lines(slurm: dict[str, Any], width: int) -> list:
+    if not slurm["jobs"]:
+        return []
+    states = [f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())] or ["not in sacct yet"]
+    reasons = [f"waiting: {reason} ({count})" for reason, count in sorted(slurm.get("pending_reasons", {}).items())]
+    lines = _flow([f"Slurm jobs {', '.join(slurm['jobs'])}:", "array tasks", *states, *reasons], width)
+    if slurm.get("never_starts"):
+        lines.append(_cut("these tasks can never start", f": {slurm['never_starts']}; change the site profile, "
+                          f"`hpcsynth cancel` and launch again"))
+    for task in slurm.get("failed_tasks", [])[:5]:
+        said = task["setup_error"] or (task["log_tail"] or [""])[-1]
+        lines.append(_cut(f"array task {task['task']} {task['state'].lower()}", f": {said}"))
+    return lines
+
+
+def _flow(phrases: list[str], width: int, sep: str = "  ") -> list:
+    """Phrases joined into lines of at most `width`; a phrase is split only when it alone is wider
+    (a long run path), and then folded rather than cut."""
+    from rich.text import Text
+
+    lines, current = [], ""
+    for phrase in phrases:
+        joined = f"{current}{sep}{phrase}" if current else phrase
+        if current and len(joined) > width:
+            lines.append(current)
+            joined = phrase
+        current = joined
+    if current:
+        lines.append(current)
+    return [Text(_inert(line), overflow="fold") for line in lines]
+
+
+# C0 and C1 control characters but tab: an escape sequence in a log line or a forged marker would
+# reach the terminal (retitle it, rewrite the screen) through rich, which passes ESC through.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _inert(text: object) -> str:
+    """Text from the run directory, made inert for the terminal: no control characters."""
+    return CONTROL.sub("?", str(text or ""))
+
+
+def _cut(label: str, rest: str = "", style: str = "red"):
+    """One line, cut with an ellipsis at the console's edge (full text: `status --json`). Only the
+    label is styled: reasons and log lines are plain text, whatever brackets they hold."""
+    from rich.text import Text
+
+    text = Text.assemble((_inert(label), style), _inert(rest), overflow="ellipsis")
+    text.no_wrap = True
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"

@@ -1,0 +1,111 @@
+"""What a new user meets at the command line: shipped configs by name, --help defaults, messages that point
+the right way (a corpus passed as a run, reduce during a live launch), and files a team can read."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hpcsynth.cli import COMMANDS, build_parser
+
+from conftest import REPO, SHARED_DATA, write_corpus
+
+
+def cli(*args: str, umask: int | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, cwd="/",  # not the source tree: configs by name
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+
+
+def fake_run(tmp_path: Path, docs: int = 8, umask: int | None = None) -> Path:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    config = tmp_path / "fake.yaml"
+    config.write_text("prompts: [faq, math]\nplan: {shard_docs: 4}\nmodel: {engine: fake, path: fake-model}\n"
+                      "worker: {flush_interval_s: 0.1, heartbeat_interval_s: 0.1}\n")
+    run = tmp_path / "run"
+    proc = cli("plan", str(config), "--run", str(run), "--input", str(corpus), umask=umask)
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_shipped_configs_by_name_outside_the_source_tree(tmp_path: Path) -> None:
+    listing = cli("config").stdout
+    assert "demo, finephrase" in listing and "site-dev, site-example" in listing
+    assert cli("config", "finephrase").stdout == (REPO / "configs" / "finephrase.yaml").read_text()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 3)
+    proc = cli("plan", "finephrase", "--run", str(tmp_path / "fp"), "--input", str(corpus))
+    assert proc.returncode == 0 and "planned 3 documents" in proc.stdout, proc.stderr
+    proc = cli("plan", "configs/nosuch.yaml", "--run", str(tmp_path / "x"), "--input", str(corpus))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "shipped config by name (demo, finephrase)" in proc.stderr
+    assert "hpcsynth config finephrase > mine.yaml" in proc.stderr
+    proc = cli("config", "nosuch")
+    assert proc.returncode == 2 and "choose one of demo, finephrase, site-dev, site-example" in proc.stderr
+
+
+def test_help_shows_every_default() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "plan" in a.choices).choices
+    for name in COMMANDS:
+        text = " ".join(subparsers[name].format_help().split())
+        for action in subparsers[name]._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert f"(default: {action.default})" in text, (name, action.dest)
+    assert "--interval INTERVAL seconds between --watch refreshes (default: 10.0)" in " ".join(
+        cli("status", "--help").stdout.split())
+
+
+def test_a_corpus_passed_as_a_run_suggests_a_new_run_directory(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus / "part-0.jsonl", 2)
+    proc = cli("launch", str(corpus))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "holds corpus files" in proc.stderr and "--run NEW_RUN_DIR" in proc.stderr
+    assert f"--input '{corpus}/*.jsonl'" in proc.stderr and f"--run {corpus}" not in proc.stderr
+
+
+def test_reduce_during_a_live_launch_says_the_shards_are_running(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, docs=80)
+    launch = subprocess.Popen([sys.executable, "-m", "hpcsynth", "launch", str(run), "--workers", "2"],
+                              env={**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.05})},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if orjson.loads(cli("status", str(run), "--json").stdout)["shards"]["running"] >= 1:
+                break
+            time.sleep(0.2)
+        proc = cli("reduce", str(run))
+    finally:
+        launch.wait(timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "are being generated now" in proc.stderr and "worker(s):" in proc.stderr
+    assert "--partial" in proc.stderr and "run `hpcsynth launch" not in proc.stderr
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_every_file_of_a_run_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    run = fake_run(tmp_path, umask=umask)
+    assert cli("launch", str(run), umask=umask).returncode == 0
+    tokenizer = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if tokenizer.is_file():
+        proc = cli("reduce", str(run), "--tokenizer", str(tokenizer), umask=umask)
+        assert proc.returncode == 0, proc.stderr
+    files = [p for p in run.rglob("*") if p.is_file()]
+    names = {p.relative_to(run).as_posix() for p in files}
+    for expected in ("manifest.json", "config.yaml", "fingerprint", "shards/000000.jsonl.zst",
+                     "outputs/000000.jsonl.zst", "done/000000.json"):
+        assert expected in names
+    if tokenizer.is_file():
+        assert {"reduce/report.json", "reduce/mix.docs.jsonl", "reduce/mix.bin"} <= names
+    wrong = {p.relative_to(run).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
+             if stat.S_IMODE(p.stat().st_mode) != mode}
+    assert not wrong, wrong

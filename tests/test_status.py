@@ -1,0 +1,117 @@
+"""Status tells the truth while a run is live: a two-worker local run on the fake engine, watched through
+`status --json` and through a recorded `status --watch` frame."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from hpcsynth.rundir import RunDir
+
+from conftest import write_corpus
+
+
+def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def planned(tmp_path: Path, docs: int = 160) -> Path:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    config = tmp_path / "fake.yaml"
+    config.write_text("prompts: [faq, math, table, tutorial]\nplan: {shard_docs: 10}\n"
+                      "model: {engine: fake, path: fake-model}\n"
+                      "worker: {flush_interval_s: 0.2, heartbeat_interval_s: 0.25}\n")
+    run = tmp_path / "run"
+    assert cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
+    return run
+
+
+def launch(run: Path) -> subprocess.Popen:
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.02})}
+    return subprocess.Popen([sys.executable, "-m", "hpcsynth", "launch", str(run), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_live_status_has_generation_time_a_steady_rate_and_cpu_hours(tmp_path: Path) -> None:
+    run = planned(tmp_path)
+    proc = launch(run)
+    snapshots = []
+    try:
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline:
+            status = orjson.loads(cli("status", str(run), "--json").stdout)
+            if status["live_workers"] == 2 and min(t["generation_s"] or 0 for t in status["tasks"]) > 1.0:
+                snapshots.append(status)
+            time.sleep(0.3)
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert len(snapshots) >= 3, f"only {len(snapshots)} snapshots while both workers generated"
+    for status in snapshots:
+        for task in status["tasks"]:
+            # generation time grows while the worker generates; idle stays a sliver of it
+            assert task["state"] == "generating" and task["idle_s"] < 0.25 * task["generation_s"], task
+            assert task["device"] == "cpu" and task["gpus"] == 0
+        assert status["gpu_hours"] == 0 and status["cpu_worker_hours"] > 0
+        assert status["eta_s"] is not None
+    rates = [s["tokens_per_s"] for s in snapshots]
+    assert min(rates) > 0 and max(rates) < 2.5 * min(rates), rates  # never 0 at a shard boundary
+    final = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert final["shards"]["done"] == 16 and final["live_workers"] == 0
+    assert all(t["state"] == "finished" and t["generation_s"] > 1.0 for t in final["tasks"])
+
+
+def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from hpcsynth.status_view import watch_status
+
+    run = planned(tmp_path, docs=120)
+    proc = launch(run)
+    console = Console(record=True, width=80, file=io.StringIO(), force_terminal=True)
+    try:
+        watch_status(RunDir(run), 0.4, console=console)  # returns by itself once every shard is done
+    finally:
+        proc.communicate(timeout=120)
+    frames = ["hpcsynth run " + f for f in console.export_text().split("hpcsynth run ")[1:]]
+    # frames with both workers generating for a second or more: a rate and an ETA in every one
+    live = [f for f in frames if "(2 workers, 2 live)" in f and "generation 0m00s" not in f]
+    assert live, frames[:3]
+    assert all(" 0 tok/s" not in f and "ETA -" not in f for f in live), live
+    rates = [int(re.search(r"([\d,]+) tok/s", f).group(1).replace(",", "")) for f in live]
+    assert max(rates) < 2.5 * min(rates), rates
+    tail = frames[-1].split("0 live)\n", 1)[1]
+    assert tail.startswith("done: all 12 shards,\n")
+    assert "".join(tail.split()) == "".join(f"done: all 12 shards, 480 records in {run}/outputs;".split()) + \
+        "".join(f"next: hpcsynth reduce {run}".split())
+    short = [line for frame in frames for line in frame.splitlines() if str(run) not in line]
+    assert short and all(len(line) <= 80 for line in short)
+    # piped, as a script reads it (80 columns): the same summary, no phrase broken across lines
+    piped = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
+    assert any(line.startswith("CPU worker-hours") for line in piped) and "GPU-hours" not in "\n".join(piped)
+    assert "".join("".join(piped[-2:]).split()) == "".join(f"next: hpcsynth reduce {run}".split())
+    assert all(len(line) <= 80 for line in piped if str(run) not in line)
+
+
+def test_damaged_task_files_do_not_break_status(tmp_path: Path) -> None:
+    run = planned(tmp_path, docs=10)
+    tasks = run / "tasks"
+    tasks.mkdir()
+    (tasks / "list.json").write_text("[]")
+    (tasks / "torn.json").write_text('{"name": "torn", "state": "gener')
+    (tasks / "odd.json").write_text('{"name": "odd", "state": "generating", "pid": "x", "updated": "now", '
+                                    '"generation_s": "a lot", "gpus": null, "tokens_per_s": [1]}')
+    (tasks / "\u00e9t\u00e9 'q'.json").write_bytes(b"\x00\xff")
+    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert status["workers"] == 1 and status["live_workers"] == 0 and status["worker_hours"]["generation_s"] == 0
+    proc = cli("status", str(run))
+    assert proc.returncode == 0 and "(1 workers, 0 live)" in proc.stdout, proc.stderr
