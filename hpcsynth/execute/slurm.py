@@ -16,7 +16,6 @@ import re
 import shlex
 import sys
 import tempfile
-import shlex
 import shutil
 import subprocess
 import time
