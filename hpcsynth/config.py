@@ -191,7 +191,7 @@ class ReduceConfig:
     # document with its rephrasings: ~250 MB of uint16), so memory stays flat as the run grows.
     bucket_docs: int = 50000
     # Largest token file, in MB, before the next one starts (NAME-00000, NAME-00001...); 0: one file.
-    max_file_mb: int = 0
+    max_file_mb: float = 0.0
     # Also write the synthetic text as Parquet with a dataset card (what FinePhrase published).
     text_export: bool = True
 

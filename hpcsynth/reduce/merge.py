@@ -91,7 +91,7 @@ class _Output:
 
     def __init__(self, spec: ReduceSpec) -> None:
         self.spec = spec
-        self.cap = spec.max_file_mb << 20
+        self.cap = int(spec.max_file_mb * (1 << 20))
         self.writer: Any = None
         self.prefixes: list[dict[str, Any]] = []
         self.sequences = 0

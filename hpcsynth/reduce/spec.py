@@ -34,7 +34,7 @@ class ReduceSpec:
     parts: list[list[int]]  # [part index, shard ids...]: a part index is stable, from the manifest
     buckets: int
     format: str
-    max_file_mb: int
+    max_file_mb: float
     text_export: bool
     tokenizer: dict[str, Any]  # DocumentTokenizer.describe(), the backend the parity gate chose
     backend_note: str

@@ -95,23 +95,37 @@ def test_bad_tokenizer_path_is_one_clear_error(finished: RunDir, tmp_path: Path)
         reduce_run(finished, tokenizer=str(tmp_path / "nowhere"))
 
 
-@pytest.mark.parametrize("name, eos, dtype", [("gpt-neox-20b", "<|endoftext|>", np.uint16),
-                                              ("llama2", "</s>", np.uint16)])
-def test_real_tokenizers(finished: RunDir, tmp_path: Path, name: str, eos: str, dtype) -> None:
+@pytest.mark.parametrize("name, eos, bos", [("gpt-neox-20b", "<|endoftext|>", None), ("llama2", "</s>", "<s>")])
+def test_real_tokenizers_round_trip(finished: RunDir, tmp_path: Path, name: str, eos: str, bos) -> None:
+    """Each sequence is the tokenizer's own encoding of its text (BOS as its post-processor adds it,
+    Llama-2's <s> included), then EOS looked up by name (the OLMo NeoX variant has it at 50279)."""
     path = SHARED_DATA / "tokenizers" / f"{name}.tokenizer.json"
     if not path.is_file():
         pytest.skip("shared tokenizers not present")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
     from tokenizers import Tokenizer
 
     report = reduce_run(finished, tmp_path / name, tokenizer=str(path)).data
-    assert report["eos_token"] == eos and report["dtype"] == dtype.__name__
     tokenizer = Tokenizer.from_file(str(path))
     eos_id = tokenizer.token_to_id(eos)
-    docs = read_indexed_dataset(tmp_path / name / "mix")
-    assert all(d[-1] == eos_id for d in docs)
-    # No BOS sneaks in from the Llama-2 post-processor.
-    bos = tokenizer.token_to_id("<s>")
-    assert bos is None or all(d[0] != bos for d in docs)
+    assert report["eos_token"] == eos and report["eos_id"] == eos_id and report["dtype"] == "uint16"
+    assert report["bos_ids"] == ([tokenizer.token_to_id(bos)] if bos else [])
+    texts = _texts(finished)
+    index = [orjson.loads(l) for l in (tmp_path / name / "mix.docs.jsonl").read_bytes().splitlines()]
+    dataset = IndexedDataset(str(tmp_path / name / "mix"))
+    assert len(dataset) == len(index) == report["sequences"]
+    for i, entry in enumerate(index):
+        expected = tokenizer.encode(texts[entry["id"]], add_special_tokens=True).ids + [eos_id]
+        assert dataset[i].tolist() == expected, entry
+
+
+def _texts(run: RunDir) -> dict[str, str]:
+    from hpcsynth.files import read_jsonl_zst
+
+    texts = {r["id"]: r["text"] for out in (run.root / "outputs").glob("*.jsonl.zst") for r in read_jsonl_zst(out)}
+    texts.update({d["key"]: d["text"] for shard in (run.root / "shards").glob("*.jsonl.zst")
+                  for d in read_jsonl_zst(shard)})
+    return texts
 
 
 def _index(run: RunDir) -> list[dict]:
