@@ -35,16 +35,22 @@ def choose_backend(tok: DocumentTokenizer, requested: str, sample: list[str]) ->
     return candidate, ""
 
 
+_LOADED: dict[str, object] = {}
+
+
 def load_fast(tok: DocumentTokenizer):
     """A gigatoken tokenizer for the same tokenizer.json, or None when gigatoken is absent or refuses it."""
     try:
         import gigatoken
     except ImportError:
         return None
-    try:
-        return gigatoken.Tokenizer(str(tok.path))
-    except Exception:  # an unsupported model type or option: the gate treats it as "not available"
-        return None
+    key = f"{tok.path}:{tok.path.stat().st_mtime_ns}"
+    if key not in _LOADED:  # loading a large vocabulary takes ~0.4 s: once per process
+        try:
+            _LOADED[key] = gigatoken.Tokenizer(str(tok.path))
+        except Exception:  # an unsupported model type or option: the gate treats it as "not available"
+            _LOADED[key] = None
+    return _LOADED[key]
 
 
 def parity_mismatch(tok: DocumentTokenizer, sample: list[str]) -> int | None:

@@ -77,6 +77,12 @@ def part_tokenizer(spec: ReduceSpec) -> DocumentTokenizer:
     return _TOKENIZERS[spec.key]
 
 
+def remember_tokenizer(spec: ReduceSpec, tok: DocumentTokenizer) -> None:
+    """Hand the tokenizer prepare_reduce already loaded to the parts of this process (and of forked
+    --jobs workers): loading a large vocabulary twice costs ~0.5 s."""
+    _TOKENIZERS[spec.key] = tok
+
+
 class _PartEncoder:
     """Encodes a part's documents; the first few are checked against `tokenizers` when the fast backend
     is on, and any difference switches this part to `tokenizers` (slower, never different)."""

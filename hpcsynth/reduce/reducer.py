@@ -25,7 +25,7 @@ from typing import Any
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.merge import merge_parts
-from hpcsynth.reduce.parts import reduce_part
+from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import ready_shards
 from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
 from hpcsynth.reduce.tokenize import load_tokenizer
@@ -74,6 +74,7 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
         key=spec_key(run.fingerprint(), dataclasses.asdict(config.reduce), described, buckets))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
+    remember_tokenizer(spec, tok)
     return spec
 
 
