@@ -22,6 +22,7 @@ from hpcsynth.files import atomic_write_json, read_json, sha256_file
 from hpcsynth.errors import RunError
 
 SPEC_VERSION = 1
+PART_FILES = (".lens.npy", ".bounds.npy", ".docs.jsonl", ".rejects.jsonl")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ class ReduceSpec:
         except (OSError, ValueError):
             return None
         if marker.get("key") != self.key or marker.get("shards") != self.part_shards(index):
+            return None
+        # A part file damaged or deleted after its marker: redo the part rather than merge garbage.
+        itemsize = 2 if self.tokenizer["vocab_size"] <= 65536 else 4
+        try:
+            if self.part_path(index, ".bin").stat().st_size != marker["tokens"] * itemsize:
+                return None
+            if any(not self.part_path(index, s).is_file() for s in PART_FILES):
+                return None
+        except (OSError, KeyError, TypeError):
             return None
         return marker
 

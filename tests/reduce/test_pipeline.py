@@ -149,3 +149,23 @@ def test_changed_settings_redo_every_part(small_run: RunDir, tmp_path: Path) -> 
     after = orjson.loads((out / "report.json").read_bytes())
     assert before["original_documents"] > 0 and after["original_documents"] == 0
     assert after["sequences"] == after["synthetic_documents"]
+
+
+def test_damaged_part_is_redone_not_merged(small_run: RunDir, tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    hpcsynth("reduce", str(small_run.root), "--out", str(out))
+    whole = read_outputs(out)
+    part = out / "parts" / "part-000003.bin"
+    part.write_bytes(part.read_bytes()[:-2])
+    (out / "parts" / "part-000005.lens.npy").unlink()
+    untouched = (out / "parts" / "part-000000.done.json").stat().st_mtime_ns
+    hpcsynth("reduce", str(small_run.root), "--out", str(out))
+    assert read_outputs(out) == whole
+    assert (out / "parts" / "part-000000.done.json").stat().st_mtime_ns == untouched
+
+
+def test_nothing_left_after_checks_is_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    run = make_run(tmp_path, tiny_model, docs=4, min_chars=100000, original_ratio=0.0)
+    proc = hpcsynth("reduce", str(run.root), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "no record" in proc.stderr and "rejects.jsonl" in proc.stderr
