@@ -9,6 +9,7 @@ larger than memory.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,10 +53,12 @@ def _verify(out_dir: Path, data: dict) -> Iterator[str]:
         elif sha256_file(path) != entry["sha256"]:
             yield f"{entry['path']} does not match its sha256 in the report (changed or damaged)"
     lengths: list[np.ndarray] = []
+    first = 0
     for group in data.get("token_files", []):
         prefix = out_dir / group["prefix"]
+        first, start = first + group["sequences"], first
         try:
-            found, seq_lengths = _check_tokens(prefix, data, group)
+            found, seq_lengths = _check_tokens(prefix, data, group, start)
         except (OSError, ValueError) as exc:
             yield f"{group['prefix']}: cannot be read ({exc})"
             continue
@@ -66,7 +69,7 @@ def _verify(out_dir: Path, data: dict) -> Iterator[str]:
     yield from _check_text(out_dir, data.get("text_export"))
 
 
-def _check_tokens(prefix: Path, data: dict, group: dict) -> tuple[list[str], np.ndarray]:
+def _check_tokens(prefix: Path, data: dict, group: dict, first: int) -> tuple[list[str], np.ndarray]:
     fmt = data["format"]
     if fmt == "megatron":
         dtype, lengths, pointers, documents = read_index(prefix)
@@ -88,9 +91,13 @@ def _check_tokens(prefix: Path, data: dict, group: dict) -> tuple[list[str], np.
         if len(ends) and (np.any(lengths <= 0) or ends[-1] != len(tokens)):
             problems.append(".ds.index does not match the .ds file")
     else:
+        # A flat array has no index: the boundaries come from NAME.docs.jsonl (not from EOS positions,
+        # since a web text may spell out the EOS token itself).
         tokens = np.load(with_suffix(prefix, ".npy"), mmap_mode="r")
-        ends = np.flatnonzero(np.asarray(tokens) == data["eos_id"]) + 1
-        lengths = np.diff(np.concatenate(([0], ends)))
+        with open(prefix.parent / data["docs"], "rb") as handle:
+            lines = itertools.islice(handle, first, first + group["sequences"])
+            lengths = np.fromiter((orjson.loads(line)["tokens"] for line in lines), dtype=np.int64)
+        ends = np.cumsum(lengths)
         problems = []
     if int(np.sum(lengths, dtype=np.int64)) != len(tokens):
         problems.append(f"lengths add up to {int(np.sum(lengths))} tokens, the file holds {len(tokens)}")

@@ -164,3 +164,12 @@ def test_text_export_loads_with_datasets_and_keeps_provenance(tmp_path: Path, ti
     assert orjson.loads(rows[records[1]["id"]]["meta"]) == {"url": "u1", "score": 1}
     assert rows[records[1]["id"]]["source_id"] == records[1]["source_id"] and rows[records[1]["id"]]["text"]
     assert sum(row["meta"] is None for row in ds) == len(ds) - len(records)
+
+
+def test_verify_reads_every_format(run: RunDir, tmp_path: Path) -> None:
+    for fmt, cap in (("datatrove", 0), ("numpy", 0.01), ("megatron", 0.01)):
+        out = tmp_path / f"{fmt}-{cap}"
+        reduce_run(with_reduce(run, format=fmt, max_file_mb=cap), out)
+        proc = subprocess.run([*ENTRY, "verify", str(out)], capture_output=True, text=True)
+        assert proc.returncode == 0 and "is whole" in proc.stdout, (fmt, proc.stdout)
+    with_reduce(run, format="megatron", max_file_mb=0)
