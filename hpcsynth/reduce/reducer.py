@@ -92,7 +92,9 @@ def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None]
     # One thread per process: N processes on N cores, not N x cores threads fighting.
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    # spawn, not fork: the caller may run threads (a progress bar's refresher, a heartbeat) whose locks
+    # a forked child would inherit held. Each process loads the tokenizer once (~0.5 s).
+    context = multiprocessing.get_context("spawn")
     with context.Pool(min(jobs, len(pending)), maxtasksperchild=None) as pool:
         args = [(str(spec.out_dir), index) for index in pending]
         for marker in pool.imap_unordered(_reduce_part_star, args):
@@ -118,13 +120,15 @@ def _parity_sample(run: RunDir, shard: int) -> list[str]:
 
 def _drop_stale_parts(out: Path, key: str) -> None:
     """Parts made under other settings can never be reused; their markers would only mislead."""
+    parts = out / "parts"
+    for leftover in parts.glob(".part-*.tmp"):  # a killed part's half-written files
+        leftover.unlink(missing_ok=True)
     try:
         old = read_spec(out)
     except Exception:  # no spec yet, or a damaged one: nothing to trust in parts/ either way
         old = None
     if old is not None and old.key == key:
         return
-    parts = out / "parts"
     if parts.is_dir():
         for path in parts.glob("part-*"):
             path.unlink()

@@ -76,6 +76,7 @@ def test_killed_reduce_resumes_with_identical_bytes(small_run: RunDir, tmp_path:
     assert 1 <= len(done_before) < 12 and not (out / "report.json").exists()
     hpcsynth("reduce", str(small_run.root), "--out", str(out))
     assert read_outputs(out) == read_outputs(whole)
+    assert not list((out / "parts").glob(".*.tmp")) and not list(out.glob("*.tmp"))
     # Only unfinished parts were redone.
     assert all((out / "parts" / name).stat().st_mtime_ns == ns for name, ns in done_before.items())
 
