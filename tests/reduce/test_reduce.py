@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,14 @@ def _index(run: RunDir) -> list[dict]:
 
 def _rewrite_config(run: RunDir, config) -> None:
     run.write_config(config, run.fingerprint())
+
+
+@pytest.mark.parametrize("key, value, says", [("backend", "fast", "must be auto, tokenizers or gigatoken"),
+                                              ("part_shards", 0, "must be 1 or more"),
+                                              ("max_file_mb", -1, "must be 0 (no cap) or more"),
+                                              ("format", "parquet", "must be one of megatron, datatrove, numpy")])
+def test_bad_reduce_settings_are_one_clear_line(key: str, value, says: str) -> None:
+    from hpcsynth.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=rf"'reduce.{key}' {re.escape(says)}"):
+        config_from_dict({"reduce": {key: value}})
