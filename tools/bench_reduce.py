@@ -9,9 +9,9 @@ is absent), then in one invocation, each measurement a fresh subprocess timed by
   ours     hpcsynth reduce --jobs 1, backend tokenizers, then backend gigatoken (text export off: the
            anchor writes no text)
   memory   peak RSS of hpcsynth reduce at two run sizes 4x apart (ratio 1.0: originals mixed in)
-  jobs     wall seconds of --jobs 1 and --jobs 2 on the same run
+  jobs     wall seconds of --jobs 1 and --jobs 2 on the 4x run in 24 parts
 
-    python tools/bench_reduce.py [--docs 3000] [--repeat 3] [--tokenizer PATH/tokenizer.json]
+    python tools/bench_reduce.py [--docs 3000] [--repeat 3] [--only tokenize,memory,jobs] [--tokenizer PATH/tokenizer.json]
 """
 
 from __future__ import annotations
@@ -133,72 +133,91 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=3000, help="documents in the base run (the large one is 4x)")
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "gpt-neox-20b.tokenizer.json"))
+    parser.add_argument("--only", default="tokenize,memory,jobs", help="sections to run, comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fewest CPU seconds count")
     args = parser.parse_args()
     global REPEAT
     REPEAT = args.repeat
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="bench-reduce-") as tmp:
-        root = Path(tmp)
-        sizes = {"1x": make_documents(args.docs), "4x": make_documents(4 * args.docs, seed=2)}
-        results: dict[str, dict[str, dict]] = {}
-        tokens: dict[str, int] = {}
-        for label, docs in sizes.items():
-            folder = root / label
-            folder.mkdir()
-            run = make_run(folder, docs, args.tokenizer)
-            corpus = folder / "dt" / "texts.jsonl"
-            corpus.parent.mkdir()
-            corpus.write_bytes(b"".join(orjson.dumps({"id": str(i), "text": t}) + b"\n" for i, t in enumerate(docs)))
-            got = results.setdefault(label, {})
-            got["anchor: datatrove DocumentTokenizer"] = measure(
-                datatrove_cmd(corpus, folder / "dt-out", args.tokenizer, folder / "dt-logs"),
-                # datatrove skips work silently when its logging folder holds completion markers
-                before=lambda: [shutil.rmtree(folder / d, ignore_errors=True) for d in ("dt-out", "dt-logs")])
-            set_reduce(run, backend="tokenizers")
-            got["hpcsynth reduce, tokenizers"] = reduce_fresh(run, folder / "hf")
-            set_reduce(run, backend="gigatoken")
-            got["hpcsynth reduce, gigatoken"] = reduce_fresh(run, folder / "fast")
-            report = json.loads((folder / "fast" / "report.json").read_text())
-            assert report["backend"] == "gigatoken", report["backend_note"]
-            tokens[label] = report["tokens"]
-            same = (folder / "hf" / "mix.bin").read_bytes() == (folder / "fast" / "mix.bin").read_bytes()
-            print(f"{label}: {len(docs):,} documents, {tokens[label]:,} tokens; gigatoken output identical to "
-                  f"tokenizers: {same}")
-        anchor = "anchor: datatrove DocumentTokenizer"
-        marginal = {name: (tokens["4x"] - tokens["1x"]) / (results["4x"][name]["cpu"] - results["1x"][name]["cpu"])
-                    for name in results["1x"]}
-        print(f"\n{'pipeline':<38} {'cpu s 1x':>9} {'cpu s 4x':>9} {'Mtok/cpu-s':>11} {'marginal':>9} {'vs anchor':>10}")
-        for name in results["1x"]:
-            small, large = results["1x"][name], results["4x"][name]
-            print(f"{name:<38} {small['cpu']:>9.2f} {large['cpu']:>9.2f} {tokens['4x'] / large['cpu'] / 1e6:>11.2f} "
-                  f"{marginal[name] / 1e6:>9.2f} {marginal[name] / marginal[anchor]:>9.2f}x")
-        print("(Mtok/cpu-s: whole 4x run, start-up included; marginal: (4x - 1x tokens) / (4x - 1x cpu seconds),"
-              " the rate once start-up is paid)")
-        run = root / "1x" / "run"
-
-        memory = []
-        for label, count in (("1x", args.docs), ("4x", 4 * args.docs)):
-            folder = root / f"mem{label}"
-            folder.mkdir()
-            mem_run = make_run(folder, make_documents(count, seed=1), args.tokenizer)
-            set_reduce(mem_run, backend="gigatoken", original_ratio=1.0, text_export=True, bucket_docs=2000)
-            m = reduce_fresh(mem_run, folder / "out")
-            report = json.loads((folder / "out" / "report.json").read_text())
-            memory.append((label, report["tokens"], m))
-        print(f"\n{'run size':<10} {'tokens':>12} {'peak RSS MB':>12}   (originals mixed 1:1, text export on)")
-        for label, count, m in memory:
-            print(f"{label:<10} {count:>12,} {m['rss_mb']:>12.0f}")
-        print(f"peak RSS ratio 4x/1x: {memory[1][2]['rss_mb'] / memory[0][2]['rss_mb']:.2f}")
-
-        set_reduce(run, backend="tokenizers")
-        one = reduce_fresh(run, root / "j1", 1, key="wall")
-        two = reduce_fresh(run, root / "j2", 2, key="wall")
-        same_jobs = (root / "j1" / "mix.bin").read_bytes() == (root / "j2" / "mix.bin").read_bytes()
-        print(f"\n--jobs 1: {one['wall']:.2f} s wall, --jobs 2: {two['wall']:.2f} s wall -> "
-              f"{one['wall'] / two['wall']:.2f}x (identical output: {same_jobs})")
+        for section in args.only.split(","):
+            SECTIONS[section](Path(tmp), args)
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
+
+def bench_tokenize(root: Path, args: argparse.Namespace) -> None:
+    sizes = {"1x": make_documents(args.docs), "4x": make_documents(4 * args.docs, seed=2)}
+    results: dict[str, dict[str, dict]] = {}
+    tokens: dict[str, int] = {}
+    for label, docs in sizes.items():
+        folder = root / label
+        folder.mkdir()
+        run = make_run(folder, docs, args.tokenizer)
+        corpus = folder / "dt" / "texts.jsonl"
+        corpus.parent.mkdir()
+        corpus.write_bytes(b"".join(orjson.dumps({"id": str(i), "text": t}) + b"\n" for i, t in enumerate(docs)))
+        got = results.setdefault(label, {})
+        got["anchor: datatrove DocumentTokenizer"] = measure(
+            datatrove_cmd(corpus, folder / "dt-out", args.tokenizer, folder / "dt-logs"),
+            # datatrove skips work silently when its logging folder holds completion markers
+            before=lambda: [shutil.rmtree(folder / d, ignore_errors=True) for d in ("dt-out", "dt-logs")])
+        set_reduce(run, backend="tokenizers")
+        got["hpcsynth reduce, tokenizers"] = reduce_fresh(run, folder / "hf")
+        set_reduce(run, backend="gigatoken")
+        got["hpcsynth reduce, gigatoken"] = reduce_fresh(run, folder / "fast")
+        report = json.loads((folder / "fast" / "report.json").read_text())
+        assert report["backend"] == "gigatoken", report["backend_note"]
+        tokens[label] = report["tokens"]
+        same = (folder / "hf" / "mix.bin").read_bytes() == (folder / "fast" / "mix.bin").read_bytes()
+        print(f"{label}: {len(docs):,} documents, {tokens[label]:,} tokens; gigatoken output identical to "
+              f"tokenizers: {same}")
+    anchor = "anchor: datatrove DocumentTokenizer"
+    marginal = {name: (tokens["4x"] - tokens["1x"]) / (results["4x"][name]["cpu"] - results["1x"][name]["cpu"])
+                for name in results["1x"]}
+    print(f"\n{'pipeline':<38} {'cpu s 1x':>9} {'cpu s 4x':>9} {'Mtok/cpu-s':>11} {'marginal':>9} {'vs anchor':>10}")
+    for name in results["1x"]:
+        small, large = results["1x"][name], results["4x"][name]
+        print(f"{name:<38} {small['cpu']:>9.2f} {large['cpu']:>9.2f} {tokens['4x'] / large['cpu'] / 1e6:>11.2f} "
+              f"{marginal[name] / 1e6:>9.2f} {marginal[name] / marginal[anchor]:>9.2f}x")
+    print("(Mtok/cpu-s: whole 4x run, start-up included; marginal: (4x - 1x tokens) / (4x - 1x cpu seconds),"
+          " the rate once start-up is paid)")
+
+
+def bench_memory(root: Path, args: argparse.Namespace) -> None:
+    memory = []
+    for label, count in (("1x", args.docs), ("4x", 4 * args.docs)):
+        folder = root / f"mem{label}"
+        folder.mkdir()
+        mem_run = make_run(folder, make_documents(count, seed=1), args.tokenizer)
+        set_reduce(mem_run, backend="gigatoken", original_ratio=1.0, text_export=True, bucket_docs=2000)
+        m = reduce_fresh(mem_run, folder / "out")
+        report = json.loads((folder / "out" / "report.json").read_text())
+        memory.append((label, report["tokens"], m))
+    print(f"\n{'run size':<10} {'tokens':>12} {'peak RSS MB':>12}   (originals mixed 1:1, text export on)")
+    for label, count, m in memory:
+        print(f"{label:<10} {count:>12,} {m['rss_mb']:>12.0f}")
+    print(f"peak RSS ratio 4x/1x: {memory[1][2]['rss_mb'] / memory[0][2]['rss_mb']:.2f}")
+
+
+def bench_jobs(root: Path, args: argparse.Namespace) -> None:
+    """The 4x run in parts of 2 shards (24 parts), tokenizers backend: wall seconds, best of the tries."""
+    folder = root / "jobs"
+    folder.mkdir()
+    run = make_run(folder, make_documents(4 * args.docs, seed=3), args.tokenizer)
+    set_reduce(run, backend="tokenizers", part_shards=2)
+    one = reduce_fresh(run, folder / "j1", 1, key="wall")
+    two = reduce_fresh(run, folder / "j2", 2, key="wall")
+    same_jobs = (folder / "j1" / "mix.bin").read_bytes() == (folder / "j2" / "mix.bin").read_bytes()
+    split = json.loads((folder / "j1" / "report.json").read_text())["cpu_seconds"]
+    serial = split["merge"] / (split["merge"] + split["parts"])
+    print(f"\n--jobs 1: {one['wall']:.2f} s wall ({one['cpu']:.2f} CPU s), --jobs 2: {two['wall']:.2f} s wall "
+          f"({two['cpu']:.2f} CPU s) -> {one['wall'] / two['wall']:.2f}x (identical output: {same_jobs}; "
+          f"load {os.getloadavg()[0]:.2f})")
+    print(f"CPU in parts {split['parts']:.2f} s, in the serial merge {split['merge']:.2f} s: with 2 free cores "
+          f"Amdahl allows {1 / (serial + (1 - serial) / 2):.2f}x")
+
+
+SECTIONS = {"tokenize": bench_tokenize, "memory": bench_memory, "jobs": bench_jobs}
 
 if __name__ == "__main__":
     main()

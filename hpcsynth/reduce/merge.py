@@ -14,6 +14,7 @@ of all prompts mixed, not a run of one shard's rephrasings.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
 
 def merge_parts(out_dir: str) -> dict[str, Any]:
     """Write the training files, the docs index, the text export and the report; return the report."""
+    started = time.process_time()
     spec = read_spec(Path(out_dir))
     markers = {}
     for index in spec.part_indices():
@@ -60,8 +62,9 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     _remove_stale(spec, files)
     from hpcsynth.reduce.report import write_report
 
-    return write_report(spec, markers, output, files + [docs_path], _text_export(spec, markers),
-                        _rejects(spec, markers))
+    text, rejects = _text_export(spec, markers), _rejects(spec, markers)
+    return write_report(spec, markers, output, files + [docs_path], text, rejects,
+                        merge_cpu_seconds=time.process_time() - started)
 
 
 def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes]]:

@@ -18,6 +18,7 @@ task can run it; a part already done for this spec is skipped.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     done = spec.part_done(index)
     if done is not None:
         return done
+    started = time.process_time()
     run = RunDir(Path(spec.run))
     config = run.config()
     encoder = _PartEncoder(part_tokenizer(spec))
@@ -58,7 +60,8 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
         if target > 0:
             docs += _originals(encoder, original_pool(run, shard, config), target)
     marker = _write_part(spec, index, docs, rejects, config.reduce.seed)
-    marker.update(original_target=target_total, backend=encoder.backend, backend_note=encoder.note)
+    marker.update(original_target=target_total, backend=encoder.backend, backend_note=encoder.note,
+                  cpu_seconds=round(time.process_time() - started, 3))
     atomic_write_json(spec.part_path(index, ".done.json"), marker)
     return marker
 

@@ -18,7 +18,7 @@ def report_path(out_dir: Path, partial: bool) -> Path:
 
 
 def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
-                 text: dict | None, rejects: Path | None) -> dict[str, Any]:
+                 text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
     total = {key: sum(m[key] for m in markers.values()) for key in
              ("synthetic_documents", "synthetic_tokens", "original_documents", "original_tokens",
               "rejected_records")}
@@ -48,6 +48,9 @@ def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         "sequences": output.sequences, "tokens": output.tokens,
         "max_token": max(m["max_token"] for m in markers.values()),
         "parts": len(markers), "buckets": spec.buckets,
+        # Where the CPU time went: parts run in parallel (--jobs, Slurm array), the merge does not.
+        "cpu_seconds": {"parts": round(sum(m.get("cpu_seconds", 0.0) for m in markers.values()), 2),
+                        "merge": round(merge_cpu_seconds, 2)},
         "files": [{"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files],
         "token_files": output.prefixes, "docs": f"{spec.name}.docs.jsonl",
         "rejects": rejects.name if rejects else "", "text_export": text,
