@@ -12,6 +12,7 @@ from hpcsynth.errors import HpcsynthError
 
 
 def reduce_command(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.lock import reduce_lock
     from hpcsynth.reduce.reducer import merge_only, prepare_reduce, run_parts_local
     from hpcsynth.rundir import RunDir
 
@@ -22,11 +23,12 @@ def reduce_command(args: argparse.Namespace) -> int:
         return _reduce_on_slurm(run, args)
     if args.profile:
         raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
-    spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
-    pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
-    with _Progress(len(pending)) as progress:
-        run_parts_local(spec, args.jobs, progress.part_done)
-    report = merge_only(spec.out_dir).data
+    with reduce_lock(args.out or run.default_reduce_dir):
+        spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
+        pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
+        with _Progress(len(pending)) as progress:
+            run_parts_local(spec, args.jobs, progress.part_done)
+        report = merge_only(spec.out_dir).data
     print_summary(report)
     return 0
 

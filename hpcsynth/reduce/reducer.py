@@ -24,6 +24,7 @@ from typing import Any
 
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.reduce.fast import choose_backend
+from hpcsynth.reduce.lock import reduce_lock
 from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import ready_shards
@@ -43,9 +44,11 @@ class ReduceReport:
 
 def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None = None, partial: bool = False,
                jobs: int = 1, on_part: Callable[[dict], None] | None = None) -> ReduceReport:
-    spec = prepare_reduce(run, out_dir, tokenizer, partial)
-    run_parts_local(spec, jobs, on_part)
-    data = merge_parts(str(spec.out_dir))
+    out = Path(out_dir) if out_dir else run.default_reduce_dir
+    with reduce_lock(out):
+        spec = prepare_reduce(run, out, tokenizer, partial)
+        run_parts_local(spec, jobs, on_part)
+        data = merge_parts(str(spec.out_dir))
     return ReduceReport(spec.out_dir, Path(data["prefix"]), data)
 
 

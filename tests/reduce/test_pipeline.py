@@ -170,3 +170,22 @@ def test_nothing_left_after_checks_is_one_line(tmp_path: Path, tiny_model: Path)
     proc = hpcsynth("reduce", str(run.root), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "no record" in proc.stderr and "rejects.jsonl" in proc.stderr
+
+
+def test_two_reduces_into_one_directory(small_run: RunDir, tmp_path: Path) -> None:
+    """A reduce finds another one's lock: it refuses in one line while the holder lives, and takes the
+    lock over once the holder is dead (a killed reduce needs no hand surgery)."""
+    import socket
+
+    out = tmp_path / "race"
+    lock = out / "parts" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_bytes(orjson.dumps({"host": socket.gethostname(), "pid": os.getpid()}))  # alive: this test
+    second = hpcsynth("reduce", str(small_run.root), "--out", str(out), check=False)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert f"pid {os.getpid()}" in second.stderr and "is writing" in second.stderr
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_bytes(orjson.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    hpcsynth("reduce", str(small_run.root), "--out", str(out))
+    assert not lock.exists() and "is whole" in hpcsynth("verify", str(out)).stdout
