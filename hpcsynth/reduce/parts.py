@@ -87,23 +87,24 @@ def remember_tokenizer(spec: ReduceSpec, tok: DocumentTokenizer) -> None:
 
 
 class _PartEncoder:
-    """Encodes a part's documents; the first few are checked against `tokenizers` when the fast backend
-    is on, and any difference switches this part to `tokenizers` (slower, never different)."""
+    """Encodes a part's documents. With the fast backend on, the first few rephrasings and the first few
+    originals of the part are checked against `tokenizers` too; any difference switches this part to
+    `tokenizers` (slower, never different)."""
 
     def __init__(self, tok: DocumentTokenizer) -> None:
         self.tok = tok
-        self.checked = tok.fast is None
+        self.checked: set[str] = set()
         self.backend = tok.backend
         self.note = ""
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        if not self.checked and texts:
+    def encode(self, texts: list[str], kind: str = "synthetic") -> list[np.ndarray]:
+        if self.tok.fast is not None and kind not in self.checked and texts:
+            self.checked.add(kind)
             sample = texts[:PARITY_DOCS]
             if any(list(a) != b for a, b in zip(self.tok.encode_raw(sample), self.tok.encode_reference(sample))):
                 self.tok = replace(self.tok, fast=None, backend="tokenizers")
                 self.backend = "tokenizers"
-                self.note = "gigatoken differed from tokenizers on this part's first documents"
-            self.checked = True
+                self.note = f"gigatoken differed from tokenizers on this part's first {kind} documents"
         return self.tok.documents(texts) if texts else []
 
 
@@ -111,7 +112,7 @@ def _originals(encoder: _PartEncoder, pool: list[Document], target: float) -> li
     def encoded():
         for start in range(0, len(pool), ORIGINALS_BATCH):
             batch = pool[start:start + ORIGINALS_BATCH]
-            yield from zip(batch, encoder.encode([d.text for d in batch]))
+            yield from zip(batch, encoder.encode([d.text for d in batch], "original"))
 
     arrays: dict[int, np.ndarray] = {}
 

@@ -173,3 +173,35 @@ def test_verify_reads_every_format(run: RunDir, tmp_path: Path) -> None:
         proc = subprocess.run([*ENTRY, "verify", str(out)], capture_output=True, text=True)
         assert proc.returncode == 0 and "is whole" in proc.stdout, (fmt, proc.stdout)
     with_reduce(run, format="megatron", max_file_mb=0)
+
+
+def test_each_part_checks_the_fast_backend_again(tmp_path: Path, tiny_model: Path) -> None:
+    """The gate's sample (the first shard) encodes alike; a later shard holds text gigatoken encodes
+    differently: that part falls back to tokenizers, and the output equals a tokenizers-only reduce."""
+    pytest.importorskip("gigatoken")
+    path = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if not path.is_file():
+        pytest.skip("shared tokenizers not present")
+    data = json.loads(path.read_text())
+    data["added_tokens"].append({"id": 100, "content": "zebra", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": False})
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps(data))
+    corpus = tmp_path / "c.jsonl"
+    texts = ["Plain text about rivers and hills, nothing odd here at all."] * 2 + \
+        ["A zebra crossed the road; zebras and more zebra stripes."] * 2
+    corpus.write_bytes(b"".join(orjson.dumps({"id": f"d{i}", "text": t}) + b"\n" for i, t in enumerate(texts)))
+    from conftest import fake_config
+    from hpcsynth.generate.pull import pull_shards
+    from hpcsynth.plan import plan_corpus
+
+    config = fake_config(corpus, reduce={"tokenizer": str(odd), "min_chars": 1, "part_shards": 1})
+    config = dataclasses.replace(config, plan=dataclasses.replace(config.plan, shard_docs=2))
+    run = RunDir(tmp_path / "run")
+    plan_corpus(config, run)
+    pull_shards(run.root)
+    report = reduce_run(run, tmp_path / "auto").data
+    assert report["backend"] == "gigatoken+tokenizers" and "differed" in report["backend_note"]
+    with_reduce(run, backend="tokenizers")
+    reduce_run(run, tmp_path / "plain")
+    assert (tmp_path / "auto" / "mix.bin").read_bytes() == (tmp_path / "plain" / "mix.bin").read_bytes()
