@@ -28,6 +28,8 @@ COMMANDS = {
              "hpcsynth demo /tmp/hpcsynth-demo"),
     "config": ("print a shipped config or site profile, as a starting point for your own",
                "hpcsynth config finephrase > mine.yaml"),
+    "verify": ("reopen what reduce wrote and check counts, token ranges and checksums",
+               "hpcsynth verify runs/fp/reduce"),
 }
 
 
@@ -90,7 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--out", type=Path, help="output directory (default: RUN/reduce)")
     reduce.add_argument("--tokenizer", help="tokenizer.json or its directory (default: reduce.tokenizer, "
                                             "else the generator's own)")
-    reduce.add_argument("--partial", action="store_true", help="reduce the done shards even if some are not")
+    reduce.add_argument("--partial", action="store_true", help="reduce the done shards even if some are not "
+                        "(output named NAME-partial)")
+    reduce.add_argument("--jobs", type=int, default=1, help="local processes tokenizing parts at once (default: 1)")
+    reduce.add_argument("--executor", default="local", choices=["local", "slurm"],
+                        help="slurm: a CPU job array over the parts, then a merge job (default: local)")
+    reduce.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (with --executor slurm)")
+
+    verify = command("verify")
+    verify.add_argument("dir", type=Path, help="a reduce output directory (default reduce output: RUN/reduce)")
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
@@ -199,17 +209,22 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _reduce(args: argparse.Namespace) -> int:
-    from hpcsynth.reduce import reduce_run
-    from hpcsynth.rundir import RunDir
+    from hpcsynth.reduce.cli import reduce_command
 
-    report = reduce_run(RunDir(args.run), args.out, args.tokenizer, partial=args.partial).data
-    print(f"wrote {report['sequences']:,} documents, {report['tokens']:,} tokens "
-          f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original, ratio "
-          f"{report['original_ratio']}) to {report['prefix']}.bin/.idx")
-    if report["original_pool_exhausted"]:
-        print(f"note: all {report['original_documents']:,} source documents were mixed in and the original "
-              f"ratio is {report['original_ratio']}, below reduce.original_ratio="
-              f"{report['original_ratio_target']}", file=sys.stderr)
+    return reduce_command(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.verify import verify_output
+
+    report, problems = verify_output(args.dir)
+    for problem in problems:
+        print(f"{args.dir}: {problem}")
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"verify: {args.dir} is whole: {report['sequences']:,} sequences, {report['tokens']:,} tokens in "
+          f"{len(report['files'])} files, every checksum matches")
     return 0
 
 
@@ -261,4 +276,4 @@ def _config(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo, "config": _config}
+            "demo": _demo, "config": _config, "verify": _verify}

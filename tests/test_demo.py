@@ -71,8 +71,11 @@ def test_megatron_core_reads_every_document_as_tokens_plus_eos(demo: Path) -> No
     run = demo / "run"
     report = orjson.loads((run / "reduce" / "report.json").read_bytes())
     tokenizer = Tokenizer.from_file(str(demo / "model" / "tokenizer.json"))
-    eos = tokenizer.token_to_id("<|im_end|>")
-    assert report["eos_id"] == eos
+    # A ChatML generator names <|im_end|> (end of turn) as its eos_token; training documents end with
+    # the tokenizer's end-of-text instead, and the report says why.
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    assert report["eos_id"] == eos and report["eos_token"] == "<|endoftext|>"
+    assert report["eos_source"] == "end-of-text by name"
 
     texts = {r["id"]: r["text"] for out in (run / "outputs").glob("*.jsonl.zst") for r in read_jsonl_zst(out)}
     texts.update({d["key"]: d["text"] for shard in (run / "shards").glob("*.jsonl.zst")

@@ -355,3 +355,85 @@ def _task_log_tail(run: RunDir, task_id: str) -> list[str]:
             return [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return []
+
+
+# --- reduce: a CPU array over the reduce parts, then one merge job that waits for it (afterok)
+
+# A part and the merge are single-threaded and bounded by one part / one shuffle bucket (~0.5 GB), so
+# each task asks one core and a little memory, whatever the GPU workers of the same profile ask.
+REDUCE_CPUS = 1
+REDUCE_MEM_GB = 4
+
+
+def submit_reduce(spec: Any, config: SlurmConfig) -> dict[str, Any]:
+    """Submit the parts not yet done as one array (at most slurm.array_tasks tasks, each a fixed group of
+    parts) and the merge as a job depending on it; return {array, merge, parts}."""
+    import dataclasses
+
+    import submitit
+
+    require_tools("sbatch", "sacct")
+    pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
+    cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=REDUCE_CPUS,
+                              mem_gb=min(config.mem_gb, REDUCE_MEM_GB), job_name=f"{config.job_name}-reduce")
+    params = executor_parameters(cpu)
+    folder = Path(spec.out) / "slurm" / "%A"
+    array_id = ""
+    if pending:
+        count = min(config.array_tasks, len(pending), max_array_size(config))
+        groups = [pending[i::count] for i in range(count)]
+        executor = submitit.SlurmExecutor(folder=folder, python=config.python or None, max_num_timeout=1000)
+        executor.update_parameters(**params)
+        jobs = _submit_captured(executor, [(ReduceParts(), spec.out, group) for group in groups])
+        array_id = jobs[0].job_id.split("_")[0]
+    merge = submitit.SlurmExecutor(folder=folder, python=config.python or None, max_num_timeout=1000)
+    extra = dict(params.get("additional_parameters", {}))
+    if array_id:
+        extra["dependency"] = f"afterok:{array_id}"
+    merge.update_parameters(**{**params, "additional_parameters": extra})
+    merge_job = _submit_captured(merge, [(ReduceMerge(), spec.out)], batch=False)[0]
+    log.info("reduce: array %s over %d parts, merge job %s", array_id or "-", len(pending), merge_job.job_id)
+    return {"array": array_id, "merge": merge_job.job_id, "parts": len(pending)}
+
+
+def _submit_captured(executor: Any, calls: list[tuple], batch: bool = True) -> list[Any]:
+    import submitit
+
+    with _captured_stderr() as captured:
+        try:
+            if batch:
+                with executor.batch():
+                    jobs = [executor.submit(*call) for call in calls]
+            else:
+                jobs = [executor.submit(*call) for call in calls]
+        except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
+                submitit.core.utils.FailedJobError) as exc:
+            said = captured.read_text(errors="replace")
+            raise SlurmError(f"sbatch refused the reduce: {_first_error(said + str(exc), exc)}") from None
+    return jobs
+
+
+class ReduceParts:
+    """An array task: reduce its group of parts (a requeued task skips the parts already done)."""
+
+    def __call__(self, out_dir: str, indices: list[int]) -> int:
+        from hpcsynth.reduce.parts import reduce_part
+
+        for index in indices:
+            reduce_part(out_dir, index)
+        return len(indices)
+
+    def checkpoint(self, out_dir: str, indices: list[int]):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(ReduceParts(), out_dir, indices)
+
+
+class ReduceMerge:
+    """The merge task: runs once every part task succeeded."""
+
+    def __call__(self, out_dir: str) -> dict[str, Any]:
+        from hpcsynth.reduce.merge import merge_parts
+
+        report = merge_parts(out_dir)
+        return {"sequences": report["sequences"], "tokens": report["tokens"]}

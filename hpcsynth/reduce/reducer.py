@@ -1,32 +1,38 @@
-"""Reduce: validate committed outputs, mix in original web text, tokenize into training files.
+"""Reduce: committed outputs -> validated, mixed, tokenized, shuffled training files (the last stage).
 
-Last stage of the flow. Reads RUN/done/ and RUN/outputs/ (and RUN/shards/ for the originals), writes
-DIR/NAME.bin + DIR/NAME.idx (Megatron indexed dataset), DIR/NAME.docs.jsonl (what each sequence is) and
-DIR/report.json. Documents are shuffled with a fixed seed before writing, because flat readers cut
-contiguous windows.
+Reads RUN/done/, RUN/outputs/ and RUN/shards/ (the originals); writes into DIR (default RUN/reduce):
+NAME.bin/.idx (or .ds, .npy), NAME.docs.jsonl, text/ (Parquet + dataset card), report.json. In three
+steps, each resumable from the filesystem:
 
-This first version holds the texts of the run in memory; it suits runs up to a few million records.
+  prepare_reduce   check shards, load the tokenizer, gate the fast backend, write DIR/parts/spec.json
+  reduce_part      per group of shards: tokenize into part files (parts.py); --jobs N runs N at once
+  merge_parts      bucket-shuffle the parts into the output files and write the report (merge.py)
+
+Memory is bounded by one part and one shuffle bucket, never the run. A killed reduce, run again,
+redoes only the parts without a done marker. On Slurm the parts are a CPU array and the merge a
+dependent job (hpcsynth/execute/slurm.py); this module does not know where it runs.
 """
 
 from __future__ import annotations
 
-import random
-import shlex
-import time
+import dataclasses
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from hpcsynth.config import Config
-from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json, read_jsonl_zst, sha256_file
-from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
-from hpcsynth.rundir import RunDir, shard_name
+from hpcsynth.files import read_jsonl_zst
+from hpcsynth.reduce.fast import choose_backend
+from hpcsynth.reduce.lock import reduce_lock
+from hpcsynth.reduce.merge import merge_parts
+from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
+from hpcsynth.reduce.select import ready_shards
+from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
 from hpcsynth.reduce.tokenize import load_tokenizer
+from hpcsynth.rundir import RunDir
 
-ENCODE_BATCH = 256
+PARITY_SAMPLE = 64  # documents the fast backend must encode exactly as `tokenizers` before it is used
 
 
 @dataclass(frozen=True)
@@ -36,150 +42,102 @@ class ReduceReport:
     data: dict[str, Any]
 
 
-def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None = None,
-               partial: bool = False) -> ReduceReport:
+def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None = None, partial: bool = False,
+               jobs: int = 1, on_part: Callable[[dict], None] | None = None) -> ReduceReport:
+    out = Path(out_dir) if out_dir else run.default_reduce_dir
+    with reduce_lock(out):
+        spec = prepare_reduce(run, out, tokenizer, partial)
+        run_parts_local(spec, jobs, on_part)
+        data = merge_parts(str(spec.out_dir))
+    return ReduceReport(spec.out_dir, Path(data["prefix"]), data)
+
+
+def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, partial: bool) -> ReduceSpec:
     manifest = run.manifest()
     config = run.config()
-    out_dir = Path(out_dir) if out_dir else run.default_reduce_dir
-    started = time.monotonic()
-    shards, problems = _valid_shards(run, manifest, partial)
-    synthetic, rejects = _synthetic_documents(run, shards, config)
-    originals = _original_documents(run, shards, config)
-
+    out = Path(out_dir) if out_dir else run.default_reduce_dir
+    ready, problems = ready_shards(run, manifest, partial)
     tok = load_tokenizer(tokenizer or config.reduce.tokenizer or config.model.path, config.reduce.eos_token,
                          key="--tokenizer" if tokenizer else "reduce.tokenizer")
-    synthetic_tokens = _encode_all(tok, synthetic)
-    target = config.reduce.original_ratio * sum(len(ids) for ids in synthetic_tokens)
-    original_tokens: list[list[int]] = []
-    taken = 0
-    for start in range(0, len(originals), ENCODE_BATCH):
-        if taken >= target:
-            break
-        batch = originals[start:start + ENCODE_BATCH]
-        for ids in tok.encode([text for _, text in batch]):
-            if taken >= target:
-                break
-            original_tokens.append(ids)
-            taken += len(ids)
-    originals = originals[:len(original_tokens)]
+    if config.reduce.text_export:
+        from hpcsynth.reduce.formats.parquet import require_pyarrow
 
-    entries = [("synthetic", doc_id, ids) for (doc_id, _), ids in zip(synthetic, synthetic_tokens)]
-    entries += [("original", doc_id, ids) for (doc_id, _), ids in zip(originals, original_tokens)]
-    random.Random(config.reduce.seed).shuffle(entries)
-
-    prefix = out_dir / config.reduce.name
-    writer = IndexedDatasetWriter(prefix, token_dtype(tok.vocab_size))
-    for _, _, ids in entries:
-        writer.add(ids)
-    bin_path, idx_path = writer.finish()
-    index = b"".join(orjson.dumps({"seq": i, "kind": kind, "id": doc_id, "tokens": len(ids)}) + b"\n"
-                     for i, (kind, doc_id, ids) in enumerate(entries))
-    atomic_write_bytes(prefix.with_name(prefix.name + ".docs.jsonl"), index)
-    if rejects:
-        atomic_write_bytes(out_dir / "rejects.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in rejects))
-
-    syn_tokens = sum(len(ids) for ids in synthetic_tokens)
-    orig_tokens = sum(len(ids) for ids in original_tokens)
-    data = {
-        "run": str(run.root), "fingerprint": run.fingerprint(), "format": config.reduce.format,
-        "prefix": str(prefix), "bin": bin_path.name, "idx": idx_path.name,
-        "tokenizer": str(tok.path), "eos_token": tok.eos_token, "eos_id": tok.eos_id,
-        "dtype": token_dtype(tok.vocab_size).__name__,
-        "shards_used": len(shards), "shards_skipped": problems,
-        "synthetic_documents": len(synthetic), "synthetic_tokens": syn_tokens,
-        "original_documents": len(original_tokens), "original_tokens": orig_tokens,
-        "original_ratio_target": config.reduce.original_ratio,
-        "original_ratio": round(orig_tokens / syn_tokens, 4) if syn_tokens else None,
-        # True when every source document was mixed in and the ratio still fell short.
-        "original_pool_exhausted": orig_tokens < target,
-        "rejected_records": len(rejects),
-        "sequences": len(entries), "tokens": syn_tokens + orig_tokens,
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    atomic_write_json(out_dir / "report.json", data)
-    return ReduceReport(out_dir, prefix, data)
+        require_pyarrow()
+    tok, note = choose_backend(tok, config.reduce.backend, _parity_sample(run, ready[0]))
+    buckets = bucket_count(manifest, config.reduce.bucket_docs)
+    described = tok.describe()
+    name = config.reduce.name + ("-partial" if problems else "")
+    run_info = {"fingerprint": run.fingerprint(), "model": config.model.path, "prompts": list(config.prompts),
+                "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio}
+    spec = ReduceSpec(
+        run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
+        parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
+        format=config.reduce.format, max_file_mb=config.reduce.max_file_mb,
+        text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
+        key=spec_key(run.fingerprint(), dataclasses.asdict(config.reduce), described, buckets))
+    _drop_stale_parts(out, spec.key)
+    write_spec(spec)
+    remember_tokenizer(spec, tok)
+    return spec
 
 
-def _valid_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int], list[dict]]:
-    """Shards whose done marker matches the run and whose output has the recorded checksum."""
-    digest = run.fingerprint()
-    valid, problems = [], []
-    for shard in (s["id"] for s in manifest["shards"]):
-        marker_path = run.done_path(shard)
-        if not marker_path.is_file():
-            problems.append({"shard": shard, "reason": "not done"})
-            continue
-        marker = read_json(marker_path)
-        output = run.output_path(shard)
-        if marker.get("fingerprint") != digest:
-            problems.append({"shard": shard, "reason": "done under another config fingerprint"})
-        elif not output.is_file() or sha256_file(output) != marker.get("sha256"):
-            problems.append({"shard": shard, "reason": f"{output.name} is missing or its checksum differs"})
-        else:
-            valid.append(shard)
-    if problems and not partial:
-        _refuse_while_running(run, len(problems), len(valid))
-        first = problems[0]
-        raise RunError(f"{len(problems)} of {len(manifest['shards'])} shards are not ready (shard "
-                       f"{shard_name(first['shard'])}: {first['reason']}); run `hpcsynth launch {run.root}` "
-                       f"to finish them, or pass --partial to reduce what is done")
-    if not valid:
-        raise RunError(f"no shard of {run.root} is done; run `hpcsynth launch {run.root}` first")
-    return valid, problems
-
-
-def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
-    """Shards that live workers generate right now: say so, rather than asking for a launch."""
-    from hpcsynth.status import collect_status
-
-    running = collect_status(run, slurm=False)["running_shards"]
-    if not running:
+def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None] | None = None) -> None:
+    """Reduce every part not yet done, in this process or in `jobs` worker processes."""
+    pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
+    if jobs <= 1 or len(pending) <= 1:
+        for index in pending:
+            marker = reduce_part(str(spec.out_dir), index)
+            if on_part:
+                on_part(marker)
         return
-    workers = sorted({r["worker"] for r in running})
-    shown = ", ".join(shard_name(r["shard"]) for r in running[:5]) + (", ..." if len(running) > 5 else "")
-    raise RunError(f"{len(running)} of the {missing} shards not yet done are being generated now ({shown}; by "
-                   f"{len(workers)} worker(s): {', '.join(workers[:3])}{', ...' if len(workers) > 3 else ''}); "
-                   f"reduce once they are done (`hpcsynth status {shlex.quote(str(run.root))} --watch` ends when they are), or "
-                   f"pass --partial to reduce the {ready} done now")
+    import multiprocessing
+
+    # One thread per process: N processes on N cores, not N x cores threads fighting.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # spawn, not fork: the caller may run threads (a progress bar's refresher, a heartbeat) whose locks
+    # a forked child would inherit held. Each process loads the tokenizer once (~0.5 s).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(jobs, len(pending)), maxtasksperchild=None) as pool:
+        args = [(str(spec.out_dir), index) for index in pending]
+        for marker in pool.imap_unordered(_reduce_part_star, args):
+            if on_part:
+                on_part(marker)
 
 
-def _synthetic_documents(run: RunDir, shards: list[int], config: Config) -> tuple[list[tuple[str, str]], list[dict]]:
-    keep, rejects = [], []
-    for shard in shards:
-        for record in read_jsonl_zst(run.output_path(shard)):
-            reason = _check_record(record, config)
-            if reason:
-                rejects.append({"id": record.get("id"), "shard": shard, "reason": reason})
-            else:
-                keep.append((record["id"], record["text"]))
-    return keep, rejects
+def _reduce_part_star(args: tuple[str, int]) -> dict:
+    return reduce_part(*args)
 
 
-def _check_record(record: dict, config: Config) -> str:
-    text = record.get("text")
-    if not isinstance(text, str):
-        return "text is not a string"
-    if len(text.strip()) < config.reduce.min_chars:
-        return f"shorter than reduce.min_chars={config.reduce.min_chars}"
-    finish = record.get("finish_reason")
-    if finish not in ("stop", "length"):
-        return f"finish_reason {finish!r}"
-    if finish == "length" and config.reduce.drop_truncated:
-        return "cut at max_tokens (reduce.drop_truncated)"
-    return ""
+def _parity_sample(run: RunDir, shard: int) -> list[str]:
+    """Rephrasings and originals of the first ready shard: the texts the reduce will encode."""
+    texts = []
+    for path, limit in ((run.output_path(shard), PARITY_SAMPLE * 3 // 4), (run.shard_path(shard), PARITY_SAMPLE)):
+        for record in read_jsonl_zst(path):
+            if len(texts) >= limit:
+                break
+            if isinstance(record.get("text"), str):
+                texts.append(record["text"])
+    return texts
 
 
-def _original_documents(run: RunDir, shards: list[int], config: Config) -> list[tuple[str, str]]:
-    """The run's own source documents, in a seeded random order, as the mix-in pool."""
-    if config.reduce.original_ratio <= 0:
-        return []
-    docs = [(f"{d['key']}", d["text"]) for shard in shards for d in read_jsonl_zst(run.shard_path(shard))]
-    random.Random(config.reduce.seed + 1).shuffle(docs)
-    return docs
+def _drop_stale_parts(out: Path, key: str) -> None:
+    """Parts made under other settings can never be reused; their markers would only mislead."""
+    parts = out / "parts"
+    for leftover in parts.glob(".part-*.tmp"):  # a killed part's half-written files
+        leftover.unlink(missing_ok=True)
+    try:
+        old = read_spec(out)
+    except Exception:  # no spec yet, or a damaged one: nothing to trust in parts/ either way
+        old = None
+    if old is not None and old.key == key:
+        return
+    if parts.is_dir():
+        for path in parts.glob("part-*"):
+            path.unlink()
 
 
-def _encode_all(tok, docs: list[tuple[str, str]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for start in range(0, len(docs), ENCODE_BATCH):
-        out += tok.encode([text for _, text in docs[start:start + ENCODE_BATCH]])
-    return out
+def merge_only(out_dir: Path) -> ReduceReport:
+    """The merge alone (the Slurm merge task, or a rerun after every part is done)."""
+    data = merge_parts(str(out_dir))
+    return ReduceReport(Path(out_dir), Path(data["prefix"]), data)

@@ -1,0 +1,108 @@
+"""`hpcsynth reduce`: progress while the parts run, then a summary a user can act on.
+
+Display only; the work is reduce_run (local) or the Slurm array + merge (hpcsynth/execute/slurm.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hpcsynth.errors import HpcsynthError
+
+
+def reduce_command(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.lock import reduce_lock
+    from hpcsynth.reduce.reducer import merge_only, prepare_reduce, run_parts_local
+    from hpcsynth.rundir import RunDir
+
+    if args.jobs < 1:
+        raise HpcsynthError(f"--jobs must be 1 or more, got {args.jobs}")
+    run = RunDir(args.run)
+    if args.executor == "slurm":
+        return _reduce_on_slurm(run, args)
+    if args.profile:
+        raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
+    with reduce_lock(args.out or run.default_reduce_dir):
+        spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
+        pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
+        with _Progress(len(pending)) as progress:
+            run_parts_local(spec, args.jobs, progress.part_done)
+        report = merge_only(spec.out_dir).data
+    print_summary(report)
+    return 0
+
+
+def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
+    from hpcsynth.execute.launch import load_profile
+    from hpcsynth.execute.slurm import submit_reduce
+    from hpcsynth.reduce.reducer import prepare_reduce
+
+    config = run.config()
+    slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
+    spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
+    jobs = submit_reduce(spec, slurm)
+    print(f"reduce (slurm): {jobs['parts']} parts pending in array {jobs['array'] or '-'}, merge job "
+          f"{jobs['merge']}; the report appears at {spec.out_dir}/report{spec.suffix}.json; then: "
+          f"hpcsynth verify {spec.out_dir}")
+    return 0
+
+
+def print_summary(report: dict) -> None:
+    out = f"{report['prefix']}"
+    kind = {"megatron": ".bin/.idx", "datatrove": ".ds", "numpy": ".npy"}[report["format"]]
+    partial = " (PARTIAL: not every shard is in)" if report["partial"] else ""
+    print(f"wrote {report['sequences']:,} documents, {report['tokens']:,} tokens{partial} "
+          f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original, ratio "
+          f"{report['original_ratio']}) to {out}{kind}")
+    for source, tokens in report["tokens_by_source"].items():
+        print(f"  {source:<22} {tokens:>14,} tokens")
+    print(f"  tokenizer {report['tokenizer']} ({report['backend']}), EOS {report['eos_token']!r} = "
+          f"{report['eos_id']} ({report['eos_source']}), {report['dtype']}")
+    if report.get("text_export"):
+        print(f"  text: {report['text_export']['rows']:,} records as Parquet in "
+              f"{report['prefix'].rsplit('/', 1)[0]}/{report['text_export']['dir']}/ (with a dataset card)")
+    print(f"  trainer: {_trainer_hint(report)}")
+    if report.get("backend_note"):
+        print(report["backend_note"], file=sys.stderr)
+    if report["original_pool_exhausted"]:
+        print(f"note: every source document of some shards was mixed in and the original ratio is "
+              f"{report['original_ratio']}, below reduce.original_ratio={report['original_ratio_target']}",
+              file=sys.stderr)
+
+
+def _trainer_hint(report: dict) -> str:
+    prefixes = " ".join(report["prefixes"])
+    if report["format"] == "megatron":
+        return f"Megatron-LM --data-path {prefixes} (or --split; EOS ends every document)"
+    if report["format"] == "datatrove":
+        size = 2 if report["dtype"] == "uint16" else 4
+        return f"DatatroveFolderDataset('{report['prefix'].rsplit('/', 1)[0]}', seq_len, token_size={size})"
+    return f"np.load('{report['prefix']}.npy', mmap_mode='r') (nanoGPT / OLMo-core style windows)"
+
+
+class _Progress:
+    """A rich bar over parts, with tokens so far; silent when stderr is not a terminal."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+
+    def __enter__(self) -> "_Progress":
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        self.tokens = 0
+        self.progress = Progress(TextColumn("reduce"), BarColumn(), MofNCompleteColumn(), TextColumn("parts"),
+                                 TextColumn("{task.fields[tokens]}"), TimeElapsedColumn(), console=console,
+                                 disable=not console.is_terminal, transient=True)
+        self.progress.__enter__()
+        self.task = self.progress.add_task("reduce", total=self.parts, tokens="")
+        return self
+
+    def part_done(self, marker: dict) -> None:
+        self.tokens += marker["tokens"]
+        self.progress.update(self.task, advance=1, tokens=f"{self.tokens:,} tokens")
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)

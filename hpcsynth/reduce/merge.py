@@ -1,0 +1,185 @@
+"""The merge: done parts -> the training files, shuffled at document level in bounded memory.
+
+Second half of the reduce (parts.py is the first). The shuffle is a two-pass bucket shuffle: each part
+put every document in a bucket drawn from the seed and the document's id, and stored its documents
+grouped by bucket; the merge takes the buckets in turn, gathers that bucket's slice of every part,
+permutes it with a seeded generator and writes it out. Random buckets then a random order within each
+bucket is a uniform shuffle of the whole run (the Rao-Sandelius shuffle), yet the merge holds one
+bucket (~reduce.bucket_docs source documents with their rephrasings), never the run. The shuffle is
+written into the files themselves, not only into an index, because flat readers (nanoGPT, OLMo-core,
+datatrove) cut contiguous windows from the file: a window anywhere sees synthetic and original text
+of all prompts mixed, not a run of one shard's rephrasings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcsynth.errors import RunError
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, sha256_file
+from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
+from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
+from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
+from hpcsynth.reduce.spec import ReduceSpec, read_spec
+
+TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
+
+
+def merge_parts(out_dir: str) -> dict[str, Any]:
+    """Write the training files, the docs index, the text export and the report; return the report."""
+    started = time.process_time()
+    spec = read_spec(Path(out_dir))
+    markers = {}
+    for index in spec.part_indices():
+        marker = spec.part_done(index)
+        if marker is None:
+            raise RunError(f"reduce part {index} of {out_dir} is not done; run `hpcsynth reduce {spec.run} "
+                           f"--out {out_dir}` again (done parts are kept)")
+        markers[index] = marker
+    output = _Output(spec)
+    docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
+    docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
+    seq = 0
+    with open(docs_tmp, "wb") as docs:
+        for bucket in range(spec.buckets):
+            arrays, lines = _load_bucket(spec, bucket)
+            for j in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(arrays)):
+                output.add(arrays[j])
+                docs.write(b'{"seq":%d,' % seq + lines[j][1:])
+                seq += 1
+        docs.flush()
+        os.fsync(docs.fileno())
+    if seq == 0:
+        raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
+                       f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars)")
+    files = output.finish()
+    os.replace(docs_tmp, docs_path)
+    _remove_stale(spec, files)
+    from hpcsynth.reduce.report import write_report
+
+    text, rejects = _text_export(spec, markers), _rejects(spec, markers)
+    return write_report(spec, markers, output, files + [docs_path], text, rejects,
+                        merge_cpu_seconds=time.process_time() - started)
+
+
+def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes]]:
+    """Every part's documents of one bucket, in part order."""
+    arrays: list[np.ndarray] = []
+    lines: list[bytes] = []
+    dtype = ds_dtype(spec.tokenizer["vocab_size"])
+    for index in spec.part_indices():
+        bounds = np.load(spec.part_path(index, ".bounds.npy"), mmap_mode="r")
+        d0, d1 = int(bounds[0, bucket]), int(bounds[0, bucket + 1])
+        if d0 == d1:
+            continue
+        t0, t1 = int(bounds[1, bucket]), int(bounds[1, bucket + 1])
+        b0, b1 = int(bounds[2, bucket]), int(bounds[2, bucket + 1])
+        lens = np.asarray(np.load(spec.part_path(index, ".lens.npy"), mmap_mode="r")[d0:d1])
+        tokens = np.fromfile(spec.part_path(index, ".bin"), dtype=dtype, count=t1 - t0,
+                             offset=t0 * np.dtype(dtype).itemsize)
+        if len(tokens) != t1 - t0 or int(lens.sum()) != t1 - t0:
+            raise RunError(f"{spec.part_path(index, '.bin')} is shorter than its index says; delete "
+                           f"{spec.part_path(index, '.done.json').name} and run reduce again")
+        arrays += np.split(tokens, np.cumsum(lens)[:-1])
+        with open(spec.part_path(index, ".docs.jsonl"), "rb") as handle:
+            handle.seek(b0)
+            lines += handle.read(b1 - b0).splitlines(keepends=True)
+    return arrays, lines
+
+
+class _Output:
+    """The token files of the chosen format, starting a new file past reduce.max_file_mb."""
+
+    def __init__(self, spec: ReduceSpec) -> None:
+        self.spec = spec
+        self.cap = int(spec.max_file_mb * (1 << 20))
+        self.writer: Any = None
+        self.prefixes: list[dict[str, Any]] = []
+        self.sequences = 0
+        self.tokens = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        if self.writer is None:
+            self.writer = self._open()
+        elif self.cap and self.writer.sequences and self.writer.bytes_written + tokens.nbytes > self.cap:
+            self._close()
+            self.writer = self._open()
+        self.writer.add(tokens)
+        self.sequences += 1
+        self.tokens += len(tokens)
+
+    def finish(self) -> list[Path]:
+        if self.writer is None:
+            self.writer = self._open()
+        self._close()
+        return [self.spec.out_dir / f for p in self.prefixes for f in p["files"]]
+
+    def _open(self):
+        spec, vocab = self.spec, self.spec.tokenizer["vocab_size"]
+        name = f"{spec.name}-{len(self.prefixes):05d}" if self.cap else spec.name
+        prefix = spec.out_dir / name
+        if spec.format == "datatrove":
+            return DatatroveWriter(prefix, vocab, spec.tokenizer["tokenizer"])
+        if spec.format == "numpy":
+            return NumpyWriter(prefix, ds_dtype(vocab))
+        return IndexedDatasetWriter(prefix, token_dtype(vocab))
+
+    def _close(self) -> None:
+        writer = self.writer
+        files = writer.finish()
+        self.prefixes.append({"prefix": writer.prefix.name, "files": [f.name for f in files],
+                              "sequences": writer.sequences, "tokens": writer.tokens,
+                              "dtype": np.dtype(writer.dtype).name})
+        self.writer = None
+
+
+def _remove_stale(spec: ReduceSpec, files: list[Path]) -> None:
+    """Token files of an earlier reduce under this name (another format, more capped files) would be
+    mistaken for this one's."""
+    keep = {f.name for f in files}
+    for path in spec.out_dir.glob(f"{spec.name}*"):
+        rest = path.name[len(spec.name):]
+        numbered = rest[:1] == "-" and rest[1:6].isdigit()
+        if path.name not in keep and (numbered or rest in TOKEN_SUFFIXES) and path.name.endswith(TOKEN_SUFFIXES):
+            path.unlink()
+
+
+def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] | None:
+    if not spec.text_export:
+        return None
+    from hpcsynth.reduce.formats.parquet import dataset_card
+
+    folder = spec.out_dir / f"text{spec.suffix}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("train-*.parquet"):
+        old.unlink()
+    indices = spec.part_indices()
+    files = []
+    for number, index in enumerate(indices):
+        target = folder / f"train-{number:05d}-of-{len(indices):05d}.parquet"
+        try:
+            os.link(spec.part_path(index, ".parquet"), target)
+        except OSError:  # another filesystem, or no hard links: copy
+            target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
+        files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
+                      "sha256": sha256_file(target)})
+    info = {**spec.run_info, "name": spec.name, "partial": spec.partial, "files": len(files),
+            "rows": sum(f["rows"] for f in files)}
+    atomic_write_bytes(folder / "README.md", dataset_card(info).encode())
+    return {"dir": folder.name, "files": files, "rows": info["rows"]}
+
+
+def _rejects(spec: ReduceSpec, markers: dict[int, dict]) -> Path | None:
+    blobs = [spec.part_path(i, ".rejects.jsonl").read_bytes() for i in spec.part_indices()
+             if markers[i]["rejected_records"]]
+    path = spec.out_dir / f"rejects{spec.suffix}.jsonl"
+    if not blobs:
+        path.unlink(missing_ok=True)
+        return None
+    atomic_write_bytes(path, b"".join(blobs))
+    return path

@@ -1,0 +1,171 @@
+"""A reduce part: a group of shards tokenized into part files, grouped by shuffle bucket.
+
+The first half of the bounded-memory reduce (merge.py is the second). A part holds at most
+reduce.part_shards shards in memory, whatever the run's size. It writes, under DIR/parts/:
+
+  part-NNNNNN.bin          tokens of its documents, ordered by shuffle bucket (then as selected)
+  part-NNNNNN.bounds.npy   int64 [3, buckets+1]: cumulative documents, tokens, docs.jsonl bytes
+  part-NNNNNN.lens.npy     int32 tokens per document, in the same order
+  part-NNNNNN.docs.jsonl   what each document is: kind, id, source_id, prompt, tokens
+  part-NNNNNN.rejects.jsonl  records refused, with the reason
+  part-NNNNNN.parquet      the synthetic text (reduce.text_export)
+  part-NNNNNN.done.json    counts and the spec key; written LAST, so a part with one is whole
+
+Entry point `reduce_part(out_dir, index)` takes only plain values, so a process pool or a Slurm array
+task can run it; a part already done for this spec is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from hpcsynth.files import atomic_write_bytes, atomic_write_json
+from hpcsynth.reduce.fast import load_fast
+from hpcsynth.reduce.formats.datatrove import ds_dtype
+from hpcsynth.reduce.select import Document, bucket_of, original_pool, synthetic_documents, take_originals
+from hpcsynth.reduce.spec import ReduceSpec, read_spec
+from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
+from hpcsynth.rundir import RunDir
+
+ORIGINALS_BATCH = 64  # originals are encoded lazily: at ratio 0.5 most of the pool is never tokenized
+PARITY_DOCS = 8  # each part checks its own first documents against `tokenizers`
+_TOKENIZERS: dict[str, DocumentTokenizer] = {}
+
+
+def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
+    spec = read_spec(Path(out_dir))
+    done = spec.part_done(index)
+    if done is not None:
+        return done
+    started = time.process_time()
+    run = RunDir(Path(spec.run))
+    config = run.config()
+    encoder = _PartEncoder(part_tokenizer(spec))
+    docs: list[tuple[Document, np.ndarray]] = []
+    rejects: list[dict] = []
+    target_total = 0.0
+    for shard in spec.part_shards(index):
+        synthetic = synthetic_documents(run, shard, config, rejects)
+        arrays = encoder.encode([d.text for d in synthetic])
+        docs += zip(synthetic, arrays)
+        target = config.reduce.original_ratio * sum(len(a) for a in arrays)
+        target_total += target
+        if target > 0:
+            docs += _originals(encoder, original_pool(run, shard, config), target)
+    marker = _write_part(spec, index, docs, rejects, config.reduce.seed)
+    marker.update(original_target=target_total, backend=encoder.backend, backend_note=encoder.note,
+                  cpu_seconds=round(time.process_time() - started, 3))
+    atomic_write_json(spec.part_path(index, ".done.json"), marker)
+    return marker
+
+
+def part_tokenizer(spec: ReduceSpec) -> DocumentTokenizer:
+    """The spec's tokenizer, loaded once per process (a pool worker reduces many parts)."""
+    if spec.key not in _TOKENIZERS:
+        described = spec.tokenizer
+        tok = load_tokenizer(described["tokenizer"], described["eos_token"])
+        tok = replace(tok, eos_source=described["eos_source"])
+        if described["backend"] == "gigatoken":
+            fast = load_fast(tok)
+            if fast is not None:
+                tok = replace(tok, fast=fast, backend="gigatoken")
+        _TOKENIZERS[spec.key] = tok
+    return _TOKENIZERS[spec.key]
+
+
+def remember_tokenizer(spec: ReduceSpec, tok: DocumentTokenizer) -> None:
+    """Hand the tokenizer prepare_reduce already loaded to the parts of this process (and of forked
+    --jobs workers): loading a large vocabulary twice costs ~0.5 s."""
+    _TOKENIZERS[spec.key] = tok
+
+
+class _PartEncoder:
+    """Encodes a part's documents. With the fast backend on, the first few rephrasings and the first few
+    originals of the part are checked against `tokenizers` too; any difference switches this part to
+    `tokenizers` (slower, never different)."""
+
+    def __init__(self, tok: DocumentTokenizer) -> None:
+        self.tok = tok
+        self.checked: set[str] = set()
+        self.backend = tok.backend
+        self.note = ""
+
+    def encode(self, texts: list[str], kind: str = "synthetic") -> list[np.ndarray]:
+        if self.tok.fast is not None and kind not in self.checked and texts:
+            self.checked.add(kind)
+            sample = texts[:PARITY_DOCS]
+            if any(list(a) != b for a, b in zip(self.tok.encode_raw(sample), self.tok.encode_reference(sample))):
+                self.tok = replace(self.tok, fast=None, backend="tokenizers")
+                self.backend = "tokenizers"
+                self.note = f"gigatoken differed from tokenizers on this part's first {kind} documents"
+        return self.tok.documents(texts) if texts else []
+
+
+def _originals(encoder: _PartEncoder, pool: list[Document], target: float) -> list[tuple[Document, np.ndarray]]:
+    def encoded():
+        for start in range(0, len(pool), ORIGINALS_BATCH):
+            batch = pool[start:start + ORIGINALS_BATCH]
+            yield from zip(batch, encoder.encode([d.text for d in batch], "original"))
+
+    arrays: dict[int, np.ndarray] = {}
+
+    def sized():
+        for doc, array in encoded():
+            arrays[id(doc)] = array
+            yield doc, len(array)
+
+    return [(doc, arrays[id(doc)]) for doc in take_originals(sized(), target)]
+
+
+def _write_part(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndarray]], rejects: list[dict],
+                seed: int) -> dict[str, Any]:
+    buckets = np.asarray([bucket_of(doc.id, seed, spec.buckets) for doc, _ in docs], dtype=np.int64)
+    order = np.argsort(buckets, kind="stable")
+    lines = [orjson.dumps({"kind": docs[i][0].kind, "id": docs[i][0].id, "source_id": docs[i][0].source_id,
+                           "prompt": docs[i][0].prompt, "tokens": len(docs[i][1])}) + b"\n" for i in order]
+    lens = np.asarray([len(docs[i][1]) for i in order], dtype=np.int32)
+    bounds = np.zeros((3, spec.buckets + 1), dtype=np.int64)
+    bounds[0, 1:] = np.cumsum(np.bincount(buckets, minlength=spec.buckets))
+    token_ends = np.concatenate(([0], np.cumsum(lens, dtype=np.int64)))
+    byte_ends = np.concatenate(([0], np.cumsum([len(line) for line in lines], dtype=np.int64)))
+    bounds[1], bounds[2] = token_ends[bounds[0]], byte_ends[bounds[0]]
+    dtype = ds_dtype(spec.tokenizer["vocab_size"])
+    tokens = np.concatenate([docs[i][1] for i in order]).astype(dtype) if docs else np.zeros(0, dtype)
+    atomic_write_bytes(spec.part_path(index, ".bin"), tokens.tobytes())
+    atomic_write_bytes(spec.part_path(index, ".lens.npy"), _npy(lens))
+    atomic_write_bytes(spec.part_path(index, ".bounds.npy"), _npy(bounds))
+    atomic_write_bytes(spec.part_path(index, ".docs.jsonl"), b"".join(lines))
+    atomic_write_bytes(spec.part_path(index, ".rejects.jsonl"), b"".join(orjson.dumps(r) + b"\n" for r in rejects))
+    synthetic = [doc for doc, _ in docs if doc.kind == "synthetic"]
+    if spec.text_export:
+        from hpcsynth.reduce.formats.parquet import write_text_part
+
+        write_text_part(spec.part_path(index, ".parquet"), [d.record for d in synthetic])
+    return _counts(spec, index, docs, rejects)
+
+
+def _counts(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndarray]], rejects: list[dict]) -> dict:
+    by_source: dict[str, int] = {}
+    for doc, array in docs:
+        source = f"synthetic/{doc.prompt}" if doc.kind == "synthetic" else "original"
+        by_source[source] = by_source.get(source, 0) + len(array)
+    kinds = {kind: [len(a) for d, a in docs if d.kind == kind] for kind in ("synthetic", "original")}
+    return {"key": spec.key, "shards": spec.part_shards(index), "documents": len(docs),
+            "tokens": int(sum(len(a) for _, a in docs)), "tokens_by_source": by_source,
+            "synthetic_documents": len(kinds["synthetic"]), "synthetic_tokens": int(sum(kinds["synthetic"])),
+            "original_documents": len(kinds["original"]), "original_tokens": int(sum(kinds["original"])),
+            "rejected_records": len(rejects),
+            "max_token": int(max((a.max() for _, a in docs if len(a)), default=0))}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

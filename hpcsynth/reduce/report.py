@@ -1,0 +1,60 @@
+"""The reduce report (DIR/report.json, report-partial.json for --partial): what was written, from what.
+
+It is also what `hpcsynth verify DIR` checks the files against: every file's size and sha256, the
+sequence and token counts, the vocabulary size and the EOS id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpcsynth.files import atomic_write_json, sha256_file
+from hpcsynth.reduce.spec import ReduceSpec
+
+
+def report_path(out_dir: Path, partial: bool) -> Path:
+    return Path(out_dir) / ("report-partial.json" if partial else "report.json")
+
+
+def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
+                 text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
+    total = {key: sum(m[key] for m in markers.values()) for key in
+             ("synthetic_documents", "synthetic_tokens", "original_documents", "original_tokens",
+              "rejected_records")}
+    by_source: dict[str, int] = {}
+    for marker in markers.values():
+        for source, tokens in marker["tokens_by_source"].items():
+            by_source[source] = by_source.get(source, 0) + tokens
+    target = sum(m["original_target"] for m in markers.values())
+    syn, orig = total["synthetic_tokens"], total["original_tokens"]
+    backends = sorted({m["backend"] for m in markers.values()})
+    first = output.prefixes[0]
+    data = {
+        "run": spec.run, "fingerprint": spec.run_info["fingerprint"], "partial": spec.partial,
+        "format": spec.format, "name": spec.name, "prefix": str(spec.out_dir / first["prefix"]),
+        "prefixes": [str(spec.out_dir / p["prefix"]) for p in output.prefixes],
+        "bin": Path(first["files"][0]).name, "idx": Path(first["files"][-1]).name if spec.format == "megatron" else "",
+        "tokenizer": spec.tokenizer["tokenizer"], "eos_token": spec.tokenizer["eos_token"],
+        "eos_id": spec.tokenizer["eos_id"], "eos_source": spec.tokenizer["eos_source"],
+        "bos_ids": spec.tokenizer["bos_ids"], "vocab_size": spec.tokenizer["vocab_size"],
+        "dtype": first["dtype"], "backend": "+".join(backends),
+        "backend_note": spec.backend_note or "; ".join(sorted({m["backend_note"] for m in markers.values()} - {""})),
+        "shards_used": sum(len(p) - 1 for p in spec.parts), "shards_skipped": spec.shards_skipped,
+        **total, "tokens_by_source": dict(sorted(by_source.items())),
+        "original_ratio_target": spec.run_info["original_ratio"],
+        "original_ratio": round(orig / syn, 4) if syn else None,
+        # True when a shard's every source document was mixed in and its ratio still fell short.
+        "original_pool_exhausted": orig < target,
+        "sequences": output.sequences, "tokens": output.tokens,
+        "max_token": max(m["max_token"] for m in markers.values()),
+        "parts": len(markers), "buckets": spec.buckets,
+        # Where the CPU time went: parts run in parallel (--jobs, Slurm array), the merge does not.
+        "cpu_seconds": {"parts": round(sum(m.get("cpu_seconds", 0.0) for m in markers.values()), 2),
+                        "merge": round(merge_cpu_seconds, 2)},
+        "files": [{"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files],
+        "token_files": output.prefixes, "docs": f"{spec.name}.docs.jsonl",
+        "rejects": rejects.name if rejects else "", "text_export": text,
+    }
+    atomic_write_json(report_path(spec.out_dir, spec.partial), data)
+    return data

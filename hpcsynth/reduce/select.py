@@ -1,0 +1,142 @@
+"""Which documents go into the training data, and in what order: the reducer's one place for choices.
+
+Separate from tokenizing and writing, so that per-format validation and exact mixing can replace these
+functions without touching parts.py or merge.py. Everything here works on one shard at a time.
+
+- `ready_shards`: shards whose done marker matches the run and whose output passes its checksum.
+- `synthetic_documents`: a shard's records that pass the checks, in record order; the rest are rejects.
+- `original_pool`: the shard's own source documents, in a seeded order, for the original-text mix-in.
+- `take_originals`: whole originals, in that order, until reduce.original_ratio x the shard's
+  synthetic tokens is reached (so the achieved ratio overshoots by less than one document per shard).
+- `bucket_of`: the shuffle bucket of a document, from the seed and its id alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shlex
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcsynth.config import Config
+from hpcsynth.errors import RunError
+from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
+from hpcsynth.rundir import RunDir, shard_name
+
+
+@dataclass
+class Document:
+    kind: str  # "synthetic" or "original"
+    id: str  # record id (KEY/PROMPT) or the document key
+    source_id: str  # the corpus's own id of the source document (for web data, its URL)
+    text: str
+    prompt: str = ""
+    record: dict[str, Any] = field(default_factory=dict)  # the whole output record, for the text export
+
+
+def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int], list[dict]]:
+    """Shards whose done marker matches the run and whose output has the recorded checksum."""
+    digest = run.fingerprint()
+    valid, problems = [], []
+    for shard in (s["id"] for s in manifest["shards"]):
+        reason = _not_ready(run, shard, digest)
+        if reason:
+            problems.append({"shard": shard, "reason": reason})
+        else:
+            valid.append(shard)
+    if problems and not partial:
+        _refuse_while_running(run, len(problems), len(valid))
+        first = problems[0]
+        raise RunError(f"{len(problems)} of {len(manifest['shards'])} shards are not ready (shard "
+                       f"{shard_name(first['shard'])}: {first['reason']}); run `hpcsynth launch {run.root}` "
+                       f"to finish them, or pass --partial to reduce what is done")
+    if not valid:
+        raise RunError(f"no shard of {run.root} is done; run `hpcsynth launch {run.root}` first")
+    return valid, problems
+
+
+def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
+    """Shards that live workers generate right now: say so, rather than asking for a launch."""
+    from hpcsynth.status import collect_status
+
+    running = collect_status(run, slurm=False)["running_shards"]
+    if not running:
+        return
+    workers = sorted({r["worker"] for r in running})
+    shown = ", ".join(shard_name(r["shard"]) for r in running[:5]) + (", ..." if len(running) > 5 else "")
+    raise RunError(f"{len(running)} of the {missing} shards not yet done are being generated now ({shown}; by "
+                   f"{len(workers)} worker(s): {', '.join(workers[:3])}{', ...' if len(workers) > 3 else ''}); "
+                   f"reduce once they are done (`hpcsynth status {shlex.quote(str(run.root))} --watch` ends when "
+                   f"they are), or pass --partial to reduce the {ready} done now")
+
+
+def _not_ready(run: RunDir, shard: int, digest: str) -> str:
+    marker_path = run.done_path(shard)
+    if not marker_path.is_file():
+        return "not done"
+    try:
+        marker = read_json(marker_path)
+    except ValueError:
+        return f"{marker_path.name} is not valid JSON"
+    output = run.output_path(shard)
+    if marker.get("fingerprint") != digest:
+        return "done under another config fingerprint"
+    if not output.is_file() or sha256_file(output) != marker.get("sha256"):
+        return f"{output.name} is missing or its checksum differs"
+    return ""
+
+
+def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[dict]) -> list[Document]:
+    keep = []
+    for record in read_jsonl_zst(run.output_path(shard)):
+        reason = check_record(record, config)
+        if reason:
+            rejects.append({"id": record.get("id"), "shard": shard, "reason": reason})
+        else:
+            keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), record["text"],
+                                 str(record.get("prompt", "")), record))
+    return keep
+
+
+def check_record(record: dict, config: Config) -> str:
+    """Why a record is refused, or "" to keep it."""
+    text = record.get("text")
+    if not isinstance(text, str):
+        return "text is not a string"
+    if len(text.strip()) < config.reduce.min_chars:
+        return f"shorter than reduce.min_chars={config.reduce.min_chars}"
+    finish = record.get("finish_reason")
+    if finish not in ("stop", "length"):
+        return f"finish_reason {finish!r}"
+    if finish == "length" and config.reduce.drop_truncated:
+        return "cut at max_tokens (reduce.drop_truncated)"
+    return ""
+
+
+def original_pool(run: RunDir, shard: int, config: Config) -> list[Document]:
+    """The shard's source documents in a seeded order (the same whatever the reduce's parallelism)."""
+    if config.reduce.original_ratio <= 0:
+        return []
+    docs = [Document("original", str(d["key"]), str(d.get("id", "")), d["text"])
+            for d in read_jsonl_zst(run.shard_path(shard))]
+    random.Random(f"{config.reduce.seed}:{shard}").shuffle(docs)
+    return docs
+
+
+def take_originals(pool: Iterable[tuple[Document, int]], target: float) -> Iterator[Document]:
+    """Whole documents, in pool order, until their tokens reach target; pool yields (doc, tokens)."""
+    taken = 0
+    for doc, tokens in pool:
+        if taken >= target:
+            return
+        taken += tokens
+        yield doc
+
+
+def bucket_of(doc_id: str, seed: int, buckets: int) -> int:
+    if buckets <= 1:
+        return 0
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets

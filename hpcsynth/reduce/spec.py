@@ -1,0 +1,130 @@
+"""The reduce's own plan, DIR/parts/spec.json: what every part and the merge need, read from disk.
+
+A part (parts.py) or the merge (merge.py) may run in another process or a Slurm array task; each gets
+only the output directory and a part index and reads everything else here (house rule: submit small
+work). `key` covers what decides a part's bytes: the run's fingerprint, the reduce settings, the
+tokenizer file and its EOS/BOS, the bucket count. A part whose done marker carries another key, or
+covers other shards, is redone; one that matches is reused (that is how a killed reduce resumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hpcsynth.files import atomic_write_json, read_json, sha256_file
+from hpcsynth.errors import RunError
+
+SPEC_VERSION = 1
+PART_FILES = (".lens.npy", ".bounds.npy", ".docs.jsonl", ".rejects.jsonl")
+
+
+@dataclass(frozen=True)
+class ReduceSpec:
+    run: str  # the run directory
+    out: str  # the output directory
+    name: str  # output prefix: reduce.name, with "-partial" when not every shard is in
+    partial: bool
+    shards_skipped: list[dict]  # shards a partial reduce left out, with the reason
+    parts: list[list[int]]  # [part index, shard ids...]: a part index is stable, from the manifest
+    buckets: int
+    format: str
+    max_file_mb: float
+    text_export: bool
+    tokenizer: dict[str, Any]  # DocumentTokenizer.describe(), the backend the parity gate chose
+    backend_note: str
+    run_info: dict[str, Any]  # fingerprint, model, prompts, seed, original_ratio: for the merge and the card
+    key: str
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out_dir / "parts"
+
+    def part_path(self, index: int, suffix: str) -> Path:
+        return self.parts_dir / f"part-{index:06d}{suffix}"
+
+    def part_shards(self, index: int) -> list[int]:
+        for entry in self.parts:
+            if entry[0] == index:
+                return entry[1:]
+        raise RunError(f"{self.parts_dir / 'spec.json'} has no part {index}")
+
+    @property
+    def suffix(self) -> str:
+        return "-partial" if self.partial else ""
+
+    def part_indices(self) -> list[int]:
+        return [entry[0] for entry in self.parts]
+
+    def part_done(self, index: int) -> dict | None:
+        """The part's done marker when it is valid for this spec, else None."""
+        path = self.part_path(index, ".done.json")
+        try:
+            marker = read_json(path)
+        except (OSError, ValueError):
+            return None
+        if marker.get("key") != self.key or marker.get("shards") != self.part_shards(index):
+            return None
+        # A part file damaged or deleted after its marker: redo the part rather than merge garbage.
+        itemsize = 2 if self.tokenizer["vocab_size"] <= 65536 else 4
+        try:
+            if self.part_path(index, ".bin").stat().st_size != marker["tokens"] * itemsize:
+                return None
+            if any(not self.part_path(index, s).is_file() for s in PART_FILES):
+                return None
+        except (OSError, KeyError, TypeError):
+            return None
+        return marker
+
+
+def group_parts(manifest: dict, ready: list[int], part_shards: int) -> list[list[int]]:
+    """Consecutive groups of the manifest's shards, keeping only ready ones; empty groups drop out."""
+    ids = [s["id"] for s in manifest["shards"]]
+    ready_set = set(ready)
+    parts = []
+    for index, start in enumerate(range(0, len(ids), part_shards)):
+        shards = [s for s in ids[start:start + part_shards] if s in ready_set]
+        if shards:
+            parts.append([index, *shards])
+    return parts
+
+
+def bucket_count(manifest: dict, bucket_docs: int) -> int:
+    # From the planned documents, not the ready ones, so a partial and a full reduce share their parts.
+    return max(1, math.ceil(sum(s.get("documents", 0) for s in manifest["shards"]) / bucket_docs))
+
+
+def spec_key(fingerprint: str, reduce_settings: dict, tokenizer: dict, buckets: int) -> str:
+    settings = {k: v for k, v in reduce_settings.items()
+                if k not in ("format", "name", "max_file_mb", "backend")}  # these touch only the merge
+    described = {k: v for k, v in tokenizer.items() if k != "backend"}  # parity makes backends equal
+    payload = {"version": SPEC_VERSION, "fingerprint": fingerprint, "reduce": settings, "buckets": buckets,
+               "tokenizer": described, "tokenizer_sha256": sha256_file(Path(tokenizer["tokenizer"]))}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def write_spec(spec: ReduceSpec) -> None:
+    atomic_write_json(spec.parts_dir / "spec.json", dataclasses.asdict(spec))
+
+
+def read_spec(out_dir: Path) -> ReduceSpec:
+    path = Path(out_dir) / "parts" / "spec.json"
+    try:
+        data = read_json(path)
+        return ReduceSpec(**data)
+    except FileNotFoundError:
+        raise RunError(f"{out_dir} has no reduce in progress ({path} is missing); run `hpcsynth reduce RUN "
+                       f"--out {out_dir}`") from None
+    except (ValueError, TypeError):
+        raise RunError(f"{path} is damaged; delete it and run `hpcsynth reduce RUN --out {out_dir}` again "
+                       f"(finished parts are redone)") from None
