@@ -130,7 +130,7 @@ class _Parser:
         if token is not None and token[1] == "(" and token[0] == "op":
             self.take()
             inner = self.expression()
-            if self.take()[1] != ")":
+            if self.peek() is None or self.take()[1] != ")":
                 raise ValueError("a '(' is not closed")
             return inner
         return self.comparison()

@@ -58,8 +58,7 @@ class _SharedCounter(ByteCounter):
     """A worker's byte counter that also adds to the parent's shared total."""
 
     def __init__(self, shared: Any) -> None:
-        super().__init__()
-        self._local, self.shared = 0, shared
+        self._local, self.shared = 0, shared  # no super().__init__(): its `done = 0` would go to the setter
 
     @property  # type: ignore[override]
     def done(self) -> int:
