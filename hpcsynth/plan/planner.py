@@ -181,9 +181,20 @@ def _check_rejects(totals: dict[str, Any], config: Config, run: RunDir, tmp: Pat
     kept = run.root / "plan-failed-rejects.jsonl"
     shutil.copyfile(tmp / "plan" / "rejects.jsonl", kept)
     top = ", ".join(f"{reason} ({n:,})" for reason, n in list(totals["reasons"].items())[:3]) or "none"
+    top += _first_reject(kept)
     if totals["sources"] == 0:
         raise InputError(f"no usable documents in the input ({rejected:,} rejected: {top}; filtered: "
                          f"{totals['filtered'] or 'none'}); see {kept}; check plan.text_key ({config.plan.text_key!r})"
                          f" and the filters")
     raise InputError(f"{rejected:,} of {read:,} records rejected ({rate:.1%}), above plan.max_reject_rate="
                      f"{config.plan.max_reject_rate}: {top}; see {kept}; fix the input or raise plan.max_reject_rate")
+
+
+def _first_reject(path: Path) -> str:
+    with open(path, "rb") as handle:
+        line = handle.readline()
+    if not line:
+        return ""
+    entry = orjson.loads(line)
+    where = next((f" {unit} {entry[unit]}" for unit in ("line", "row") if unit in entry), "")
+    return f"; first: {entry['source']}{where}: {entry['reason']}"

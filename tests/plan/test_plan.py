@@ -53,7 +53,8 @@ def test_reject_rate_aborts_with_one_line_and_leaves_no_plan(tmp_path: Path) -> 
     corpus.write_bytes(b'{"id": 1, "text": "ok"}\n{"id": 2, "text": \n')
     run = RunDir(tmp_path / "run")
     with pytest.raises(InputError, match=r"1 of 2 records rejected \(50.0%\), above plan.max_reject_rate=0.05: "
-                                         r"not valid JSON \(1\); see .*plan-failed-rejects.jsonl"):
+                                         r"not valid JSON \(1\); first: .*c.jsonl line 2: not valid JSON .*; "
+                                         r"see .*plan-failed-rejects.jsonl"):
         plan_corpus(fake_config(corpus), run, jobs=1)
     assert not run.manifest_path.exists() and not (run.root / "shards").exists()
     assert [p.name for p in run.root.iterdir()] == ["plan-failed-rejects.jsonl"]
