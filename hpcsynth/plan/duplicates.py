@@ -19,6 +19,7 @@ import orjson
 import zstandard
 
 from hpcsynth.files import FRAME_BYTES
+from hpcsynth.plan.documents import estimate_tokens
 from hpcsynth.plan.scan import ID_DTYPE
 from hpcsynth.rundir import shard_name
 
@@ -112,7 +113,7 @@ def remove_documents(shards_dir: Path, rows: list[dict[str, Any]], removed: list
                 dropped[int(starts[shard]) + index] = doc
                 row["documents"] -= 1
                 row["chars"] -= len(doc["text"])
-                row["est_tokens"] -= max(1, round(len(doc["text"].encode("utf-8", "surrogatepass")) / bytes_per_token))
+                row["est_tokens"] -= estimate_tokens(doc["text"], bytes_per_token)
             else:
                 kept.append(line)
         row["bytes"], row["sha256"] = _rewrite(path, kept, level)

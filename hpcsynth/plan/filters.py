@@ -110,17 +110,18 @@ class _Parser:
             return True
         return False
 
+    # Predicates run on every document of a corpus: the closures below avoid generators and extra calls.
     def expression(self) -> Predicate:
-        terms = [self.conjunction()]
+        left = self.conjunction()
         while self.word("or"):
-            terms.append(self.conjunction())
-        return terms[0] if len(terms) == 1 else (lambda r: any(t(r) for t in terms))
+            left = _either(left, self.conjunction())
+        return left
 
     def conjunction(self) -> Predicate:
-        terms = [self.negation()]
+        left = self.negation()
         while self.word("and"):
-            terms.append(self.negation())
-        return terms[0] if len(terms) == 1 else (lambda r: all(t(r) for t in terms))
+            left = _both(left, self.negation())
+        return left
 
     def negation(self) -> Predicate:
         if self.word("not"):
@@ -147,12 +148,17 @@ class _Parser:
             raise ValueError(f"expected one of {' '.join(_COMPARE)} or 'in' after {field!r} at column {column + 1}")
         literal = self.literal()
         compare = _COMPARE[op]
+        is_bool = isinstance(literal, bool)
+        nested = "." in field
 
         def check(record: dict) -> bool:
-            value = lookup(record, field)
-            if value is MISSING or isinstance(value, bool) != isinstance(literal, bool):
+            value = lookup(record, field) if nested else record.get(field, MISSING)
+            if value is MISSING or isinstance(value, bool) is not is_bool:
                 return False
-            return _safe(lambda: compare(value, literal))
+            try:
+                return bool(compare(value, literal))
+            except TypeError:  # "abc" >= 3: a value of another type does not match
+                return False
         return check
 
     def options(self) -> tuple:
@@ -173,6 +179,14 @@ class _Parser:
             return _WORDS[value]
         raise ValueError(f"expected a number, a quoted string, true, false or null at column {column + 1}, "
                          f"got {value!r}")
+
+
+def _either(a: Predicate, b: Predicate) -> Predicate:
+    return lambda r: a(r) or b(r)
+
+
+def _both(a: Predicate, b: Predicate) -> Predicate:
+    return lambda r: a(r) and b(r)
 
 
 def _safe(test: Callable[[], bool]) -> bool:

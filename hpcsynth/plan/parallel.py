@@ -95,7 +95,8 @@ class _Pool:
         self.in_flight = 0
 
     def run(self) -> tuple[list[GroupResult], list[dict[str, Any]]]:
-        # fork: the parent holds no threads yet (the progress bar's starts after) and workers start at once.
+        # fork: workers start at once and import nothing; the only parent thread (rich's refresh) is never
+        # touched by a child.
         context = multiprocessing.get_context("fork")
         shared = context.Value("q", 0)
         with context.Pool(self.workers, initializer=_init, initargs=(shared,)) as pool:

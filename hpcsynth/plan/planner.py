@@ -34,7 +34,7 @@ from hpcsynth.rundir import LAYOUT_VERSION, RunDir
 
 # Consecutive input files are planned together up to this many bytes on disk: enough work per process,
 # and small files share shards instead of each ending in a small one.
-GROUP_BYTES = 32 << 20
+GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)

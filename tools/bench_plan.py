@@ -1,0 +1,173 @@
+"""How fast does `hpcsynth plan` go, per core, against the floor of the same work done bare?
+
+Generates a corpus (default ~230 MB of text in 46k documents of ~5 KB, like FineWeb-Edu's, in 8 files)
+as JSONL.zst and as Parquet, then times in one run (each timing the best of --repeat, interleaved, since
+the machine is shared):
+  floor jsonl     zstd decompress + orjson parse + zstd level-3 compress of the same bytes, one thread
+  ours jsonl      plan_corpus, --jobs 1, a filter evaluated on every document, token balancing, duplicate
+                  ids, batched fsyncs
+  floor parquet   pyarrow reads the text column + zstd level-3 compress of its bytes, one thread
+  ours parquet    plan_corpus on the Parquet copy, same settings
+  scaling         ours jsonl with --jobs 2 vs --jobs 1 (wall time)
+  many shards     the CLI on a second corpus of 10^5 short documents: ~10 shards vs one shard per
+                  document (10^5), in a child process: extra milliseconds per shard, the child's peak RSS
+
+    python tools/bench_plan.py [--mb 230] [--docs 46000] [--repeat 3] [--many 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hpcsynth.config import load_config  # noqa: E402
+from hpcsynth.files import FRAME_BYTES  # noqa: E402
+from hpcsynth.plan import plan_corpus  # noqa: E402
+from hpcsynth.rundir import RunDir  # noqa: E402
+
+FILES = 8
+CONFIG = """model: {engine: fake, path: fake-model}
+plan:
+  filter: 'int_score >= 0 and language != "xx"'
+  keep_fields: [int_score]
+  bytes_per_token: 4.2
+  shard_tokens: %d
+  shard_docs: %d
+"""
+
+
+def make_corpus(root: Path, mb: int, docs: int, name: str = "part") -> tuple[list[Path], list[Path], int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10))) for _ in range(5000)]
+    per_doc = mb * 1_000_000 // docs // 7  # ~7 bytes a word with its space
+    jsonl, parquet, text_bytes = [], [], 0
+    compressor = zstandard.ZstdCompressor(level=3)
+    for f in range(FILES):
+        rows = {"id": [], "text": [], "int_score": [], "language": []}
+        for i in range(f * docs // FILES, (f + 1) * docs // FILES):
+            n = rng.randint(per_doc // 2, per_doc * 3 // 2)
+            text = ".\n\n".join(" ".join(rng.choices(words, k=60)) for _ in range(max(1, n // 60)))
+            rows["id"].append(f"doc-{i}")
+            rows["text"].append(text)
+            rows["int_score"].append(i % 5)
+            rows["language"].append("en")
+            text_bytes += len(text)
+        lines = b"".join(orjson.dumps({k: v[j] for k, v in rows.items()}) + b"\n" for j in range(len(rows["id"])))
+        jsonl.append(root / f"{name}-{f}.jsonl.zst")
+        jsonl[-1].write_bytes(compressor.compress(lines))
+        parquet.append(root / f"{name}-{f}.parquet")
+        pq.write_table(pa.table(rows), parquet[-1], row_group_size=2000)
+    return jsonl, parquet, text_bytes
+
+
+def floor_jsonl(paths: list[Path]) -> tuple[float, int]:
+    started, size = time.perf_counter(), 0
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    for path in paths:
+        with open(path, "rb") as raw:
+            data = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True).read()
+        for line in data.splitlines():
+            orjson.loads(line)
+        for start in range(0, len(data), FRAME_BYTES):
+            compressor.compress(data[start:start + FRAME_BYTES])
+        size += len(data)
+    return time.perf_counter() - started, size
+
+
+def floor_parquet(paths: list[Path]) -> float:
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    for path in paths:
+        column = pq.read_table(path, columns=["text"]).column("text").combine_chunks()
+        data = column.buffers()[2].to_pybytes()
+        for start in range(0, len(data), FRAME_BYTES):
+            compressor.compress(data[start:start + FRAME_BYTES])
+    return time.perf_counter() - started
+
+
+def ours(root: Path, name: str, inputs: list[Path], jobs: int) -> float:
+    import shutil
+
+    config_path = root / f"{name}.yaml"
+    config_path.write_text(CONFIG % (1_000_000, 10_000))
+    config = load_config(config_path)
+    shutil.rmtree(root / name, ignore_errors=True)
+    started = time.perf_counter()
+    plan = plan_corpus(config, RunDir(root / name), [str(p) for p in inputs], jobs=jobs)
+    seconds = time.perf_counter() - started
+    print(f"  {name}: {plan.documents:,} documents, {plan.shards:,} shards, {seconds:.2f} s", flush=True)
+    return seconds
+
+
+def best(repeat: int, *runs) -> list[float]:
+    """Each run's best time over `repeat` interleaved rounds (load from other users only adds time)."""
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for i, run in enumerate(runs):
+            times[i].append(run())
+    return [min(t) for t in times]
+
+
+def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int) -> tuple[float, int, int]:
+    config_path = root / f"{name}.yaml"
+    config_path.write_text(CONFIG % (1_000_000, shard_docs))
+    command = [sys.executable, "-m", "hpcsynth", "plan", str(config_path), "--run", str(root / name), "--jobs", "1"]
+    for path in inputs:
+        command += ["--input", str(path)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    shards = len(os.listdir(root / name / "shards"))
+    return seconds, shards, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=230)
+    parser.add_argument("--docs", type=int, default=46_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--many", type=int, default=100_000, help="documents (and shards) of the many-shard run; 0 skips it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-plan-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        jsonl, parquet, text_bytes = make_corpus(root, args.mb, args.docs)
+        size = floor_jsonl(jsonl)[1]
+        print(f"corpus: {args.docs:,} documents, {text_bytes / 1e6:.0f} MB of text, {size / 1e6:.0f} MB of JSONL, "
+              f"{sum(p.stat().st_size for p in jsonl) / 1e6:.0f} MB as JSONL.zst; load {os.getloadavg()[0]:.1f}")
+        floor_s, ours_s = best(args.repeat, lambda: floor_jsonl(jsonl)[0], lambda: ours(root, "jsonl-1", jsonl, 1))
+        print(f"jsonl per core: floor {size / 1e6 / floor_s:.0f} MB/s, ours {size / 1e6 / ours_s:.0f} MB/s of JSONL, "
+              f"ratio {floor_s / ours_s:.2f} (goal >= 0.85)", flush=True)
+        floor_pq, ours_pq = best(args.repeat, lambda: floor_parquet(parquet), lambda: ours(root, "parquet-1", parquet, 1))
+        print(f"parquet per core: floor {text_bytes / 1e6 / floor_pq:.0f} MB/s of text, ours "
+              f"{text_bytes / 1e6 / ours_pq:.0f} MB/s, ratio {floor_pq / ours_pq:.2f}", flush=True)
+        one, two = best(args.repeat, lambda: ours(root, "jsonl-1", jsonl, 1), lambda: ours(root, "jsonl-2", jsonl, 2))
+        print(f"scaling: --jobs 2 is {one / two:.2f}x --jobs 1 (goal >= 1.7; load {os.getloadavg()[0]:.1f})",
+              flush=True)
+        if args.many:
+            small, _, _ = make_corpus(root, args.many * 600 // 1_000_000 or 1, args.many, "small")
+            few_s, few, _ = cli_plan(root, "few", small, 10_000)
+            many_s, many, rss = cli_plan(root, "many", small, 1)
+            print(f"many shards: {few:,} shards {few_s:.1f} s, {many:,} shards {many_s:.1f} s: "
+                  f"{(many_s - few_s) / (many - few) * 1e3:.3f} ms per extra shard (goal < 0.3); "
+                  f"peak RSS {rss} MB (goal < 1024)")
+
+
+if __name__ == "__main__":
+    main()
