@@ -16,6 +16,7 @@ from typing import Any
 from hpcsynth.config import Config, diff_configs
 from hpcsynth.errors import RunError
 from hpcsynth.files import read_json
+from hpcsynth.plan.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
 from hpcsynth.rundir import RunDir
 
@@ -28,7 +29,7 @@ def input_stats(paths: list[Path]) -> list[dict[str, Any]]:
     stats = []
     for path in paths:
         info = path.stat()
-        stats.append({"path": str(path), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
+        stats.append({"path": display_path(str(path)), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
     return stats
 
 

@@ -26,7 +26,7 @@ from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
 from hpcsynth.plan.parallel import default_jobs, run_groups
-from hpcsynth.plan.readers import ByteCounter, expand_inputs, unit
+from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
@@ -75,9 +75,10 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
     lock = take_lock(run.root)
     tmp = run.root / f".plan-tmp-{lock.read_text().strip().rpartition(':')[2]}"
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in run.root.glob(".plan-tmp-*"):  # left by a planner that died; we hold the lock now
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        plan = _plan_into(tmp, run, config, digest, prompts, stats, empty, jobs or default_jobs(), progress)
+        plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(), progress)
         commit_plan(tmp, run)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,12 +92,13 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
     return plan
 
 
-def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list, stats: list[dict],
-               empty: list[str], jobs: int, progress: Callable[[int, int], None] | None) -> Plan:
-    paths = [Path(s["path"]) for s in stats]
+def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list,
+               inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
+               progress: Callable[[int, int], None] | None) -> Plan:
+    paths, stats = inputs
     ratio, ratio_source = bytes_per_token(config, paths)
     group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
-                  for i, files in enumerate(_groups(stats))]
+                  for i, files in enumerate(_groups(paths, stats))]
     if config.plan.limit:
         jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
     counter, total = ByteCounter(), sum(s["bytes"] for s in stats)
@@ -132,14 +134,14 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
 
 
-def _groups(stats: list[dict]) -> list[tuple[tuple[int, str], ...]]:
+def _groups(paths: list[Path], stats: list[dict]) -> list[tuple[tuple[int, str], ...]]:
     groups: list[list[tuple[int, str]]] = []
     size = GROUP_BYTES
     for index, info in enumerate(stats):
         if size >= GROUP_BYTES:
             groups.append([])
             size = 0
-        groups[-1].append((index, info["path"]))
+        groups[-1].append((index, str(paths[index])))
         size += info["bytes"]
     return [tuple(g) for g in groups]
 
@@ -148,7 +150,8 @@ def _merge_rejects(tmp: Path, groups: int, empty: list[str]) -> Any:
     (tmp / "plan").mkdir()
     out = open(tmp / "plan" / "rejects.jsonl", "wb")
     for pattern in empty:
-        out.write(orjson.dumps({"source": pattern, "kind": "reject", "reason": "matches no file"}) + b"\n")
+        out.write(orjson.dumps({"source": display_path(pattern), "kind": "reject", "reason": "matches no file"})
+                  + b"\n")
     for group in range(groups):
         part = tmp / "rejects" / f"{group:06d}.jsonl"
         with open(part, "rb") as handle:

@@ -56,6 +56,15 @@ def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], li
     return list(dict.fromkeys(p.resolve() for p in paths)), empty
 
 
+def display_path(path: str) -> str:
+    """A path as JSON can hold it: undecodable bytes of a file name shown as \\xNN (orjson refuses them)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def unit(path: Path) -> str:
     return "row" if is_parquet(path) else "line"
 

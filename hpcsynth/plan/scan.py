@@ -24,7 +24,7 @@ import orjson
 from hpcsynth.config import PlanConfig
 from hpcsynth.plan.documents import DocumentBuilder, Dropped
 from hpcsynth.plan.filters import predicate_fields
-from hpcsynth.plan.readers import ByteCounter, read_file, unit
+from hpcsynth.plan.readers import ByteCounter, display_path, read_file, unit
 from hpcsynth.plan.shards import ShardCutter, ShardSink
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position
@@ -66,9 +66,11 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult
     columns += predicate_fields(job.plan.filter) if job.plan.filter else []
     ids = bytearray()
     with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as rejects:
-        for file_index, path in job.files:
-            name, kind = Path(path).name, unit(Path(path))
-            for position, record, reason in read_file(Path(path), columns, counter):
+        for file_index, real in job.files:
+            # `path` names the file in every record, reject and manifest row; `real` opens it.
+            path, kind = display_path(real), unit(Path(real))
+            name = Path(path).name
+            for position, record, reason in read_file(Path(real), columns, counter):
                 if job.limit and result.sources >= job.limit:
                     break
                 result.read += 1
@@ -96,7 +98,7 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult
 def write_spilled(tmp: Path, job: GroupJob) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
     sizes = np.load(_part(tmp, "spill", job.index, "npy"))
-    paths = dict(job.files)
+    paths = {index: display_path(path) for index, path in job.files}
     direct = _Direct(tmp, job)
     with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
         for tokens, chars, file_index, position in sizes.tolist():
@@ -119,7 +121,6 @@ class _Direct:
     def __init__(self, tmp: Path, job: GroupJob) -> None:
         self.sink = ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level)
         self.cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
-        self.paths = {path: index for index, path in job.files}
 
     def add(self, part: Any, path: str, kind: str, position: int) -> None:
         self.add_line(part.line, part.tokens, part.chars, path, kind, position)
@@ -138,7 +139,7 @@ class _Spill:
         self.tmp, self.index = tmp, job.index
         self.handle = open(_part(tmp, "spill", job.index, "jsonl"), "wb", buffering=1 << 20)
         self.sizes = array("q")  # tokens, chars, input file, position: 32 bytes a document
-        self.files = {path: index for index, path in job.files}
+        self.files = {display_path(path): index for index, path in job.files}
 
     def add(self, part: Any, path: str, kind: str, position: int) -> None:
         self.handle.write(part.line + b"\n")
