@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ def commit_plan(tmp: Path, run: RunDir) -> None:
     """Move the finished plan from tmp into RUN; the manifest, last, makes it count."""
     root = run.root
     if run.manifest_path.exists():
+        _retire_outputs(run, read_json(run.manifest_path)["shards"], read_json(tmp / "manifest.json")["shards"])
         run.manifest_path.unlink()
         fsync_dir(root)
     for name in PLAN_PARTS:
@@ -102,3 +104,21 @@ def commit_plan(tmp: Path, run: RunDir) -> None:
     os.replace(tmp / "manifest.json", run.manifest_path)
     fsync_dir(root)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _retire_outputs(run: RunDir, old_rows: list[dict], new_rows: list[dict]) -> None:
+    """A forced re-plan: outputs of shards whose content changed move to RUN/replaced/ (kept, not lost).
+
+    Their done markers may still carry the run's fingerprint (say, the same config over edited input
+    files), and a worker or reduce would then take an old output for the new shard.
+    """
+    new = {row["id"]: row["sha256"] for row in new_rows}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for row in old_rows:
+        if new.get(row["id"]) == row.get("sha256"):
+            continue
+        for path in (run.done_path(row["id"]), run.output_path(row["id"]), run.failed_path(row["id"])):
+            if path.exists():
+                target = run.root / "replaced" / stamp / path.parent.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(path, target)

@@ -91,10 +91,13 @@ def test_replanning_same_is_a_no_op_and_different_refuses_unless_forced(tmp_path
         plan_corpus(fake_config(corpus), run, jobs=1)
     assert run.manifest_path.read_bytes() == manifest, "a refused re-plan leaves the old plan alone"
     (run.root / "done").mkdir()
-    (run.root / "done" / "000000.json").write_text("{}")
-    forced = plan_corpus(fake_config(corpus, plan={"shard_docs": 4}), run, jobs=1, force=True)
-    assert forced.shards == 4 and len(list((run.root / "shards").iterdir())) == 4
-    assert (run.root / "done" / "000000.json").exists(), "finished work is kept"
+    for shard in (0, 2):
+        (run.root / "done" / f"00000{shard}.json").write_text("{}")
+    forced = plan_corpus(fake_config(corpus), run, jobs=1, force=True)
+    assert forced.shards == 3 and len(list((run.root / "shards").iterdir())) == 3
+    # the 13th document changed shard 2 only: its old output moves aside (kept), shard 0's stays done
+    assert (run.root / "done" / "000000.json").exists() and not (run.root / "done" / "000002.json").exists()
+    assert [p.name for p in (run.root / "replaced").glob("*/done/*")] == ["000002.json"]
     assert not [p for p in run.root.iterdir() if p.name.startswith(".plan")]
 
 
