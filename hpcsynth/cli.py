@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "the shards are the same for any value")
     plan.add_argument("--force", action="store_true",
                       help="replace an existing plan of RUN made with another config or inputs")
+    plan.add_argument("--executor", default="local", choices=["local", "slurm"],
+                      help="slurm: plan the input files as CPU array tasks (RUN on a shared filesystem)")
+    plan.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, account...)")
 
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
@@ -112,9 +115,15 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.jobs < 0:
         raise HpcsynthError(f"--jobs must be 1 or more (0: one per CPU), got {args.jobs}")
+    config = load_config(args.config)
+    slurm = None
+    if args.executor == "slurm":
+        from hpcsynth.execute.launch import load_profile
+
+        slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
     with progress_bar("planning") as progress:
-        plan = plan_corpus(load_config(args.config), RunDir(args.run), args.input, jobs=args.jobs,
-                           force=args.force, progress=progress)
+        plan = plan_corpus(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
+                           progress=progress, slurm=slurm)
     if plan.unchanged:
         print(f"{plan.run.root} is already planned with this config and these inputs: {plan.documents:,} "
               f"documents in {plan.shards:,} shards; nothing to do")

@@ -63,6 +63,9 @@ class PlanConfig:
     duplicate_ids: str = "keep_first"
     # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
     max_reject_rate: float = 0.05
+    # Consecutive input files are planned together (one process, no shard across groups) up to this many
+    # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone).
+    group_mb: int = 8
 
 
 @dataclass(frozen=True)
@@ -404,7 +407,7 @@ def _check_plan(config: Config, bad: Any) -> None:
     for key in ("shard_tokens", "long_doc_chars"):
         if getattr(plan, key) <= 0:
             raise bad(f"plan.{key}", f"must be greater than 0, got {getattr(plan, key)}")
-    for key in ("bytes_per_token", "max_chars", "limit", "long_doc_tokens"):
+    for key in ("bytes_per_token", "max_chars", "limit", "long_doc_tokens", "group_mb"):
         if getattr(plan, key) < 0:
             raise bad(f"plan.{key}", f"must be 0 or more, got {getattr(plan, key)}")
     if plan.filter:

@@ -37,6 +37,27 @@ def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter,
     return _Pool(jobs, workers, counter, tick).run()
 
 
+def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
+                       slurm: Any) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """A plan too big for one machine: the groups as one CPU array, their shards as a second, after
+    the counts between them fix every shard id (the same ids as a local plan)."""
+    from hpcsynth.execute.slurm import map_plan_array
+
+    results = map_plan_array(run_root, slurm, _scan_alone, [dataclasses.replace(j, first_shard=-1) for j in jobs],
+                             "plan-scan")
+    writes, first = [], 0
+    for job in jobs:
+        job = dataclasses.replace(job, first_shard=first)
+        first += count_spilled_shards(Path(job.tmp), job)
+        writes.append(job)
+    rows = map_plan_array(run_root, slurm, _write, writes, "plan-write")
+    return results, [row for group in rows for row in group]
+
+
+def _scan_alone(job: GroupJob) -> GroupResult:
+    return scan_group(job)
+
+
 def _sequential(jobs: list[GroupJob], counter: ByteCounter,
                 tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
     results: list[GroupResult] = []

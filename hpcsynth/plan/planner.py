@@ -19,23 +19,18 @@ from typing import Any
 import orjson
 
 from hpcsynth import __version__
-from hpcsynth.config import Config, fingerprint
-from hpcsynth.errors import InputError, RunError
+from hpcsynth.config import Config, SlurmConfig, fingerprint
+from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
-from hpcsynth.plan.parallel import default_jobs, run_groups
+from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
 from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir
-
-# Consecutive input files are planned together up to this many bytes on disk: enough work per process,
-# and small files share shards instead of each ending in a small one.
-GROUP_BYTES = 8 << 20
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -49,12 +44,17 @@ class Plan:
 
 
 def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jobs: int = 0,
-                force: bool = False, progress: Callable[[int, int], None] | None = None) -> Plan:
+                force: bool = False, progress: Callable[[int, int], None] | None = None,
+                slurm: SlurmConfig | None = None) -> Plan:
     """Shard the corpus named by `inputs` (or plan.inputs) into RUN.
 
     Re-planning a planned RUN with the same config and inputs changes nothing; with others it raises
-    RunError saying what changed, unless `force` (finished outputs stay, under the old fingerprint).
+    RunError saying what changed, unless `force` (outputs of changed shards move to RUN/replaced/).
+    With `slurm`, the input groups are planned as CPU array tasks (RUN must be on a shared filesystem).
     """
+    if slurm is not None and config.plan.limit:
+        raise HpcsynthError("plan.limit plans a prefix of the input, which one process reads fastest; "
+                            "plan it without --executor slurm")
     started = time.monotonic()
     paths, empty = expand_inputs(inputs or list(config.plan.inputs))
     config = dataclasses.replace(config, plan=dataclasses.replace(config.plan, inputs=tuple(map(str, paths))))
@@ -78,7 +78,8 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
         for stale in run.root.glob(".plan-tmp-*"):  # left by a planner that died; we hold the lock now
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(), progress)
+        plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(),
+                          progress, slurm)
         commit_plan(tmp, run)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,16 +95,18 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
 
 def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list,
                inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
-               progress: Callable[[int, int], None] | None) -> Plan:
+               progress: Callable[[int, int], None] | None, slurm: SlurmConfig | None = None) -> Plan:
     paths, stats = inputs
     ratio, ratio_source = bytes_per_token(config, paths)
     group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
-                  for i, files in enumerate(_groups(paths, stats))]
+                  for i, files in enumerate(_groups(paths, stats, config.plan.group_mb << 20))]
     if config.plan.limit:
         jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
     counter, total = ByteCounter(), sum(s["bytes"] for s in stats)
-    results, rows = run_groups(group_jobs, jobs, counter,
-                               lambda: progress and progress(counter.done, total))
+    if slurm is not None:
+        results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
+    else:
+        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total))
     rejects = _merge_rejects(tmp, len(results), empty)
     removed = find_duplicates(tmp, len(results), [r.documents for r in results], config.plan.duplicate_ids)
     dropped = remove_documents(tmp / "shards", rows, removed, config.plan.zstd_level, ratio)
@@ -134,11 +137,11 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
 
 
-def _groups(paths: list[Path], stats: list[dict]) -> list[tuple[tuple[int, str], ...]]:
+def _groups(paths: list[Path], stats: list[dict], group_bytes: int) -> list[tuple[tuple[int, str], ...]]:
     groups: list[list[tuple[int, str]]] = []
-    size = GROUP_BYTES
+    size = group_bytes
     for index, info in enumerate(stats):
-        if size >= GROUP_BYTES:
+        if size >= group_bytes:
             groups.append([])
             size = 0
         groups[-1].append((index, str(paths[index])))

@@ -10,7 +10,7 @@ import pytest
 
 from hpcsynth.errors import ConfigError
 from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
-from hpcsynth.plan import plan_corpus, planner
+from hpcsynth.plan import plan_corpus
 from hpcsynth.plan.documents import cut_point, split_text
 from hpcsynth.plan.filters import compile_predicate
 from hpcsynth.rundir import RunDir
@@ -59,13 +59,13 @@ def test_shards_balance_estimated_tokens_not_documents(tmp_path: Path) -> None:
     assert manifest["est_tokens"] == sum(r["est_tokens"] for r in rows)
 
 
-def test_jobs_and_groups_give_byte_identical_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(planner, "GROUP_BYTES", 20_000)  # many groups, so --jobs 2 spills most of them
+def test_jobs_and_groups_give_byte_identical_plans(tmp_path: Path) -> None:
     for i in range(6):
         mixed_corpus(tmp_path / "in" / f"part-{i}.jsonl", 40, dup_every=7)
     (tmp_path / "in" / "part-3.jsonl").open("ab").write(b"{broken\n")
+    # group_mb 0: each file its own group, so --jobs 2 and 3 spill most of them
     config = fake_config(tmp_path, plan={"shard_tokens": 15_000, "long_docs": "split", "long_doc_chars": 3000,
-                                         "max_reject_rate": 1.0})
+                                         "max_reject_rate": 1.0, "group_mb": 0})
     digests, plans = [], []
     for jobs in (1, 2, 3):
         run = RunDir(tmp_path / f"run-{jobs}")
