@@ -33,7 +33,7 @@ def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter,
                tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
     """Results per group and every shard row, in shard id order."""
     if workers <= 1 or len(jobs) <= 1:
-        return _sequential(jobs, counter, tick)
+        return _sequential(jobs, _TickingCounter(counter, tick), tick)
     return _Pool(jobs, workers, counter, tick).run()
 
 
@@ -73,6 +73,22 @@ def _sequential(jobs: list[GroupJob], counter: ByteCounter,
         rows += result.rows
         tick()
     return results, rows
+
+
+class _TickingCounter(ByteCounter):
+    """In-process counting that moves the progress bar as input is read (a file may be the whole input)."""
+
+    def __init__(self, total: ByteCounter, tick: Callable[[], None]) -> None:
+        self.total, self.tick = total, tick  # no super().__init__(): its `done = 0` would go to the setter
+
+    @property  # type: ignore[override]
+    def done(self) -> int:
+        return self.total.done
+
+    @done.setter
+    def done(self, value: int) -> None:
+        self.total.done = value
+        self.tick()
 
 
 class _SharedCounter(ByteCounter):

@@ -109,3 +109,12 @@ def test_real_common_crawl_documents(tmp_path: Path) -> None:
     assert plan.documents == 30 and plan.rejected == 0
     ids = {d["id"] for s in range(plan.shards) for d in read_jsonl_zst(run.shard_path(s))}
     assert all(i for i in ids) and len(ids) == 30
+
+
+def test_progress_reports_input_bytes(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 300)
+    calls: list[tuple[int, int]] = []
+    plan_corpus(fake_config(corpus), RunDir(tmp_path / "run"), jobs=1, progress=lambda d, t: calls.append((d, t)))
+    size = corpus.stat().st_size
+    assert calls and calls[-1] == (size, size)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
