@@ -52,12 +52,14 @@ class PlanConfig:
     limit: int = 0
     # Keep this seeded fraction of documents (chosen by a hash of the id, so it does not depend on order).
     sample_fraction: float = 1.0
+    # Another seed draws another subset of the same size; 0 is as good a default as any.
     sample_seed: int = 0
     # FinePhrase cut documents at ~18k characters: "truncate" at a paragraph boundary, "split" into parts
     # rephrased separately, or "keep" them whole (the worker still cuts at model.max_input_chars).
     long_docs: str = "truncate"
-    # The long-document budget in characters; long_doc_tokens (0: off) sets it in estimated tokens instead.
+    # The long-document budget in characters: FinePhrase's ~18k characters fit SmolLM2's 8k context.
     long_doc_chars: int = 18000
+    # The same budget in estimated tokens instead (0: use long_doc_chars), for models with other contexts.
     long_doc_tokens: int = 0
     # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
     duplicate_ids: str = "keep_first"

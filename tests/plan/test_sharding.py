@@ -144,3 +144,22 @@ def test_predicate_language(text: str, record: dict, expected: bool) -> None:
 def test_bad_predicates_name_the_key(text: str, why: str) -> None:
     with pytest.raises(ConfigError, match=f"'plan.filter' is not a valid filter .*({why})"):
         compile_predicate(text)
+
+
+def test_bytes_per_token_measured_with_the_generators_tokenizer(tmp_path: Path) -> None:
+    from conftest import SHARED_DATA
+
+    source = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if not source.is_file() or not (SHARED_DATA / "web").is_dir():
+        pytest.skip("shared tokenizer or Common Crawl sample not present")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "tokenizer.json").write_bytes(source.read_bytes())
+    run = RunDir(tmp_path / "run")
+    config = fake_config(tmp_path, model={"path": str(model)})
+    plan = plan_corpus(config, run, [str(SHARED_DATA / "web" / "*")], jobs=1)
+    ratio = read_json(run.manifest_path)["bytes_per_token"]
+    assert 3.0 < ratio < 6.0 and ratio != 4.0  # English web text under a 50k BPE
+    assert plan.summary["bytes_per_token_source"].startswith("measured on")
+    plain = plan_corpus(fake_config(tmp_path), RunDir(tmp_path / "plain"), [str(SHARED_DATA / "web" / "*")], jobs=1)
+    assert plain.summary["bytes_per_token"] == 4.0 and plain.summary["bytes_per_token_source"].startswith("default")
