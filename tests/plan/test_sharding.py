@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import orjson
@@ -163,3 +164,18 @@ def test_bytes_per_token_measured_with_the_generators_tokenizer(tmp_path: Path) 
     assert plan.summary["bytes_per_token_source"].startswith("measured on")
     plain = plan_corpus(fake_config(tmp_path), RunDir(tmp_path / "plain"), [str(SHARED_DATA / "web" / "*")], jobs=1)
     assert plain.summary["bytes_per_token"] == 4.0 and plain.summary["bytes_per_token_source"].startswith("default")
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("plan:\n  long_docs: cut\n", "line 2: 'plan.long_docs' must be one of truncate, split, keep, got 'cut'"),
+    ("plan:\n  shard_tokens: 1\n  filter: 'score >> 2'\n", "line 3: 'plan.filter' is not a valid filter"),
+    ("plan:\n  sample_fraction: 0\n", "'plan.sample_fraction' must be above 0 and at most 1"),
+    ("plan:\n  duplicate_ids: drop\n", "'plan.duplicate_ids' must be one of keep_first, reject"),
+])
+def test_plan_config_mistakes_name_the_line(tmp_path: Path, yaml_text: str, message: str) -> None:
+    from hpcsynth.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
