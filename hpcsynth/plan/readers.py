@@ -189,9 +189,9 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter) -> Itera
         size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
         for group in range(parquet.num_row_groups):
             for batch in parquet.iter_batches(PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted):
-                data = [(name, batch.column(i).to_pylist()) for i, name in enumerate(batch.schema.names)]
-                for i in range(batch.num_rows):
-                    yield row, {name: values[i] for name, values in data}, ""
+                names = batch.schema.names
+                for values in zip(*(column.to_pylist() for column in batch.columns)):
+                    yield row, dict(zip(names, values)), ""
                     row += 1
             counter.done += size // groups
     except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as exc:
