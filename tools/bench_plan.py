@@ -13,6 +13,7 @@ the machine is shared):
                   document (10^5), in a child process: extra milliseconds per shard, the child's peak RSS
 
     python tools/bench_plan.py [--mb 230] [--docs 46000] [--repeat 3] [--many 100000]
+                               [--parts jsonl,parquet,scaling,many]
 """
 
 from __future__ import annotations
@@ -144,23 +145,29 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=46_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--many", type=int, default=100_000, help="documents (and shards) of the many-shard run; 0 skips it")
+    parser.add_argument("--parts", default="jsonl,parquet,scaling,many", help="which measurements to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-plan-", dir=os.environ.get("BENCH_DIR")) as tmp:
         root = Path(tmp)
         jsonl, parquet, text_bytes = make_corpus(root, args.mb, args.docs)
         size = floor_jsonl(jsonl)[1]
         print(f"corpus: {args.docs:,} documents, {text_bytes / 1e6:.0f} MB of text, {size / 1e6:.0f} MB of JSONL, "
               f"{sum(p.stat().st_size for p in jsonl) / 1e6:.0f} MB as JSONL.zst; load {os.getloadavg()[0]:.1f}")
-        floor_s, ours_s = best(args.repeat, lambda: floor_jsonl(jsonl)[0], lambda: ours(root, "jsonl-1", jsonl, 1))
-        print(f"jsonl per core: floor {size / 1e6 / floor_s:.0f} MB/s, ours {size / 1e6 / ours_s:.0f} MB/s of JSONL, "
-              f"ratio {floor_s / ours_s:.2f} (goal >= 0.85)", flush=True)
-        floor_pq, ours_pq = best(args.repeat, lambda: floor_parquet(parquet), lambda: ours(root, "parquet-1", parquet, 1))
-        print(f"parquet per core: floor {text_bytes / 1e6 / floor_pq:.0f} MB/s of text, ours "
-              f"{text_bytes / 1e6 / ours_pq:.0f} MB/s, ratio {floor_pq / ours_pq:.2f}", flush=True)
-        one, two = best(args.repeat, lambda: ours(root, "jsonl-1", jsonl, 1), lambda: ours(root, "jsonl-2", jsonl, 2))
-        print(f"scaling: --jobs 2 is {one / two:.2f}x --jobs 1 (goal >= 1.7; load {os.getloadavg()[0]:.1f})",
-              flush=True)
-        if args.many:
+        if "jsonl" in parts:
+            floor_s, ours_s = best(args.repeat, lambda: floor_jsonl(jsonl)[0], lambda: ours(root, "jsonl-1", jsonl, 1))
+            print(f"jsonl per core: floor {size / 1e6 / floor_s:.0f} MB/s, ours {size / 1e6 / ours_s:.0f} MB/s of JSONL, "
+                  f"ratio {floor_s / ours_s:.2f} (goal >= 0.85)", flush=True)
+        if "parquet" in parts:
+            floor_pq, ours_pq = best(args.repeat, lambda: floor_parquet(parquet),
+                                     lambda: ours(root, "parquet-1", parquet, 1))
+            print(f"parquet per core: floor {text_bytes / 1e6 / floor_pq:.0f} MB/s of text, ours "
+                  f"{text_bytes / 1e6 / ours_pq:.0f} MB/s, ratio {floor_pq / ours_pq:.2f}", flush=True)
+        if "scaling" in parts:
+            one, two = best(args.repeat, lambda: ours(root, "jsonl-1", jsonl, 1), lambda: ours(root, "jsonl-2", jsonl, 2))
+            print(f"scaling: --jobs 2 is {one / two:.2f}x --jobs 1 (goal >= 1.7; load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+        if args.many and "many" in parts:
             small, _, _ = make_corpus(root, args.many * 600 // 1_000_000 or 1, args.many, "small")
             few_s, few, _ = cli_plan(root, "few", small, 10_000)
             many_s, many, rss = cli_plan(root, "many", small, 1)
