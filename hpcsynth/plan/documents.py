@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -21,8 +21,7 @@ from hpcsynth.plan.filters import MISSING, compile_predicate, lookup, sampled
 BOUNDARIES = ("\n\n", "\n", ". ", " ")
 
 
-@dataclass(frozen=True)
-class Part:
+class Part(NamedTuple):  # a tuple, not a dataclass: one is made per document of the corpus
     line: bytes  # the document's JSON without its key: {"id", "text", "meta"}
     tokens: int
     chars: int

@@ -89,7 +89,7 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult
                     result.est_tokens += part.tokens
                 result.documents += len(parts)
                 result.sources += 1
-                result.per_input[file_index] = result.per_input.get(file_index, 0) + 1
+            result.per_input[file_index] = result.sources - sum(result.per_input.values())
     _write(_part(tmp, "ids", job.index, "bin"), bytes(ids))
     result.rows = sink.close()
     return result
@@ -98,13 +98,14 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult
 def write_spilled(tmp: Path, job: GroupJob) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
     sizes = np.load(_part(tmp, "spill", job.index, "npy"))
-    paths = {index: display_path(path) for index, path in job.files}
-    direct = _Direct(tmp, job)
+    files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
+    add = _Direct(tmp, job).add_line
     with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
+        readline = spill.readline
         for tokens, chars, file_index, position in sizes.tolist():
-            path = paths[file_index]
-            direct.add_line(spill.readline()[:-1], tokens, chars, path, unit(Path(path)), position)
-    rows = direct.close()
+            path, kind = files[file_index]
+            add(readline()[:-1], tokens, chars, path, kind, position)
+    rows = add.__self__.close()
     for ext in ("npy", "jsonl"):
         _part(tmp, "spill", job.index, ext).unlink()
     return rows

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import zstandard
 
 from hpcsynth.errors import ConfigError
 from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
@@ -51,6 +52,8 @@ def test_shards_balance_estimated_tokens_not_documents(tmp_path: Path) -> None:
     assert len(rows) > 5 and min(full) >= 20_000 and max(full) < 20_000 + 5_000  # one document over, at most
     assert len({r["documents"] for r in rows}) > 3, "document counts vary; tokens do not"
     for row in rows:
+        blob = (run.root / row["path"]).read_bytes()
+        assert zstandard.get_frame_parameters(blob).has_checksum, "frames carry content checksums"
         docs = list(read_jsonl_zst(run.root / row["path"]))
         assert row["est_tokens"] == sum(max(1, round(len(d["text"].encode()) / 4.0)) for d in docs)
         assert sha256_file(run.root / row["path"]) == row["sha256"] and row["bytes"] == (run.root / row["path"]).stat().st_size
