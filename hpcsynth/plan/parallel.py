@@ -1,8 +1,11 @@
 """Running the input groups: in this process (--jobs 1) or a pool of processes, same bytes either way.
 
-Shard ids are fixed in input order. A group handed out when every earlier group is already counted knows
-its first shard id and writes its shards at once; one handed out earlier spills, and its shards are
-written by a second pool task as soon as the groups before it are counted.
+Shard ids are fixed in input order. With --jobs 1 each group knows its first shard id when it starts and
+writes its shards as it reads. In a pool, a group's first id depends on the groups before it, so each
+worker reads its group holding the documents (in memory up to HOLD_BYTES, the rest spilled to disk),
+publishes its shard count, waits for the groups before it to publish theirs (they started earlier: the
+pool takes tasks in order, so the wait is short and never circular), then writes its shards. On Slurm
+the two halves are separate array tasks (run_groups_on_slurm).
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import queue
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.plan.readers import ByteCounter
-from hpcsynth.plan.scan import GroupJob, GroupResult, count_spilled_shards, scan_group, write_spilled
+from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
 
 _SHARED: Any = None  # the pool's byte counter, set in each worker process
+_COUNTS: Any = None  # shard count of each group once scanned (UNKNOWN before, FAILED if it failed)
+UNKNOWN, FAILED = -1, -2
+# Documents a pool worker keeps in memory while it waits for its group's first shard id; past this they
+# go to disk and are read back, so memory stays bounded by --jobs x HOLD_BYTES whatever the file sizes.
+HOLD_BYTES = 256 << 20
 
 
 def default_jobs() -> int:
@@ -108,13 +116,35 @@ class _SharedCounter(ByteCounter):
         self._local = value
 
 
-def _init(shared: Any) -> None:
-    global _SHARED
-    _SHARED = shared
+def _init(shared: Any, counts: Any) -> None:
+    global _SHARED, _COUNTS
+    _SHARED, _COUNTS = shared, counts
 
 
-def _scan(job: GroupJob) -> GroupResult:
-    return scan_group(job, _SharedCounter(_SHARED))
+def _scan_write(job: GroupJob) -> GroupResult:
+    """Scan a group holding its documents, publish its shard count, wait for the groups before it to
+    publish theirs (they started earlier: the pool takes tasks in order), then write its shards."""
+    held: list = []
+    try:
+        result = scan_group(job, _SharedCounter(_SHARED), held)
+        spill = held[0]
+        _COUNTS[job.index] = count_shards(spill.sizes[0::4], job)
+    except BaseException:
+        _COUNTS[job.index] = FAILED
+        raise
+    first = _first_shard(job.index)
+    result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
+    return result
+
+
+def _first_shard(index: int) -> int:
+    while True:
+        counts = _COUNTS[:index]
+        if FAILED in counts:
+            raise RuntimeError("an earlier input group failed; see its error")
+        if all(count >= 0 for count in counts):
+            return sum(counts)
+        time.sleep(0.005)
 
 
 def _write(job: GroupJob) -> list[dict[str, Any]]:
@@ -124,58 +154,21 @@ def _write(job: GroupJob) -> list[dict[str, Any]]:
 class _Pool:
     def __init__(self, jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None]) -> None:
         self.jobs, self.workers, self.counter, self.tick = jobs, workers, counter, tick
-        self.events: queue.Queue = queue.Queue()
-        self.results: dict[int, GroupResult] = {}
-        self.rows: dict[int, list[dict[str, Any]]] = {}
-        self.counted = 0  # groups whose shard ids are fixed
-        self.next_shard = 0
-        self.in_flight = 0
 
     def run(self) -> tuple[list[GroupResult], list[dict[str, Any]]]:
         # fork: workers start at once and import nothing; the only parent thread (rich's refresh) is never
         # touched by a child.
         context = multiprocessing.get_context("fork")
         shared = context.Value("q", 0)
-        with context.Pool(self.workers, initializer=_init, initargs=(shared,)) as pool:
-            handed = 0
-            while self.counted < len(self.jobs) or self.in_flight:
-                while self.in_flight < self.workers and handed < len(self.jobs):
-                    first = self.next_shard if handed == self.counted else -1
-                    self._submit(pool, "scan", _scan, dataclasses.replace(self.jobs[handed], first_shard=first))
-                    handed += 1
-                self._wait(pool, shared)
-        return [self.results[i] for i in range(len(self.jobs))], [r for i in range(len(self.jobs)) for r in self.rows[i]]
-
-    def _submit(self, pool: Any, kind: str, fn: Callable, job: GroupJob) -> None:
-        self.in_flight += 1
-        pool.apply_async(fn, (job,), callback=lambda r: self.events.put((kind, job, r, None)),
-                         error_callback=lambda e: self.events.put((kind, job, None, e)))
-
-    def _wait(self, pool: Any, shared: Any) -> None:
-        try:
-            kind, job, result, error = self.events.get(timeout=0.25)
-        except queue.Empty:
-            self.counter.done = shared.value
-            self.tick()
-            return
-        self.in_flight -= 1
-        if error is not None:
-            raise error
-        if kind == "scan":
-            self.results[job.index] = result
-        else:
-            self.rows[job.index] = result
-        self._count(pool)
-
-    def _count(self, pool: Any) -> None:
-        """Fix the shard ids of every group, in order, whose documents are known."""
-        while self.counted in self.results:
-            result = self.results[self.counted]
-            job = dataclasses.replace(self.jobs[self.counted], first_shard=self.next_shard)
-            if result.rows is not None:
-                self.rows[self.counted] = result.rows
-                self.next_shard += len(result.rows)
-            else:
-                self.next_shard += count_spilled_shards(Path(job.tmp), job)
-                self._submit(pool, "write", _write, job)
-            self.counted += 1
+        counts = context.RawArray("q", [UNKNOWN] * len(self.jobs))
+        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES) for job in self.jobs]
+        with context.Pool(self.workers, initializer=_init, initargs=(shared, counts)) as pool:
+            pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
+            results = []
+            for task in pending:
+                while not task.ready():
+                    task.wait(0.25)
+                    self.counter.done = shared.value
+                    self.tick()
+                results.append(task.get())
+        return results, [row for result in results for row in result.rows]

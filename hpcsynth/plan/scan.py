@@ -41,6 +41,7 @@ class GroupJob:
     bytes_per_token: float
     first_shard: int  # -1: not known yet, spill
     limit: int = 0  # source documents this group may still plan (0: no limit)
+    hold_bytes: int = 0  # while the first shard id is unknown, documents kept in memory before spilling
 
 
 @dataclass
@@ -57,7 +58,8 @@ class GroupResult:
     per_input: dict[int, int] = field(default_factory=dict)
 
 
-def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult:
+def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:
+    """Plan one group; a spilled group's documents are also appended to `held` (for write_spilled)."""
     tmp = Path(job.tmp)
     result = GroupResult(job.index)
     builder = DocumentBuilder(job.plan, job.bytes_per_token)
@@ -92,30 +94,38 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None) -> GroupResult
             result.per_input[file_index] = result.sources - sum(result.per_input.values())
     _write(_part(tmp, "ids", job.index, "bin"), bytes(ids))
     result.rows = sink.close()
+    if held is not None and isinstance(sink, _Spill):
+        held.append(sink)
     return result
 
 
-def write_spilled(tmp: Path, job: GroupJob) -> list[dict[str, Any]]:
+def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
-    sizes = np.load(_part(tmp, "spill", job.index, "npy"))
+    sizes = held.sizes.tolist() if held is not None else np.load(_part(tmp, "spill", job.index, "npy")).ravel().tolist()
     files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
     add = _Direct(tmp, job).add_line
+    lines = held.held if held is not None else []
     with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
         readline = spill.readline
-        for tokens, chars, file_index, position in sizes.tolist():
-            path, kind = files[file_index]
-            add(readline()[:-1], tokens, chars, path, kind, position)
+        for i in range(0, len(sizes), 4):
+            path, kind = files[sizes[i + 2]]
+            line = lines[i // 4] if i // 4 < len(lines) else readline()[:-1]
+            add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
     rows = add.__self__.close()
     for ext in ("npy", "jsonl"):
         _part(tmp, "spill", job.index, ext).unlink()
     return rows
 
 
-def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
+def count_shards(tokens: Any, job: GroupJob) -> int:
+    """How many shards ShardCutter makes of these per-document token estimates."""
     cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
-    tokens = np.load(_part(tmp, "spill", job.index, "npy"))[:, 0].tolist()
     closed = sum(cutter.add(t) for t in tokens)
     return closed + (1 if cutter.docs else 0)
+
+
+def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
+    return count_shards(np.load(_part(tmp, "spill", job.index, "npy"))[:, 0].tolist(), job)
 
 
 class _Direct:
@@ -136,14 +146,22 @@ class _Direct:
 
 
 class _Spill:
+    """Documents of a group whose first shard id is unknown: in memory up to hold_bytes, then on disk."""
+
     def __init__(self, tmp: Path, job: GroupJob) -> None:
         self.tmp, self.index = tmp, job.index
         self.handle = open(_part(tmp, "spill", job.index, "jsonl"), "wb", buffering=1 << 20)
         self.sizes = array("q")  # tokens, chars, input file, position: 32 bytes a document
         self.files = {display_path(path): index for index, path in job.files}
+        self.held: list[bytes] = []
+        self.room = job.hold_bytes
 
     def add(self, part: Any, path: str, kind: str, position: int) -> None:
-        self.handle.write(part.line + b"\n")
+        if self.room > 0 and not self.handle.tell():  # in order: memory first, the rest on disk
+            self.held.append(part.line)
+            self.room -= len(part.line)
+        else:
+            self.handle.write(part.line + b"\n")
         self.sizes.extend((part.tokens, part.chars, self.files[path], position))
 
     def close(self) -> None:
