@@ -162,7 +162,7 @@ class _Pool:
         shared = context.Value("q", 0)
         counts = context.RawArray("q", [UNKNOWN] * len(self.jobs))
         jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES) for job in self.jobs]
-        with context.Pool(self.workers, initializer=_init, initargs=(shared, counts)) as pool:
+        with context.Pool(min(self.workers, len(jobs)), initializer=_init, initargs=(shared, counts)) as pool:
             pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
             results = []
             for task in pending:
