@@ -106,3 +106,24 @@ def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch
     rejects = [orjson.loads(l) for l in (run.root / "plan" / "rejects.jsonl").read_bytes().splitlines()]
     assert all(r["reason"].startswith("duplicate id") for r in rejects) and len(rejects) == 7 - len(kept)
     assert sum(i["documents"] for i in manifest["inputs"]) == len(kept)
+
+
+def test_a_failing_pool_worker_fails_the_plan_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcsynth.plan import scan
+
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    real = scan.write_spilled
+
+    def broken(tmp, job, held=None):  # the forked workers inherit this: group 1 hits a full disk
+        if job.index == 1:
+            raise OSError(28, "No space left on device")
+        return real(tmp, job, held)
+
+    monkeypatch.setattr("hpcsynth.plan.parallel.write_spilled", broken)
+    run = RunDir(tmp_path / "run")
+    started = time.monotonic()
+    with pytest.raises(OSError, match="No space left"):
+        plan_corpus(fake_config(tmp_path, plan={"group_mb": 0}), run, [str(tmp_path / "in")], jobs=3)
+    assert time.monotonic() - started < 60, "the workers waiting behind the failed group give up"
+    assert not run.root.exists(), "nothing left behind, not even the run directory it created"
