@@ -103,7 +103,7 @@ def _read_jsonl(path: Path, counter: ByteCounter) -> Iterator[Item]:
         with open(path, "rb", buffering=0) as raw:
             source = io.BufferedReader(_Counting(raw, counter), 1 << 20)
             for number, line in enumerate(_lines(path, source), start=1):
-                if line.isspace():
+                if not line or line.isspace():
                     continue
                 try:
                     record = orjson.loads(line)
@@ -146,12 +146,12 @@ def _zst_chunks(source: Any) -> Iterator[bytes]:
 
 
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines without their newline (orjson does not need it, and adding it back would copy every line)."""
     rest = b""
     for chunk in chunks:
         lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
         rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
+        yield from lines
     if rest:
         yield rest
 
