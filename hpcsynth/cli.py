@@ -109,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.config import load_config
     from hpcsynth.plan import plan_corpus
-    from hpcsynth.rundir import RunDir
-
     from hpcsynth.plan.summary import progress_bar, render_summary
+    from hpcsynth.rundir import RunDir
 
     if args.jobs < 0:
         raise HpcsynthError(f"--jobs must be 1 or more (0: one per CPU), got {args.jobs}")

@@ -24,7 +24,7 @@ FORMATS = ("megatron",)
 
 @dataclass(frozen=True)
 class PlanConfig:
-    # JSONL files or globs (plain, .gz or .zst); `hpcsynth plan --input` replaces them.
+    # Files, directories or globs: JSONL (plain, .gz or .zst) or Parquet; `hpcsynth plan --input` replaces them.
     inputs: tuple[str, ...] = ()
     # A cap beside plan.shard_tokens: 10,000 documents x 4 prompts keeps a shard of very short documents
     # (tweets, titles) to minutes of GPU work; 339M FineWeb-Edu documents stay a few hundred thousand files.
@@ -389,7 +389,6 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
     if config.sampling.temperature < 0:
         raise bad("sampling.temperature", f"must be 0 or more, got {config.sampling.temperature}")
-
 
 
 LONG_DOCS = ("truncate", "split", "keep")

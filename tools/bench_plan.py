@@ -151,7 +151,8 @@ def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int, jobs: i
     shutil.rmtree(root / name, ignore_errors=True)
     config_path = root / f"{name}.yaml"
     config_path.write_text(CONFIG % (1_000_000, shard_docs))
-    command = [sys.executable, "-m", "hpcsynth", "plan", str(config_path), "--run", str(root / name), "--jobs", str(jobs)]
+    command = [sys.executable, "-m", "hpcsynth", "plan", str(config_path), "--run", str(root / name),
+               "--jobs", str(jobs)]
     for path in inputs:
         command += ["--input", str(path)]
     started = time.perf_counter()
@@ -166,7 +167,8 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=230)
     parser.add_argument("--docs", type=int, default=46_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--many", type=int, default=100_000, help="documents (and shards) of the many-shard run; 0 skips it")
+    parser.add_argument("--many", type=int, default=100_000,
+                        help="documents (and shards) of the many-shard run; 0 skips it")
     parser.add_argument("--parts", default="jsonl,parquet,scaling,many", help="which measurements to run")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -190,7 +192,8 @@ def main() -> None:
             one, two, f1, f2 = best(args.repeat, lambda: cli_plan(root, "cli-1", jsonl, 10_000, jobs=1),
                                     lambda: cli_plan(root, "cli-2", jsonl, 10_000, jobs=2),
                                     lambda: floor_processes(jsonl, 1), lambda: floor_processes(jsonl, 2))
-            print(f"scaling: --jobs 2 wall {one[0] / two[0]:.2f}x --jobs 1 (goal >= 1.7; load {os.getloadavg()[0]:.1f}, "
+            print(f"scaling: --jobs 2 wall {one[0] / two[0]:.2f}x --jobs 1 (goal >= 1.7; "
+                  f"load {os.getloadavg()[0]:.1f}, "
                   f"{len(os.sched_getaffinity(0))} CPUs ours); CPU {two[1] / one[1]:.2f}x the work of --jobs 1, so "
                   f"{2 * one[1] / two[1]:.2f}x on two free cores; anchor: the floor split over two processes "
                   f"takes {f2[1] / f1[1]:.2f}x its CPU and {f1[0] / f2[0]:.2f}x its speed here", flush=True)

@@ -50,7 +50,8 @@ def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> 
                          ("inputs removed", [p for p in old if p not in new]),
                          ("inputs changed (size or time)", [p for p in new if p in old and old[p] != new[p]])):
         if names:
-            changes.append(f"{label}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            changes.append(f"{label}: {', '.join(names[:3])}{more}")
     if not changes and list(old) != list(new):
         changes.append("inputs are in a different order")
     return changes
