@@ -41,7 +41,7 @@ def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], li
     paths: list[Path] = []
     empty: list[str] = []
     for pattern in patterns:
-        if glob.has_magic(pattern):
+        if glob.has_magic(pattern) and not Path(pattern).exists():  # "part[1].jsonl" may be a real name
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         elif Path(pattern).is_dir():
             matches = sorted(p for p in Path(pattern).rglob("*") if not p.name.startswith("."))

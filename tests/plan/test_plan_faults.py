@@ -83,6 +83,9 @@ def test_hostile_file_names(tmp_path: Path) -> None:
     plan = plan_corpus(fake_config(tmp_path), run, [str(tmp_path / "in")], jobs=1)
     docs = [d for s in range(plan.shards) for d in read_jsonl_zst(run.shard_path(s))]
     assert plan.documents == 4 and "bad-\\xff-name.jsonl:1" in {d["id"] for d in docs}
+    # a file whose name looks like a glob is taken literally when it exists
+    literal = plan_corpus(fake_config(tmp_path), RunDir(tmp_path / "literal"), [str(odd)], jobs=1)
+    assert literal.documents == 3
     assert sum(1 for d in docs if d["meta"]["source"].endswith("ünï.jsonl")) == 3
 
 
