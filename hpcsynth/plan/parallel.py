@@ -10,6 +10,7 @@ the two halves are separate array tasks (run_groups_on_slurm).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.plan.readers import ByteCounter
+from hpcsynth.plan.shards import finish_syncs, forget_syncers
 from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
 
 _SHARED: Any = None  # the pool's byte counter, set in each worker process
@@ -68,6 +70,18 @@ def _scan_alone(job: GroupJob) -> GroupResult:
 
 def _sequential(jobs: list[GroupJob], counter: ByteCounter,
                 tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    try:
+        done = _each_group(jobs, counter, tick)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error that stopped the plan is the one to tell
+            finish_syncs()
+        raise
+    finish_syncs()  # every shard on disk before the caller writes the manifest
+    return done
+
+
+def _each_group(jobs: list[GroupJob], counter: ByteCounter,
+                tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
     results: list[GroupResult] = []
     rows: list[dict[str, Any]] = []
     planned = 0
@@ -75,7 +89,7 @@ def _sequential(jobs: list[GroupJob], counter: ByteCounter,
         if job.limit:  # what the earlier groups left of plan.limit; none left: read nothing
             left = job.limit - planned
             job = dataclasses.replace(job, limit=left) if left > 0 else dataclasses.replace(job, files=())
-        result = scan_group(dataclasses.replace(job, first_shard=len(rows)), counter)
+        result = scan_group(dataclasses.replace(job, first_shard=len(rows), defer_sync=True), counter)
         planned += result.sources
         results.append(result)
         rows += result.rows
@@ -119,6 +133,7 @@ class _SharedCounter(ByteCounter):
 def _init(shared: Any, counts: Any) -> None:
     global _SHARED, _COUNTS
     _SHARED, _COUNTS = shared, counts
+    forget_syncers()
 
 
 def _scan_write(job: GroupJob) -> GroupResult:

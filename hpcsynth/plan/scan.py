@@ -42,6 +42,7 @@ class GroupJob:
     first_shard: int  # -1: not known yet, spill
     limit: int = 0  # source documents this group may still plan (0: no limit)
     hold_bytes: int = 0  # while the first shard id is unknown, documents kept in memory before spilling
+    defer_sync: bool = False  # leave waiting for the fsyncs to the caller (shards.finish_syncs)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class _Direct:
     def __init__(self, tmp: Path, job: GroupJob) -> None:
         self.sink = ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level)
         self.cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
+        self.wait = not job.defer_sync
 
     def add(self, part: Any, path: str, kind: str, position: int) -> None:
         self.add_line(part.line, part.tokens, part.chars, path, kind, position)
@@ -142,7 +144,7 @@ class _Direct:
             self.sink.end_shard()
 
     def close(self) -> list[dict[str, Any]]:
-        return [row.as_dict() for row in self.sink.close()]
+        return [row.as_dict() for row in self.sink.close(self.wait)]
 
 
 class _Spill:

@@ -125,16 +125,19 @@ class ShardSink:
         self.rows.append(self.row)
         self.row = None
         if len(self.unsynced) >= FSYNC_BATCH:
-            self.syncer = self.syncer or _Syncer(self.dir)
+            self.syncer = self.syncer or _syncer(self.dir)
             self.syncer.submit(self.unsynced)
             self.unsynced = []
 
-    def close(self) -> list[ShardRow]:
+    def close(self, wait: bool = True) -> list[ShardRow]:
+        """Hand the last files to the syncer; wait=False leaves the wait to finish_syncs() (the next
+        group is read while this one's files reach the disk)."""
         self.end_shard()
-        syncer = self.syncer or _Syncer(self.dir)
+        syncer = self.syncer or _syncer(self.dir)
         syncer.submit(self.unsynced)
         self.unsynced = []
-        syncer.close()
+        if wait:
+            syncer.wait()
         return self.rows
 
     def _frame(self) -> None:
@@ -147,6 +150,34 @@ class ShardSink:
         self.digest.update(blob)
         self.row.bytes += len(blob)
         self.lines, self.size = [], 0
+
+
+_SYNCERS: dict[str, "_Syncer"] = {}  # one per shards directory in this process, shared by its groups
+
+
+def _syncer(directory: str) -> "_Syncer":
+    if directory not in _SYNCERS:
+        _SYNCERS[directory] = _Syncer(directory)
+    return _SYNCERS[directory]
+
+
+def finish_syncs() -> None:
+    """Wait until every shard file this process wrote is on disk; stop the fsync threads."""
+    syncers = list(_SYNCERS.values())
+    _SYNCERS.clear()
+    errors = []
+    for syncer in syncers:
+        try:
+            syncer.close()
+        except OSError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def forget_syncers() -> None:
+    """In a freshly forked process: the parent's fsync threads do not exist here."""
+    _SYNCERS.clear()
 
 
 class _Syncer:
