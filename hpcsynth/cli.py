@@ -60,7 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "see `hpcsynth config`)")
     plan.add_argument("--run", type=Path, required=True, help="run directory to create")
     plan.add_argument("--input", action="append", metavar="PATH_OR_GLOB",
-                      help="corpus JSONL file(s), plain/.gz/.zst; repeatable; replaces plan.inputs")
+                      help="corpus files, directories or globs: JSONL (plain/.gz/.zst) or Parquet; repeatable; "
+                           "replaces plan.inputs")
+    plan.add_argument("--jobs", type=int, default=0,
+                      help="processes planning input files at once (default: the CPUs Slurm or the OS gives us); "
+                           "the shards are the same for any value")
+    plan.add_argument("--force", action="store_true",
+                      help="replace an existing plan of RUN made with another config or inputs")
+    plan.add_argument("--executor", default="local", choices=["local", "slurm"],
+                      help="slurm: plan the input files as CPU array tasks (RUN on a shared filesystem)")
+    plan.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, account...)")
 
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
@@ -141,15 +150,31 @@ def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.config import load_config
     from hpcsynth.generate.engines import check_model
     from hpcsynth.plan import plan_corpus
+    from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
 
+    if args.jobs < 0:
+        raise HpcsynthError(f"--jobs must be 1 or more (0: one per CPU), got {args.jobs}")
     config = load_config(args.config)
     # A run that cannot start is refused before any shard is written (a directory this login node does
     # not see is left to launch, which knows where the workers run).
     check_model(config, str(args.config), here=False)
-    plan = plan_corpus(config, RunDir(args.run), args.input)
+    slurm = None
+    if args.executor == "slurm":
+        from hpcsynth.execute.launch import load_profile
+
+        slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
+    with progress_bar("planning") as progress:
+        plan = plan_corpus(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
+                           progress=progress, slurm=slurm)
+    if plan.unchanged:
+        print(f"{plan.run.root} is already planned with this config and these inputs: {plan.documents:,} "
+              f"documents in {plan.shards:,} shards; nothing to do")
+        return 0
+    render_summary(plan.summary, str(plan.run.root))
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
-          f"({plan.rejected:,} rejected; fingerprint {plan.fingerprint[:12]})")
+          f"({plan.rejected:,} rejected, see {plan.run.root / 'plan' / 'rejects.jsonl'}; "
+          f"fingerprint {plan.fingerprint[:12]})")
     return 0
 
 

@@ -26,11 +26,11 @@ DTYPES = ("bfloat16", "float16", "float32", "auto")
 
 @dataclass(frozen=True)
 class PlanConfig:
-    # JSONL files or globs (plain, .gz or .zst); `hpcsynth plan --input` replaces them.
+    # Files, directories or globs: JSONL (plain, .gz or .zst) or Parquet; `hpcsynth plan --input` replaces them.
     inputs: tuple[str, ...] = ()
-    # ~1,000 documents x 4 prompts is minutes of GPU work: small enough that a lost shard costs little,
-    # large enough that 339M documents stay a few hundred thousand files.
-    shard_docs: int = 1000
+    # A cap beside plan.shard_tokens: 10,000 documents x 4 prompts keeps a shard of very short documents
+    # (tweets, titles) to minutes of GPU work; 339M FineWeb-Edu documents stay a few hundred thousand files.
+    shard_docs: int = 10000
     # dolma / datatrove field names for the document text and its id.
     text_key: str = "text"
     id_key: str = "id"
@@ -41,6 +41,38 @@ class PlanConfig:
     # A corpus line longer than this is a counted reject, never read whole: web documents stay far
     # below it (the longest FineWeb pages are a few MB), and it bounds what a decompression bomb costs.
     max_line_bytes: int = 64 << 20
+    # ~1,000 FineWeb-Edu documents of ~1k tokens: minutes of GPU work per shard, balanced by tokens so that
+    # a shard of long documents does not take ten times longer than one of short ones.
+    shard_tokens: int = 1_000_000
+    # 0: measure UTF-8 bytes per token on the first MiB of the corpus with model.path's tokenizer when it
+    # has one, else 4.0 (English web text under ~50k-vocabulary BPE tokenizers averages 4.2-4.6).
+    bytes_per_token: float = 0.0
+    # Metadata fields (dotted for nested ones) copied into each document's "meta" and every output record.
+    keep_fields: tuple[str, ...] = ()
+    # A predicate over metadata, e.g. 'int_score >= 3 and language == "en"'; empty keeps everything.
+    filter: str = ""
+    # 0 leaves the filter off; a document longer than this is filtered (and listed in the rejects file).
+    max_chars: int = 0
+    # Plan at most this many documents, in input order (0: all); the study rephrases subsets.
+    limit: int = 0
+    # Keep this seeded fraction of documents (chosen by a hash of the id, so it does not depend on order).
+    sample_fraction: float = 1.0
+    # Another seed draws another subset of the same size; 0 is as good a default as any.
+    sample_seed: int = 0
+    # FinePhrase cut documents at ~18k characters: "truncate" at a paragraph boundary, "split" into parts
+    # rephrased separately, or "keep" them whole (the worker still cuts at model.max_input_chars).
+    long_docs: str = "truncate"
+    # The long-document budget in characters: FinePhrase's ~18k characters fit SmolLM2's 8k context.
+    long_doc_chars: int = 18000
+    # The same budget in estimated tokens instead (0: use long_doc_chars), for models with other contexts.
+    long_doc_tokens: int = 0
+    # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
+    duplicate_ids: str = "keep_first"
+    # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
+    max_reject_rate: float = 0.05
+    # Consecutive input files are planned together (one process, no shard across groups) up to this many
+    # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone).
+    group_mb: int = 8
 
 
 @dataclass(frozen=True)
@@ -434,6 +466,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     device = config.worker.device
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise bad("worker.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+    _check_plan(config, bad)
     if config.slurm.gpu_request not in ("gres", "gpus"):
         raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
     if config.slurm.array_tasks < 1:
@@ -499,3 +532,29 @@ def _check_slurm_strings(slurm: SlurmConfig, bad: Any) -> None:
                                       f"({', '.join(SBATCH_OURS)}); use slurm.signal_delay_s or leave it out")
     if not slurm.python.isprintable():
         raise bad("slurm.python", f"{slurm.python!r} must be one line: the interpreter's path")
+
+
+LONG_DOCS = ("truncate", "split", "keep")
+DUPLICATE_IDS = ("keep_first", "reject")
+
+
+def _check_plan(config: Config, bad: Any) -> None:
+    plan = config.plan
+    if plan.long_docs not in LONG_DOCS:
+        raise bad("plan.long_docs", f"must be one of {', '.join(LONG_DOCS)}, got {plan.long_docs!r}")
+    if plan.duplicate_ids not in DUPLICATE_IDS:
+        raise bad("plan.duplicate_ids", f"must be one of {', '.join(DUPLICATE_IDS)}, got {plan.duplicate_ids!r}")
+    if not 0 < plan.sample_fraction <= 1:
+        raise bad("plan.sample_fraction", f"must be above 0 and at most 1, got {plan.sample_fraction}")
+    if not 0 <= plan.max_reject_rate <= 1:
+        raise bad("plan.max_reject_rate", f"must be between 0 and 1, got {plan.max_reject_rate}")
+    for key in ("shard_tokens", "long_doc_chars"):
+        if getattr(plan, key) <= 0:
+            raise bad(f"plan.{key}", f"must be greater than 0, got {getattr(plan, key)}")
+    for key in ("bytes_per_token", "max_chars", "limit", "long_doc_tokens", "group_mb"):
+        if getattr(plan, key) < 0:
+            raise bad(f"plan.{key}", f"must be 0 or more, got {getattr(plan, key)}")
+    if plan.filter:
+        from hpcsynth.plan.filters import compile_predicate
+
+        compile_predicate(plan.filter, bad)

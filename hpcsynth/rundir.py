@@ -7,6 +7,7 @@ documented in docs/run-directory.md; keep the two in step.
 from __future__ import annotations
 
 import shlex
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
                              fingerprint, fingerprint_payload, read_yaml)
 from hpcsynth.errors import HpcsynthError, RunError
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from hpcsynth.files import atomic_write_bytes, read_json, sha256_file
 
 LAYOUT_VERSION = 1
 
@@ -167,7 +168,9 @@ class RunDir:
 
         hashes = {p.name: p.template_hash for p in load_prompts(config)}
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
-        atomic_write_json(self.fingerprint_payload_path, fingerprint_payload(config, hashes))
+        # json, not orjson: a corpus path that is not UTF-8 (kept as surrogates) is escaped, not refused.
+        payload = json.dumps(fingerprint_payload(config, hashes), sort_keys=True, indent=1)
+        atomic_write_bytes(self.fingerprint_payload_path, payload.encode() + b"\n")
         atomic_write_bytes(self.config_path, text.encode())
         atomic_write_bytes(self.fingerprint_path, f"{digest}\n".encode())
 

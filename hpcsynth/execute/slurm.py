@@ -437,3 +437,45 @@ class ReduceMerge:
 
         report = merge_parts(out_dir)
         return {"sequences": report["sequences"], "tokens": report["tokens"]}
+
+
+# --- planning as CPU arrays (`hpcsynth plan --executor slurm`); the planner hands in picklable calls
+PLAN_CPUS = 1  # one planning process per array task: the array is the parallelism
+PLAN_MEM_GB = 4  # a group holds ~32 bytes a document plus zstd buffers; 4 GB is far above that
+PLAN_TIME_MIN = 120
+
+
+def map_plan_array(run_root: Path, config: SlurmConfig, fn: Any, jobs: list[Any], name: str) -> list[Any]:
+    """fn(job) for every job as the tasks of CPU-only arrays (no GPUs asked); wait; results in order."""
+    import dataclasses
+
+    import submitit
+
+    if not jobs:
+        return []
+    require_tools("sbatch", "sacct")
+    cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=PLAN_CPUS, mem_gb=PLAN_MEM_GB,
+                              time_min=PLAN_TIME_MIN, job_name=f"{config.job_name}-{name}")
+    executor = submitit.SlurmExecutor(folder=run_root / "slurm" / f"{name}-%A", python=config.python or None)
+    executor.update_parameters(**executor_parameters(cpu))
+    limit = max_array_size(config)
+    submitted = []
+    for start in range(0, len(jobs), limit):
+        with _captured_stderr() as captured:
+            try:
+                submitted += executor.map_array(fn, jobs[start:start + limit])
+                failure = None
+            except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as exc:
+                failure = exc
+            said = captured.read_text(errors="replace")
+        if failure is not None:
+            raise SlurmError(f"sbatch refused the {name} array: {_first_error(said + str(failure), failure)}")
+    log.info("%s: %d array tasks submitted", name, len(submitted))
+    results = []
+    for job in submitted:
+        try:
+            results.append(job.result())
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
+            raise SlurmError(f"{name} array task {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
+                             f"its log: {job.paths.stdout}") from None
+    return results

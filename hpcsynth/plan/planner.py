@@ -1,14 +1,17 @@
-"""Plan: split a JSONL corpus into zstd JSONL shards and write the manifest.
+"""Plan: a corpus -> token-balanced zstd JSONL shards, the manifest, rejects and a summary.
 
-First stage of the flow. Writes RUN/config.yaml, RUN/fingerprint, RUN/shards/*.jsonl.zst,
-RUN/rejects/plan.jsonl and, last, RUN/manifest.json: a run counts as planned once the manifest exists.
+First stage of the flow. Everything is built in RUN/.plan-tmp-PID and moved into place when whole
+(manifest.py): RUN/config.yaml, RUN/fingerprint, RUN/shards/*.jsonl.zst, RUN/plan/rejects.jsonl,
+RUN/plan/summary.json and, last, RUN/manifest.json: a run counts as planned once the manifest exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import shutil
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,18 @@ from typing import Any
 import orjson
 
 from hpcsynth import __version__
-from hpcsynth.config import Config, fingerprint
-from hpcsynth.errors import InputError, RunError
-from hpcsynth.files import atomic_write_json, open_write_nofollow, read_corpus_lines, write_jsonl_zst
+from hpcsynth.config import Config, SlurmConfig, fingerprint
+from hpcsynth.errors import HpcsynthError, InputError, RunError
+from hpcsynth.files import atomic_write_json, read_json
+from hpcsynth.plan.calibrate import bytes_per_token
+from hpcsynth.plan.duplicates import find_duplicates, remove_documents
+from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
+from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
+from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
+from hpcsynth.plan.scan import GroupJob, GroupResult
+from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -30,125 +39,168 @@ class Plan:
     documents: int
     rejected: int
     fingerprint: str
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unchanged: bool = False  # RUN already held this very plan; nothing was written
 
 
-def expand_inputs(patterns: tuple[str, ...] | list[str]) -> list[Path]:
-    if not patterns:
-        raise InputError("no input files: pass --input PATH_OR_GLOB or set plan.inputs in the config")
-    paths: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        files = [Path(m) for m in matches if Path(m).is_file()]
-        if not files:
-            raise InputError(f"input {pattern!r} matches no file; check the path or glob")
-        paths += files
-    return list(dict.fromkeys(p.resolve() for p in paths))
+def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jobs: int = 0,
+                force: bool = False, progress: Callable[[int, int], None] | None = None,
+                slurm: SlurmConfig | None = None) -> Plan:
+    """Shard the corpus named by `inputs` (or plan.inputs) into RUN.
 
-
-def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None) -> Plan:
-    """Shard the corpus named by `inputs` (or plan.inputs) into RUN; refuse an already planned RUN."""
-    if run.manifest_path.exists():
-        raise RunError(f"{run.root} is already planned; pick a new --run directory (outputs there are kept)")
-    paths = expand_inputs(inputs or list(config.plan.inputs))
+    Re-planning a planned RUN with the same config and inputs changes nothing; with others it raises
+    RunError saying what changed, unless `force` (outputs of changed shards move to RUN/replaced/).
+    With `slurm`, the input groups are planned as CPU array tasks (RUN must be on a shared filesystem).
+    """
+    if slurm is not None and config.plan.limit:
+        raise HpcsynthError("plan.limit plans a prefix of the input, which one process reads fastest; "
+                            "plan it without --executor slurm")
+    started = time.monotonic()
+    paths, empty = expand_inputs(inputs or list(config.plan.inputs))
     config = dataclasses.replace(config, plan=dataclasses.replace(config.plan, inputs=tuple(map(str, paths))))
     prompts = load_prompts(config)
-    hashes = {p.name: p.template_hash for p in prompts}
-    digest = fingerprint(config, hashes)
+    digest = fingerprint(config, {p.name: p.template_hash for p in prompts})
+    stats = input_stats(paths)
+    if run.manifest_path.exists():
+        changes = changes_since(run, config, stats)
+        if not changes:
+            manifest = read_json(run.manifest_path)
+            return Plan(run, len(manifest["shards"]), manifest["documents"], manifest["rejected"], digest,
+                        unchanged=True)
+        if not force:
+            raise RunError(f"{run.root} is already planned differently ({'; '.join(changes)}); plan into a new "
+                           f"--run directory, or pass --force to replace the plan (finished outputs are kept)")
+    created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(config, digest)
+    lock = take_lock(run.root)
+    tmp = run.root / f".plan-tmp-{lock.read_text().strip().rpartition(':')[2]}"
+    try:
+        for stale in run.root.glob(".plan-tmp-*"):  # left by a planner that died; we hold the lock now
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(),
+                          progress, slurm)
+        commit_plan(tmp, run)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        if created and not any(run.root.iterdir()):
+            run.root.rmdir()
+        raise
+    lock.unlink(missing_ok=True)
+    plan.summary["seconds"] = round(time.monotonic() - started, 3)
+    atomic_write_json(run.root / "plan" / "summary.json", plan.summary)
+    return plan
 
-    writer = _ShardWriter(run, config)
-    rejects = _Rejects(run.root / "rejects" / "plan.jsonl")
-    input_stats = []
-    for path in paths:
-        kept = 0
-        for line, record in read_corpus_lines(path, config.plan.max_line_bytes):
-            doc = record if isinstance(record, str) else _document(record, config, path, line)
-            if isinstance(doc, str):
-                rejects.add({"source": str(path), "line": line, "reason": doc})
-                continue
-            writer.add(doc)
-            kept += 1
-        input_stats.append({"path": str(path), "documents": kept})
-    writer.close()
+
+def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list,
+               inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
+               progress: Callable[[int, int], None] | None, slurm: SlurmConfig | None = None) -> Plan:
+    paths, stats = inputs
+    ratio, ratio_source = bytes_per_token(config, paths)
+    group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
+                  for i, files in enumerate(_groups(paths, stats, config.plan.group_mb << 20))]
+    if config.plan.limit:
+        jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
+    counter, total = ByteCounter(), sum(s["bytes"] for s in stats)
+    if slurm is not None:
+        results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
+    else:
+        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total))
+    rejects = _merge_rejects(tmp, len(results), empty)
+    removed = find_duplicates(tmp, len(results), [r.documents for r in results], config.plan.duplicate_ids)
+    dropped = remove_documents(tmp / "shards", rows, removed, config.plan.zstd_level, ratio)
+    for r in removed:
+        doc = dropped[r.doc]
+        first = f"{stats[r.first_file]['path']}:{r.first_pos}"
+        rejects.write(orjson.dumps({"source": stats[r.file]["path"], unit(paths[r.file]): r.pos, "kind": "reject",
+                                    "reason": f"duplicate id {doc['id']!r} (first at {first})"}) + b"\n")
     rejects.close()
-    if writer.documents == 0:
-        raise InputError(f"no usable documents in {len(paths)} input file(s) ({rejects.count} rejected, see "
-                         f"{rejects.path}); check plan.text_key ({config.plan.text_key!r}) and plan.min_chars")
-
-    manifest: dict[str, Any] = {
-        "layout_version": LAYOUT_VERSION,
-        "hpcsynth_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "fingerprint": digest,
+    totals = _totals(results, empty, removed)
+    _check_rejects(totals, config, run, tmp)
+    per_input = Counter()
+    for result in results:
+        per_input.update(result.per_input)
+    for r in removed:
+        per_input[r.file] -= 1
+    manifest = {
+        "layout_version": LAYOUT_VERSION, "hpcsynth_version": __version__, "fingerprint": digest,
         "prompts": [{"name": p.name, "template_hash": p.template_hash} for p in prompts],
-        "inputs": input_stats,
-        "documents": writer.documents,
-        "rejected": rejects.count,
-        "shards": writer.shards,
+        "inputs": [{**s, "documents": per_input.get(i, 0)} for i, s in enumerate(stats)],
+        "documents": sum(r["documents"] for r in rows), "sources": totals["sources"],
+        "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),
+        "bytes_per_token": ratio, "shards": rows,
     }
-    atomic_write_json(run.manifest_path, manifest)
-    return Plan(run=run, shards=len(writer.shards), documents=writer.documents, rejected=rejects.count,
-                fingerprint=digest)
+    RunDir(tmp).write_config(config, digest)
+    atomic_write_json(tmp / "manifest.json", manifest)
+    summary = summarize(manifest, totals, ratio_source, jobs, len(group_jobs))
+    return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
 
 
-def _document(record: dict, config: Config, path: Path, line: int) -> dict | str:
-    """The shard record for one corpus line, or the reason it is rejected."""
-    text = record.get(config.plan.text_key)
-    if not isinstance(text, str):
-        return f"no string field {config.plan.text_key!r}"
-    if len(text.strip()) < config.plan.min_chars:
-        return f"shorter than plan.min_chars={config.plan.min_chars}"
-    source_id = record.get(config.plan.id_key)
-    if source_id is None:
-        source_id = f"{path.name}:{line}"
-    return {"id": str(source_id), "text": text}
+def _groups(paths: list[Path], stats: list[dict], group_bytes: int) -> list[tuple[tuple[int, str], ...]]:
+    groups: list[list[tuple[int, str]]] = []
+    size = group_bytes
+    for index, info in enumerate(stats):
+        if size >= group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((index, str(paths[index])))
+        size += info["bytes"]
+    return [tuple(g) for g in groups]
 
 
-class _ShardWriter:
-    def __init__(self, run: RunDir, config: Config) -> None:
-        self.run = run
-        self.size = config.plan.shard_docs
-        self.level = config.plan.zstd_level
-        self.buffer: list[dict] = []
-        self.shards: list[dict[str, Any]] = []
-        self.documents = 0
-
-    def add(self, doc: dict) -> None:
-        shard = len(self.shards)
-        # The key is unique within the run by construction, whatever the corpus's ids look like.
-        doc = {"key": f"{shard:06d}-{len(self.buffer):06d}", **doc}
-        self.buffer.append(doc)
-        self.documents += 1
-        if len(self.buffer) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        shard = len(self.shards)
-        chars = sum(len(d["text"]) for d in self.buffer)
-        count, sha = write_jsonl_zst(self.run.shard_path(shard), self.buffer, self.level)
-        self.shards.append({"id": shard, "documents": count, "chars": chars, "sha256": sha})
-        self.buffer = []
-
-    def close(self) -> None:
-        self.flush()
+def _merge_rejects(tmp: Path, groups: int, empty: list[str]) -> Any:
+    (tmp / "plan").mkdir()
+    out = open(tmp / "plan" / "rejects.jsonl", "wb")
+    for pattern in empty:
+        out.write(orjson.dumps({"source": display_path(pattern), "kind": "reject", "reason": "matches no file"})
+                  + b"\n")
+    for group in range(groups):
+        part = tmp / "rejects" / f"{group:06d}.jsonl"
+        with open(part, "rb") as handle:
+            shutil.copyfileobj(handle, out)
+        part.unlink()
+    return out
 
 
-class _Rejects:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self.handle = None
+def _totals(results: list[GroupResult], empty: list[str], removed: list) -> dict[str, Any]:
+    reasons, filtered = Counter(), Counter()
+    for result in results:
+        reasons.update(result.reasons)
+        filtered.update(result.filtered)
+    if empty:
+        reasons["matches no file"] += len(empty)
+    if removed:
+        reasons["duplicate id"] += len(removed)
+    rejected = sum(reasons.values())
+    return {"read": sum(r.read for r in results) + len(empty), "rejected": rejected,
+            "sources": sum(r.sources for r in results) - len(removed),
+            "reasons": dict(reasons.most_common()), "filtered": dict(filtered.most_common())}
 
-    def add(self, entry: dict) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open_write_nofollow(self.path)
-        self.handle.write(orjson.dumps(entry) + b"\n")
-        self.count += 1
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
+def _check_rejects(totals: dict[str, Any], config: Config, run: RunDir, tmp: Path) -> None:
+    """Abort past plan.max_reject_rate or with nothing planned; keep the rejects where the user finds them."""
+    read, rejected = totals["read"], totals["rejected"]
+    rate = rejected / read if read else 1.0
+    if totals["sources"] > 0 and rate <= config.plan.max_reject_rate:
+        return
+    kept = run.root / "plan-failed-rejects.jsonl"
+    shutil.copyfile(tmp / "plan" / "rejects.jsonl", kept)
+    top = ", ".join(f"{reason} ({n:,})" for reason, n in list(totals["reasons"].items())[:3]) or "none"
+    top += _first_reject(kept)
+    if totals["sources"] == 0:
+        raise InputError(f"no usable documents in the input ({rejected:,} rejected: {top}; filtered: "
+                         f"{totals['filtered'] or 'none'}); see {kept}; check plan.text_key ({config.plan.text_key!r})"
+                         f" and the filters")
+    raise InputError(f"{rejected:,} of {read:,} records rejected ({rate:.1%}), above plan.max_reject_rate="
+                     f"{config.plan.max_reject_rate}: {top}; see {kept}; fix the input or raise plan.max_reject_rate")
+
+
+def _first_reject(path: Path) -> str:
+    with open(path, "rb") as handle:
+        line = handle.readline()
+    if not line:
+        return ""
+    entry = orjson.loads(line)
+    where = next((f" {unit} {entry[unit]}" for unit in ("line", "row") if unit in entry), "")
+    return f"; first: {entry['source']}{where}: {entry['reason']}"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, sha256_file
+from hpcsynth.files import atomic_write_bytes, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter

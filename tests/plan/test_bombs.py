@@ -55,12 +55,12 @@ def plan_capped(tmp_path: Path, corpus: Path, extra: str = "") -> subprocess.Com
 def test_bomb_line_is_a_counted_reject_and_the_rest_is_planned(tmp_path: Path, make) -> None:
     corpus = make(tmp_path / f"bomb.jsonl.{make.__name__[:-5]}")
     assert corpus.stat().st_size < 8 << 20
-    proc = plan_capped(tmp_path, corpus)
+    proc = plan_capped(tmp_path, corpus, extra="plan: {max_reject_rate: 0.9}\n")  # 1 of 2 lines is the bomb
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "planned 1 documents" in proc.stdout and "1 rejected" in proc.stdout
-    rejects = [orjson.loads(line) for line in (tmp_path / "run" / "rejects" / "plan.jsonl").read_bytes().splitlines()]
-    assert rejects == [{"source": str(corpus.resolve()), "line": 1,
-                        "reason": "line longer than plan.max_line_bytes=67,108,864 bytes; skipped unread"}]
+    assert orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["documents"] == 1
+    rejects = [orjson.loads(line) for line in (tmp_path / "run" / "plan" / "rejects.jsonl").read_bytes().splitlines()]
+    assert len(rejects) == 1 and rejects[0]["line"] == 1 and rejects[0]["source"].endswith(corpus.name)
+    assert "longer than plan.max_line_bytes=67,108,864" in rejects[0]["reason"]
 
 
 def test_memory_error_is_one_line(tmp_path: Path) -> None:

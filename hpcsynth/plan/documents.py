@@ -1,0 +1,128 @@
+"""One corpus record -> the shard documents it becomes, or why it is dropped.
+
+Order of the rules: a record without usable text is a reject (bad input, counted against
+plan.max_reject_rate); then the filters the user chose (max_chars, min_chars, the predicate, sampling) drop
+it by rule; then the long-document policy truncates or splits it. What happened is kept in the
+document's "meta", which the worker copies into every output record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from hpcsynth.config import PlanConfig
+from hpcsynth.plan.filters import MISSING, compile_predicate, lookup, sampled
+
+# Cut points for a long document, coarsest first; a cut must keep at least half the budget.
+BOUNDARIES = ("\n\n", "\n", ". ", " ")
+
+
+class Part(NamedTuple):  # a tuple, not a dataclass: one is made per document of the corpus
+    line: bytes  # the document's JSON without its key: {"id", "text", "meta"}
+    tokens: int
+    chars: int
+
+
+@dataclass(frozen=True)
+class Dropped:
+    kind: str  # "reject" (bad input) or "filter" (a rule the user set)
+    reason: str
+    rule: str = ""
+    listed: bool = True  # written to the rejects file (sampling and predicate drops are only counted)
+
+
+class DocumentBuilder:
+    def __init__(self, plan: PlanConfig, bytes_per_token: float) -> None:
+        self.plan = plan
+        self.bytes_per_token = bytes_per_token
+        self.predicate: Callable[[dict], bool] | None = compile_predicate(plan.filter) if plan.filter else None
+        self.budget = (int(plan.long_doc_tokens * bytes_per_token) if plan.long_doc_tokens
+                       else plan.long_doc_chars)
+        self.keep = [(f, "." not in f) for f in plan.keep_fields]
+
+    def source_id(self, record: dict, name: str, position: int) -> str:
+        value = record.get(self.plan.id_key)
+        # No id in the corpus: the file name and position are stable as long as the file is.
+        return f"{name}:{position}" if value is None or value == "" else str(value)
+
+    def build(self, record: dict, source_id: str, meta: dict[str, Any]) -> list[Part] | Dropped:
+        plan = self.plan
+        text = record.get(plan.text_key)
+        if not isinstance(text, str):
+            if text is None:
+                return Dropped("reject", f"no string field {plan.text_key!r}")
+            return Dropped("reject", f"field {plan.text_key!r} is {type(text).__name__}, not a string")
+        if not text or text.isspace():
+            return Dropped("reject", "empty text")
+        chars = len(text)
+        if plan.max_chars and chars > plan.max_chars:
+            return Dropped("filter", f"{chars} characters, above plan.max_chars={plan.max_chars}", "max_chars")
+        if chars < plan.min_chars:
+            return Dropped("filter", f"{chars} characters, below plan.min_chars={plan.min_chars}", "min_chars")
+        if self.predicate is not None and not self.predicate(record):
+            return Dropped("filter", "plan.filter", "filter", listed=False)
+        if plan.sample_fraction < 1.0 and not sampled(source_id, plan.sample_seed, plan.sample_fraction):
+            return Dropped("filter", "plan.sample_fraction", "sample", listed=False)
+        if self.keep:
+            meta["fields"] = {f: _plain(record.get(f) if top else lookup(record, f)) for f, top in self.keep}
+        try:
+            return self._parts(text, source_id, meta)
+        except orjson.JSONEncodeError as exc:  # lone surrogates from "\ud800" escapes
+            return Dropped("reject", f"text cannot be written as UTF-8 JSON ({exc})")
+
+    def _parts(self, text: str, source_id: str, meta: dict[str, Any]) -> list[Part]:
+        chars = len(text)
+        texts = [text]
+        if chars > self.budget and self.plan.long_docs == "truncate":
+            texts = [text[:cut_point(text, self.budget)]]
+        elif chars > self.budget and self.plan.long_docs == "split":
+            texts = split_text(text, self.budget)
+        meta["chars"] = chars
+        meta["truncated"] = len(texts) == 1 and len(texts[0]) < chars
+        meta["kept_fraction"] = 1.0 if texts[0] is text else round(sum(map(len, texts)) / chars, 4)
+        meta["parts"] = len(texts)
+        parts = []
+        for index, part in enumerate(texts):
+            meta["part"] = index
+            line = orjson.dumps({"id": source_id, "text": part, "meta": meta})
+            parts.append(Part(line, estimate_tokens(part, self.bytes_per_token), len(part)))
+        return parts
+
+
+def estimate_tokens(text: str, bytes_per_token: float) -> int:
+    # isascii() is O(1) in CPython: most web text skips the encode.
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return max(1, round(size / bytes_per_token))
+
+
+def cut_point(text: str, budget: int) -> int:
+    """Where to cut `text` to at most `budget` characters: the last paragraph, line, sentence or word end."""
+    for boundary in BOUNDARIES:
+        at = text.rfind(boundary, budget // 2, budget)
+        if at > 0:
+            return at + (1 if boundary == ". " else 0)
+    return budget
+
+
+def split_text(text: str, budget: int) -> list[str]:
+    parts = []
+    while len(text) > budget:
+        cut = cut_point(text, budget)
+        parts.append(text[:cut])
+        text = text[cut:].lstrip("\n ")
+    if text:
+        parts.append(text)
+    return parts
+
+
+def _plain(value: Any) -> Any:
+    """A kept field as JSON can hold it (a missing field is null)."""
+    if value is MISSING:
+        return None
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    return str(value)

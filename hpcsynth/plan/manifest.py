@@ -1,0 +1,125 @@
+"""The plan's manifest, the check before re-planning, and putting a finished plan in place.
+
+A plan is built in RUN/.plan-tmp-PID and moved into RUN only when whole: the old manifest goes first
+(so a crash in between leaves a run that reads as not planned, never a mix), then shards/, plan/,
+config.yaml and fingerprint, and the new manifest last. The manifest holds nothing that changes between
+two plans of the same config and inputs (no clock, no --jobs), so those plans are byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcsynth.config import Config, diff_configs
+from hpcsynth.errors import RunError
+from hpcsynth.files import read_json
+from hpcsynth.plan.readers import display_path
+from hpcsynth.plan.shards import fsync_dir
+from hpcsynth.rundir import RunDir
+
+PLAN_PARTS = ("shards", "plan")
+LOCK = ".plan.lock"
+
+
+def input_stats(paths: list[Path]) -> list[dict[str, Any]]:
+    """What identifies an input file cheaply: its path, size and modification time."""
+    stats = []
+    for path in paths:
+        info = path.stat()
+        stats.append({"path": display_path(str(path)), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
+    return stats
+
+
+def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> list[str]:
+    """How this plan differs from the one already in RUN (empty: the same config and inputs)."""
+    try:
+        old_config, manifest = run.config(), read_json(run.manifest_path)
+    except (OSError, ValueError, RunError) as exc:
+        return [f"the existing plan cannot be read ({exc})"]
+    changes = []
+    keys = [k for k in diff_configs(old_config, config) if k != "plan.inputs"]
+    if keys:
+        changes.append(f"config keys changed: {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
+    old = {i["path"]: (i.get("bytes"), i.get("mtime_ns")) for i in manifest.get("inputs", [])}
+    new = {i["path"]: (i["bytes"], i["mtime_ns"]) for i in inputs}
+    for label, names in (("inputs added", [p for p in new if p not in old]),
+                         ("inputs removed", [p for p in old if p not in new]),
+                         ("inputs changed (size or time)", [p for p in new if p in old and old[p] != new[p]])):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            changes.append(f"{label}: {', '.join(names[:3])}{more}")
+    if not changes and list(old) != list(new):
+        changes.append("inputs are in a different order")
+    return changes
+
+
+def take_lock(root: Path) -> Path:
+    """One planner per run directory: a second one would interleave their moves."""
+    lock = root / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _holder_gone(lock):
+                raise RunError(f"another `hpcsynth plan` is writing {root} ({lock.read_text().strip()}); wait for it, "
+                               f"or remove {lock} if it died on another machine") from None
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, f"{os.uname().nodename}:{os.getpid()}\n".encode())
+        os.close(fd)
+        return lock
+    raise RunError(f"could not lock {root} for planning; remove {lock} and retry")
+
+
+def _holder_gone(lock: Path) -> bool:
+    try:
+        host, _, pid = lock.read_text().strip().rpartition(":")
+        if host != os.uname().nodename:
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def commit_plan(tmp: Path, run: RunDir) -> None:
+    """Move the finished plan from tmp into RUN; the manifest, last, makes it count."""
+    root = run.root
+    if run.manifest_path.exists():
+        _retire_outputs(run, read_json(run.manifest_path)["shards"], read_json(tmp / "manifest.json")["shards"])
+        run.manifest_path.unlink()
+        fsync_dir(root)
+    for name in PLAN_PARTS:
+        if (root / name).exists():
+            os.rename(root / name, tmp / f"replaced-{name}")
+        os.rename(tmp / name, root / name)
+    for name in ("fingerprint.json", "config.yaml", "fingerprint"):
+        os.replace(tmp / name, root / name)
+    fsync_dir(root)
+    os.replace(tmp / "manifest.json", run.manifest_path)
+    fsync_dir(root)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _retire_outputs(run: RunDir, old_rows: list[dict], new_rows: list[dict]) -> None:
+    """A forced re-plan: outputs of shards whose content changed move to RUN/replaced/ (kept, not lost).
+
+    Their done markers may still carry the run's fingerprint (say, the same config over edited input
+    files), and a worker or reduce would then take an old output for the new shard.
+    """
+    new = {row["id"]: row["sha256"] for row in new_rows}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for row in old_rows:
+        if new.get(row["id"]) == row.get("sha256"):
+            continue
+        for path in (run.done_path(row["id"]), run.output_path(row["id"]), run.failed_path(row["id"])):
+            if path.exists():
+                target = run.root / "replaced" / stamp / path.parent.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(path, target)

@@ -1,0 +1,189 @@
+"""Running the input groups: in this process (--jobs 1) or a pool of processes, same bytes either way.
+
+Shard ids are fixed in input order. With --jobs 1 each group knows its first shard id when it starts and
+writes its shards as it reads. In a pool, a group's first id depends on the groups before it, so each
+worker reads its group holding the documents (in memory up to HOLD_BYTES, the rest spilled to disk),
+publishes its shard count, waits for the groups before it to publish theirs (they started earlier: the
+pool takes tasks in order, so the wait is short and never circular), then writes its shards. On Slurm
+the two halves are separate array tasks (run_groups_on_slurm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpcsynth.plan.readers import ByteCounter
+from hpcsynth.plan.shards import finish_syncs, forget_syncers
+from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
+
+_SHARED: Any = None  # the pool's byte counter, set in each worker process
+_COUNTS: Any = None  # shard count of each group once scanned (UNKNOWN before, FAILED if it failed)
+UNKNOWN, FAILED = -1, -2
+# Documents a pool worker keeps in memory while it waits for its group's first shard id; past this they
+# go to disk and are read back, so memory stays bounded by --jobs x HOLD_BYTES whatever the file sizes.
+HOLD_BYTES = 256 << 20
+
+
+def default_jobs() -> int:
+    """The CPUs Slurm gave this task, else those this process may run on."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter,
+               tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """Results per group and every shard row, in shard id order."""
+    if workers <= 1 or len(jobs) <= 1:
+        return _sequential(jobs, _TickingCounter(counter, tick), tick)
+    return _Pool(jobs, workers, counter, tick).run()
+
+
+def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
+                       slurm: Any) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """A plan too big for one machine: the groups as one CPU array, their shards as a second, after
+    the counts between them fix every shard id (the same ids as a local plan)."""
+    from hpcsynth.execute.slurm import map_plan_array
+
+    results = map_plan_array(run_root, slurm, _scan_alone, [dataclasses.replace(j, first_shard=-1) for j in jobs],
+                             "plan-scan")
+    writes, first = [], 0
+    for job in jobs:
+        job = dataclasses.replace(job, first_shard=first)
+        first += count_spilled_shards(Path(job.tmp), job)
+        writes.append(job)
+    rows = map_plan_array(run_root, slurm, _write, writes, "plan-write")
+    return results, [row for group in rows for row in group]
+
+
+def _scan_alone(job: GroupJob) -> GroupResult:
+    return scan_group(job)
+
+
+def _sequential(jobs: list[GroupJob], counter: ByteCounter,
+                tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    try:
+        done = _each_group(jobs, counter, tick)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error that stopped the plan is the one to tell
+            finish_syncs()
+        raise
+    finish_syncs()  # every shard on disk before the caller writes the manifest
+    return done
+
+
+def _each_group(jobs: list[GroupJob], counter: ByteCounter,
+                tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    results: list[GroupResult] = []
+    rows: list[dict[str, Any]] = []
+    planned = 0
+    for job in jobs:
+        if job.limit:  # what the earlier groups left of plan.limit; none left: read nothing
+            left = job.limit - planned
+            job = dataclasses.replace(job, limit=left) if left > 0 else dataclasses.replace(job, files=())
+        result = scan_group(dataclasses.replace(job, first_shard=len(rows), defer_sync=True), counter)
+        planned += result.sources
+        results.append(result)
+        rows += result.rows
+        tick()
+    return results, rows
+
+
+class _TickingCounter(ByteCounter):
+    """In-process counting that moves the progress bar as input is read (a file may be the whole input)."""
+
+    def __init__(self, total: ByteCounter, tick: Callable[[], None]) -> None:
+        self.total, self.tick = total, tick  # no super().__init__(): its `done = 0` would go to the setter
+
+    @property  # type: ignore[override]
+    def done(self) -> int:
+        return self.total.done
+
+    @done.setter
+    def done(self, value: int) -> None:
+        self.total.done = value
+        self.tick()
+
+
+class _SharedCounter(ByteCounter):
+    """A worker's byte counter that also adds to the parent's shared total."""
+
+    def __init__(self, shared: Any) -> None:
+        self._local, self.shared = 0, shared  # no super().__init__(): its `done = 0` would go to the setter
+
+    @property  # type: ignore[override]
+    def done(self) -> int:
+        return self._local
+
+    @done.setter
+    def done(self, value: int) -> None:
+        with self.shared.get_lock():
+            self.shared.value += value - self._local
+        self._local = value
+
+
+def _init(shared: Any, counts: Any) -> None:
+    global _SHARED, _COUNTS
+    _SHARED, _COUNTS = shared, counts
+    forget_syncers()
+
+
+def _scan_write(job: GroupJob) -> GroupResult:
+    """Scan a group holding its documents, publish its shard count, wait for the groups before it to
+    publish theirs (they started earlier: the pool takes tasks in order), then write its shards."""
+    held: list = []
+    try:
+        result = scan_group(job, _SharedCounter(_SHARED), held)
+        spill = held[0]
+        _COUNTS[job.index] = count_shards(spill.sizes[0::4], job)
+    except BaseException:
+        _COUNTS[job.index] = FAILED
+        raise
+    first = _first_shard(job.index)
+    result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
+    return result
+
+
+def _first_shard(index: int) -> int:
+    while True:
+        counts = _COUNTS[:index]
+        if FAILED in counts:
+            raise RuntimeError("an earlier input group failed; see its error")
+        if all(count >= 0 for count in counts):
+            return sum(counts)
+        time.sleep(0.005)
+
+
+def _write(job: GroupJob) -> list[dict[str, Any]]:
+    return write_spilled(Path(job.tmp), job)
+
+
+class _Pool:
+    def __init__(self, jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None]) -> None:
+        self.jobs, self.workers, self.counter, self.tick = jobs, workers, counter, tick
+
+    def run(self) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+        # fork: workers start at once and import nothing; the only parent thread (rich's refresh) is never
+        # touched by a child.
+        context = multiprocessing.get_context("fork")
+        shared = context.Value("q", 0)
+        counts = context.RawArray("q", [UNKNOWN] * len(self.jobs))
+        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES) for job in self.jobs]
+        with context.Pool(min(self.workers, len(jobs)), initializer=_init, initargs=(shared, counts)) as pool:
+            pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
+            results = []
+            for task in pending:
+                while not task.ready():
+                    task.wait(0.25)
+                    self.counter.done = shared.value
+                    self.tick()
+                results.append(task.get())
+        return results, [row for result in results for row in result.rows]

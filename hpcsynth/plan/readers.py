@@ -1,0 +1,184 @@
+"""Corpus readers: JSONL (plain, .gz, .zst) and Parquet (streamed by row group), one record at a time.
+
+A reader never raises for bad data: it yields (position, record, "") for a good record and
+(position, None, reason) for a bad one, and a file that cannot be read on (truncated, corrupt, the text
+column missing) ends with one such reason. The planner counts them and writes them to the rejects file.
+Positions are 1-based line numbers for JSONL and 0-based row numbers for Parquet.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+from hpcsynth.errors import InputError
+from hpcsynth.files import bounded_lines, zstd_cut_at
+
+Item = tuple[int, "dict | None", str]
+PARQUET_BATCH_ROWS = 4096  # a batch at a time inside a row group: bounded memory even for huge row groups
+
+
+class ByteCounter:
+    """Compressed input bytes consumed so far, for the progress bar (read by the caller, not locked)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+
+def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by paths, directories (every file below, sorted) and globs, in order, each once;
+    and the patterns that matched no file (the planner lists them as rejects)."""
+    if not patterns:
+        raise InputError("no input files: pass --input PATH_OR_GLOB or set plan.inputs in the config")
+    paths: list[Path] = []
+    empty: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern) and not Path(pattern).exists():  # "part[1].jsonl" may be a real name
+            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+        elif Path(pattern).is_dir():
+            matches = sorted(p for p in Path(pattern).rglob("*") if not p.name.startswith("."))
+        else:
+            matches = [Path(pattern)]
+        files = [m for m in matches if m.is_file()]
+        if not files:
+            empty.append(pattern)
+        paths += files
+    if not paths:
+        raise InputError(f"input {empty[0]!r} matches no file; check the path or glob")
+    return list(dict.fromkeys(p.resolve() for p in paths)), empty
+
+
+def display_path(path: str) -> str:
+    """A path as JSON can hold it: undecodable bytes of a file name shown as \\xNN (orjson refuses them)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unit(path: Path) -> str:
+    return "row" if is_parquet(path) else "line"
+
+
+def is_parquet(path: Path) -> bool:
+    return path.name.endswith((".parquet", ".pq"))
+
+
+def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None,
+              max_line_bytes: int = 64 << 20) -> Iterator[Item]:
+    """Records of one corpus file; `columns` names the top-level fields a columnar reader must load."""
+    counter = counter or ByteCounter()
+    if is_parquet(path):
+        yield from _read_parquet(path, columns, counter)
+    else:
+        yield from _read_jsonl(path, counter, max_line_bytes)
+
+
+class _Counting(io.RawIOBase):
+    """A raw file that adds what it reads to a ByteCounter."""
+
+    def __init__(self, handle: Any, counter: ByteCounter) -> None:
+        self.handle, self.counter = handle, counter
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.handle.readinto(buffer)
+        self.counter.done += n or 0
+        return n
+
+
+def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterator[Item]:
+    number = 0
+    try:
+        with open(path, "rb", buffering=0) as raw:
+            source = io.BufferedReader(_Counting(raw, counter), 1 << 20)
+            # A line is read with a bound, never whole: a small .gz/.zst of zeros must not fill memory.
+            for number, line in enumerate(bounded_lines(_stream(path, raw, source), max_line_bytes), start=1):
+                if line is None:
+                    yield number, None, (f"line longer than plan.max_line_bytes={max_line_bytes:,} (a "
+                                         f"decompression bomb, or raise the limit)")
+                    continue
+                if not line or line.isspace():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    yield number, None, _json_reason(line, exc)
+                    continue
+                if not isinstance(record, dict):
+                    yield number, None, f"expected a JSON object, got {type(record).__name__}"
+                    continue
+                yield number, record, ""
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+        yield number + 1, None, _file_reason(path, exc)
+
+
+def _stream(path: Path, raw: Any, source: Any) -> Any:
+    """A readable binary stream of the decompressed file."""
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=source)
+    if path.name.endswith(".zst"):
+        cut = zstd_cut_at(raw)  # zstandard's stream reader ends quietly inside a cut frame
+        raw.seek(0)
+        if cut is not None:
+            raise zstandard.ZstdError(f"the file is cut short or damaged inside the zstd frame at byte {cut}")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True),
+                                 1 << 20)
+    return source
+
+
+def _json_reason(line: bytes, exc: Exception) -> str:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"invalid UTF-8 at byte {bad.start}"
+    return f"not valid JSON ({exc})"
+
+
+def _file_reason(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return "cannot read the file (permission denied)"
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+        return f"gzip stream is truncated or corrupt ({exc}); the lines before it were planned"
+    if isinstance(exc, zstandard.ZstdError):
+        return f"zstd stream is truncated or corrupt ({exc}); the lines before it were planned"
+    return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
+
+
+def _read_parquet(path: Path, columns: list[str], counter: ByteCounter) -> Iterator[Item]:
+    import pyarrow  # heavy; only a Parquet corpus pays for it
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if columns[0] not in names:
+            yield 0, None, f"no column {columns[0]!r} (plan.text_key); the file has: {', '.join(names)}"
+            return
+        wanted = [c for c in dict.fromkeys(columns) if c in names]
+        size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.iter_batches(PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted):
+                names = batch.schema.names
+                for values in zip(*(column.to_pylist() for column in batch.columns)):
+                    yield row, dict(zip(names, values)), ""
+                    row += 1
+            counter.done += size // groups
+    except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, PermissionError):
+            yield row, None, _file_reason(path, exc)
+        else:
+            yield row, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})"

@@ -1,0 +1,199 @@
+"""Planning one input group: read its files, keep what passes, and write its shards.
+
+A group whose first shard id is known (every earlier group is finished, always so with --jobs 1) writes
+its shards directly. Otherwise it spills its documents, without keys, to TMP/spill/G.jsonl and their sizes
+to TMP/spill/G.npy; once the earlier groups are counted, write_spilled() cuts the same shards from the
+spill. Both paths run the same ShardCutter over the same documents, so --jobs never changes a byte.
+Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
+TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from hpcsynth.config import PlanConfig
+from hpcsynth.plan.documents import DocumentBuilder, Dropped
+from hpcsynth.plan.filters import predicate_fields
+from hpcsynth.plan.readers import ByteCounter, display_path, read_file, unit
+from hpcsynth.plan.shards import ShardCutter, ShardSink
+
+# hash (16 bytes), first planned document of the source in its group, its parts, input file, position
+ID_RECORD = struct.Struct("<16sQIIQ")
+ID_DTYPE = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("doc", "<u8"), ("parts", "<u4"), ("file", "<u4"), ("pos", "<u8")])
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    index: int
+    files: tuple[tuple[int, str], ...]  # (input index, absolute path), in input order
+    tmp: str  # the plan's temporary directory
+    plan: PlanConfig
+    bytes_per_token: float
+    first_shard: int  # -1: not known yet, spill
+    limit: int = 0  # source documents this group may still plan (0: no limit)
+    hold_bytes: int = 0  # while the first shard id is unknown, documents kept in memory before spilling
+    defer_sync: bool = False  # leave waiting for the fsyncs to the caller (shards.finish_syncs)
+
+
+@dataclass
+class GroupResult:
+    index: int
+    rows: list[dict[str, Any]] | None = None  # None: spilled, see write_spilled()
+    sources: int = 0  # source documents planned
+    documents: int = 0  # shard documents (a split source is several)
+    est_tokens: int = 0
+    read: int = 0  # records and file-level failures seen
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+    per_input: dict[int, int] = field(default_factory=dict)
+
+
+def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:
+    """Plan one group; a spilled group's documents are also appended to `held` (for write_spilled)."""
+    tmp = Path(job.tmp)
+    result = GroupResult(job.index)
+    builder = DocumentBuilder(job.plan, job.bytes_per_token)
+    sink = _Direct(tmp, job) if job.first_shard >= 0 else _Spill(tmp, job)
+    columns = [job.plan.text_key, job.plan.id_key] + [f.split(".")[0] for f in job.plan.keep_fields]
+    columns += predicate_fields(job.plan.filter) if job.plan.filter else []
+    ids = bytearray()
+    with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as rejects:
+        for file_index, real in job.files:
+            # `path` names the file in every record, reject and manifest row; `real` opens it.
+            path, kind = display_path(real), unit(Path(real))
+            name = Path(path).name
+            for position, record, reason in read_file(Path(real), columns, counter, job.plan.max_line_bytes):
+                if job.limit and result.sources >= job.limit:
+                    break
+                result.read += 1
+                if record is None:
+                    _drop(result, rejects, path, kind, position, Dropped("reject", reason))
+                    continue
+                source_id = builder.source_id(record, name, position)
+                parts = builder.build(record, source_id, {"source": path, kind: position})
+                if isinstance(parts, Dropped):
+                    _drop(result, rejects, path, kind, position, parts)
+                    continue
+                digest = hashlib.blake2b(source_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                ids += ID_RECORD.pack(digest, result.documents, len(parts), file_index, position)
+                for part in parts:
+                    sink.add(part, path, kind, position)
+                    result.est_tokens += part.tokens
+                result.documents += len(parts)
+                result.sources += 1
+            result.per_input[file_index] = result.sources - sum(result.per_input.values())
+    _write(_part(tmp, "ids", job.index, "bin"), bytes(ids))
+    result.rows = sink.close()
+    if held is not None and isinstance(sink, _Spill):
+        held.append(sink)
+    return result
+
+
+def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:
+    """The shards of a spilled group, now that its first shard id is known; removes the spill."""
+    sizes = held.sizes.tolist() if held is not None else np.load(_part(tmp, "spill", job.index, "npy")).ravel().tolist()
+    files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
+    add = _Direct(tmp, job).add_line
+    lines = held.held if held is not None else []
+    with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
+        readline = spill.readline
+        for i in range(0, len(sizes), 4):
+            path, kind = files[sizes[i + 2]]
+            line = lines[i // 4] if i // 4 < len(lines) else readline()[:-1]
+            add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
+    rows = add.__self__.close()
+    for ext in ("npy", "jsonl"):
+        _part(tmp, "spill", job.index, ext).unlink()
+    return rows
+
+
+def count_shards(tokens: Any, job: GroupJob) -> int:
+    """How many shards ShardCutter makes of these per-document token estimates."""
+    cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
+    closed = sum(cutter.add(t) for t in tokens)
+    return closed + (1 if cutter.docs else 0)
+
+
+def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
+    return count_shards(np.load(_part(tmp, "spill", job.index, "npy"))[:, 0].tolist(), job)
+
+
+class _Direct:
+    def __init__(self, tmp: Path, job: GroupJob) -> None:
+        self.sink = ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level)
+        self.cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
+        self.wait = not job.defer_sync
+
+    def add(self, part: Any, path: str, kind: str, position: int) -> None:
+        self.add_line(part.line, part.tokens, part.chars, path, kind, position)
+
+    def add_line(self, line: bytes, tokens: int, chars: int, path: str, kind: str, position: int) -> None:
+        self.sink.add(line, tokens, chars, path, kind, position)
+        if self.cutter.add(tokens):
+            self.sink.end_shard()
+
+    def close(self) -> list[dict[str, Any]]:
+        return [row.as_dict() for row in self.sink.close(self.wait)]
+
+
+class _Spill:
+    """Documents of a group whose first shard id is unknown: in memory up to hold_bytes, then on disk."""
+
+    def __init__(self, tmp: Path, job: GroupJob) -> None:
+        self.tmp, self.index = tmp, job.index
+        self.handle = open(_part(tmp, "spill", job.index, "jsonl"), "wb", buffering=1 << 20)
+        self.sizes = array("q")  # tokens, chars, input file, position: 32 bytes a document
+        self.files = {display_path(path): index for index, path in job.files}
+        self.held: list[bytes] = []
+        self.room = job.hold_bytes
+
+    def add(self, part: Any, path: str, kind: str, position: int) -> None:
+        if self.room > 0 and not self.handle.tell():  # in order: memory first, the rest on disk
+            self.held.append(part.line)
+            self.room -= len(part.line)
+        else:
+            self.handle.write(part.line + b"\n")
+        self.sizes.extend((part.tokens, part.chars, self.files[path], position))
+
+    def close(self) -> None:
+        self.handle.close()
+        np.save(_part(self.tmp, "spill", self.index, "npy"), np.frombuffer(self.sizes, dtype=np.int64).reshape(-1, 4))
+        return None
+
+
+def _drop(result: GroupResult, rejects: Any, path: str, kind: str, position: int, drop: Dropped) -> None:
+    if drop.kind == "reject":
+        result.rejected += 1
+        result.reasons[_category(drop.reason)] += 1
+    else:
+        result.filtered[drop.rule] += 1
+    if drop.listed:
+        rejects.write(orjson.dumps({"source": path, kind: position, "kind": drop.kind, "reason": drop.reason})
+                      + b"\n")
+
+
+def _category(reason: str) -> str:
+    """'not valid JSON (unexpected character: line 1 column 9 (char 8))' -> 'not valid JSON'."""
+    return reason.split(" (")[0].split(" at byte")[0]
+
+
+def _part(tmp: Path, kind: str, index: int, ext: str) -> Path:
+    directory = tmp / kind
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{index:06d}.{ext}"
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)

@@ -1,0 +1,132 @@
+"""Attacks on the planner: killed mid-plan, two planners at once, hostile paths, duplicates at scale."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hpcsynth.errors import RunError
+from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
+from hpcsynth.plan import duplicates, plan_corpus
+from hpcsynth.rundir import RunDir
+
+from conftest import REPO, fake_config, write_corpus
+
+
+def plan_command(tmp_path: Path, corpus: Path, run: Path, *extra: str) -> list[str]:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake, path: fake-model}\nplan: {shard_docs: 1, bytes_per_token: 4.0}\n")
+    return [sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input", str(corpus),
+            "--jobs", "1", *extra]
+
+
+def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 6000)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(plan_command(tmp_path, corpus, run), cwd=REPO)
+    deadline = time.monotonic() + 60
+    while not list(run.glob(".plan-tmp-*/shards/000100.jsonl.zst")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "manifest.json").exists() and not (run / "shards").exists(), "nothing looks planned"
+    with pytest.raises(RunError, match="has no manifest.json"):
+        RunDir(run).manifest()
+    done = subprocess.run(plan_command(tmp_path, corpus, run), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "manifest.json", "plan", "shards"]
+    assert len(read_json(run / "manifest.json")["shards"]) == 6000
+
+
+def test_second_planner_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 4000)
+    run = tmp_path / "run"
+    first = subprocess.Popen(plan_command(tmp_path, corpus, run), cwd=REPO)
+    deadline = time.monotonic() + 60
+    while not (run / ".plan.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(plan_command(tmp_path, corpus, run), cwd=REPO, capture_output=True, text=True)
+    assert first.wait(120) == 0
+    if second.returncode == 0:  # the first finished before the second looked: then it found the same plan
+        assert "already planned with this config" in second.stdout
+    else:
+        assert second.returncode == 2 and "another `hpcsynth plan` is writing" in second.stderr
+        assert second.stderr.count("\n") == 1
+    assert len(read_json(run / "manifest.json")["shards"]) == 4000
+
+
+def test_stale_lock_of_a_dead_planner_is_taken_over(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 5)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run.root / ".plan.lock").write_text(f"{os.uname().nodename}:{dead.pid}\n")
+    assert plan_corpus(fake_config(corpus), run, jobs=1).documents == 5
+    assert not (run.root / ".plan.lock").exists()
+
+
+def test_hostile_file_names(tmp_path: Path) -> None:
+    odd = tmp_path / "in" / "we ird [1] 'quote' \"dq\" ünï.jsonl"
+    write_corpus(odd, 3)
+    raw = os.fsencode(str(tmp_path / "in")) + b"/bad-\xff-name.jsonl"
+    with open(raw, "wb") as handle:
+        handle.write(b'{"text": "no id, non-UTF-8 file name"}\n')
+    run = RunDir(tmp_path / "run")
+    plan = plan_corpus(fake_config(tmp_path), run, [str(tmp_path / "in")], jobs=1)
+    docs = [d for s in range(plan.shards) for d in read_jsonl_zst(run.shard_path(s))]
+    assert plan.documents == 4 and "bad-\\xff-name.jsonl:1" in {d["id"] for d in docs}
+    # a file whose name looks like a glob is taken literally when it exists
+    literal = plan_corpus(fake_config(tmp_path), RunDir(tmp_path / "literal"), [str(odd)], jobs=1)
+    assert literal.documents == 3
+    assert sum(1 for d in docs if d["meta"]["source"].endswith("ünï.jsonl")) == 3
+
+
+@pytest.mark.parametrize("policy, kept", [("keep_first", ["a", "b", "c", "d"]), ("reject", ["b", "d"])])
+def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     policy: str, kept: list[str]) -> None:
+    monkeypatch.setattr(duplicates, "BUCKET_BYTES", 64)  # several buckets, as a huge corpus would have
+    (tmp_path / "in").mkdir()
+    for name, ids in (("1.jsonl", "a b a c"), ("2.jsonl", "c d a")):
+        (tmp_path / "in" / name).write_bytes(b"".join(orjson.dumps({"id": i, "text": f"text of {i} {n}"}) + b"\n"
+                                                      for n, i in enumerate(ids.split())))
+    run = RunDir(tmp_path / "run")
+    config = fake_config(tmp_path, plan={"duplicate_ids": policy, "max_reject_rate": 1.0, "shard_docs": 2})
+    plan = plan_corpus(config, run, [str(tmp_path / "in")], jobs=2)
+    manifest = read_json(run.manifest_path)
+    docs = [d for s in manifest["shards"] for d in read_jsonl_zst(run.root / s["path"])]
+    assert [d["id"] for d in docs] == kept and manifest["documents"] == len(kept) == plan.documents
+    for shard in manifest["shards"]:  # rewritten shards: checksums, sizes and counts follow
+        assert sha256_file(run.root / shard["path"]) == shard["sha256"]
+        assert len(list(read_jsonl_zst(run.root / shard["path"]))) == shard["documents"]
+    rejects = [orjson.loads(l) for l in (run.root / "plan" / "rejects.jsonl").read_bytes().splitlines()]
+    assert all(r["reason"].startswith("duplicate id") for r in rejects) and len(rejects) == 7 - len(kept)
+    assert sum(i["documents"] for i in manifest["inputs"]) == len(kept)
+
+
+def test_a_failing_pool_worker_fails_the_plan_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcsynth.plan import scan
+
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    real = scan.write_spilled
+
+    def broken(tmp, job, held=None):  # the forked workers inherit this: group 1 hits a full disk
+        if job.index == 1:
+            raise OSError(28, "No space left on device")
+        return real(tmp, job, held)
+
+    monkeypatch.setattr("hpcsynth.plan.parallel.write_spilled", broken)
+    run = RunDir(tmp_path / "run")
+    started = time.monotonic()
+    with pytest.raises(OSError, match="No space left"):
+        plan_corpus(fake_config(tmp_path, plan={"group_mb": 0}), run, [str(tmp_path / "in")], jobs=3)
+    assert time.monotonic() - started < 60, "the workers waiting behind the failed group give up"
+    assert not run.root.exists(), "nothing left behind, not even the run directory it created"
