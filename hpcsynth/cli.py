@@ -26,6 +26,8 @@ COMMANDS = {
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
     "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
              "hpcsynth demo /tmp/hpcsynth-demo"),
+    "prompts": ("list the prompt library, or show one prompt on a document as the engine receives it",
+                "hpcsynth prompts --config configs/finephrase.yaml --render faq --doc page.txt"),
 }
 
 
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
     demo.add_argument("--documents", type=int, default=64, help="corpus size (default: 64)")
+
+    prompts = command("prompts")
+    prompts.add_argument("--config", type=Path, help="config whose prompts_dir and model to use (default: "
+                                                     "the built-in defaults)")
+    prompts.add_argument("--render", metavar="NAME", help="show this prompt on --doc, chat template applied")
+    prompts.add_argument("--doc", type=Path, help="a text file, or a JSONL corpus file (its first document)")
+    prompts.add_argument("--tokenizer", help="model directory whose chat template and tokenizer to use "
+                                             "(default: model.path)")
     return parser
 
 
@@ -194,5 +204,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if not result.launch.failed else 1
 
 
+def _prompts(args: argparse.Namespace) -> int:
+    from hpcsynth.config import Config, load_config
+    from hpcsynth.prompt_render import read_document, render_for_engine
+    from hpcsynth.prompts import available_prompts, parse_prompt
+
+    config = load_config(args.config) if args.config else Config()
+    if args.render is None:
+        if args.doc is not None:
+            raise HpcsynthError("--doc needs --render NAME (which prompt to show on it)")
+        print(f"{'name':<18} {'format':<9} {'version':<8} {'hash':<17} file")
+        for name, path in available_prompts(config).items():
+            p = parse_prompt(path)
+            used = " (in the config)" if name in config.prompts else ""
+            print(f"{p.name:<18} {p.format:<9} {p.version:<8} {p.template_hash:<17} {path}{used}")
+        return 0
+    if args.doc is None:
+        raise HpcsynthError("--render needs --doc FILE (the document to show the prompt on)")
+    found = available_prompts(config)
+    if args.render not in found:
+        raise HpcsynthError(f"no prompt named {args.render!r}; available: {', '.join(found)}")
+    prompt = parse_prompt(found[args.render])
+    rendered = render_for_engine(prompt, read_document(args.doc, config.plan.text_key), config, args.tokenizer or "")
+    sys.stdout.write(rendered.text + ("" if rendered.text.endswith("\n") else "\n"))
+    count = f"{rendered.tokens:,} prompt tokens by {rendered.tokenizer}" if rendered.tokens else rendered.tokenizer
+    print(f"-- {prompt.name} v{prompt.version} ({prompt.format}, {prompt.template_hash}): {count}", file=sys.stderr)
+    return 0
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo}
+            "demo": _demo, "prompts": _prompts}

@@ -9,9 +9,6 @@ on, so a relaunch picks up where the last one stopped.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs,
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
+from hpcsynth.execute.local import run_worker_processes, visible_gpus
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
 from hpcsynth.rundir import RunDir
@@ -49,6 +47,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         raise HpcsynthError(f"--workers must be 1 or more, got {workers}")
     if config_path is not None:
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
+    _check_engine_args(config)
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return _launch_slurm(run, slurm, retry_failed, force)
@@ -56,8 +55,18 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         log_to(run.log_path("worker-local"))
         pull_shards(str(run.root), retry_failed=retry_failed)
     else:
-        _run_worker_processes(run, workers, retry_failed)
+        visible = visible_gpus()
+        gpus = visible[:workers] if len(visible) >= workers else [str(i) for i in range(workers)]
+        run_worker_processes(run, gpus, retry_failed)
     return _report(run, executor)
+
+
+def _check_engine_args(config: Config) -> None:
+    """Pass-through vLLM names checked here, before any job waits in a queue, where vLLM is installed."""
+    from hpcsynth.generate.engines.vllm_args import check_vllm_args, vllm_installed
+
+    if config.model.engine == "vllm" and vllm_installed():
+        check_vllm_args(config)
 
 
 def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source: str) -> Config:
@@ -85,7 +94,7 @@ def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
 
 
 def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bool) -> LaunchReport:
-    from hpcsynth import slurm as backend
+    from hpcsynth.execute import slurm as backend
 
     active = backend.active_jobs(run)
     if active and not force:
@@ -104,26 +113,6 @@ def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bo
     arrays = backend.submit_arrays(run, slurm, tasks, retry_failed)
     backend.record_launch(run, arrays, slurm, len(pending))
     return dataclasses.replace(_report(run, "slurm"), arrays=arrays, submitted_shards=len(pending))
-
-
-def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> None:
-    procs = []
-    for index in range(workers):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
-        command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
-        log_path = run.log_path(f"worker-local-{index}")
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        for proc in procs:
-            proc.wait()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait()
-        raise
 
 
 def _report(run: RunDir, executor: str) -> LaunchReport:

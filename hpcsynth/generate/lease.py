@@ -37,6 +37,11 @@ def slurm_task() -> str:
     return os.environ.get("SLURM_JOB_ID", "")
 
 
+def gpu_slot() -> str:
+    """Which of its task's per-GPU workers this process is ('' for the only one); set by execute/local.py."""
+    return os.environ.get("HPCSYNTH_GPU_SLOT", "")
+
+
 def holder_gone(held: dict) -> bool:
     host, _, rest = str(held.get("owner", "")).partition(":")
     pid = rest.partition(":")[0]
@@ -48,7 +53,10 @@ def holder_gone(held: dict) -> bool:
         except PermissionError:
             return False
     task = held.get("task", "")
-    return bool(task) and task == slurm_task() and int(pid or -1) != os.getpid()
+    # Same array task and slot, another process: an earlier run of this worker. Sibling workers of one
+    # whole-node task share the array task but not the slot, and must not take each other's shards.
+    same_worker = task == slurm_task() and held.get("slot", "") == gpu_slot()
+    return bool(task) and same_worker and int(pid or -1) != os.getpid()
 
 
 class LeaseLost(Exception):
@@ -115,7 +123,7 @@ def read_lease(path: Path) -> dict | None:
 
 
 def _payload(owner: str) -> bytes:
-    return orjson.dumps({"owner": owner, "renewed": time.time(), "task": slurm_task()})
+    return orjson.dumps({"owner": owner, "renewed": time.time(), "task": slurm_task(), "slot": gpu_slot()})
 
 
 def _read(path: Path) -> dict | None:

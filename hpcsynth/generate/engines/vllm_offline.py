@@ -21,6 +21,7 @@ from typing import Any
 from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
+from hpcsynth.generate.engines.vllm_args import check_vllm_args, engine_kwargs, sampling_kwargs
 from hpcsynth.errors import EngineError
 
 
@@ -36,6 +37,7 @@ class VllmEngine:
         except ImportError as exc:
             raise EngineError(f"model.engine=vllm needs vLLM in this environment ({exc}); "
                               "see docs/engines.md (tools/setup_vllm_lane.sh for CPU)") from None
+        check_vllm_args(config)
         self.config = config
         self.model_id = config.model.path
         self.revision = config.model.revision
@@ -53,9 +55,10 @@ class VllmEngine:
     def _start(self) -> None:
         try:
             self.llm = self._vllm.LLM(**engine_kwargs(self.config, self.max_num_seqs))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: a pass-through value of the wrong type
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"vLLM cannot load model.path={self.config.model.path!r}: {first}") from None
+            raise EngineError(f"vLLM cannot start with model.path={self.config.model.path!r} and the "
+                              f"vllm.* settings: {first}") from None
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -121,30 +124,8 @@ class VllmEngine:
         return None
 
     def _sampling(self, request: Request, max_tokens: int) -> Any:
-        sampling = self.config.sampling
-        return self._vllm.SamplingParams(
-            temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,  # our 0 means off; vLLM's off is -1
-            max_tokens=max_tokens, seed=request.seed, output_kind=self._final_only,
-        )
-
-
-def engine_kwargs(config: Config, max_num_seqs: int | None = None) -> dict[str, Any]:
-    """config.model + config.vllm -> keyword arguments of vllm.LLM."""
-    model, opts = config.model, config.vllm
-    kwargs: dict[str, Any] = dict(
-        model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
-        max_num_seqs=max_num_seqs or opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
-        gpu_memory_utilization=opts.gpu_memory_utilization, enable_prefix_caching=opts.enable_prefix_caching,
-        enforce_eager=opts.enforce_eager, tensor_parallel_size=opts.tensor_parallel_size,
-        kv_cache_dtype=opts.kv_cache_dtype, seed=config.sampling.seed,
-    )
-    if model.revision:
-        kwargs["revision"] = model.revision
-    if opts.speculative_method:
-        kwargs["speculative_config"] = {"method": opts.speculative_method,
-                                        "num_speculative_tokens": opts.num_speculative_tokens}
-    return kwargs
+        return self._vllm.SamplingParams(**sampling_kwargs(self.config, request.seed, max_tokens),
+                                         output_kind=self._final_only)
 
 
 @dataclass(frozen=True)

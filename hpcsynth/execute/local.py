@@ -1,0 +1,81 @@
+"""Workers on the GPUs one machine (or one Slurm task) sees: one process per GPU, or one engine across all.
+
+Many clusters hand out whole nodes; a task that sees eight GPUs and starts one worker wastes seven. Here
+`launch --workers N` and a Slurm array task that sees several GPUs start the same way:
+- per_gpu: one worker process per GPU (`python -m hpcsynth.generate.pull`), each with its own
+  CUDA_VISIBLE_DEVICES, engine and log; the shard leases keep them apart, and HPCSYNTH_GPU_SLOT tells
+  siblings of one array task from an earlier run of it (lease takeover after a requeue);
+- tensor_parallel: one worker in this process whose vLLM engine spans every visible GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hpcsynth.config import Config
+from hpcsynth.generate.engines import Engine, make_engine
+from hpcsynth.generate.pull import pull_shards, task_name
+from hpcsynth.logs import log_to
+from hpcsynth.rundir import RunDir
+
+log = logging.getLogger("hpcsynth.execute.local")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES lists them (Slurm sets it for a gres job)."""
+    return [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+
+
+def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu") -> int:
+    """What one Slurm array task runs: the workers for the GPUs it sees. Returns how many shards failed."""
+    run = RunDir(Path(run_root))
+    gpus = visible_gpus()
+    if len(gpus) > 1 and gpu_mode == "per_gpu":
+        codes = run_worker_processes(run, gpus, retry_failed, shards, log_prefix=f"worker-{task_name()}-gpu")
+        return sum(1 for code in codes if code != 0)
+    log_to(run.log_path(f"worker-{task_name()}"))
+    factory = _tensor_parallel_factory(len(gpus)) if len(gpus) > 1 else make_engine
+    results = pull_shards(run_root, shards, retry_failed=retry_failed, engine_factory=factory)
+    return sum(1 for r in results if r.state == "failed")
+
+
+def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shards: list[int] | None = None,
+                         log_prefix: str = "worker-local-") -> list[int]:
+    """One worker process per GPU, each pinned to it; wait for all and return their exit codes."""
+    procs = []
+    try:
+        for slot, gpu in enumerate(gpus):
+            log_path = run.log_path(f"{log_prefix}{slot}")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "HPCSYNTH_GPU_SLOT": str(slot)}
+            command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root), "--log", str(log_path)]
+            command += ["--shards", ",".join(map(str, shards))] if shards is not None else []
+            command += ["--retry-failed"] if retry_failed else []
+            # stdout and stderr too: a worker that dies before its logging starts still leaves a reason.
+            with open(log_path, "ab") as handle:
+                procs.append(subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT))
+        log.info("started %d workers on GPUs %s", len(procs), ",".join(gpus))
+        return [proc.wait() for proc in procs]
+    except BaseException:  # interrupted (Ctrl-C, a Slurm signal): leave no worker running for nobody
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+        raise
+
+
+def _tensor_parallel_factory(gpus: int):
+    def factory(config: Config) -> Engine:
+        if config.model.engine != "vllm":
+            log.warning("slurm.gpu_mode=tensor_parallel needs model.engine=vllm; %s uses one of %d GPUs",
+                        config.model.engine, gpus)
+            return make_engine(config)
+        vllm = dataclasses.replace(config.vllm, tensor_parallel_size=gpus)
+        return make_engine(dataclasses.replace(config, vllm=vllm))
+
+    return factory
