@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,8 @@ def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shard
             command += ["--retry-failed"] if retry_failed else []
             # stdout and stderr too: a worker that dies before its logging starts still leaves a reason.
             with open(log_path, "ab") as handle:
-                procs.append(subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT))
+                procs.append(subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                              preexec_fn=_ignore_usr2))
         log.info("started %d workers on GPUs %s", len(procs), ",".join(gpus))
         return [proc.wait() for proc in procs]
     except BaseException:  # interrupted (Ctrl-C, a Slurm signal): leave no worker running for nobody
@@ -67,6 +69,13 @@ def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shard
         for proc in procs:
             proc.wait()
         raise
+
+
+def _ignore_usr2() -> None:
+    # Slurm's warning before a preemption or time limit (USR2) reaches every process of the step, and its
+    # default action kills. This process answers it (submitit checkpoints and requeues the task); the
+    # workers keep generating until the requeue stops them, and the requeued task resumes from disk.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _tensor_parallel_factory(gpus: int):

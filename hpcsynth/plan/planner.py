@@ -81,7 +81,7 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None) ->
         "hpcsynth_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fingerprint": digest,
-        "prompts": [{"name": p.name, "template_hash": p.template_hash} for p in prompts],
+        "prompts": [p.describe() for p in prompts],  # name, format (reduce validates by it), version, hash
         "inputs": input_stats,
         "documents": writer.documents,
         "rejected": rejects.count,
