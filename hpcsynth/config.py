@@ -394,12 +394,12 @@ def _check_pass_through(config: Config, bad) -> None:
     if "speculative_config" in config.vllm.engine_args and config.vllm.speculative_method:
         raise bad("vllm.engine_args.speculative_config", "and vllm.speculative_method both ask for speculative "
                   "decoding; keep one of them")
-    if config.sampling.extra and config.model.engine == "transformers":
-        raise bad("sampling.extra", "is passed through to vLLM and endpoints only; transformers' generate() "
-                  "spells several of those names differently (use the named sampling keys)")
     for name in config.sampling.extra:
         if name in NAMED_SAMPLING_ARGS:
             raise bad(f"sampling.extra.{name}", f"is set by {NAMED_SAMPLING_ARGS[name]}; use that key instead")
+    if config.sampling.extra and config.model.engine == "transformers":
+        raise bad("sampling.extra", "is passed through to vLLM and endpoints only; transformers' generate() "
+                  "spells several of those names differently (use the named sampling keys)")
     if config.slurm.gpu_mode not in GPU_MODES:
         raise bad("slurm.gpu_mode", f"must be one of {', '.join(GPU_MODES)}, got {config.slurm.gpu_mode!r}")
 
