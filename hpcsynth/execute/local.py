@@ -36,10 +36,11 @@ def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mo
     """What one Slurm array task runs: the workers for the GPUs it sees. Returns how many shards failed."""
     run = RunDir(Path(run_root))
     gpus = visible_gpus()
+    # The task's own log: its workers' start, and the checkpoint before a requeue.
+    log_to(run.log_path(f"worker-{task_name()}"))
     if len(gpus) > 1 and gpu_mode == "per_gpu":
         codes = run_worker_processes(run, gpus, retry_failed, shards, log_prefix=f"worker-{task_name()}-gpu")
         return sum(1 for code in codes if code != 0)
-    log_to(run.log_path(f"worker-{task_name()}"))
     factory = _tensor_parallel_factory(len(gpus)) if len(gpus) > 1 else make_engine
     results = pull_shards(run_root, shards, retry_failed=retry_failed, engine_factory=factory)
     return sum(1 for r in results if r.state == "failed")
