@@ -9,6 +9,7 @@ the engine starts, with the list of names this vLLM accepts, instead of surfacin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import inspect
 from typing import Any
@@ -59,12 +60,18 @@ def check_vllm_args(config: Config) -> None:
     engine_names, sampling_names = accepted_names()
     for name in config.vllm.engine_args:
         if name not in engine_names:
-            raise ConfigError(f"vllm.engine_args.{name} is not an argument of vllm.LLM in this vLLM; valid "
-                              f"names: {', '.join(sorted(engine_names))}")
+            raise ConfigError(f"vllm.engine_args.{name} is not an argument of vllm.LLM in this vLLM"
+                              f"{_did_you_mean(name, engine_names)}; valid names: {', '.join(sorted(engine_names))}")
+    allowed = sampling_names - RESERVED_SAMPLING
     for name in config.sampling.extra:
-        if name not in sampling_names or name in RESERVED_SAMPLING:
+        if name not in allowed:
             raise ConfigError(f"sampling.extra.{name} is not a vLLM SamplingParams argument hpcsynth passes "
-                              f"through; valid names: {', '.join(sorted(sampling_names - RESERVED_SAMPLING))}")
+                              f"through{_did_you_mean(name, allowed)}; valid names: {', '.join(sorted(allowed))}")
+
+
+def _did_you_mean(name: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def accepted_names() -> tuple[set[str], set[str]]:
@@ -79,4 +86,4 @@ def accepted_names() -> tuple[set[str], set[str]]:
     fields = getattr(SamplingParams, "__struct_fields__", None)  # a msgspec Struct in vLLM 0.32
     if fields is None:
         fields = [p for p in inspect.signature(SamplingParams).parameters if p != "self"]
-    return engine, set(fields)
+    return engine, {name for name in fields if not name.startswith("_")}  # _private: vLLM-internal state

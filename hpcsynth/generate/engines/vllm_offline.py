@@ -55,7 +55,9 @@ class VllmEngine:
     def _start(self) -> None:
         try:
             self.llm = self._vllm.LLM(**engine_kwargs(self.config, self.max_num_seqs))
-        except (OSError, ValueError, TypeError) as exc:  # TypeError: a pass-through value of the wrong type
+        # TypeError: a pass-through value of the wrong type; ImportError: a feature needing a package
+        # (suffix decoding needs arctic-inference).
+        except (OSError, ValueError, TypeError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"vLLM cannot start with model.path={self.config.model.path!r} and the "
                               f"vllm.* settings: {first}") from None
