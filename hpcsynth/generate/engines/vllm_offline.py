@@ -48,6 +48,10 @@ class VllmEngine:
         self._client_errors = (VLLMClientError, ValueError)
         self._tokens_input = tokens_input
         self._final_only = RequestOutputKind.FINAL_ONLY
+        # vLLM detokenizes every token as it comes (a Rust call and Python around it per token, on the
+        # thread that steps the engine); we only want the final text, so we decode each record once when
+        # it finishes. Stop strings are matched on text, so with them vLLM keeps detokenizing.
+        self._detokenize = "stop" in config.sampling.extra
         self._ids = itertools.count()
         self.max_num_seqs = config.vllm.max_num_seqs
         self._start()
@@ -90,7 +94,7 @@ class VllmEngine:
                     continue  # everything taken was rejected: take more
                 for output in self.engine.step():
                     if output.finished and output.request_id in inside:
-                        yield _completion(inside.pop(output.request_id), output)
+                        yield _completion(inside.pop(output.request_id), output, self._decode)
         finally:
             if inside:  # the consumer stopped early or failed: don't leave vLLM generating for nobody
                 self.engine.abort_request(list(inside))
@@ -127,7 +131,10 @@ class VllmEngine:
 
     def _sampling(self, request: Request, max_tokens: int) -> Any:
         return self._vllm.SamplingParams(**sampling_kwargs(self.config, request.seed, max_tokens),
-                                         output_kind=self._final_only)
+                                         output_kind=self._final_only, detokenize=self._detokenize)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -137,11 +144,12 @@ class _Inside:
     started: float
 
 
-def _completion(inside: _Inside, output: Any) -> Completion:
+def _completion(inside: _Inside, output: Any, decode) -> Completion:
     result = output.outputs[0]
     seconds = time.monotonic() - inside.started
     if result.finish_reason in ("stop", "length"):
-        return Completion(inside.request.record_id, result.text, result.finish_reason, inside.prompt_tokens,
+        text = result.text if result.text else decode(result.token_ids)
+        return Completion(inside.request.record_id, text, result.finish_reason, inside.prompt_tokens,
                           len(result.token_ids), seconds=seconds)
     # vLLM aborted it (e.g. an engine-side limit): no usable text, so report it like any rejection.
     return _rejected(inside.request, inside.prompt_tokens,
