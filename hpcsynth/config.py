@@ -247,7 +247,10 @@ def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
     data = config_to_dict(config)
     payload = {key: data[key] for key in FINGERPRINTED}
     payload["prompt_templates"] = dict(sorted(prompt_hashes.items()))
-    if config.vllm.engine_args:  # only when set, so runs planned without them keep their fingerprint
+    # Pass-through options count only when set, so runs planned without them keep their fingerprint.
+    if not config.sampling.extra:
+        del payload["sampling"]["extra"]
+    if config.vllm.engine_args:
         payload["vllm_engine_args"] = data["vllm"]["engine_args"]
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()

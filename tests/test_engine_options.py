@@ -74,6 +74,22 @@ def test_engine_args_are_fingerprinted_but_engine_tuning_is_not() -> None:
     assert fingerprint(tuned, hashes) == fingerprint(base, hashes)
 
 
+def test_runs_without_pass_through_keep_their_fingerprint() -> None:
+    """The fingerprint as computed before the pass-through keys existed: finished shards stay done."""
+    import hashlib
+    import json
+
+    from hpcsynth.config import config_to_dict
+
+    config = config_from_dict({"model": {"engine": "vllm"}})
+    data = config_to_dict(config)
+    del data["sampling"]["extra"]
+    payload = {key: data[key] for key in ("prompts", "plan", "model", "sampling")}
+    payload["prompt_templates"] = {"faq": "x"}
+    before = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert fingerprint(config, {"faq": "x"}) == before
+
+
 def test_resolved_config_keeps_the_pass_through(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 3)
     config = fake_config(corpus, vllm={"engine_args": {"quantization": "fp8"}}, sampling={"extra": {"min_p": 0.1}})
