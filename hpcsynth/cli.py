@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "submit even while the run has active Slurm jobs")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--workers", type=int, default=1,
-                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1)")
+                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES (default: 1; when "
+                             "CUDA_VISIBLE_DEVICES lists several GPUs, all of them, as slurm.gpu_mode says)")
 
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")

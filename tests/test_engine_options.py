@@ -149,3 +149,17 @@ def test_tensor_parallel_mode_runs_one_worker_in_process(tmp_path: Path, monkeyp
     assert run_task(str(run.root), None, False, "tensor_parallel") == 0
     tasks = list((run.root / "tasks").glob("*.json"))
     assert len(tasks) == 1 and read_json(tasks[0])["pid"] == os.getpid() and read_json(tasks[0])["gpus"] == 2
+
+
+def test_local_launch_on_a_machine_listing_two_gpus_uses_both(tmp_path: Path, monkeypatch) -> None:
+    from hpcsynth.execute.launch import launch_run
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 20)
+    run = RunDir(tmp_path / "run")
+    plan_corpus(fake_config(corpus, plan={"shard_docs": 5}), run)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("HPCSYNTH_FAKE_FAULTS", '{"delay_s": 0.01}')
+    report = launch_run(run)
+    assert report.done == 4 and not report.failed
+    tasks = [read_json(p) for p in (run.root / "tasks").glob("*.json")]
+    assert len(tasks) == 2 and all(t["gpus"] == 1 for t in tasks) and len({t["pid"] for t in tasks}) == 2

@@ -19,7 +19,7 @@ from hpcsynth.config import Config, SlurmConfig, config_from_dict, diff_configs,
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
-from hpcsynth.execute.local import run_worker_processes, visible_gpus
+from hpcsynth.execute.local import run_task, run_worker_processes, visible_gpus
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
 from hpcsynth.rundir import RunDir
@@ -51,7 +51,10 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return _launch_slurm(run, slurm, retry_failed, force)
-    if workers == 1:
+    if workers == 1 and len(visible_gpus()) > 1:
+        # This machine lists several GPUs: use them all, as an array task given them would.
+        run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode)
+    elif workers == 1:
         log_to(run.log_path("worker-local"))
         pull_shards(str(run.root), retry_failed=retry_failed)
     else:
