@@ -38,6 +38,13 @@ def test_pass_through_reaches_engine_and_sampling_arguments() -> None:
     assert sampling["seed"] == 7 and sampling["max_tokens"] == 99 and sampling["top_k"] == -1
 
 
+def test_named_speculative_keys_build_vllms_speculative_config() -> None:
+    config = config_from_dict({"model": {"engine": "vllm"},
+                               "vllm": {"speculative_method": "suffix", "num_speculative_tokens": 32}})
+    assert engine_kwargs(config)["speculative_config"] == {"method": "suffix", "num_speculative_tokens": 32}
+    assert "speculative_config" not in engine_kwargs(config_from_dict({"model": {"engine": "vllm"}}))
+
+
 def test_endpoint_sends_extras_in_the_body() -> None:
     config = config_from_dict({**PASS, "model": {"engine": "endpoint", "path": "m"}})
     from hpcsynth.generate.engines import Request
