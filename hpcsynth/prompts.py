@@ -74,7 +74,8 @@ def parse_prompt(path: Path) -> Prompt:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    lines = text.splitlines(keepends=True)
+    # A checkout with Windows line endings must not change what the model reads, nor the hash.
+    lines = text.replace("\r\n", "\n").splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
         raise ConfigError(f"{path} line 1: a prompt file starts with a '---' header (name, version, format); "
                           f"see prompts/faq.md")

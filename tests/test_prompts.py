@@ -176,3 +176,18 @@ def test_cli_renders_a_prompt_on_a_corpus_file(tiny_model: Path) -> None:
                            (("--render", "faq", "--doc", "/nonexistent.txt"), "no such file")):
         bad = cli("prompts", *args)
         assert bad.returncode == 2 and expected in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_windows_line_endings_and_a_directory_named_like_a_prompt(tmp_path: Path) -> None:
+    unix = write_prompt(tmp_path / "unix", "p", "name: p\nversion: 1\nformat: free\n")
+    crlf = tmp_path / "crlf" / "p.md"
+    crlf.parent.mkdir()
+    crlf.write_bytes(unix.read_bytes().replace(b"\n", b"\r\n"))
+    assert parse_prompt(crlf).template == parse_prompt(unix).template
+    assert parse_prompt(crlf).template_hash == parse_prompt(unix).template_hash
+    (tmp_path / "crlf" / "odd.md").mkdir()
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 2)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"prompts: [odd]\nprompts_dir: {tmp_path / 'crlf'}\nmodel: {{engine: fake}}\n")
+    proc = cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "odd.md" in proc.stderr, proc.stderr
