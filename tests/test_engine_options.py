@@ -105,6 +105,11 @@ def test_resolved_config_keeps_the_pass_through(tmp_path: Path) -> None:
     again = run.config()
     assert again.vllm.engine_args == {"quantization": "fp8"} and again.sampling.extra == {"min_p": 0.1}
     assert fingerprint(again, {p["name"]: p["template_hash"] for p in run.manifest()["prompts"]}) == run.fingerprint()
+    from hpcsynth.generate.pull import pull_shards
+
+    pull_shards(run.root)
+    record = next(read_jsonl_zst(run.output_path(0)))
+    assert record["sampling"]["extra"] == {"min_p": 0.1}, "a record says how it was sampled"
 
 
 def test_finephrase_config_states_the_recipe() -> None:
