@@ -30,6 +30,8 @@ COMMANDS = {
                "hpcsynth config finephrase > mine.yaml"),
     "verify": ("reopen what reduce wrote and check counts, token ranges and checksums",
                "hpcsynth verify runs/fp/reduce"),
+    "prompts": ("list the prompt library, or show one prompt on a document as the engine receives it",
+                "hpcsynth prompts --config configs/finephrase.yaml --render faq --doc page.txt"),
 }
 
 
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how done outputs are checked before relaunching: sha256 reads every "
                              "output once, size is a stat per shard (default: sha256)")
     launch.add_argument("--workers", type=int, default=1,
-                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES")
+                        help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES; with 1 and several GPUs "
+                             "listed there, all of them, as slurm.gpu_mode says (default: 1)")
 
     status = command("status")
     status.add_argument("run", type=Path, help="a planned run directory")
@@ -113,10 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
-    demo.add_argument("--documents", type=int, default=64, help="corpus size")
+    demo.add_argument("--documents", type=int, default=64, help="corpus size (default: 64)")
 
     config = command("config")
     config.add_argument("name", nargs="?", help="a shipped config or site profile; without it, list them")
+
+    prompts = command("prompts")
+    prompts.add_argument("--config", type=Path, help="config whose prompts_dir and model to use (default: "
+                                                     "the built-in defaults)")
+    prompts.add_argument("--render", metavar="NAME", help="show this prompt on --doc, chat template applied")
+    prompts.add_argument("--doc", type=Path, help="a text file, or a JSONL corpus file (its first document)")
+    prompts.add_argument("--tokenizer", help="model directory whose chat template and tokenizer to use "
+                                             "(default: model.path)")
     return parser
 
 
@@ -300,5 +311,33 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts(args: argparse.Namespace) -> int:
+    from hpcsynth.config import Config, load_config
+    from hpcsynth.prompt_render import read_document, render_for_engine
+    from hpcsynth.prompts import available_prompts, parse_prompt
+
+    config = load_config(args.config) if args.config else Config()
+    if args.render is None:
+        if args.doc is not None:
+            raise HpcsynthError("--doc needs --render NAME (which prompt to show on it)")
+        print(f"{'name':<18} {'format':<9} {'version':<8} {'hash':<17} file")
+        for name, path in available_prompts(config).items():
+            p = parse_prompt(path)
+            used = " (in the config)" if name in config.prompts else ""
+            print(f"{p.name:<18} {p.format:<9} {p.version:<8} {p.template_hash:<17} {path}{used}")
+        return 0
+    if args.doc is None:
+        raise HpcsynthError("--render needs --doc FILE (the document to show the prompt on)")
+    found = available_prompts(config)
+    if args.render not in found:
+        raise HpcsynthError(f"no prompt named {args.render!r}; available: {', '.join(found)}")
+    prompt = parse_prompt(found[args.render])
+    rendered = render_for_engine(prompt, read_document(args.doc, config.plan.text_key), config, args.tokenizer or "")
+    sys.stdout.write(rendered.text + ("" if rendered.text.endswith("\n") else "\n"))
+    count = f"{rendered.tokens:,} prompt tokens by {rendered.tokenizer}" if rendered.tokens else rendered.tokenizer
+    print(f"-- {prompt.name} v{prompt.version} ({prompt.format}, {prompt.template_hash}): {count}", file=sys.stderr)
+    return 0
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo, "config": _config, "verify": _verify}
+            "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts}

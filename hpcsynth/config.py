@@ -104,6 +104,9 @@ class SamplingConfig:
     max_tokens: int = 2048
     # Each record's seed is derived from this and the record id, so reruns reproduce a record.
     seed: int = 0
+    # Any other vLLM SamplingParams argument (e.g. repetition_penalty, min_p), passed through as given
+    # (to an endpoint as request body fields); empty because FinePhrase sampled plainly.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class VllmConfig:
     kv_cache_dtype: str = "auto"
     # Requests kept queued in the engine beyond max_num_seqs, so a finished slot refills at once.
     in_flight: int = 0
+    # Any other vllm.LLM(...) argument our keys do not name (e.g. speculative_config, quantization),
+    # checked against vLLM's own signature; empty: the named keys above cover the FinePhrase recipe.
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,9 @@ class SlurmConfig:
     python: str = ""
     # What squeue and sacct show.
     job_name: str = "hpcsynth"
+    # A task that sees several GPUs (whole-node allocations): "per_gpu" starts one worker and engine per
+    # GPU, since 1-2B generators gain nothing from splitting; "tensor_parallel" one engine across them all.
+    gpu_mode: str = "per_gpu"
 
 
 @dataclass(frozen=True)
@@ -240,7 +249,8 @@ class ReduceConfig:
 class Config:
     # FinePhrase's four structured formats; every document is rephrased once per prompt.
     prompts: tuple[str, ...] = ("faq", "math", "table", "tutorial")
-    # A directory of NAME.md prompt templates; empty: the prompts that ship with hpcsynth.
+    # A directory of your own NAME.md prompts, looked up before the ones that ship with hpcsynth; empty:
+    # only the shipped ones (FinePhrase's four formats and the baselines).
     prompts_dir: str = ""
     plan: PlanConfig = field(default_factory=PlanConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -340,6 +350,11 @@ def fingerprint_payload(config: Config, prompt_hashes: dict[str, str]) -> dict[s
     data = config_to_dict(config)
     payload = {key: data[key] for key in FINGERPRINTED}
     payload["prompt_templates"] = dict(sorted(prompt_hashes.items()))
+    # Pass-through options count only when set, so runs planned without them keep their fingerprint.
+    if not config.sampling.extra:
+        del payload["sampling"]["extra"]
+    if config.vllm.engine_args:
+        payload["vllm_engine_args"] = data["vllm"]["engine_args"]
     return payload
 
 
@@ -424,6 +439,10 @@ def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int])
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: '{key}' must be a string, {got}")
+    if typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [value]
@@ -488,6 +507,36 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     _check_slurm_strings(config.slurm, bad)
     if config.plan.max_line_bytes < 1024:
         raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
+    _check_pass_through(config, bad)
+
+
+# Pass-through names that a typed key already sets: two ways to say one thing would let them disagree.
+NAMED_ENGINE_ARGS = {"model": "model.path", "dtype": "model.dtype", "max_model_len": "model.max_model_len",
+                     "revision": "model.revision", "seed": "sampling.seed", "max_num_seqs": "vllm.max_num_seqs",
+                     "max_num_batched_tokens": "vllm.max_num_batched_tokens",
+                     "gpu_memory_utilization": "vllm.gpu_memory_utilization",
+                     "enable_prefix_caching": "vllm.enable_prefix_caching", "enforce_eager": "vllm.enforce_eager",
+                     "tensor_parallel_size": "vllm.tensor_parallel_size", "kv_cache_dtype": "vllm.kv_cache_dtype"}
+NAMED_SAMPLING_ARGS = {"temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k",
+                       "max_tokens": "sampling.max_tokens", "seed": "sampling.seed"}
+GPU_MODES = ("per_gpu", "tensor_parallel")
+
+
+def _check_pass_through(config: Config, bad) -> None:
+    for name in config.vllm.engine_args:
+        if name in NAMED_ENGINE_ARGS:
+            raise bad(f"vllm.engine_args.{name}", f"is set by {NAMED_ENGINE_ARGS[name]}; use that key instead")
+    if "speculative_config" in config.vllm.engine_args and config.vllm.speculative_method:
+        raise bad("vllm.engine_args.speculative_config", "and vllm.speculative_method both ask for speculative "
+                  "decoding; keep one of them")
+    for name in config.sampling.extra:
+        if name in NAMED_SAMPLING_ARGS:
+            raise bad(f"sampling.extra.{name}", f"is set by {NAMED_SAMPLING_ARGS[name]}; use that key instead")
+    if config.sampling.extra and config.model.engine == "transformers":
+        raise bad("sampling.extra", "is passed through to vLLM and endpoints only; transformers' generate() "
+                  "spells several of those names differently (use the named sampling keys)")
+    if config.slurm.gpu_mode not in GPU_MODES:
+        raise bad("slurm.gpu_mode", f"must be one of {', '.join(GPU_MODES)}, got {config.slurm.gpu_mode!r}")
 
 
 # A name becomes part of a path (prompts_dir/NAME.md, DIR/NAME.bin) and of record ids (KEY/PROMPT).

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +19,9 @@ from typing import Any
 from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config,
                              read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
-from hpcsynth.files import open_append_nofollow, read_json
+from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
+from hpcsynth.execute.local import describe_failures, run_task, run_worker_processes, visible_gpus
 from hpcsynth.generate.engines import check_model
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.logs import log_to
@@ -60,13 +59,19 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
     # One line now rather than a failure in every worker. Slurm workers run elsewhere: a model directory
     # this login node does not see may still be on the compute nodes.
     check_model(config, str(config_path or run.config_path), here=executor != "slurm")
+    _check_engine_args(config)
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
         return dataclasses.replace(_launch_slurm(run, slurm, retry_failed, force), repaired=repaired)
-    if workers == 1:
+    if workers == 1 and len(visible_gpus()) > 1:
+        # This machine lists several GPUs: use them all, as an array task given them would.
+        run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode)
+    elif workers == 1:
         _run_in_process(run, retry_failed)
     else:
-        errors = _run_worker_processes(run, workers, retry_failed)
+        visible = visible_gpus()
+        gpus = visible[:workers] if len(visible) >= workers else [str(i) for i in range(workers)]
+        errors = describe_failures(run_worker_processes(run, gpus, retry_failed))
         return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
     return dataclasses.replace(_report(run, executor), repaired=repaired)
 
@@ -84,6 +89,14 @@ def set_aside_bad_markers(run: RunDir, verify: str) -> list[tuple[int, str]]:
             os.replace(run.done_path(shard), aside)
             found.append((shard, problem))
     return found
+
+
+def _check_engine_args(config: Config) -> None:
+    """Pass-through vLLM names checked here, before any job waits in a queue, where vLLM is installed."""
+    from hpcsynth.generate.engines.vllm_args import check_vllm_args, vllm_installed
+
+    if config.model.engine == "vllm" and vllm_installed():
+        check_vllm_args(config)
 
 
 def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source: str) -> Config:
@@ -152,51 +165,6 @@ def _run_in_process(run: RunDir, retry_failed: bool) -> None:
         logging.getLogger("hpcsynth.execute.launch").exception("the worker failed")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(f"the worker failed: {type(exc).__name__}: {first[:300]} (traceback in {log_path})") from None
-
-
-def _run_worker_processes(run: RunDir, workers: int, retry_failed: bool) -> list[str]:
-    """Start the workers, wait for all, and name each one that failed with its first error."""
-    procs = []
-    for index in range(workers):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
-        command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)] + (["--retry-failed"] if retry_failed else [])
-        log_path = run.log_path(f"worker-local-{index}")
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open_append_nofollow(log_path) as log:
-            start = log.tell()
-            procs.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log_path, start))
-    try:
-        for proc, _, _ in procs:
-            proc.wait()
-    except KeyboardInterrupt:
-        for proc, _, _ in procs:
-            proc.terminate()
-        for proc, _, _ in procs:
-            proc.wait()
-        raise
-    return [f"worker {index} (pid {proc.pid}, exit {proc.returncode}): {first_error(path, start)}; log {path}"
-            for index, (proc, path, start) in enumerate(procs) if proc.returncode != 0]
-
-
-def first_error(log_path: Path, start: int = 0) -> str:
-    """The line of a worker's log (this launch's part) that says what went wrong: the project's own
-    one-line error, else the exception line a traceback ends with, else the last ERROR line."""
-    try:
-        with open(log_path, "rb") as handle:
-            handle.seek(start)
-            lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    ours = [line for line in lines if line.startswith("hpcsynth: error:")]
-    raised = [line for line in lines if _is_exception_line(line)]
-    logged = [line for line in lines if " ERROR " in line]
-    return (ours or raised or logged or lines or ["the worker wrote nothing to its log"])[-1][:500]
-
-
-def _is_exception_line(line: str) -> bool:
-    """'ValueError: ...' or 'hpcsynth.errors.EngineError: ...', as Python prints a traceback's last line."""
-    name, sep, _ = line.partition(":")
-    return bool(sep) and name.replace(".", "").replace("_", "").isalnum() and name.endswith(("Error", "Exception"))
 
 
 def _report(run: RunDir, executor: str) -> LaunchReport:

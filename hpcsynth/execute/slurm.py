@@ -75,7 +75,8 @@ def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None
         with _captured_stderr() as captured:
             try:
                 with executor.batch():
-                    jobs = [executor.submit(SlurmWorker(), str(run.root), shards, retry_failed) for shards in chunk]
+                    jobs = [executor.submit(SlurmWorker(), str(run.root), shards, retry_failed, config.gpu_mode)
+                            for shards in chunk]
             except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
                     submitit.core.utils.FailedJobError) as exc:
                 failure = exc
@@ -164,24 +165,23 @@ def guarded_setup_line(line: str) -> str:
 class SlurmWorker:
     """What an array task runs; submitit calls checkpoint() on USR2 (preemption, time limit)."""
 
-    def __call__(self, run_root: str, shards: list[int] | None, retry_failed: bool) -> dict[str, int]:
-        from hpcsynth.logs import log_to
-        from hpcsynth.generate.pull import pull_shards, task_name
+    def __call__(self, run_root: str, shards: list[int] | None, retry_failed: bool,
+                 gpu_mode: str = "per_gpu") -> int:
+        from hpcsynth.execute.local import run_task
 
-        log_to(RunDir(Path(run_root)).log_path(f"worker-{task_name()}"))
-        results = pull_shards(run_root, shards, retry_failed=retry_failed)
-        summary = {state: sum(1 for r in results if r.state == state) for state in ("done", "failed", "busy")}
-        if summary["failed"]:
-            raise RuntimeError(f"{summary['failed']} shard(s) failed; see RUN/failed/ and `hpcsynth status`")
-        return summary
+        # A task that sees several GPUs runs a worker on each (or one tensor-parallel engine).
+        failed = run_task(run_root, shards, retry_failed, gpu_mode)
+        if failed:
+            raise RuntimeError(f"{failed} shard(s) or worker(s) failed; see RUN/failed/ and `hpcsynth status`")
+        return failed
 
-    def checkpoint(self, run_root: str, shards: list[int] | None, retry_failed: bool):
+    def checkpoint(self, run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu"):
         import submitit
 
         # Nothing to save: every finished record is already in the progress logs. The requeued task
         # (same array index) takes its leases back at once and skips what is on disk.
         logging.getLogger("hpcsynth").info("checkpoint: requeueing (preemption or time limit)")
-        return submitit.helpers.DelayedSubmission(SlurmWorker(), run_root, shards, retry_failed)
+        return submitit.helpers.DelayedSubmission(SlurmWorker(), run_root, shards, retry_failed, gpu_mode)
 
 
 def record_launch(run: RunDir, arrays: list[dict[str, Any]], config: SlurmConfig, shards: int) -> Path:

@@ -60,11 +60,16 @@ def slurm_task() -> str:
     return os.environ.get("SLURM_JOB_ID", "")
 
 
+def gpu_slot() -> str:
+    """Which of its task's per-GPU workers this process is ('' for the only one); set by execute/local.py."""
+    return os.environ.get("HPCSYNTH_GPU_SLOT", "")
+
+
 def slurm_identity() -> dict[str, str]:
     """Where in Slurm this process runs: array task, its restart count, step and rank within the step."""
     env = os.environ
     return {"task": slurm_task(), "restart": env.get("SLURM_RESTART_COUNT", "0"),
-            "step": env.get("SLURM_STEP_ID", ""), "procid": env.get("SLURM_PROCID", "")}
+            "step": env.get("SLURM_STEP_ID", ""), "procid": env.get("SLURM_PROCID", ""), "slot": gpu_slot()}
 
 
 def holder_gone(held: dict) -> bool:

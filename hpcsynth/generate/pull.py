@@ -18,7 +18,7 @@ from pathlib import Path
 from hpcsynth.generate.clock import CountingEngine, TaskClock, engine_device
 from hpcsynth.generate.engines import make_engine
 from hpcsynth.errors import HpcsynthError
-from hpcsynth.generate.lease import new_owner, slurm_task
+from hpcsynth.generate.lease import gpu_slot, new_owner, slurm_task
 from hpcsynth.rundir import RunDir
 from hpcsynth.generate.worker import ShardResult, WorkerSession
 
@@ -29,7 +29,8 @@ def task_name() -> str:
     """This worker's name in RUN/tasks/ and RUN/logs/: the Slurm array task and its restart, or host-pid."""
     task = slurm_task()
     if task:
-        return f"{task}-r{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        slot = f"-gpu{gpu_slot()}" if gpu_slot() else ""  # one of several per-GPU workers of a whole-node task
+        return f"{task}-r{os.environ.get('SLURM_RESTART_COUNT', '0')}{slot}"
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -74,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a planned run directory")
     parser.add_argument("--shards", help="comma-separated shard ids to consider (default: all)")
     parser.add_argument("--retry-failed", action="store_true")
+    parser.add_argument("--log", help="log file (default: stderr); named in failed markers for status")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.log:
+        from hpcsynth.logs import log_to
+
+        log_to(Path(args.log))
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     shards = [int(s) for s in args.shards.split(",")] if args.shards else None
     try:
         results = pull_shards(args.run, shards, retry_failed=args.retry_failed)

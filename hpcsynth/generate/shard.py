@@ -169,7 +169,7 @@ class ShardTask:
             "revision": revision,
             "engine": self.config.model.engine,
             "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
-                         "max_tokens": sampling.max_tokens},
+                         "max_tokens": sampling.max_tokens, **({"extra": sampling.extra} if sampling.extra else {})},
             "seed": record_seed(sampling.seed, doc["id"], prompt.name),
             "finish_reason": completion.finish_reason,
             "error": completion.error,

@@ -125,7 +125,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         per_input[r.file] -= 1
     manifest = {
         "layout_version": LAYOUT_VERSION, "hpcsynth_version": __version__, "fingerprint": digest,
-        "prompts": [{"name": p.name, "template_hash": p.template_hash} for p in prompts],
+        "prompts": [p.describe() for p in prompts],  # name, format (reduce validates by it), version, hash
         "inputs": [{**s, "documents": per_input.get(i, 0)} for i, s in enumerate(stats)],
         "documents": sum(r["documents"] for r in rows), "sources": totals["sources"],
         "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),

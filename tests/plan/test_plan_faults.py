@@ -41,7 +41,8 @@ def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) ->
         RunDir(run).manifest()
     done = subprocess.run(plan_command(tmp_path, corpus, run), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "manifest.json", "plan", "shards"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "fingerprint.json", "manifest.json", "plan",
+                                                         "shards"]
     assert len(read_json(run / "manifest.json")["shards"]) == 6000
 
 

@@ -100,6 +100,8 @@ class EndpointEngine:
     def body(self, request: Request) -> dict[str, Any]:
         sampling = self.config.sampling
         return {
+            # sampling.extra first: vLLM's server reads its SamplingParams extras from the body; named keys win.
+            **sampling.extra,
             "model": self.model_id, "messages": request.messages, "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": request.seed,
             # Sent even when off (-1): otherwise the server falls back to the model's generation_config.

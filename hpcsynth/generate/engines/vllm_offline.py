@@ -21,6 +21,7 @@ from typing import Any
 from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
+from hpcsynth.generate.engines.vllm_args import check_vllm_args, engine_kwargs, sampling_kwargs
 from hpcsynth.errors import EngineError
 
 
@@ -42,6 +43,7 @@ class VllmEngine:
         except ImportError as exc:
             raise EngineError(f"model.engine=vllm needs vLLM in this environment ({exc}); "
                               "see docs/engines.md (tools/setup_vllm_lane.sh for CPU)") from None
+        check_vllm_args(config)
         self.config = config
         self.model_id = config.model.path
         self.revision = config.model.revision
@@ -52,6 +54,10 @@ class VllmEngine:
         self._client_errors = (VLLMClientError, ValueError)
         self._tokens_input = tokens_input
         self._final_only = RequestOutputKind.FINAL_ONLY
+        # vLLM detokenizes every token as it comes (a Rust call and Python around it per token, on the
+        # thread that steps the engine); we only want the final text, so we decode each record once when
+        # it finishes. Stop strings are matched on text, so with them vLLM keeps detokenizing.
+        self._detokenize = "stop" in config.sampling.extra
         self._ids = itertools.count()
         self.max_num_seqs = config.vllm.max_num_seqs
         self._start()
@@ -59,9 +65,12 @@ class VllmEngine:
     def _start(self) -> None:
         try:
             self.llm = self._vllm.LLM(**engine_kwargs(self.config, self.max_num_seqs))
-        except (OSError, ValueError) as exc:
+        # TypeError: a pass-through value of the wrong type; ImportError: a feature needing a package
+        # (suffix decoding needs arctic-inference).
+        except (OSError, ValueError, TypeError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"vLLM cannot load model.path={self.config.model.path!r}: {first}") from None
+            raise EngineError(f"vLLM cannot start with model.path={self.config.model.path!r} and the "
+                              f"vllm.* settings: {first}") from None
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -91,7 +100,7 @@ class VllmEngine:
                     continue  # everything taken was rejected: take more
                 for output in self.engine.step():
                     if output.finished and output.request_id in inside:
-                        yield _completion(inside.pop(output.request_id), output)
+                        yield _completion(inside.pop(output.request_id), output, self._decode)
         finally:
             if inside:  # the consumer stopped early or failed: don't leave vLLM generating for nobody
                 self.engine.abort_request(list(inside))
@@ -127,30 +136,11 @@ class VllmEngine:
         return None
 
     def _sampling(self, request: Request, max_tokens: int) -> Any:
-        sampling = self.config.sampling
-        return self._vllm.SamplingParams(
-            temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,  # our 0 means off; vLLM's off is -1
-            max_tokens=max_tokens, seed=request.seed, output_kind=self._final_only,
-        )
+        return self._vllm.SamplingParams(**sampling_kwargs(self.config, request.seed, max_tokens),
+                                         output_kind=self._final_only, detokenize=self._detokenize)
 
-
-def engine_kwargs(config: Config, max_num_seqs: int | None = None) -> dict[str, Any]:
-    """config.model + config.vllm -> keyword arguments of vllm.LLM."""
-    model, opts = config.model, config.vllm
-    kwargs: dict[str, Any] = dict(
-        model=model.path, dtype=model.dtype, max_model_len=model.max_model_len,
-        max_num_seqs=max_num_seqs or opts.max_num_seqs, max_num_batched_tokens=opts.max_num_batched_tokens,
-        gpu_memory_utilization=opts.gpu_memory_utilization, enable_prefix_caching=opts.enable_prefix_caching,
-        enforce_eager=opts.enforce_eager, tensor_parallel_size=opts.tensor_parallel_size,
-        kv_cache_dtype=opts.kv_cache_dtype, seed=config.sampling.seed,
-    )
-    if model.revision:
-        kwargs["revision"] = model.revision
-    if opts.speculative_method:
-        kwargs["speculative_config"] = {"method": opts.speculative_method,
-                                        "num_speculative_tokens": opts.num_speculative_tokens}
-    return kwargs
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -160,11 +150,12 @@ class _Inside:
     started: float
 
 
-def _completion(inside: _Inside, output: Any) -> Completion:
+def _completion(inside: _Inside, output: Any, decode) -> Completion:
     result = output.outputs[0]
     seconds = time.monotonic() - inside.started
     if result.finish_reason in ("stop", "length"):
-        return Completion(inside.request.record_id, result.text, result.finish_reason, inside.prompt_tokens,
+        text = result.text if result.text else decode(result.token_ids)
+        return Completion(inside.request.record_id, text, result.finish_reason, inside.prompt_tokens,
                           len(result.token_ids), seconds=seconds)
     # vLLM aborted it (e.g. an engine-side limit): no usable text, so report it like any rejection.
     return _rejected(inside.request, inside.prompt_tokens,
