@@ -5,7 +5,6 @@ vLLM's own signature check runs in tests/vllm_lane/; the 2-GPU Slurm task in tes
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 

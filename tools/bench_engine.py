@@ -16,7 +16,6 @@ Without --model a tiny random-weight Llama is built (CPU lane); outputs are gibb
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys

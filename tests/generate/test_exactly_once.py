@@ -385,3 +385,19 @@ def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path)
         proc = cli("launch", str(tmp_path / name), timeout=300)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert ("no CUDA device" if name == "no-cuda" else "cannot load model.path") in proc.stderr, proc.stderr
+
+
+def test_a_prompt_edited_after_plan_is_refused_naming_it(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "faq.md").write_text((REPO / "prompts" / "faq.md").read_text())
+    import dataclasses
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 10)
+    config = dataclasses.replace(fake_config(corpus), prompts=("faq",), prompts_dir=str(prompts))
+    run = RunDir(tmp_path / "run")
+    plan_corpus(config, run)
+    (prompts / "faq.md").write_text((prompts / "faq.md").read_text().replace("{document}", "Text:\n{document}"))
+    proc = cli("launch", str(run.root))
+    assert proc.returncode == 2 and "prompt_templates.faq" in proc.stderr, proc.stderr
+    assert not list(run.root.glob("outputs/*"))
