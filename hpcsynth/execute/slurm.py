@@ -66,8 +66,8 @@ def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None
     """Submit the tasks as job arrays of at most MaxArraySize each; return [{job_id, tasks}]."""
     import submitit
 
+    require_tools("sbatch", "sacct")  # before submitit, which looks for srun and raises a bare RuntimeError
     executor = make_executor(run, config)
-    require_tools("sbatch", "sacct")
     limit = max_array_size(config)
     arrays = []
     for start in range(0, len(tasks), limit):

@@ -223,7 +223,9 @@ def test_many_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) ->
         atomic_write_json(path, {"owner": "elsewhere:1:1:x", "renewed": time.time() - 600})  # long stale
         script = ("import sys, time; from pathlib import Path; from hpcsynth.generate.lease import Lease, new_owner\n"
                   "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
-                  "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire())")
+                  "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire(), flush=True)\n"
+                  # Stay alive: a winner that exited would rightly be taken over by a slower taker.
+                  "time.sleep(max(0, float(sys.argv[2]) + 8 - time.time()))")
         start = str(time.time() + 1.0)
         procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE,
                                   text=True) for _ in range(6)]
