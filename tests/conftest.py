@@ -63,3 +63,15 @@ def cluster():
     if not ok:
         pytest.skip(reason)
     return ensure_cluster()
+
+
+def planned_fake_run(tmp_path: Path, name: str = "run", docs: int = 40, shard_docs: int = 10, **sections):
+    """A run planned from a generated corpus on the fake engine (see fake_config), in tmp_path/name."""
+    from hpcsynth.plan import plan_corpus
+    from hpcsynth.rundir import RunDir
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
+    config = fake_config(corpus, plan={"shard_docs": shard_docs}, **sections)
+    run = RunDir(tmp_path / name)
+    plan_corpus(config, run)
+    return run

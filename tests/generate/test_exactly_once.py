@@ -25,15 +25,11 @@ from hpcsynth.generate.worker import WorkerSession, run_shard
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import REPO, fake_config, write_corpus
+from conftest import REPO, fake_config, planned_fake_run, write_corpus
 
 
 def planned_run(tmp_path: Path, name: str = "run", docs: int = 20, **sections) -> RunDir:
-    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
-    config = fake_config(corpus, plan={"shard_docs": 5}, **sections)
-    run = RunDir(tmp_path / name)
-    plan_corpus(config, run)
-    return run
+    return planned_fake_run(tmp_path, name, docs, shard_docs=5, **sections)
 
 
 def outputs(run: RunDir) -> list[dict]:

@@ -14,20 +14,15 @@ from pathlib import Path
 from hpcsynth.generate.engines.fake import FakeEngine
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.execute.launch import launch_run
-from hpcsynth.plan import plan_corpus
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.rundir import RunDir
 from hpcsynth.generate.worker import run_shard
 
-from conftest import fake_config, write_corpus
+from conftest import planned_fake_run
 
 
 def planned_run(tmp_path: Path, name: str, docs: int = 40, **sections) -> RunDir:
-    corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
-    config = fake_config(corpus, plan={"shard_docs": 10}, **sections)
-    run = RunDir(tmp_path / name)
-    plan_corpus(config, run)
-    return run
+    return planned_fake_run(tmp_path, name, docs, shard_docs=10, **sections)
 
 
 def outputs(run: RunDir) -> list[dict]:
