@@ -42,6 +42,8 @@ def process_start(pid: int) -> str:
         return ""
     # Field 22 counts from after the command name, which may itself hold spaces and parentheses.
     fields = stat[stat.rfind(")") + 2:].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return ""  # a zombie (killed, not yet reaped: common where PID 1 reaps nothing) is gone
     return fields[19] if len(fields) > 19 else ""
 
 

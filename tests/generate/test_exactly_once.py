@@ -165,6 +165,14 @@ def test_lease_liveness_by_process_and_array_task_incarnation(monkeypatch) -> No
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert holder_gone({"owner": f"{host}:{proc.pid}:123:abc"}), "a dead pid of this host"
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    assert holder_gone({"owner": f"{host}:{zombie.pid}:{started}:abc"}), "a killed process not yet reaped"
+    zombie.wait()
     # A reused pid: alive, but started at another time than the holder.
     assert holder_gone({"owner": f"{host}:{os.getppid()}:1:abc"})
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
