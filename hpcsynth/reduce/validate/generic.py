@@ -14,9 +14,13 @@ from hpcsynth.reduce.validate.markup import plain
 from hpcsynth.reduce.validate.ngrams import repetition_ratio, words
 
 # A first line that talks to the user instead of starting the content ("Sure! Here is the FAQ:").
+# "Here is ..." opens content too ("Here is where the tower stands."): it counts as chatter when it ends
+# in a colon or names what was asked for.
 _OPENER = re.compile(r"^(sure|certainly|of course|absolutely|okay|ok|great|alright)\b.{0,160}$"
                      r"|^(here(?:'s| is| are)|below (?:is|are)|the following (?:is|are)|i(?:'ve| have) "
-                     r"(?:created|written|turned|prepared))\b.{0,160}[:.!]$", re.IGNORECASE)
+                     r"(?:created|written|turned|prepared))\b(.{0,160}:|.{0,160}\b(faqs?|table|tutorial|guide|"
+                     r"problem|questions?|rewrite|version|summary|based on|from the (?:document|text))\b.{0,80}[.!])$",
+                     re.IGNORECASE)
 # A last line of pleasantries.
 _CLOSER = re.compile(r"^(i hope this helps|hope this helps|let me know if|feel free to|i hope (?:this|these|you))\b",
                      re.IGNORECASE)
