@@ -56,7 +56,8 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
         os.fsync(docs.fileno())
     if seq == 0:
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
-                       f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars)")
+                       f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
+                       f"`hpcsynth validate {spec.run}` for counts by check and samples")
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)

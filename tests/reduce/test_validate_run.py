@@ -147,7 +147,12 @@ def test_reduce_drops_counts_and_lists_by_reason(planted: tuple[RunDir, dict]) -
 
 def test_changed_thresholds_redo_the_parts_and_keep_flags_only(planted: tuple[RunDir, dict]) -> None:
     run, expected = planted
-    reduce_run(run)
+    proc = cli("reduce", str(run.root))
+    assert proc.returncode == 0, proc.stderr
+    lost = expected["table"]["rejected"]
+    assert (f"table: {sum(lost.values())} of {DOCUMENTS} rejected (table_no_separator {lost['table_no_separator']}"
+            in proc.stdout), proc.stdout
+    assert "rejects with their reasons:" in proc.stdout and f"hpcsynth validate {run.root}" in proc.stdout
     config = run.config()
     run.write_config(dataclasses.replace(config, validate=dataclasses.replace(config.validate, action="keep")),
                      run.fingerprint())
