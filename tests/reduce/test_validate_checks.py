@@ -181,3 +181,18 @@ def test_distinct_sketch_is_exact_when_small_and_close_when_large() -> None:
     large.add(grams)
     assert large.ratio() == pytest.approx(1 / 3, rel=0.05)
     assert len(large.heap) == 4096 and len(large.kept) == 4096  # bounded, whatever the input
+
+
+@pytest.mark.parametrize("fmt", ["table", "faq", "math", "tutorial", "free"])
+def test_degenerate_whitespace_runs_are_read_in_linear_time(fmt: str) -> None:
+    """A model stuck emitting spaces: end-anchored patterns retried at every space were quadratic
+    (an 8,000-space line took 0.6 s in one helper, 20,000 spaces ~13 s in the faq check)."""
+    import time
+
+    run = " " * 20000
+    texts = [f"a{run}b", f"answer 1{run}x", f"Q:{run}?", f"final answer is{run}=", f"|{'-' * 20000} x|\n|{run}-x",
+             "A farmer has 12 rows of apple trees. How many trees are there now?\n\nStep 1 = 2\nfinal answer" + run]
+    started = time.process_time()
+    for text in texts:
+        check(text, fmt, input_chars=len(text))
+    assert time.process_time() - started < 1.0

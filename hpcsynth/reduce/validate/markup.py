@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 
-_DECOR = re.compile(r"^[\s>#*_`]+|[\s*_`]+$")
+_LEFT = " \t\r\f\v>#*_`"
+_RIGHT = " \t\r\f\v*_`"
 
 
 def plain(line: str) -> str:
-    """A line without heading marks, quote marks, bold/italic markers and surrounding space."""
-    return _DECOR.sub("", line)
+    """A line without heading marks, quote marks, bold/italic markers and surrounding space.
+
+    str.strip, not a regex: an end-anchored pattern retried at every space of a long run of them is
+    quadratic (a degenerate 8,000-space line took 0.6 s; linear here)."""
+    return line.lstrip(_LEFT).rstrip(_RIGHT)
 
 
 def lines(text: str) -> list[str]:
@@ -19,7 +23,7 @@ def lines(text: str) -> list[str]:
 
 def labelled(line: str, labels: tuple[str, ...]) -> str | None:
     """The text after a label such as "Question:" or "**Q1:**" (any case, optional number), else None."""
-    match = re.match(r"^(" + "|".join(labels) + r")\s*\d*\s*[:.)]\s*(.*)$", plain(line), re.IGNORECASE)
+    match = re.match(r"^(" + "|".join(labels) + r")\s*(?:\d+\s*)?[:.)]\s*(.*)$", plain(line), re.IGNORECASE)
     if match is None:
         return None
     return plain(match.group(2))

@@ -16,7 +16,9 @@ _SOLUTION = re.compile(r"^(solution|step\s*1\b|steps?\b|let'?s|let us|to solve|w
                        re.IGNORECASE)
 _ASKS = re.compile(r"\?|\b(find|calculate|compute|determine|work out|how (?:many|much|long|far|old)|what)\b",
                    re.IGNORECASE)
-_FINAL = re.compile(r"(final answer|the answer is|^answer)\s*(?:is)?\s*[:=]?\s*\S|\\boxed\{[^}]+\}|^####\s*\S",
+# Spaces around optional parts are written so that a long run of them is read once: "\s*(?:is)?\s*"
+# retries every split of the run (quadratic on a degenerate line).
+_FINAL = re.compile(r"(final answer|the answer is|^answer)(?:\s+is\b)?\s*(?:[:=]\s*)?\S|\\boxed\{[^}]+\}|^####\s*\S",
                     re.IGNORECASE)
 _CALC = re.compile(r"\d\s*(?:[-+*/×÷=^%]|\\times|\\div)\s*\(?\$?\d|=\s*\$?\d")
 _STEP = re.compile(r"^(step\s*\d+|\d+[.)]\s|[-*•]\s|first\b|next\b|then\b|finally\b)", re.IGNORECASE)
