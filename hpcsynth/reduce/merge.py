@@ -169,8 +169,13 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
             target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
         files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
                       "sha256": sha256_file(target)})
+    from hpcsynth.reduce.select import add_tallies
+
+    validation: dict[str, dict] = {}
+    for marker in markers.values():
+        add_tallies(validation, marker.get("validation", {}))
     info = {**spec.run_info, "name": spec.name, "partial": spec.partial, "files": len(files),
-            "rows": sum(f["rows"] for f in files)}
+            "rows": sum(f["rows"] for f in files), "validation": validation}
     atomic_write_bytes(folder / "README.md", dataset_card(info).encode())
     return {"dir": folder.name, "files": files, "rows": info["rows"]}
 

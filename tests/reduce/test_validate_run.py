@@ -117,6 +117,14 @@ def test_validate_skips_a_damaged_output_and_refuses_a_run_with_none_done(plante
     assert report["shards_checked"] == 1 and report["records"] == 5 * 4
     assert report["shards_skipped"][0]["shard"] == 1 and "checksum" in report["shards_skipped"][0]["reason"]
     assert "1 shard(s) not done were left out" in proc.stdout
+    # Where the report cannot be written, the table is still shown, then one line says why.
+    import shutil
+
+    shutil.rmtree(run.root / "validate")
+    (run.root / "validate").write_text("in the way")
+    proc = cli("validate", str(run.root))
+    assert proc.returncode == 2 and "faq_few_pairs" in proc.stdout
+    assert proc.stderr.startswith("hpcsynth: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     run.done_path(0).unlink()
     proc = cli("validate", str(run.root))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -143,6 +151,11 @@ def test_reduce_drops_counts_and_lists_by_reason(planted: tuple[RunDir, dict]) -
              for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
     assert len(texts) == accepted and not any(t.startswith("Sure!") for t in texts)
     assert sum(t == _text("faq_good").strip() for t in texts) == expected["faq"]["accepted"]
+    card = (run.default_reduce_dir / "text" / "README.md").read_text()
+    lost = expected["math"]["rejected"]
+    assert (f"| math | math | {DOCUMENTS} | {expected['math']['accepted']} | math_no_final_answer "
+            f"{lost['math_no_final_answer']}, repetition {lost['repetition']} |") in card
+    assert "are not in this dataset" in card
 
 
 def test_changed_thresholds_redo_the_parts_and_keep_flags_only(planted: tuple[RunDir, dict]) -> None:

@@ -13,7 +13,7 @@ from hpcsynth.errors import HpcsynthError
 
 def validate_command(args: argparse.Namespace) -> int:
     from hpcsynth.config import load_config
-    from hpcsynth.reduce.validate.quality import validate_run
+    from hpcsynth.reduce.validate.quality import validate_run, write_report
     from hpcsynth.rundir import RunDir
 
     run = RunDir(args.run)
@@ -24,10 +24,12 @@ def validate_command(args: argparse.Namespace) -> int:
         other = load_config(args.config)
         config = dataclasses.replace(config, validate=other.validate)
         source = f"{args.config} (validate: section)"
-    report = validate_run(run, config, source)
+    report = validate_run(run, config, source, write=False)
     if report["records"] == 0:
         raise HpcsynthError(f"{run.root}: the done shards hold no records to validate")
     print_table(report)
+    # Written after the table: on a run directory we may only read, the table is still shown.
+    write_report(run, report)
     return 0
 
 

@@ -66,7 +66,7 @@ class PromptQuality:
                 "samples": self.samples}
 
 
-def validate_run(run: RunDir, config: Config, config_source: str = "") -> dict[str, Any]:
+def validate_run(run: RunDir, config: Config, config_source: str = "", write: bool = True) -> dict[str, Any]:
     """Check every record of the done shards; write RUN/validate/report.json and return it."""
     from hpcsynth.reduce.select import prompt_formats, ready_shards
 
@@ -91,8 +91,13 @@ def validate_run(run: RunDir, config: Config, config_source: str = "") -> dict[s
         "prompts": {name: prompts[name].summary() for name in sorted(prompts)},
         "seconds": round(time.monotonic() - started, 2),
     }
-    atomic_write_json(run.root / "validate" / "report.json", report)
+    if write:
+        write_report(run, report)
     return report
+
+
+def write_report(run: RunDir, report: dict[str, Any]) -> None:
+    atomic_write_json(run.root / "validate" / "report.json", report)
 
 
 def _settings(config: Config) -> dict[str, Any]:
