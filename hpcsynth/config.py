@@ -256,7 +256,8 @@ class ValidateConfig:
     # "drop" leaves failing records out of the mix; "keep" only counts and reports them (the demo's
     # random-weight model fails every check, and a first look at a new prompt should lose nothing).
     action: str = "drop"
-    # Checks to skip by name (e.g. [too_short, table_no_question]); `hpcsynth validate` lists the names.
+    # Checks to skip by name (e.g. [too_short, table_no_question]): a check that misjudges your prompt's
+    # outputs can go without losing the others; a misspelt name is refused with the list.
     skip: tuple[str, ...] = ()
     # "strip" removes a chatty first line ("Here is the FAQ:") and a closing pleasantry; "reject" drops
     # the record; "keep" leaves it. Strip: the rest is usually good, and the line teaches only chatter.

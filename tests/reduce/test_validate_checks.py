@@ -154,8 +154,15 @@ def test_basic_checks_always_drop_even_under_keep() -> None:
     assert ok and reason_code(reason) == "faq_few_pairs"
 
 
-def test_skipped_checks_pass() -> None:
-    assert check(sample("table_no_separator"), "table", with_validate(skip=("table_no_separator",)))[0]
+def test_skipped_checks_pass_and_the_next_check_speaks() -> None:
+    skip = with_validate(skip=("table_no_separator",))
+    assert check(sample("table_no_separator"), "table", skip)[0]
+    # Skipping one check of a format does not wave the rest through.
+    no_question = sample("table_no_separator").split("\n\n")[0]
+    assert reason_code(check(no_question, "table", skip)[1]) == "table_no_question"
+    both = "A long train ride: 3 hours at 80 km/h, then 2 hours at 60 km/h. How far did it go?\n\nSo far."
+    assert reason_code(check(both, "math")[1]) == "math_no_final_answer"
+    assert reason_code(check(both, "math", with_validate(skip=("math_no_final_answer",)))[1]) == "math_no_steps"
     assert check(sample("faq_one_pair"), "faq", with_validate(min_faq_pairs=1))[0]
 
 

@@ -9,13 +9,14 @@ reports count by, the detail is for a person.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate import faq, generic, math_problem, table, tutorial
 
-FORMAT_CHECKS: dict[str, Callable[[str, Config], str | None]] = {
-    "table": table.check, "faq": faq.check, "math": math_problem.check, "tutorial": tutorial.check,
+# Each yields its format's failures in order, so that a check named in validate.skip lets the next speak.
+FORMAT_CHECKS: dict[str, Callable[[str, Config], Iterator[str]]] = {
+    "table": table.problems, "faq": faq.problems, "math": math_problem.problems, "tutorial": tutorial.problems,
 }
 
 
@@ -53,11 +54,13 @@ def _quality(record: dict, text: str, fmt: str, config: Config) -> str | None:
         lambda: generic.too_short(body, record, config),
         lambda: generic.repetition(tokens, config),
         lambda: generic.degenerate(tokens, config),
-        lambda: FORMAT_CHECKS[fmt](body, config) if fmt in FORMAT_CHECKS else None,
     )
     for check in checks:
         reason = check()
         if reason and reason_code(reason) not in skip:
+            return reason
+    for reason in FORMAT_CHECKS[fmt](body, config) if fmt in FORMAT_CHECKS else ():
+        if reason_code(reason) not in skip:
             return reason
     return None
 

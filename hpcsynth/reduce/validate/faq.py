@@ -7,6 +7,8 @@ under it is not a pair.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate.markup import labelled, lines, plain
 
@@ -34,11 +36,10 @@ def pairs(text: str) -> tuple[int, int]:
     return questions, answered
 
 
-def check(text: str, config: Config) -> str | None:
+def problems(text: str, config: Config) -> Iterator[str]:
     questions, answered = pairs(text)
     if questions == 0:
-        return "faq_no_questions: no question lines ('Q:' or ending in '?')"
-    if answered < config.validate.min_faq_pairs:
-        return (f"faq_few_pairs: {answered} question/answer pair(s) ({questions} question(s)), "
-                f"validate.min_faq_pairs={config.validate.min_faq_pairs}")
-    return None
+        yield "faq_no_questions: no question lines ('Q:' or ending in '?')"
+    elif answered < config.validate.min_faq_pairs:
+        yield (f"faq_few_pairs: {answered} question/answer pair(s) ({questions} question(s)), "
+               f"validate.min_faq_pairs={config.validate.min_faq_pairs}")

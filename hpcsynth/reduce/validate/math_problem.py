@@ -8,6 +8,7 @@ step. The final answer is a "Final answer:"/"Answer:" line, a \\boxed{} value or
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate.markup import plain
@@ -34,15 +35,15 @@ def split_problem(text: str) -> tuple[str, list[str]]:
     return text, []
 
 
-def check(text: str, config: Config) -> str | None:
+def problems(text: str, config: Config) -> Iterator[str]:
     problem, rest = split_problem(text)
     if len(problem.strip()) < _MIN_PROBLEM_CHARS or not _ASKS.search(problem):
-        return "math_no_problem: the text does not open with a problem that asks something"
+        yield "math_no_problem: the text does not open with a problem that asks something"
     finals = [i for i, line in enumerate(rest) if _FINAL.search(plain(line))]
     if not finals:
-        return "math_no_final_answer: no 'Final answer: ...' line (or \\boxed{}, '####') after the solution"
-    steps = [line for line in rest[:finals[-1] + 1] if _CALC.search(line) or _STEP.match(plain(line))]
+        yield "math_no_final_answer: no 'Final answer: ...' line (or \\boxed{}, '####') after the solution"
+    worked = rest[:finals[-1] + 1] if finals else rest
+    steps = [line for line in worked if _CALC.search(line) or _STEP.match(plain(line))]
     if len(steps) < config.validate.min_math_steps:
-        return (f"math_no_steps: {len(steps)} worked step(s) before the final answer, validate.min_math_steps="
-                f"{config.validate.min_math_steps}")
-    return None
+        yield (f"math_no_steps: {len(steps)} worked step(s) before the final answer, validate.min_math_steps="
+               f"{config.validate.min_math_steps}")

@@ -7,6 +7,7 @@ text is accepted too, since a model that drops the label still wrote what was as
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate.markup import labelled, lines, plain
@@ -25,25 +26,30 @@ def is_separator(line: str) -> bool:
     return all(_SEPARATOR_CELL.match(cell) for cell in cells(line))
 
 
-def check(text: str, config: Config) -> str | None:
+def problems(text: str, config: Config) -> Iterator[str]:
+    """Every way the text falls short of a table with its question, in order (validate.skip may pass one)."""
     rows = lines(text)
     start = next((i for i, line in enumerate(rows) if "|" in line), None)
     if start is None:
-        return "table_missing: no Markdown table (rows of cells separated by '|')"
+        yield "table_missing: no Markdown table (rows of cells separated by '|')"
+        return
     end = start
     while end < len(rows) and "|" in rows[end]:
         end += 1
     block = rows[start:end]
-    if len(block) < 2 or not is_separator(block[1]):
-        return "table_no_separator: the header row is not followed by a separator row such as |---|---|"
-    if len(cells(block[1])) != len(cells(block[0])):
-        return (f"table_no_separator: the separator row has {len(cells(block[1]))} cells, the header "
-                f"{len(cells(block[0]))}")
-    data = [row for row in block[2:] if not is_separator(row)]
+    separated = len(block) >= 2 and is_separator(block[1])
+    if not separated:
+        yield "table_no_separator: the header row is not followed by a separator row such as |---|---|"
+    elif len(cells(block[1])) != len(cells(block[0])):
+        yield (f"table_no_separator: the separator row has {len(cells(block[1]))} cells, the header "
+               f"{len(cells(block[0]))}")
+    data = [row for row in block[1:] if not is_separator(row)]
     if len(data) < config.validate.min_table_rows:
-        return (f"table_few_rows: {len(data)} data row(s) under the header, validate.min_table_rows="
-                f"{config.validate.min_table_rows}")
-    return _question_and_answer(rows[end:])
+        yield (f"table_few_rows: {len(data)} data row(s) under the header, validate.min_table_rows="
+               f"{config.validate.min_table_rows}")
+    missing = _question_and_answer(rows[end:])
+    if missing:
+        yield missing
 
 
 def _question_and_answer(after: list[str]) -> str | None:

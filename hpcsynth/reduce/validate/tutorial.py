@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from hpcsynth.config import Config
 
@@ -14,9 +15,8 @@ def steps(text: str) -> int:
     return sum(1 for line in text.splitlines() if _ITEM.match(_LEAD.sub("", line.strip())))
 
 
-def check(text: str, config: Config) -> str | None:
+def problems(text: str, config: Config) -> Iterator[str]:
     found = steps(text)
     if found < config.validate.min_tutorial_steps:
-        return (f"tutorial_no_steps: {found} numbered step(s) or bullet(s), validate.min_tutorial_steps="
-                f"{config.validate.min_tutorial_steps}")
-    return None
+        yield (f"tutorial_no_steps: {found} numbered step(s) or bullet(s), validate.min_tutorial_steps="
+               f"{config.validate.min_tutorial_steps}")
