@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _LEFT = " \t\r\f\v>#*_`"
@@ -21,9 +22,14 @@ def lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+@functools.lru_cache(maxsize=16)
+def _label_pattern(labels: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"^(" + "|".join(labels) + r")\s*(?:\d+\s*)?[:.)]\s*(.*)$", re.IGNORECASE)
+
+
 def labelled(line: str, labels: tuple[str, ...]) -> str | None:
     """The text after a label such as "Question:" or "**Q1:**" (any case, optional number), else None."""
-    match = re.match(r"^(" + "|".join(labels) + r")\s*(?:\d+\s*)?[:.)]\s*(.*)$", plain(line), re.IGNORECASE)
+    match = _label_pattern(labels).match(plain(line))
     if match is None:
         return None
     return plain(match.group(2))
