@@ -103,6 +103,12 @@ def test_preamble_is_stripped_and_closer_too() -> None:
     assert check("Here is where the tower stands.\n" + sample("table_good"), "table")[2].startswith("Here is")
 
 
+def test_text_without_chatter_is_left_exactly_as_written() -> None:
+    """The demo's tokens must be the model's: a leading space or trailing newline is not ours to strip."""
+    text = " " + sample("faq_good") + "\n\n"
+    assert check(text, "faq")[2] == text
+
+
 def test_preamble_reject_and_keep() -> None:
     text = "Here is the FAQ:\n" + sample("faq_good")
     ok, reason, _ = check(text, "faq", with_validate(preamble="reject"))

@@ -38,7 +38,9 @@ def validate_record(record: dict, fmt: str, config: Config) -> tuple[bool, str, 
     reason = _quality(record, text, fmt, config)
     cleaned = text
     if config.validate.preamble == "strip":
-        cleaned = generic.split_chatter(text)[0] or text
+        stripped, chatter = generic.split_chatter(text)
+        # Untouched unless chatter went: the text's own spaces and newlines are what the model wrote.
+        cleaned = stripped if chatter and stripped else text
     return (not reason or config.validate.action == "keep"), reason or "", cleaned
 
 
