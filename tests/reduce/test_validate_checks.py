@@ -209,3 +209,14 @@ def test_degenerate_whitespace_runs_are_read_in_linear_time(fmt: str) -> None:
     for text in texts:
         check(text, fmt, input_chars=len(text))
     assert time.process_time() - started < 1.0
+
+
+def test_hashed_repetition_ratio_equals_the_exact_count() -> None:
+    from hpcsynth.reduce.validate.ngrams import repetition_ratio, words
+
+    for path in sorted(SAMPLES.glob("*.md")):
+        tokens = words(path.read_text() * 2)  # doubled: half its n-grams repeat
+        for n in (2, 4):
+            grams = list(zip(*(tokens[i:] for i in range(n))))
+            assert repetition_ratio(tokens, n) == pytest.approx(1 - len(set(grams)) / len(grams), abs=1e-12)
+    assert repetition_ratio(["a", "b"] * 3, 4) == 0.0  # too short to judge
