@@ -187,13 +187,18 @@ def test_bad_validate_settings_are_one_clear_line(key: str, value, says: str) ->
 
 def test_distinct_sketch_is_exact_when_small_and_close_when_large() -> None:
     small = DistinctSketch(k=64)
-    small.add([("a", "b"), ("a", "b"), ("b", "c")])
-    assert small.ratio() == pytest.approx(2 / 3)
-    large = DistinctSketch(k=4096)
-    grams = [(f"w{i % 50000}", "x") for i in range(150000)]  # 50,000 distinct, each three times
-    large.add(grams)
-    assert large.ratio() == pytest.approx(1 / 3, rel=0.05)
-    assert len(large.heap) == 4096 and len(large.kept) == 4096  # bounded, whatever the input
+    small.add_words(["a", "b", "a", "b", "c"], 2)  # ab ba ab bc: 3 distinct of 4
+    assert small.ratio() == pytest.approx(3 / 4)
+    records = [[f"w{(r * 500 + i) % 50000}" for i in range(500)] for r in range(300)]  # the corpus 3 times
+    exact = len({gram for tokens in records for gram in zip(tokens, tokens[1:])})
+    sketches = [DistinctSketch(k=4096), DistinctSketch(k=4096)]
+    for sketch in sketches:
+        for tokens in records:
+            sketch.add_words(tokens, 2)
+    assert sketches[0].total == 300 * 499
+    assert sketches[0].distinct() == pytest.approx(exact, rel=0.05)
+    assert len(sketches[0].kept) == 4096  # bounded, whatever the input
+    assert sketches[0].distinct() == sketches[1].distinct()  # deterministic: a report is reproducible
 
 
 @pytest.mark.parametrize("fmt", ["table", "faq", "math", "tutorial", "free"])

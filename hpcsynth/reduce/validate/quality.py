@@ -14,7 +14,7 @@ from typing import Any
 from hpcsynth.config import Config
 from hpcsynth.files import atomic_write_json, read_jsonl_zst
 from hpcsynth.reduce.validate import reason_code, validate_record
-from hpcsynth.reduce.validate.ngrams import DistinctSketch, ngrams, words
+from hpcsynth.reduce.validate.ngrams import DistinctSketch, words
 from hpcsynth.rundir import RunDir, shard_name
 
 SAMPLES = 3  # records kept per prompt and check, for a person to judge the check by
@@ -52,7 +52,7 @@ class PromptQuality:
                              "text": raw[:SAMPLE_CHARS], "chars": len(raw)})
         if ok:
             self.accepted += 1
-            self.sketch.add(ngrams(words(text), config.validate.diversity_n))
+            self.sketch.add_words(words(text), config.validate.diversity_n)
 
     def summary(self) -> dict[str, Any]:
         distinct = self.sketch.ratio()
