@@ -10,7 +10,9 @@ tutorial and free prose, so every check does its full work; a word list when the
 It prints records/s and MB/s of both and their ratio (validation time per tokenizing time), plus how
 real web text scores on the repetition ratios (the margin under validate.max_repetition).
 
-    python tools/bench_validate.py [--repeat 5] [--tokenizer PATH/tokenizer.json]
+  run      `hpcsynth validate` over a committed run of --run-docs records: CPU seconds, peak RSS
+
+    python tools/bench_validate.py [--repeat 5] [--run-docs 12000] [--tokenizer PATH/tokenizer.json]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 os.environ.update(OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 from hpcsynth.config import Config  # noqa: E402
@@ -63,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="passes over the texts; the fastest counts")
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "gpt-neox-20b.tokenizer.json"))
+    parser.add_argument("--run-docs", type=int, default=12000, help="records of the whole-run measurement (0: skip)")
     args = parser.parse_args()
     from tokenizers import Tokenizer
 
@@ -99,6 +103,31 @@ def main() -> None:
           f"(limit {config.validate.max_tail_repetition})")
     failed = [f"{fmt}: {reason}" for fmt, reason in refused if reason]
     print(f"  refused: {len(failed)} of {len(records)}" + "".join(f"\n    {line[:150]}" for line in failed[:8]))
+    if args.run_docs:
+        whole_run(args.run_docs, args.tokenizer)
+
+
+def whole_run(count: int, tokenizer: str) -> None:
+    """`hpcsynth validate` over a committed run of `count` web-like records (bench_reduce's runs)."""
+    import resource
+    import subprocess
+    import tempfile
+
+    from bench_reduce import ENV, make_documents, make_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = make_documents(count)
+        run = make_run(Path(tmp), docs, tokenizer)
+        megabytes = sum(len(d.encode()) for d in docs) / 1e6
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "hpcsynth", "validate", str(run)], check=True, env=ENV,
+                       capture_output=True)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        print(f"  hpcsynth validate on a run of {count:,} records ({megabytes:.1f} MB): {cpu:.2f} CPU s, "
+              f"{wall:.2f} s wall, peak RSS {after.ru_maxrss / 1024:.0f} MB, {megabytes / cpu:.1f} MB per CPU s")
 
 
 if __name__ == "__main__":
