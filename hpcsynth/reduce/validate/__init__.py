@@ -35,21 +35,18 @@ def validate_record(record: dict, fmt: str, config: Config) -> tuple[bool, str, 
     if reason:
         return False, reason, ""
     text = record["text"]
-    reason = _quality(record, text, fmt, config)
-    cleaned = text
-    if config.validate.preamble == "strip":
-        stripped, chatter = generic.split_chatter(text)
-        # Untouched unless chatter went: the text's own spaces and newlines are what the model wrote.
-        cleaned = stripped if chatter and stripped else text
+    stripped, chatter = generic.split_chatter(text)
+    strip = config.validate.preamble == "strip"
+    reason = _quality(record, stripped if strip else text, chatter, fmt, config)
+    # Untouched unless chatter went: the text's own spaces and newlines are what the model wrote.
+    cleaned = stripped if strip and chatter and stripped else text
     return (not reason or config.validate.action == "keep"), reason or "", cleaned
 
 
-def _quality(record: dict, text: str, fmt: str, config: Config) -> str | None:
+def _quality(record: dict, body: str, chatter: str, fmt: str, config: Config) -> str | None:
     skip = set(config.validate.skip)
-    stripped, chatter = generic.split_chatter(text)
     if chatter and config.validate.preamble == "reject" and "preamble" not in skip:
         return f"preamble: {chatter.splitlines()[0][:60]!r}"
-    body = stripped if config.validate.preamble == "strip" else text
     tokens = generic.words(body)
     checks = (
         lambda: generic.refusal(body),
