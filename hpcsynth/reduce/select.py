@@ -118,7 +118,8 @@ def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[d
                             "check": reason_code(reason), "reason": reason})
             continue
         counts["accepted"] += 1
-        if text != record["text"]:
+        if text != record["text"]:  # a chatty preamble or closing line went (validate.preamble: strip)
+            counts["preamble_stripped"] = counts.get("preamble_stripped", 0) + 1
             record = {**record, "text": text}
         keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), text, prompt, record))
     return keep
@@ -129,6 +130,8 @@ def add_tallies(total: dict[str, dict], part: dict[str, dict]) -> dict[str, dict
     for prompt, counts in part.items():
         into = total.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
         into["accepted"] += counts.get("accepted", 0)
+        if counts.get("preamble_stripped"):
+            into["preamble_stripped"] = into.get("preamble_stripped", 0) + counts["preamble_stripped"]
         for kind in ("rejected", "flagged"):
             for check, n in counts.get(kind, {}).items():
                 into[kind][check] = into[kind].get(check, 0) + n

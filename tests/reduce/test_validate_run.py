@@ -39,6 +39,7 @@ VARIANTS = {
     "tutorial": [("tutorial_good", None), ("tutorial_prose", "tutorial_no_steps")],
 }
 DOCUMENTS = 8
+STRIPPED = 2  # faq documents 2 and 5 get the preamble variant (index % 3 == 2)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -87,6 +88,7 @@ def test_validate_command_reports_per_prompt(planted: tuple[RunDir, dict], tmp_p
         row = report["prompts"][prompt]
         assert (row["accepted"], row["rejected"]) == (counts["accepted"], counts["rejected"]), prompt
         assert row["format"] == prompt and row["truncation_rate"] == 0.0
+        assert row["preamble_stripped"] == (STRIPPED if prompt == "faq" else 0)
         assert 0 < row["distinct_ngrams"] <= 1 and row["length_ratio"] > 0
         for check, samples in row["samples"].items():
             assert 1 <= len(samples) <= 3 and all(reason_code(s["reason"]) == check for s in samples)
@@ -136,6 +138,7 @@ def test_reduce_drops_counts_and_lists_by_reason(planted: tuple[RunDir, dict]) -
     report = reduce_run(run).data
     got = {p: {"accepted": v["accepted"], "rejected": v["rejected"]} for p, v in report["validation"].items()}
     assert got == expected and report["validate_action"] == "drop"
+    assert report["validation"]["faq"]["preamble_stripped"] == STRIPPED
     accepted = sum(v["accepted"] for v in expected.values())
     assert report["synthetic_documents"] == accepted == report["sequences"]
     assert report["rejected_records"] == DOCUMENTS * 4 - accepted
@@ -150,7 +153,8 @@ def test_reduce_drops_counts_and_lists_by_reason(planted: tuple[RunDir, dict]) -
     texts = [t for f in sorted((run.default_reduce_dir / "text").glob("*.parquet"))
              for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
     assert len(texts) == accepted and not any(t.startswith("Sure!") for t in texts)
-    assert sum(t == _text("faq_good").strip() for t in texts) == expected["faq"]["accepted"]
+    assert sum(t == _text("faq_good").strip() for t in texts) == STRIPPED  # the preamble went, nothing else
+    assert sum(t == _text("faq_good") for t in texts) == expected["faq"]["accepted"] - STRIPPED  # as written
     card = (run.default_reduce_dir / "text" / "README.md").read_text()
     lost = expected["math"]["rejected"]
     assert (f"| math | math | {DOCUMENTS} | {expected['math']['accepted']} | math_no_final_answer "

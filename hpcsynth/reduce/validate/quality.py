@@ -29,6 +29,7 @@ class PromptQuality:
     rejected: dict[str, int] = field(default_factory=dict)
     flagged: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    preamble_stripped: int = 0  # accepted records whose chatty first or last line validate.preamble strips
     output_chars: int = 0
     input_chars: int = 0
     samples: dict[str, list[dict]] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class PromptQuality:
                              "text": raw[:SAMPLE_CHARS], "chars": len(raw)})
         if ok:
             self.accepted += 1
+            self.preamble_stripped += text != raw
             self.sketch.add_words(words(text), config.validate.diversity_n)
 
     def summary(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class PromptQuality:
         return {"format": self.format, "records": self.records, "accepted": self.accepted,
                 "rejected": dict(sorted(self.rejected.items(), key=lambda kv: -kv[1])),
                 "flagged": dict(sorted(self.flagged.items(), key=lambda kv: -kv[1])),
+                "preamble_stripped": self.preamble_stripped,
                 "accepted_share": round(self.accepted / self.records, 4) if self.records else None,
                 "length_ratio": round(self.output_chars / self.input_chars, 4) if self.input_chars else None,
                 "truncation_rate": round(self.truncated / self.records, 4) if self.records else None,
