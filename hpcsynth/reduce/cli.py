@@ -6,6 +6,7 @@ Display only; the work is reduce_run (local) or the Slurm array + merge (hpcsynt
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from hpcsynth.errors import HpcsynthError
@@ -83,7 +84,7 @@ def _print_validation(report: dict) -> None:
             print(f"  {prompt}: {sum(failed.values()):,} of {total:,} {kind} ({checks})")
     if report.get("rejects"):
         print(f"  rejects with their reasons: {report['prefix'].rsplit('/', 1)[0]}/{report['rejects']}; "
-              f"samples per check: hpcsynth validate {report['run']}")
+              f"samples per check: hpcsynth validate {shlex.quote(report['run'])}")
 
 
 def _trainer_hint(report: dict) -> str:

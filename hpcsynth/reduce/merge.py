@@ -14,6 +14,7 @@ of all prompts mixed, not a run of one shard's rephrasings.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     if seq == 0:
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
                        f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
-                       f"`hpcsynth validate {spec.run}` for counts by check and samples")
+                       f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)

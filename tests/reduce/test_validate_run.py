@@ -5,6 +5,7 @@ worker commits them (output file and done marker with its checksum)."""
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def planted(tmp_path: Path, tiny_model: Path) -> tuple[RunDir, dict]:
     corpus = write_corpus(tmp_path / "c.jsonl", DOCUMENTS)
     config = fake_config(corpus, reduce={"tokenizer": str(tiny_model), "min_chars": 1, "original_ratio": 0.0},
                          validate={"action": "drop"})
-    run = RunDir(tmp_path / "run")
+    run = RunDir(tmp_path / "my run")  # a space: every command line we print must quote it
     plan_corpus(config, run)
     pull_shards(run.root)
     return run, plant(run)
@@ -169,7 +170,7 @@ def test_changed_thresholds_redo_the_parts_and_keep_flags_only(planted: tuple[Ru
     lost = expected["table"]["rejected"]
     assert (f"table: {sum(lost.values())} of {DOCUMENTS} rejected (table_no_separator {lost['table_no_separator']}"
             in proc.stdout), proc.stdout
-    assert "rejects with their reasons:" in proc.stdout and f"hpcsynth validate {run.root}" in proc.stdout
+    assert "rejects with their reasons:" in proc.stdout and f"hpcsynth validate {shlex.quote(str(run.root))}" in proc.stdout
     config = run.config()
     run.write_config(dataclasses.replace(config, validate=dataclasses.replace(config.validate, action="keep")),
                      run.fingerprint())
