@@ -34,7 +34,8 @@ def _text(name: str) -> str:
 
 # Per prompt, the outputs documents get in turn, with the check each must fail (None: accepted).
 VARIANTS = {
-    "table": [("table_good", None), ("table_no_separator", "table_no_separator"), ("table_no_question", "table_no_question")],
+    "table": [("table_good", None), ("table_no_separator", "table_no_separator"),
+              ("table_no_question", "table_no_question")],
     "faq": [("faq_good", None), ("faq_one_pair", "faq_few_pairs"), ("preamble+faq_good", None)],
     "math": [("math_good", None), ("math_no_final", "math_no_final_answer"), ("loop", "repetition")],
     "tutorial": [("tutorial_good", None), ("tutorial_prose", "tutorial_no_steps")],
@@ -107,7 +108,8 @@ def test_validate_command_reports_per_prompt(planted: tuple[RunDir, dict], tmp_p
     assert report["config"].startswith(str(stricter)) and report["settings"]["min_faq_pairs"] == 4
     stricter.write_text("validate:\n  min_faq_pair: 4\n")
     proc = cli("validate", str(run.root), "--config", str(stricter))
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown key 'validate.min_faq_pair'" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "unknown key 'validate.min_faq_pair'" in proc.stderr
 
 
 def test_validate_skips_a_damaged_output_and_refuses_a_run_with_none_done(planted: tuple[RunDir, dict]) -> None:
@@ -170,7 +172,8 @@ def test_changed_thresholds_redo_the_parts_and_keep_flags_only(planted: tuple[Ru
     lost = expected["table"]["rejected"]
     assert (f"table: {sum(lost.values())} of {DOCUMENTS} rejected (table_no_separator {lost['table_no_separator']}"
             in proc.stdout), proc.stdout
-    assert "rejects with their reasons:" in proc.stdout and f"hpcsynth validate {shlex.quote(str(run.root))}" in proc.stdout
+    assert "rejects with their reasons:" in proc.stdout
+    assert f"hpcsynth validate {shlex.quote(str(run.root))}" in proc.stdout
     config = run.config()
     run.write_config(dataclasses.replace(config, validate=dataclasses.replace(config.validate, action="keep")),
                      run.fingerprint())
