@@ -32,6 +32,8 @@ COMMANDS = {
                "hpcsynth verify runs/fp/reduce"),
     "prompts": ("list the prompt library, or show one prompt on a document as the engine receives it",
                 "hpcsynth prompts --config configs/finephrase.yaml --render faq --doc page.txt"),
+    "validate": ("check a run's outputs by their prompt's format, without tokenizing: a quality report per prompt",
+                 "hpcsynth validate runs/fp --config stricter.yaml"),
 }
 
 
@@ -128,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--doc", type=Path, help="a text file, or a JSONL corpus file (its first document)")
     prompts.add_argument("--tokenizer", help="model directory whose chat template and tokenizer to use "
                                              "(default: model.path)")
+
+    validate = command("validate")
+    validate.add_argument("run", type=Path, help="a run with done shards")
+    validate.add_argument("--config", type=Path, help="take the validate: thresholds from this config instead "
+                                                     "of the run's own (to tune them before a reduce)")
     return parser
 
 
@@ -339,5 +346,11 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.validate.cli import validate_command
+
+    return validate_command(args)
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts}
+            "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts, "validate": _validate}

@@ -244,6 +244,47 @@ class ReduceConfig:
     # Also write the synthetic text as Parquet with a dataset card (what FinePhrase published).
     text_export: bool = True
 
+# The reducer's quality checks by name (hpcsynth/reduce/validate/), for validate.skip; in check order.
+VALIDATE_CHECKS = ("preamble", "refusal", "too_short", "repetition", "degenerate",
+                   "table_missing", "table_no_separator", "table_few_rows", "table_no_question", "table_no_answer",
+                   "faq_no_questions", "faq_few_pairs", "math_no_problem", "math_no_final_answer", "math_no_steps",
+                   "tutorial_no_steps")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    # "drop" leaves failing records out of the mix; "keep" only counts and reports them (the demo's
+    # random-weight model fails every check, and a first look at a new prompt should lose nothing).
+    action: str = "drop"
+    # Checks to skip by name (e.g. [too_short, table_no_question]): a check that misjudges your prompt's
+    # outputs can go without losing the others; a misspelt name is refused with the list.
+    skip: tuple[str, ...] = ()
+    # "strip" removes a chatty first line ("Here is the FAQ:") and a closing pleasantry; "reject" drops
+    # the record; "keep" leaves it. Strip: the rest is usually good, and the line teaches only chatter.
+    preamble: str = "strip"
+    # Output chars per input char below this is a give-up: a FinePhrase math problem from an 18,000-char
+    # document is ~1,000 chars (0.055); one sentence from a long page is under 0.01.
+    min_length_ratio: float = 0.03
+    # Word n-gram size for the repetition ratio: 4-grams skip the scaffolding real FAQs repeat ("what is").
+    repetition_n: int = 4
+    # Share of repeated word 4-grams over the whole text: degenerate loops reach 0.8+, our good samples
+    # of every format stay under 0.15.
+    max_repetition: float = 0.35
+    # Words at the end checked alone for a loop (a good start that degenerates before max_tokens).
+    tail_words: int = 120
+    # Repeated 4-gram share allowed in that tail; higher than the whole-text limit, since it is short.
+    max_tail_repetition: float = 0.5
+    # Data rows a table needs below its header and separator; one row is a sentence, not a table.
+    min_table_rows: int = 2
+    # Question/answer pairs an FAQ needs: one pair is a Q&A, and short documents honestly give 2-3.
+    min_faq_pairs: int = 2
+    # Worked lines (a calculation or a step) a math solution needs: the prompt asks for several steps.
+    min_math_steps: int = 2
+    # Numbered steps or bullets a tutorial needs: fewer is prose with a list in it.
+    min_tutorial_steps: int = 3
+    # n for the distinct-n-gram diversity `hpcsynth validate` reports (distinct-2 is the usual measure).
+    diversity_n: int = 2
+
 
 @dataclass(frozen=True)
 class Config:
@@ -260,6 +301,8 @@ class Config:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    # Per-format checks of the outputs: what reduce drops and `hpcsynth validate` reports.
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
 
 # Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).
@@ -508,6 +551,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     if config.plan.max_line_bytes < 1024:
         raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
     _check_pass_through(config, bad)
+    _check_validate(config.validate, bad)
 
 
 # Pass-through names that a typed key already sets: two ways to say one thing would let them disagree.
@@ -607,3 +651,20 @@ def _check_plan(config: Config, bad: Any) -> None:
         from hpcsynth.plan.filters import compile_predicate
 
         compile_predicate(plan.filter, bad)
+
+
+def _check_validate(validate: ValidateConfig, bad: Any) -> None:
+    if validate.action not in ("drop", "keep"):
+        raise bad("validate.action", f"must be drop or keep, got {validate.action!r}")
+    if validate.preamble not in ("strip", "reject", "keep"):
+        raise bad("validate.preamble", f"must be strip, reject or keep, got {validate.preamble!r}")
+    unknown = [name for name in validate.skip if name not in VALIDATE_CHECKS]
+    if unknown:
+        raise bad("validate.skip", f"names no check {unknown[0]!r}; checks: {', '.join(VALIDATE_CHECKS)}")
+    for key in ("min_length_ratio", "max_repetition", "max_tail_repetition"):
+        if not 0 <= getattr(validate, key) <= 1:
+            raise bad(f"validate.{key}", f"must be between 0 and 1, got {getattr(validate, key)}")
+    for key in ("repetition_n", "tail_words", "min_table_rows", "min_faq_pairs", "min_math_steps",
+                "min_tutorial_steps", "diversity_n"):
+        if getattr(validate, key) < 1:
+            raise bad(f"validate.{key}", f"must be 1 or more, got {getattr(validate, key)}")

@@ -29,7 +29,8 @@ def fake_run(tmp_path: Path, docs: int = 8, umask: int | None = None) -> Path:
     corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
     config = tmp_path / "fake.yaml"
     config.write_text("prompts: [faq, math]\nplan: {shard_docs: 4}\nmodel: {engine: fake, path: fake-model}\n"
-                      "worker: {flush_interval_s: 0.1, heartbeat_interval_s: 0.1}\n")
+                      "worker: {flush_interval_s: 0.1, heartbeat_interval_s: 0.1}\n"
+                      "validate: {action: keep}\n")  # the fake engine's words have no format to validate
     run = tmp_path / "run"
     proc = cli("plan", str(config), "--run", str(run), "--input", str(corpus), umask=umask)
     assert proc.returncode == 0, proc.stderr

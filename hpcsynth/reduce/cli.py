@@ -6,6 +6,7 @@ Display only; the work is reduce_run (local) or the Slurm array + merge (hpcsynt
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from hpcsynth.errors import HpcsynthError
@@ -63,12 +64,27 @@ def print_summary(report: dict) -> None:
         print(f"  text: {report['text_export']['rows']:,} records as Parquet in "
               f"{report['prefix'].rsplit('/', 1)[0]}/{report['text_export']['dir']}/ (with a dataset card)")
     print(f"  trainer: {_trainer_hint(report)}")
+    _print_validation(report)
     if report.get("backend_note"):
         print(report["backend_note"], file=sys.stderr)
     if report["original_pool_exhausted"]:
         print(f"note: every source document of some shards was mixed in and the original ratio is "
               f"{report['original_ratio']}, below reduce.original_ratio={report['original_ratio_target']}",
               file=sys.stderr)
+
+
+def _print_validation(report: dict) -> None:
+    """One line per prompt that lost (or, under validate.action: keep, flagged) records, by check."""
+    kind = "flagged" if report.get("validate_action") == "keep" else "rejected"
+    for prompt, counts in report.get("validation", {}).items():
+        failed = counts.get(kind) or {}
+        if failed:
+            total = counts["accepted"] + sum(counts.get("rejected", {}).values())
+            checks = ", ".join(f"{check} {n:,}" for check, n in sorted(failed.items(), key=lambda kv: -kv[1]))
+            print(f"  {prompt}: {sum(failed.values()):,} of {total:,} {kind} ({checks})")
+    if report.get("rejects"):
+        print(f"  rejects with their reasons: {report['prefix'].rsplit('/', 1)[0]}/{report['rejects']}; "
+              f"samples per check: hpcsynth validate {shlex.quote(report['run'])}")
 
 
 def _trainer_hint(report: dict) -> str:

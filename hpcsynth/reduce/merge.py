@@ -14,6 +14,7 @@ of all prompts mixed, not a run of one shard's rephrasings.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
         os.fsync(docs.fileno())
     if seq == 0:
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
-                       f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars)")
+                       f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
+                       f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)
@@ -168,8 +170,13 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
             target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
         files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
                       "sha256": sha256_file(target)})
+    from hpcsynth.reduce.select import add_tallies
+
+    validation: dict[str, dict] = {}
+    for marker in markers.values():
+        add_tallies(validation, marker.get("validation", {}))
     info = {**spec.run_info, "name": spec.name, "partial": spec.partial, "files": len(files),
-            "rows": sum(f["rows"] for f in files)}
+            "rows": sum(f["rows"] for f in files), "validation": validation}
     atomic_write_bytes(folder / "README.md", dataset_card(info).encode())
     return {"dir": folder.name, "files": files, "rows": info["rows"]}
 

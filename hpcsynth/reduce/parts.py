@@ -29,7 +29,8 @@ import orjson
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.reduce.fast import load_fast
 from hpcsynth.reduce.formats.datatrove import ds_dtype
-from hpcsynth.reduce.select import Document, bucket_of, original_pool, synthetic_documents, take_originals
+from hpcsynth.reduce.select import (Document, bucket_of, original_pool, prompt_formats, synthetic_documents,
+                                    take_originals)
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
 from hpcsynth.rundir import RunDir
@@ -50,9 +51,11 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     encoder = _PartEncoder(part_tokenizer(spec))
     docs: list[tuple[Document, np.ndarray]] = []
     rejects: list[dict] = []
+    tally: dict[str, dict] = {}
+    formats = spec.run_info.get("formats") or prompt_formats(run.manifest())
     target_total = 0.0
     for shard in spec.part_shards(index):
-        synthetic = synthetic_documents(run, shard, config, rejects)
+        synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)
         arrays = encoder.encode([d.text for d in synthetic])
         docs += zip(synthetic, arrays)
         target = config.reduce.original_ratio * sum(len(a) for a in arrays)
@@ -60,7 +63,7 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
         if target > 0:
             docs += _originals(encoder, original_pool(run, shard, config), target)
     marker = _write_part(spec, index, docs, rejects, config.reduce.seed)
-    marker.update(original_target=target_total, backend=encoder.backend, backend_note=encoder.note,
+    marker.update(validation=tally, original_target=target_total, backend=encoder.backend, backend_note=encoder.note,
                   cpu_seconds=round(time.process_time() - started, 3))
     atomic_write_json(spec.part_path(index, ".done.json"), marker)
     return marker

@@ -27,7 +27,7 @@ from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.lock import reduce_lock
 from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
-from hpcsynth.reduce.select import ready_shards
+from hpcsynth.reduce.select import prompt_formats, ready_shards
 from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
 from hpcsynth.reduce.tokenize import load_tokenizer
 from hpcsynth.rundir import RunDir
@@ -68,13 +68,15 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     described = tok.describe()
     name = config.reduce.name + ("-partial" if problems else "")
     run_info = {"fingerprint": run.fingerprint(), "model": config.model.path, "prompts": list(config.prompts),
-                "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio}
+                "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
+                "formats": prompt_formats(manifest), "validate_action": config.validate.action}
     spec = ReduceSpec(
         run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
         parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
         format=config.reduce.format, max_file_mb=config.reduce.max_file_mb,
         text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
-        key=spec_key(run.fingerprint(), dataclasses.asdict(config.reduce), described, buckets))
+        key=spec_key(run.fingerprint(), {**dataclasses.asdict(config.reduce),
+                                         "validate": dataclasses.asdict(config.validate)}, described, buckets))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
     remember_tokenizer(spec, tok)

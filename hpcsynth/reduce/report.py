@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.files import atomic_write_json, sha256_file
+from hpcsynth.reduce.select import add_tallies
 from hpcsynth.reduce.spec import ReduceSpec
 
 
@@ -27,6 +28,9 @@ def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         for source, tokens in marker["tokens_by_source"].items():
             by_source[source] = by_source.get(source, 0) + tokens
     target = sum(m["original_target"] for m in markers.values())
+    validation: dict[str, dict] = {}
+    for marker in markers.values():
+        add_tallies(validation, marker.get("validation", {}))
     syn, orig = total["synthetic_tokens"], total["original_tokens"]
     backends = sorted({m["backend"] for m in markers.values()})
     first = output.prefixes[0]
@@ -55,6 +59,8 @@ def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         "files": [{"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files],
         "token_files": output.prefixes, "docs": f"{spec.name}.docs.jsonl",
         "rejects": rejects.name if rejects else "", "text_export": text,
+        # Per prompt: records accepted, refused by check, and (validate.action: keep) flagged by check.
+        "validation": dict(sorted(validation.items())), "validate_action": spec.run_info.get("validate_action", ""),
     }
     atomic_write_json(report_path(spec.out_dir, spec.partial), data)
     return data

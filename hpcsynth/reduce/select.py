@@ -4,7 +4,8 @@ Separate from tokenizing and writing, so that per-format validation and exact mi
 functions without touching parts.py or merge.py. Everything here works on one shard at a time.
 
 - `ready_shards`: shards whose done marker matches the run and whose output passes its checksum.
-- `synthetic_documents`: a shard's records that pass the checks, in record order; the rest are rejects.
+- `synthetic_documents`: a shard's records that pass validation by their prompt's format
+  (hpcsynth/reduce/validate/), in record order, preamble stripped; the rest are rejects, by reason.
 - `original_pool`: the shard's own source documents, in a seeded order, for the original-text mix-in.
 - `take_originals`: whole originals, in that order, until reduce.original_ratio x the shard's
   synthetic tokens is reached (so the achieved ratio overshoots by less than one document per shard).
@@ -88,31 +89,53 @@ def _not_ready(run: RunDir, shard: int, digest: str) -> str:
     return ""
 
 
-def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[dict]) -> list[Document]:
+def prompt_formats(manifest: dict) -> dict[str, str]:
+    """Each prompt's declared format, from the manifest's prompts rows (plan wrote them)."""
+    return {str(p.get("name")): str(p.get("format", "free")) for p in manifest.get("prompts", [])
+            if isinstance(p, dict)}
+
+
+def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[dict],
+                        formats: dict[str, str], tally: dict[str, dict] | None = None) -> list[Document]:
+    """The shard's records that pass validation (hpcsynth/reduce/validate/), with their cleaned text.
+
+    Refused records go to `rejects` with their prompt, check and reason; `tally` counts, per prompt,
+    accepted records and refused (and, under validate.action: keep, flagged) ones by check.
+    """
+    from hpcsynth.reduce.validate import reason_code, validate_record
+
     keep = []
+    tally = {} if tally is None else tally
     for record in read_jsonl_zst(run.output_path(shard)):
-        reason = check_record(record, config)
+        prompt = str(record.get("prompt", ""))
+        ok, reason, text = validate_record(record, formats.get(prompt, "free"), config)
+        counts = tally.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
         if reason:
-            rejects.append({"id": record.get("id"), "shard": shard, "reason": reason})
-        else:
-            keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), record["text"],
-                                 str(record.get("prompt", "")), record))
+            bucket = counts["flagged" if ok else "rejected"]
+            bucket[reason_code(reason)] = bucket.get(reason_code(reason), 0) + 1
+        if not ok:
+            rejects.append({"id": record.get("id"), "shard": shard, "prompt": prompt,
+                            "check": reason_code(reason), "reason": reason})
+            continue
+        counts["accepted"] += 1
+        if text != record["text"]:  # a chatty preamble or closing line went (validate.preamble: strip)
+            counts["preamble_stripped"] = counts.get("preamble_stripped", 0) + 1
+            record = {**record, "text": text}
+        keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), text, prompt, record))
     return keep
 
 
-def check_record(record: dict, config: Config) -> str:
-    """Why a record is refused, or "" to keep it."""
-    text = record.get("text")
-    if not isinstance(text, str):
-        return "text is not a string"
-    if len(text.strip()) < config.reduce.min_chars:
-        return f"shorter than reduce.min_chars={config.reduce.min_chars}"
-    finish = record.get("finish_reason")
-    if finish not in ("stop", "length"):
-        return f"finish_reason {finish!r}"
-    if finish == "length" and config.reduce.drop_truncated:
-        return "cut at max_tokens (reduce.drop_truncated)"
-    return ""
+def add_tallies(total: dict[str, dict], part: dict[str, dict]) -> dict[str, dict]:
+    """Sum per-prompt validation counts (parts into the report)."""
+    for prompt, counts in part.items():
+        into = total.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
+        into["accepted"] += counts.get("accepted", 0)
+        if counts.get("preamble_stripped"):
+            into["preamble_stripped"] = into.get("preamble_stripped", 0) + counts["preamble_stripped"]
+        for kind in ("rejected", "flagged"):
+            for check, n in counts.get(kind, {}).items():
+                into[kind][check] = into[kind].get(check, 0) + n
+    return total
 
 
 def original_pool(run: RunDir, shard: int, config: Config) -> list[Document]:

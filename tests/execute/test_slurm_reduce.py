@@ -21,6 +21,7 @@ prompts: [faq, math]
 plan: {{shard_docs: 3}}
 model: {{engine: fake}}
 reduce: {{tokenizer: {tokenizer}, part_shards: 1, bucket_docs: 4, min_chars: 1}}
+validate: {{action: keep}}  # the fake engine's words have no format to validate
 slurm: {{array_tasks: 3, partition: debug, gpus_per_task: 0, cpus_per_task: 1, mem_gb: 1, time_min: 20}}
 """
 

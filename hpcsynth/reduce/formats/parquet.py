@@ -97,5 +97,26 @@ from datasets import load_dataset
 ds = load_dataset("parquet", data_dir="PATH/TO/THIS/DIRECTORY", split="train")
 ```
 
+{validation_section(info)}
 Run fingerprint: `{info["fingerprint"]}`.
 """
+
+
+def validation_section(info: dict[str, Any]) -> str:
+    """What validation by format kept and left out, per prompt (hpcsynth/reduce/validate/)."""
+    validation = info.get("validation") or {}
+    if not validation:
+        return ""
+    keep = info.get("validate_action") == "keep"
+    formats = info.get("formats", {})
+    rows = []
+    for prompt, counts in sorted(validation.items()):
+        failed = counts.get("flagged" if keep else "rejected", {})
+        total = counts["accepted"] + sum(counts.get("rejected", {}).values())
+        checks = ", ".join(f"{check} {n:,}" for check, n in sorted(failed.items(), key=lambda kv: -kv[1])) or "-"
+        rows.append(f"| {prompt} | {formats.get(prompt, 'free')} | {total:,} | {counts['accepted']:,} | {checks} |")
+    what = ("records that failed a check were kept and are only counted here (validate.action: keep)" if keep
+            else "records that failed a check are not in this dataset")
+    return ("## Validation by format\n\nEach output was checked for the shape its prompt's format asks for; "
+            f"{what}.\n\n| prompt | format | records | kept | failed checks |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
