@@ -7,6 +7,7 @@ the committed outputs must hold every (document x prompt) exactly once, all unde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -119,7 +120,7 @@ def test_kills_config_change_and_damage_leave_each_record_exactly_once(tmp_path:
                 time.sleep(0.05)
             changed = run.fingerprint() != old
             continue
-        if sum(kills.values()) >= 2 * KILLS // 3 and not damaged:
+        if sum(kills.values()) >= KILLS // 2 and changed and not damaged:
             damaged = damage_a_progress_log(run)
         workers = children(launcher.pid)
         started.update(workers)
@@ -152,7 +153,8 @@ def test_kills_config_change_and_damage_leave_each_record_exactly_once(tmp_path:
             time.sleep(0.2)
             if any(len(log.read_bytes().split(b"\n")) > 3 for log in run.root.glob("work/*/records.jsonl")):
                 break
-        os.killpg(launcher.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have finished the run by itself
+            os.killpg(launcher.pid, signal.SIGKILL)
         launcher.wait()
         time.sleep(0.5)
         damaged = damage_a_progress_log(run)
