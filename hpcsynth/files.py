@@ -6,9 +6,7 @@ file or the new one, never half of one (temp file + fsync + rename).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gzip
 import hashlib
 import io
 import os
@@ -20,7 +18,7 @@ from typing import IO, Any, BinaryIO
 import orjson
 import zstandard
 
-from hpcsynth.errors import InputError, RunError
+from hpcsynth.errors import RunError
 
 # Independent ~4 MiB frames: <1% larger than one frame, and a reader can seek between them.
 FRAME_BYTES = 4 << 20
@@ -273,28 +271,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_corpus_lines(path: Path, max_line_bytes: int = 64 << 20) -> Iterator[tuple[int, dict | str]]:
-    """(line number, record) for a user's JSONL corpus file, plain, .gz or .zst.
-
-    A line longer than max_line_bytes comes as (number, reason): the caller counts it as a reject. It is
-    skipped as it streams by, so a decompression bomb (gigabytes of zeros from a few KB) costs time,
-    never memory. A line that is not a JSON object raises InputError naming the file and line.
-    """
-    with _open_stream(path) as stream:
-        for number, line in enumerate(bounded_lines(stream, max_line_bytes), start=1):
-            if line is None:
-                yield number, f"line longer than plan.max_line_bytes={max_line_bytes:,} bytes; skipped unread"
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number}: not valid JSON ({exc}); fix or remove that line") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path} line {number}: expected a JSON object per line, "
-                                 f"got {type(record).__name__}")
-            yield number, record
 
 
 def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
@@ -310,17 +286,3 @@ def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
         while line and not line.endswith(b"\n"):
             line = stream.readline(1 << 20)
         yield None
-
-
-@contextlib.contextmanager
-def _open_stream(path: Path) -> Iterator[BinaryIO]:
-    name = path.name
-    if name.endswith(".gz"):
-        with gzip.open(path, "rb") as handle:
-            yield handle
-    elif name.endswith(".zst"):
-        with open(path, "rb") as raw:
-            yield zstd_stream(raw)
-    else:
-        with open(path, "rb") as handle:
-            yield handle

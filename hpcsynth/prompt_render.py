@@ -43,18 +43,20 @@ def render_for_engine(prompt: Prompt, document: str, config: Config, tokenizer: 
 
 
 def read_document(path: Path, text_key: str = "text") -> str:
-    """A plain text file, or the first record of a JSONL corpus file (plain, .gz or .zst)."""
+    """A plain text file, or the first record of a corpus file (JSONL plain, .gz or .zst, or Parquet)."""
     if not path.is_file():
         raise InputError(f"--doc {path}: no such file")
-    if ".jsonl" not in path.name:
+    if ".jsonl" not in path.name and not path.name.endswith(".parquet"):
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise InputError(f"--doc {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    from hpcsynth.files import read_corpus_lines
+    from hpcsynth.plan.readers import read_file  # the planner's own reader: what --doc shows is what plan reads
 
-    for line, record in read_corpus_lines(path):
-        text = record.get(text_key) if isinstance(record, dict) else None
+    for line, record, reason in read_file(path, [text_key]):
+        if record is None:
+            raise InputError(f"{path} line {line}: {reason}")
+        text = record.get(text_key)
         if not isinstance(text, str):
             raise InputError(f"{path} line {line}: no string field {text_key!r} (set plan.text_key)")
         return text
