@@ -74,22 +74,28 @@ def test_a_corpus_passed_as_a_run_suggests_a_new_run_directory(tmp_path: Path) -
 
 
 def test_reduce_during_a_live_launch_says_the_shards_are_running(tmp_path: Path) -> None:
-    run = fake_run(tmp_path, docs=80)
-    launch = subprocess.Popen([sys.executable, "-m", "hpcsynth", "launch", str(run), "--workers", "2"],
-                              env={**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.05})},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if orjson.loads(cli("status", str(run), "--json").stdout)["shards"]["running"] >= 1:
-                break
-            time.sleep(0.2)
-        proc = cli("reduce", str(run))
-    finally:
-        launch.wait(timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "are being generated now" in proc.stderr and "worker(s):" in proc.stderr
-    assert "--partial" in proc.stderr and "run `hpcsynth launch" not in proc.stderr
+    run = fake_run(tmp_path, docs=24)  # 6 shards of 4 documents x 2 prompts, 0.3 s a completion: ~7 s of work
+    log = tmp_path / "launch.log"
+    with log.open("wb") as sink:
+        launch = subprocess.Popen([sys.executable, "-m", "hpcsynth", "launch", str(run), "--workers", "2"],
+                                  env={**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.3})},
+                                  stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            seen = None
+            deadline = time.time() + 120
+            while time.time() < deadline and launch.poll() is None:
+                seen = orjson.loads(cli("status", str(run), "--json").stdout)["shards"]
+                if seen["running"] >= 1:
+                    break
+                time.sleep(0.2)
+            assert seen and seen["running"] >= 1, (seen, launch.poll(), log.read_text())
+            proc = cli("reduce", str(run))
+        finally:
+            launch.wait(timeout=180)
+    context = (proc.stderr, seen, log.read_text())
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, context
+    assert "are being generated now" in proc.stderr and "worker(s):" in proc.stderr, context
+    assert "--partial" in proc.stderr and "run `hpcsynth launch" not in proc.stderr, context
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
