@@ -1,0 +1,189 @@
+"""Checks of config values beyond their types: names, Slurm strings, pass-through engine arguments."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hpcsynth.config.sections import (DTYPES, ENGINES, FORMATS, VALIDATE_CHECKS, Config, SlurmConfig,
+                                      ValidateConfig)
+from hpcsynth.errors import ConfigError
+
+def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{_where(source, lines, key)}: '{key}' {why}")
+
+    if config.model.engine not in ENGINES:
+        raise bad("model.engine", f"must be one of {', '.join(ENGINES)}, got {config.model.engine!r}")
+    if config.reduce.format not in FORMATS:
+        raise bad("reduce.format", f"must be one of {', '.join(FORMATS)}, got {config.reduce.format!r}")
+    if not config.prompts:
+        raise bad("prompts", "must name at least one prompt, e.g. [faq, math, table, tutorial]")
+    if len(set(config.prompts)) != len(config.prompts):
+        raise bad("prompts", "names a prompt twice")
+    positive = {
+        "plan.shard_docs": config.plan.shard_docs,
+        "model.max_model_len": config.model.max_model_len,
+        "model.max_input_chars": config.model.max_input_chars,
+        "sampling.max_tokens": config.sampling.max_tokens,
+        "worker.batch_size": config.worker.batch_size,
+        "worker.flush_interval_s": config.worker.flush_interval_s,
+        "worker.heartbeat_interval_s": config.worker.heartbeat_interval_s,
+        "worker.lease_timeout_s": config.worker.lease_timeout_s,
+        "worker.watchdog_s": config.worker.watchdog_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise bad(key, f"must be greater than 0, got {value}")
+    if not 1 <= config.plan.zstd_level <= 22:
+        raise bad("plan.zstd_level", f"must be between 1 and 22 (3 is the fast default), got {config.plan.zstd_level}")
+    if config.model.dtype not in DTYPES:
+        raise bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
+    device = config.worker.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise bad("worker.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+    _check_plan(config, bad)
+    if config.slurm.gpu_request not in ("gres", "gpus"):
+        raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
+    if config.slurm.array_tasks < 1:
+        raise bad("slurm.array_tasks", f"must be 1 or more, got {config.slurm.array_tasks}")
+    if config.reduce.backend not in ("auto", "tokenizers", "gigatoken"):
+        raise bad("reduce.backend", f"must be auto, tokenizers or gigatoken, got {config.reduce.backend!r}")
+    for key in ("part_shards", "bucket_docs"):
+        if getattr(config.reduce, key) < 1:
+            raise bad(f"reduce.{key}", f"must be 1 or more, got {getattr(config.reduce, key)}")
+    if config.reduce.max_file_mb < 0:
+        raise bad("reduce.max_file_mb", f"must be 0 (no cap) or more, got {config.reduce.max_file_mb}")
+    if config.reduce.original_ratio < 0:
+        raise bad("reduce.original_ratio", f"must be 0 or more, got {config.reduce.original_ratio}")
+    if not 0 <= config.sampling.top_p <= 1:
+        raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
+    if config.sampling.temperature < 0:
+        raise bad("sampling.temperature", f"must be 0 or more, got {config.sampling.temperature}")
+    _check_names(config, bad)
+    _check_slurm_strings(config.slurm, bad)
+    if config.plan.max_line_bytes < 1024:
+        raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
+    _check_pass_through(config, bad)
+    _check_validate(config.validate, bad)
+
+
+# Pass-through names that a typed key already sets: two ways to say one thing would let them disagree.
+NAMED_ENGINE_ARGS = {"model": "model.path", "dtype": "model.dtype", "max_model_len": "model.max_model_len",
+                     "revision": "model.revision", "seed": "sampling.seed", "max_num_seqs": "vllm.max_num_seqs",
+                     "max_num_batched_tokens": "vllm.max_num_batched_tokens",
+                     "gpu_memory_utilization": "vllm.gpu_memory_utilization",
+                     "enable_prefix_caching": "vllm.enable_prefix_caching", "enforce_eager": "vllm.enforce_eager",
+                     "tensor_parallel_size": "vllm.tensor_parallel_size", "kv_cache_dtype": "vllm.kv_cache_dtype"}
+NAMED_SAMPLING_ARGS = {"temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k",
+                       "max_tokens": "sampling.max_tokens", "seed": "sampling.seed"}
+GPU_MODES = ("per_gpu", "tensor_parallel")
+
+
+def _check_pass_through(config: Config, bad) -> None:
+    for name in config.vllm.engine_args:
+        if name in NAMED_ENGINE_ARGS:
+            raise bad(f"vllm.engine_args.{name}", f"is set by {NAMED_ENGINE_ARGS[name]}; use that key instead")
+    if "speculative_config" in config.vllm.engine_args and config.vllm.speculative_method:
+        raise bad("vllm.engine_args.speculative_config", "and vllm.speculative_method both ask for speculative "
+                  "decoding; keep one of them")
+    for name in config.sampling.extra:
+        if name in NAMED_SAMPLING_ARGS:
+            raise bad(f"sampling.extra.{name}", f"is set by {NAMED_SAMPLING_ARGS[name]}; use that key instead")
+    if config.sampling.extra and config.model.engine == "transformers":
+        raise bad("sampling.extra", "is passed through to vLLM and endpoints only; transformers' generate() "
+                  "spells several of those names differently (use the named sampling keys)")
+    if config.slurm.gpu_mode not in GPU_MODES:
+        raise bad("slurm.gpu_mode", f"must be one of {', '.join(GPU_MODES)}, got {config.slurm.gpu_mode!r}")
+
+
+# A name becomes part of a path (prompts_dir/NAME.md, DIR/NAME.bin) and of record ids (KEY/PROMPT).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# What Slurm accepts in partition, QoS and account names (comma-separated lists allowed).
+SLURM_NAMES = re.compile(r"[A-Za-z0-9_.,:+@-]*")
+SLURM_JOB_NAME = re.compile(r"[A-Za-z0-9_.:+@-]{1,200}")
+SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
+# Options our requeue and log paths rely on (USR2 before the limit, logs under RUN/slurm/, the array).
+SBATCH_OURS = ("signal", "output", "error", "array", "open-mode", "wrap")
+
+
+def _check_names(config: Config, bad: Any) -> None:
+    for name in config.prompts:
+        if not NAME.fullmatch(name):
+            raise bad("prompts", f"entry {name!r} is not a plain name (letters, digits, '.', '_', '-'; no "
+                                 f"path); put the template in prompts_dir as NAME.md and list NAME")
+    if not NAME.fullmatch(config.reduce.name):
+        raise bad("reduce.name", f"{config.reduce.name!r} is not a plain name (letters, digits, '.', '_', "
+                                 f"'-'; no path); choose the directory with `reduce --out`")
+
+
+def _check_slurm_strings(slurm: SlurmConfig, bad: Any) -> None:
+    """Every string that becomes an #SBATCH line: one line each, in the characters Slurm allows.
+
+    A newline would end the directive and start a shell command, and sbatch stops reading directives
+    at the first command: --time and --signal (our requeue path) would be silently dropped.
+    """
+    for key in ("partition", "qos", "account"):
+        value = getattr(slurm, key)
+        if not SLURM_NAMES.fullmatch(value):
+            raise bad(f"slurm.{key}", f"{value!r} is not a Slurm name (letters, digits, '_', '.', '-', commas)")
+    if not SLURM_JOB_NAME.fullmatch(slurm.job_name):
+        raise bad("slurm.job_name", f"{slurm.job_name!r} must be 1-200 letters, digits, '_', '.', '-'")
+    for option in slurm.sbatch:
+        key, _, value = option.partition("=")
+        if not SBATCH_KEY.fullmatch(key.strip().lstrip("-")) or not value.isprintable():
+            raise bad("slurm.sbatch", f"entry {option!r} is not one sbatch option: write \"key=value\" or "
+                                      f"\"flag\" (key: lowercase letters, digits, '-'; value: one line)")
+        if key.strip().lstrip("-") in SBATCH_OURS:
+            raise bad("slurm.sbatch", f"entry {option!r} would replace an option hpcsynth relies on "
+                                      f"({', '.join(SBATCH_OURS)}); use slurm.signal_delay_s or leave it out")
+    if not slurm.python.isprintable():
+        raise bad("slurm.python", f"{slurm.python!r} must be one line: the interpreter's path")
+
+
+LONG_DOCS = ("truncate", "split", "keep")
+DUPLICATE_IDS = ("keep_first", "reject")
+
+
+def _check_plan(config: Config, bad: Any) -> None:
+    plan = config.plan
+    if plan.long_docs not in LONG_DOCS:
+        raise bad("plan.long_docs", f"must be one of {', '.join(LONG_DOCS)}, got {plan.long_docs!r}")
+    if plan.duplicate_ids not in DUPLICATE_IDS:
+        raise bad("plan.duplicate_ids", f"must be one of {', '.join(DUPLICATE_IDS)}, got {plan.duplicate_ids!r}")
+    if not 0 < plan.sample_fraction <= 1:
+        raise bad("plan.sample_fraction", f"must be above 0 and at most 1, got {plan.sample_fraction}")
+    if not 0 <= plan.max_reject_rate <= 1:
+        raise bad("plan.max_reject_rate", f"must be between 0 and 1, got {plan.max_reject_rate}")
+    for key in ("shard_tokens", "long_doc_chars"):
+        if getattr(plan, key) <= 0:
+            raise bad(f"plan.{key}", f"must be greater than 0, got {getattr(plan, key)}")
+    for key in ("bytes_per_token", "max_chars", "limit", "long_doc_tokens", "group_mb"):
+        if getattr(plan, key) < 0:
+            raise bad(f"plan.{key}", f"must be 0 or more, got {getattr(plan, key)}")
+    if plan.filter:
+        from hpcsynth.plan.filters import compile_predicate
+
+        compile_predicate(plan.filter, bad)
+
+
+def _check_validate(validate: ValidateConfig, bad: Any) -> None:
+    if validate.action not in ("drop", "keep"):
+        raise bad("validate.action", f"must be drop or keep, got {validate.action!r}")
+    if validate.preamble not in ("strip", "reject", "keep"):
+        raise bad("validate.preamble", f"must be strip, reject or keep, got {validate.preamble!r}")
+    unknown = [name for name in validate.skip if name not in VALIDATE_CHECKS]
+    if unknown:
+        raise bad("validate.skip", f"names no check {unknown[0]!r}; checks: {', '.join(VALIDATE_CHECKS)}")
+    for key in ("min_length_ratio", "max_repetition", "max_tail_repetition"):
+        if not 0 <= getattr(validate, key) <= 1:
+            raise bad(f"validate.{key}", f"must be between 0 and 1, got {getattr(validate, key)}")
+    for key in ("repetition_n", "tail_words", "min_table_rows", "min_faq_pairs", "min_math_steps",
+                "min_tutorial_steps", "diversity_n"):
+        if getattr(validate, key) < 1:
+            raise bad(f"validate.{key}", f"must be 1 or more, got {getattr(validate, key)}")
+
+
+def _where(source: str, lines: dict[str, int], key: str) -> str:
+    line = lines.get(key)
+    return f"{source} line {line}" if line else source

@@ -1,0 +1,202 @@
+"""Reading a config: bounded, alias-free YAML -> typed sections, with the line of every key for errors;
+the fingerprint of what decides the output, and the difference between two configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcsynth.config.checks import _check_values, _where
+from hpcsynth.config.sections import Config
+from hpcsynth.errors import ConfigError
+
+FINGERPRINTED = ("prompts", "plan", "model", "sampling")
+# Real configs are a few KB; the cap keeps a wrong or hostile file from being parsed at all.
+MAX_YAML_BYTES = 1 << 20
+# A run's resolved config lists every input file: 64 MiB holds ~500,000 paths.
+MAX_RUN_YAML_BYTES = 64 << 20
+# Configs nest three levels; 32 leaves room for any list of lists a future key may take.
+MAX_YAML_DEPTH = 32
+# libyaml's safe loader when PyYAML has it: ~6x faster on a run config listing thousands of inputs.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file into a checked Config; raise ConfigError naming file, line and key."""
+    path = _locate_config(path)
+    data, lines = read_yaml(path)
+    return config_from_dict(data or {}, source=str(path), lines=lines)
+
+
+def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[str, int]]:
+    """A config, profile or run's config.yaml -> (data, {dotted key: line}); no aliases, bounded size."""
+    if path.stat().st_size > max_bytes:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not a config (the limit is "
+                          f"{max_bytes:,}); check that the right file was passed")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); pass a YAML config file") from None
+    try:
+        _refuse_aliases(text, path)
+        return yaml.load(text, Loader=LOADER), _key_lines(yaml.compose(text, Loader=LOADER))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+
+
+def _refuse_aliases(text: str, path: Path) -> None:
+    # An alias (*name) makes the loader repeat what its anchor holds; nested, a few hundred bytes
+    # expand into gigabytes before any key is checked. The event stream itself never expands them.
+    # Depth is bounded too: PyYAML's scanner slows quadratically with nesting (4,000 levels: 11 s).
+    depth = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are "
+                              f"not accepted in configs; write the value out in full")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{path} line {event.start_mark.line + 1}: nested too deeply to be a config "
+                                  f"(more than {MAX_YAML_DEPTH} levels)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _locate_config(path: str | Path) -> Path:
+    """A config file by path or by the name of a shipped one; a miss names what exists."""
+    from hpcsynth.resources import find_config, shipped_configs
+
+    found = find_config(path)
+    if found is None:
+        names = ", ".join(shipped_configs()) or "none found in this installation"
+        raise ConfigError(f"config file not found: {path}; pass a YAML file, or a shipped config by name "
+                          f"({names}); start your own with `hpcsynth config finephrase > mine.yaml`")
+    return found
+
+
+def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:
+    """Build a Config from plain data (a parsed YAML document), checking every key and type."""
+    config = _build(Config, data, "", source, lines or {})
+    _check_values(config, source, lines or {})
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["prompts"] = list(config.prompts)
+    return data
+
+
+def fingerprint_payload(config: Config, prompt_hashes: dict[str, str]) -> dict[str, Any]:
+    """What decides the outputs: the fingerprinted sections and the prompt templates' hashes."""
+    data = config_to_dict(config)
+    payload = {key: data[key] for key in FINGERPRINTED}
+    payload["prompt_templates"] = dict(sorted(prompt_hashes.items()))
+    # Pass-through options count only when set, so runs planned without them keep their fingerprint.
+    if not config.sampling.extra:
+        del payload["sampling"]["extra"]
+    if config.vllm.engine_args:
+        payload["vllm_engine_args"] = data["vllm"]["engine_args"]
+    return payload
+
+
+def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
+    """sha256 over fingerprint_payload's canonical JSON."""
+    blob = json.dumps(fingerprint_payload(config, prompt_hashes), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def diff_payloads(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two fingerprint payloads."""
+    return sorted(_diff(old, new, ""))
+
+
+def diff_configs(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ, for 'which keys changed' messages."""
+    return sorted(_diff(config_to_dict(old), config_to_dict(new), ""))
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        return out
+    return [] if a == b else [prefix]
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """Map dotted key paths to their 1-based line in the YAML text."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, key))
+    return out
+
+
+def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]) -> Any:
+    section = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source, lines, prefix)}: {section} must be a mapping of keys, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"{_where(source, lines, dotted)}: unknown key '{dotted}'; valid keys in "
+                              f"{section}: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, dotted, source, lines)
+        else:
+            values[key] = _coerce(hint, value, dotted, source, lines)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+    where = _where(source, lines, key)
+    got = f"got {value!r} ({type(value).__name__})"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, {got}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be an integer, {got}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: '{key}' must be a number, {got}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be a string, {got}")
+    if typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: '{key}' must be a list of strings, {got}")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
+
+

@@ -1,0 +1,294 @@
+"""The config's sections: frozen, typed dataclasses, one per YAML section, each default with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ENGINES = ("transformers", "vllm", "endpoint", "fake")
+FORMATS = ("megatron", "datatrove", "numpy")
+DTYPES = ("bfloat16", "float16", "float32", "auto")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    # Files, directories or globs: JSONL (plain, .gz or .zst) or Parquet; `hpcsynth plan --input` replaces them.
+    inputs: tuple[str, ...] = ()
+    # A cap beside plan.shard_tokens: 10,000 documents x 4 prompts keeps a shard of very short documents
+    # (tweets, titles) to minutes of GPU work; 339M FineWeb-Edu documents stay a few hundred thousand files.
+    shard_docs: int = 10000
+    # dolma / datatrove field names for the document text and its id.
+    text_key: str = "text"
+    id_key: str = "id"
+    # Shorter documents carry too little to rephrase; they are counted and skipped.
+    min_chars: int = 1
+    # zstd level 3: ~250 MB/s to write, ~1.4 GB/s to read; higher levels cost far more than they save.
+    zstd_level: int = 3
+    # A corpus line longer than this is a counted reject, never read whole: web documents stay far
+    # below it (the longest FineWeb pages are a few MB), and it bounds what a decompression bomb costs.
+    max_line_bytes: int = 64 << 20
+    # ~1,000 FineWeb-Edu documents of ~1k tokens: minutes of GPU work per shard, balanced by tokens so that
+    # a shard of long documents does not take ten times longer than one of short ones.
+    shard_tokens: int = 1_000_000
+    # 0: measure UTF-8 bytes per token on the first MiB of the corpus with model.path's tokenizer when it
+    # has one, else 4.0 (English web text under ~50k-vocabulary BPE tokenizers averages 4.2-4.6).
+    bytes_per_token: float = 0.0
+    # Metadata fields (dotted for nested ones) copied into each document's "meta" and every output record.
+    keep_fields: tuple[str, ...] = ()
+    # A predicate over metadata, e.g. 'int_score >= 3 and language == "en"'; empty keeps everything.
+    filter: str = ""
+    # 0 leaves the filter off; a document longer than this is filtered (and listed in the rejects file).
+    max_chars: int = 0
+    # Plan at most this many documents, in input order (0: all); the study rephrases subsets.
+    limit: int = 0
+    # Keep this seeded fraction of documents (chosen by a hash of the id, so it does not depend on order).
+    sample_fraction: float = 1.0
+    # Another seed draws another subset of the same size; 0 is as good a default as any.
+    sample_seed: int = 0
+    # FinePhrase cut documents at ~18k characters: "truncate" at a paragraph boundary, "split" into parts
+    # rephrased separately, or "keep" them whole (the worker still cuts at model.max_input_chars).
+    long_docs: str = "truncate"
+    # The long-document budget in characters: FinePhrase's ~18k characters fit SmolLM2's 8k context.
+    long_doc_chars: int = 18000
+    # The same budget in estimated tokens instead (0: use long_doc_chars), for models with other contexts.
+    long_doc_tokens: int = 0
+    # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
+    duplicate_ids: str = "keep_first"
+    # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
+    max_reject_rate: float = 0.05
+    # Consecutive input files are planned together (one process, no shard across groups) up to this many
+    # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone).
+    group_mb: int = 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # transformers: CPU or one GPU, tests and small users; vllm: production; endpoint: an
+    # OpenAI-compatible server; fake: no model, for unit tests and fault injection.
+    engine: str = "transformers"
+    # A local model directory (or a hub id your cluster has cached); hpcsynth downloads nothing.
+    path: str = ""
+    # A hub revision (commit or tag) recorded in every output; empty for a plain directory.
+    revision: str = ""
+    # SmolLM2 and most small instruct models are trained and served in bf16.
+    dtype: str = "bfloat16"
+    # FinePhrase ran SmolLM2 with an 8k context.
+    max_model_len: int = 8192
+    # FinePhrase cut documents longer than ~18k characters at the last newline; we do too, and record it.
+    max_input_chars: int = 18000
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # Plain sampling from the model's distribution, as FinePhrase rephrased: varied, not greedy.
+    temperature: float = 1.0
+    # 1.0 leaves nucleus sampling off.
+    top_p: float = 1.0
+    # 0 turns top-k off; transformers and vLLM then sample alike.
+    top_k: int = 0
+    # FinePhrase's cap; outputs average ~360 tokens, so the cap only trims runaways.
+    max_tokens: int = 2048
+    # Each record's seed is derived from this and the record id, so reruns reproduce a record.
+    seed: int = 0
+    # Any other vLLM SamplingParams argument (e.g. repetition_penalty, min_p), passed through as given
+    # (to an endpoint as request body fields); empty because FinePhrase sampled plainly.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    # Requests handed to the engine at once (transformers: one padded batch).
+    batch_size: int = 8
+    # Completed records reach the disk at least this often: the most work a crash can cost.
+    flush_interval_s: float = 60.0
+    # How often status sees fresh numbers.
+    heartbeat_interval_s: float = 10.0
+    # A shard whose lease has not been renewed for this long may be taken over by another worker.
+    lease_timeout_s: float = 300.0
+    # Fail the shard when the engine holds requests but finishes none for this long (a hung GPU or
+    # server); FinePhrase outputs take seconds each, so ten quiet minutes mean something is stuck.
+    watchdog_s: float = 600.0
+    # Out-of-memory errors answered by halving the engine's concurrency before the shard fails.
+    oom_retries: int = 3
+    # torch intra-op threads; 0 leaves torch's default. Tests use 1 (shared cores thrash at 2+).
+    threads: int = 0
+    # "auto" picks cuda when present, else cpu.
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    # Sequences decoded together. FinePhrase used 2048, but the KV pool of a 1.7B model holds ~215 (H100)
+    # to ~400 (H200) sequences, so more only queues inside vLLM.
+    max_num_seqs: int = 512
+    # 32768 was faster for FinePhrase but ran out of memory; 16384 is their stable setting.
+    max_num_batched_tokens: int = 16384
+    # 0.95 hit OOM in FinePhrase; 0.90 did not.
+    gpu_memory_utilization: float = 0.90
+    # The four prompts share their instructions; caching their prefix saves prefill.
+    enable_prefix_caching: bool = True
+    # CUDA graphs cost minutes at start-up and pay off over a shard; tests turn them off.
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    # Speculative decoding, passed through to vLLM (FinePhrase: method "suffix", 32 tokens, ~1.75x).
+    speculative_method: str = ""
+    num_speculative_tokens: int = 0
+    kv_cache_dtype: str = "auto"
+    # Requests kept queued in the engine beyond max_num_seqs, so a finished slot refills at once.
+    in_flight: int = 0
+    # Any other vllm.LLM(...) argument our keys do not name (e.g. speculative_config, quantization),
+    # checked against vLLM's own signature; empty: the named keys above cover the FinePhrase recipe.
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    # An OpenAI-compatible server (vllm serve, SGLang, TGI); loopback unless you say otherwise.
+    url: str = "http://127.0.0.1:8000/v1"
+    # Requests open at once: enough to fill the server's batch, few enough not to time out in its queue.
+    concurrency: int = 64
+    # A 2048-token answer from a busy server can take minutes.
+    timeout_s: float = 600.0
+    # Connection errors, 429 and 5xx: retried this many times, waits doubling from backoff_s.
+    retries: int = 5
+    backoff_s: float = 1.0
+    # Name of the environment variable holding an API key, if the server wants one.
+    api_key_env: str = ""
+    # An API key sent over plain http to another host can be read on the way; say true only for a
+    # network you trust (loopback and https never need it).
+    allow_plain_http_key: bool = False
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    # Array tasks = GPUs kept busy; each starts its engine once and pulls shards until none remain.
+    array_tasks: int = 8
+    # Several shards per array task instead of pulling: each task gets its own fixed group (0: pull).
+    shards_per_task: int = 0
+    # Slurm's %N: at most this many array tasks at once (0: no limit).
+    array_parallelism: int = 0
+    # Empty partition, qos and account leave Slurm's defaults; a site profile sets them.
+    partition: str = ""
+    qos: str = ""
+    account: str = ""
+    # One engine per GPU: generators around 1-2B gain nothing from tensor parallelism.
+    gpus_per_task: int = 1
+    # "gres" asks --gres=gpu:N (works on every Slurm); "gpus" asks --gpus-per-task=N.
+    gpu_request: str = "gres"
+    # Tokenization, the request stream and zstd need a few cores and host memory beside each GPU.
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    # Requeue on a time limit is built in, so a short limit mostly buys earlier starts.
+    time_min: int = 240
+    # USR2 comes this long before the limit: enough to flush the progress logs and requeue.
+    signal_delay_s: int = 120
+    # 0 reads MaxArraySize from `scontrol show config`; arrays larger than that are split.
+    max_array_size: int = 0
+    # Extra sbatch options as "key=value" ("exclusive" alone for a flag), e.g. ["constraint=h100"].
+    sbatch: tuple[str, ...] = ()
+    # Shell lines run before the worker: module load, venv activation.
+    setup: tuple[str, ...] = ()
+    # The interpreter on the compute nodes; empty: the one running `hpcsynth launch`.
+    python: str = ""
+    # What squeue and sacct show.
+    job_name: str = "hpcsynth"
+    # A task that sees several GPUs (whole-node allocations): "per_gpu" starts one worker and engine per
+    # GPU, since 1-2B generators gain nothing from splitting; "tensor_parallel" one engine across them all.
+    gpu_mode: str = "per_gpu"
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    # tokenizer.json file or a directory holding one; empty: the generator's own tokenizer.
+    tokenizer: str = ""
+    # Appended after every document; empty: from tokenizer_config.json, else a well-known EOS token.
+    eos_token: str = ""
+    # Original web tokens mixed in per synthetic token (FinePhrase: the mix matters; 1.0 is half/half).
+    original_ratio: float = 1.0
+    # Megatron .bin/.idx: read by Megatron-LM and NeMo, and as a flat array by nanoGPT and OLMo-core;
+    # "datatrove" writes .ds/.ds.index/.ds.metadata (nanotron), "numpy" one flat .npy array.
+    format: str = "megatron"
+    # Flat readers cut contiguous windows, so documents are shuffled (seeded) before writing.
+    seed: int = 0
+    # Drop records the engine cut at max_tokens instead of keeping a truncated rephrase.
+    drop_truncated: bool = False
+    # Shorter outputs are rejected (empty or near-empty generations teach nothing).
+    min_chars: int = 16
+    # Output file prefix: DIR/NAME.bin and DIR/NAME.idx.
+    name: str = "mix"
+    # "auto" uses gigatoken when it encodes a sample exactly as `tokenizers` does (10-30x faster per
+    # core), else `tokenizers`; "tokenizers" never tries the fast backend; "gigatoken" insists on it.
+    backend: str = "auto"
+    # Run shards per reduce part (the unit a --jobs process or a Slurm array task does, and redoes after
+    # a crash); 8 FinePhrase shards are ~20M tokens: a few minutes on one core, ~200 MB of memory.
+    part_shards: int = 8
+    # Source documents per shuffle bucket; the merge holds one bucket (~2.6k tokens per FinePhrase
+    # document with its rephrasings: ~250 MB of uint16), so memory stays flat as the run grows.
+    bucket_docs: int = 50000
+    # Largest token file, in MB, before the next one starts (NAME-00000, NAME-00001...); 0: one file.
+    max_file_mb: float = 0.0
+    # Also write the synthetic text as Parquet with a dataset card (what FinePhrase published).
+    text_export: bool = True
+
+# The reducer's quality checks by name (hpcsynth/reduce/validate/), for validate.skip; in check order.
+VALIDATE_CHECKS = ("preamble", "refusal", "too_short", "repetition", "degenerate",
+                   "table_missing", "table_no_separator", "table_few_rows", "table_no_question", "table_no_answer",
+                   "faq_no_questions", "faq_few_pairs", "math_no_problem", "math_no_final_answer", "math_no_steps",
+                   "tutorial_no_steps")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    # "drop" leaves failing records out of the mix; "keep" only counts and reports them (the demo's
+    # random-weight model fails every check, and a first look at a new prompt should lose nothing).
+    action: str = "drop"
+    # Checks to skip by name (e.g. [too_short, table_no_question]): a check that misjudges your prompt's
+    # outputs can go without losing the others; a misspelt name is refused with the list.
+    skip: tuple[str, ...] = ()
+    # "strip" removes a chatty first line ("Here is the FAQ:") and a closing pleasantry; "reject" drops
+    # the record; "keep" leaves it. Strip: the rest is usually good, and the line teaches only chatter.
+    preamble: str = "strip"
+    # Output chars per input char below this is a give-up: a FinePhrase math problem from an 18,000-char
+    # document is ~1,000 chars (0.055); one sentence from a long page is under 0.01.
+    min_length_ratio: float = 0.03
+    # Word n-gram size for the repetition ratio: 4-grams skip the scaffolding real FAQs repeat ("what is").
+    repetition_n: int = 4
+    # Share of repeated word 4-grams over the whole text: degenerate loops reach 0.8+, our good samples
+    # of every format stay under 0.15.
+    max_repetition: float = 0.35
+    # Words at the end checked alone for a loop (a good start that degenerates before max_tokens).
+    tail_words: int = 120
+    # Repeated 4-gram share allowed in that tail; higher than the whole-text limit, since it is short.
+    max_tail_repetition: float = 0.5
+    # Data rows a table needs below its header and separator; one row is a sentence, not a table.
+    min_table_rows: int = 2
+    # Question/answer pairs an FAQ needs: one pair is a Q&A, and short documents honestly give 2-3.
+    min_faq_pairs: int = 2
+    # Worked lines (a calculation or a step) a math solution needs: the prompt asks for several steps.
+    min_math_steps: int = 2
+    # Numbered steps or bullets a tutorial needs: fewer is prose with a list in it.
+    min_tutorial_steps: int = 3
+    # n for the distinct-n-gram diversity `hpcsynth validate` reports (distinct-2 is the usual measure).
+    diversity_n: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    # FinePhrase's four structured formats; every document is rephrased once per prompt.
+    prompts: tuple[str, ...] = ("faq", "math", "table", "tutorial")
+    # A directory of your own NAME.md prompts, looked up before the ones that ship with hpcsynth; empty:
+    # only the shipped ones (FinePhrase's four formats and the baselines).
+    prompts_dir: str = ""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    # Per-format checks of the outputs: what reduce drops and `hpcsynth validate` reports.
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+
+# Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).
