@@ -34,6 +34,8 @@ COMMANDS = {
                 "hpcsynth prompts --config configs/finephrase.yaml --render faq --doc page.txt"),
     "validate": ("check a run's outputs by their prompt's format, without tokenizing: a quality report per prompt",
                  "hpcsynth validate runs/fp --config stricter.yaml"),
+    "estimate": ("what a run will cost (GPU-hours, wall time, $), per generator and prompt; and so far, for a run "
+                 "that has worked", "hpcsynth estimate --tokens 486e9 --tokens-per-second 9200 --gpus 100 --price 2.5"),
 }
 
 
@@ -135,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("run", type=Path, help="a run with done shards")
     validate.add_argument("--config", type=Path, help="take the validate: thresholds from this config instead "
                                                      "of the run's own (to tune them before a reduce)")
+
+    from hpcsynth.study.cli import add_arguments as add_estimate_arguments
+
+    add_estimate_arguments(command("estimate"))
     return parser
 
 
@@ -352,5 +358,12 @@ def _validate(args: argparse.Namespace) -> int:
     return validate_command(args)
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    from hpcsynth.study.cli import estimate_command
+
+    return estimate_command(args)
+
+
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
-            "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts, "validate": _validate}
+            "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts, "validate": _validate,
+            "estimate": _estimate}

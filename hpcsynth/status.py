@@ -123,7 +123,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
 
 
 TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",
-             "shards_done", "tokens_per_s", "error")
+             "shards_done", "tokens_per_s", "error", "tokens", "records", "started", "updated")
 
 
 def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: float) -> bool:

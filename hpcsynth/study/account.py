@@ -1,0 +1,88 @@
+"""What a run did cost, during or after it: GPU-hours, $ per million tokens, and where time was wasted.
+
+Every figure is labelled by how it is known:
+  measured  Slurm accounting (one sacct call, through status), or the workers' own clocks (RUN/tasks/),
+            or the committed done markers;
+  inferred  computed from measured figures under a stated assumption (tokens turned into hours at the
+            run's measured rate).
+The engine gives no count for a generation cut off by a kill (in flight, never finished), so that part
+of redone work is not in any figure; a worker's clock is written every few seconds, so a killed
+worker's last seconds are missing too (both make "redone" an under-estimate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcsynth.rundir import RunDir
+from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _number, _read_json_files, collect_status
+
+
+def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The account of a run so far; `status` (collect_status's, with its one sacct call) is reused if given."""
+    status = status if status is not None else collect_status(run)
+    tasks = status["tasks"]
+    gpu = bool(status["gpu_hours"]) or any(_number(t.get("gpus")) > 0 for t in tasks)
+    unit = "GPU" if gpu else "CPU worker"
+    sacct = bool(status["slurm"]["sacct_calls"])
+    weight = {id(t): (_number(t.get("gpus")) if gpu else 1.0) for t in tasks}
+
+    def task_hours(key: str, which=lambda t: True) -> float:
+        return sum(_number(t.get(key)) * weight[id(t)] for t in tasks if which(t)) / 3600
+
+    failed_start = lambda t: t.get("state") == "failed"  # noqa: E731 - the engine never came up
+    startup = task_hours("startup_s", lambda t: not failed_start(t)) + task_hours("wall_s", failed_start)
+    idle = task_hours("idle_s", lambda t: not failed_start(t))
+    generation = task_hours("generation_s")
+    in_workers = task_hours("wall_s")
+    # Slurm's bill when there is one; else the workers' own wall time, unrounded (a short run is seconds).
+    hours = (status["gpu_hours"] if gpu else status["cpu_worker_hours"]) if sacct else in_workers
+    generated = sum(_number(t.get("tokens")) for t in tasks)
+    rate = generated / (generation * 3600) if generation > 0 else 0.0
+    committed, failed_tokens = _tokens_on_disk(run)
+    redone_tokens = max(0.0, generated - status["tokens_done"])
+    redone = redone_tokens / rate / 3600 if rate else 0.0
+    failed = failed_tokens / rate / 3600 if rate else 0.0
+    cost = hours * price
+    how_total = ("measured: Slurm accounting (elapsed x GPUs asked, every attempt)" if sacct
+                 else "measured: the workers' clocks (RUN/tasks/, wall time x GPUs)")
+    clocks = "measured: the workers' clocks (RUN/tasks/)"
+    return {
+        "unit": unit, "price_per_hour": price,
+        "hours": _fig(hours, how_total),
+        "generation": _fig(generation, clocks),
+        "useful": _fig(max(0.0, generation - redone - failed), "inferred: generation less redone and failed"),
+        "wasted": {
+            "startup": _fig(startup, clocks + "; a worker whose engine never started counts whole"),
+            "idle": _fig(idle, clocks + " (neither starting nor generating: waiting for shards, committing)"),
+            "outside_worker": _fig(max(0.0, hours - in_workers) if sacct else 0.0,
+                                   "measured: Slurm time minus the workers' wall time (setup lines, Python "
+                                   "start-up, time a task ran with no worker clock)" if sacct
+                                   else "not measured without Slurm accounting"),
+            "redone": _fig(redone, f"inferred: {redone_tokens:,.0f} tokens generated but in no output or "
+                                   f"progress log (lost to a kill, a lost lease, a config change), at the run's rate"),
+            "failed_shards": _fig(failed, f"inferred: {failed_tokens:,.0f} tokens in the logs of failed shards, "
+                                          f"at the run's rate; launch --retry-failed resumes them"),
+        },
+        "tokens_generated": generated, "tokens_committed": committed,
+        "tokens_per_s_generating": round(rate, 2),  # per GPU (per worker on CPU) while generating
+        # Committed tokens per hour of the whole bill: what the campaign really delivered.
+        "tokens_per_s_effective": round(committed / (hours * 3600), 2) if hours else 0.0,
+        "cost": round(cost, 2),
+        "cost_per_million_tokens": round(cost / (committed / 1e6), 4) if committed else None,
+    }
+
+
+def _fig(hours: float, how: str) -> dict[str, Any]:
+    return {"hours": round(hours, 6), "how": how}
+
+
+def _tokens_on_disk(run: RunDir) -> tuple[float, float]:
+    """(completion tokens committed in done markers of this fingerprint, tokens in failed shards' logs)."""
+    digest = run.fingerprint()
+    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
+    ours = {s for s, m in done.items() if m.get("fingerprint") == digest}
+    committed = sum(done[s]["completion_tokens"] for s in ours)
+    failed = set(_by_shard(_read_json_files(run.root / "failed"))) - ours  # status's order: done wins
+    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS)
+    return float(committed), float(sum(beats[s]["completion_tokens"] for s in failed if s in beats))

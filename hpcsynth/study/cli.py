@@ -1,0 +1,80 @@
+"""`hpcsynth estimate [RUN]`: the cost before (estimate) and, for a run that has worked, so far (account)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hpcsynth.errors import HpcsynthError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", type=Path, help="a planned run: its documents, prompts and generator, "
+                                                         "and what it has measured so far")
+    parser.add_argument("--documents", type=int, help="documents to rephrase (instead of a run's plan)")
+    parser.add_argument("--tokens", type=float, help="total completion tokens, e.g. 486e9 (instead of documents x "
+                                                     "prompts x tokens per record)")
+    parser.add_argument("--prompts", help="comma-separated prompt names (default: the run's, else faq,math,table,"
+                                          "tutorial)")
+    parser.add_argument("--generator", action="append", metavar="MODEL",
+                        help="generator to price from the published throughput table; repeat to compare "
+                             "(default: the run's model, else SmolLM2-1.7B-Instruct)")
+    parser.add_argument("--tokens-per-second", type=float, default=0.0,
+                        help="completion tokens per second per GPU (default: measured by the run, else published)")
+    parser.add_argument("--output-tokens", type=float, default=0.0,
+                        help="completion tokens per record (default: measured by the run, else published)")
+    parser.add_argument("--gpu", default="H100", help="GPU of the published throughput table")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs working at once, for the wall time")
+    parser.add_argument("--price", type=float, default=0.0, help="dollars per GPU-hour")
+    parser.add_argument("--efficiency", type=float, default=1.0,
+                        help="share of the ideal rate a campaign keeps (FinePhrase's kept ~0.43)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the cost breakdown as a PNG")
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    import orjson
+
+    from hpcsynth.study.estimate import Inputs, make_estimate
+
+    given = {"tokens_per_s": args.tokens_per_second, "output_tokens": args.output_tokens, "gpu": args.gpu,
+             "gpus": args.gpus, "price": args.price, "efficiency": args.efficiency}
+    if args.documents is not None:
+        given["documents"] = args.documents
+    if args.tokens is not None:
+        given["tokens"] = args.tokens
+    if args.prompts is not None:
+        prompts = tuple(p.strip() for p in args.prompts.split(",") if p.strip())
+        if not prompts:
+            raise HpcsynthError(f"--prompts {args.prompts!r} names no prompt; e.g. --prompts faq,math")
+        given["prompts"] = prompts
+    if args.generator:
+        given["generators"] = tuple(args.generator)
+    account = None
+    if args.run is not None:
+        from hpcsynth.rundir import RunDir
+        from hpcsynth.study.account import account_run
+        from hpcsynth.study.measure import inputs_from_run
+
+        run = RunDir(args.run)
+        inputs = inputs_from_run(run, **given)
+        if (run.root / "tasks").is_dir():
+            account = account_run(run, args.price)
+    else:
+        inputs = Inputs(**given)
+    estimate = make_estimate(inputs)
+    if args.plot:
+        from hpcsynth.study.charts import plot_estimate
+
+        plot_estimate(estimate, account, args.plot)
+    if args.json:
+        data = {**estimate.to_json(), "account": account, "plot": str(args.plot) if args.plot else None}
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    from hpcsynth.study.view import render_estimate
+
+    render_estimate(estimate, account)
+    if args.plot:
+        print(f"chart: {args.plot}")
+    return 0

@@ -1,0 +1,79 @@
+"""What a run has measured that an estimate can use: completion tokens per record and tok/s per GPU.
+
+Read from the run directory only: committed outputs (per prompt, a bounded sample of done shards),
+heartbeats of shards in progress (all prompts together), and the workers' clocks (RUN/tasks/). A run
+that has measured nothing leaves the estimate to the published anchors.
+"""
+
+from __future__ import annotations
+
+import zstandard
+
+from hpcsynth.files import read_jsonl_zst
+from hpcsynth.rundir import RunDir
+from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _number, _read_json_files
+from hpcsynth.study.estimate import Inputs
+
+# Outputs read for per-prompt lengths: enough records for a stable mean (thousands), bounded time.
+SAMPLE_SHARDS = 32
+
+
+def inputs_from_run(run: RunDir, **given) -> Inputs:
+    """Documents, prompts, generator and input tokens from the plan; lengths and rate measured when the
+    run has them. `given` (the CLI's options) wins over both."""
+    manifest = run.manifest()
+    config = run.config()
+    prompts = tuple(p["name"] for p in manifest["prompts"])
+    generator = config.model.path or config.model.engine
+    rate = measured_rate(run)
+    return Inputs(**{"documents": int(manifest["documents"]), "prompts": prompts, "generators": (generator,),
+                     "input_tokens": float(manifest.get("est_tokens", 0)) * len(prompts),
+                     "measured_lengths": measured_lengths(run, prompts),
+                     "measured_rates": {generator: rate[:2]} if rate else {},
+                     "unit": rate[2] if rate else "GPU", **given})
+
+
+def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """{prompt: (mean completion tokens per record, how it was measured)}."""
+    digest = run.fingerprint()
+    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
+    ours = sorted(s for s, m in done.items() if m.get("fingerprint") == digest)
+    sums: dict[str, list[float]] = {}
+    read = 0
+    for shard in ours[:SAMPLE_SHARDS]:
+        try:
+            for record in read_jsonl_zst(run.output_path(shard)):
+                entry = sums.setdefault(str(record.get("prompt")), [0.0, 0])
+                entry[0] += _number(record.get("completion_tokens"))
+                entry[1] += 1
+            read += 1
+        except (OSError, ValueError, zstandard.ZstdError):
+            continue  # a damaged output: launch redoes it; the others measure well enough
+    lengths = {p: (total / n, f"measured: {n:,} records of {read} done shard(s)")
+               for p, (total, n) in sums.items() if n and p in prompts}
+    if lengths:
+        return lengths
+    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS)
+    records = sum(b["records_done"] for b in beats.values())
+    if records:  # in progress only: heartbeats do not split by prompt
+        mean = sum(b["completion_tokens"] for b in beats.values()) / records
+        how = f"measured: {records:,} records of {len(beats)} shard(s) in progress, all prompts together"
+        return {p: (mean, how) for p in prompts}
+    return {}
+
+
+def measured_rate(run: RunDir) -> tuple[float, str, str] | None:
+    """(completion tok/s per GPU while generating, how, unit) from the workers' clocks; per CPU worker
+    (unit "worker") when none of them had a GPU."""
+    tasks = [t for t in _read_json_files(run.root / "tasks").values() if _number(t.get("generation_s")) > 0]
+    if not tasks or not any(_number(t.get("tokens")) for t in tasks):
+        return None
+    gpu_tasks = [t for t in tasks if _number(t.get("gpus")) > 0]
+    chosen, unit = (gpu_tasks, "GPU") if gpu_tasks else (tasks, "worker")
+    tokens = sum(_number(t.get("tokens")) for t in chosen)
+    seconds = sum(_number(t.get("generation_s")) * max(_number(t.get("gpus")), 1.0) for t in chosen)
+    if seconds <= 0 or tokens <= 0:
+        return None
+    return (tokens / seconds,
+            f"measured: this run's {len(chosen)} worker(s), {tokens:,.0f} tokens in {seconds:,.0f} {unit}-seconds "
+            f"of generation", unit)
