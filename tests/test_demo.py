@@ -117,3 +117,16 @@ def test_flat_readers_see_the_same_tokens(demo: Path) -> None:
     eos = orjson.loads((demo / "run" / "reduce" / "report.json").read_bytes())["eos_id"]
     ends = np.flatnonzero(flat == eos)
     assert len(ends) >= len(docs) and ends[-1] == len(flat) - 1
+
+
+def test_estimate_of_the_demo_run_measures_the_real_tiny_model(demo: Path) -> None:
+    # The measured path on a real engine (transformers, the tiny Llama on CPU): lengths from the outputs,
+    # the rate from the worker's clock, and the account of what the run cost.
+    data = orjson.loads(hpcsynth("estimate", str(demo / "run"), "--price", "1", "--json").stdout)
+    assert data["unit"] == "worker" and data["rows"]
+    for row in data["rows"]:
+        assert row["length_source"].startswith("measured: ") and row["rate_source"].startswith("measured: ")
+        assert row["tokens_per_record"] > 0 and row["tokens_per_s"] > 0 and row["documents"] == 24
+    account = data["account"]
+    assert account["tokens_committed"] == account["tokens_generated"] > 0
+    assert account["hours"]["hours"] > account["wasted"]["startup"]["hours"] > 0  # the model load is measured

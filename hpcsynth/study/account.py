@@ -68,13 +68,13 @@ def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None =
         "tokens_per_s_generating": round(rate, 2),  # per GPU (per worker on CPU) while generating
         # Committed tokens per hour of the whole bill: what the campaign really delivered.
         "tokens_per_s_effective": round(committed / (hours * 3600), 2) if hours else 0.0,
-        "cost": round(cost, 2),
-        "cost_per_million_tokens": round(cost / (committed / 1e6), 4) if committed else None,
+        "cost": cost,
+        "cost_per_million_tokens": cost / (committed / 1e6) if committed else None,
     }
 
 
 def _fig(hours: float, how: str) -> dict[str, Any]:
-    return {"hours": round(hours, 6), "how": how}
+    return {"hours": hours, "how": how}
 
 
 def _tokens_on_disk(run: RunDir) -> tuple[float, float]:
