@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     status.add_argument("--watch", action="store_true", help="refresh a live view until interrupted")
     status.add_argument("--interval", type=float, default=10.0, help="seconds between --watch refreshes")
+    status.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw progress over time, throughput "
+                                                                      "and time per worker as a PNG")
 
     cancel = command("cancel")
     cancel.add_argument("run", type=Path, help="a launched run directory")
@@ -236,13 +238,24 @@ def _status(args: argparse.Namespace) -> int:
     if args.watch:
         from hpcsynth.status import watch_status
 
-        watch_status(run, args.interval)
+        status = watch_status(run, args.interval)
+        if args.plot:  # the run as the watch ended
+            from hpcsynth.study.charts import plot_status
+
+            plot_status(status, args.plot)
+            print(f"chart: {args.plot}")
         return 0
     status = collect_status(run)
+    if args.plot:
+        from hpcsynth.study.charts import plot_status
+
+        plot_status(status, args.plot)
     if args.json:
         sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         render_status(status)
+        if args.plot:
+            print(f"chart: {args.plot}")
     return 0
 
 

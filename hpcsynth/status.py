@@ -19,6 +19,7 @@ import orjson
 from hpcsynth.generate.lease import holder_gone
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
+from hpcsynth.timeline import build_timeline
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -41,6 +42,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     docs_done = records_done = tokens_done = 0
     rate = 0.0
     failures, stale, running = [], [], []
+    commits: list[tuple[float, float]] = []  # (committed, completion tokens) of every done shard: the timeline
     for shard in manifest["shards"]:
         sid = shard["id"]
         marker = done.get(sid)
@@ -49,6 +51,8 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
             docs_done += marker["documents"]
             records_done += marker["records"] + marker["rejected"]
             tokens_done += marker["completion_tokens"]
+            if _number(marker.get("committed")):
+                commits.append((_number(marker["committed"]), marker["completion_tokens"]))
             continue
         beat = beats.get(sid)
         if beat is not None:
@@ -117,6 +121,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
                           "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                         key=lambda t: str(t["name"])),
+        # Tokens and shards committed per time bin since the first worker started (hpcsynth/timeline.py).
+        "timeline": build_timeline(commits, min((_number(t.get("started")) for t in tasks if _number(t.get("started"))),
+                                                default=None), now if live else 0.0),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
     }

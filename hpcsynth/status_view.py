@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from collections import deque
 from typing import Any
 
 from hpcsynth.rundir import RunDir, shard_name
 from hpcsynth.status import STATES, collect_status
+from hpcsynth.timeline import TIMELINE_BINS, cumulative, sparkline
 
 
 def render_status(status: dict[str, Any], console=None) -> None:
@@ -30,12 +32,16 @@ def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
 
     console = console or Console()
     status = collect_status(run)
+    rates: deque[float] = deque([status["tokens_per_s"]], maxlen=TIMELINE_BINS)  # the live rate, refresh by refresh
+    status["rate_samples"] = list(rates)
     with Live(Group(*status_renderables(status, console.width)), console=console, refresh_per_second=1,
               auto_refresh=False) as live:
         try:
             while not finished(status):
                 time.sleep(interval)
                 status = collect_status(run)
+                rates.append(status["tokens_per_s"])
+                status["rate_samples"] = list(rates)
                 live.update(Group(*status_renderables(status, console.width)), refresh=True)
         except KeyboardInterrupt:
             pass
@@ -85,6 +91,7 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
                     f"records {status['records_done']:,}/{status['records_expected']:,}",
                     f"tokens {status['tokens_done']:,}", f"{status['tokens_per_s']:,.0f} tok/s",
                     f"ETA {'-' if eta is None else _duration(eta)}"], width)
+    parts += _history_lines(status, width)
     hours = []
     if status["gpu_hours"] or not status.get("cpu_worker_hours"):
         hours.append(f"GPU-hours {status['gpu_hours']:.2f}")
@@ -108,6 +115,42 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
     if finished(status):
         parts += _flow(summary_phrases(status), width, sep=" ")
     return parts
+
+
+def _history_lines(status: dict[str, Any], width: int) -> list:
+    """Sparklines: committed progress over the run's time (done markers), and tok/s over time: the live
+    rate at each --watch refresh, else the committed tokens per time bin."""
+    timeline = status.get("timeline") or {}
+    tokens, bin_s = timeline.get("tokens") or [], timeline.get("bin_s") or 0.0
+    lines = []
+    if tokens:
+        shards = status["shards"]
+        lines.append(_spark("progress", cumulative(timeline["shards"]), "green", width,
+                            f"{shards['done']:,}/{shards['total']:,} shards in {_duration(bin_s * len(tokens))}"))
+    samples = status.get("rate_samples") or []
+    if len(samples) > 1:
+        lines.append(_spark("tok/s", samples, "cyan", width, f"{samples[-1]:,.0f} now (each refresh)"))
+    elif tokens and bin_s:
+        rates = [t / bin_s for t in tokens]
+        lines.append(_spark("tok/s", rates, "cyan", width, f"committed, peak {max(rates):,.0f}"))
+    return lines
+
+
+def _spark(label: str, values: list[float], style: str, width: int, said: str):
+    """label, a sparkline fitted into what the line leaves, and what it shows."""
+    from rich.text import Text
+
+    room = max(width - 10 - len(said), 8)
+    return Text.assemble((f"{label:<9}", "bold"), (sparkline(fit(values, room)), style), " " + _inert(said))
+
+
+def fit(values: list[float], room: int) -> list[float]:
+    """At most `room` values: consecutive ones averaged, so a long history keeps its shape."""
+    if len(values) <= room:
+        return values
+    step = len(values) / room
+    groups = [values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)] for i in range(room)]
+    return [sum(g) / len(g) for g in groups]
 
 
 def _slurm_lines(slurm: dict[str, Any], width: int) -> list:

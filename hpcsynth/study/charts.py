@@ -1,0 +1,137 @@
+"""PNG charts: `status --plot` (progress over time, throughput and time split per worker) and `estimate --plot`
+(cost per generator and prompt, and where a run's time went). matplotlib is imported here only, with the
+Agg backend: no display needed on a login node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hpcsynth.errors import ConfigError
+from hpcsynth.files import atomic_write_bytes
+from hpcsynth.study.estimate import Estimate
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf")  # matplotlib's tab10, spelled out so that tests can look for them in the image
+PHASES = (("startup_s", "start-up", "#ff7f0e"), ("generation_s", "generation", "#2ca02c"),
+          ("idle_s", "idle", "#7f7f7f"))
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("charts need matplotlib: pip install 'hpcsynth[charts]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Rendered in memory, then written atomically: a chart a browser reloads is never half a file."""
+    import io
+
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path}: charts are PNG files; name it {path.with_suffix('.png').name}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    """(seconds per unit, its name) that keeps an axis's numbers readable: a test run is seconds long."""
+    if seconds >= 7200:
+        return 3600.0, "hours"
+    return (60.0, "minutes") if seconds >= 120 else (1.0, "seconds")
+
+
+def _dollars(text: str) -> str:
+    return text.replace("$", r"\$")  # a bare $ starts matplotlib's math mode
+
+
+def plot_status(status: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    fig, ((progress, rate), (speed, split)) = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle(f"hpcsynth run {Path(status['run']).name}: {status['shards']['done']:,}/"
+                 f"{status['shards']['total']:,} shards, {status['tokens_done']:,} tokens")
+    timeline = status.get("timeline") or {}
+    tokens, bin_s = timeline.get("tokens") or [], timeline.get("bin_s") or 0.0
+    scale, unit = _time_unit(bin_s * len(tokens))
+    if tokens:
+        hours = [(i + 1) * bin_s / scale for i in range(len(tokens))]
+        total = 0.0
+        done = []
+        for count in tokens:
+            total += count
+            done.append(total)
+        progress.fill_between(hours, done, color=COLORS[0], alpha=0.35, step="post")
+        progress.step(hours, done, where="post", color=COLORS[0])
+        rate.bar([h - bin_s / scale / 2 for h in hours], [t / bin_s for t in tokens], width=bin_s / scale,
+                 color=COLORS[2])
+    else:
+        for ax in (progress, rate):
+            ax.text(0.5, 0.5, "no shard committed yet", ha="center", va="center", transform=ax.transAxes)
+    progress.set(title="progress: committed completion tokens", xlabel=f"{unit} since the first worker started",
+                 ylabel="tokens")
+    rate.set(title="throughput: committed tokens per second", xlabel=unit, ylabel="tok/s")
+    tasks = [t for t in status.get("tasks", []) if isinstance(t.get("name"), str)]
+    names = [t["name"][-24:] for t in tasks]
+    per_task = [(t.get("tokens") or 0) / t["generation_s"] if (t.get("generation_s") or 0) > 0 else 0.0
+                for t in tasks]
+    speed.barh(names, per_task, color=[COLORS[i % len(COLORS)] for i in range(len(tasks))])
+    speed.set(title="throughput per worker (tokens / generation time)", xlabel="tok/s")
+    left = [0.0] * len(tasks)
+    scale, unit = _time_unit(max((t.get("wall_s") or 0 for t in tasks), default=0))
+    for key, label, color in PHASES:
+        widths = [(t.get(key) or 0) / scale for t in tasks]
+        split.barh(names, widths, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    split.set(title="where each worker's time went", xlabel=unit)
+    if tasks:
+        split.legend(loc="lower right")
+    else:
+        for ax in (speed, split):
+            ax.text(0.5, 0.5, "no worker has started", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_estimate(estimate: Estimate, account: dict[str, Any] | None, path: Path) -> None:
+    from hpcsynth.study.view import short
+
+    plt = _pyplot()
+    panels = 2 if account else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 6), squeeze=False)
+    cost_ax = axes[0][0]
+    unit = estimate.unit
+    priced = bool(estimate.price)
+    generators = list(dict.fromkeys(r.generator for r in estimate.rows))
+    prompts = list(dict.fromkeys(r.prompt for r in estimate.rows))
+    bottom = [0.0] * len(generators)
+    for i, prompt in enumerate(prompts):
+        values = [sum(r.cost if priced else r.gpu_hours for r in estimate.rows
+                      if r.generator == g and r.prompt == prompt) for g in generators]
+        cost_ax.bar([short(g) for g in generators], values, bottom=bottom, color=COLORS[i % len(COLORS)],
+                    label=prompt)
+        bottom = [a + b for a, b in zip(bottom, values)]
+    totals = estimate.totals
+    cost_ax.set(title=_dollars(f"estimate: {totals['gpu_hours']:,.1f} {unit}-hours, {totals['wall_hours']:,.1f} h on "
+                      f"{estimate.gpus:,} {unit}(s)" + (f", ${totals['cost']:,.0f}" if priced else "")),
+                ylabel=_dollars(f"$ at ${estimate.price:,.2f}/{unit}-hour") if priced else f"{unit}-hours")
+    cost_ax.legend(title="prompt")
+    if account:
+        ax = axes[0][1]
+        parts = [("useful generation", account["useful"]["hours"])] + [
+            (name.replace("_", " "), fig_["hours"]) for name, fig_ in account["wasted"].items()]
+        labels = [p[0] for p in parts]
+        ax.barh(labels, [p[1] for p in parts], color=[COLORS[i % len(COLORS)] for i in range(len(parts))])
+        ax.invert_yaxis()
+        ax.set(title=_dollars(f"so far: {account['hours']['hours']:,.4g} {account['unit']}-hours"
+                              + (f", ${account['cost']:,.2f}" if account["price_per_hour"] else "")),
+               xlabel=f"{account['unit']}-hours")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
