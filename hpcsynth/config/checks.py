@@ -43,6 +43,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise bad("worker.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
     _check_plan(config, bad)
+    _check_card(config, bad)
     if config.slurm.gpu_request not in ("gres", "gpus"):
         raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
     if config.slurm.array_tasks < 1:
@@ -187,3 +188,16 @@ def _check_validate(validate: ValidateConfig, bad: Any) -> None:
 def _where(source: str, lines: dict[str, int], key: str) -> str:
     line = lines.get(key)
     return f"{source} line {line}" if line else source
+
+
+def _check_card(config: Config, bad) -> None:
+    """The card's front matter is YAML the Hub parses: a licence id is one plain token, never a newline
+    or a YAML document of its own."""
+    card = config.card
+    if card.gpu_hour_price < 0 or card.gpu_hour_price != card.gpu_hour_price:
+        raise bad("card.gpu_hour_price", f"must be 0 (no price) or more, got {card.gpu_hour_price}")
+    named = {"card.license": card.license, **{f"card.language[{i}]": v for i, v in enumerate(card.language)},
+             **{f"card.source_licenses.{k}": v for k, v in card.source_licenses.items()}}
+    for key, value in named.items():
+        if not isinstance(value, str) or (value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", value)):
+            raise bad(key, f"must be an id such as odc-by, cc-by-4.0 or en (letters, digits, . _ + -), got {value!r}")

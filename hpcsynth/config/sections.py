@@ -273,6 +273,23 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class CardConfig:
+    """What the dataset card of each reduce output says that the run cannot know. Not fingerprinted and not
+    in the reduce's key: a licence string changes no generated record and no token."""
+
+    # The corpus's licence as its publisher states it, an id the Hub knows (FineWeb-Edu: odc-by); the
+    # rephrasings derive from it. Empty: the card's front matter says "other" and the text "not stated".
+    license: str = ""
+    # The corpus's languages (ISO 639-1) for the card's front matter; FineWeb-Edu is English.
+    language: tuple[str, ...] = ("en",)
+    # Licences of other sources of the mix (mix-ins), by the source name the mix gives them; a source
+    # not listed here is taken to be under card.license.
+    source_licenses: dict[str, str] = field(default_factory=dict)
+    # Dollars per GPU-hour, to price the card's GPU-hours; 0 leaves the cost in hours (prices differ by site).
+    gpu_hour_price: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     # FinePhrase's four structured formats; every document is rephrased once per prompt.
     prompts: tuple[str, ...] = ("faq", "math", "table", "tutorial")
@@ -289,6 +306,8 @@ class Config:
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     # Per-format checks of the outputs: what reduce drops and `hpcsynth validate` reports.
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    # The dataset card's licence, languages and price (hpcsynth/reduce/card.py).
+    card: CardConfig = field(default_factory=CardConfig)
 
 
 # Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).

@@ -62,11 +62,14 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)
-    from hpcsynth.reduce.report import write_report
+    from hpcsynth.reduce.card import write_cards
+    from hpcsynth.reduce.report import build_report, save_report
 
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
-    return write_report(spec, markers, output, files + [docs_path], text, rejects,
+    data = build_report(spec, markers, output, files + [docs_path], text, rejects,
                         merge_cpu_seconds=time.process_time() - started)
+    write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
+    return save_report(spec, data)
 
 
 def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes]]:
@@ -154,8 +157,6 @@ def _remove_stale(spec: ReduceSpec, files: list[Path]) -> None:
 def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] | None:
     if not spec.text_export:
         return None
-    from hpcsynth.reduce.formats.parquet import dataset_card
-
     folder = spec.out_dir / f"text{spec.suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("train-*.parquet"):
@@ -170,15 +171,8 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
             target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
         files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
                       "sha256": sha256_file(target)})
-    from hpcsynth.reduce.select import add_tallies
-
-    validation: dict[str, dict] = {}
-    for marker in markers.values():
-        add_tallies(validation, marker.get("validation", {}))
-    info = {**spec.run_info, "name": spec.name, "partial": spec.partial, "files": len(files),
-            "rows": sum(f["rows"] for f in files), "validation": validation}
-    atomic_write_bytes(folder / "README.md", dataset_card(info).encode())
-    return {"dir": folder.name, "files": files, "rows": info["rows"]}
+    # Its README.md, the dataset card, is written with the output's own (card.py), once the counts are known.
+    return {"dir": folder.name, "files": files, "rows": sum(f["rows"] for f in files)}
 
 
 def _rejects(spec: ReduceSpec, markers: dict[int, dict]) -> Path | None:

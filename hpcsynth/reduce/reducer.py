@@ -69,7 +69,8 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     name = config.reduce.name + ("-partial" if problems else "")
     run_info = {"fingerprint": run.fingerprint(), "model": config.model.path, "prompts": list(config.prompts),
                 "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
-                "formats": prompt_formats(manifest), "validate_action": config.validate.action}
+                "formats": prompt_formats(manifest), "validate_action": config.validate.action,
+                **_card_context(manifest, config)}
     spec = ReduceSpec(
         run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
         parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
@@ -81,6 +82,22 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     write_spec(spec)
     remember_tokenizer(spec, tok)
     return spec
+
+
+def _card_context(manifest: dict[str, Any], config) -> dict[str, Any]:
+    """What the dataset card says of the run (reduce/card.py), kept in the spec so that the merge, maybe a
+    Slurm job elsewhere, needs nothing else of the run. Input files by name only (no site paths), at most 20."""
+    inputs = manifest.get("inputs") or []
+    return {"revision": config.model.revision, "engine": config.model.engine,
+            "sampling": {"temperature": config.sampling.temperature, "top_p": config.sampling.top_p,
+                         "top_k": config.sampling.top_k, "max_tokens": config.sampling.max_tokens,
+                         "seed": config.sampling.seed, **({"extra": config.sampling.extra} if config.sampling.extra
+                                                          else {})},
+            "max_input_chars": config.model.max_input_chars, "prompt_table": manifest.get("prompts", []),
+            "documents": manifest.get("documents", 0), "input_files": len(inputs),
+            "inputs": [{"name": Path(str(i.get("path", ""))).name, "documents": i.get("documents")}
+                       for i in inputs[:20]],
+            "card": dataclasses.asdict(config.card)}
 
 
 def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None] | None = None) -> None:

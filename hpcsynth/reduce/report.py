@@ -20,6 +20,16 @@ def report_path(out_dir: Path, partial: bool) -> Path:
 
 def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
                  text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
+    return save_report(spec, build_report(spec, markers, output, files, text, rejects, merge_cpu_seconds))
+
+
+def save_report(spec: ReduceSpec, data: dict[str, Any]) -> dict[str, Any]:
+    atomic_write_json(report_path(spec.out_dir, spec.partial), data)
+    return data
+
+
+def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
+                 text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
     total = {key: sum(m[key] for m in markers.values()) for key in
              ("synthetic_documents", "synthetic_tokens", "original_documents", "original_tokens",
               "rejected_records")}
@@ -62,5 +72,4 @@ def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         # Per prompt: records accepted, refused by check, and (validate.action: keep) flagged by check.
         "validation": dict(sorted(validation.items())), "validate_action": spec.run_info.get("validate_action", ""),
     }
-    atomic_write_json(report_path(spec.out_dir, spec.partial), data)
     return data

@@ -1,8 +1,8 @@
 """The synthetic text itself as a Parquet dataset, with a README dataset card (as FinePhrase published).
 
 One Parquet file per reduce part, written by the part step; the merge links them under
-DIR/text/train-NNNNN-of-MMMMM.parquet and writes DIR/text/README.md, whose YAML header tells
-`datasets.load_dataset("parquet", data_dir=...)` and the Hub where the files are. Columns are the same in
+DIR/text/train-NNNNN-of-MMMMM.parquet, and the dataset card (reduce/card.py) writes DIR/text/README.md,
+whose YAML header tells `datasets.load_dataset("parquet", data_dir=...)` and the Hub where the files are. Columns are the same in
 every file (a dataset whose files disagree on their schema does not load): provenance the planner
 attached to a record (`meta`) is kept as a JSON string, null when absent.
 """
@@ -58,65 +58,3 @@ def write_text_part(path: Path, records: list[dict[str, Any]]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def dataset_card(info: dict[str, Any]) -> str:
-    """README.md for the text dataset: YAML header (configs, data_files) and what the data is."""
-    prompts = ", ".join(info["prompts"]) or "-"
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: "train-*.parquet"
-license: other
-task_categories:
-- text-generation
-tags:
-- synthetic
-- hpcsynth
----
-
-# {info["name"]}: synthetic rephrasings
-
-Web documents rephrased by `{info["model"]}` with the prompts {prompts}, generated with hpcsynth.
-{info["rows"]:,} records in {info["files"]} Parquet files{" (a PARTIAL reduce: not every shard was done)" if info["partial"] else ""}.
-
-| column | what it is |
-|---|---|
-| id | record id, `SHARD-INDEX/PROMPT` |
-| text | the generated text |
-| prompt | which prompt produced it |
-| source_id | the source document's own id (for web data, its URL) |
-| model, template_hash, seed | what generated it, exactly |
-| finish_reason, completion_tokens | `length` means it was cut at the token limit |
-| meta | provenance attached when the corpus was planned (JSON), if any |
-
-```python
-from datasets import load_dataset
-ds = load_dataset("parquet", data_dir="PATH/TO/THIS/DIRECTORY", split="train")
-```
-
-{validation_section(info)}
-Run fingerprint: `{info["fingerprint"]}`.
-"""
-
-
-def validation_section(info: dict[str, Any]) -> str:
-    """What validation by format kept and left out, per prompt (hpcsynth/reduce/validate/)."""
-    validation = info.get("validation") or {}
-    if not validation:
-        return ""
-    keep = info.get("validate_action") == "keep"
-    formats = info.get("formats", {})
-    rows = []
-    for prompt, counts in sorted(validation.items()):
-        failed = counts.get("flagged" if keep else "rejected", {})
-        total = counts["accepted"] + sum(counts.get("rejected", {}).values())
-        checks = ", ".join(f"{check} {n:,}" for check, n in sorted(failed.items(), key=lambda kv: -kv[1])) or "-"
-        rows.append(f"| {prompt} | {formats.get(prompt, 'free')} | {total:,} | {counts['accepted']:,} | {checks} |")
-    what = ("records that failed a check were kept and are only counted here (validate.action: keep)" if keep
-            else "records that failed a check are not in this dataset")
-    return ("## Validation by format\n\nEach output was checked for the shape its prompt's format asks for; "
-            f"{what}.\n\n| prompt | format | records | kept | failed checks |\n|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
