@@ -161,7 +161,7 @@ def test_text_export_loads_with_datasets_and_keeps_provenance(tmp_path: Path, ti
     report = reduce_run(run).data
     folder = run.default_reduce_dir / "text"
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nconfigs:") and "train-*.parquet" in card
+    assert card.startswith("---\n") and "    path: train-*.parquet" in card.split("\n---\n")[0]  # YAML front matter
     ds = datasets.load_dataset("parquet", data_dir=str(folder), split="train")
     assert len(ds) == report["synthetic_documents"] == report["text_export"]["rows"]
     assert {"id", "text", "prompt", "source_id", "meta"} <= set(ds.column_names)
