@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from hpcsynth.errors import HpcsynthError
 
 
+def count(text: str) -> int:
+    """A whole number written plainly or as 339e6; argparse turns the ValueError into a one-line usage error."""
+    value = float(text)
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", type=Path, help="a planned run: its documents, prompts and generator, "
                                                          "and what it has measured so far")
-    parser.add_argument("--documents", type=int, help="documents to rephrase (instead of a run's plan)")
+    parser.add_argument("--documents", type=count, help="documents to rephrase, e.g. 339e6 (instead of a run's plan)")
     parser.add_argument("--tokens", type=float, help="total completion tokens, e.g. 486e9 (instead of documents x "
                                                      "prompts x tokens per record)")
     parser.add_argument("--prompts", help="comma-separated prompt names (default: the run's, else faq,math,table,"

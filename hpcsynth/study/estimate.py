@@ -9,6 +9,7 @@ shipped in study/anchors.json. Every figure says which of those it came from.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def check_inputs(inputs: Inputs) -> None:
     for name, value in (("--price", inputs.price), ("--tokens-per-second", inputs.tokens_per_s),
                         ("--output-tokens", inputs.output_tokens), ("--tokens", inputs.tokens),
                         ("--documents", inputs.documents)):
-        if value < 0 or value != value:  # NaN fails every comparison but this one
+        if not math.isfinite(value) or value < 0:
             raise HpcsynthError(f"{name} must be a number of 0 or more, got {value}")
     if not 0 < inputs.efficiency <= 1:
         raise HpcsynthError(f"--efficiency must be in (0, 1] (share of the ideal rate kept; FinePhrase's "
