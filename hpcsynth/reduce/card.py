@@ -72,7 +72,7 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
     partial = " This is a PARTIAL reduce: not every shard of the run was done." if info.get("partial") else ""
     body = [
         f"# {info['name']}: synthetic rephrasings\n",
-        f"Web documents rephrased by `{info.get('model', '')}` with the prompts {', '.join(map(str, prompts)) or '-'}, "
+        f"Web documents rephrased by `{model_name(info.get('model', ''))}` with the prompts {', '.join(map(str, prompts)) or '-'}, "
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
         f"{report.get('tokens', 0):,} tokens.{partial}\n",
         _generation_section(info), _prompts_section(info), sources_section(info), mix_section(info),
@@ -87,13 +87,21 @@ def _generation_section(info: dict[str, Any]) -> str:
     sampling = info.get("sampling") or {}
     said = ", ".join(f"{k} {v}" for k, v in sampling.items() if k != "extra")
     extra = sampling.get("extra")
-    rows = [("generator", f"`{info.get('model', '')}`"),
+    rows = [("generator", f"`{model_name(info.get('model', ''))}`"),
             ("revision", f"`{info['revision']}`" if info.get("revision") else "not pinned (model.revision empty)"),
             ("engine", info.get("engine", "")), ("sampling", said + (f"; extra {extra}" if extra else "")),
             ("per-record seed", "derived from sampling.seed, the source id and the prompt: reruns sample the same"),
             ("input cut", f"documents longer than {info['max_input_chars']:,} characters were cut at a line break"
              if info.get("max_input_chars") else "")]
     return "## Generation\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {cell(v)} |" for k, v in rows if v) + "\n"
+
+
+def model_name(path: str) -> str:
+    """A Hub id as it is; a local directory by its name only (this site's paths stay off the card)."""
+    path = str(path)
+    if path.startswith(("/", "~", "./", "../")) or "\\" in path:
+        return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] + " (a local directory)"
+    return path
 
 
 def _prompts_section(info: dict[str, Any]) -> str:

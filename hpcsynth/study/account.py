@@ -25,7 +25,7 @@ def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None =
     gpu = bool(status["gpu_hours"]) or any(_number(t.get("gpus")) > 0 for t in tasks)
     unit = "GPU" if gpu else "CPU worker"
     sacct = bool(status["slurm"]["sacct_calls"])
-    weight = {id(t): (_number(t.get("gpus")) if gpu else 1.0) for t in tasks}
+    weight = _weights(run, tasks, gpu, sacct)
 
     def task_hours(key: str, which=lambda t: True) -> float:
         return sum(_number(t.get(key)) * weight[id(t)] for t in tasks if which(t)) / 3600
@@ -71,6 +71,31 @@ def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None =
         "cost": cost,
         "cost_per_million_tokens": cost / (committed / 1e6) if committed else None,
     }
+
+
+def _weights(run: RunDir, tasks: list[dict], gpu: bool, sacct: bool) -> dict[int, float]:
+    """GPUs (or 1 CPU worker) each worker's seconds count for. A worker says how many GPUs its engine
+    used; one that used none inside a Slurm task that asked for GPUs (the fake engine on the dev cluster,
+    a CPU engine on a GPU node) still held them: its share of what its task asked, so that the clocks and
+    Slurm's bill are in the same unit."""
+    if not gpu:
+        return {id(t): 1.0 for t in tasks}
+    asked: dict[str, float] = {}
+    if sacct:
+        from hpcsynth.execute.slurm import recorded_jobs
+
+        for launch in recorded_jobs(run):
+            for array in launch.get("arrays", []):
+                asked[str(array["job_id"])] = _number(launch.get("gpus_per_task", 1))
+    sharing: dict[str, int] = {}
+    for t in tasks:
+        sharing[str(t.get("task") or "")] = sharing.get(str(t.get("task") or ""), 0) + 1
+    weights = {}
+    for t in tasks:
+        task = str(t.get("task") or "")
+        held = asked.get(task.split("_")[0], 0.0) / sharing[task] if task else 0.0
+        weights[id(t)] = _number(t.get("gpus")) or held
+    return weights
 
 
 def _fig(hours: float, how: str) -> dict[str, Any]:

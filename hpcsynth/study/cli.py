@@ -68,11 +68,17 @@ def estimate_command(args: argparse.Namespace) -> int:
 
         run = RunDir(args.run)
         inputs = inputs_from_run(run, **given)
-        if (run.root / "tasks").is_dir():
+        if (run.root / "tasks").is_dir() or (run.root / "launches").is_dir():  # launched: it has an account
             account = account_run(run, args.price)
     else:
         inputs = Inputs(**given)
-    estimate = make_estimate(inputs)
+    try:
+        estimate = make_estimate(inputs)
+    except HpcsynthError as exc:
+        if account is None:
+            raise
+        # A run whose generator has no published rate and has measured none yet: its account still stands.
+        return _account_only(account, str(exc), args)
     if args.plot:
         from hpcsynth.study.charts import plot_estimate
 
@@ -86,4 +92,23 @@ def estimate_command(args: argparse.Namespace) -> int:
     render_estimate(estimate, account)
     if args.plot:
         print(f"chart: {args.plot}")
+    return 0
+
+
+def _account_only(account: dict, why: str, args: argparse.Namespace) -> int:
+    import orjson
+
+    if args.plot:
+        raise HpcsynthError(f"no estimate to draw: {why}")
+    if args.json:
+        data = {"rows": [], "estimate_error": why, "account": account}
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    from rich.console import Console
+
+    from hpcsynth.study.view import render_account
+
+    console = Console()
+    console.print(f"no estimate: {why}", markup=False)
+    render_account(account, console)
     return 0
