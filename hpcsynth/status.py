@@ -51,7 +51,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
             docs_done += marker["documents"]
             records_done += marker["records"] + marker["rejected"]
             tokens_done += marker["completion_tokens"]
-            if _number(marker.get("committed")):
+            if 0 < _number(marker.get("committed")) < float("inf"):  # a forged 1e999 or NaN stays off the timeline
                 commits.append((_number(marker["committed"]), marker["completion_tokens"]))
             continue
         beat = beats.get(sid)

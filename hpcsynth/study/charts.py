@@ -54,8 +54,8 @@ def _dollars(text: str) -> str:
 def plot_status(status: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, ((progress, rate), (speed, split)) = plt.subplots(2, 2, figsize=(12, 8))
-    fig.suptitle(f"hpcsynth run {Path(status['run']).name}: {status['shards']['done']:,}/"
-                 f"{status['shards']['total']:,} shards, {status['tokens_done']:,} tokens")
+    fig.suptitle(_dollars(f"hpcsynth run {Path(status['run']).name}: {status['shards']['done']:,}/"
+                 f"{status['shards']['total']:,} shards, {status['tokens_done']:,} tokens"))
     timeline = status.get("timeline") or {}
     tokens, bin_s = timeline.get("tokens") or [], timeline.get("bin_s") or 0.0
     scale, unit = _time_unit(bin_s * len(tokens))
@@ -77,7 +77,7 @@ def plot_status(status: dict[str, Any], path: Path) -> None:
                  ylabel="tokens")
     rate.set(title="throughput: committed tokens per second", xlabel=unit, ylabel="tok/s")
     tasks = [t for t in status.get("tasks", []) if isinstance(t.get("name"), str)]
-    names = [t["name"][-24:] for t in tasks]
+    names = [_dollars(t["name"][-24:]) for t in tasks]  # names are files anyone could have written
     per_task = [(t.get("tokens") or 0) / t["generation_s"] if (t.get("generation_s") or 0) > 0 else 0.0
                 for t in tasks]
     speed.barh(names, per_task, color=[COLORS[i % len(COLORS)] for i in range(len(tasks))])
@@ -114,8 +114,8 @@ def plot_estimate(estimate: Estimate, account: dict[str, Any] | None, path: Path
     for i, prompt in enumerate(prompts):
         values = [sum(r.cost if priced else r.gpu_hours for r in estimate.rows
                       if r.generator == g and r.prompt == prompt) for g in generators]
-        cost_ax.bar([short(g) for g in generators], values, bottom=bottom, color=COLORS[i % len(COLORS)],
-                    label=prompt)
+        cost_ax.bar([_dollars(short(g)) for g in generators], values, bottom=bottom, color=COLORS[i % len(COLORS)],
+                    label=_dollars(prompt))
         bottom = [a + b for a, b in zip(bottom, values)]
     totals = estimate.totals
     cost_ax.set(title=_dollars(f"estimate: {totals['gpu_hours']:,.1f} {unit}-hours, {totals['wall_hours']:,.1f} h on "

@@ -113,3 +113,21 @@ def test_status_draws_sparklines_and_watch_keeps_the_live_rate(finished) -> None
     console = Console(width=80, record=True, force_terminal=False)
     final = watch_status(finished, 0.01, console)
     assert final["rate_samples"] == [final["tokens_per_s"]] and "progress " in console.export_text()
+
+
+def test_forged_names_and_times_do_not_break_the_chart(tmp_path: Path) -> None:
+    import orjson
+
+    run = planned_fake_run(tmp_path, docs=20, shard_docs=10)
+    assert launch_run(run, "local").done == 2
+    # A worker name that is matplotlib math ("$...$" would fail to parse), a commit time far in the future.
+    (run.root / "tasks" / "forged.json").write_bytes(orjson.dumps(
+        {"name": "$\\frac{$x", "state": "finished", "generation_s": 1.0, "tokens": 5, "wall_s": 2.0}))
+    marker = orjson.loads(run.done_path(1).read_bytes())
+    run.done_path(1).write_bytes(orjson.dumps({**marker, "committed": 1e308}))
+    out = tmp_path / "forged.png"
+    proc = cli("status", str(run.root), "--plot", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    timeline = orjson.loads(proc.stdout)["timeline"]
+    assert sum(timeline["shards"]) == 2 and len(timeline["tokens"]) == TIMELINE_BINS
+    assert read_png(out)[0].shape[:2] == (800, 1200)
