@@ -83,6 +83,10 @@ def estimate_command(args: argparse.Namespace) -> int:
         from hpcsynth.study.charts import plot_estimate
 
         plot_estimate(estimate, account, args.plot)
+    if account is not None:
+        from hpcsynth.study.estimate import remaining
+
+        account = {**account, "remaining": remaining(estimate, account["tokens_committed"])}
     if args.json:
         data = {**estimate.to_json(), "account": account, "plot": str(args.plot) if args.plot else None}
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")

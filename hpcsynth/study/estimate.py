@@ -173,3 +173,11 @@ def _row(generator: str, prompt: str, documents: int, length: float, tokens: flo
     gpu_hours = tokens / (rate * inputs.efficiency) / 3600
     return Row(generator, prompt, documents, length, tokens, rate, gpu_hours, gpu_hours / inputs.gpus,
                gpu_hours * inputs.price, length_source, rate_source)
+
+
+def remaining(estimate: Estimate, committed_tokens: float) -> dict[str, float]:
+    """What is left of the estimate once `committed_tokens` are done, at the estimate's own rates."""
+    totals = estimate.totals
+    share = max(0.0, 1.0 - committed_tokens / totals["tokens"]) if totals["tokens"] else 0.0
+    return {"share": share, "tokens": totals["tokens"] * share, "gpu_hours": totals["gpu_hours"] * share,
+            "wall_hours": totals["wall_hours"] * share, "cost": totals["cost"] * share}

@@ -14,8 +14,10 @@ from hpcsynth.rundir import RunDir
 from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _number, _read_json_files
 from hpcsynth.study.estimate import Inputs
 
-# Outputs read for per-prompt lengths: enough records for a stable mean (thousands), bounded time.
+# Outputs read for per-prompt lengths: shards spread over the run (early shards may differ from late
+# ones), and a record budget that keeps `estimate` to a second or two on a login node.
 SAMPLE_SHARDS = 32
+SAMPLE_RECORDS = 50_000
 
 
 def inputs_from_run(run: RunDir, **given) -> Inputs:
@@ -40,7 +42,11 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
     ours = sorted(s for s, m in done.items() if m.get("fingerprint") == digest)
     sums: dict[str, list[float]] = {}
     read = 0
-    for shard in ours[:SAMPLE_SHARDS]:
+    step = max(len(ours) / SAMPLE_SHARDS, 1.0)
+    picked = sorted({ours[int(i * step)] for i in range(min(SAMPLE_SHARDS, len(ours)))})
+    for shard in picked:
+        if sum(n for _, n in sums.values()) >= SAMPLE_RECORDS:
+            break
         try:
             for record in read_jsonl_zst(run.output_path(shard)):
                 entry = sums.setdefault(str(record.get("prompt")), [0.0, 0])

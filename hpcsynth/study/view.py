@@ -70,6 +70,11 @@ def render_account(account: dict[str, Any], console) -> None:
                   f"{account['tokens_per_s_effective']:,.0f} over the whole bill"
                   + (f"; ${per_million:,.4f} per million tokens" if per_million is not None and account["price_per_hour"]
                      else ""), markup=False)
+    left = account.get("remaining")
+    if left and left["share"] > 0:
+        console.print(f"to go, by the estimate: {left['share']:.0%} of its tokens, {hours_text(left['gpu_hours'])} of "
+                      f"{unit} time, {duration(left['wall_hours'])} wall" + (f", ${left['cost']:,.0f}" if left["cost"]
+                                                                            else ""), markup=False)
 
 
 def sources(estimate: Estimate) -> list[tuple[str, str]]:

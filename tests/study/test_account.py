@@ -116,3 +116,26 @@ def test_damaged_files_are_skipped_not_fatal(finished) -> None:
     est = make_estimate(inputs_from_run(run))
     assert all("of 3 done shard(s)" in r.length_source for r in est.rows)
     assert account_run(run)["tokens_generated"] > 0
+
+
+def test_a_run_half_done_says_what_is_left_and_samples_spread_shards(tmp_path: Path, monkeypatch) -> None:
+    import hpcsynth.study.measure as measure
+
+    run = planned_fake_run(tmp_path, docs=40, shard_docs=10)
+    assert launch_run(run, "local").done == 4
+    for shard in (2, 3):  # half the shards not done (their outputs gone with their markers)
+        run.done_path(shard).unlink()
+        run.output_path(shard).unlink()
+    monkeypatch.setattr(measure, "SAMPLE_SHARDS", 1)
+    assert "of 1 done shard(s)" in measure.measured_lengths(run, ("faq",))["faq"][1]
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root), "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = orjson.loads(proc.stdout)
+    left = data["account"]["remaining"]
+    committed = data["account"]["tokens_committed"]
+    assert left["share"] == pytest.approx(1 - committed / data["totals"]["tokens"])
+    assert 0.3 < left["share"] < 0.7 and left["gpu_hours"] == pytest.approx(data["totals"]["gpu_hours"] * left["share"])
+    table = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root)], capture_output=True,
+                           text=True, timeout=120).stdout
+    assert "to go, by the estimate:" in table
