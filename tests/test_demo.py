@@ -130,3 +130,7 @@ def test_estimate_of_the_demo_run_measures_the_real_tiny_model(demo: Path) -> No
     account = data["account"]
     assert account["tokens_committed"] == account["tokens_generated"] > 0
     assert account["hours"]["hours"] > account["wasted"]["startup"]["hours"] > 0  # the model load is measured
+    # The demo's own dataset card: the real model by its directory's name, no path of this machine on it.
+    card = (demo / "run" / "reduce" / "README.md").read_text()
+    assert "| generator | `model (a local directory)` |" in card and str(demo) not in card
+    assert "## Cost" in card and "CPU worker-hours" in card
