@@ -26,11 +26,11 @@ def render_estimate(estimate: Estimate, account: dict[str, Any] | None = None, c
         # A generator's name once, on its first row: the rows under it are its prompts.
         name, previous = ("" if row.generator == previous else short(row.generator)), row.generator
         table.add_row(name, row.prompt, f"{row.tokens_per_record:,.0f}" if row.tokens_per_record
-                      else "-", si(row.tokens), f"{row.tokens_per_s:,.0f}", f"{row.gpu_hours:,.1f}",
-                      duration(row.wall_hours), f"${row.cost:,.0f}" if estimate.price else "-")
+                      else "-", si(row.tokens), f"{row.tokens_per_s:,.0f}", figure(row.gpu_hours),
+                      duration(row.wall_hours), f"${figure(row.cost)}" if estimate.price else "-")
     totals = estimate.totals
-    table.add_row("total", "", "", si(totals["tokens"]), "", f"{totals['gpu_hours']:,.1f}",
-                  duration(totals["wall_hours"]), f"${totals['cost']:,.0f}" if estimate.price else "-",
+    table.add_row("total", "", "", si(totals["tokens"]), "", figure(totals["gpu_hours"]),
+                  duration(totals["wall_hours"]), f"${figure(totals['cost'])}" if estimate.price else "-",
                   style="bold")
     console.print(table)
     if estimate.price and totals["tokens"]:
@@ -96,6 +96,11 @@ def si(value: float) -> str:
         if abs(value) >= size:
             return f"{value / size:,.1f}{suffix}"
     return f"{value:,.0f}"
+
+
+def figure(value: float) -> str:
+    """One decimal for campaigns (14,673.9), three significant digits for a test run (0.00123)."""
+    return f"{value:,.1f}" if value >= 10 or value == 0 else f"{value:.3g}"
 
 
 def hours_text(hours: float) -> str:
