@@ -132,3 +132,25 @@ def test_bad_card_settings_are_one_clear_line(key: str, value, says: str) -> Non
 
     with pytest.raises(ConfigError, match=r".*" + says.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict({"card": {key: value}})
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'{"sources": "all of them"}', b'{"seed": 1, "sources": [', b"\xff\xfe"])
+def test_a_damaged_mix_json_falls_back_to_the_ratio(reduced, content: bytes) -> None:
+    run, report = reduced
+    out = run.default_reduce_dir
+    (out / "mix.json").write_bytes(content)
+    try:
+        write_cards(read_spec(out), report)
+    finally:
+        (out / "mix.json").unlink()
+    card = (out / "README.md").read_text()
+    assert "## The mix\n\nOriginal documents of each shard were mixed in at" in card
+    assert "| the corpus: `corpus.jsonl` |" in card and front_matter(card)["license"] == "odc-by"
+
+
+def test_the_hub_library_reads_the_card(reduced) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    run, _ = reduced
+    data = hub.DatasetCard.load(run.default_reduce_dir / "README.md").data.to_dict()
+    assert data["license"] == "odc-by" and data["size_categories"] == ["n<1K"]
+    assert data["configs"][0]["data_files"][0]["path"] == "text/train-*.parquet"
