@@ -19,6 +19,8 @@ from hpcsynth.errors import HpcsynthError
 ANCHORS = Path(__file__).with_name("anchors.json")
 DEFAULT_PROMPTS = ("faq", "math", "table", "tutorial")  # FinePhrase's four, as Config's default
 DEFAULT_GENERATOR = "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+# FinePhrase's requests averaged ~1,150 input tokens: the published lengths and rates hold near that.
+FINEPHRASE_INPUT_TOKENS = 1150
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,20 @@ def make_estimate(inputs: Inputs) -> Estimate:
             rows.append(_row(generator, prompt, inputs.documents, length, inputs.documents * length, length_source,
                              rate, rate_source, inputs))
     notes = []
+    per_document = inputs.input_tokens / len(inputs.prompts) / inputs.documents if inputs.documents else 0.0
+    if per_document and not 0.5 <= per_document / FINEPHRASE_INPUT_TOKENS <= 2.0 and not inputs.measured_lengths:
+        notes.append(f"your documents average ~{per_document:,.0f} tokens against FinePhrase's ~"
+                     f"{FINEPHRASE_INPUT_TOKENS:,} per request: its published length and rate may not hold; "
+                     f"measure them with a small run (hpcsynth estimate RUN uses what a run measured)")
     if inputs.efficiency == 1.0:
         eff = anchors["efficiency"]
         notes.append(f"ideal: every GPU generating all the time; {eff['source']} (--efficiency {eff['observed']})")
-    return Estimate(rows, inputs.gpus, inputs.price, inputs.efficiency, inputs.input_tokens, inputs.unit, notes)
+    # A rate measured on CPU workers is per worker; a published or given one is per GPU.
+    measured = not inputs.tokens_per_s and any(g in inputs.measured_rates for g in inputs.generators)
+    unit = inputs.unit if measured else "GPU"
+    if measured and unit != "GPU" and len(inputs.generators) > 1:
+        notes.append("the run's own generator is priced per CPU worker (what it measured), the others per GPU")
+    return Estimate(rows, inputs.gpus, inputs.price, inputs.efficiency, inputs.input_tokens, unit, notes)
 
 
 def _rate(generator: str, inputs: Inputs, anchors: dict[str, Any]) -> tuple[float, str, str]:

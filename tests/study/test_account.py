@@ -139,3 +139,10 @@ def test_a_run_half_done_says_what_is_left_and_samples_spread_shards(tmp_path: P
     table = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root)], capture_output=True,
                            text=True, timeout=120).stdout
     assert "to go, by the estimate:" in table
+
+
+def test_another_generator_for_a_cpu_run_is_priced_per_gpu(finished) -> None:
+    est = make_estimate(inputs_from_run(finished, generators=("smollm2-1.7b",)))
+    assert est.unit == "GPU" and est.rows[0].tokens_per_s == 9200
+    assert est.rows[0].length_source.startswith("measured")  # the run's lengths still apply
+    assert make_estimate(inputs_from_run(finished)).unit == "worker"

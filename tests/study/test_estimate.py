@@ -98,3 +98,10 @@ def test_bad_input_is_one_line(args: tuple[str, ...], says: str) -> None:
     assert "Traceback" not in proc.stderr
     if "invalid count" not in says:  # argparse's own errors come with the usage lines
         assert proc.stderr.count("\n") == 1
+
+
+def test_documents_far_from_finephrases_length_are_pointed_out() -> None:
+    near = make_estimate(Inputs(documents=100, prompts=("faq",), input_tokens=100 * 1200))
+    far = make_estimate(Inputs(documents=100, prompts=("faq", "math"), input_tokens=2 * 100 * 150))
+    assert not any("average" in n for n in near.notes)
+    assert any("average ~150 tokens against FinePhrase's ~1,150" in n for n in far.notes)
