@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -40,13 +41,15 @@ class GridPlan:
 def plan_grid(config: Config, run: RunDir, inputs: list[str] | None = None, jobs: int = 0, force: bool = False,
               progress=None, slurm: SlurmConfig | None = None) -> GridPlan:
     """Plan the corpus into RUN once, then derive every generator's sub-run; RUN/grid.json comes last."""
-    grid = expand_grid(config)
     plan = plan_corpus(config, run, inputs, jobs=jobs, force=force, progress=progress, slurm=slurm)
     # The grid is not fingerprinted (the parent generates nothing), so a plan that found nothing to do
     # may still carry an older grid: the parent's config.yaml always shows the one planned now.
     parent = run.load_config_file()
     if parent.grid != config.grid:
-        run.write_config(dataclasses.replace(parent, grid=config.grid), run.fingerprint())
+        parent = dataclasses.replace(parent, grid=config.grid)
+        run.write_config(parent, run.fingerprint())
+    # From the parent's resolved config: plan.inputs as planned (globs expanded), for every generator alike.
+    grid = expand_grid(parent, str(run.config_path))
     manifest = run.manifest()
     states, digests = {}, {}
     for generator in grid.generators:
@@ -118,7 +121,9 @@ def _read_manifest(sub: RunDir) -> dict:
 
 def _changed(sub: RunDir, config: Config, hashes: dict[str, str]) -> str:
     try:
-        keys = diff_payloads(read_json(sub.fingerprint_payload_path), fingerprint_payload(config, hashes))
+        # Through JSON, as the file was written: tuples become lists and compare equal.
+        new = json.loads(json.dumps(fingerprint_payload(config, hashes)))
+        keys = diff_payloads(read_json(sub.fingerprint_payload_path), new)
     except (OSError, ValueError):
         keys = []
     return ", ".join(keys) or "what decides the outputs"
