@@ -17,7 +17,7 @@ from typing import Any
 from hpcsynth.errors import HpcsynthError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.rundir import RunDir
-from hpcsynth.study.grid import grid_generator_runs, read_grid_file
+from hpcsynth.study.grid import grid_generator_runs
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,36 @@ def _state(status: dict[str, Any]) -> str:
 
 def render_grid_status(status: dict[str, Any], console=None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
+    for part in grid_renderables(status):
+        console.print(part)
+
+
+def watch_grid_status(run: RunDir, grid: dict[str, Any], interval: float, console=None) -> dict[str, Any]:
+    """Refresh the table in place until every generator's run is finished (as `status --watch` judges)."""
+    import time
+
+    from rich.console import Console, Group
+    from rich.live import Live
+
+    console = console or Console()
+    status = collect_grid_status(run, grid)
+    with Live(Group(*grid_renderables(status)), console=console, auto_refresh=False) as live:
+        try:
+            while not grid_finished(status):
+                time.sleep(interval)
+                status = collect_grid_status(run, grid)
+                live.update(Group(*grid_renderables(status)), refresh=True)
+        except KeyboardInterrupt:
+            pass
+    return status
+
+
+def grid_renderables(status: dict[str, Any]) -> list:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"grid {status['run']}: {len(status['generators'])} generators x "
                         f"{len(status['prompts'])} prompts (mix-ins at reduce: {', '.join(status['mixins'])})")
     for column, justify in (("generator", "left"), ("prompt", "left"), ("shards done", "right"),
@@ -115,18 +142,18 @@ def render_grid_status(status: dict[str, Any], console=None) -> None:
         table.add_row(cell["generator"], cell["prompt"], f"{cell['shards_done']}/{cell['shards_total']}",
                       f"{cell['records']:,}" + (f" (+{cell['rejected']:,} refused)" if cell["rejected"] else ""),
                       f"{cell['tokens']:,}", cell["state"])
-    console.print(table)
+    lines = []
     for name, gen in status["generators"].items():
         eta = f", ETA {gen['eta_s'] / 60:.0f} min" if gen.get("eta_s") else ""
         line = f"{name}: {gen['tokens_per_s']:,.0f} tok/s{eta}, {gen['live_workers']} live worker(s)"
         for failure in gen["failed_shards"][:3]:
             line += f"\n  shard {failure['shard']:06d} failed: {failure['reason']} (log {failure['log'] or '-'})"
-        console.print(line, markup=False, highlight=False)
+        lines.append(line)
     if all(c["state"] == "done" for c in status["cells"]):
-        console.print(f"every cell is done; next: hpcsynth reduce {status['run']}", markup=False, highlight=False)
+        lines.append(f"every cell is done; next: hpcsynth reduce {status['run']}")
     elif any(g["shards"]["failed"] for g in status["generators"].values()):
-        console.print(f"rerun failed shards with: hpcsynth launch {status['run']} --retry-failed",
-                      markup=False, highlight=False)
+        lines.append(f"rerun failed shards with: hpcsynth launch {status['run']} --retry-failed")
+    return [table, *(Text(line) for line in lines)]
 
 
 def grid_finished(status: dict[str, Any]) -> bool:

@@ -166,3 +166,11 @@ def test_damaged_grid_file_and_grid_only_options_are_one_line(tmp_path: Path) ->
     for command in ("launch", "status", "reduce"):
         proc = hpcsynth(command, str(run), check=False)
         assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr and "plan the grid again" in proc.stderr
+
+
+def test_status_watch_of_a_finished_grid_ends_with_the_table(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path)), "--run", str(run))
+    hpcsynth("launch", str(run))
+    out = hpcsynth("status", str(run), "--watch", "--interval", "0.1").stdout
+    assert "every cell is done" in out and out.count("2/2") == 4
