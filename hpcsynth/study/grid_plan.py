@@ -66,7 +66,8 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
     state = "new"
     if sub.manifest_path.is_file():
         old = _read_manifest(sub)
-        same_shards = [r.get("sha256") for r in old.get("shards", [])] == [r["sha256"] for r in manifest["shards"]]
+        same_shards = ([r.get("sha256") for r in old.get("shards", [])] == [r["sha256"] for r in manifest["shards"]]
+                       and all(_same_file(sub.root / r["path"], run.root / r["path"]) for r in manifest["shards"]))
         if old.get("fingerprint") == digest and same_shards:
             return "unchanged", digest
         if old and old.get("fingerprint") != digest and not force:
@@ -109,6 +110,15 @@ def _link(source: Path, link: Path, final: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
         os.symlink(os.path.relpath(source, final.parent), link)
+
+
+def _same_file(link: Path, source: Path) -> bool:
+    """The sub-run's shard still is the parent's file (a link deleted or replaced is made again)."""
+    try:
+        mine, theirs = link.stat(), source.stat()
+    except OSError:
+        return False
+    return (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev)
 
 
 def _read_manifest(sub: RunDir) -> dict:

@@ -174,3 +174,35 @@ def test_status_watch_of_a_finished_grid_ends_with_the_table(tmp_path: Path) -> 
     hpcsynth("launch", str(run))
     out = hpcsynth("status", str(run), "--watch", "--interval", "0.1").stdout
     assert "every cell is done" in out and out.count("2/2") == 4
+
+
+def test_forced_replan_of_the_corpus_keeps_each_generators_unchanged_shards(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    hpcsynth("plan", str(config), "--run", str(run))
+    hpcsynth("launch", str(run))
+    markers = {n: (run / "generators" / n / "done" / "000001.json").read_bytes() for n in ("a", "b")}
+    with open(tmp_path / "corpus.jsonl", "ab") as handle:  # four more documents: a third shard
+        handle.write(b"".join(orjson.dumps({"id": f"new-{i}", "text": f"New document {i} " * 20}) + b"\n"
+                              for i in range(4)))
+    proc = hpcsynth("plan", str(config), "--run", str(run), check=False)
+    assert proc.returncode == 2 and "inputs changed" in proc.stderr
+    out = hpcsynth("plan", str(config), "--run", str(run), "--force").stdout
+    assert "generators/a: re-planned" in out and "generators/b: re-planned" in out
+    out = hpcsynth("launch", str(run)).stdout
+    assert "a (local): 3/3 shards done" in out and "b (local): 3/3 shards done" in out
+    for name in ("a", "b"):
+        sub = run / "generators" / name
+        assert (sub / "done" / "000001.json").read_bytes() == markers[name], "an unchanged shard stays done"
+        assert (sub / "shards" / "000002.jsonl.zst").stat().st_ino == (run / "shards" / "000002.jsonl.zst").stat().st_ino
+        assert len(ids(sub)) == 24
+
+
+def test_a_deleted_shard_link_is_made_again_by_plan(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    hpcsynth("plan", str(config), "--run", str(run))
+    (run / "generators" / "b" / "shards" / "000001.jsonl.zst").unlink()
+    out = hpcsynth("plan", str(config), "--run", str(run)).stdout
+    assert "generators/a: unchanged" in out and "generators/b: re-planned" in out
+    assert "b (local): 2/2 shards done" in hpcsynth("launch", str(run)).stdout
