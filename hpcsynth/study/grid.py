@@ -67,6 +67,10 @@ def expand_grid(config: Config, source: str = "config", lines: dict[str, int] | 
     if config.grid.mixins and not config.grid.generators:
         raise ConfigError(f"{_at(source, lines, 'grid.mixins')}: 'grid.mixins' needs 'grid.generators' (at least "
                           f"one {{name: NAME, model: {{path: ...}}}}); without a grid, set reduce: keys directly")
+    for prompt in config.prompts:
+        if not NAME.match(prompt):
+            raise ConfigError(f"{_at(source, lines, 'prompts')}: prompt {prompt!r} cannot name a grid's dataset "
+                              f"directory (letters, digits, '_', '.' or '-'); rename its file")
     base = config_to_dict(config)
     base["grid"] = {}
     generators = tuple(_generator(base, entry, i, source, lines) for i, entry in enumerate(config.grid.generators))
@@ -174,12 +178,19 @@ def read_grid_file(run: RunDir) -> dict[str, Any] | None:
         for key in ("prompts", "generators", "mixins", "datasets"):
             if not isinstance(data[key], list):
                 raise ValueError(f"{key} is not a list")
-        for entry in data["generators"] + data["mixins"]:
-            if not NAME.match(str(entry["name"])):
-                raise ValueError(f"bad name {entry['name']!r}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        names = [str(e["name"]) for e in data["generators"] + data["mixins"]] + [str(p) for p in data["prompts"]]
+        for name in names:
+            if not NAME.match(name):  # names become paths: nothing here may point outside RUN
+                raise ValueError(f"bad name {name!r}")
+        for entry in data["mixins"]:
+            if not isinstance(entry.get("reduce", {}), dict):
+                raise ValueError(f"mix-in {entry['name']!r} has no reduce: mapping")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RunError(f"{path} is damaged ({exc}); plan the grid again: `hpcsynth plan CONFIG --run "
                        f"{run.root}` (finished work is kept)") from None
+    # Datasets from the checked names, not as listed: the file is trusted no further than its names.
+    data["datasets"] = [{"name": dataset_name(g["name"], p, m["name"]), "generator": g["name"], "prompt": p,
+                         "mixin": m["name"]} for g in data["generators"] for p in data["prompts"] for m in data["mixins"]]
     return data
 
 

@@ -22,6 +22,11 @@ def plan_grid_command(args: argparse.Namespace, config, slurm) -> int:
     from hpcsynth.rundir import RunDir
     from hpcsynth.study.grid_plan import plan_grid
 
+    from hpcsynth.generate.engines import check_model
+    from hpcsynth.study.grid import expand_grid
+
+    for generator in expand_grid(config, str(args.config)).generators:  # each one's model, before any shard
+        check_model(generator.config, f"{args.config} (generator {generator.name!r})", here=False)
     with progress_bar("planning") as progress:
         result = plan_grid(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
                            progress=progress, slurm=slurm)

@@ -161,11 +161,23 @@ def test_damaged_grid_file_and_grid_only_options_are_one_line(tmp_path: Path) ->
     assert proc.returncode == 2 and "is a grid run" in proc.stderr
     proc = hpcsynth("reduce", str(run), "--out", str(tmp_path / "x"), check=False)
     assert proc.returncode == 2 and "drop --out" in proc.stderr
-    (run / "grid.json").write_text('{"prompts": [], "generators": [{"name": "../../etc"}], "mixins": [], '
-                                   '"datasets": []}')
-    for command in ("launch", "status", "reduce"):
-        proc = hpcsynth(command, str(run), check=False)
-        assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr and "plan the grid again" in proc.stderr
+    good = (run / "grid.json").read_bytes()
+    for bad in ('{"prompts": [], "generators": [{"name": "../../etc"}], "mixins": [], "datasets": []}',
+                '{"prompts": ["../x"], "generators": [], "mixins": [], "datasets": []}', '{"prompts": 3}', "{"):
+        (run / "grid.json").write_text(bad)
+        for command in ("launch", "status", "reduce"):
+            proc = hpcsynth(command, str(run), check=False)
+            assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr, proc.stderr
+            assert "plan the grid again" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    # A dataset listed with a hostile name is never used: datasets come from the checked names.
+    data = orjson.loads(good)
+    data["datasets"][0]["name"] = "../../outside"
+    (run / "grid.json").write_bytes(orjson.dumps(data))
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.study.grid import read_grid_file
+
+    names = [d["name"] for d in read_grid_file(RunDir(run))["datasets"]]
+    assert names == ["a-faq-default", "a-math-default", "b-faq-default", "b-math-default"]
 
 
 def test_status_watch_of_a_finished_grid_ends_with_the_table(tmp_path: Path) -> None:
@@ -206,3 +218,12 @@ def test_a_deleted_shard_link_is_made_again_by_plan(tmp_path: Path) -> None:
     out = hpcsynth("plan", str(config), "--run", str(run)).stdout
     assert "generators/a: unchanged" in out and "generators/b: re-planned" in out
     assert "b (local): 2/2 shards done" in hpcsynth("launch", str(run)).stdout
+
+
+def test_a_generator_without_weights_is_refused_before_planning(tmp_path: Path) -> None:
+    (tmp_path / "empty-model").mkdir()
+    generators = f"    - {{name: a}}\n    - {{name: b, model: {{engine: transformers, path: {tmp_path / 'empty-model'}}}}}\n"
+    proc = hpcsynth("plan", str(fake_grid(tmp_path, generators)), "--run", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "(generator 'b')" in proc.stderr and "holds no weights" in proc.stderr
+    assert not (tmp_path / "run").exists()
