@@ -264,7 +264,13 @@ def _cancel(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run)
     run.require_planned()
-    ids = cancel(run)
+    grid = _grid_of(args.run)
+    if grid is not None:
+        from hpcsynth.study.grid import grid_generator_runs
+
+        ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
+    else:
+        ids = cancel(run)
     print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
     return 0
 
@@ -374,6 +380,11 @@ def _prompts(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from hpcsynth.reduce.validate.cli import validate_command
 
+    grid = _grid_of(args.run)
+    if grid is not None:
+        names = ", ".join(g["name"] for g in grid["generators"])
+        raise HpcsynthError(f"{args.run} is a grid run: validate one generator's run, `hpcsynth validate "
+                            f"{args.run}/generators/NAME` ({names}); each dataset's report.json has its checks")
     return validate_command(args)
 
 

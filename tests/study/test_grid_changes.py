@@ -227,3 +227,10 @@ def test_a_generator_without_weights_is_refused_before_planning(tmp_path: Path) 
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert "(generator 'b')" in proc.stderr and "holds no weights" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_validate_of_a_grid_run_points_at_its_generators(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path)), "--run", str(run))
+    proc = hpcsynth("validate", str(run), check=False)
+    assert proc.returncode == 2 and "generators/NAME` (a, b)" in proc.stderr

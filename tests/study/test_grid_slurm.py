@@ -96,3 +96,24 @@ def test_grid_on_slurm(tmp_path: Path, cluster: ClusterInfo, tiny_model: Path) -
         assert f"--data-path {data['prefix']}" in train and data["synthetic_documents"] == 12
         assert (data["original_documents"] > 0) == report.parent.name.endswith("-web")
         assert "is whole" in cli(cluster, "verify", str(report.parent)).stdout
+
+
+def test_cancel_stops_every_generators_array(tmp_path: Path, cluster: ClusterInfo, tiny_model: Path) -> None:
+    config = tmp_path / "grid.yaml"
+    config.write_text(CONFIG.format(corpus=write_corpus(tmp_path / "c.jsonl", 12), tokenizer=tiny_model))
+    run = tmp_path / "run"
+    cli(cluster, "plan", str(config), "--run", str(run))
+    env = {**cluster.env, "HPCSYNTH_FAKE_FAULTS": '{"delay_s": 2}'}
+    subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run), "--executor", "slurm"], env=env,
+                   check=True, capture_output=True, timeout=120)
+    jobs = [orjson.loads(p.read_bytes())["arrays"][0]["job_id"] for p in run.glob("generators/*/launches/*.json")]
+    assert len(jobs) == 2
+    said = cli(cluster, "cancel", str(run)).stdout
+    assert all(job in said for job in jobs), said
+
+    def cancelled() -> bool:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(jobs), "-o", "State"], env=cluster.env,
+                             capture_output=True, text=True).stdout.splitlines()
+        return bool(out) and all(state.startswith("CANCELLED") for state in out)
+
+    wait(cancelled, 60, lambda: "jobs not cancelled")
