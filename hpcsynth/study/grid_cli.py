@@ -18,12 +18,11 @@ def inert(text: str) -> str:
 
 
 def plan_grid_command(args: argparse.Namespace, config, slurm) -> int:
+    from hpcsynth.generate.engines import check_model
     from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
-    from hpcsynth.study.grid_plan import plan_grid
-
-    from hpcsynth.generate.engines import check_model
     from hpcsynth.study.grid import expand_grid
+    from hpcsynth.study.grid_plan import plan_grid
 
     for generator in expand_grid(config, str(args.config)).generators:  # each one's model, before any shard
         check_model(generator.config, f"{args.config} (generator {generator.name!r})", here=False)
@@ -102,16 +101,7 @@ def reduce_grid_command(args: argparse.Namespace, grid: dict) -> int:
     if args.jobs < 1:
         raise HpcsynthError(f"--jobs must be 1 or more, got {args.jobs}")
     if args.executor == "slurm":
-        from hpcsynth.execute.launch import load_profile
-        from hpcsynth.study.grid_reduce import submit_grid_reduce
-
-        config = run.config()
-        slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
-        for entry in submit_grid_reduce(run, grid, slurm, args.tokenizer, args.partial):
-            print(f"  {entry['name']}: array {entry['jobs']['array'] or '-'}, merge job {entry['jobs']['merge']}")
-        print(f"reduce (slurm): {len(grid['datasets'])} datasets submitted; when the merges are done, "
-              f"`hpcsynth reduce {args.run} --train-args` writes {datasets_dir(run)}/TRAIN.md")
-        return 0
+        return _reduce_grid_on_slurm(run, grid, args)
     if args.profile:
         raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
     if args.train_args:
@@ -130,4 +120,17 @@ def reduce_grid_command(args: argparse.Namespace, grid: dict) -> int:
     entries = reduce_grid(run, grid, args.tokenizer, args.partial, args.jobs, on_dataset=done)
     print(f"reduce: {len(entries)} datasets in {datasets_dir(run)}; the trainer's arguments for each: "
           f"{datasets_dir(run) / 'TRAIN.md'}")
+    return 0
+
+
+def _reduce_grid_on_slurm(run, grid: dict, args: argparse.Namespace) -> int:
+    from hpcsynth.execute.launch import load_profile
+    from hpcsynth.study.grid_reduce import datasets_dir, submit_grid_reduce
+
+    config = run.config()
+    slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
+    for entry in submit_grid_reduce(run, grid, slurm, args.tokenizer, args.partial):
+        print(f"  {entry['name']}: array {entry['jobs']['array'] or '-'}, merge job {entry['jobs']['merge']}")
+    print(f"reduce (slurm): {len(grid['datasets'])} datasets submitted; when the merges are done, "
+          f"`hpcsynth reduce {args.run} --train-args` writes {datasets_dir(run)}/TRAIN.md")
     return 0

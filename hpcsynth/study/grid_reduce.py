@@ -4,7 +4,7 @@ Each dataset is a plain reduce (hpcsynth/reduce/) of its generator's run, restri
 with the mix-in's reduce: keys (reduce/view.py), written to RUN/datasets/GEN-PROMPT-MIXIN/ with its own
 report.json (counts, the quality checks of that prompt, tokens by source) and text export. Resumable as
 any reduce: a dataset whose parts are done only merges again. Last, RUN/datasets/TRAIN.md and
-data_args.json give, per dataset, the arguments a trainer takes: Megatron-LM's `--data-path` (weighted
+data_args.json (and data_args.txt in each dataset's directory) give, per dataset, the arguments a trainer takes: Megatron-LM's `--data-path` (weighted
 prefixes when reduce.max_file_mb split the files) and, for .ds, the nanotron / datatrove folder form.
 """
 
@@ -113,6 +113,9 @@ def write_train_args(run: RunDir, entries: list[dict[str, Any]]) -> Path:
                      f"{r['tokens']:,} ({r['synthetic_tokens']:,} + {r['original_tokens']:,}) |")
         rows.append({**{k: e[k] for k in ("name", "generator", "prompt", "mixin", "dir")},
                      "format": r["format"], "tokens": r["tokens"], "partial": r["partial"], "args": data_args(r)})
+        # The same next to the dataset itself, for whoever copies one directory away.
+        atomic_write_bytes(Path(e["dir"]) / "data_args.txt",
+                           "".join(f"{trainer}: {text}\n" for trainer, text in rows[-1]["args"].items()).encode())
     lines.append("")
     for row in rows:
         lines += [f"## {row['name']}" + (" (PARTIAL: not every shard is in)" if row["partial"] else ""), ""]

@@ -124,6 +124,7 @@ def test_reduce_writes_one_dataset_per_cell_and_mixin_with_trainer_args(grid_run
         report = orjson.loads((folder / "report.json").read_bytes())
         line = entry["args"]["megatron"]
         assert line in train and line == f"--data-path {(folder / 'mix').absolute()}"
+        assert (folder / "data_args.txt").read_text() == f"megatron: {line}\n"
         dataset = IndexedDataset(line.split()[-1])
         assert len(dataset) == report["sequences"] and int(dataset.sequence_lengths.sum()) == report["tokens"]
         docs = [orjson.loads(x) for x in (folder / "mix.docs.jsonl").read_bytes().splitlines()]

@@ -234,3 +234,18 @@ def test_validate_of_a_grid_run_points_at_its_generators(tmp_path: Path) -> None
     hpcsynth("plan", str(fake_grid(tmp_path)), "--run", str(run))
     proc = hpcsynth("validate", str(run), check=False)
     assert proc.returncode == 2 and "generators/NAME` (a, b)" in proc.stderr
+
+
+def test_launch_with_two_workers_per_generator(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path, docs=16)), "--run", str(run))
+    os.environ["HPCSYNTH_FAKE_FAULTS"] = json.dumps({"delay_s": 0.02})
+    try:
+        out = hpcsynth("launch", str(run), "--workers", "2").stdout
+    finally:
+        del os.environ["HPCSYNTH_FAKE_FAULTS"]
+    assert "a (local): 4/4 shards done" in out and "b (local): 4/4 shards done" in out
+    for name in ("a", "b"):
+        sub = run / "generators" / name
+        assert sorted((sub / "logs").glob("worker-local-*.log")), "worker processes of this generator"
+        assert len(ids(sub)) == len(set(ids(sub))) == 32
