@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import Config, config_from_dict, config_to_dict
-from hpcsynth.errors import ConfigError, RunError
+from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.rundir import RunDir
 
@@ -172,6 +172,7 @@ def read_grid_file(run: RunDir) -> dict[str, Any] | None:
     """The run's grid.json, or None for a plain run; a damaged one is refused with the fix."""
     path = grid_path(run)
     if not path.exists():
+        _refuse_unfinished_grid(run)
         return None
     try:
         data = read_json(path)
@@ -192,6 +193,20 @@ def read_grid_file(run: RunDir) -> dict[str, Any] | None:
     data["datasets"] = [{"name": dataset_name(g["name"], p, m["name"]), "generator": g["name"], "prompt": p,
                          "mixin": m["name"]} for g in data["generators"] for p in data["prompts"] for m in data["mixins"]]
     return data
+
+
+def _refuse_unfinished_grid(run: RunDir) -> None:
+    """A grid's parent without grid.json (its plan stopped before the generators' runs were in place)
+    must not be launched as a plain run: its workers would generate with the top-level model alone."""
+    if not run.config_path.is_file():
+        return
+    try:
+        config = run.load_config_file()
+    except (HpcsynthError, OSError):
+        return  # the plain path reports a damaged config in its own words
+    if is_grid(config):
+        raise RunError(f"{run.root} declares a grid but its plan did not finish ({GRID_FILE} is missing); plan it "
+                       f"again: `hpcsynth plan CONFIG --run {run.root}` (finished work is kept)")
 
 
 def grid_generator_runs(run: RunDir, data: dict[str, Any]) -> list[tuple[str, RunDir]]:

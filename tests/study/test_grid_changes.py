@@ -249,3 +249,16 @@ def test_launch_with_two_workers_per_generator(tmp_path: Path) -> None:
         sub = run / "generators" / name
         assert sorted((sub / "logs").glob("worker-local-*.log")), "worker processes of this generator"
         assert len(ids(sub)) == len(set(ids(sub))) == 32
+
+
+def test_a_grid_whose_plan_stopped_early_is_not_launched_as_a_plain_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    hpcsynth("plan", str(config), "--run", str(run))
+    (run / "grid.json").unlink()  # as if plan died after the parent's plan, before the generators' runs
+    for command in ("launch", "status", "reduce"):
+        proc = hpcsynth(command, str(run), check=False)
+        assert proc.returncode == 2 and "grid.json is missing" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (run / "outputs").exists() and not (run / "work").exists()
+    assert "generators/a: unchanged" in hpcsynth("plan", str(config), "--run", str(run)).stdout
+    assert "a (local): 2/2 shards done" in hpcsynth("launch", str(run)).stdout
