@@ -1,0 +1,1 @@
+"""The study: experiment grids over prompts, generators and mix-ins."""
