@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--executor", default="local", choices=["local", "slurm"],
                         help="slurm: a CPU job array over the parts, then a merge job (default: local)")
     reduce.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (with --executor slurm)")
+    reduce.add_argument("--train-args", action="store_true", help="grid runs: only write RUN/datasets/TRAIN.md "
+                        "from the datasets reduced so far (after a reduce --executor slurm)")
 
     verify = command("verify")
     verify.add_argument("dir", type=Path, help="a reduce output directory (default reduce output: RUN/reduce)")
@@ -190,6 +192,12 @@ def _plan(args: argparse.Namespace) -> int:
         from hpcsynth.execute.launch import load_profile
 
         slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
+    from hpcsynth.study.grid import is_grid
+
+    if is_grid(config):
+        from hpcsynth.study.grid_cli import plan_grid_command
+
+        return plan_grid_command(args, config, slurm)
     with progress_bar("planning") as progress:
         plan = plan_corpus(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
                            progress=progress, slurm=slurm)
@@ -208,6 +216,11 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import launch_run
     from hpcsynth.rundir import RunDir
 
+    grid = _grid_of(args.run)
+    if grid is not None:
+        from hpcsynth.study.grid_cli import launch_grid_command
+
+        return launch_grid_command(args, grid)
     report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
                         config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
     for shard, problem in report.repaired[:10]:
@@ -235,6 +248,11 @@ def _status(args: argparse.Namespace) -> int:
     from hpcsynth.status import collect_status, render_status
 
     run = RunDir(args.run)
+    grid = _grid_of(args.run)
+    if grid is not None:
+        from hpcsynth.study.grid_cli import status_grid_command
+
+        return status_grid_command(args, grid)
     if args.watch:
         from hpcsynth.status import watch_status
 
@@ -265,7 +283,13 @@ def _cancel(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run)
     run.require_planned()
-    ids = cancel(run)
+    grid = _grid_of(args.run)
+    if grid is not None:
+        from hpcsynth.study.grid import grid_generator_runs
+
+        ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
+    else:
+        ids = cancel(run)
     print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
     return 0
 
@@ -273,6 +297,13 @@ def _cancel(args: argparse.Namespace) -> int:
 def _reduce(args: argparse.Namespace) -> int:
     from hpcsynth.reduce.cli import reduce_command
 
+    grid = _grid_of(args.run)
+    if grid is not None:
+        from hpcsynth.study.grid_cli import reduce_grid_command
+
+        return reduce_grid_command(args, grid)
+    if args.train_args:
+        raise HpcsynthError(f"--train-args is for grid runs; {args.run} is a plain run (its report.json names its files)")
     return reduce_command(args)
 
 
@@ -368,7 +399,22 @@ def _prompts(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from hpcsynth.reduce.validate.cli import validate_command
 
+    grid = _grid_of(args.run)
+    if grid is not None:
+        names = ", ".join(g["name"] for g in grid["generators"])
+        raise HpcsynthError(f"{args.run} is a grid run: validate one generator's run, `hpcsynth validate "
+                            f"{args.run}/generators/NAME` ({names}); each dataset's report.json has its checks")
     return validate_command(args)
+
+
+# --- experiment grids (hpcsynth/study/): plan, launch, status and reduce of every generator's run
+
+def _grid_of(path: Path) -> dict | None:
+    """The run's grid.json when RUN is a grid run, else None (a plain run)."""
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.study.grid import read_grid_file
+
+    return read_grid_file(RunDir(path))
 
 
 def _estimate(args: argparse.Namespace) -> int:

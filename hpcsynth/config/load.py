@@ -89,12 +89,17 @@ def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | 
     """Build a Config from plain data (a parsed YAML document), checking every key and type."""
     config = _build(Config, data, "", source, lines or {})
     _check_values(config, source, lines or {})
+    if config.grid.generators or config.grid.mixins:
+        from hpcsynth.study.grid import expand_grid
+
+        expand_grid(config, source, lines or {})  # each generator's and mix-in's config, checked now
     return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     data = dataclasses.asdict(config)
     data["prompts"] = list(config.prompts)
+    data["grid"] = {key: [dict(entry) for entry in value] for key, value in data["grid"].items()}
     return data
 
 
@@ -144,6 +149,10 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
             out[key] = key_node.start_mark.line + 1
             out.update(_key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):  # grid.generators[0].model.path: lines inside lists too
+        for index, item in enumerate(node.value):
+            out[f"{prefix}[{index}]"] = item.start_mark.line + 1
+            out.update(_key_lines(item, f"{prefix}[{index}]"))
     return out
 
 
@@ -191,6 +200,12 @@ def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int])
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
         raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is not str:
+        # grid.generators, grid.mixins: mappings whose keys expand_grid checks against the sections.
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in value):
+            return tuple(dict(v) for v in value)
+        raise ConfigError(f"{where}: '{key}' must be a list of mappings, one per entry, {got}")
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [value]

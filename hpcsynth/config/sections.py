@@ -273,6 +273,16 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class GridConfig:
+    # Generators to compare, each {name, model: {...}, sampling: {...}} (also vllm, endpoint, worker, slurm):
+    # its sections override the top-level ones key by key. Empty: no grid, one run of the top-level model.
+    generators: tuple[dict[str, Any], ...] = ()
+    # Mix-ins to reduce every (generator, prompt) cell with, each {name, KEY: VALUE} of reduce: keys
+    # (e.g. {name: web, original_ratio: 0.5}); empty: one mix-in, "default", the reduce: section as it is.
+    mixins: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class CardConfig:
     """What the dataset card of each reduce output says that the run cannot know. Not fingerprinted and not
     in the reduce's key: a licence string changes no generated record and no token."""
@@ -306,6 +316,8 @@ class Config:
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     # Per-format checks of the outputs: what reduce drops and `hpcsynth validate` reports.
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    # An experiment grid: prompts x generators x mix-ins from one plan (hpcsynth/study/grid.py).
+    grid: GridConfig = field(default_factory=GridConfig)
     # The dataset card's licence, languages and price (hpcsynth/reduce/card.py).
     card: CardConfig = field(default_factory=CardConfig)
 

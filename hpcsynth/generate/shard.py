@@ -209,8 +209,22 @@ def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, An
         "prompt_tokens": sum(r["prompt_tokens"] for r in kept), "step_downs": list(step_downs),
         "resumed_records": task.progress.resumed, "committed": time.time(),
     }
+    marker["by_prompt"] = _by_prompt(records)
     atomic_write_json(run.done_path(shard), marker)
     return marker
+
+
+def _by_prompt(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Records kept and rejected and completion tokens per prompt: status's table of a grid's cells."""
+    out: dict[str, dict[str, int]] = {}
+    for record in records:
+        counts = out.setdefault(record["prompt"], {"records": 0, "rejected": 0, "completion_tokens": 0})
+        if record["finish_reason"] == "rejected":
+            counts["rejected"] += 1
+        else:
+            counts["records"] += 1
+            counts["completion_tokens"] += record["completion_tokens"]
+    return out
 
 
 class ShardUnusable(Exception):

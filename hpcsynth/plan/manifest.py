@@ -41,7 +41,8 @@ def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> 
     except (OSError, ValueError, RunError) as exc:
         return [f"the existing plan cannot be read ({exc})"]
     changes = []
-    keys = [k for k in diff_configs(old_config, config) if k != "plan.inputs"]
+    # The grid's generators and mix-ins live in sub-runs and the reduce (hpcsynth/study/grid_plan.py).
+    keys = [k for k in diff_configs(old_config, config) if k != "plan.inputs" and not k.startswith("grid.")]
     if keys:
         changes.append(f"config keys changed: {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
     old = {i["path"]: (i.get("bytes"), i.get("mtime_ns")) for i in manifest.get("inputs", [])}

@@ -33,6 +33,7 @@ from hpcsynth.reduce.select import (Document, bucket_of, original_pool, prompt_f
                                     take_originals)
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
+from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
 ORIGINALS_BATCH = 64  # originals are encoded lazily: at ratio 0.5 most of the pool is never tokenized
@@ -47,7 +48,7 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
         return done
     started = time.process_time()
     run = RunDir(Path(spec.run))
-    config = run.config()
+    config = apply_view(run.config(), spec.run_info.get("view"))  # a grid cell: its prompt, its mix-in
     encoder = _PartEncoder(part_tokenizer(spec))
     docs: list[tuple[Document, np.ndarray]] = []
     rejects: list[dict] = []

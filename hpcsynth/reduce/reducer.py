@@ -30,6 +30,7 @@ from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import prompt_formats, ready_shards
 from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
 from hpcsynth.reduce.tokenize import load_tokenizer
+from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
 PARITY_SAMPLE = 64  # documents the fast backend must encode exactly as `tokenizers` before it is used
@@ -52,9 +53,11 @@ def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None =
     return ReduceReport(spec.out_dir, Path(data["prefix"]), data)
 
 
-def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, partial: bool) -> ReduceSpec:
+def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, partial: bool,
+                   view: dict[str, Any] | None = None) -> ReduceSpec:
+    """view: reduce only some prompts, with some reduce: keys changed (reduce/view.py; a grid's cell)."""
     manifest = run.manifest()
-    config = run.config()
+    config = apply_view(run.config(), view)
     out = Path(out_dir) if out_dir else run.default_reduce_dir
     ready, problems = ready_shards(run, manifest, partial)
     tok = load_tokenizer(tokenizer or config.reduce.tokenizer or config.model.path, config.reduce.eos_token,
@@ -71,13 +74,16 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
                 "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
                 "formats": prompt_formats(manifest), "validate_action": config.validate.action,
                 **_card_context(manifest, config)}
+    settings = {**dataclasses.asdict(config.reduce), "validate": dataclasses.asdict(config.validate)}
+    if view:
+        run_info["view"] = view
+        settings["prompts"] = list(config.prompts)
     spec = ReduceSpec(
         run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
         parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
         format=config.reduce.format, max_file_mb=config.reduce.max_file_mb,
         text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
-        key=spec_key(run.fingerprint(), {**dataclasses.asdict(config.reduce),
-                                         "validate": dataclasses.asdict(config.validate)}, described, buckets))
+        key=spec_key(run.fingerprint(), settings, described, buckets))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
     remember_tokenizer(spec, tok)
@@ -93,7 +99,9 @@ def _card_context(manifest: dict[str, Any], config) -> dict[str, Any]:
                          "top_k": config.sampling.top_k, "max_tokens": config.sampling.max_tokens,
                          "seed": config.sampling.seed, **({"extra": config.sampling.extra} if config.sampling.extra
                                                           else {})},
-            "max_input_chars": config.model.max_input_chars, "prompt_table": manifest.get("prompts", []),
+            "max_input_chars": config.model.max_input_chars,
+            # The prompts of this output only: a grid cell's dataset holds one prompt of the run's.
+            "prompt_table": [p for p in manifest.get("prompts", []) if p.get("name") in config.prompts],
             "documents": manifest.get("documents", 0), "input_files": len(inputs),
             "inputs": [{"name": Path(str(i.get("path", ""))).name, "documents": i.get("documents")}
                        for i in inputs[:20]],

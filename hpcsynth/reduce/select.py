@@ -108,6 +108,8 @@ def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[d
     tally = {} if tally is None else tally
     for record in read_jsonl_zst(run.output_path(shard)):
         prompt = str(record.get("prompt", ""))
+        if prompt not in config.prompts:  # a reduce of some prompts only (reduce/view.py)
+            continue
         ok, reason, text = validate_record(record, formats.get(prompt, "free"), config)
         counts = tally.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
         if reason:

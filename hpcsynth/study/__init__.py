@@ -1,1 +1,2 @@
-"""The study: what a run will cost (estimate), what it did cost (account), charts of both."""
+"""The study: experiment grids over prompts, generators and mix-ins (grid*), what a run will cost
+(estimate) and did cost (account), charts of both."""

@@ -40,7 +40,7 @@ def engine_kwargs(config: Config, max_num_seqs: int | None = None) -> dict[str, 
     if opts.speculative_method:
         kwargs["speculative_config"] = {"method": opts.speculative_method,
                                         "num_speculative_tokens": opts.num_speculative_tokens}
-    # Named keys win conflicts by construction: config.py refuses pass-through names that they set.
+    # Named keys win conflicts by construction: config/checks.py refuses pass-through names that they set.
     kwargs.update(opts.engine_args)
     return kwargs
 
