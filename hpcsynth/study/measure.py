@@ -40,6 +40,9 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
     digest = run.fingerprint()
     done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
     ours = sorted(s for s, m in done.items() if m.get("fingerprint") == digest)
+    exact = _from_markers([done[s] for s in ours], prompts)
+    if exact:
+        return exact
     sums: dict[str, list[float]] = {}
     read = 0
     step = max(len(ours) / SAMPLE_SHARDS, 1.0)
@@ -66,6 +69,23 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
         how = f"measured: {records:,} records of {len(beats)} shard(s) in progress, all prompts together"
         return {p: (mean, how) for p in prompts}
     return {}
+
+
+def _from_markers(markers: list[dict], prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """Per prompt from the done markers' `by_prompt` counts: every done shard, no output read. Empty when
+    a marker predates the field (then the outputs are sampled)."""
+    sums: dict[str, list[float]] = {}
+    for marker in markers:
+        by_prompt = marker.get("by_prompt")
+        if not isinstance(by_prompt, dict):
+            return {}
+        for prompt, counts in by_prompt.items():
+            if isinstance(counts, dict):
+                entry = sums.setdefault(str(prompt), [0.0, 0])
+                entry[0] += _number(counts.get("completion_tokens"))
+                entry[1] += int(_number(counts.get("records")))
+    return {p: (total / n, f"measured: {n:,} records of {len(markers)} done shard(s) (done markers)")
+            for p, (total, n) in sums.items() if n and p in prompts}
 
 
 def measured_rate(run: RunDir) -> tuple[float, str, str] | None:

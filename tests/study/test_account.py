@@ -108,8 +108,25 @@ def test_lengths_of_a_run_in_progress_come_from_heartbeats(tmp_path: Path) -> No
     assert measured_lengths(run, ("faq",)) == {}
 
 
+def _markers_without_by_prompt(run) -> None:
+    """Done markers as written before `by_prompt` existed: lengths then come from the outputs."""
+    for path in (run.root / "done").glob("*.json"):
+        marker = orjson.loads(path.read_bytes())
+        marker.pop("by_prompt", None)
+        path.write_bytes(orjson.dumps(marker))
+
+
+def test_lengths_come_from_the_markers_every_shard_without_reading_outputs(finished) -> None:
+    run = finished
+    for path in (run.root / "outputs").glob("*.jsonl.zst"):
+        path.write_bytes(b"not read")
+    lengths = measured_lengths(run, ("faq", "math", "table", "tutorial"))
+    assert all(how == "measured: 40 records of 4 done shard(s) (done markers)" for _, how in lengths.values())
+
+
 def test_damaged_files_are_skipped_not_fatal(finished) -> None:
     run = finished
+    _markers_without_by_prompt(run)
     run.output_path(0).write_bytes(b"\x28\xb5\x2f\xfd garbage")  # a damaged output
     (run.root / "tasks" / "forged.json").write_bytes(b'{"tokens": "many", "generation_s": [1]}')
     (run.root / "tasks" / "torn.json").write_bytes(b'{"tokens": 5')
@@ -127,6 +144,8 @@ def test_a_run_half_done_says_what_is_left_and_samples_spread_shards(tmp_path: P
         run.done_path(shard).unlink()
         run.output_path(shard).unlink()
     monkeypatch.setattr(measure, "SAMPLE_SHARDS", 1)
+    assert "of 2 done shard(s) (done markers)" in measure.measured_lengths(run, ("faq",))["faq"][1]
+    _markers_without_by_prompt(run)
     assert "of 1 done shard(s)" in measure.measured_lengths(run, ("faq",))["faq"][1]
     proc = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root), "--json"], capture_output=True,
                           text=True, timeout=120)
