@@ -76,7 +76,8 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
         f"{report.get('tokens', 0):,} tokens.{partial}\n",
         _generation_section(info), _prompts_section(info), sources_section(info), mix_section(info),
-        tokens_section(report), quality_section(info), cost_section(info.get("account")), _files_section(report),
+        tokens_section(report), quality_section(info), cost_section(info.get("account"), _cost_scope(info)),
+        _files_section(report),
         f"Run fingerprint: `{info.get('fingerprint', '')}`.\n",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(
@@ -94,6 +95,17 @@ def _generation_section(info: dict[str, Any]) -> str:
             ("input cut", f"documents longer than {info['max_input_chars']:,} characters were cut at a line break"
              if info.get("max_input_chars") else "")]
     return "## Generation\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {cell(v)} |" for k, v in rows if v) + "\n"
+
+
+def _cost_scope(info: dict[str, Any]) -> str:
+    """A grid dataset is one prompt (and one mix-in) of its generator's run, which is what was billed."""
+    view = info.get("view") or {}
+    if not view.get("prompts"):
+        return ""
+    run_prompts = info.get("run_prompts") or []
+    return (f"The cost is that of the generator's whole run ({', '.join(map(str, run_prompts)) or 'all its prompts'}"
+            f" in one request stream), shared by every dataset made from it; this one holds "
+            f"{', '.join(map(str, view['prompts']))}.")
 
 
 def model_name(path: str) -> str:

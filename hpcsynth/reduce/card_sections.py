@@ -104,13 +104,13 @@ def validation_section(info: dict[str, Any]) -> str:
             + "\n".join(rows) + "\n")
 
 
-def cost_section(account: dict[str, Any] | None) -> str:
+def cost_section(account: dict[str, Any] | None, scope: str = "") -> str:
     if not account:
         return ""
     if "error" in account:
         return f"## Cost\n\nNot available: {cell(account['error'])}.\n"
     unit = account["unit"]
-    lines = ["## Cost\n", f"{account['hours']['hours']:,.4g} {unit}-hours ({account['hours']['how']})"
+    lines = ["## Cost\n", *([scope + "\n"] if scope else []), f"{account['hours']['hours']:,.4g} {unit}-hours ({account['hours']['how']})"
              + (f", ${account['cost']:,.2f}" if account["price_per_hour"] else "")
              + f" for {number(account['tokens_committed'])} completion tokens"
              + (f" (${account['cost_per_million_tokens']:,.4f} per million)" if account["price_per_hour"]

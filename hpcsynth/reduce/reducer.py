@@ -102,6 +102,7 @@ def _card_context(manifest: dict[str, Any], config) -> dict[str, Any]:
             "max_input_chars": config.model.max_input_chars,
             # The prompts of this output only: a grid cell's dataset holds one prompt of the run's.
             "prompt_table": [p for p in manifest.get("prompts", []) if p.get("name") in config.prompts],
+            "run_prompts": [p.get("name") for p in manifest.get("prompts", [])],
             "documents": manifest.get("documents", 0), "input_files": len(inputs),
             "inputs": [{"name": Path(str(i.get("path", ""))).name, "documents": i.get("documents")}
                        for i in inputs[:20]],

@@ -73,6 +73,35 @@ def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None =
     }
 
 
+def combine_accounts(accounts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One account over several runs (a grid's generators): hours, tokens and cost add up, rates are
+    recomputed from the sums; each run's own account stays under "by_run"."""
+    parts = list(accounts.values())
+    if len(parts) == 1:
+        return {**parts[0], "by_run": accounts}
+    units = {a["unit"] for a in parts}
+
+    def added(key: str, *path: str) -> dict[str, Any]:
+        figs = [a[key] if not path else a[key][path[0]] for a in parts]
+        return _fig(sum(f["hours"] for f in figs), figs[0]["how"].split(":")[0] + ": the sum over the runs")
+
+    hours = sum(a["hours"]["hours"] for a in parts)
+    generation = sum(a["generation"]["hours"] for a in parts)
+    generated = sum(a["tokens_generated"] for a in parts)
+    committed = sum(a["tokens_committed"] for a in parts)
+    cost = sum(a["cost"] for a in parts)
+    return {
+        "unit": "GPU" if "GPU" in units else parts[0]["unit"], "price_per_hour": parts[0]["price_per_hour"],
+        "hours": added("hours"), "generation": added("generation"), "useful": added("useful"),
+        "wasted": {name: added("wasted", name) for name in parts[0]["wasted"]},
+        "tokens_generated": generated, "tokens_committed": committed,
+        "tokens_per_s_generating": round(generated / (generation * 3600), 2) if generation else 0.0,
+        "tokens_per_s_effective": round(committed / (hours * 3600), 2) if hours else 0.0,
+        "cost": cost, "cost_per_million_tokens": cost / (committed / 1e6) if committed else None,
+        "by_run": accounts,
+    }
+
+
 def _weights(run: RunDir, tasks: list[dict], gpu: bool, sacct: bool) -> dict[int, float]:
     """GPUs (or 1 CPU worker) each worker's seconds count for. A worker says how many GPUs its engine
     used; one that used none inside a Slurm task that asked for GPUs (the fake engine on the dev cluster,

@@ -47,6 +47,11 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return (60.0, "minutes") if seconds >= 120 else (1.0, "seconds")
 
 
+def _num(value: Any) -> float:
+    """A number from a worker's file, 0 for anything else (a forged or hand-edited file)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def _dollars(text: str) -> str:
     return text.replace("$", r"\$")  # a bare $ starts matplotlib's math mode
 
@@ -76,24 +81,7 @@ def plot_status(status: dict[str, Any], path: Path) -> None:
     progress.set(title="progress: committed completion tokens", xlabel=f"{unit} since the first worker started",
                  ylabel="tokens")
     rate.set(title="throughput: committed tokens per second", xlabel=unit, ylabel="tok/s")
-    tasks = [t for t in status.get("tasks", []) if isinstance(t.get("name"), str)]
-    names = [_dollars(t["name"][-24:]) for t in tasks]  # names are files anyone could have written
-    per_task = [(t.get("tokens") or 0) / t["generation_s"] if (t.get("generation_s") or 0) > 0 else 0.0
-                for t in tasks]
-    speed.barh(names, per_task, color=[COLORS[i % len(COLORS)] for i in range(len(tasks))])
-    speed.set(title="throughput per worker (tokens / generation time)", xlabel="tok/s")
-    left = [0.0] * len(tasks)
-    scale, unit = _time_unit(max((t.get("wall_s") or 0 for t in tasks), default=0))
-    for key, label, color in PHASES:
-        widths = [(t.get(key) or 0) / scale for t in tasks]
-        split.barh(names, widths, left=left, color=color, label=label)
-        left = [a + b for a, b in zip(left, widths)]
-    split.set(title="where each worker's time went", xlabel=unit)
-    if tasks:
-        split.legend(loc="lower right")
-    else:
-        for ax in (speed, split):
-            ax.text(0.5, 0.5, "no worker has started", ha="center", va="center", transform=ax.transAxes)
+    _workers(speed, split, [t for t in status.get("tasks", []) if isinstance(t.get("name"), str)])
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -135,3 +123,74 @@ def plot_estimate(estimate: Estimate, account: dict[str, Any] | None, path: Path
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_grid_status(status: dict[str, Any], path: Path) -> None:
+    """A grid: committed tokens over time per generator (a generator's prompts commit together, shard by
+    shard, so each line is also the progress of that generator's cells), tokens per cell, and each
+    generator's workers as in a plain run's chart."""
+    plt = _pyplot()
+    fig, ((progress, cells), (speed, split)) = plt.subplots(2, 2, figsize=(12, 8))
+    generators = status.get("generators") or {}
+    fig.suptitle(_dollars(f"hpcsynth grid {Path(status['run']).name}: {len(generators)} generator(s) x "
+                          f"{len(status.get('prompts') or [])} prompt(s)"))
+    starts = [g["timeline"]["start"] for g in generators.values() if (g.get("timeline") or {}).get("tokens")]
+    origin = min(starts, default=0.0)
+    spans = [g["timeline"]["start"] - origin + g["timeline"]["bin_s"] * len(g["timeline"]["tokens"])
+             for g in generators.values() if (g.get("timeline") or {}).get("tokens")]
+    scale, unit = _time_unit(max(spans, default=0.0))
+    for i, (name, gen) in enumerate(generators.items()):
+        timeline = gen.get("timeline") or {}
+        if not timeline.get("tokens"):
+            continue
+        offset, width = timeline["start"] - origin, timeline["bin_s"]
+        xs = [(offset + (k + 1) * width) / scale for k in range(len(timeline["tokens"]))]
+        total, ys = 0.0, []
+        for count in timeline["tokens"]:
+            total += count
+            ys.append(total)
+        progress.step(xs, ys, where="post", color=COLORS[i % len(COLORS)], label=_dollars(name))
+    if starts:
+        progress.legend(title="generator")
+    else:
+        progress.text(0.5, 0.5, "no shard committed yet", ha="center", va="center", transform=progress.transAxes)
+    progress.set(title="progress per generator: committed tokens", xlabel=f"{unit} since the first start",
+                 ylabel="tokens")
+    names, prompts = list(generators), list(status.get("prompts") or [])
+    bottom = [0.0] * len(names)
+    for i, prompt in enumerate(prompts):
+        values = [sum(c["tokens"] for c in status.get("cells", []) if c["generator"] == g and c["prompt"] == prompt)
+                  for g in names]
+        cells.bar([_dollars(n) for n in names], values, bottom=bottom, color=COLORS[i % len(COLORS)],
+                  label=_dollars(prompt))
+        bottom = [a + b for a, b in zip(bottom, values)]
+    cells.set(title="committed tokens per cell", ylabel="tokens")
+    if prompts:
+        cells.legend(title="prompt")
+    tasks = [{**t, "name": f"{g}/{t['name']}"} for g, gen in generators.items() for t in gen.get("tasks", [])
+             if isinstance(t.get("name"), str)]
+    _workers(speed, split, tasks)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _workers(speed, split, tasks: list[dict]) -> None:
+    """Throughput per worker (its tokens / its generation time) and where each worker's time went."""
+    names = [_dollars(t["name"][-24:]) for t in tasks]  # names are files anyone could have written
+    per_task = [_num(t.get("tokens")) / _num(t.get("generation_s")) if _num(t.get("generation_s")) > 0 else 0.0
+                for t in tasks]
+    speed.barh(names, per_task, color=[COLORS[i % len(COLORS)] for i in range(len(tasks))])
+    speed.set(title="throughput per worker (tokens / generation time)", xlabel="tok/s")
+    left = [0.0] * len(tasks)
+    scale, unit = _time_unit(max((_num(t.get("wall_s")) for t in tasks), default=0))
+    for key, label, color in PHASES:
+        widths = [_num(t.get(key)) / scale for t in tasks]
+        split.barh(names, widths, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    split.set(title="where each worker's time went", xlabel=unit)
+    if tasks:
+        split.legend(loc="lower right")
+    else:
+        for ax in (speed, split):
+            ax.text(0.5, 0.5, "no worker has started", ha="center", va="center", transform=ax.transAxes)

@@ -43,8 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def estimate_command(args: argparse.Namespace) -> int:
-    import orjson
-
     from hpcsynth.study.estimate import Inputs, make_estimate
 
     given = {"tokens_per_s": args.tokens_per_second, "output_tokens": args.output_tokens, "gpu": args.gpu,
@@ -64,9 +62,19 @@ def estimate_command(args: argparse.Namespace) -> int:
     if args.run is not None:
         from hpcsynth.rundir import RunDir
         from hpcsynth.study.account import account_run
+        from hpcsynth.study.grid import read_grid_file
         from hpcsynth.study.measure import inputs_from_run
 
         run = RunDir(args.run)
+        grid = read_grid_file(run)
+        if grid is not None and not args.generator:  # a grid: every (generator, prompt) cell
+            from hpcsynth.study.grid_estimate import GridAccountOnly, estimate_grid
+
+            try:
+                estimate, account = estimate_grid(run, grid, given, args.price)
+            except GridAccountOnly as exc:
+                return _account_only(exc.account, str(exc), args)
+            return _show(estimate, account, args)
         inputs = inputs_from_run(run, **given)
         if (run.root / "tasks").is_dir() or (run.root / "launches").is_dir():  # launched: it has an account
             account = account_run(run, args.price)
@@ -79,10 +87,17 @@ def estimate_command(args: argparse.Namespace) -> int:
             raise
         # A run whose generator has no published rate and has measured none yet: its account still stands.
         return _account_only(account, str(exc), args)
+    return _show(estimate, account, args)
+
+
+def _show(estimate, account: dict | None, args: argparse.Namespace) -> int:
+    import orjson
+
     if args.plot:
         from hpcsynth.study.charts import plot_estimate
 
         plot_estimate(estimate, account, args.plot)
+
     if account is not None:
         from hpcsynth.study.estimate import remaining
 

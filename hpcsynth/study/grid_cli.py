@@ -80,13 +80,19 @@ def status_grid_command(args: argparse.Namespace, grid: dict) -> int:
 
     run = RunDir(args.run)
     if args.watch:
-        watch_grid_status(run, grid, args.interval)
-        return 0
-    status = collect_grid_status(run, grid)
-    if args.json:
-        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+        status = watch_grid_status(run, grid, args.interval)
     else:
+        status = collect_grid_status(run, grid)
+    if getattr(args, "plot", None):
+        from hpcsynth.study.charts import plot_grid_status
+
+        plot_grid_status(status, args.plot)
+    if args.json and not args.watch:
+        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not args.watch:
         render_grid_status(status)
+    if getattr(args, "plot", None) and not args.json:
+        print(f"chart: {args.plot}")
     return 0
 
 
