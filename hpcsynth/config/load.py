@@ -144,6 +144,11 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
             out[key] = key_node.start_mark.line + 1
             out.update(_key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):  # items of a list of sections: reduce.mix.sources[0].path
+        for i, item in enumerate(node.value):
+            if isinstance(item, yaml.MappingNode):
+                out[f"{prefix}[{i}]"] = item.start_mark.line + 1
+                out.update(_key_lines(item, f"{prefix}[{i}]"))
     return out
 
 
@@ -191,6 +196,12 @@ def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int])
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
         raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
+    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        # A list of sections (reduce.mix.sources): each item a mapping checked like any section.
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list of mappings, {got}")
+        return tuple(_build(typing.get_args(hint)[0], item, f"{key}[{i}]", source, lines)
+                     for i, item in enumerate(value))
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [value]

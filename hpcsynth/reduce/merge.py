@@ -26,6 +26,8 @@ from hpcsynth.files import atomic_write_bytes, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
+from hpcsynth.reduce.mix.choose import copies_of
+from hpcsynth.reduce.mix.plan import plan_mix
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 
 TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
@@ -42,37 +44,50 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
             raise RunError(f"reduce part {index} of {out_dir} is not done; run `hpcsynth reduce {spec.run} "
                            f"--out {out_dir}` again (done parts are kept)")
         markers[index] = marker
-    output = _Output(spec)
-    docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
-    docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
-    seq = 0
-    with open(docs_tmp, "wb") as docs:
-        for bucket in range(spec.buckets):
-            arrays, lines = _load_bucket(spec, bucket)
-            for j in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(arrays)):
-                output.add(arrays[j])
-                docs.write(b'{"seq":%d,' % seq + lines[j][1:])
-                seq += 1
-        docs.flush()
-        os.fsync(docs.fileno())
-    if seq == 0:
+    if not any(m["documents"] for m in markers.values()):
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
                        f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
+    mix = plan_mix(spec, markers)  # raises for too_few: error before any output file is touched
+    output = _Output(spec)
+    docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
+    docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
+    written = [{"documents": 0, "tokens": 0} for _ in spec.mix["sources"]]
+    seq = 0
+    with open(docs_tmp, "wb") as docs:
+        for bucket in range(spec.buckets):
+            arrays, lines, keys, sources = _load_bucket(spec, bucket)
+            times = copies_of(keys, sources, mix["copies"], mix["limits"])
+            # A repeated document's copies are shuffled through its bucket like any other document.
+            chosen = [(j, copy) for j in np.flatnonzero(times) for copy in range(int(times[j]))]
+            for pick in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(chosen)):
+                j, copy = chosen[pick]
+                output.add(arrays[j])
+                docs.write((b'{"seq":%d,"copy":%d,' % (seq, copy) if copy else b'{"seq":%d,' % seq) + lines[j][1:])
+                counts = written[int(sources[j])]
+                counts["documents"] += 1
+                counts["tokens"] += len(arrays[j])
+                seq += 1
+        docs.flush()
+        os.fsync(docs.fileno())
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)
+    from hpcsynth.reduce.mix.manifest import write_mix_manifest
     from hpcsynth.reduce.report import write_report
 
+    manifest = write_mix_manifest(spec, markers, mix, written)
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
-    return write_report(spec, markers, output, files + [docs_path], text, rejects,
-                        merge_cpu_seconds=time.process_time() - started)
+    return write_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
+                        rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
 
 
-def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes]]:
-    """Every part's documents of one bucket, in part order."""
+def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes], np.ndarray, np.ndarray]:
+    """Every part's documents of one bucket, in part order, with their mix keys and sources."""
     arrays: list[np.ndarray] = []
     lines: list[bytes] = []
+    keys: list[np.ndarray] = [np.zeros(0, np.uint64)]
+    sources: list[np.ndarray] = [np.zeros(0, np.uint8)]
     dtype = ds_dtype(spec.tokenizer["vocab_size"])
     for index in spec.part_indices():
         bounds = np.load(spec.part_path(index, ".bounds.npy"), mmap_mode="r")
@@ -88,10 +103,12 @@ def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[
             raise RunError(f"{spec.part_path(index, '.bin')} is shorter than its index says; delete "
                            f"{spec.part_path(index, '.done.json').name} and run reduce again")
         arrays += np.split(tokens, np.cumsum(lens)[:-1])
+        keys.append(np.asarray(np.load(spec.part_path(index, ".keys.npy"), mmap_mode="r")[d0:d1]))
+        sources.append(np.asarray(np.load(spec.part_path(index, ".src.npy"), mmap_mode="r")[d0:d1]))
         with open(spec.part_path(index, ".docs.jsonl"), "rb") as handle:
             handle.seek(b0)
             lines += handle.read(b1 - b0).splitlines(keepends=True)
-    return arrays, lines
+    return arrays, lines, np.concatenate(keys), np.concatenate(sources)
 
 
 class _Output:
@@ -168,7 +185,7 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
             os.link(spec.part_path(index, ".parquet"), target)
         except OSError:  # another filesystem, or no hard links: copy
             target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
-        files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
+        files.append({"path": target.name, "rows": markers[index]["text_rows"],
                       "sha256": sha256_file(target)})
     from hpcsynth.reduce.select import add_tallies
 

@@ -29,12 +29,13 @@ from hpcsynth.rundir import RunDir, shard_name
 
 @dataclass
 class Document:
-    kind: str  # "synthetic" or "original"
+    kind: str  # "synthetic", "original" or "corpus" (a mix-in corpus of reduce.mix.sources)
     id: str  # record id (KEY/PROMPT) or the document key
     source_id: str  # the corpus's own id of the source document (for web data, its URL)
     text: str
     prompt: str = ""
     record: dict[str, Any] = field(default_factory=dict)  # the whole output record, for the text export
+    source: int = -1  # its source's index in the reduce's mix (hpcsynth/reduce/mix/sources.py)
 
 
 def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int], list[dict]]:

@@ -1,0 +1,7 @@
+"""Exact mixing: synthetic prompts and mix-in sources at exact token shares (reduce.mix).
+
+sources.py   the config resolved into a list of sources, and a corpus's files as reduce parts
+targets.py   from each source's available tokens to what each must give (the too_few policy)
+choose.py    seeded thresholds over document keys that hit those targets, and the per-document choice
+manifest.py  OUT/mix.json and the lines `reduce` prints about the mix
+"""
