@@ -231,3 +231,76 @@ def test_thresholds_hit_a_target_within_a_document() -> None:
     assert abs(taken - total * 0.3) <= 400 / 2 and limits[0] == 0
     times = copies_of(parts[0][0], parts[0][1], [0, 2], limits)
     assert set(times[parts[0][1] == 0].tolist()) == {0} and set(times[parts[0][1] == 1].tolist()) == {2, 3}
+
+
+@pytest.mark.parametrize("mix, says", [
+    ("{synthetic: {faqs: 1.0}}", r"line 3: 'reduce.mix.synthetic.faqs' is not a prompt of this config \(faq, math\)"),
+    ('{synthetic: {"*": 1.0, faq: 1.0}}', r"names \"\*\" \(every prompt pooled\) and single prompts"),
+    ("{synthetic: {faq: 0}}", r"'reduce.mix.synthetic.faq' must be a weight above 0"),
+    ("{sources: [{name: run_originals, path: x.jsonl}]}", r"line 3: 'reduce.mix.sources\[0\].path' is for a corpus"),
+    ("{sources: [{name: hq}]}", r"'reduce.mix.sources\[0\].path' is for a corpus of your own"),
+    ("{sources: [{name: hq, pth: x}]}", r"line 3: unknown key 'reduce.mix.sources\[0\].pth'; valid keys .*: id_key, name"),
+    ("{sources: [{name: hq, path: a}, {name: hq, path: b}]}", r"'hq' names two sources"),
+    ("{sources: [{name: ../x, path: a}]}", r"must be a plain name"),
+    ("{sources: {name: hq}}", r"'reduce.mix.sources' must be a list of mappings"),
+    ("{too_few: ignore}", r"'reduce.mix.too_few' must be one of shrink, repeat, error, got 'ignore'"),
+    ("{max_repeat: 0.5}", r"'reduce.mix.max_repeat' must be 1 \(no repeat\) or more"),
+    ("{oversize: trim}", r"'reduce.mix.oversize' must be cut or drop"),
+    ("{max_doc_tokens: 3}", r"must be 0 \(no cap\) or at least 16"),
+])
+def test_bad_mix_config_is_one_line_with_its_line(tmp_path: Path, mix: str, says: str) -> None:
+    from hpcsynth.config import load_config
+    from hpcsynth.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"prompts: [faq, math]\nreduce:\n  mix: {mix}\n")
+    with pytest.raises(ConfigError, match=says):
+        load_config(path)
+
+
+def test_corpus_problems_are_clear_or_counted(mixed_run, tmp_path: Path) -> None:
+    import gzip
+
+    run, _ = mixed_run
+    set_mix(run, sources=[{"name": "hq", "path": str(tmp_path / "nothing-*.jsonl")}])
+    from hpcsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reduce\.mix\.sources\[0\]\.path \(hq\): input .*nothing-\*\.jsonl.* matches "
+                                          r"no file"):
+        reduce_run(run, tmp_path / "out")
+    # A bad line and a cut .gz: counted in the rejects with file and line, the rest mixed as asked.
+    good = [orjson.dumps({"id": f"j{i}", "text": f"Line {i} " + "web text " * 30}) for i in range(80)]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(good[:40] + [b"{not json", orjson.dumps({"id": "x"})]) + b"\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\n".join(good[40:]) + b"\n")[:-30])
+    set_mix(run, synthetic={"faq": 1.0}, sources=[{"name": "web", "path": str(tmp_path / "*.jsonl*"), "weight": 0.25}])
+    report = reduce_run(run, tmp_path / "out").data
+    rejects = [orjson.loads(l) for l in (tmp_path / "out" / "rejects.jsonl").read_bytes().splitlines()]
+    bad = [r for r in rejects if r.get("source") == "web"]
+    assert [r["id"].rsplit("/", 1)[-1] for r in bad[:2]] == ["a.jsonl:41", "a.jsonl:42"]
+    assert "not valid JSON" in bad[0]["reason"] and "no text" in bad[1]["reason"]
+    assert "truncated or corrupt" in bad[2]["reason"] and len(bad) == 3
+    got = assert_shares(tmp_path / "out", {"synthetic/faq": 0.8, "web": 0.2})
+    assert "synthetic/math" not in got  # a prompt left out of reduce.mix.synthetic is not written...
+    assert report["text_export"]["rows"] == 600  # ...but stays in the text export with every validated record
+    # A corpus file changed after its part was made: that part is redone, not reused.
+    part = next(p for p in (tmp_path / "out" / "parts").glob("*.done.json") if not orjson.loads(p.read_bytes())["shards"])
+    before = part.stat().st_mtime_ns
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(good[:40]) + b"\n")
+    reduce_run(run, tmp_path / "out")
+    assert any(p.stat().st_mtime_ns != before for p in (tmp_path / "out" / "parts").glob("*.done.json")
+               if not orjson.loads(p.read_bytes())["shards"])
+
+
+def test_cli_too_few_error_is_one_line(mixed_run, tmp_path: Path) -> None:
+    from test_demo import hpcsynth
+
+    run, hq = mixed_run
+    set_mix(run, **four_way(hq, too_few="error"))
+    proc = hpcsynth("reduce", str(run.root), "--out", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcsynth: error: reduce.mix: hq has "), proc.stderr
+    set_mix(run, **four_way(hq, too_few="shrink"))
+    proc = hpcsynth("reduce", str(run.root), "--out", str(tmp_path / "out"))
+    assert "mix source" in proc.stdout and "run_originals" in proc.stdout and "hq" in proc.stdout
+    assert "the total shrank" in proc.stderr and "max_doc_tokens=1,024: 1 cut, 0 dropped" in proc.stdout

@@ -57,6 +57,6 @@ def mix_lines(mix: dict[str, Any]) -> list[str]:
         lines.append(f"  {row['name']:<24} {row['kind']:<9} {row['target_share']:>7.2%} {row['achieved_share']:>7.2%} "
                      f"{row['tokens']:>14,} {row['documents']:>10,} {row['repeat']:>6.2f}x")
         if row["cut_documents"] or row["dropped_documents"]:
-            lines.append(f"    {row['cut_documents']:,} documents cut and {row['dropped_documents']:,} dropped at "
-                         f"reduce.mix.max_doc_tokens={mix['policy']['max_doc_tokens']:,}")
+            lines.append(f"    documents over reduce.mix.max_doc_tokens={mix['policy']['max_doc_tokens']:,}: "
+                         f"{row['cut_documents']:,} cut, {row['dropped_documents']:,} dropped")
     return lines
