@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, sha256_file
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
@@ -48,7 +48,8 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
                        f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
-    mix = plan_mix(spec, markers)  # raises for too_few: error before any output file is touched
+    # Raises for too_few: error before any output file is touched.
+    mix, markers = plan_mix(spec, markers, lambda parts: _all_originals(spec, parts))
     output = _Output(spec)
     docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
     docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
@@ -80,6 +81,18 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
     return write_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
                         rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
+
+
+def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:
+    """Redo these parts with every original tokenized (the mix plan needs more than they counted); in
+    this process, Slurm's merge task included: it is rare, and each part is bounded."""
+    from hpcsynth.reduce.parts import ALL_ORIGINALS, all_originals_parts, reduce_part
+
+    atomic_write_json(spec.parts_dir / ALL_ORIGINALS, sorted(all_originals_parts(spec) | set(parts)))
+    for index in parts:
+        spec.part_path(index, ".done.json").unlink(missing_ok=True)
+        reduce_part(str(spec.out_dir), index)
+    return {index: spec.part_done(index) for index in spec.part_indices()}
 
 
 def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes], np.ndarray, np.ndarray]:

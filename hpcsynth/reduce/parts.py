@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from hpcsynth.files import atomic_write_bytes, atomic_write_json
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json
 from hpcsynth.reduce.fast import load_fast
 from hpcsynth.reduce.formats.datatrove import ds_dtype
 from hpcsynth.reduce.mix.choose import document_key
@@ -40,6 +40,7 @@ from hpcsynth.reduce.spec import ReduceSpec, read_spec
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
 from hpcsynth.rundir import RunDir
 
+ALL_ORIGINALS = "part-all-originals.json"  # named part-*: cleared with the parts when the spec key changes
 PARITY_DOCS = 8  # each part checks its own first documents against `tokenizers`
 _TOKENIZERS: dict[str, DocumentTokenizer] = {}
 
@@ -53,7 +54,7 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     run = RunDir(Path(spec.run))
     config = run.config()
     encoder = _PartEncoder(part_tokenizer(spec))
-    feed = MixFeed(spec.mix, encoder)
+    feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec))
     rejects: list[dict] = []
     exported: list[dict] = []  # every validated record goes to the text export, mixed or not
     tally: dict[str, dict] = {}
@@ -65,12 +66,20 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
         synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)
         exported += [d.record for d in synthetic]
         feed.add_synthetic(synthetic)
-        feed.add_originals(run, shard)
+    feed.add_originals(run, spec.part_shards(index))  # after the synthetic: their tokens bound the originals
     marker = _write_part(spec, index, feed.docs, rejects, exported, config.reduce.seed)
     marker.update(validation=tally, mix=feed.counts, backend=encoder.backend, backend_note=encoder.note,
                   cpu_seconds=round(time.process_time() - started, 3))
     atomic_write_json(spec.part_path(index, ".done.json"), marker)
     return marker
+
+
+def all_originals_parts(spec: ReduceSpec) -> set[int]:
+    """Parts the merge found short of counted originals (mix/feed.py): they tokenize all of them."""
+    try:
+        return set(read_json(spec.parts_dir / ALL_ORIGINALS))
+    except (OSError, ValueError, TypeError):
+        return set()
 
 
 def part_tokenizer(spec: ReduceSpec) -> DocumentTokenizer:

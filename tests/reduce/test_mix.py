@@ -304,3 +304,44 @@ def test_cli_too_few_error_is_one_line(mixed_run, tmp_path: Path) -> None:
     proc = hpcsynth("reduce", str(run.root), "--out", str(tmp_path / "out"))
     assert "mix source" in proc.stdout and "run_originals" in proc.stdout and "hq" in proc.stdout
     assert "the total shrank" in proc.stderr and "max_doc_tokens=1,024: 1 cut, 0 dropped" in proc.stdout
+
+
+def test_lazy_originals_choose_what_a_full_count_chooses(mixed_run, tmp_path: Path, monkeypatch) -> None:
+    """Parts tokenize only the originals a mix could take (in key order); the files are the same bytes as
+    with every original counted, and a weight raised after the parts were made redoes the parts short."""
+    from hpcsynth.reduce.mix import feed
+
+    run, _ = mixed_run
+    names = ("mix.bin", "mix.idx", "mix.docs.jsonl")
+    set_mix(run, synthetic={"faq": 1.0, "math": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    reduce_run(run, tmp_path / "lazy")
+    markers = [orjson.loads(p.read_bytes()) for p in (tmp_path / "lazy" / "parts").glob("*.done.json")]
+    assert all(m["mix"][2]["limit"] is not None and m["mix"][2]["rest_documents"] > 0 for m in markers)
+    assert_shares(tmp_path / "lazy", {"synthetic/faq": 0.4, "synthetic/math": 0.4, "run_originals": 0.2})
+    mix = orjson.loads((tmp_path / "lazy" / "mix.json").read_bytes())
+    assert mix["policy"]["available"]["run_originals"]["estimated"]
+    assert mix["policy"]["available"]["run_originals"]["documents"] == 300
+    assert mix["sources"][2]["repeat"] == pytest.approx(0.23, abs=0.05)  # from the estimated total
+
+    set_mix(run, synthetic={"faq": 1.0, "math": 1.0}, sources=[{"name": "run_originals", "weight": 1.5}])
+    reduce_run(run, tmp_path / "lazy")  # parts reused, then redone with all their originals
+    assert (tmp_path / "lazy" / "parts" / "part-all-originals.json").is_file()
+    monkeypatch.setattr(feed, "LAZY_MARGIN", None)
+    reduce_run(run, tmp_path / "full")
+    for name in names:
+        assert (tmp_path / "lazy" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    set_mix(run, synthetic={"faq": 1.0, "math": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    reduce_run(run, tmp_path / "full")
+    for name in names:
+        assert (tmp_path / "lazy" / name).read_bytes() != (tmp_path / "full" / name).read_bytes(), name
+    monkeypatch.setattr(feed, "LAZY_MARGIN", 1.25)
+    shutil_rmtree(tmp_path / "lazy")
+    reduce_run(run, tmp_path / "lazy")
+    for name in names:
+        assert (tmp_path / "lazy" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

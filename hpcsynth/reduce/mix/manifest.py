@@ -24,7 +24,7 @@ def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any]
     total = sum(w["tokens"] for w in written)
     rows, notes = [], list(plan["notes"])
     for i, source in enumerate(sources):
-        available = plan["available"][i]
+        available = {**plan["available"][i], "tokens": _estimate(plan["available"][i])}
         achieved = written[i]["tokens"] / total if total else 0.0
         rows.append({"name": source["name"], "kind": source["kind"], "path": source["path"],
                      "prompt": source["prompt"], "weight": float(source["weight"]),
@@ -41,13 +41,21 @@ def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any]
               "max_doc_tokens": spec.mix["max_doc_tokens"], "oversize": spec.mix["oversize"],
               "total_tokens": spec.mix["total_tokens"], "target_total": round(plan["total"]),
               "asked_total": round(plan["asked_total"]), "short": plan["short"],
-              "available": {s["name"]: {k: plan["available"][i][k] for k in ("documents", "tokens", "largest")}
+              "available": {s["name"]: {"documents": plan["available"][i]["documents"] + plan["available"][i]["rest_documents"],
+                                        "tokens": _estimate(plan["available"][i]), "largest": plan["available"][i]["largest"],
+                                        "estimated": plan["available"][i]["estimated"]}
                             for i, s in enumerate(sources)},
               "notes": notes}
     data = {"seed": int(spec.run_info["seed"]), "total_tokens": total, "sources": rows, "policy": policy}
     name = f"mix{spec.suffix}.json"
     atomic_write_json(spec.out_dir / name, data)
     return {"file": name, "data": data}
+
+
+def _estimate(counts: dict[str, Any]) -> int:
+    """A source's tokens: counted, plus (originals a part did not tokenize) estimated from their chars."""
+    rest = counts["rest_chars"] * counts["tokens"] / max(counts["chars"], 1) if counts["rest_documents"] else 0
+    return counts["tokens"] + round(rest)
 
 
 def mix_lines(mix: dict[str, Any]) -> list[str]:
