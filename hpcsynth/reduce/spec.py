@@ -95,7 +95,13 @@ class ReduceSpec:
                 return None
             if any(not self.part_path(index, s).is_file() for s in PART_FILES):
                 return None
-        except (OSError, KeyError, TypeError):
+            # One entry per document in each per-document array: a cut or damaged one redoes the part.
+            import numpy as np
+
+            for suffix in (".lens.npy", ".keys.npy", ".src.npy"):
+                if len(np.load(self.part_path(index, suffix), mmap_mode="r")) != marker["documents"]:
+                    return None
+        except (OSError, KeyError, TypeError, ValueError):
             return None
         return marker
 

@@ -345,3 +345,16 @@ def shutil_rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
+
+
+def test_damaged_mix_arrays_redo_their_part(mixed_run, tmp_path: Path) -> None:
+    run, hq = mixed_run
+    set_mix(run, **four_way(hq, too_few="shrink"))
+    reduce_run(run, tmp_path / "out")
+    first = {n: (tmp_path / "out" / n).read_bytes() for n in ("mix.bin", "mix.docs.jsonl", "mix.json")}
+    parts = tmp_path / "out" / "parts"
+    keys = parts / "part-000000.keys.npy"
+    keys.write_bytes(keys.read_bytes()[:-20])  # cut short after its done marker
+    (parts / "part-000001.src.npy").write_bytes(b"garbage")
+    reduce_run(run, tmp_path / "out")
+    assert {n: (tmp_path / "out" / n).read_bytes() for n in first} == first
