@@ -282,7 +282,7 @@ def test_corpus_problems_are_clear_or_counted(mixed_run, tmp_path: Path) -> None
     got = assert_shares(tmp_path / "out", {"synthetic/faq": 0.8, "web": 0.2})
     assert "synthetic/math" not in got  # a prompt left out of reduce.mix.synthetic is not written...
     assert report["text_export"]["rows"] == 600  # ...but stays in the text export with every validated record
-    # A corpus file changed after its part was made: that part is redone, not reused.
+    # A corpus file changed after its part was made: its part is redone, not reused.
     part = next(p for p in (tmp_path / "out" / "parts").glob("*.done.json") if not orjson.loads(p.read_bytes())["shards"])
     before = part.stat().st_mtime_ns
     (tmp_path / "a.jsonl").write_bytes(b"\n".join(good[:40]) + b"\n")

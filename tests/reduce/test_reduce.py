@@ -89,6 +89,7 @@ def test_unfinished_run_needs_partial(finished: RunDir) -> None:
         reduce_run(finished)
     report = reduce_run(finished, partial=True).data
     assert report["shards_used"] == 2 and report["text_export"]["rows"] == 7 * 4
+    assert (finished.default_reduce_dir / "mix-partial.json").is_file()
 
 
 def test_corrupt_output_is_detected(finished: RunDir) -> None:

@@ -77,7 +77,8 @@ def _corpus(index: int, entry: Any) -> dict[str, Any]:
         files, empty = expand_inputs([entry.path])
     except InputError as exc:
         raise ConfigError(f"reduce.mix.sources[{index}].path ({entry.name}): {exc}") from None
-    # Size and modification time of each file: a corpus changed since its parts were made is redone.
+    # Size and modification time of each file, in the spec key: a corpus changed since its parts were made
+    # is never mixed from stale parts (every part is redone, as for any change of reduce settings).
     stamps = [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     return {"name": entry.name, "kind": "corpus", "prompt": None, "path": entry.path, "weight": entry.weight,
             "text_key": entry.text_key, "id_key": entry.id_key, "files": [str(f) for f in files], "stamps": stamps}
