@@ -57,17 +57,13 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     seq = 0
     with open(docs_tmp, "wb") as docs:
         for bucket in range(spec.buckets):
-            arrays, lines, keys, sources = _load_bucket(spec, bucket)
-            times = copies_of(keys, sources, mix["copies"], mix["limits"])
-            # A repeated document's copies are shuffled through its bucket like any other document.
-            chosen = [(j, copy) for j in np.flatnonzero(times) for copy in range(int(times[j]))]
+            chosen = _gather(spec, mix, bucket)
             for pick in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(chosen)):
-                j, copy = chosen[pick]
-                output.add(arrays[j])
-                docs.write((b'{"seq":%d,"copy":%d,' % (seq, copy) if copy else b'{"seq":%d,' % seq) + lines[j][1:])
-                counts = written[int(sources[j])]
-                counts["documents"] += 1
-                counts["tokens"] += len(arrays[j])
+                array, line, source, copy = chosen[pick]
+                output.add(array)
+                docs.write((b'{"seq":%d,"copy":%d,' % (seq, copy) if copy else b'{"seq":%d,' % seq) + line[1:])
+                written[source]["documents"] += 1
+                written[source]["tokens"] += len(array)
                 seq += 1
         docs.flush()
         os.fsync(docs.fileno())
@@ -81,6 +77,26 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
     return write_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
                         rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
+
+
+def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:
+    """What the merge writes for one bucket: (tokens, docs line, source, copy) of its own documents the
+    mix chose, and the later copies of repeated documents from other buckets. Copy c of a document of
+    bucket h goes to bucket (h + c x buckets / copies) mod buckets, so the copies of a repeated document
+    are spread over the file, not side by side where a trainer would read them in the same steps; the
+    merge then holds as many buckets as the most copies of a document (1 without repeats)."""
+    most = max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1)
+    stride = max(1, spec.buckets // max(most, 1))
+    loaded: dict[int, tuple] = {}
+    chosen = []
+    for copy in range(max(most, 1)):
+        home = (bucket - copy * stride) % spec.buckets
+        if home not in loaded:
+            arrays, lines, keys, sources = _load_bucket(spec, home)
+            loaded[home] = (arrays, lines, sources, copies_of(keys, sources, mix["copies"], mix["limits"]))
+        arrays, lines, sources, times = loaded[home]
+        chosen += [(arrays[j], lines[j], int(sources[j]), copy) for j in np.flatnonzero(times > copy)]
+    return chosen
 
 
 def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:

@@ -154,6 +154,14 @@ def test_too_small_parquet_corpus_with_a_10mb_page_each_policy(mixed_run, tmp_pa
     assert 1.1 < rows["hq"]["repeat"] < 4 and rows["synthetic/faq"]["repeat"] == pytest.approx(1.0, abs=0.02)
     copies = [orjson.loads(l) for l in (tmp_path / "out" / "mix.docs.jsonl").read_bytes().splitlines()]
     assert max(c.get("copy", 0) for c in copies if c["source"] == "hq") >= 1
+    # Copies are spread over the file: copy c of a document of bucket h is written in bucket h + c (here
+    # 3 buckets, at most 2 copies: stride 1), never beside its first copy.
+    from hpcsynth.reduce.select import bucket_of
+
+    buckets = report["buckets"]
+    assert buckets == 3
+    placed = [(bucket_of(c["id"], 0, buckets) + c.get("copy", 0)) % buckets for c in copies]
+    assert placed == sorted(placed) and len(set(placed)) == 3
     assert any("hq is repeated" in note for note in report["mix"]["policy"]["notes"])
 
     set_mix(run, **four_way(hq, too_few="repeat", max_repeat=1.1))
