@@ -13,11 +13,12 @@ of keys: one document, in practice. Same seed, same documents; another seed, oth
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 BINS = 1 << 16
+Arrays = Callable[[], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # each part's keys, sources, lengths
 
 
 def document_key(doc_id: str, seed: int) -> int:
@@ -25,7 +26,7 @@ def document_key(doc_id: str, seed: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-def thresholds(arrays: "callable", sources: int, fractions: list[float]) -> list[int]:
+def thresholds(arrays: Arrays, sources: int, fractions: list[float]) -> list[int]:
     """Per source, the key below which a document gives one more copy; `arrays()` yields each part's
     (keys uint64, sources uint8, lengths) in turn (called twice: two passes)."""
     wanted = [i for i in range(sources) if fractions[i] > 0]
@@ -62,7 +63,7 @@ def copies_of(keys: np.ndarray, src: np.ndarray, copies: list[int], limits: list
     return whole + (keys < limit)
 
 
-def part_arrays(spec) -> "callable":
+def part_arrays(spec) -> Arrays:
     """A callable yielding each done part's (keys, sources, lengths), memory-mapped."""
     def each() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for index in spec.part_indices():
