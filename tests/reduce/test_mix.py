@@ -224,6 +224,8 @@ def test_plan_targets_policies() -> None:
         plan_targets(sources, [9000, 0], settings)
     plan = plan_targets(sources, [9000, 6000], {**settings, "total_tokens": 3000})
     assert plan["needs"] == pytest.approx([2000, 1000])
+    with pytest.raises(RunError, match=r"synthetic has no tokens to mix \(no record of it passed the checks\)"):
+        plan_targets(sources, [0, 6000], settings)
 
 
 def test_thresholds_hit_a_target_within_a_document() -> None:
