@@ -60,7 +60,7 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     tally: dict[str, dict] = {}
     corpus = spec.corpus_part(index)
     if corpus is not None:
-        feed.add_corpus(corpus[0], corpus[1], config.plan.max_line_bytes, rejects)
+        feed.add_corpus(*corpus, config.plan.max_line_bytes, rejects)
     formats = spec.run_info.get("formats") or prompt_formats(run.manifest())
     for shard in spec.part_shards(index):
         synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)

@@ -82,7 +82,8 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
         text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
         key=spec_key(run.fingerprint(), {**settings, "mix": part_settings(mix),
                                          "validate": dataclasses.asdict(config.validate)}, described, buckets),
-        mix=mix, corpus_parts=corpus_parts(mix, math.ceil(len(manifest["shards"]) / config.reduce.part_shards)))
+        mix=mix, corpus_parts=corpus_parts(mix, math.ceil(len(manifest["shards"]) / config.reduce.part_shards),
+                                           config.reduce.part_shards * config.plan.shard_docs))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
     remember_tokenizer(spec, tok)

@@ -43,7 +43,8 @@ class ReduceSpec:
     key: str
     # The resolved reduce.mix (hpcsynth/reduce/mix/sources.py): sources in index order, and the policy.
     mix: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # [part index, source index, file]: one part per file of a mix-in corpus, after the run's parts.
+    # [part index, source index, file, Parquet row groups or None]: the parts of mix-in corpora, after the
+    # run's parts (a JSONL file is one part, a Parquet file one per run of row groups).
     corpus_parts: list[list] = dataclasses.field(default_factory=list)
 
     @property
@@ -72,11 +73,11 @@ class ReduceSpec:
     def part_indices(self) -> list[int]:
         return [entry[0] for entry in self.parts] + [entry[0] for entry in self.corpus_parts]
 
-    def corpus_part(self, index: int) -> tuple[int, str] | None:
-        """(source index, file) of a corpus part; None for a part of the run's shards."""
+    def corpus_part(self, index: int) -> tuple[int, str, list[int] | None] | None:
+        """(source index, file, row groups) of a corpus part; None for a part of the run's shards."""
         for entry in self.corpus_parts:
             if entry[0] == index:
-                return entry[1], entry[2]
+                return entry[1], entry[2], entry[3]
         return None
 
     def part_done(self, index: int) -> dict | None:

@@ -368,3 +368,26 @@ def test_damaged_mix_arrays_redo_their_part(mixed_run, tmp_path: Path) -> None:
     (parts / "part-000001.src.npy").write_bytes(b"garbage")
     reduce_run(run, tmp_path / "out")
     assert {n: (tmp_path / "out" / n).read_bytes() for n in first} == first
+
+
+def test_parquet_corpus_is_split_by_row_groups(mixed_run, tmp_path: Path) -> None:
+    """A Parquet corpus file larger than a part (part_shards x shard_docs rows) is read in runs of row
+    groups, each its own part: every row once, none twice."""
+    from hpcsynth.reduce.spec import read_spec
+
+    run, hq = mixed_run
+    set_mix(run, **four_way(hq, too_few="shrink"))
+    config = run.config()
+    run.write_config(dataclasses.replace(config, reduce=dataclasses.replace(config.reduce, part_shards=1)),
+                     run.fingerprint())
+    try:
+        report = reduce_run(run, tmp_path / "out").data
+    finally:
+        run.write_config(config, run.fingerprint())
+    corpus = read_spec(tmp_path / "out").corpus_parts
+    assert [entry[3] for entry in corpus] == [[0, 1, 2, 3, 4, 5], [6, 7]]  # 8-row groups, 50 rows a part
+    rows = {row["name"]: row for row in report["mix"]["sources"]}
+    assert rows["hq"]["documents"] == 61 and rows["hq"]["cut_documents"] == 1
+    lines = [orjson.loads(l) for l in (tmp_path / "out" / "mix.docs.jsonl").read_bytes().splitlines()]
+    hq_ids = [l["source_id"] for l in lines if l["source"] == "hq"]
+    assert sorted(hq_ids) == sorted(f"hq-{i}" for i in range(61))

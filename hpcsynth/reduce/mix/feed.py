@@ -88,14 +88,17 @@ class MixFeed:
         tokens = sum(self.counts[i]["tokens"] for i, s in enumerate(sources) if s["kind"] == "synthetic")
         return LAZY_MARGIN * tokens * sources[self.originals]["weight"] / synthetic
 
-    def add_corpus(self, source: int, file: str, max_line_bytes: int, rejects: list[dict]) -> None:
-        """One file of a mix-in corpus, read by the planner's reader (same formats, bounds and errors)."""
+    def add_corpus(self, source: int, file: str, row_groups: list[int] | None, max_line_bytes: int,
+                   rejects: list[dict]) -> None:
+        """One file (or run of Parquet row groups) of a mix-in corpus, read by the planner's reader: the
+        same formats, bounds and errors."""
         from hpcsynth.plan.readers import read_file
 
         entry = self.mix["sources"][source]
         text_key, id_key, name = entry["text_key"], entry["id_key"], entry["name"]
         batch: list[Document] = []
-        for position, record, reason in read_file(Path(file), [text_key, id_key], max_line_bytes=max_line_bytes):
+        for position, record, reason in read_file(Path(file), [text_key, id_key], max_line_bytes=max_line_bytes,
+                                                  row_groups=row_groups):
             where = f"{file}:{position}"
             text = record.get(text_key) if record is not None else None
             if not reason and (not isinstance(text, str) or not text.strip()):
@@ -131,4 +134,5 @@ class MixFeed:
             counts["tokens"] += len(array)
             counts["chars"] += len(doc.text)
             counts["largest"] = max(counts["largest"], len(array))
+            doc.text = ""  # tokenized: a part holds tokens, not text and tokens (the export keeps records)
             self.docs.append((doc, array))

@@ -9,6 +9,7 @@ original_ratio.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import Config
@@ -84,10 +85,35 @@ def _corpus(index: int, entry: Any) -> dict[str, Any]:
             "text_key": entry.text_key, "id_key": entry.id_key, "files": [str(f) for f in files], "stamps": stamps}
 
 
-def corpus_parts(mix: dict[str, Any], first_index: int) -> list[list]:
-    """[part index, source index, file] for every file of every corpus source: one part per file."""
-    parts = []
+def corpus_parts(mix: dict[str, Any], first_index: int, part_rows: int) -> list[list]:
+    """[part index, source index, file, row groups or None] for every corpus file: a JSONL file is one
+    part; a Parquet file is split into runs of row groups of about `part_rows` rows (a run's part holds
+    ~reduce.part_shards x plan.shard_docs documents), so a part's memory stays bounded by the part."""
+    parts: list[list] = []
     for number, source in enumerate(mix["sources"]):
         for file in source["files"]:
-            parts.append([first_index + len(parts), number, file])
+            for groups in _row_group_runs(file, part_rows):
+                parts.append([first_index + len(parts), number, file, groups])
     return parts
+
+
+def _row_group_runs(file: str, part_rows: int) -> list[list[int] | None]:
+    from hpcsynth.plan.readers import is_parquet
+
+    if not is_parquet(Path(file)):
+        return [None]
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(file).metadata
+    except Exception:  # unreadable: one part, whose reader records why in the rejects
+        return [None]
+    runs: list[list[int]] = [[]]
+    rows = 0
+    for group in range(metadata.num_row_groups):
+        if runs[-1] and rows + metadata.row_group(group).num_rows > part_rows:
+            runs.append([])
+            rows = 0
+        runs[-1].append(group)
+        rows += metadata.row_group(group).num_rows
+    return runs if runs[0] else [None]
