@@ -183,6 +183,13 @@ def test_too_small_parquet_corpus_with_a_10mb_page_each_policy(mixed_run, tmp_pa
     notes = report["mix"]["policy"]["notes"]
     assert off and all(any(note.startswith(f"mix: {name} is ") and "too coarse" in note for note in notes)
                        for name in off), (got, notes)
+    needs = dict(zip(asked, [report["mix"]["policy"]["target_total"] / 4] * 4))
+    for name in off:  # the cause is named: the source's own documents, or the coarse ones that moved the total
+        note = next(n for n in notes if n.startswith(f"mix: {name} is "))
+        if abs(got[name][0] - needs[name]) > 0.011 * needs[name]:
+            assert "whole documents (up to" in note, note
+        else:
+            assert "as planned" in note, note
 
 
 def test_same_seed_same_bytes_other_seed_other_order(mixed_run, tmp_path: Path) -> None:
@@ -414,5 +421,7 @@ def test_real_web_sample_is_on_target_or_says_why(tmp_path: Path, tokenizer: Pat
     notes = report["mix"]["policy"]["notes"]
     if abs(share - 1 / 3) > 0.01 / 3:  # off by more than 1%: said, with the reason
         assert any(n.startswith("mix: run_originals is ") and "too coarse" in n for n in notes), notes
+        synthetic = next(n for n in notes if n.startswith("mix: synthetic is "))
+        assert "as planned" in synthetic and "(run_originals)" in synthetic, synthetic
     # Whatever the granularity: within one document of the asked tokens, never a multiple of them.
     assert abs(got["run_originals"][0] - 0.5 * got["synthetic"][0]) <= largest

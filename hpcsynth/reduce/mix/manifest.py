@@ -32,11 +32,7 @@ def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any]
                      "tokens": written[i]["tokens"], "documents": written[i]["documents"],
                      "repeat": round(written[i]["tokens"] / available["tokens"], 4) if available["tokens"] else 0.0,
                      "cut_documents": available["cut"], "dropped_documents": available["dropped"]})
-        off = abs(achieved - plan["shares"][i]) / plan["shares"][i]
-        if off > TOLERANCE:
-            notes.append(f"mix: {source['name']} is {achieved:.2%} of the tokens, {plan['shares'][i]:.2%} was asked "
-                         f"(off by {off:.1%}): its documents (up to {available['largest']:,} tokens) are too coarse "
-                         f"for {plan['needs'][i]:,.0f} tokens; mix more text, or lower reduce.mix.max_doc_tokens")
+    notes += _off_target(sources, plan, written, total)
     policy = {"form": spec.mix["form"], "too_few": spec.mix["too_few"], "max_repeat": spec.mix["max_repeat"],
               "max_doc_tokens": spec.mix["max_doc_tokens"], "oversize": spec.mix["oversize"],
               "total_tokens": spec.mix["total_tokens"], "target_total": round(plan["total"]),
@@ -50,6 +46,28 @@ def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any]
     name = f"mix{spec.suffix}.json"
     atomic_write_json(spec.out_dir / name, data)
     return {"file": name, "data": data}
+
+
+def _off_target(sources: list[dict], plan: dict[str, Any], written: list[dict[str, int]], total: int) -> list[str]:
+    """One line per share more than 1% off the asked one, with its cause: a source whose own documents
+    are too coarse for its need, or (its tokens as planned) the sources that are."""
+    coarse = [i for i in range(len(sources)) if abs(written[i]["tokens"] - plan["needs"][i]) > TOLERANCE * plan["needs"][i]]
+    lines = []
+    for i, source in enumerate(sources):
+        achieved = written[i]["tokens"] / total if total else 0.0
+        off = abs(achieved - plan["shares"][i]) / plan["shares"][i]
+        if off <= TOLERANCE:
+            continue
+        head = f"mix: {source['name']} is {achieved:.2%} of the tokens, {plan['shares'][i]:.2%} was asked (off by {off:.1%})"
+        if i in coarse:
+            lines.append(f"{head}: whole documents (up to {plan['available'][i]['largest']:,} tokens) are too coarse "
+                         f"for the {plan['needs'][i]:,.0f} tokens it needs ({written[i]['tokens']:,} written); mix more "
+                         f"text, or lower reduce.mix.max_doc_tokens")
+        else:
+            others = ", ".join(sources[j]["name"] for j in coarse) or "none"
+            lines.append(f"{head}: its {written[i]['tokens']:,} tokens are as planned; the total moved with the "
+                         f"sources whose documents are too coarse for their need ({others})")
+    return lines
 
 
 def _estimate(counts: dict[str, Any]) -> int:
