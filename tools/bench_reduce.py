@@ -10,8 +10,12 @@ is absent), then in one invocation, each measurement a fresh subprocess timed by
            anchor writes no text)
   memory   peak RSS of hpcsynth reduce at two run sizes 4x apart (ratio 1.0: originals mixed in)
   jobs     wall seconds of --jobs 1 and --jobs 2 on the 4x run in 24 parts
+  mix      the cost of exact mixing: the 1x run reduced with originals mixed in (original_ratio 0.1,
+           which the originals can meet) by this tree and by another source tree (--before DIR, e.g.
+           the commit before exact mixing, from `git archive`), alternating, CPU seconds side by side
 
-    python tools/bench_reduce.py [--docs 3000] [--repeat 3] [--only tokenize,memory,jobs] [--tokenizer PATH/tokenizer.json]
+    python tools/bench_reduce.py [--docs 3000] [--repeat 3] [--only tokenize,memory,jobs,mix] [--before DIR]
+                                 [--tokenizer PATH/tokenizer.json]
 """
 
 from __future__ import annotations
@@ -101,9 +105,9 @@ def measure(command: list[str], before=None, key: str = "cpu") -> dict:
     return min(runs, key=lambda m: m[key])
 
 
-def _measure_once(command: list[str]) -> dict:
+def _measure_once(command: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
     started = time.monotonic()
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env or ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     if status != 0:
@@ -138,6 +142,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "gpt-neox-20b.tokenizer.json"))
     parser.add_argument("--only", default="tokenize,memory,jobs", help="sections to run, comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fewest CPU seconds count")
+    parser.add_argument("--backend", default="tokenizers", help="mix section: reduce.backend of both trees")
+    parser.add_argument("--before", default="", help="mix section: a source tree to compare with (git archive of a commit)")
     args = parser.parse_args()
     global REPEAT
     REPEAT = args.repeat
@@ -220,7 +226,47 @@ def bench_jobs(root: Path, args: argparse.Namespace) -> None:
           f"Amdahl allows {1 / (serial + (1 - serial) / 2):.2f}x")
 
 
-SECTIONS = {"tokenize": bench_tokenize, "memory": bench_memory, "jobs": bench_jobs}
+def bench_mix(root: Path, args: argparse.Namespace) -> None:
+    """This tree against --before DIR on one run, without and with originals mixed in, tries alternating."""
+    folder = root / "mix"
+    folder.mkdir()
+    run = make_run(folder, make_documents(args.docs, seed=4), args.tokenizer)
+    trees = {"this tree": REPO}
+    if args.before:
+        trees = {"before": Path(args.before).resolve(), **trees}
+    for ratio in (0.0, 0.1):
+        _bench_mix_ratio(run, folder, trees, ratio, args.backend)
+
+
+def _bench_mix_ratio(run: Path, folder: Path, trees: dict[str, Path], ratio: float, backend: str) -> None:
+    import yaml
+
+    set_reduce(run, backend=backend, original_ratio=ratio)
+    data = yaml.safe_load((run / "config.yaml").read_text())
+    data["reduce"].pop("mix", None)  # an older tree refuses the key; its default is the simple form anyway
+    (run / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    best: dict[str, dict] = {}
+    for _ in range(REPEAT):
+        for label, tree in trees.items():
+            shutil.rmtree(folder / "out", ignore_errors=True)
+            # `python -m hpcsynth` from the tree's own directory imports that tree's package.
+            env = {**ENV, "PYTHONPATH": str(tree)}
+            got = _measure_once(reduce_cmd(run, folder / "out"), env=env, cwd=tree)
+            report = json.loads((folder / "out" / "report.json").read_text())
+            got.update(tokens=report["tokens"], original=report["original_tokens"], synthetic=report["synthetic_tokens"])
+            if label not in best or got["cpu"] < best[label]["cpu"]:
+                best[label] = got
+    print(f"\n{f'original_ratio {ratio}, backend {backend}':<40} {'cpu s':>7} {'tokens':>11} {'original':>9} {'ratio':>7}")
+    for label, got in best.items():
+        print(f"{label:<40} {got['cpu']:>7.2f} {got['tokens']:>11,} {got['original']:>9,} "
+              f"{got['original'] / got['synthetic']:>7.4f}")
+    if len(best) == 2:
+        old, new = best.values()
+        print(f"CPU s this tree / before: {new['cpu'] / old['cpu']:.3f}; per written token: "
+              f"{(new['cpu'] / new['tokens']) / (old['cpu'] / old['tokens']):.3f} (load {os.getloadavg()[0]:.2f})")
+
+
+SECTIONS = {"tokenize": bench_tokenize, "memory": bench_memory, "jobs": bench_jobs, "mix": bench_mix}
 
 if __name__ == "__main__":
     main()

@@ -67,6 +67,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
     _check_pass_through(config, bad)
     _check_validate(config.validate, bad)
+    _check_mix(config, bad)
 
 
 # Pass-through names that a typed key already sets: two ways to say one thing would let them disagree.
@@ -201,3 +202,50 @@ def _check_card(config: Config, bad) -> None:
     for key, value in named.items():
         if not isinstance(value, str) or (value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", value)):
             raise bad(key, f"must be an id such as odc-by, cc-by-4.0 or en (letters, digits, . _ + -), got {value!r}")
+
+
+MIX_POLICIES = ("shrink", "repeat", "error")
+RUN_ORIGINALS = "run_originals"
+MAX_MIX_SOURCES = 255  # a part stores each document's source as one byte
+
+
+def _check_mix(config: Config, bad: Any) -> None:
+    mix = config.reduce.mix
+    for prompt, weight in mix.synthetic.items():
+        key = f"reduce.mix.synthetic.{prompt}"
+        if prompt != "*" and prompt not in config.prompts:
+            raise bad(key, f"is not a prompt of this config ({', '.join(config.prompts)}); name one of them, or "
+                           f"\"*\" for all of them pooled")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise bad(key, f"must be a weight above 0, got {weight!r}; leave the prompt out to mix none of it")
+    if "*" in mix.synthetic and len(mix.synthetic) > 1:
+        raise bad("reduce.mix.synthetic", "names \"*\" (every prompt pooled) and single prompts; use one or the other")
+    names: set[str] = set()
+    for i, source in enumerate(mix.sources):
+        key = f"reduce.mix.sources[{i}]"
+        if not NAME.fullmatch(source.name) or source.name.startswith("synthetic"):
+            raise bad(f"{key}.name", f"{source.name!r} must be a plain name (letters, digits, '.', '_', '-'), "
+                                     f"not starting with 'synthetic': {RUN_ORIGINALS} or your corpus's name")
+        if source.name in names:
+            raise bad(f"{key}.name", f"{source.name!r} names two sources; give each its own name")
+        names.add(source.name)
+        if (source.name == RUN_ORIGINALS) == bool(source.path):
+            raise bad(f"{key}.path", f"is for a corpus of your own: {RUN_ORIGINALS} takes no path, and any other "
+                                     f"source needs one (a JSONL or Parquet file, directory or glob)")
+        if not source.weight > 0:
+            raise bad(f"{key}.weight", f"must be above 0, got {source.weight}; leave the source out to mix none")
+        if not source.text_key:
+            raise bad(f"{key}.text_key", "must name the field that holds the text, e.g. text")
+    if len(mix.sources) + max(len(mix.synthetic), len(config.prompts)) > MAX_MIX_SOURCES:
+        raise bad("reduce.mix.sources", f"a mix holds at most {MAX_MIX_SOURCES} sources and prompts")
+    if mix.too_few not in MIX_POLICIES:
+        raise bad("reduce.mix.too_few", f"must be one of {', '.join(MIX_POLICIES)}, got {mix.too_few!r}")
+    if mix.oversize not in ("cut", "drop"):
+        raise bad("reduce.mix.oversize", f"must be cut or drop, got {mix.oversize!r}")
+    if not mix.max_repeat >= 1:
+        raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, got {mix.max_repeat}")
+    for key in ("total_tokens", "max_doc_tokens"):
+        if getattr(mix, key) < 0:
+            raise bad(f"reduce.mix.{key}", f"must be 0 (no limit) or more, got {getattr(mix, key)}")
+    if 0 < mix.max_doc_tokens < 16:
+        raise bad("reduce.mix.max_doc_tokens", f"must be 0 (no cap) or at least 16, got {mix.max_doc_tokens}")

@@ -200,6 +200,12 @@ def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int])
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)
         raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
+    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        # A list of sections (reduce.mix.sources): each item a mapping checked like any section.
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list of mappings, {got}")
+        return tuple(_build(typing.get_args(hint)[0], item, f"{key}[{i}]", source, lines)
+                     for i, item in enumerate(value))
     if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is not str:
         # grid.generators, grid.mixins: mappings whose keys expand_grid checks against the sections.
         if isinstance(value, (list, tuple)) and all(

@@ -198,6 +198,48 @@ class SlurmConfig:
 
 
 @dataclass(frozen=True)
+class MixSource:
+    # "run_originals" (the run's own source documents) or a name of your choosing for another corpus;
+    # it names the source in mix.json, the report and every error.
+    name: str = ""
+    # A corpus's files, directory or glob (JSONL plain/.gz/.zst or Parquet, read like plan.inputs);
+    # empty for run_originals, whose documents are the run's shards.
+    path: str = ""
+    # The corpus's field names for the text and its id, as plan.text_key and plan.id_key.
+    text_key: str = "text"
+    id_key: str = "id"
+    # Relative share of the written tokens, against every other source's and synthetic prompt's weight.
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    # Prompt -> weight; "*" pools every prompt as one source in its natural proportions. Empty: {"*": 1.0}.
+    # A prompt left out is validated and exported as text, but not written to the token files.
+    synthetic: dict[str, float] = field(default_factory=dict)
+    # Mix-in sources; empty: run_originals at weight reduce.original_ratio x the synthetic weights
+    # (so the simple form keeps working), none when original_ratio is 0.
+    sources: tuple[MixSource, ...] = ()
+    # A source with fewer tokens than its share needs: "shrink" the total until it fits (every share
+    # stays exact and nothing repeats; the command says by how much), "repeat" its documents up to
+    # max_repeat times, or "error". Shrink is the default: it is never off target and never invents data.
+    too_few: str = "shrink"
+    # Most times a source may be used under too_few: repeat; repeated text beyond ~4 epochs stops helping
+    # (Muennighoff et al., data-constrained scaling).
+    max_repeat: float = 4.0
+    # Tokens written in all; 0: as many as the scarcest synthetic prompt allows without repeating it
+    # (all of the synthetic text when its prompts are pooled), generation being the costly part.
+    total_tokens: int = 0
+    # Largest document in tokens (with BOS and EOS); 0: no cap. A FinePhrase document is cut at 18,000
+    # chars (~4.5k tokens) and a rephrasing is at most 2,048: 65,536 leaves those whole, while one 10 MB
+    # page (~2.5M tokens) could otherwise be most of a small mix.
+    max_doc_tokens: int = 65536
+    # What happens to a larger document: "cut" keeps its first max_doc_tokens (the start of a page is its
+    # most coherent part), "drop" leaves it out; either way it is counted in mix.json.
+    oversize: str = "cut"
+
+
+@dataclass(frozen=True)
 class ReduceConfig:
     # tokenizer.json file or a directory holding one; empty: the generator's own tokenizer.
     tokenizer: str = ""
@@ -229,6 +271,9 @@ class ReduceConfig:
     max_file_mb: float = 0.0
     # Also write the synthetic text as Parquet with a dataset card (what FinePhrase published).
     text_export: bool = True
+    # Exact token shares of synthetic prompts and mix-in sources (hpcsynth/reduce/mix/); empty: the
+    # simple form above, all prompts pooled plus run_originals at original_ratio.
+    mix: MixConfig = field(default_factory=MixConfig)
 
 # The reducer's quality checks by name (hpcsynth/reduce/validate/), for validate.skip; in check order.
 VALIDATE_CHECKS = ("preamble", "refusal", "too_short", "repetition", "degenerate",

@@ -75,11 +75,12 @@ def is_parquet(path: Path) -> bool:
 
 
 def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None,
-              max_line_bytes: int = 64 << 20) -> Iterator[Item]:
-    """Records of one corpus file; `columns` names the top-level fields a columnar reader must load."""
+              max_line_bytes: int = 64 << 20, row_groups: list[int] | None = None) -> Iterator[Item]:
+    """Records of one corpus file; `columns` names the top-level fields a columnar reader must load;
+    `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file)."""
     counter = counter or ByteCounter()
     if is_parquet(path):
-        yield from _read_parquet(path, columns, counter)
+        yield from _read_parquet(path, columns, counter, row_groups)
     else:
         yield from _read_jsonl(path, counter, max_line_bytes)
 
@@ -157,7 +158,8 @@ def _file_reason(path: Path, exc: BaseException) -> str:
     return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
 
 
-def _read_parquet(path: Path, columns: list[str], counter: ByteCounter) -> Iterator[Item]:
+def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
+                  only: list[int] | None = None) -> Iterator[Item]:
     import pyarrow  # heavy; only a Parquet corpus pays for it
     import pyarrow.parquet as pq
 
@@ -171,6 +173,9 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter) -> Itera
         wanted = [c for c in dict.fromkeys(columns) if c in names]
         size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
         for group in range(parquet.num_row_groups):
+            if only is not None and group not in only:
+                row += parquet.metadata.row_group(group).num_rows
+                continue
             for batch in parquet.iter_batches(PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted):
                 names = batch.schema.names
                 for values in zip(*(column.to_pylist() for column in batch.columns)):

@@ -53,11 +53,13 @@ def print_summary(report: dict) -> None:
     out = f"{report['prefix']}"
     kind = {"megatron": ".bin/.idx", "datatrove": ".ds", "numpy": ".npy"}[report["format"]]
     partial = " (PARTIAL: not every shard is in)" if report["partial"] else ""
+    corpus = f" + {report['corpus_tokens']:,} corpus" if report.get("corpus_tokens") else ""
     print(f"wrote {report['sequences']:,} documents, {report['tokens']:,} tokens{partial} "
-          f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original, ratio "
-          f"{report['original_ratio']}) to {out}{kind}")
-    for source, tokens in report["tokens_by_source"].items():
-        print(f"  {source:<22} {tokens:>14,} tokens")
+          f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original{corpus}) to {out}{kind}")
+    from hpcsynth.reduce.mix.manifest import mix_lines
+
+    for line in mix_lines(report["mix"]):
+        print(line)
     print(f"  tokenizer {report['tokenizer']} ({report['backend']}), EOS {report['eos_token']!r} = "
           f"{report['eos_id']} ({report['eos_source']}), {report['dtype']}")
     if report.get("text_export"):
@@ -67,10 +69,8 @@ def print_summary(report: dict) -> None:
     _print_validation(report)
     if report.get("backend_note"):
         print(report["backend_note"], file=sys.stderr)
-    if report["original_pool_exhausted"]:
-        print(f"note: every source document of some shards was mixed in and the original ratio is "
-              f"{report['original_ratio']}, below reduce.original_ratio={report['original_ratio_target']}",
-              file=sys.stderr)
+    for note in report["mix"]["policy"]["notes"]:  # a shrunk total, a repeated source, a share off target
+        print(note, file=sys.stderr)
 
 
 def _print_validation(report: dict) -> None:

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, sha256_file
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
+from hpcsynth.reduce.mix.choose import copies_of
+from hpcsynth.reduce.mix.plan import plan_mix
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 
 TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
@@ -42,40 +44,82 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
             raise RunError(f"reduce part {index} of {out_dir} is not done; run `hpcsynth reduce {spec.run} "
                            f"--out {out_dir}` again (done parts are kept)")
         markers[index] = marker
-    output = _Output(spec)
-    docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
-    docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
-    seq = 0
-    with open(docs_tmp, "wb") as docs:
-        for bucket in range(spec.buckets):
-            arrays, lines = _load_bucket(spec, bucket)
-            for j in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(arrays)):
-                output.add(arrays[j])
-                docs.write(b'{"seq":%d,' % seq + lines[j][1:])
-                seq += 1
-        docs.flush()
-        os.fsync(docs.fileno())
-    if seq == 0:
+    if not any(m["documents"] for m in markers.values()):
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
                        f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
+    # Raises for too_few: error before any output file is touched.
+    mix, markers = plan_mix(spec, markers, lambda parts: _all_originals(spec, parts))
+    output = _Output(spec)
+    docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
+    docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
+    written = [{"documents": 0, "tokens": 0} for _ in spec.mix["sources"]]
+    seq = 0
+    with open(docs_tmp, "wb") as docs:
+        for bucket in range(spec.buckets):
+            chosen = _gather(spec, mix, bucket)
+            for pick in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(chosen)):
+                array, line, source, copy = chosen[pick]
+                output.add(array)
+                docs.write((b'{"seq":%d,"copy":%d,' % (seq, copy) if copy else b'{"seq":%d,' % seq) + line[1:])
+                written[source]["documents"] += 1
+                written[source]["tokens"] += len(array)
+                seq += 1
+        docs.flush()
+        os.fsync(docs.fileno())
     files = output.finish()
     os.replace(docs_tmp, docs_path)
     _remove_stale(spec, files)
     from hpcsynth.reduce.card import write_cards
+    from hpcsynth.reduce.mix.manifest import write_mix_manifest
     from hpcsynth.reduce.report import build_report, save_report
 
+    manifest = write_mix_manifest(spec, markers, mix, written)  # before the cards, which render it
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
-    data = build_report(spec, markers, output, files + [docs_path], text, rejects,
-                        merge_cpu_seconds=time.process_time() - started)
+    data = build_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
+                        rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
     write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
     return save_report(spec, data)
 
 
-def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes]]:
-    """Every part's documents of one bucket, in part order."""
+def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:
+    """What the merge writes for one bucket: (tokens, docs line, source, copy) of its own documents the
+    mix chose, and the later copies of repeated documents from other buckets. Copy c of a document of
+    bucket h goes to bucket (h + c x buckets / copies) mod buckets, so the copies of a repeated document
+    are spread over the file, not side by side where a trainer would read them in the same steps; the
+    merge then holds as many buckets as the most copies of a document (1 without repeats)."""
+    most = max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1)
+    stride = max(1, spec.buckets // max(most, 1))
+    loaded: dict[int, tuple] = {}
+    chosen = []
+    for copy in range(max(most, 1)):
+        home = (bucket - copy * stride) % spec.buckets
+        if home not in loaded:
+            arrays, lines, keys, sources = _load_bucket(spec, home)
+            loaded[home] = (arrays, lines, sources, copies_of(keys, sources, mix["copies"], mix["limits"]))
+        arrays, lines, sources, times = loaded[home]
+        chosen += [(arrays[j], lines[j], int(sources[j]), copy) for j in np.flatnonzero(times > copy)]
+    return chosen
+
+
+def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:
+    """Redo these parts with every original tokenized (the mix plan needs more than they counted); in
+    this process, Slurm's merge task included: it is rare, and each part is bounded."""
+    from hpcsynth.reduce.parts import ALL_ORIGINALS, all_originals_parts, reduce_part
+
+    atomic_write_json(spec.parts_dir / ALL_ORIGINALS, sorted(all_originals_parts(spec) | set(parts)))
+    for index in parts:
+        spec.part_path(index, ".done.json").unlink(missing_ok=True)
+        reduce_part(str(spec.out_dir), index)
+    return {index: spec.part_done(index) for index in spec.part_indices()}
+
+
+def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes], np.ndarray, np.ndarray]:
+    """Every part's documents of one bucket, in part order, with their mix keys and sources."""
     arrays: list[np.ndarray] = []
     lines: list[bytes] = []
+    keys: list[np.ndarray] = [np.zeros(0, np.uint64)]
+    sources: list[np.ndarray] = [np.zeros(0, np.uint8)]
     dtype = ds_dtype(spec.tokenizer["vocab_size"])
     for index in spec.part_indices():
         bounds = np.load(spec.part_path(index, ".bounds.npy"), mmap_mode="r")
@@ -91,10 +135,12 @@ def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[
             raise RunError(f"{spec.part_path(index, '.bin')} is shorter than its index says; delete "
                            f"{spec.part_path(index, '.done.json').name} and run reduce again")
         arrays += np.split(tokens, np.cumsum(lens)[:-1])
+        keys.append(np.asarray(np.load(spec.part_path(index, ".keys.npy"), mmap_mode="r")[d0:d1]))
+        sources.append(np.asarray(np.load(spec.part_path(index, ".src.npy"), mmap_mode="r")[d0:d1]))
         with open(spec.part_path(index, ".docs.jsonl"), "rb") as handle:
             handle.seek(b0)
             lines += handle.read(b1 - b0).splitlines(keepends=True)
-    return arrays, lines
+    return arrays, lines, np.concatenate(keys), np.concatenate(sources)
 
 
 class _Output:
@@ -169,7 +215,7 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
             os.link(spec.part_path(index, ".parquet"), target)
         except OSError:  # another filesystem, or no hard links: copy
             target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
-        files.append({"path": target.name, "rows": markers[index]["synthetic_documents"],
+        files.append({"path": target.name, "rows": markers[index]["text_rows"],
                       "sha256": sha256_file(target)})
     # Its README.md, the dataset card, is written with the output's own (card.py), once the counts are known.
     return {"dir": folder.name, "files": files, "rows": sum(f["rows"] for f in files)}

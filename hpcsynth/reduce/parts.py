@@ -1,11 +1,15 @@
 """A reduce part: a group of shards tokenized into part files, grouped by shuffle bucket.
 
 The first half of the bounded-memory reduce (merge.py is the second). A part holds at most
-reduce.part_shards shards in memory, whatever the run's size. It writes, under DIR/parts/:
+reduce.part_shards shards in memory, whatever the run's size (or one file of a mix-in corpus). It
+tokenizes every document a mix source could give (mix/feed.py): the merge chooses among them, once
+every part has counted its tokens. It writes, under DIR/parts/:
 
   part-NNNNNN.bin          tokens of its documents, ordered by shuffle bucket (then as selected)
   part-NNNNNN.bounds.npy   int64 [3, buckets+1]: cumulative documents, tokens, docs.jsonl bytes
   part-NNNNNN.lens.npy     int32 tokens per document, in the same order
+  part-NNNNNN.keys.npy     uint64 mix key per document (hpcsynth/reduce/mix/choose.py), same order
+  part-NNNNNN.src.npy      uint8 mix source per document (its index in spec.mix["sources"]), same order
   part-NNNNNN.docs.jsonl   what each document is: kind, id, source_id, prompt, tokens
   part-NNNNNN.rejects.jsonl  records refused, with the reason
   part-NNNNNN.parquet      the synthetic text (reduce.text_export)
@@ -26,17 +30,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from hpcsynth.files import atomic_write_bytes, atomic_write_json
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json
 from hpcsynth.reduce.fast import load_fast
 from hpcsynth.reduce.formats.datatrove import ds_dtype
-from hpcsynth.reduce.select import (Document, bucket_of, original_pool, prompt_formats, synthetic_documents,
-                                    take_originals)
+from hpcsynth.reduce.mix.choose import document_key
+from hpcsynth.reduce.mix.feed import MixFeed
+from hpcsynth.reduce.select import Document, bucket_of, prompt_formats, synthetic_documents
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
-ORIGINALS_BATCH = 64  # originals are encoded lazily: at ratio 0.5 most of the pool is never tokenized
+ALL_ORIGINALS = "part-all-originals.json"  # named part-*: cleared with the parts when the spec key changes
 PARITY_DOCS = 8  # each part checks its own first documents against `tokenizers`
 _TOKENIZERS: dict[str, DocumentTokenizer] = {}
 
@@ -50,24 +55,32 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     run = RunDir(Path(spec.run))
     config = apply_view(run.config(), spec.run_info.get("view"))  # a grid cell: its prompt, its mix-in
     encoder = _PartEncoder(part_tokenizer(spec))
-    docs: list[tuple[Document, np.ndarray]] = []
+    feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec))
     rejects: list[dict] = []
+    exported: list[dict] = []  # every validated record goes to the text export, mixed or not
     tally: dict[str, dict] = {}
+    corpus = spec.corpus_part(index)
+    if corpus is not None:
+        feed.add_corpus(*corpus, config.plan.max_line_bytes, rejects)
     formats = spec.run_info.get("formats") or prompt_formats(run.manifest())
-    target_total = 0.0
     for shard in spec.part_shards(index):
         synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)
-        arrays = encoder.encode([d.text for d in synthetic])
-        docs += zip(synthetic, arrays)
-        target = config.reduce.original_ratio * sum(len(a) for a in arrays)
-        target_total += target
-        if target > 0:
-            docs += _originals(encoder, original_pool(run, shard, config), target)
-    marker = _write_part(spec, index, docs, rejects, config.reduce.seed)
-    marker.update(validation=tally, original_target=target_total, backend=encoder.backend, backend_note=encoder.note,
+        exported += [d.record for d in synthetic]
+        feed.add_synthetic(synthetic)
+    feed.add_originals(run, spec.part_shards(index))  # after the synthetic: their tokens bound the originals
+    marker = _write_part(spec, index, feed.docs, rejects, exported, config.reduce.seed)
+    marker.update(validation=tally, mix=feed.counts, backend=encoder.backend, backend_note=encoder.note,
                   cpu_seconds=round(time.process_time() - started, 3))
     atomic_write_json(spec.part_path(index, ".done.json"), marker)
     return marker
+
+
+def all_originals_parts(spec: ReduceSpec) -> set[int]:
+    """Parts the merge found short of counted originals (mix/feed.py): they tokenize all of them."""
+    try:
+        return set(read_json(spec.parts_dir / ALL_ORIGINALS))
+    except (OSError, ValueError, TypeError):
+        return set()
 
 
 def part_tokenizer(spec: ReduceSpec) -> DocumentTokenizer:
@@ -112,29 +125,17 @@ class _PartEncoder:
         return self.tok.documents(texts) if texts else []
 
 
-def _originals(encoder: _PartEncoder, pool: list[Document], target: float) -> list[tuple[Document, np.ndarray]]:
-    def encoded():
-        for start in range(0, len(pool), ORIGINALS_BATCH):
-            batch = pool[start:start + ORIGINALS_BATCH]
-            yield from zip(batch, encoder.encode([d.text for d in batch], "original"))
-
-    arrays: dict[int, np.ndarray] = {}
-
-    def sized():
-        for doc, array in encoded():
-            arrays[id(doc)] = array
-            yield doc, len(array)
-
-    return [(doc, arrays[id(doc)]) for doc in take_originals(sized(), target)]
-
-
 def _write_part(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndarray]], rejects: list[dict],
-                seed: int) -> dict[str, Any]:
+                exported: list[dict], seed: int) -> dict[str, Any]:
     buckets = np.asarray([bucket_of(doc.id, seed, spec.buckets) for doc, _ in docs], dtype=np.int64)
     order = np.argsort(buckets, kind="stable")
-    lines = [orjson.dumps({"kind": docs[i][0].kind, "id": docs[i][0].id, "source_id": docs[i][0].source_id,
-                           "prompt": docs[i][0].prompt, "tokens": len(docs[i][1])}) + b"\n" for i in order]
+    names = [s["name"] for s in spec.mix["sources"]]
+    lines = [orjson.dumps({"kind": docs[i][0].kind, "source": names[docs[i][0].source], "id": docs[i][0].id,
+                           "source_id": docs[i][0].source_id, "prompt": docs[i][0].prompt,
+                           "tokens": len(docs[i][1])}) + b"\n" for i in order]
     lens = np.asarray([len(docs[i][1]) for i in order], dtype=np.int32)
+    keys = np.asarray([document_key(docs[i][0].id, seed) for i in order], dtype=np.uint64)
+    sources = np.asarray([docs[i][0].source for i in order], dtype=np.uint8)
     bounds = np.zeros((3, spec.buckets + 1), dtype=np.int64)
     bounds[0, 1:] = np.cumsum(np.bincount(buckets, minlength=spec.buckets))
     token_ends = np.concatenate(([0], np.cumsum(lens, dtype=np.int64)))
@@ -144,28 +145,17 @@ def _write_part(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndar
     tokens = np.concatenate([docs[i][1] for i in order]).astype(dtype) if docs else np.zeros(0, dtype)
     atomic_write_bytes(spec.part_path(index, ".bin"), tokens.tobytes())
     atomic_write_bytes(spec.part_path(index, ".lens.npy"), _npy(lens))
+    atomic_write_bytes(spec.part_path(index, ".keys.npy"), _npy(keys))
+    atomic_write_bytes(spec.part_path(index, ".src.npy"), _npy(sources))
     atomic_write_bytes(spec.part_path(index, ".bounds.npy"), _npy(bounds))
     atomic_write_bytes(spec.part_path(index, ".docs.jsonl"), b"".join(lines))
     atomic_write_bytes(spec.part_path(index, ".rejects.jsonl"), b"".join(orjson.dumps(r) + b"\n" for r in rejects))
-    synthetic = [doc for doc, _ in docs if doc.kind == "synthetic"]
     if spec.text_export:
         from hpcsynth.reduce.formats.parquet import write_text_part
 
-        write_text_part(spec.part_path(index, ".parquet"), [d.record for d in synthetic])
-    return _counts(spec, index, docs, rejects)
-
-
-def _counts(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndarray]], rejects: list[dict]) -> dict:
-    by_source: dict[str, int] = {}
-    for doc, array in docs:
-        source = f"synthetic/{doc.prompt}" if doc.kind == "synthetic" else "original"
-        by_source[source] = by_source.get(source, 0) + len(array)
-    kinds = {kind: [len(a) for d, a in docs if d.kind == kind] for kind in ("synthetic", "original")}
+        write_text_part(spec.part_path(index, ".parquet"), exported)
     return {"key": spec.key, "shards": spec.part_shards(index), "documents": len(docs),
-            "tokens": int(sum(len(a) for _, a in docs)), "tokens_by_source": by_source,
-            "synthetic_documents": len(kinds["synthetic"]), "synthetic_tokens": int(sum(kinds["synthetic"])),
-            "original_documents": len(kinds["original"]), "original_tokens": int(sum(kinds["original"])),
-            "rejected_records": len(rejects),
+            "tokens": int(token_ends[-1]), "text_rows": len(exported), "rejected_records": len(rejects),
             "max_token": int(max((a.max() for _, a in docs if len(a)), default=0))}
 
 

@@ -16,6 +16,7 @@ dependent job (hpcsynth/execute/slurm.py); this module does not know where it ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from hpcsynth.files import read_jsonl_zst
 from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.lock import reduce_lock
 from hpcsynth.reduce.merge import merge_parts
+from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import prompt_formats, ready_shards
 from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
@@ -74,7 +76,9 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
                 "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
                 "formats": prompt_formats(manifest), "validate_action": config.validate.action,
                 **_card_context(manifest, config)}
-    settings = {**dataclasses.asdict(config.reduce), "validate": dataclasses.asdict(config.validate)}
+    mix = resolve_mix(config, run)
+    # Weights, too_few and total_tokens decide only the merge's choice: changing them reuses every part.
+    settings = {k: v for k, v in dataclasses.asdict(config.reduce).items() if k not in ("mix", "original_ratio")}
     if view:
         run_info["view"] = view
         settings["prompts"] = list(config.prompts)
@@ -83,7 +87,10 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
         parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
         format=config.reduce.format, max_file_mb=config.reduce.max_file_mb,
         text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
-        key=spec_key(run.fingerprint(), settings, described, buckets))
+        key=spec_key(run.fingerprint(), {**settings, "mix": part_settings(mix),
+                                         "validate": dataclasses.asdict(config.validate)}, described, buckets),
+        mix=mix, corpus_parts=corpus_parts(mix, math.ceil(len(manifest["shards"]) / config.reduce.part_shards),
+                                           config.reduce.part_shards * config.plan.shard_docs))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
     remember_tokenizer(spec, tok)

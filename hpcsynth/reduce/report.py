@@ -19,8 +19,9 @@ def report_path(out_dir: Path, partial: bool) -> Path:
 
 
 def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
-                 text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
-    return save_report(spec, build_report(spec, markers, output, files, text, rejects, merge_cpu_seconds))
+                 text: dict | None, rejects: Path | None, mix: dict[str, Any],
+                 merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
+    return save_report(spec, build_report(spec, markers, output, files, text, rejects, mix, merge_cpu_seconds))
 
 
 def save_report(spec: ReduceSpec, data: dict[str, Any]) -> dict[str, Any]:
@@ -29,15 +30,14 @@ def save_report(spec: ReduceSpec, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
-                 text: dict | None, rejects: Path | None, merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
-    total = {key: sum(m[key] for m in markers.values()) for key in
-             ("synthetic_documents", "synthetic_tokens", "original_documents", "original_tokens",
-              "rejected_records")}
-    by_source: dict[str, int] = {}
-    for marker in markers.values():
-        for source, tokens in marker["tokens_by_source"].items():
-            by_source[source] = by_source.get(source, 0) + tokens
-    target = sum(m["original_target"] for m in markers.values())
+                 text: dict | None, rejects: Path | None, mix: dict[str, Any],
+                 merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
+    total = {f"{kind}_{what}": sum(row[what] for row in mix["sources"] if row["kind"] == kind)
+             for kind in ("synthetic", "original", "corpus") for what in ("documents", "tokens")}
+    total["rejected_records"] = sum(m["rejected_records"] for m in markers.values())
+    by_source = {row["name"]: row["tokens"] for row in mix["sources"]}
+    weights = {kind: sum(row["weight"] for row in mix["sources"] if row["kind"] == kind)
+               for kind in ("synthetic", "original")}
     validation: dict[str, dict] = {}
     for marker in markers.values():
         add_tallies(validation, marker.get("validation", {}))
@@ -56,10 +56,13 @@ def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         "backend_note": spec.backend_note or "; ".join(sorted({m["backend_note"] for m in markers.values()} - {""})),
         "shards_used": sum(len(p) - 1 for p in spec.parts), "shards_skipped": spec.shards_skipped,
         **total, "tokens_by_source": dict(sorted(by_source.items())),
-        "original_ratio_target": spec.run_info["original_ratio"],
+        # Original tokens per synthetic token, asked (from the weights) and written.
+        "original_ratio_target": round(weights["original"] / weights["synthetic"], 6) if weights["synthetic"] else None,
         "original_ratio": round(orig / syn, 4) if syn else None,
-        # True when a shard's every source document was mixed in and its ratio still fell short.
-        "original_pool_exhausted": orig < target,
+        # True when the run's originals had fewer tokens than their share (reduce.mix.too_few decided).
+        "original_pool_exhausted": "run_originals" in mix["policy"]["short"],
+        # What mix.json holds: the shares asked and written per source, and the policy's notes.
+        "mix": mix,
         "sequences": output.sequences, "tokens": output.tokens,
         "max_token": max(m["max_token"] for m in markers.values()),
         "parts": len(markers), "buckets": spec.buckets,

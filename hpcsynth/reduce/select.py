@@ -6,18 +6,15 @@ functions without touching parts.py or merge.py. Everything here works on one sh
 - `ready_shards`: shards whose done marker matches the run and whose output passes its checksum.
 - `synthetic_documents`: a shard's records that pass validation by their prompt's format
   (hpcsynth/reduce/validate/), in record order, preamble stripped; the rest are rejects, by reason.
-- `original_pool`: the shard's own source documents, in a seeded order, for the original-text mix-in.
-- `take_originals`: whole originals, in that order, until reduce.original_ratio x the shard's
-  synthetic tokens is reached (so the achieved ratio overshoots by less than one document per shard).
+- The mix (which documents of which source, how often) is hpcsynth/reduce/mix/: chosen over the whole
+  run at exact token shares, not shard by shard.
 - `bucket_of`: the shuffle bucket of a document, from the seed and its id alone.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import shlex
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +26,13 @@ from hpcsynth.rundir import RunDir, shard_name
 
 @dataclass
 class Document:
-    kind: str  # "synthetic" or "original"
+    kind: str  # "synthetic", "original" or "corpus" (a mix-in corpus of reduce.mix.sources)
     id: str  # record id (KEY/PROMPT) or the document key
     source_id: str  # the corpus's own id of the source document (for web data, its URL)
     text: str
     prompt: str = ""
     record: dict[str, Any] = field(default_factory=dict)  # the whole output record, for the text export
+    source: int = -1  # its source's index in the reduce's mix (hpcsynth/reduce/mix/sources.py)
 
 
 def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int], list[dict]]:
@@ -138,26 +136,6 @@ def add_tallies(total: dict[str, dict], part: dict[str, dict]) -> dict[str, dict
             for check, n in counts.get(kind, {}).items():
                 into[kind][check] = into[kind].get(check, 0) + n
     return total
-
-
-def original_pool(run: RunDir, shard: int, config: Config) -> list[Document]:
-    """The shard's source documents in a seeded order (the same whatever the reduce's parallelism)."""
-    if config.reduce.original_ratio <= 0:
-        return []
-    docs = [Document("original", str(d["key"]), str(d.get("id", "")), d["text"])
-            for d in read_jsonl_zst(run.shard_path(shard))]
-    random.Random(f"{config.reduce.seed}:{shard}").shuffle(docs)
-    return docs
-
-
-def take_originals(pool: Iterable[tuple[Document, int]], target: float) -> Iterator[Document]:
-    """Whole documents, in pool order, until their tokens reach target; pool yields (doc, tokens)."""
-    taken = 0
-    for doc, tokens in pool:
-        if taken >= target:
-            return
-        taken += tokens
-        yield doc
 
 
 def bucket_of(doc_id: str, seed: int, buckets: int) -> int:

@@ -21,8 +21,8 @@ import orjson
 from hpcsynth.files import atomic_write_json, read_json, sha256_file
 from hpcsynth.errors import RunError
 
-SPEC_VERSION = 1
-PART_FILES = (".lens.npy", ".bounds.npy", ".docs.jsonl", ".rejects.jsonl")
+SPEC_VERSION = 2  # 2: parts hold every candidate of the exact mix, with keys and sources
+PART_FILES = (".lens.npy", ".keys.npy", ".src.npy", ".bounds.npy", ".docs.jsonl", ".rejects.jsonl")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class ReduceSpec:
     backend_note: str
     run_info: dict[str, Any]  # fingerprint, model, prompts, seed, original_ratio: for the merge and the card
     key: str
+    # The resolved reduce.mix (hpcsynth/reduce/mix/sources.py): sources in index order, and the policy.
+    mix: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # [part index, source index, file, Parquet row groups or None]: the parts of mix-in corpora, after the
+    # run's parts (a JSONL file is one part, a Parquet file one per run of row groups).
+    corpus_parts: list[list] = dataclasses.field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
@@ -57,6 +62,8 @@ class ReduceSpec:
         for entry in self.parts:
             if entry[0] == index:
                 return entry[1:]
+        if self.corpus_part(index) is not None:
+            return []
         raise RunError(f"{self.parts_dir / 'spec.json'} has no part {index}")
 
     @property
@@ -64,7 +71,14 @@ class ReduceSpec:
         return "-partial" if self.partial else ""
 
     def part_indices(self) -> list[int]:
-        return [entry[0] for entry in self.parts]
+        return [entry[0] for entry in self.parts] + [entry[0] for entry in self.corpus_parts]
+
+    def corpus_part(self, index: int) -> tuple[int, str, list[int] | None] | None:
+        """(source index, file, row groups) of a corpus part; None for a part of the run's shards."""
+        for entry in self.corpus_parts:
+            if entry[0] == index:
+                return entry[1], entry[2], entry[3]
+        return None
 
     def part_done(self, index: int) -> dict | None:
         """The part's done marker when it is valid for this spec, else None."""
@@ -82,7 +96,13 @@ class ReduceSpec:
                 return None
             if any(not self.part_path(index, s).is_file() for s in PART_FILES):
                 return None
-        except (OSError, KeyError, TypeError):
+            # One entry per document in each per-document array: a cut or damaged one redoes the part.
+            import numpy as np
+
+            for suffix in (".lens.npy", ".keys.npy", ".src.npy"):
+                if len(np.load(self.part_path(index, suffix), mmap_mode="r")) != marker["documents"]:
+                    return None
+        except (OSError, KeyError, TypeError, ValueError):
             return None
         return marker
 

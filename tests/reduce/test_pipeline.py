@@ -50,7 +50,7 @@ def test_jobs_2_gives_the_same_bytes_as_jobs_1(small_run: RunDir, tmp_path: Path
     report = orjson.loads((tmp_path / "two" / "report.json").read_bytes())
     assert report["parts"] == 12 and report["buckets"] == 5 and not report["partial"]
     # The summary says tokens per source and how to point a trainer at the files.
-    assert "synthetic/faq" in proc.stdout and "original" in proc.stdout and "--data-path" in proc.stdout
+    assert "synthetic " in proc.stdout and "run_originals" in proc.stdout and "--data-path" in proc.stdout
     # Every sequence traces back to the corpus's own document id.
     index = [orjson.loads(l) for l in (tmp_path / "two" / "mix.docs.jsonl").read_bytes().splitlines()]
     assert {e["source_id"] for e in index} <= {f"doc-{i}" for i in range(24)}

@@ -49,23 +49,30 @@ def test_megatron_writer_matches_megatron_core_builder(tmp_path: Path) -> None:
 
 
 def test_mix_ratio_is_met_and_reported(finished: RunDir) -> None:
+    """reduce.original_ratio is the simple form of reduce.mix: every prompt pooled, run_originals at the ratio."""
     config = finished.config()
     _rewrite_config(finished, dataclasses.replace(config, reduce=dataclasses.replace(config.reduce,
                                                                                      original_ratio=0.4)))
     report = reduce_run(finished).data
-    assert report["synthetic_documents"] == 12 * 4
-    target = 0.4 * report["synthetic_tokens"]
-    assert report["original_tokens"] >= target and not report["original_pool_exhausted"]
-    # Greedy whole documents, shard by shard (parts are tokenized independently): overshoot by less
-    # than one original document per shard.
+    assert report["synthetic_documents"] == 12 * 4  # the synthetic text sets the total: all of it is in
+    assert [(r["name"], r["kind"], r["prompt"], r["weight"]) for r in report["mix"]["sources"]] == [
+        ("synthetic", "synthetic", None, 1.0), ("run_originals", "original", None, 0.4)]
+    assert report["mix"]["policy"]["form"] == "reduce.original_ratio" and report["original_ratio_target"] == 0.4
+    # Chosen across the run (not shard by shard, which overshot by up to a document per shard): off
+    # the target by at most one original document.
     longest = max(entry["tokens"] for entry in _index(finished) if entry["kind"] == "original")
-    assert report["original_tokens"] - report["shards_used"] * longest < target
+    assert abs(report["original_tokens"] - 0.4 * report["synthetic_tokens"]) <= longest
+    assert not report["original_pool_exhausted"]
     assert report["original_ratio"] == pytest.approx(report["original_tokens"] / report["synthetic_tokens"], 1e-3)
 
 
 def test_small_pool_is_reported_exhausted(finished: RunDir) -> None:
     report = reduce_run(finished).data  # ratio 1.0, but 12 short documents cannot match 48 outputs
     assert report["original_pool_exhausted"] and report["original_documents"] == 12
+    # The default too_few (shrink) keeps the ratio: fewer rephrasings go in, and the command says so.
+    assert report["synthetic_documents"] < 48
+    assert report["original_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert any("run_originals has" in n and "shrank" in n for n in report["mix"]["policy"]["notes"])
 
 
 def test_ratio_zero_means_synthetic_only(finished: RunDir, tmp_path: Path) -> None:
@@ -81,7 +88,8 @@ def test_unfinished_run_needs_partial(finished: RunDir) -> None:
     with pytest.raises(RunError, match=r"1 of 3 shards are not ready .* --partial"):
         reduce_run(finished)
     report = reduce_run(finished, partial=True).data
-    assert report["shards_used"] == 2 and report["synthetic_documents"] == 7 * 4
+    assert report["shards_used"] == 2 and report["text_export"]["rows"] == 7 * 4
+    assert (finished.default_reduce_dir / "mix-partial.json").is_file()
 
 
 def test_corrupt_output_is_detected(finished: RunDir) -> None:

@@ -1,0 +1,138 @@
+"""What a reduce part feeds the mix: each source's documents, tokenized, capped, counted.
+
+Which documents the mix takes depends on every part's counts (targets.py), known only once all parts
+are done, so a part tokenizes every document a source could give: all synthetic records of the mixed
+prompts (tokenized anyway) and every document of a corpus part. The run's originals are the exception,
+since at FinePhrase's ratio most of them are never taken: with an automatic total, no part's share of
+them can exceed its synthetic tokens x the originals' weight / the synthetic weights, so a part
+tokenizes its originals in mix-key order only up to LAZY_MARGIN times that, and records the key where
+it stopped. The merge's threshold must stay below every such key; when it does not (another weight, a
+source too small), those parts are redone with all their originals (merge.py), so the choice is always
+the one a full count would make. Documents over reduce.mix.max_doc_tokens are cut (the first tokens,
+EOS kept last) or dropped, and counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcsynth.files import read_jsonl_zst
+from hpcsynth.reduce.mix.choose import document_key
+from hpcsynth.reduce.mix.sources import originals_source, prompt_sources, source_of
+from hpcsynth.reduce.select import Document
+
+# Byte-level BPE tokens of real text average 4-5 chars; a text this many chars per allowed token is
+# encoded from a prefix first, so a 10 MB page is not tokenized whole only to be cut.
+PREFIX_CHARS_PER_TOKEN = 8
+CORPUS_BATCH = 1024  # corpus documents encoded at a time
+# Originals tokenized beyond the most the mix could take from a part (None: all of them). 1.25 covers
+# the spread of one part's originals around the run's average; too little only costs a redone part.
+LAZY_MARGIN: float | None = 1.25
+ORIGINALS_BATCH = 64  # originals are encoded this many at a time, in key order, until the bound is met
+
+
+class MixFeed:
+    def __init__(self, mix: dict[str, Any], encoder: Any, seed: int, all_originals: bool = False) -> None:
+        self.mix = mix
+        self.encoder = encoder
+        self.seed = seed
+        self.all_originals = all_originals
+        self.prompts = prompt_sources(mix)
+        self.originals = originals_source(mix)
+        self.cap = int(mix["max_doc_tokens"])
+        # limit: the mix key of the first original not tokenized (None: all were); rest_*: what was not.
+        self.counts = [{"documents": 0, "tokens": 0, "cut": 0, "dropped": 0, "largest": 0, "chars": 0, "limit": None,
+                        "rest_documents": 0, "rest_chars": 0} for _ in mix["sources"]]
+        self.docs: list[tuple[Document, np.ndarray]] = []
+
+    def add_synthetic(self, records: list[Document]) -> None:
+        mixed = []
+        for doc in records:
+            source = source_of(self.prompts, doc.prompt)
+            if source is not None:
+                doc.source = source
+                mixed.append(doc)
+        self._add(mixed, "synthetic")
+
+    def add_originals(self, run: Any, shards: list[int]) -> None:
+        """The part's originals: all of them, or in key order up to the bound (see the module's doc)."""
+        if self.originals is None:
+            return
+        docs = [Document("original", str(d["key"]), str(d.get("id", "")), d["text"], source=self.originals)
+                for shard in shards for d in read_jsonl_zst(run.shard_path(shard))]
+        bound = self._originals_bound()
+        if bound is None:
+            self._add(docs, "original")
+            return
+        keyed = sorted(((document_key(d.id, self.seed), d) for d in docs), key=lambda kd: kd[0])
+        counts, done, start = self.counts[self.originals], 0, len(self.docs)
+        while done < len(keyed) and counts["tokens"] < bound:
+            self._add([d for _, d in keyed[done:done + ORIGINALS_BATCH]], "original")
+            done += ORIGINALS_BATCH
+        # Back in shard order: a part's files are the same whether it tokenized some originals or all.
+        position = {id(d): i for i, d in enumerate(docs)}
+        self.docs[start:] = sorted(self.docs[start:], key=lambda entry: position[id(entry[0])])
+        if done < len(keyed):
+            counts["limit"] = keyed[done][0]
+            counts["rest_documents"] = len(keyed) - done
+            counts["rest_chars"] = sum(len(d.text) for _, d in keyed[done:])
+
+    def _originals_bound(self) -> float | None:
+        if LAZY_MARGIN is None or self.all_originals or self.mix["total_tokens"]:
+            return None
+        sources = self.mix["sources"]
+        synthetic = sum(s["weight"] for s in sources if s["kind"] == "synthetic")
+        tokens = sum(self.counts[i]["tokens"] for i, s in enumerate(sources) if s["kind"] == "synthetic")
+        return LAZY_MARGIN * tokens * sources[self.originals]["weight"] / synthetic
+
+    def add_corpus(self, source: int, file: str, row_groups: list[int] | None, max_line_bytes: int,
+                   rejects: list[dict]) -> None:
+        """One file (or run of Parquet row groups) of a mix-in corpus, read by the planner's reader: the
+        same formats, bounds and errors."""
+        from hpcsynth.plan.readers import read_file
+
+        entry = self.mix["sources"][source]
+        text_key, id_key, name = entry["text_key"], entry["id_key"], entry["name"]
+        batch: list[Document] = []
+        for position, record, reason in read_file(Path(file), [text_key, id_key], max_line_bytes=max_line_bytes,
+                                                  row_groups=row_groups):
+            where = f"{file}:{position}"
+            text = record.get(text_key) if record is not None else None
+            if not reason and (not isinstance(text, str) or not text.strip()):
+                reason = f"no text in field {text_key!r} (reduce.mix.sources text_key)"
+            if reason:
+                rejects.append({"id": where, "shard": None, "prompt": None, "source": name,
+                                "check": "corpus_unreadable", "reason": reason})
+                continue
+            doc_id = record.get(id_key)
+            source_id = str(doc_id) if doc_id is not None else where
+            batch.append(Document("corpus", f"{name}:{source_id}", source_id, text, source=source))
+            if len(batch) >= CORPUS_BATCH:
+                self._add(batch, "corpus")
+                batch = []
+        self._add(batch, "corpus")
+
+    def _add(self, docs: list[Document], kind: str) -> None:
+        if not docs:
+            return
+        limit = self.cap * PREFIX_CHARS_PER_TOKEN
+        texts = [d.text[:limit] if self.cap and len(d.text) > limit else d.text for d in docs]
+        for doc, text, array in zip(docs, texts, self.encoder.encode(texts, kind)):
+            if len(text) < len(doc.text) and len(array) <= self.cap:  # the prefix did not tell: encode it all
+                array = self.encoder.encode([doc.text], kind)[0]
+            counts = self.counts[doc.source]
+            if self.cap and len(array) > self.cap:
+                if self.mix["oversize"] == "drop":
+                    counts["dropped"] += 1
+                    continue
+                array = np.concatenate((array[:self.cap - 1], array[-1:]))  # EOS stays last
+                counts["cut"] += 1
+            counts["documents"] += 1
+            counts["tokens"] += len(array)
+            counts["chars"] += len(doc.text)
+            counts["largest"] = max(counts["largest"], len(array))
+            doc.text = ""  # tokenized: a part holds tokens, not text and tokens (the export keeps records)
+            self.docs.append((doc, array))

@@ -1,0 +1,88 @@
+"""OUT/mix.json (mix-partial.json for --partial): what the mix asked and what the written files hold.
+
+Its shape is a contract (the dataset card renders it): {"seed", "total_tokens", "sources": [{"name",
+"kind", "path", "prompt", "weight", "target_share", "achieved_share", "tokens", "documents", "repeat",
+"cut_documents", "dropped_documents"}], "policy": {...}}. Tokens and documents are those written,
+copies included, EOS included; repeat is written tokens / the source's tokens (0.5: half of it was
+used; 2.0: all of it twice). The policy holds the settings, the total aimed at, each source's tokens
+before choosing, and the notes `reduce` prints: a shrunk total, a repeated source, a share more than 1%
+off the asked one and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpcsynth.files import atomic_write_json
+
+TOLERANCE = 0.01  # an achieved share more than 1% (relative) off the asked one is said, with the reason
+
+
+def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any],
+                       written: list[dict[str, int]]) -> dict[str, Any]:
+    sources = spec.mix["sources"]
+    total = sum(w["tokens"] for w in written)
+    rows, notes = [], list(plan["notes"])
+    for i, source in enumerate(sources):
+        available = {**plan["available"][i], "tokens": _estimate(plan["available"][i])}
+        achieved = written[i]["tokens"] / total if total else 0.0
+        rows.append({"name": source["name"], "kind": source["kind"], "path": source["path"],
+                     "prompt": source["prompt"], "weight": float(source["weight"]),
+                     "target_share": round(plan["shares"][i], 6), "achieved_share": round(achieved, 6),
+                     "tokens": written[i]["tokens"], "documents": written[i]["documents"],
+                     "repeat": round(written[i]["tokens"] / available["tokens"], 4) if available["tokens"] else 0.0,
+                     "cut_documents": available["cut"], "dropped_documents": available["dropped"]})
+    notes += _off_target(sources, plan, written, total)
+    policy = {"form": spec.mix["form"], "too_few": spec.mix["too_few"], "max_repeat": spec.mix["max_repeat"],
+              "max_doc_tokens": spec.mix["max_doc_tokens"], "oversize": spec.mix["oversize"],
+              "total_tokens": spec.mix["total_tokens"], "target_total": round(plan["total"]),
+              "asked_total": round(plan["asked_total"]), "short": plan["short"],
+              "available": {s["name"]: {"documents": plan["available"][i]["documents"] + plan["available"][i]["rest_documents"],
+                                        "tokens": _estimate(plan["available"][i]), "largest": plan["available"][i]["largest"],
+                                        "estimated": plan["available"][i]["estimated"]}
+                            for i, s in enumerate(sources)},
+              "notes": notes}
+    data = {"seed": int(spec.run_info["seed"]), "total_tokens": total, "sources": rows, "policy": policy}
+    name = f"mix{spec.suffix}.json"
+    atomic_write_json(spec.out_dir / name, data)
+    return {"file": name, "data": data}
+
+
+def _off_target(sources: list[dict], plan: dict[str, Any], written: list[dict[str, int]], total: int) -> list[str]:
+    """One line per share more than 1% off the asked one, with its cause: a source whose own documents
+    are too coarse for its need, or (its tokens as planned) the sources that are."""
+    coarse = [i for i in range(len(sources)) if abs(written[i]["tokens"] - plan["needs"][i]) > TOLERANCE * plan["needs"][i]]
+    lines = []
+    for i, source in enumerate(sources):
+        achieved = written[i]["tokens"] / total if total else 0.0
+        off = abs(achieved - plan["shares"][i]) / plan["shares"][i]
+        if off <= TOLERANCE:
+            continue
+        head = f"mix: {source['name']} is {achieved:.2%} of the tokens, {plan['shares'][i]:.2%} was asked (off by {off:.1%})"
+        if i in coarse:
+            lines.append(f"{head}: whole documents (up to {plan['available'][i]['largest']:,} tokens) are too coarse "
+                         f"for the {plan['needs'][i]:,.0f} tokens it needs ({written[i]['tokens']:,} written); mix more "
+                         f"text, or lower reduce.mix.max_doc_tokens")
+        else:
+            others = ", ".join(sources[j]["name"] for j in coarse) or "none"
+            lines.append(f"{head}: its {written[i]['tokens']:,} tokens are as planned; the total moved with the "
+                         f"sources whose documents are too coarse for their need ({others})")
+    return lines
+
+
+def _estimate(counts: dict[str, Any]) -> int:
+    """A source's tokens: counted, plus (originals a part did not tokenize) estimated from their chars."""
+    rest = counts["rest_chars"] * counts["tokens"] / max(counts["chars"], 1) if counts["rest_documents"] else 0
+    return counts["tokens"] + round(rest)
+
+
+def mix_lines(mix: dict[str, Any]) -> list[str]:
+    """The mix as `reduce` prints it: one row per source, then the notes."""
+    lines = [f"  {'mix source':<24} {'kind':<9} {'asked':>7} {'got':>7} {'tokens':>14} {'docs':>10} {'repeat':>7}"]
+    for row in mix["sources"]:
+        lines.append(f"  {row['name']:<24} {row['kind']:<9} {row['target_share']:>7.2%} {row['achieved_share']:>7.2%} "
+                     f"{row['tokens']:>14,} {row['documents']:>10,} {row['repeat']:>6.2f}x")
+        if row["cut_documents"] or row["dropped_documents"]:
+            lines.append(f"    documents over reduce.mix.max_doc_tokens={mix['policy']['max_doc_tokens']:,}: "
+                         f"{row['cut_documents']:,} cut, {row['dropped_documents']:,} dropped")
+    return lines
