@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 NOT_STATED = "not stated (set card.license)"
 
 
 def sources_section(info: dict[str, Any]) -> str:
-    """Each source and its licence as the config states it: the mix's sources, else the planned corpus."""
+    """Each source and its licence as the config states it: the planned corpus (what was rephrased, and the
+    run's originals), then every other corpus the mix took text from."""
     card = info.get("card") or {}
     licences = card.get("source_licenses") or {}
     mix = info.get("mix") if isinstance(info.get("mix"), dict) else None
     lines = ["## Sources\n", "| source | kind | documents | licence |", "|---|---|---|---|"]
+    inputs = info.get("inputs") or []
+    files = info.get("input_files", len(inputs))
+    shown = ", ".join(f"`{cell(i.get('name'))}`" for i in inputs[:10]) + (f" and {files - 10:,} more"
+                                                                         if files > 10 else "")
+    lines.append(f"| the corpus: {shown or '-'} | web documents | {number(info.get('documents'))} | "
+                 f"{cell(card.get('license') or NOT_STATED)} |")
     if mix and isinstance(mix.get("sources"), list):
         for source in mix["sources"]:
             if isinstance(source, dict):
                 name = str(source.get("name", ""))
-                licence = licences.get(name) or source.get("license") or card.get("license") or NOT_STATED
+                # Rephrasings and the run's originals come from the corpus above; another corpus has its own.
+                fallback = NOT_STATED if source.get("kind") == "corpus" else card.get("license") or NOT_STATED
+                licence = licences.get(name) or source.get("license") or fallback
                 lines.append(f"| {cell(name)} | {cell(source.get('kind', ''))} | {number(source.get('documents'))} | "
                              f"{cell(licence)} |")
-    else:
-        inputs = info.get("inputs") or []
-        files = info.get("input_files", len(inputs))
-        shown = ", ".join(f"`{cell(i.get('name'))}`" for i in inputs[:10]) + (f" and {files - 10:,} more"
-                                                                             if files > 10 else "")
-        lines.append(f"| the corpus: {shown or '-'} | web documents | {number(info.get('documents'))} | "
-                     f"{cell(card.get('license') or NOT_STATED)} |")
     lines.append("\nThe rephrasings derive from their sources: their licence terms carry over.\n")
     return "\n".join(lines)
 
@@ -46,13 +49,17 @@ def mix_section(info: dict[str, Any]) -> str:
     head = ", ".join(f"{k} {number(v)}" for k, v in mix.items() if k != "sources" and not isinstance(v, (dict, list)))
     lines = ["## The mix\n", f"From `mix.json`: {head}.\n" if head else "From `mix.json`.\n",
              "| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(number(s.get(k)) for k in keys) + " |" for s in sources]
+    # A path by its last part only: the card travels to the Hub, the site's directories stay home.
+    lines += ["| " + " | ".join(number(Path(str(s[k])).name if k == "path" and s.get(k) else s.get(k)) for k in keys)
+              + " |" for s in sources]
     return "\n".join(lines) + "\n"
 
 
 def tokens_section(report: dict[str, Any]) -> str:
     rows = [("synthetic (rephrasings)", report.get("synthetic_documents"), report.get("synthetic_tokens")),
             ("original (mixed in)", report.get("original_documents"), report.get("original_tokens")),
+            *([("other corpora (mixed in)", report.get("corpus_documents"), report.get("corpus_tokens"))]
+              if report.get("corpus_tokens") else []),
             ("total", report.get("sequences"), report.get("tokens"))]
     lines = ["## Token counts\n", f"Tokenizer `{cell(tokenizer_name(report.get('tokenizer', '')))}`; EOS `{cell(report.get('eos_token'))}` "
              f"(id {report.get('eos_id')}) after every document; counts include it.\n",

@@ -55,7 +55,8 @@ def test_card_front_matter_is_what_the_hub_reads(reduced) -> None:
     datasets = pytest.importorskip("datasets")
     # The front matter's configs are what `datasets` follows from the output directory to the Parquet text.
     rows = datasets.load_dataset(str(out), split="train")
-    assert rows.num_rows == report["text_export"]["rows"] == report["synthetic_documents"]
+    # The text export keeps every validated record; the token files hold what the exact mix chose of them.
+    assert rows.num_rows == report["text_export"]["rows"] >= report["synthetic_documents"] > 0
 
 
 def test_card_names_every_source_prompt_hash_and_token_count(reduced) -> None:
