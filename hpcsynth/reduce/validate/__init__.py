@@ -25,8 +25,8 @@ from hpcsynth.reduce.validate.wordids import word_ids_many
 FORMAT_CHECKS: dict[str, Callable[[str, Config], Iterator[str]]] = {
     "table": table.problems, "faq": faq.problems, "math": math_problem.problems, "tutorial": tutorial.problems,
 }
-BATCH_RECORDS = 256  # records whose words are split in one numpy pass: past ~100 the per-call cost is paid
-BATCH_CHARS = 1_000_000  # and about this much text at most (~25 bytes a character while split)
+BATCH_RECORDS = 128  # records whose words are split in one numpy pass: past ~100 the per-call cost is paid
+BATCH_CHARS = 250_000  # and about this much text at most, so the tables and arrays of a batch stay small
 
 
 class Verdict(NamedTuple):

@@ -22,7 +22,7 @@ import numpy as np
 _WORD = re.compile(r"\w+")
 _BASE = 0x100000001B3  # odd, so every power has an inverse mod 2^64
 _INVERSE = pow(_BASE, -1, 1 << 64)
-KEEP_POWERS = 1 << 21  # characters of text (16 bytes each) whose power tables a process keeps
+KEEP_POWERS = 1 << 19  # characters of text (16 bytes each) whose power tables a process keeps
 _MASK = (1 << 64) - 1
 _SPECIAL = 0xFFFFFFFE  # a code point whose lowercase is not one code point of its own (see _build_page)
 _UNBUILT = 0xFFFFFFFF  # a code point of a page of the tables not filled in yet
