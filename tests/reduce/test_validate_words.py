@@ -71,8 +71,11 @@ def test_a_text_past_the_kept_power_tables_leaves_none_behind(monkeypatch: pytes
     monkeypatch.setattr(wordids, "KEEP_POWERS", 1000)
     monkeypatch.setattr(wordids, "_POWERS", np.ones(1, dtype=np.uint64))
     monkeypatch.setattr(wordids, "_INVERSES", np.ones(1, dtype=np.uint64))
-    text = "Lorem ipsum dolor sit amet, " * 200 + "x" * 3000
-    assert word_ids(text).tolist() == reference_ids(text)
+    texts = ["Lorem ipsum dolor sit amet, " * 200 + "x" * 3000 + " tail", "x" * 2500, "ab " * 900 + "Σ" * 1200]
+    for text in texts:  # windows of 1,000 characters, cut between words; a 3,000-letter word whole
+        assert word_ids(text).tolist() == reference_ids(text)
+    ids, bounds = word_ids_many(texts)
+    assert [ids[bounds[i]:bounds[i + 1]].tolist() for i in range(3)] == [reference_ids(t) for t in texts]
     assert len(wordids._POWERS) <= 1000
 
 

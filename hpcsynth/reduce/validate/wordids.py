@@ -76,7 +76,7 @@ def word_ids_many(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
                 # 'İ' lowers to two code points, 'Σ' to σ or ς by its neighbours: str.lower decides,
                 # and as it may change lengths, text by text.
                 return _one_by_one(texts) if len(texts) > 1 else _lowered(joined)
-    ids, starts = _run_hashes(codes)
+    ids, starts = _windowed_run_hashes(codes)
     offsets = np.cumsum([0] + [len(text) + 1 for text in texts])
     offsets[-1] -= 1
     return splitmix64(ids), np.searchsorted(starts, offsets)
@@ -95,7 +95,7 @@ def _lowered(text: str) -> tuple[np.ndarray, np.ndarray]:
     """word_ids_many([text]) of a text holding code points that str.lower must see in context."""
     points = _code_points(text.lower())
     _with_pages(points, _LOWER[points])
-    ids, _ = _run_hashes(np.where(_IS_WORD[points], points, 0).astype(np.uint32))
+    ids, _ = _windowed_run_hashes(np.where(_IS_WORD[points], points, 0).astype(np.uint32))
     return splitmix64(ids), np.array([0, len(ids)])
 
 
@@ -122,6 +122,27 @@ def _build_page(page: int) -> None:
             _LOWER[point] = _SPECIAL
         else:
             _LOWER[point] = ord(lower) if _WORD.fullmatch(lower) else 0
+
+
+def _windowed_run_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_run_hashes over windows of about KEEP_POWERS codes, cut where no word is: a huge output costs
+    a window's arrays at a time, not ~40 bytes per character of it at once."""
+    if len(codes) <= KEEP_POWERS:
+        return _run_hashes(codes)
+    pieces, start = [], 0
+    while start < len(codes):
+        end = min(start + KEEP_POWERS, len(codes))
+        if end < len(codes) and codes[end - 1] != 0:  # inside a word: cut after the last gap before it
+            gaps = np.flatnonzero(codes[start:end] == 0)
+            if len(gaps):
+                end = start + int(gaps[-1]) + 1
+            else:  # a word longer than a window: take all of it
+                after = np.flatnonzero(codes[end:] == 0)
+                end = end + int(after[0]) if len(after) else len(codes)
+        ids, starts = _run_hashes(codes[start:end])
+        pieces.append((ids, starts + start))
+        start = end
+    return np.concatenate([ids for ids, _ in pieces]), np.concatenate([starts for _, starts in pieces])
 
 
 def _run_hashes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
