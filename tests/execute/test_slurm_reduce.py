@@ -90,7 +90,8 @@ def task_process(array: str, task: int) -> int | None:
     wanted = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()}
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if wanted <= set(environ.read_bytes().split(b"\0")) and b"submitit" in (environ.parent / "cmdline").read_bytes():
+            variables = set(environ.read_bytes().split(b"\0"))
+            if wanted <= variables and b"submitit" in (environ.parent / "cmdline").read_bytes():
                 return int(environ.parent.name)
         except OSError:  # gone, or not ours to read
             continue

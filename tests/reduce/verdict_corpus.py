@@ -42,7 +42,8 @@ def as_formats(doc: str) -> list[tuple[str, str]]:
     """One web document laid out in each format, its sentences as the content."""
     sentences = [s.strip() for s in doc.replace("\n", " ").split(". ") if len(s.strip()) > 20][:40] or [doc[:200]]
     table = "| # | fact | length |\n|---|---|---|\n" + "\n".join(
-        f"| {i} | {s[:120]} | {len(s)} |" for i, s in enumerate(sentences)) + "\n\nQuestion: How long is fact 1?\nAnswer: 42."
+        f"| {i} | {s[:120]} | {len(s)} |" for i, s in enumerate(sentences))
+    table += "\n\nQuestion: How long is fact 1?\nAnswer: 42."
     faq = "\n\n".join(f"Q: What does part {i} say?\nA: {s}." for i, s in enumerate(sentences))
     math = (f"A shop sells {len(sentences)} items at $4 each and {len(doc) % 97} more at $3. What is the total?\n\n"
             + "\n".join(f"Step {i}: {s[:80]} gives {i} + {i} = {2 * i}." for i, s in enumerate(sentences))
