@@ -1,18 +1,20 @@
-"""What validation by format costs, next to what reduce pays anyway: tokenizing the same texts.
+"""What validation by format costs per token, next to what reduce pays anyway: tokenizing the same texts.
 
-In one invocation, on one core, over the same texts: records of each format built from the real Common
-Crawl sample in ../shared/data/web (each web document laid out as a table, an FAQ, a math solution, a
-tutorial and free prose, so every check does its full work; a word list when the sample is absent):
+In one invocation, on one core, CPU seconds (best of --repeat), over two sets of texts:
 
-  anchor   `tokenizers` encode_batch of the texts (what every reduce part does to them; GPT-NeoX vocab)
-  ours     validate_record on each text with its format (generic checks + the format's check)
+  formats  the real Common Crawl sample in ../shared/data/web, each document laid out as a table, an FAQ,
+           a math solution, a tutorial and free prose, so every check does its full work
+  reduce   bench_reduce.py's web-like documents (--reduce-docs of them), validated as FAQs as that
+           benchmark's reduce does: the lengths and mix of a real reduce
 
-It prints records/s and MB/s of both and their ratio (validation time per tokenizing time), plus how
-real web text scores on the repetition ratios (the margin under validate.max_repetition).
+For each: the tokenizer's own cost (DocumentTokenizer.documents, as a reduce part calls it, with the
+`tokenizers` backend and with gigatoken) and validation's (validate_records, the reduce path; and
+validate_record one record at a time), each in Mtok per CPU second, and validation's time per
+tokenizing time. Then how real web text scores on the repetition ratios, and `hpcsynth validate` over
+a committed run of --run-docs records (CPU seconds, peak RSS).
 
-  run      `hpcsynth validate` over a committed run of --run-docs records: CPU seconds, peak RSS
-
-    python tools/bench_validate.py [--repeat 5] [--run-docs 12000] [--tokenizer PATH/tokenizer.json]
+    python tools/bench_validate.py [--repeat 5] [--reduce-docs 3000] [--run-docs 12000] [--tokenizer PATH]
+    python tools/bench_validate.py --code OLD_CHECKOUT   # the validation of another checkout's hpcsynth
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+if "--code" in sys.argv:  # before anything imports hpcsynth: the other checkout's package wins
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code") + 1]).resolve()))
+sys.path.insert(1 if "--code" in sys.argv else 0, str(REPO))
+sys.path.insert(1, str(REPO / "tools"))
 os.environ.update(OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 from hpcsynth.config import Config  # noqa: E402
-from hpcsynth.reduce.validate import validate_record  # noqa: E402
-from hpcsynth.reduce.validate.ngrams import repetition_ratio, words  # noqa: E402
+from hpcsynth.reduce import validate  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -67,45 +70,80 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="passes over the texts; the fastest counts")
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "gpt-neox-20b.tokenizer.json"))
+    parser.add_argument("--reduce-docs", type=int, default=3000, help="bench_reduce documents validated as FAQs")
     parser.add_argument("--run-docs", type=int, default=12000, help="records of the whole-run measurement (0: skip)")
+    parser.add_argument("--code", help="a checkout whose hpcsynth does the validating (before/after comparisons)")
     args = parser.parse_args()
-    from tokenizers import Tokenizer
+    from bench_reduce import make_documents
 
-    docs = web_documents()
-    records = [{"text": text, "finish_reason": "stop", "input_chars": len(doc)} | {"fmt": fmt}
-               for doc in docs for fmt, text in as_formats(doc)]
-    texts = [r["text"] for r in records]
-    megabytes = sum(len(t.encode()) for t in texts) / 1e6
-    tokenizer = Tokenizer.from_file(args.tokenizer)
+    from hpcsynth.reduce.fast import choose_backend
+    from hpcsynth.reduce.tokenize import load_tokenizer
+
     config = Config()
+    docs = web_documents()
+    sets = {
+        "formats": [({"text": text, "finish_reason": "stop", "input_chars": len(doc)}, fmt)
+                    for doc in docs for fmt, text in as_formats(doc)],
+        "reduce": [({"text": text, "finish_reason": "stop"}, "faq") for text in make_documents(args.reduce_docs)],
+    }
+    hf = load_tokenizer(args.tokenizer)
+    fast, note = choose_backend(hf, "auto", [r["text"] for r, _ in sets["formats"]][:20])
+    print(f"validation from {Path(validate.__file__).parents[2]}; CPU seconds, best of {args.repeat}; "
+          f"load {os.getloadavg()[0]:.1f}; {note or 'gigatoken: ' + str(fast.fast is not None)}")
+    for name, items in sets.items():
+        texts = [r["text"] for r, _ in items]
+        tokens = sum(len(d) - 1 for d in hf.documents(texts))  # without the EOS each document gets
+        print(f"{name}: {len(items):,} records, {sum(map(len, texts)) / 1e6:.2f} M chars, {tokens / 1e6:.2f} M tokens")
+        rows = {"tokenize, tokenizers backend": lambda: _batches(hf.documents, texts)}
+        if fast.fast is not None:
+            rows["tokenize, gigatoken backend"] = lambda: _batches(fast.documents, texts)
+        if hasattr(validate, "validate_records"):
+            rows["validate_records (reduce's path)"] = lambda: list(validate.validate_records(items, config))
+        rows["validate_record, one at a time"] = lambda: [validate.validate_record(r, f, config) for r, f in items]
+        seconds = {row: best(work, args.repeat) for row, work in rows.items()}
+        for row, cpu in seconds.items():
+            print(f"  {row:<34} {cpu:7.3f} s  {tokens / cpu / 1e6:6.2f} Mtok per CPU-s")
+        ours = min(cpu for row, cpu in seconds.items() if row.startswith("validate"))
+        print("  validation time per tokenizing time: " + ", ".join(
+            f"{ours / cpu:.2f} ({row.split(', ')[1]})" for row, cpu in seconds.items() if row.startswith("tokenize")))
+    refused = [(f, validate.validate_record(r, f, config)[1]) for r, f in sets["formats"]]
+    failed = [f"{fmt}: {reason}" for fmt, reason in refused if reason]
+    print(f"  formats refused: {len(failed)} of {len(refused)}" + "".join(f"\n    {line[:150]}" for line in failed[:8]))
+    repetition_margin(docs, config)
+    if args.run_docs:
+        whole_run(args.run_docs, args.tokenizer)
 
-    def best(work) -> float:
-        times = []
-        for _ in range(args.repeat):
-            started = time.process_time()
-            work()
-            times.append(time.process_time() - started)
-        return min(times)
 
-    anchor = best(lambda: tokenizer.encode_batch(texts, add_special_tokens=False))
-    ours = best(lambda: [validate_record(r, r["fmt"], config) for r in records])
-    refused = [(r["fmt"], validate_record(r, r["fmt"], config)[1]) for r in records]
-    print(f"{len(records)} records ({len(docs)} web documents x 5 formats), {megabytes:.2f} MB, best of {args.repeat}, "
-          f"CPU seconds, load {os.getloadavg()[0]:.1f}")
-    print(f"  anchor tokenizers encode_batch: {anchor:.3f} s  {len(records) / anchor:,.0f} records/s  "
-          f"{megabytes / anchor:.1f} MB/s")
-    print(f"  ours   validate_record:         {ours:.3f} s  {len(records) / ours:,.0f} records/s  "
-          f"{megabytes / ours:.1f} MB/s")
-    print(f"  ratio validate/tokenize: {ours / anchor:.2f}")
-    free = [repetition_ratio(words(d), 4) for d in docs]
-    tails = [repetition_ratio(words(d)[-120:], 4) for d in docs]
+def best(work, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeat):
+        started = time.process_time()
+        work()
+        times.append(time.process_time() - started)
+    return min(times)
+
+
+def _batches(encode, texts: list[str], size: int = 256) -> None:  # type: ignore[no-untyped-def]
+    for start in range(0, len(texts), size):  # as a reduce part hands them over
+        encode(texts[start:start + size])
+
+
+def repetition_margin(docs: list[str], config: Config) -> None:
+    """How far real web text stays under the repetition limits."""
+    from hpcsynth.reduce.validate.ngrams import repetition_ratio, words
+
+    def ratio(tokens: list[str]) -> float:
+        if hasattr(validate, "validate_records"):
+            from hpcsynth.reduce.validate.ngrams import word_ids
+
+            return repetition_ratio(word_ids(" ".join(tokens)), 4)
+        return repetition_ratio(tokens, 4)
+
+    free = [ratio(words(d)) for d in docs]
+    tails = [ratio(words(d)[-120:]) for d in docs]
     print(f"  real web text, repeated 4-gram share: median {statistics.median(free):.3f}, max {max(free):.3f} "
           f"(limit {config.validate.max_repetition}); last 120 words: max {max(tails):.3f} "
           f"(limit {config.validate.max_tail_repetition})")
-    failed = [f"{fmt}: {reason}" for fmt, reason in refused if reason]
-    print(f"  refused: {len(failed)} of {len(records)}" + "".join(f"\n    {line[:150]}" for line in failed[:8]))
-    if args.run_docs:
-        whole_run(args.run_docs, args.tokenizer)
 
 
 def whole_run(count: int, tokenizer: str) -> None:

@@ -390,6 +390,9 @@ def submit_reduce(spec: Any, config: SlurmConfig) -> dict[str, Any]:
     extra = dict(params.get("additional_parameters", {}))
     if array_id:
         extra["dependency"] = f"afterok:{array_id}"
+        # A part task that fails (killed, out of memory) makes afterok unsatisfiable: without this the
+        # merge would wait in the queue forever, next to the one a rerun of reduce submits.
+        extra["kill-on-invalid-dep"] = "yes"
     merge.update_parameters(**{**params, "additional_parameters": extra})
     merge_job = _submit_captured(merge, [(ReduceMerge(), spec.out)], batch=False)[0]
     log.info("reduce: array %s over %d parts, merge job %s", array_id or "-", len(pending), merge_job.job_id)

@@ -100,15 +100,15 @@ def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[d
     Refused records go to `rejects` with their prompt, check and reason; `tally` counts, per prompt,
     accepted records and refused (and, under validate.action: keep, flagged) ones by check.
     """
-    from hpcsynth.reduce.validate import reason_code, validate_record
+    from hpcsynth.reduce.validate import reason_code, validate_records
 
     keep = []
     tally = {} if tally is None else tally
-    for record in read_jsonl_zst(run.output_path(shard)):
+    # A reduce of some prompts only (reduce/view.py) leaves the others out before they are checked.
+    records = (r for r in read_jsonl_zst(run.output_path(shard)) if str(r.get("prompt", "")) in config.prompts)
+    for record, (ok, reason, text, _) in validate_records(((r, formats.get(str(r.get("prompt", "")), "free"))
+                                                           for r in records), config):
         prompt = str(record.get("prompt", ""))
-        if prompt not in config.prompts:  # a reduce of some prompts only (reduce/view.py)
-            continue
-        ok, reason, text = validate_record(record, formats.get(prompt, "free"), config)
         counts = tally.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
         if reason:
             bucket = counts["flagged" if ok else "rejected"]

@@ -11,7 +11,7 @@ import pytest
 from hpcsynth.config import Config, config_from_dict
 from hpcsynth.errors import ConfigError
 from hpcsynth.reduce.validate import reason_code, validate_record
-from hpcsynth.reduce.validate.ngrams import DistinctSketch
+from hpcsynth.reduce.validate.ngrams import DistinctSketch, word_ids
 
 SAMPLES = Path(__file__).parent / "samples"
 CONFIG = Config()
@@ -187,14 +187,14 @@ def test_bad_validate_settings_are_one_clear_line(key: str, value, says: str) ->
 
 def test_distinct_sketch_is_exact_when_small_and_close_when_large() -> None:
     small = DistinctSketch(k=64)
-    small.add_words(["a", "b", "a", "b", "c"], 2)  # ab ba ab bc: 3 distinct of 4
+    small.add(word_ids("a b a b c"), 2)  # ab ba ab bc: 3 distinct of 4
     assert small.ratio() == pytest.approx(3 / 4)
     records = [[f"w{(r * 500 + i) % 50000}" for i in range(500)] for r in range(300)]  # the corpus 3 times
     exact = len({gram for tokens in records for gram in zip(tokens, tokens[1:])})
     sketches = [DistinctSketch(k=4096), DistinctSketch(k=4096)]
     for sketch in sketches:
         for tokens in records:
-            sketch.add_words(tokens, 2)
+            sketch.add(word_ids(" ".join(tokens)), 2)
     assert sketches[0].total == 300 * 499
     assert sketches[0].distinct() == pytest.approx(exact, rel=0.05)
     assert len(sketches[0].kept) == 4096  # bounded, whatever the input
@@ -220,8 +220,9 @@ def test_hashed_repetition_ratio_equals_the_exact_count() -> None:
     from hpcsynth.reduce.validate.ngrams import repetition_ratio, words
 
     for path in sorted(SAMPLES.glob("*.md")):
-        tokens = words(path.read_text() * 2)  # doubled: half its n-grams repeat
+        text = path.read_text() * 2  # doubled: half its n-grams repeat
+        tokens = words(text)
         for n in (2, 4):
             grams = list(zip(*(tokens[i:] for i in range(n))))
-            assert repetition_ratio(tokens, n) == pytest.approx(1 - len(set(grams)) / len(grams), abs=1e-12)
-    assert repetition_ratio(["a", "b"] * 3, 4) == 0.0  # too short to judge
+            assert repetition_ratio(word_ids(text), n) == pytest.approx(1 - len(set(grams)) / len(grams), abs=1e-12)
+    assert repetition_ratio(word_ids("a b " * 3), 4) == 0.0  # too short to judge

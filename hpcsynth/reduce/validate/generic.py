@@ -11,7 +11,7 @@ import re
 
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate.markup import plain
-from hpcsynth.reduce.validate.ngrams import repetition_ratio, words
+from hpcsynth.reduce.validate.ngrams import distinct_count, ngram_hashes, repeated_share, word_ids, words
 
 # A first line that talks to the user instead of starting the content ("Sure! Here is the FAQ:").
 # "Here is ..." opens content too ("Here is where the tower stands."): it counts as chatter when it ends
@@ -46,9 +46,16 @@ def basic(record: dict, config: Config) -> str | None:
     return None
 
 
+# Line breaks str.splitlines knows besides "\n"; a text without them is split here by "\n" alone.
+_OTHER_BREAKS = ("\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
 def split_chatter(text: str) -> tuple[str, str]:
     """(the text without an opening or closing chatty line, what was taken off)."""
-    body = text.strip().splitlines()
+    whole = text.strip()
+    if not any(mark in whole for mark in _OTHER_BREAKS) and not _may_chatter(whole):
+        return whole, ""  # what the lines below give when nothing is taken off, without splitting it
+    body = whole.splitlines()
     removed = []
     for _ in range(2):  # "Sure!" then "Here is the table:" on the next line
         if len(body) > 1 and body[0].strip() and _OPENER.match(plain(body[0])):
@@ -58,6 +65,14 @@ def split_chatter(text: str) -> tuple[str, str]:
     if len(body) > 1 and _CLOSER.match(plain(body[-1])):
         removed.append(body.pop())
     return "\n".join(body).strip(), "\n".join(removed)
+
+
+def _may_chatter(whole: str) -> bool:
+    """Whether split_chatter's first or last line could be chatter (`whole`: stripped, lines by "\n")."""
+    if "\n" not in whole:
+        return False  # one line is never taken off
+    first, last = whole[:whole.index("\n")], whole[whole.rindex("\n") + 1:]
+    return bool(first.strip() and _OPENER.match(plain(first))) or bool(_CLOSER.match(plain(last)))
 
 
 def refusal(text: str) -> str | None:
@@ -78,22 +93,48 @@ def too_short(text: str, record: dict, config: Config) -> str | None:
     return None
 
 
-def repetition(tokens: list[str], config: Config) -> str | None:
-    ratio = repetition_ratio(tokens, config.validate.repetition_n)
+class Repeats:
+    """A text's word n-grams (validate.repetition_n), hashed once for both loop checks."""
+
+    def __init__(self, words: int, grams) -> None:  # type: ignore[no-untyped-def]
+        self.words = words
+        self.grams = grams  # ngram_hashes of the text's word ids
+        self.repeats: int | None = None  # the whole text's, once repetition() has counted them
+
+    @classmethod
+    def of(cls, text: str, config: Config) -> Repeats:
+        ids = word_ids(text)
+        return cls(len(ids), ngram_hashes(ids, config.validate.repetition_n))
+
+    def whole(self) -> float:
+        self.repeats = len(self.grams) - distinct_count(self.grams)
+        return repeated_share(self.grams, self.repeats)
+
+    def tail(self, words: int, limit: float) -> float | None:
+        """The share in the last `words` words, or None when it cannot exceed `limit`: a repeat inside
+        the tail is a repeat of the whole text too, so the whole's count bounds the tail's."""
+        count = max(0, min(words, self.words) - (self.words - len(self.grams)))
+        grams = self.grams[len(self.grams) - count:]
+        if self.repeats is not None and repeated_share(grams, min(self.repeats, count)) <= limit:
+            return None
+        return repeated_share(grams)
+
+
+def repetition(repeats: Repeats, config: Config) -> str | None:
+    ratio = repeats.whole()
     if ratio > config.validate.max_repetition:
         return (f"repetition: {ratio:.2f} of its word {config.validate.repetition_n}-grams repeat (over "
                 f"validate.max_repetition={config.validate.max_repetition})")
     return None
 
 
-def degenerate(tokens: list[str], config: Config) -> str | None:
-    tail = tokens[-config.validate.tail_words:]
-    ratio = repetition_ratio(tail, config.validate.repetition_n)
-    if ratio > config.validate.max_tail_repetition:
-        return (f"degenerate: its last {len(tail)} words loop ({ratio:.2f} of their "
-                f"{config.validate.repetition_n}-grams repeat, over validate.max_tail_repetition="
+def degenerate(repeats: Repeats, config: Config) -> str | None:
+    ratio = repeats.tail(config.validate.tail_words, config.validate.max_tail_repetition)
+    if ratio is not None and ratio > config.validate.max_tail_repetition:
+        return (f"degenerate: its last {min(config.validate.tail_words, repeats.words)} words loop ({ratio:.2f} "
+                f"of their {config.validate.repetition_n}-grams repeat, over validate.max_tail_repetition="
                 f"{config.validate.max_tail_repetition})")
     return None
 
 
-__all__ = ["basic", "degenerate", "refusal", "repetition", "split_chatter", "too_short", "words"]
+__all__ = ["Repeats", "basic", "degenerate", "refusal", "repetition", "split_chatter", "too_short", "word_ids", "words"]

@@ -1,43 +1,43 @@
 """Word n-gram measures shared by the checks and the quality report: repetition and diversity.
 
-Words are runs of letters and digits, lowercased, so Markdown pipes and bold markers neither count as
-words nor hide a loop.
+Both take a record's word ids (wordids.word_ids: one split per record, shared by every measure).
 """
 
 from __future__ import annotations
 
-import re
+from hpcsynth.reduce.validate.wordids import splitmix64, word_ids, words
 
-_WORD = re.compile(r"\w+")
 MIN_NGRAMS = 12  # below this a text is too short for a share of repeats to mean anything
 
 
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    # zip over shifted views builds the tuples in C: 3x faster than slicing per position.
-    return list(zip(*(tokens[i:] for i in range(n))))
-
-
-def repetition_ratio(tokens: list[str], n: int) -> float:
-    """Share of the n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop.
-
-    Each word becomes its 64-bit hash and each n-gram a mix of n of them, counted in numpy: 2.5x
-    faster than a set of string tuples, which made validation cost more than gigatoken's tokenizing.
-    Hashes are per process; a collision (about one in 10^15 pairs) could only lower a ratio.
-    """
+def ngram_hashes(ids, n: int):  # type: ignore[no-untyped-def]
+    """One 64-bit value per word n-gram: a mix of its n word ids (empty when there are fewer words)."""
     import numpy as np
 
-    count = len(tokens) - n + 1
+    count = len(ids) - n + 1
+    if count <= 0:
+        return ids[:0]
+    mixed = ids[:count].copy()
+    for i in range(1, n):
+        mixed = mixed * np.uint64(0x9E3779B97F4A7C15) + ids[i:i + count]  # wraps mod 2^64, as meant
+    return mixed
+
+
+def repeated_share(grams, repeats: int | None = None) -> float:  # type: ignore[no-untyped-def]
+    """Share of the n-grams that repeat an earlier one, from ngram_hashes (or, given `repeats`, what it
+    would be with that many repeats). A collision (about one in 10^15 pairs) could only raise it."""
+    count = len(grams)
     if count < MIN_NGRAMS:
         return 0.0
-    hashes = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64)
-    mixed = hashes[:count].copy()
-    for i in range(1, n):
-        mixed = mixed * np.uint64(0x9E3779B97F4A7C15) + hashes[i:i + count]  # wraps mod 2^64, as meant
-    return 1.0 - distinct_count(mixed) / count
+    distinct = count - repeats if repeats is not None else distinct_count(grams)
+    return 1.0 - distinct / count
+
+
+def repetition_ratio(ids, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Share of the word n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop.
+
+    Counted in numpy over word ids (a set of string tuples cost more than gigatoken's tokenizing)."""
+    return repeated_share(ngram_hashes(ids, n))
 
 
 def distinct_count(values) -> int:  # type: ignore[no-untyped-def]
@@ -56,8 +56,8 @@ class DistinctSketch:
 
     Exact counting would hold every n-gram of the run; instead the k smallest 64-bit n-gram hashes
     estimate the number of distinct ones (k-minimum-values: relative error about 1/sqrt(k), 1.6% at
-    k=4096). Words hash with crc32 (deterministic across processes, so a report is reproducible), n of
-    them are mixed and finalized with splitmix64 so the hashes spread evenly, all in numpy.
+    k=4096). Word ids are the same in every process (so a report is reproducible); n of them are mixed
+    and finalized with splitmix64 so the hashes spread evenly, all in numpy.
     """
 
     def __init__(self, k: int = 4096) -> None:
@@ -67,20 +67,18 @@ class DistinctSketch:
         self.kept = np.zeros(0, dtype=np.uint64)  # sorted, distinct, at most k
         self.total = 0
 
-    def add_words(self, tokens: list[str], n: int) -> None:
-        import zlib
-
+    def add(self, ids, n: int) -> None:  # type: ignore[no-untyped-def]
+        """Count the n-grams of one record's word ids (word_ids)."""
         import numpy as np
 
-        count = len(tokens) - n + 1
+        count = len(ids) - n + 1
         if count <= 0:
             return
         self.total += count
-        hashes = np.fromiter(map(zlib.crc32, map(str.encode, tokens)), dtype=np.uint64, count=len(tokens))
-        mixed = hashes[:count].copy()
+        mixed = ids[:count].copy()
         for i in range(1, n):
-            mixed = (mixed << np.uint64(32)) ^ (mixed >> np.uint64(32)) ^ hashes[i:i + count]
-        mixed = _splitmix64(mixed)
+            mixed = (mixed << np.uint64(32)) ^ (mixed >> np.uint64(32)) ^ ids[i:i + count]
+        mixed = splitmix64(mixed)
         if len(self.kept) == self.k:  # once full, only hashes under the largest kept can enter
             mixed = mixed[mixed < self.kept[-1]]
             if not len(mixed):
@@ -99,11 +97,5 @@ class DistinctSketch:
         return min(1.0, self.distinct() / self.total) if self.total else None
 
 
-def _splitmix64(x):  # type: ignore[no-untyped-def]
-    import numpy as np
-
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+__all__ = ["DistinctSketch", "MIN_NGRAMS", "distinct_count", "ngram_hashes", "repeated_share", "repetition_ratio",
+           "word_ids", "words"]

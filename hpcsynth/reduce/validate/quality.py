@@ -13,8 +13,8 @@ from typing import Any
 
 from hpcsynth.config import Config
 from hpcsynth.files import atomic_write_json, read_jsonl_zst
-from hpcsynth.reduce.validate import reason_code, validate_record
-from hpcsynth.reduce.validate.ngrams import DistinctSketch, words
+from hpcsynth.reduce.validate import Verdict, reason_code, validate_records
+from hpcsynth.reduce.validate.ngrams import DistinctSketch, word_ids
 from hpcsynth.rundir import RunDir, shard_name
 
 SAMPLES = 3  # records kept per prompt and check, for a person to judge the check by
@@ -35,9 +35,9 @@ class PromptQuality:
     samples: dict[str, list[dict]] = field(default_factory=dict)
     sketch: DistinctSketch = field(default_factory=DistinctSketch)
 
-    def add(self, record: dict, shard: int, config: Config) -> None:
+    def add(self, record: dict, verdict: Verdict, shard: int, config: Config) -> None:
         self.records += 1
-        ok, reason, text = validate_record(record, self.format, config)
+        ok, reason, text, ids = verdict
         self.truncated += record.get("finish_reason") == "length"
         raw = record.get("text") if isinstance(record.get("text"), str) else ""
         if isinstance(record.get("input_chars"), int) and record["input_chars"] > 0:
@@ -54,7 +54,7 @@ class PromptQuality:
         if ok:
             self.accepted += 1
             self.preamble_stripped += text != raw
-            self.sketch.add_words(words(text), config.validate.diversity_n)
+            self.sketch.add(word_ids(text) if ids is None else ids, config.validate.diversity_n)
 
     def summary(self) -> dict[str, Any]:
         distinct = self.sketch.ratio()
@@ -79,11 +79,13 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
     formats = prompt_formats(manifest)
     prompts: dict[str, PromptQuality] = {}
     for shard in shards:
-        for record in read_jsonl_zst(run.output_path(shard)):
+        records = read_jsonl_zst(run.output_path(shard))
+        items = ((r, formats.get(str(r.get("prompt", "")), "free")) for r in records)
+        for record, verdict in validate_records(items, config):
             prompt = str(record.get("prompt", ""))
             if prompt not in prompts:
                 prompts[prompt] = PromptQuality(formats.get(prompt, "free"))
-            prompts[prompt].add(record, shard, config)
+            prompts[prompt].add(record, verdict, shard, config)
     report = {
         "run": str(run.root), "fingerprint": run.fingerprint(), "config": config_source or str(run.config_path),
         "action": config.validate.action, "settings": _settings(config),

@@ -11,12 +11,19 @@ _LEAD = re.compile(r"^(?:#{1,6}\s*|\*\*)")  # a heading mark or bold around "Ste
 _ITEM = re.compile(r"^(?:\d+[.)]\s+|step\s*\d+\b|[-*•+]\s+)\S?", re.IGNORECASE)
 
 
-def steps(text: str) -> int:
-    return sum(1 for line in text.splitlines() if _ITEM.match(_LEAD.sub("", line.strip())))
+def steps(text: str, enough: int | None = None) -> int:
+    """Lines that are a step or a bullet; counting stops at `enough`."""
+    found = 0
+    for line in text.splitlines():
+        if _ITEM.match(_LEAD.sub("", line.strip())):
+            found += 1
+            if found == enough:
+                break
+    return found
 
 
 def problems(text: str, config: Config) -> Iterator[str]:
-    found = steps(text)
+    found = steps(text, enough=config.validate.min_tutorial_steps)  # more cannot fail it
     if found < config.validate.min_tutorial_steps:
         yield (f"tutorial_no_steps: {found} numbered step(s) or bullet(s), validate.min_tutorial_steps="
                f"{config.validate.min_tutorial_steps}")
