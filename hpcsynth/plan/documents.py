@@ -75,7 +75,10 @@ class DocumentBuilder:
             return Dropped("filter", "plan.sample_fraction", "sample", listed=False)
         fields = None
         if self.keep:
-            fields = {f: _plain(record.get(f) if top else lookup(record, f)) for f, top in self.keep}
+            fields = {}
+            for key, top in self.keep:
+                value = record.get(key, MISSING) if top else lookup(record, key)
+                fields[key] = value if value.__class__ in _PLAIN else _plain(value)
         try:
             if chars <= self.budget:  # nearly every document: its meta in one go, keys in _parts()'s order
                 meta = ({"source": source, unit: position, "chars": chars, "truncated": False, "kept_fraction": 1.0,
@@ -83,7 +86,8 @@ class DocumentBuilder:
                         {"source": source, unit: position, "fields": fields, "chars": chars, "truncated": False,
                          "kept_fraction": 1.0, "parts": 1, "part": 0})
                 line = orjson.dumps({"id": source_id, "text": text, "meta": meta})
-                return [Part(line, estimate_tokens(text, self.bytes_per_token), chars)]
+                size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # estimate_tokens
+                return [Part(line, max(1, round(size / self.bytes_per_token)), chars)]
             meta = {"source": source, unit: position}
             if fields is not None:
                 meta["fields"] = fields
@@ -134,6 +138,9 @@ def split_text(text: str, budget: int) -> list[str]:
     if text:
         parts.append(text)
     return parts
+
+
+_PLAIN = frozenset((str, int, float, bool, list, dict, type(None)))  # kept as they are by _plain()
 
 
 def _plain(value: Any) -> Any:

@@ -24,7 +24,7 @@ from hpcsynth.errors import InputError
 from hpcsynth.files import zstd_cut_at
 
 Item = tuple[int, "dict | None", str]
-PARQUET_BATCH_ROWS = 4096  # a batch at a time inside a row group: bounded memory even for huge row groups
+PARQUET_BATCH_ROWS = 1024  # a batch at a time inside a row group: bounded memory even for huge row groups
 
 
 class ByteCounter:
