@@ -25,6 +25,8 @@ from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spille
 
 _SHARED: Any = None  # the pool's byte counter, set in each worker process
 _COUNTS: Any = None  # shard count of each group once scanned (UNKNOWN before, FAILED if it failed)
+_BARRIER: Any = None  # the pool's workers meet here once, each having waited for its own fsyncs
+BARRIER_S = 3600  # a worker that never arrives (killed) fails the plan instead of hanging it
 UNKNOWN, FAILED = -1, -2
 # Documents a pool worker keeps in memory while it waits for its group's first shard id; past this they
 # go to disk and are read back, so memory stays bounded by --jobs x HOLD_BYTES whatever the file sizes.
@@ -130,9 +132,9 @@ class _SharedCounter(ByteCounter):
         self._local = value
 
 
-def _init(shared: Any, counts: Any) -> None:
-    global _SHARED, _COUNTS
-    _SHARED, _COUNTS = shared, counts
+def _init(shared: Any, counts: Any, barrier: Any) -> None:
+    global _SHARED, _COUNTS, _BARRIER
+    _SHARED, _COUNTS, _BARRIER = shared, counts, barrier
     forget_syncers()
 
 
@@ -150,6 +152,12 @@ def _scan_write(job: GroupJob) -> GroupResult:
     first = _first_shard(job.index)
     result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
     return result
+
+
+def _finish_syncs() -> None:
+    """Wait for this worker's fsyncs; then hold at the barrier, so that each worker takes one of these."""
+    finish_syncs()
+    _BARRIER.wait(BARRIER_S)
 
 
 def _first_shard(index: int) -> int:
@@ -176,9 +184,14 @@ class _Pool:
         context = multiprocessing.get_context("fork")
         shared = context.Value("q", 0)
         counts = context.RawArray("q", [UNKNOWN] * len(self.jobs))
-        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES) for job in self.jobs]
-        with context.Pool(min(self.workers, len(jobs)), initializer=_init, initargs=(shared, counts)) as pool:
+        workers = min(self.workers, len(self.jobs))
+        barrier = context.Barrier(workers)
+        # defer_sync: a worker goes on to its next group while the last one's files reach the disk (waiting
+        # in each group left a core idle for the disk); the fsyncs are all waited for at the end.
+        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES, defer_sync=True) for job in self.jobs]
+        with context.Pool(workers, initializer=_init, initargs=(shared, counts, barrier)) as pool:
             pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
+            import numpy  # noqa: F401  the duplicate pass after the groups needs it; this process is idle now
             results = []
             for task in pending:
                 while not task.ready():
@@ -186,4 +199,7 @@ class _Pool:
                     self.counter.done = shared.value
                     self.tick()
                 results.append(task.get())
+            # Every shard on disk before the caller writes the manifest: one wait per worker process.
+            for task in [pool.apply_async(_finish_syncs) for _ in range(workers)]:
+                task.get()
         return results, [row for result in results for row in result.rows]
