@@ -41,12 +41,15 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter,
-               tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
-    """Results per group and every shard row, in shard id order."""
+def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None],
+               meanwhile: Callable[[], None] = lambda: None) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """Results per group and every shard row, in shard id order. `meanwhile` is the caller's own work,
+    done while a pool's workers run (this process is idle then): off the serial part of the plan."""
     if workers <= 1 or len(jobs) <= 1:
-        return _sequential(jobs, _TickingCounter(counter, tick), tick)
-    return _Pool(jobs, workers, counter, tick).run()
+        done = _sequential(jobs, _TickingCounter(counter, tick), tick)
+        meanwhile()
+        return done
+    return _Pool(jobs, workers, counter, tick).run(meanwhile)
 
 
 def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
@@ -178,7 +181,7 @@ class _Pool:
     def __init__(self, jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None]) -> None:
         self.jobs, self.workers, self.counter, self.tick = jobs, workers, counter, tick
 
-    def run(self) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    def run(self, meanwhile: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
         # fork: workers start at once and import nothing; the only parent thread (rich's refresh) is never
         # touched by a child.
         context = multiprocessing.get_context("fork")
@@ -191,7 +194,7 @@ class _Pool:
         jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES, defer_sync=True) for job in self.jobs]
         with context.Pool(workers, initializer=_init, initargs=(shared, counts, barrier)) as pool:
             pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
-            import numpy  # noqa: F401  the duplicate pass after the groups needs it; this process is idle now
+            meanwhile()
             results = []
             for task in pending:
                 while not task.ready():

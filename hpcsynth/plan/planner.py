@@ -106,12 +106,19 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     if config.plan.limit:
         jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
     counter, total = ByteCounter(), sum(s["bytes"] for s in stats)
+
+    def meanwhile() -> None:  # what needs no group's result, done while a pool's workers run
+        RunDir(tmp).write_config(config, digest)
+        import hpcsynth.plan.duplicates  # noqa: F401  numpy, ~0.1 s, for the duplicate pass
+
     if slurm is not None:
         results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
+        meanwhile()
     else:
-        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total))
+        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total),
+                                   meanwhile)
     rejects = _merge_rejects(tmp, len(results), empty)
-    from hpcsynth.plan.duplicates import find_duplicates, remove_documents  # numpy: after the groups (parallel.py)
+    from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 
     removed = find_duplicates(tmp, len(results), [r.documents for r in results], config.plan.duplicate_ids)
     dropped = remove_documents(tmp / "shards", rows, removed, config.plan.zstd_level, ratio)
@@ -136,7 +143,6 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),
         "bytes_per_token": ratio, "shards": rows,
     }
-    RunDir(tmp).write_config(config, digest)
     atomic_write_json(tmp / "manifest.json", manifest)
     summary = summarize(manifest, totals, ratio_source, jobs, len(group_jobs))
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
