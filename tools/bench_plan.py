@@ -15,7 +15,9 @@ machine wall time mostly measures the neighbours, CPU time measures the work.
                   document (10^5), in a child process: extra milliseconds per shard, the child's peak RSS
   instructions    (with valgrind installed) the jsonl ratio again, as instructions executed under
                   cachegrind on the first 4 files: counts the neighbours on a shared machine cannot change
-                  (each side run once and twice in a child; the difference is one run)
+                  (each side run once and twice in a child; the difference is one run). For comparing
+                  versions of ours, not a time ratio: cachegrind has no SHA extensions, so the shards'
+                  sha256 weighs ~10x more in instructions than in time
 
     python tools/bench_plan.py [--mb 230] [--docs 46000] [--repeat 3] [--many 100000]
                                [--parts jsonl,parquet,scaling,many,instructions]
