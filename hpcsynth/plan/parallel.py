@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcsynth.errors import RunError
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
 from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
@@ -154,13 +155,15 @@ def _scan_write(job: GroupJob) -> GroupResult:
         raise
     first = _first_shard(job.index)
     result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
+    result.pid = os.getpid()
     return result
 
 
-def _finish_syncs() -> None:
+def _finish_syncs() -> int:
     """Wait for this worker's fsyncs; then hold at the barrier, so that each worker takes one of these."""
     finish_syncs()
     _BARRIER.wait(BARRIER_S)
+    return os.getpid()
 
 
 def _first_shard(index: int) -> int:
@@ -203,6 +206,9 @@ class _Pool:
                     self.tick()
                 results.append(task.get())
             # Every shard on disk before the caller writes the manifest: one wait per worker process.
-            for task in [pool.apply_async(_finish_syncs) for _ in range(workers)]:
-                task.get()
+            synced = {task.get() for task in [pool.apply_async(_finish_syncs) for _ in range(workers)]}
+        lost = {result.pid for result in results} - synced
+        if lost:  # a worker that wrote shards ended (killed?) before its fsyncs were confirmed
+            raise RunError(f"plan worker process {min(lost)} ended before its shards were confirmed on disk; "
+                           f"plan again")
         return results, [row for result in results for row in result.rows]

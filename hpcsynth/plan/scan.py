@@ -55,6 +55,7 @@ class GroupResult:
     reasons: Counter = field(default_factory=Counter)
     filtered: Counter = field(default_factory=Counter)
     per_input: dict[int, int] = field(default_factory=dict)
+    pid: int = 0  # the process that wrote its shards (a pool checks that each one waited for its fsyncs)
 
 
 def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:

@@ -90,3 +90,23 @@ def test_a_failed_fsync_in_a_pool_worker_fails_the_plan(tmp_path: Path, monkeypa
         plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
                     jobs=2)
     assert not run.root.exists(), "no plan, nothing that looks like one"
+
+
+def test_a_pool_worker_replaced_before_its_fsyncs_are_confirmed_fails_the_plan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers leave fsyncs to the background; one that ends between groups (here: after each group, as a
+    killed and replaced worker would) never confirms them, and the plan must not be committed."""
+    import multiprocessing
+
+    from hpcsynth.errors import RunError
+
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    context = type(multiprocessing.get_context("fork"))
+    real_pool = context.Pool
+    monkeypatch.setattr(context, "Pool", lambda self, *a, **k: real_pool(self, *a, maxtasksperchild=1, **k))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(RunError, match="ended before its shards were confirmed on disk; plan again"):
+        plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
+                    jobs=2)
+    assert not run.root.exists()
