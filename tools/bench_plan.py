@@ -202,7 +202,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--many", type=int, default=100_000,
                         help="documents (and shards) of the many-shard run; 0 skips it")
-    parser.add_argument("--parts", default="jsonl,parquet,scaling,many,instructions", help="which measurements to run")
+    parser.add_argument("--parts", default="jsonl,parquet,scaling,many,instructions",
+                        help="which measurements to run")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-plan-", dir=os.environ.get("BENCH_DIR")) as tmp:

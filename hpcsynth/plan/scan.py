@@ -2,8 +2,9 @@
 
 A group whose first shard id is known (every earlier group is finished, always so with --jobs 1) writes
 its shards directly. Otherwise it spills its documents, without keys, to TMP/spill/G.jsonl and their sizes
-to TMP/spill/G.bin (int64s); once the earlier groups are counted, write_spilled() cuts the same shards from the
-spill. Both paths run the same ShardCutter over the same documents, so --jobs never changes a byte.
+to TMP/spill/G.bin (int64s); once the earlier groups are counted (count_shards, ShardCutter's rule),
+write_spilled() cuts the same shards from the spill. Both paths write through a ShardSink, which applies
+that rule, over the same documents, so --jobs never changes a byte.
 Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
 TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection).
 """
