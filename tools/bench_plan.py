@@ -227,7 +227,8 @@ def main() -> None:
                                     lambda: cli_plan(root, "cli-2", jsonl, 10_000, jobs=2),
                                     lambda: floor_processes(jsonl, 1), lambda: floor_processes(jsonl, 2))
             tiny = root / "tiny.jsonl"
-            tiny.write_bytes(orjson.dumps({"id": "t", "text": "a tiny corpus " * 40, "int_score": 3, "language": "en"}) + b"\n")
+            document = {"id": "t", "text": "a tiny corpus " * 40, "int_score": 3, "language": "en"}
+            tiny.write_bytes(orjson.dumps(document) + b"\n")
             serial = min(cli_plan(root, "tiny", [tiny], 10_000)[0] for _ in range(args.repeat))
             print(f"serial part: the CLI planning one document takes {serial:.2f} s (start-up, config, commit); "
                   f"--jobs 1 takes {one[0]:.2f} s, so --jobs 2 can be at most "
