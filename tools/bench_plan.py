@@ -13,9 +13,14 @@ machine wall time mostly measures the neighbours, CPU time measures the work.
                   process vs split over two (what the machine itself does to two busy processes)
   many shards     the CLI on a second corpus of 10^5 short documents: ~10 shards vs one shard per
                   document (10^5), in a child process: extra milliseconds per shard, the child's peak RSS
+  instructions    (with valgrind installed) the jsonl ratio again, as instructions executed under
+                  cachegrind on the first 4 files: counts the neighbours on a shared machine cannot change
+                  (each side run once and twice in a child; the difference is one run). For comparing
+                  versions of ours, not a time ratio: cachegrind has no SHA extensions, so the shards'
+                  sha256 weighs ~10x more in instructions than in time
 
     python tools/bench_plan.py [--mb 230] [--docs 46000] [--repeat 3] [--many 100000]
-                               [--parts jsonl,parquet,scaling,many]
+                               [--parts jsonl,parquet,scaling,many,instructions]
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,11 +162,37 @@ def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int, jobs: i
                "--jobs", str(jobs)]
     for path in inputs:
         command += ["--input", str(path)]
+    # Bytecode cached as an installed package has it (an environment that sets PYTHONDONTWRITEBYTECODE
+    # would otherwise compile hpcsynth's modules in every run, ~0.06 s of serial start-up).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
     seconds = time.perf_counter() - started
     shards = len(os.listdir(root / name / "shards"))
     return seconds, shards, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+
+
+CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import bench_plan as b
+from pathlib import Path
+root, what, times = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+inputs = [Path(p) for p in sys.argv[5:]]
+for _ in range(times):
+    b.floor_jsonl(inputs) if what == "floor" else b.ours(root, "instructions", inputs, 1)
+"""
+
+
+def instructions(root: Path, what: str, inputs: list[Path]) -> int:
+    """Instructions of one run of `what` (floor or ours) under cachegrind: twice minus once."""
+    counts = []
+    for times in (1, 2):
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                   sys.executable, "-c", CHILD, str(Path(__file__).parent), str(root), what, str(times)]
+        done = subprocess.run(command + [str(p) for p in inputs], capture_output=True, text=True, check=True)
+        counts.append(int(re.search(r"I\s+refs:\s+([\d,]+)", done.stderr).group(1).replace(",", "")))
+    return counts[1] - counts[0]
 
 
 def main() -> None:
@@ -169,7 +202,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--many", type=int, default=100_000,
                         help="documents (and shards) of the many-shard run; 0 skips it")
-    parser.add_argument("--parts", default="jsonl,parquet,scaling,many", help="which measurements to run")
+    parser.add_argument("--parts", default="jsonl,parquet,scaling,many,instructions",
+                        help="which measurements to run")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-plan-", dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -192,11 +226,22 @@ def main() -> None:
             one, two, f1, f2 = best(args.repeat, lambda: cli_plan(root, "cli-1", jsonl, 10_000, jobs=1),
                                     lambda: cli_plan(root, "cli-2", jsonl, 10_000, jobs=2),
                                     lambda: floor_processes(jsonl, 1), lambda: floor_processes(jsonl, 2))
+            tiny = root / "tiny.jsonl"
+            document = {"id": "t", "text": "a tiny corpus " * 40, "int_score": 3, "language": "en"}
+            tiny.write_bytes(orjson.dumps(document) + b"\n")
+            serial = min(cli_plan(root, "tiny", [tiny], 10_000)[0] for _ in range(args.repeat))
+            print(f"serial part: the CLI planning one document takes {serial:.2f} s (start-up, config, commit); "
+                  f"--jobs 1 takes {one[0]:.2f} s, so --jobs 2 can be at most "
+                  f"{one[0] / (serial + (one[0] - serial) / 2):.2f}x", flush=True)
             print(f"scaling: --jobs 2 wall {one[0] / two[0]:.2f}x --jobs 1 (goal >= 1.7; "
                   f"load {os.getloadavg()[0]:.1f}, "
                   f"{len(os.sched_getaffinity(0))} CPUs ours); CPU {two[1] / one[1]:.2f}x the work of --jobs 1, so "
                   f"{2 * one[1] / two[1]:.2f}x on two free cores; anchor: the floor split over two processes "
                   f"takes {f2[1] / f1[1]:.2f}x its CPU and {f1[0] / f2[0]:.2f}x its speed here", flush=True)
+        if "instructions" in parts and shutil.which("valgrind"):
+            floor_i, ours_i = instructions(root, "floor", jsonl[:4]), instructions(root, "ours", jsonl[:4])
+            print(f"jsonl by instructions (cachegrind, 4 files): floor {floor_i / 1e6:,.0f} M, ours "
+                  f"{ours_i / 1e6:,.0f} M, ratio {floor_i / ours_i:.3f}", flush=True)
         if args.many and "many" in parts:
             small, _, _ = make_corpus(root, args.many * 600 // 1_000_000 or 1, args.many, "small")
             few_s, few, _ = cli_plan(root, "few", small, 10_000)

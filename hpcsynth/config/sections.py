@@ -57,7 +57,8 @@ class PlanConfig:
     # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
     max_reject_rate: float = 0.05
     # Consecutive input files are planned together (one process, no shard across groups) up to this many
-    # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone).
+    # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone). A plan
+    # under 16 x this takes 1/16 of its input per group (not under 1 MB), so a pool is busy to the end.
     group_mb: int = 8
 
 

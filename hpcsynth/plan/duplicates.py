@@ -20,9 +20,11 @@ import zstandard
 
 from hpcsynth.files import FRAME_BYTES
 from hpcsynth.plan.documents import estimate_tokens
-from hpcsynth.plan.scan import ID_DTYPE
 from hpcsynth.rundir import shard_name
 
+# The records of scan.ID_RECORD: hash (16 bytes), first planned document of the source in its group, its
+# parts, input file, position.
+ID_DTYPE = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("doc", "<u8"), ("parts", "<u4"), ("file", "<u4"), ("pos", "<u8")])
 BUCKET_BYTES = 64 << 20  # id records sorted in memory at once (sorting takes ~3x that)
 
 

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcsynth.errors import RunError
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
 from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
 
 _SHARED: Any = None  # the pool's byte counter, set in each worker process
 _COUNTS: Any = None  # shard count of each group once scanned (UNKNOWN before, FAILED if it failed)
+_BARRIER: Any = None  # the pool's workers meet here once, each having waited for its own fsyncs
+BARRIER_S = 3600  # a worker that never arrives (killed) fails the plan instead of hanging it
 UNKNOWN, FAILED = -1, -2
 # Documents a pool worker keeps in memory while it waits for its group's first shard id; past this they
 # go to disk and are read back, so memory stays bounded by --jobs x HOLD_BYTES whatever the file sizes.
@@ -39,12 +42,15 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter,
-               tick: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
-    """Results per group and every shard row, in shard id order."""
+def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None],
+               meanwhile: Callable[[], None] = lambda: None) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """Results per group and every shard row, in shard id order. `meanwhile` is the caller's own work,
+    done while a pool's workers run (this process is idle then): off the serial part of the plan."""
     if workers <= 1 or len(jobs) <= 1:
-        return _sequential(jobs, _TickingCounter(counter, tick), tick)
-    return _Pool(jobs, workers, counter, tick).run()
+        done = _sequential(jobs, _TickingCounter(counter, tick), tick)
+        meanwhile()
+        return done
+    return _Pool(jobs, workers, counter, tick).run(meanwhile)
 
 
 def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
@@ -130,9 +136,9 @@ class _SharedCounter(ByteCounter):
         self._local = value
 
 
-def _init(shared: Any, counts: Any) -> None:
-    global _SHARED, _COUNTS
-    _SHARED, _COUNTS = shared, counts
+def _init(shared: Any, counts: Any, barrier: Any) -> None:
+    global _SHARED, _COUNTS, _BARRIER
+    _SHARED, _COUNTS, _BARRIER = shared, counts, barrier
     forget_syncers()
 
 
@@ -149,7 +155,15 @@ def _scan_write(job: GroupJob) -> GroupResult:
         raise
     first = _first_shard(job.index)
     result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
+    result.pid = os.getpid()
     return result
+
+
+def _finish_syncs() -> int:
+    """Wait for this worker's fsyncs; then hold at the barrier, so that each worker takes one of these."""
+    finish_syncs()
+    _BARRIER.wait(BARRIER_S)
+    return os.getpid()
 
 
 def _first_shard(index: int) -> int:
@@ -170,15 +184,20 @@ class _Pool:
     def __init__(self, jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: Callable[[], None]) -> None:
         self.jobs, self.workers, self.counter, self.tick = jobs, workers, counter, tick
 
-    def run(self) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    def run(self, meanwhile: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
         # fork: workers start at once and import nothing; the only parent thread (rich's refresh) is never
         # touched by a child.
         context = multiprocessing.get_context("fork")
         shared = context.Value("q", 0)
         counts = context.RawArray("q", [UNKNOWN] * len(self.jobs))
-        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES) for job in self.jobs]
-        with context.Pool(min(self.workers, len(jobs)), initializer=_init, initargs=(shared, counts)) as pool:
+        workers = min(self.workers, len(self.jobs))
+        barrier = context.Barrier(workers)
+        # defer_sync: a worker goes on to its next group while the last one's files reach the disk (waiting
+        # in each group left a core idle for the disk); the fsyncs are all waited for at the end.
+        jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES, defer_sync=True) for job in self.jobs]
+        with context.Pool(workers, initializer=_init, initargs=(shared, counts, barrier)) as pool:
             pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
+            meanwhile()
             results = []
             for task in pending:
                 while not task.ready():
@@ -186,4 +205,10 @@ class _Pool:
                     self.counter.done = shared.value
                     self.tick()
                 results.append(task.get())
+            # Every shard on disk before the caller writes the manifest: one wait per worker process.
+            synced = {task.get() for task in [pool.apply_async(_finish_syncs) for _ in range(workers)]}
+        lost = {result.pid for result in results} - synced
+        if lost:  # a worker that wrote shards ended (killed?) before its fsyncs were confirmed
+            raise RunError(f"plan worker process {min(lost)} ended before its shards were confirmed on disk; "
+                           f"plan again")
         return results, [row for result in results for row in result.rows]

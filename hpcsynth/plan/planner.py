@@ -23,7 +23,6 @@ from hpcsynth.config import Config, SlurmConfig, fingerprint
 from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
-from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
 from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
 from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
@@ -31,6 +30,10 @@ from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir
+
+MIN_GROUPS = 16  # a plan under 16 x plan.group_mb is cut into this many groups, when it has the files
+MIN_GROUP_BYTES = 1 << 20  # ...but groups of at least this: a smaller plan takes a moment in one process
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -99,15 +102,24 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     paths, stats = inputs
     ratio, ratio_source = bytes_per_token(config, paths)
     group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
-                  for i, files in enumerate(_groups(paths, stats, config.plan.group_mb << 20))]
+                  for i, files in enumerate(_groups(paths, stats, group_bytes(config, stats)))]
     if config.plan.limit:
         jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
     counter, total = ByteCounter(), sum(s["bytes"] for s in stats)
+
+    def meanwhile() -> None:  # what needs no group's result, done while a pool's workers run
+        RunDir(tmp).write_config(config, digest)
+        import hpcsynth.plan.duplicates  # noqa: F401  numpy, ~0.1 s, for the duplicate pass
+
     if slurm is not None:
         results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
+        meanwhile()
     else:
-        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total))
+        results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total),
+                                   meanwhile)
     rejects = _merge_rejects(tmp, len(results), empty)
+    from hpcsynth.plan.duplicates import find_duplicates, remove_documents
+
     removed = find_duplicates(tmp, len(results), [r.documents for r in results], config.plan.duplicate_ids)
     dropped = remove_documents(tmp / "shards", rows, removed, config.plan.zstd_level, ratio)
     for r in removed:
@@ -131,10 +143,18 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),
         "bytes_per_token": ratio, "shards": rows,
     }
-    RunDir(tmp).write_config(config, digest)
     atomic_write_json(tmp / "manifest.json", manifest)
     summary = summarize(manifest, totals, ratio_source, jobs, len(group_jobs))
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
+
+
+def group_bytes(config: Config, stats: list[dict]) -> int:
+    """How many bytes of input files a group takes: plan.group_mb, but at most 1/MIN_GROUPS of the input
+    (not under MIN_GROUP_BYTES), so a small plan still has groups for every process of a pool until its
+    end: 3 groups of 8 MB on 2 processes leave one idle for a third of the time. A function of the config
+    and the inputs only: the same shards for any --jobs."""
+    share = -(-sum(s["bytes"] for s in stats) // MIN_GROUPS)
+    return min(config.plan.group_mb << 20, max(MIN_GROUP_BYTES, share))
 
 
 def _groups(paths: list[Path], stats: list[dict], group_bytes: int) -> list[tuple[tuple[int, str], ...]]:

@@ -21,10 +21,10 @@ import orjson
 import zstandard
 
 from hpcsynth.errors import InputError
-from hpcsynth.files import bounded_lines, zstd_cut_at
+from hpcsynth.files import zstd_cut_at
 
 Item = tuple[int, "dict | None", str]
-PARQUET_BATCH_ROWS = 4096  # a batch at a time inside a row group: bounded memory even for huge row groups
+PARQUET_BATCH_ROWS = 1024  # a batch at a time inside a row group: bounded memory even for huge row groups
 
 
 class ByteCounter:
@@ -80,9 +80,8 @@ def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None
     `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file)."""
     counter = counter or ByteCounter()
     if is_parquet(path):
-        yield from _read_parquet(path, columns, counter, row_groups)
-    else:
-        yield from _read_jsonl(path, counter, max_line_bytes)
+        return _read_parquet(path, columns, counter, row_groups)
+    return _read_jsonl(path, counter, max_line_bytes)  # returned, not delegated: one generator less a record
 
 
 class _Counting(io.RawIOBase):
@@ -102,23 +101,29 @@ class _Counting(io.RawIOBase):
 
 def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterator[Item]:
     number = 0
+    loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError  # noqa: N806 (a local for the hot loop)
     try:
         with open(path, "rb", buffering=0) as raw:
             source = io.BufferedReader(_Counting(raw, counter), 1 << 20)
             # A line is read with a bound, never whole: a small .gz/.zst of zeros must not fill memory.
-            for number, line in enumerate(bounded_lines(_stream(path, raw, source), max_line_bytes), start=1):
-                if line is None:
+            # (files.bounded_lines, inlined: this loop runs once per line of the corpus.)
+            readline = _stream(path, raw, source).readline
+            while line := readline(max_line_bytes + 1):
+                number += 1
+                if len(line) > max_line_bytes:
+                    while line and not line.endswith(b"\n"):
+                        line = readline(1 << 20)
                     yield number, None, (f"line longer than plan.max_line_bytes={max_line_bytes:,} (a "
                                          f"decompression bomb, or raise the limit)")
                     continue
-                if not line or line.isspace():
-                    continue
                 try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
+                    record = loads(line)
+                except JSONDecodeError as exc:
+                    if line.isspace():
+                        continue
                     yield number, None, _json_reason(line, exc)
                     continue
-                if not isinstance(record, dict):
+                if record.__class__ is not dict:
                     yield number, None, f"expected a JSON object, got {type(record).__name__}"
                     continue
                 yield number, record, ""

@@ -2,8 +2,9 @@
 
 A group whose first shard id is known (every earlier group is finished, always so with --jobs 1) writes
 its shards directly. Otherwise it spills its documents, without keys, to TMP/spill/G.jsonl and their sizes
-to TMP/spill/G.npy; once the earlier groups are counted, write_spilled() cuts the same shards from the
-spill. Both paths run the same ShardCutter over the same documents, so --jobs never changes a byte.
+to TMP/spill/G.bin (int64s); once the earlier groups are counted (count_shards, ShardCutter's rule),
+write_spilled() cuts the same shards from the spill. Both paths write through a ShardSink, which applies
+that rule, over the same documents, so --jobs never changes a byte.
 Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
 TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection).
 """
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from hpcsynth.config import PlanConfig
@@ -29,7 +29,6 @@ from hpcsynth.plan.shards import ShardCutter, ShardSink
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position
 ID_RECORD = struct.Struct("<16sQIIQ")
-ID_DTYPE = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("doc", "<u8"), ("parts", "<u4"), ("file", "<u4"), ("pos", "<u8")])
 
 
 @dataclass(frozen=True)
@@ -57,54 +56,76 @@ class GroupResult:
     reasons: Counter = field(default_factory=Counter)
     filtered: Counter = field(default_factory=Counter)
     per_input: dict[int, int] = field(default_factory=dict)
+    pid: int = 0  # the process that wrote its shards (a pool checks that each one waited for its fsyncs)
 
 
 def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:
     """Plan one group; a spilled group's documents are also appended to `held` (for write_spilled)."""
     tmp = Path(job.tmp)
-    result = GroupResult(job.index)
-    builder = DocumentBuilder(job.plan, job.bytes_per_token)
-    sink = _Direct(tmp, job) if job.first_shard >= 0 else _Spill(tmp, job)
-    columns = [job.plan.text_key, job.plan.id_key] + [f.split(".")[0] for f in job.plan.keep_fields]
-    columns += predicate_fields(job.plan.filter) if job.plan.filter else []
-    ids = bytearray()
-    with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as rejects:
+    scan = _Scan(job, counter, _direct(tmp, job) if job.first_shard >= 0 else _Spill(tmp, job))
+    with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as scan.rejects:
         for file_index, real in job.files:
-            # `path` names the file in every record, reject and manifest row; `real` opens it.
-            path, kind = display_path(real), unit(Path(real))
-            name = Path(path).name
-            for position, record, reason in read_file(Path(real), columns, counter, job.plan.max_line_bytes):
-                if job.limit and result.sources >= job.limit:
-                    break
-                result.read += 1
-                if record is None:
-                    _drop(result, rejects, path, kind, position, Dropped("reject", reason))
-                    continue
-                source_id = builder.source_id(record, name, position)
-                parts = builder.build(record, source_id, {"source": path, kind: position})
-                if isinstance(parts, Dropped):
-                    _drop(result, rejects, path, kind, position, parts)
-                    continue
-                digest = hashlib.blake2b(source_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-                ids += ID_RECORD.pack(digest, result.documents, len(parts), file_index, position)
-                for part in parts:
-                    sink.add(part, path, kind, position)
-                    result.est_tokens += part.tokens
-                result.documents += len(parts)
-                result.sources += 1
-            result.per_input[file_index] = result.sources - sum(result.per_input.values())
-    _write(_part(tmp, "ids", job.index, "bin"), bytes(ids))
-    result.rows = sink.close()
+            scan.file(file_index, real)
+    _write(_part(tmp, "ids", job.index, "bin"), bytes(scan.ids))
+    sink, result = scan.sink, scan.result
+    result.rows = _rows(sink, not job.defer_sync) if isinstance(sink, ShardSink) else sink.close()
     if held is not None and isinstance(sink, _Spill):
         held.append(sink)
     return result
 
 
+class _Scan:
+    """One group's reading: records -> documents -> the sink, the id log and the rejects file."""
+
+    def __init__(self, job: GroupJob, counter: ByteCounter | None, sink: Any) -> None:
+        self.job, self.counter, self.sink = job, counter, sink
+        self.result = GroupResult(job.index)
+        self.builder = DocumentBuilder(job.plan, job.bytes_per_token)
+        self.columns = [job.plan.text_key, job.plan.id_key] + [f.split(".")[0] for f in job.plan.keep_fields]
+        self.columns += predicate_fields(job.plan.filter) if job.plan.filter else []
+        self.ids = bytearray()  # ID_RECORD per source document
+        self.rejects: Any = None
+
+    def file(self, file_index: int, real: str) -> None:
+        """Plan one input file. This loop runs once per document of the corpus: what it touches is bound
+        to locals, and its counters are locals written back to the result once per file."""
+        # `path` names the file in every record, reject and manifest row; `real` opens it.
+        path, kind = display_path(real), unit(Path(real))
+        name, result, rejects, ids = Path(path).name, self.result, self.rejects, self.ids
+        build, source_id_of, add = self.builder.build, self.builder.source_id, self.sink.add
+        pack, blake2b = ID_RECORD.pack, hashlib.blake2b
+        limit, read, sources, documents, est_tokens = self.job.limit, result.read, result.sources, result.documents, 0
+        records = read_file(Path(real), self.columns, self.counter, self.job.plan.max_line_bytes)
+        for position, record, reason in records:
+            if limit and sources >= limit:
+                break
+            read += 1
+            if record is None:
+                _drop(result, rejects, path, kind, position, Dropped("reject", reason))
+                continue
+            source_id = source_id_of(record, name, position)
+            parts = build(record, source_id, path, kind, position)
+            if parts.__class__ is Dropped:
+                _drop(result, rejects, path, kind, position, parts)
+                continue
+            digest = blake2b(source_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            ids += pack(digest, documents, len(parts), file_index, position)
+            for line, tokens, chars in parts:
+                add(line, tokens, chars, path, kind, position)
+                est_tokens += tokens
+            documents += len(parts)
+            sources += 1
+        result.per_input[file_index] = sources - result.sources
+        result.read, result.sources, result.documents = read, sources, documents
+        result.est_tokens += est_tokens
+
+
 def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
-    sizes = held.sizes.tolist() if held is not None else np.load(_part(tmp, "spill", job.index, "npy")).ravel().tolist()
+    sizes = held.sizes.tolist() if held is not None else _spilled_sizes(tmp, job).tolist()
     files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
-    add = _Direct(tmp, job).add_line
+    sink = _direct(tmp, job)
+    add = sink.add
     lines = held.held if held is not None else []
     with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
         readline = spill.readline
@@ -112,8 +133,8 @@ def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> lis
             path, kind = files[sizes[i + 2]]
             line = lines[i // 4] if i // 4 < len(lines) else readline()[:-1]
             add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
-    rows = add.__self__.close()
-    for ext in ("npy", "jsonl"):
+    rows = _rows(sink, not job.defer_sync)
+    for ext in ("bin", "jsonl"):
         _part(tmp, "spill", job.index, ext).unlink()
     return rows
 
@@ -126,25 +147,23 @@ def count_shards(tokens: Any, job: GroupJob) -> int:
 
 
 def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
-    return count_shards(np.load(_part(tmp, "spill", job.index, "npy"))[:, 0].tolist(), job)
+    return count_shards(_spilled_sizes(tmp, job)[0::4], job)
 
 
-class _Direct:
-    def __init__(self, tmp: Path, job: GroupJob) -> None:
-        self.sink = ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level)
-        self.cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
-        self.wait = not job.defer_sync
+def _spilled_sizes(tmp: Path, job: GroupJob) -> array:
+    """tokens, chars, input file, position of each spilled document (no numpy: a pool worker would import
+    it at start-up, ~0.1 s of CPU, to write one flat array)."""
+    sizes = array("q")
+    sizes.frombytes(_part(tmp, "spill", job.index, "bin").read_bytes())
+    return sizes
 
-    def add(self, part: Any, path: str, kind: str, position: int) -> None:
-        self.add_line(part.line, part.tokens, part.chars, path, kind, position)
 
-    def add_line(self, line: bytes, tokens: int, chars: int, path: str, kind: str, position: int) -> None:
-        self.sink.add(line, tokens, chars, path, kind, position)
-        if self.cutter.add(tokens):
-            self.sink.end_shard()
+def _direct(tmp: Path, job: GroupJob) -> ShardSink:
+    return ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level, job.plan.shard_tokens, job.plan.shard_docs)
 
-    def close(self) -> list[dict[str, Any]]:
-        return [row.as_dict() for row in self.sink.close(self.wait)]
+
+def _rows(sink: ShardSink, wait: bool) -> list[dict[str, Any]]:
+    return [row.as_dict() for row in sink.close(wait)]
 
 
 class _Spill:
@@ -158,17 +177,17 @@ class _Spill:
         self.held: list[bytes] = []
         self.room = job.hold_bytes
 
-    def add(self, part: Any, path: str, kind: str, position: int) -> None:
+    def add(self, line: bytes, tokens: int, chars: int, path: str, kind: str, position: int) -> None:
         if self.room > 0 and not self.handle.tell():  # in order: memory first, the rest on disk
-            self.held.append(part.line)
-            self.room -= len(part.line)
+            self.held.append(line)
+            self.room -= len(line)
         else:
-            self.handle.write(part.line + b"\n")
-        self.sizes.extend((part.tokens, part.chars, self.files[path], position))
+            self.handle.write(line + b"\n")
+        self.sizes.extend((tokens, chars, self.files[path], position))
 
     def close(self) -> None:
         self.handle.close()
-        np.save(_part(self.tmp, "spill", self.index, "npy"), np.frombuffer(self.sizes, dtype=np.int64).reshape(-1, 4))
+        _write(_part(self.tmp, "spill", self.index, "bin"), self.sizes.tobytes())
         return None
 
 

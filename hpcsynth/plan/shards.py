@@ -28,7 +28,10 @@ FSYNC_THREADS = 32  # concurrent fsyncs: enough to fill a journal commit, few en
 
 
 class ShardCutter:
-    """Greedy cut: a shard closes once it holds shard_tokens estimated tokens or shard_docs documents."""
+    """Greedy cut: a shard closes once it holds shard_tokens estimated tokens or shard_docs documents.
+
+    Counts the shards of a spilled group before they are written; ShardSink.add applies the same rule
+    while writing (tests/plan/test_sharding.py holds the two together)."""
 
     def __init__(self, shard_tokens: int, shard_docs: int) -> None:
         self.shard_tokens, self.shard_docs = shard_tokens, shard_docs
@@ -72,15 +75,18 @@ class ShardRow:
 class ShardSink:
     """Writes shards in id order into DIR/shards; each is a run of independent checksummed zstd frames.
 
+    A shard ends by ShardCutter's rule (the row's own counts are the cutter's: no second counter is kept
+    per document, this runs for every document of the corpus).
     Durability runs beside the writing: a full batch of files is handed to a background syncer (fsync of
     each file from a few threads, then one of the directory) while the next batch is written; close()
     waits for all of it, so a plan's manifest is written only after its shards are on disk.
     """
 
-    def __init__(self, shards_dir: Path, first_id: int, level: int) -> None:
+    def __init__(self, shards_dir: Path, first_id: int, level: int, shard_tokens: int, shard_docs: int) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         self.dir = str(shards_dir)  # str, not Path: path objects cost ~50 us a shard at 10^5 shards
         self.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        self.shard_tokens, self.shard_docs = shard_tokens, shard_docs
         self.next_id = first_id
         self.rows: list[ShardRow] = []
         self.row: ShardRow | None = None
@@ -96,25 +102,31 @@ class ShardSink:
         """Append one document's JSON (without its key, which is given here) to the open shard."""
         row = self.row
         if row is None:
-            row = self.row = ShardRow(self.next_id)
-            self.next_id += 1
-            name = shard_name(row.id)
-            self.fd = os.open(os.path.join(self.dir, name + ".jsonl.zst"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                              0o644)
-            self.digest = hashlib.sha256()
-            self.prefix = b'{"key":"' + name.encode() + b"-"
-        self.lines += (self.prefix, b"%06d\"," % row.documents, memoryview(line)[1:], b"\n")
+            row = self._open()
+        documents = row.documents
+        self.lines += (self.prefix, b"%06d\"," % documents, memoryview(line)[1:], b"\n")
         self.size += len(line) + 24
-        row.documents += 1
+        row.documents = documents = documents + 1
         row.est_tokens += tokens
         row.chars += chars
-        last = row.inputs[-1] if row.inputs else None
-        if last is not None and last["path"] is source:
-            last["last"] = position
+        inputs = row.inputs
+        if inputs and inputs[-1]["path"] is source:  # the same str object for every line of a file
+            inputs[-1]["last"] = position
         else:
             row.note_input(source, unit, position)
         if self.size >= FRAME_BYTES:
             self._frame()
+        if row.est_tokens >= self.shard_tokens or documents >= self.shard_docs:  # ShardCutter.add's rule
+            self.end_shard()
+
+    def _open(self) -> ShardRow:
+        row = self.row = ShardRow(self.next_id)
+        self.next_id += 1
+        name = shard_name(row.id)
+        self.fd = os.open(os.path.join(self.dir, name + ".jsonl.zst"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.digest = hashlib.sha256()
+        self.prefix = b'{"key":"' + name.encode() + b"-"
+        return row
 
     def end_shard(self) -> None:
         if self.row is None:

@@ -1,0 +1,112 @@
+"""--jobs N: enough groups for every process, fsyncs left to the background yet all done before the
+manifest, and a failed fsync in a pool worker still fails the plan."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcsynth.files import read_json
+from hpcsynth.plan import planner, plan_corpus
+from hpcsynth.rundir import RunDir
+
+from conftest import fake_config, write_corpus
+
+MB = 1 << 20
+
+
+def test_group_size_gives_small_plans_enough_groups() -> None:
+    config = fake_config(Path("."))  # plan.group_mb 8
+    files = lambda n, size: [{"bytes": size}] * n  # noqa: E731
+    assert planner.group_bytes(config, files(8, 3_500_000)) == 1_750_000  # 28 MB: each file alone
+    assert planner.group_bytes(config, files(3, 20_000)) == MB  # under 16 MB: never under 1 MB
+    assert planner.group_bytes(config, files(1000, 100 * MB)) == 8 * MB  # big plans: plan.group_mb
+    no_groups = fake_config(Path("."), plan={"group_mb": 0})
+    assert planner.group_bytes(no_groups, files(8, 3_500_000)) == 0  # 0: each file alone, as before
+
+
+def test_small_plan_is_split_for_the_pool_and_gives_the_same_bytes(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The corpus scaled down: 6 files of ~12 KB with a 1 KB floor stand for 6 files of 3.5 MB.
+    monkeypatch.setattr(planner, "MIN_GROUP_BYTES", 1024)
+    for part in range(6):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 40, prefix=f"p{part}")
+    config = fake_config(tmp_path, plan={"shard_docs": 15})
+    plans = [plan_corpus(config, RunDir(tmp_path / f"run-{jobs}"), [str(tmp_path / "in")], jobs=jobs)
+             for jobs in (1, 2)]
+    assert plans[0].summary["input_groups"] == 6, "one group per file, not one group for all 72 KB"
+    shards = [sorted((tmp_path / f"run-{jobs}" / "shards").iterdir()) for jobs in (1, 2)]
+    assert [p.read_bytes() for p in shards[0]] == [p.read_bytes() for p in shards[1]]
+    assert read_json(tmp_path / "run-1" / "manifest.json") == read_json(tmp_path / "run-2" / "manifest.json")
+
+
+def _logging_fsync(log: Path, fail: bool = False):
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(".jsonl.zst"):
+            if fail:
+                raise OSError(5, "Input/output error")
+            time.sleep(0.03)  # a slow disk: a deferred fsync is still running when the group returns
+        real(fd)
+        with open(log, "a") as handle:
+            handle.write(f"fsync {Path(target).name}\n")
+    return fsync
+
+
+def test_pool_workers_fsync_every_shard_before_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    log = tmp_path / "log"
+    monkeypatch.setattr(os, "fsync", _logging_fsync(log))  # the forked workers inherit it
+    real_write = planner.atomic_write_json
+
+    def write_json(path: Path, data) -> None:
+        if path.name == "manifest.json":
+            with open(log, "a") as handle:
+                handle.write("manifest\n")
+        real_write(path, data)
+
+    monkeypatch.setattr(planner, "atomic_write_json", write_json)
+    run = RunDir(tmp_path / "run")
+    plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")], jobs=2)
+    events = log.read_text().splitlines()
+    shards = {Path(row["path"]).name for row in read_json(run.manifest_path)["shards"]}
+    assert len(shards) == 28 and events.count("manifest") == 1
+    synced = {e.split()[1] for e in events[:events.index("manifest")] if e.startswith("fsync")}
+    assert shards <= synced, f"not on disk before the manifest: {sorted(shards - synced)[:5]}"
+
+
+def test_a_failed_fsync_in_a_pool_worker_fails_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    monkeypatch.setattr(os, "fsync", _logging_fsync(tmp_path / "log", fail=True))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(OSError, match="Input/output error"):
+        plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
+                    jobs=2)
+    assert not run.root.exists(), "no plan, nothing that looks like one"
+
+
+def test_a_pool_worker_replaced_before_its_fsyncs_are_confirmed_fails_the_plan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers leave fsyncs to the background; one that ends between groups (here: after each group, as a
+    killed and replaced worker would) never confirms them, and the plan must not be committed."""
+    import multiprocessing
+
+    from hpcsynth.errors import RunError
+
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    context = type(multiprocessing.get_context("fork"))
+    real_pool = context.Pool
+    monkeypatch.setattr(context, "Pool", lambda self, *a, **k: real_pool(self, *a, maxtasksperchild=1, **k))
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(RunError, match="ended before its shards were confirmed on disk; plan again"):
+        plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
+                    jobs=2)
+    assert not run.root.exists()
