@@ -120,7 +120,8 @@ def reduce_grid_command(args: argparse.Namespace, grid: dict) -> int:
 
     def done(name: str, report: dict) -> None:
         print(f"  {name}: {report['sequences']:,} documents, {report['tokens']:,} tokens "
-              f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original)"
+              f"({report['synthetic_tokens']:,} synthetic + {report['original_tokens']:,} original"
+              + (f" + {report['corpus_tokens']:,} corpus" if report.get("corpus_tokens") else "") + ")"
               + (" PARTIAL" if report["partial"] else ""))
 
     entries = reduce_grid(run, grid, args.tokenizer, args.partial, args.jobs, on_dataset=done)

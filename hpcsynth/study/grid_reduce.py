@@ -105,12 +105,13 @@ def write_train_args(run: RunDir, entries: list[dict[str, Any]]) -> Path:
              "One dataset per (generator, prompt, mix-in); train one small model on each and compare.",
              "Each line is what your trainer takes; each directory has report.json (counts, tokens by source,",
              "the prompt's quality checks) and text/ with a dataset card.", "",
-             "| dataset | generator | prompt | mix-in | documents | tokens (synthetic + original) |",
+             "| dataset | generator | prompt | mix-in | documents | tokens (synthetic + original + other corpora) |",
              "|---|---|---|---|---:|---|"]
     for e in entries:
         r = e["report"]
         lines.append(f"| {e['name']} | {e['generator']} | {e['prompt']} | {e['mixin']} | {r['sequences']:,} | "
-                     f"{r['tokens']:,} ({r['synthetic_tokens']:,} + {r['original_tokens']:,}) |")
+                     f"{r['tokens']:,} ({r['synthetic_tokens']:,} + {r['original_tokens']:,} + "
+                     f"{r.get('corpus_tokens', 0):,}) |")
         rows.append({**{k: e[k] for k in ("name", "generator", "prompt", "mixin", "dir")},
                      "format": r["format"], "tokens": r["tokens"], "partial": r["partial"], "args": data_args(r)})
         # The same next to the dataset itself, for whoever copies one directory away.
