@@ -10,6 +10,7 @@ prefixes when reduce.max_file_mb split the files) and, for .ds, the nanotron / d
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -92,7 +93,9 @@ def data_args(report: dict[str, Any]) -> dict[str, str]:
         return {"megatron": f"--data-path {blend}"}
     if report["format"] == "datatrove":
         size = 2 if report["dtype"] == "uint16" else 4
-        return {"nanotron": f"dataset: {{dataset_folder: [{folder}], dataset_weights: [1.0]}}",
+        # YAML double-quoted (JSON's escapes are YAML's): a folder with ": ", "#", "," or "]" stays one path.
+        return {"nanotron": f"dataset: {{dataset_folder: [{json.dumps(folder, ensure_ascii=False)}], "
+                            f"dataset_weights: [1.0]}}",
                 "datatrove": f"DatatroveFolderDataset({folder!r}, seq_len=SEQ_LEN, token_size={size})"}
     return {"numpy": f"np.load({str(Path(folder) / files[0]['prefix']) + '.npy'!r}, mmap_mode='r')"}
 
