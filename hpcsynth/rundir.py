@@ -92,6 +92,12 @@ class RunDir:
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
 
+    def grid_parent(self) -> Path | None:
+        """The grid run whose generator's run this is (RUN/generators/NAME/ beside RUN/grid.json), else None:
+        such a run is fixed by planning the grid again, never by planning into a new directory."""
+        parent = self.root.parent.parent
+        return parent if self.root.parent.name == "generators" and (parent / "grid.json").is_file() else None
+
     # --- reading
     def require_planned(self) -> None:
         if not self.root.is_dir():

@@ -210,6 +210,16 @@ def _refuse_unfinished_grid(run: RunDir) -> None:
                        f"again: `hpcsynth plan CONFIG --run {run.root}` (finished work is kept)")
 
 
+def require_generator_run(run: RunDir, name: str) -> RunDir:
+    """The generator's run, or RunError with the grid's fix: its own run's advice ("plan RUN/generators/b")
+    would make a plain run there, cut off from the grid."""
+    sub = generator_run(run, name)
+    if not sub.manifest_path.is_file():
+        raise RunError(f"generator {name!r} has no planned run at {sub.root} (deleted or never planned); plan the "
+                       f"grid again: `hpcsynth plan CONFIG --run {run.root}` (other generators' work is kept)")
+    return sub
+
+
 def grid_generator_runs(run: RunDir, data: dict[str, Any]) -> list[tuple[str, RunDir]]:
     return [(g["name"], generator_run(run, g["name"])) for g in data["generators"]]
 

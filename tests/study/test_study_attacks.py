@@ -45,3 +45,29 @@ def test_a_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
     (run / "grid.json").write_bytes(orjson.dumps(grid))
     proc = hpcsynth("status", str(run), check=False)
     assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr and "bad name" in proc.stderr
+
+
+def test_a_deleted_generator_or_shard_link_points_at_planning_the_grid_again(tmp_path: Path) -> None:
+    """The single-run advice ("plan run/generators/b", "plan into a new directory") would cut the
+    generator off from its grid or throw its work away: the fix is planning the grid again."""
+    import shutil
+
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    hpcsynth("plan", str(config), "--run", str(run))
+    hpcsynth("launch", str(run))
+    shutil.rmtree(run / "generators" / "b")
+    (run / "generators" / "a" / "shards" / "000001.jsonl.zst").unlink()
+    for path in ("done/000001.json", "outputs/000001.jsonl.zst"):
+        (run / "generators" / "a" / path).unlink()
+    proc = hpcsynth("launch", str(run), check=False)
+    assert proc.returncode == 1
+    assert f"generator 'b' has no planned run at {run / 'generators' / 'b'}" in proc.stderr
+    assert f"plan the grid again: `hpcsynth plan CONFIG --run {run}`" in proc.stderr
+    assert f"`hpcsynth plan CONFIG --run {run}`), then `hpcsynth launch {run} --retry-failed`" in proc.stderr
+    assert "new directory" not in proc.stderr and "--run " + str(run / "generators") not in proc.stderr
+    estimate = hpcsynth("estimate", str(run), "--json").stdout
+    assert "generator 'b' has no planned run" in estimate and "\"a\"" in estimate
+    hpcsynth("plan", str(config), "--run", str(run))
+    out = hpcsynth("launch", str(run), "--retry-failed").stdout
+    assert "a (local): 2/2 shards done, 0 failed" in out and "b (local): 2/2 shards done, 0 failed" in out
