@@ -247,6 +247,10 @@ def _status(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
     from hpcsynth.status import collect_status, render_status
 
+    if args.plot:  # before a watch of hours, not after it
+        from hpcsynth.study.charts import check_plot_path
+
+        check_plot_path(args.plot)
     run = RunDir(args.run)
     grid = _grid_of(args.run)
     if grid is not None:

@@ -4,7 +4,10 @@ run files, odd numbers. Each test holds a surprise found by attacking them; fake
 from __future__ import annotations
 
 import ast
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -71,3 +74,104 @@ def test_a_deleted_generator_or_shard_link_points_at_planning_the_grid_again(tmp
     hpcsynth("plan", str(config), "--run", str(run))
     out = hpcsynth("launch", str(run), "--retry-failed").stdout
     assert "a (local): 2/2 shards done, 0 failed" in out and "b (local): 2/2 shards done, 0 failed" in out
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--documents", "1e30", "--output-tokens", "300"), "--documents must be at most 9.01e+15"),
+    (("--tokens", "1e9", "--gpus", "99999999999999999999999"), "--gpus must be at most"),
+    (("--tokens", "1e9", "--tokens-per-second", "1e-320"), "the estimate overflows"),
+    (("--tokens", "1e308", "--price", "1e308"), "the estimate overflows"),
+    (("--documents", "1e15", "--output-tokens", "1e300"), "the estimate overflows"),
+])
+def test_numbers_that_overflow_are_one_line_not_inf_or_a_traceback(args: tuple[str, ...], says: str) -> None:
+    """Each was finite and accepted, then printed "inf days", a JSON null, or (--json, a count past 64
+    bits) a traceback."""
+    proc = hpcsynth("estimate", *args, "--json", check=False)
+    assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from conftest import planned_fake_run
+    from hpcsynth.execute.launch import launch_run
+
+    run = planned_fake_run(tmp_path_factory.mktemp("attacks"), docs=20, shard_docs=5)
+    assert launch_run(run, "local").done == 4
+    return run
+
+
+def test_plot_paths_that_are_not_a_png_file_in_a_directory_are_one_line(finished, tmp_path: Path) -> None:
+    (tmp_path / "adir.png").mkdir()
+    (tmp_path / "file").write_text("x")
+    for name, says in (("adir.png", "is a directory; name a file in it"),
+                       ("missing/sub/c.png", "does not exist; create that directory"),
+                       ("file/c.png", "is not a directory")):
+        for command in (("status", str(finished.root)), ("estimate", str(finished.root))):
+            proc = hpcsynth(*command, "--plot", str(tmp_path / name), check=False)
+            assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "missing").exists(), "a mistyped directory is not created"
+    assert list((tmp_path / "adir.png").iterdir()) == [], "no temporary left in the directory"
+    # A symlink named as the chart is replaced by it; what it pointed at is untouched.
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / "link.png").symlink_to(tmp_path / "target")
+    hpcsynth("status", str(finished.root), "--plot", str(tmp_path / "link.png"))
+    assert (tmp_path / "target").read_text() == "keep" and not (tmp_path / "link.png").is_symlink()
+    assert (tmp_path / "link.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unwritable_plot_is_one_line(finished, tmp_path: Path, monkeypatch) -> None:
+    """Tests run as root, where a read-only directory is still writable: the refusal is injected."""
+    from hpcsynth.errors import ConfigError
+    from hpcsynth.status import collect_status
+    from hpcsynth.study import charts
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(charts, "atomic_write_bytes", refuse)
+    with pytest.raises(ConfigError, match="cannot write it \\(Permission denied\\); choose another path"):
+        charts.plot_status(collect_status(finished), tmp_path / "c.png")
+
+
+def test_forged_times_far_ahead_or_behind_keep_the_timeline_to_the_runs_span(finished) -> None:
+    from hpcsynth.status import collect_status
+
+    real = collect_status(finished)["timeline"]
+    markers = {sid: orjson.loads(finished.done_path(sid).read_bytes()) for sid in (1, 2)}
+    task = next((finished.root / "tasks").glob("*.json"))
+    clock = task.read_bytes()
+    try:
+        finished.done_path(1).write_bytes(orjson.dumps({**markers[1], "committed": 1e300}))  # year 10^292
+        finished.done_path(2).write_bytes(orjson.dumps({**markers[2], "committed": 1.0}))  # 1970
+        task.write_bytes(orjson.dumps({**orjson.loads(clock), "started": 4e9}))  # 2096
+        timeline = collect_status(finished)["timeline"]
+    finally:
+        for sid, marker in markers.items():
+            finished.done_path(sid).write_bytes(orjson.dumps(marker))
+        task.write_bytes(clock)
+    assert sum(timeline["shards"]) == 4, "every done shard still counts"
+    assert timeline["bin_s"] < 3600 and timeline["start"] >= real["start"] - 1, timeline
+
+
+def test_a_fifo_planted_as_a_run_file_does_not_hang_status_or_estimate(tmp_path: Path) -> None:
+    """open() of a FIFO blocks until a writer comes: status, --watch and estimate hung on one."""
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path)), "--run", str(run))
+    hpcsynth("launch", str(run))
+    sub = run / "generators" / "a"
+    os.mkfifo(sub / "done" / "000099.json")
+    os.mkfifo(sub / "tasks" / "planted.json")
+    (sub / "work" / "000007").mkdir(parents=True)
+    os.mkfifo(sub / "work" / "000007" / "heartbeat.json")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:  # a hang fails in a minute, not the helper's five
+        return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=60)
+
+    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert status["generators"]["a"]["shards"]["done"] == 2
+    assert "\"tokens_committed\"" in cli("estimate", str(run), "--json").stdout
+    os.rename(run / "grid.json", run / "grid.kept")
+    os.mkfifo(run / "grid.json")
+    proc = cli("status", str(run))
+    assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr and "not a regular file" in proc.stderr
