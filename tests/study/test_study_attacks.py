@@ -175,3 +175,42 @@ def test_a_fifo_planted_as_a_run_file_does_not_hang_status_or_estimate(tmp_path:
     os.mkfifo(run / "grid.json")
     proc = cli("status", str(run))
     assert proc.returncode == 2 and "grid.json is damaged" in proc.stderr and "not a regular file" in proc.stderr
+
+
+def fake_sacct(bin_dir: Path, script: str) -> dict[str, str]:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "sacct").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_odd_sacct_output_is_not_a_traceback(finished, tmp_path: Path) -> None:
+    """ElapsedRaw as "abc", "1.5" or "1e3" (a wrapper, a plugin's line on stdout) ended status and
+    estimate in int()'s ValueError."""
+    launches = finished.root / "launches"
+    launches.mkdir(exist_ok=True)
+    (launches / "attack.json").write_bytes(orjson.dumps({"arrays": [{"job_id": "123", "tasks": 2}],
+                                                         "gpus_per_task": 1}))
+    try:
+        lines = ["123_0|RUNNING|abc|None", "123_1|COMPLETED|1.5|None", "123_1|COMPLETED|1e3|None", "garbage",
+                 "|||", "123_[0-|PENDING|99999999999999999999|Resources", "123_0|RUNNING|60|None"]
+        env = fake_sacct(tmp_path / "bin", "printf '" + "\\n".join(lines) + "\\n'")
+        for command in ("status", "estimate"):
+            proc = subprocess.run([sys.executable, "-m", "hpcsynth", command, str(finished.root), "--json"],
+                                  capture_output=True, text=True, timeout=60, env=env)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        status = orjson.loads(subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(finished.root), "--json"],
+                                             capture_output=True, text=True, timeout=60, env=env).stdout)
+        assert status["gpu_hours"] == round(60 / 3600, 4), "only the one well-formed elapsed time counts"
+    finally:
+        (launches / "attack.json").unlink()
+
+
+def test_a_hung_sacct_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    from hpcsynth.execute import slurm
+
+    env = fake_sacct(tmp_path / "bin", "exec sleep 30")
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setattr(slurm, "SLURM_TIMEOUT_S", 1)
+    with pytest.raises(slurm.SlurmError, match="sacct did not answer within 1 s"):
+        slurm.sacct_tasks(["123"])
