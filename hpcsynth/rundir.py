@@ -104,6 +104,10 @@ class RunDir:
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
+            lock = self.root / ".plan.lock"  # plan/manifest.py's LOCK: a plan is writing this run now
+            if lock.is_file():
+                raise RunError(f"{self.root} is being planned now ({lock} is held); wait for that plan to "
+                               f"finish, or if it died, plan again: `hpcsynth plan CONFIG --run {self.root}`")
             corpus = _corpus_files(self.root)
             if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
                 raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "

@@ -214,3 +214,13 @@ def test_a_hung_sacct_is_one_line(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(slurm, "SLURM_TIMEOUT_S", 1)
     with pytest.raises(slurm.SlurmError, match="sacct did not answer within 1 s"):
         slurm.sacct_tasks(["123"])
+
+
+def test_a_run_still_planning_says_so(tmp_path: Path) -> None:
+    """While a plan holds its lock (a Slurm plan takes hours), "run plan first" invited a second plan."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".plan.lock").write_text("elsewhere:123\n")
+    for command in (("estimate", str(run)), ("status", str(run)), ("launch", str(run))):
+        proc = hpcsynth(*command, check=False)
+        assert proc.returncode == 2 and "is being planned now" in proc.stderr, proc.stderr
