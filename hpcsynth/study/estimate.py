@@ -200,8 +200,10 @@ def _check_finite(rows: list[Row]) -> None:
     total = sum(r.gpu_hours for r in rows) + sum(r.cost for r in rows) + sum(r.tokens for r in rows)
     if not math.isfinite(total):
         worst = next((r for r in rows if not math.isfinite(r.gpu_hours + r.cost + r.tokens)), rows[0])
+        # The figures may come from a run's files (a forged clock, a hand-edited marker): say where.
         raise HpcsynthError(f"the estimate overflows ({worst.tokens:.3g} tokens at {worst.tokens_per_s:.3g} tok/s, "
-                            f"{worst.gpu_hours:.3g} GPU-hours): check --documents, --tokens, --output-tokens, "
+                            f"{worst.gpu_hours:.3g} GPU-hours; tokens per record {worst.length_source}, tok/s "
+                            f"{worst.rate_source}): check --documents, --tokens, --output-tokens, "
                             f"--tokens-per-second, --efficiency and --price")
 
 

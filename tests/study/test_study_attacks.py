@@ -224,3 +224,30 @@ def test_a_run_still_planning_says_so(tmp_path: Path) -> None:
     for command in (("estimate", str(run)), ("status", str(run)), ("launch", str(run))):
         proc = hpcsynth(*command, check=False)
         assert proc.returncode == 2 and "is being planned now" in proc.stderr, proc.stderr
+
+
+def test_forged_huge_and_negative_numbers_in_run_files_do_not_reach_the_figures(tmp_path: Path) -> None:
+    """A task clock or marker saying 1e308 made tokens inf, rates nan and the JSON null."""
+    from conftest import planned_fake_run
+    from hpcsynth.execute.launch import launch_run
+
+    run = planned_fake_run(tmp_path, docs=10, shard_docs=5)
+    assert launch_run(run, "local").done == 2
+    for task in (run.root / "tasks").glob("*.json"):
+        clock = orjson.loads(task.read_bytes())
+        task.write_bytes(orjson.dumps({**clock, "tokens": 1e308, "idle_s": -1e308, "gpus": "x", "wall_s": 1e300}))
+    marker = orjson.loads(run.done_path(0).read_bytes())
+    run.done_path(0).write_bytes(orjson.dumps({**marker, "completion_tokens": 1e308,
+                                               "by_prompt": {"faq": {"records": 1e308, "completion_tokens": -5}}}))
+    proc = hpcsynth("estimate", str(run.root), "--tokens-per-second", "100", "--json")
+    data = orjson.loads(proc.stdout)
+
+    def nulls(value, where=""):  # orjson writes inf and nan as null
+        if isinstance(value, dict):
+            return [n for k, v in value.items() for n in nulls(v, f"{where}.{k}")]
+        if isinstance(value, list):
+            return [n for i, v in enumerate(value) for n in nulls(v, f"{where}[{i}]")]
+        return [where] if value is None else []
+
+    assert nulls({"rows": data["rows"], "totals": data["totals"], "account": data["account"]}) == []
+    assert data["account"]["tokens_generated"] == 0 and data["account"]["tokens_committed"] > 0
