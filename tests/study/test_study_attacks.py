@@ -251,3 +251,26 @@ def test_forged_huge_and_negative_numbers_in_run_files_do_not_reach_the_figures(
 
     assert nulls({"rows": data["rows"], "totals": data["totals"], "account": data["account"]}) == []
     assert data["account"]["tokens_generated"] == 0 and data["account"]["tokens_committed"] > 0
+
+
+def test_two_launches_of_one_grid_at_once_generate_each_record_once_per_generator(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path, docs=16)), "--run", str(run))
+    counted = tmp_path / "generated.txt"
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.01, "count_to": str(counted)})}
+    command = [sys.executable, "-m", "hpcsynth", "launch", str(run)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    from test_grid_changes import ids
+
+    expected = sorted(f"{i // 4:06d}-{i % 4:06d}/{p}" for i in range(16) for p in ("faq", "math"))
+    for name in ("a", "b"):
+        assert sorted(ids(run / "generators" / name)) == expected, f"{name}: each record committed once"
+    generated = counted.read_text().split()
+    assert sorted(set(generated)) == expected and all(generated.count(r) == 2 for r in expected), \
+        "each record generated once per generator, by whichever launch claimed its shard"
