@@ -220,6 +220,18 @@ def require_generator_run(run: RunDir, name: str) -> RunDir:
     return sub
 
 
+def check_mixins(run: RunDir, data: dict[str, Any], sub: RunDir) -> None:
+    """Each mix-in's reduce: keys as plan checked them: grid.json is a file anyone can edit, and a bad key
+    found deep in a reduce would not say which file holds it."""
+    base = config_to_dict(sub.config())
+    for entry in data["mixins"]:
+        try:
+            config_from_dict({**base, "reduce": {**base["reduce"], **(entry.get("reduce") or {})}}, source="grid.json")
+        except ConfigError as exc:
+            raise RunError(f"{grid_path(run)}: mix-in {entry['name']!r}: {exc}; plan the grid again: `hpcsynth plan "
+                           f"CONFIG --run {run.root}` (finished work is kept)") from None
+
+
 def grid_generator_runs(run: RunDir, data: dict[str, Any]) -> list[tuple[str, RunDir]]:
     return [(g["name"], generator_run(run, g["name"])) for g in data["generators"]]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.rundir import RunDir
-from hpcsynth.study.grid import generator_run
+from hpcsynth.study.grid import check_mixins, generator_run, require_generator_run
 
 
 def datasets_dir(run: RunDir) -> Path:
@@ -33,6 +33,8 @@ def reduce_grid(run: RunDir, grid: dict[str, Any], tokenizer: str | None = None,
     from hpcsynth.reduce.reducer import prepare_reduce, run_parts_local
 
     mixins = {m["name"]: m.get("reduce") or {} for m in grid["mixins"]}
+    for name in dict.fromkeys(d["generator"] for d in grid["datasets"]):
+        check_mixins(run, grid, require_generator_run(run, name))
     entries = []
     for dataset in grid["datasets"]:
         out = datasets_dir(run) / dataset["name"]
@@ -57,6 +59,8 @@ def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str 
     from hpcsynth.reduce.reducer import prepare_reduce
 
     mixins = {m["name"]: m.get("reduce") or {} for m in grid["mixins"]}
+    for name in dict.fromkeys(d["generator"] for d in grid["datasets"]):
+        check_mixins(run, grid, require_generator_run(run, name))
     submitted = []
     for dataset in grid["datasets"]:
         view = {"prompts": [dataset["prompt"]], "reduce": mixins[dataset["mixin"]]}

@@ -274,3 +274,17 @@ def test_two_launches_of_one_grid_at_once_generate_each_record_once_per_generato
     generated = counted.read_text().split()
     assert sorted(set(generated)) == expected and all(generated.count(r) == 2 for r in expected), \
         "each record generated once per generator, by whichever launch claimed its shard"
+
+
+def test_an_edited_grid_json_mixin_is_refused_before_any_dataset_naming_the_file(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    hpcsynth("plan", str(fake_grid(tmp_path)), "--run", str(run))
+    grid = orjson.loads((run / "grid.json").read_bytes())
+    for bad, says in (({"name": "../../evil"}, "'reduce.name' '../../evil' is not a plain name"),
+                      ({"original_ratio": "abc"}, "'reduce.original_ratio' must be a number")):
+        (run / "grid.json").write_bytes(orjson.dumps({**grid, "mixins": [{"name": "ok", "reduce": {}},
+                                                                         {"name": "bad", "reduce": bad}]}))
+        proc = hpcsynth("reduce", str(run), check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"{run / 'grid.json'}: mix-in 'bad'" in proc.stderr and says in proc.stderr
+        assert not (run / "datasets").exists(), "refused before the first dataset, not after it"
