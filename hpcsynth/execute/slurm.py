@@ -284,7 +284,11 @@ def active_jobs(run: RunDir) -> list[str]:
 
 
 def cancel(run: RunDir) -> list[str]:
-    ids = job_ids(run)
+    return cancel_jobs(job_ids(run))
+
+
+def cancel_jobs(ids: list[str]) -> list[str]:
+    """scancel the given ids, each already checked by check_job_id (a finished job is no error)."""
     if ids:
         require_tools("scancel")
         _run(["scancel", "--", *ids])  # ids are checked; "--" still ends options, whatever comes

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.rundir import RunDir
 from hpcsynth.study.grid import check_mixins, generator_run, require_generator_run
@@ -67,7 +68,42 @@ def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str 
         spec = prepare_reduce(generator_run(run, dataset["generator"]), datasets_dir(run) / dataset["name"],
                               tokenizer, partial, view=view)
         submitted.append({**dataset, "dir": str(spec.out_dir), "jobs": submit_reduce(spec, slurm)})
+        record_reduce_jobs(run, submitted[-1])  # after each: a failure midway leaves the others cancellable
     return submitted
+
+
+def reduce_jobs_path(run: RunDir) -> Path:
+    return datasets_dir(run) / "slurm-jobs.json"
+
+
+def record_reduce_jobs(run: RunDir, entry: dict[str, Any]) -> None:
+    """RUN/datasets/slurm-jobs.json: every reduce array and merge submitted, so that `hpcsynth cancel RUN`
+    stops a grid's reduce as it stops its generation (those ids live in each generator's launches/)."""
+    jobs = _recorded(run)  # earlier submissions too: a resubmitted dataset's old merge may still wait
+    jobs.append({"dataset": entry["name"], "array": entry["jobs"]["array"], "merge": entry["jobs"]["merge"]})
+    atomic_write_json(reduce_jobs_path(run), {"jobs": jobs})
+
+
+def _recorded(run: RunDir) -> list[dict[str, Any]]:
+    from hpcsynth.files import read_json
+
+    try:
+        data = read_json(reduce_jobs_path(run))
+        return [j for j in data["jobs"] if isinstance(j, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet, or damaged: the next submission starts the record again
+
+
+def reduce_job_ids(run: RunDir) -> list[str]:
+    """The recorded reduce jobs' ids, each checked before it reaches scancel."""
+    from hpcsynth.execute.slurm import JOB_ID
+
+    ids = [j.get(k) or "" for j in _recorded(run) for k in ("array", "merge")]
+    for job_id in ids:
+        if job_id and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+            raise RunError(f"{reduce_jobs_path(run)}: {job_id!r} is not a Slurm job id; this file was not written "
+                           f"by hpcsynth reduce: delete it (cancel then stops the generation arrays only)")
+    return [i for i in dict.fromkeys(ids) if i]
 
 
 def collect_finished(run: RunDir, grid: dict[str, Any]) -> list[dict[str, Any]]:

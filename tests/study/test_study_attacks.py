@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -288,3 +289,41 @@ def test_an_edited_grid_json_mixin_is_refused_before_any_dataset_naming_the_file
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert f"{run / 'grid.json'}: mix-in 'bad'" in proc.stderr and says in proc.stderr
         assert not (run / "datasets").exists(), "refused before the first dataset, not after it"
+
+
+TOKENIZER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+
+
+@pytest.mark.slurm
+def test_cancel_during_a_grid_reduce_on_slurm_stops_its_arrays_and_merges(tmp_path: Path, cluster) -> None:
+    """cancel read only the generators' launches/: a grid's reduce arrays and merges ran on."""
+    if not TOKENIZER.is_file():
+        pytest.skip(f"no tokenizer at {TOKENIZER}")
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    config.write_text(config.read_text().replace("grid:\n", (
+        f"reduce: {{tokenizer: {TOKENIZER}, min_chars: 1}}\nvalidate: {{action: keep}}\n"
+        "slurm: {partition: gpu, cpus_per_task: 1, mem_gb: 1, time_min: 10, sbatch: ['begin=now+3600']}\n"
+        "grid:\n")))
+    hpcsynth("plan", str(config), "--run", str(run))
+    hpcsynth("launch", str(run))  # local: the reduce is what runs on Slurm here
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=cluster.env, capture_output=True,
+                              text=True, timeout=300)
+
+    proc = cli("reduce", str(run), "--executor", "slurm")
+    assert proc.returncode == 0, proc.stderr
+    recorded = orjson.loads((run / "datasets" / "slurm-jobs.json").read_bytes())["jobs"]
+    ids = [j[k] for j in recorded for k in ("array", "merge") if j[k]]
+    assert len(recorded) == 4 and len(ids) == 8, recorded  # 2 generators x 2 prompts, an array and a merge each
+    said = cli("cancel", str(run)).stdout
+    assert all(i in said for i in ids), said
+    deadline = time.monotonic() + 60
+    while True:
+        states = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "State"], env=cluster.env,
+                                capture_output=True, text=True).stdout.splitlines()
+        if states and all(s.startswith("CANCELLED") for s in states):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(1)
