@@ -104,8 +104,10 @@ class RunDir:
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
-            lock = self.root / ".plan.lock"  # plan/manifest.py's LOCK: a plan is writing this run now
-            if lock.is_file():
+            from hpcsynth.plan.manifest import LOCK, _holder_gone
+
+            lock = self.root / LOCK  # a plan is writing this run now, unless its process on this host is gone
+            if lock.is_file() and not _holder_gone(lock):
                 raise RunError(f"{self.root} is being planned now ({lock} is held); wait for that plan to "
                                f"finish, or if it died, plan again: `hpcsynth plan CONFIG --run {self.root}`")
             corpus = _corpus_files(self.root)
