@@ -92,6 +92,12 @@ class RunDir:
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
 
+    def _restore_fix(self, what: str = "restore the config") -> str:
+        parent = self.grid_parent()
+        if parent is not None:  # a grid generator's config is derived from the grid's: plan puts it back
+            return f"plan the grid again: `hpcsynth plan CONFIG --run {parent}` (finished work is kept)"
+        return f"{what} with `hpcsynth launch {self.root} --config FILE --force`"
+
     def grid_parent(self) -> Path | None:
         """The grid run whose generator's run this is (RUN/generators/NAME/ beside RUN/grid.json), else None:
         such a run is fixed by planning the grid again, never by planning into a new directory."""
@@ -137,8 +143,7 @@ class RunDir:
     def load_config_file(self) -> Config:
         self.require_planned()
         if not self.config_path.is_file():
-            raise RunError(f"{self.config_path} is missing; restore it with `hpcsynth launch {self.root} "
-                           f"--config FILE --force`")
+            raise RunError(f"{self.config_path} is missing; {self._restore_fix('restore it')}")
         data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
         return config_from_dict(data, source=str(self.config_path), lines=lines)
 
@@ -168,11 +173,9 @@ class RunDir:
         try:
             digest = self.fingerprint_path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            raise RunError(f"{self.fingerprint_path} is missing; restore the config with `hpcsynth launch "
-                           f"{self.root} --config FILE --force`") from None
+            raise RunError(f"{self.fingerprint_path} is missing; {self._restore_fix()}") from None
         if len(digest) != 64:
-            raise RunError(f"{self.fingerprint_path} is damaged; restore the config with `hpcsynth launch "
-                           f"{self.root} --config FILE --force`")
+            raise RunError(f"{self.fingerprint_path} is damaged; {self._restore_fix()}")
         return digest
 
     def write_config(self, config: Config, digest: str) -> None:

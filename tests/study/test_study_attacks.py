@@ -327,3 +327,22 @@ def test_cancel_during_a_grid_reduce_on_slurm_stops_its_arrays_and_merges(tmp_pa
             break
         assert time.monotonic() < deadline, states
         time.sleep(1)
+
+
+def test_a_generators_deleted_fingerprint_or_config_is_put_back_by_planning_the_grid(tmp_path: Path) -> None:
+    """Its fix was `launch RUN/generators/a --config FILE --force` (which FILE? the grid's is no generator's),
+    and planning the grid again said "unchanged" and left it broken."""
+    run = tmp_path / "run"
+    config = fake_grid(tmp_path)
+    hpcsynth("plan", str(config), "--run", str(run))
+    hpcsynth("launch", str(run))
+    sub = run / "generators" / "a"
+    markers = {p.name: p.read_bytes() for p in (sub / "done").glob("*.json")}
+    for name in ("fingerprint", "config.yaml"):
+        (sub / name).unlink()
+        proc = hpcsynth("status", str(run), check=False)
+        assert proc.returncode == 2 and f"{sub / name} is missing" in proc.stderr, proc.stderr
+        assert f"plan the grid again: `hpcsynth plan CONFIG --run {run}`" in proc.stderr
+        assert "generators/a/fingerprint" not in hpcsynth("plan", str(config), "--run", str(run)).stderr
+        assert "launch: 2 generator(s)" in hpcsynth("launch", str(run)).stdout
+        assert {p.name: p.read_bytes() for p in (sub / "done").glob("*.json")} == markers, "nothing redone"
