@@ -247,6 +247,10 @@ def _status(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
     from hpcsynth.status import collect_status, render_status
 
+    if args.plot:  # before a watch of hours, not after it
+        from hpcsynth.study.charts import check_plot_path
+
+        check_plot_path(args.plot)
     run = RunDir(args.run)
     grid = _grid_of(args.run)
     if grid is not None:
@@ -288,6 +292,10 @@ def _cancel(args: argparse.Namespace) -> int:
         from hpcsynth.study.grid import grid_generator_runs
 
         ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
+        from hpcsynth.execute.slurm import cancel_jobs
+        from hpcsynth.study.grid_reduce import reduce_job_ids
+
+        ids += cancel_jobs(reduce_job_ids(run))  # a reduce submitted with --executor slurm
     else:
         ids = cancel(run)
     print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")

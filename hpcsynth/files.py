@@ -10,6 +10,7 @@ import errno
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -74,7 +75,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
+    return orjson.loads(read_regular(path))
+
+
+def read_regular(path: Path | str) -> bytes:
+    """A regular file's bytes; OSError for anything else. O_NONBLOCK: a FIFO planted as a run file (a done
+    marker, grid.json, a task clock) would otherwise hang status, estimate or launch on open(). os, not
+    pathlib: status reads 10^5 markers this way, and building Path objects was a third of its time."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return handle.read()
 
 
 def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:

@@ -92,12 +92,30 @@ class RunDir:
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
 
+    def _restore_fix(self, what: str = "restore the config") -> str:
+        parent = self.grid_parent()
+        if parent is not None:  # a grid generator's config is derived from the grid's: plan puts it back
+            return f"plan the grid again: `hpcsynth plan CONFIG --run {parent}` (finished work is kept)"
+        return f"{what} with `hpcsynth launch {self.root} --config FILE --force`"
+
+    def grid_parent(self) -> Path | None:
+        """The grid run whose generator's run this is (RUN/generators/NAME/ beside RUN/grid.json), else None:
+        such a run is fixed by planning the grid again, never by planning into a new directory."""
+        parent = self.root.parent.parent
+        return parent if self.root.parent.name == "generators" and (parent / "grid.json").is_file() else None
+
     # --- reading
     def require_planned(self) -> None:
         if not self.root.is_dir():
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
+            from hpcsynth.plan.manifest import LOCK, _holder_gone
+
+            lock = self.root / LOCK  # a plan is writing this run now, unless its process on this host is gone
+            if lock.is_file() and not _holder_gone(lock):
+                raise RunError(f"{self.root} is being planned now ({lock} is held); wait for that plan to "
+                               f"finish, or if it died, plan again: `hpcsynth plan CONFIG --run {self.root}`")
             corpus = _corpus_files(self.root)
             if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
                 raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "
@@ -125,8 +143,7 @@ class RunDir:
     def load_config_file(self) -> Config:
         self.require_planned()
         if not self.config_path.is_file():
-            raise RunError(f"{self.config_path} is missing; restore it with `hpcsynth launch {self.root} "
-                           f"--config FILE --force`")
+            raise RunError(f"{self.config_path} is missing; {self._restore_fix('restore it')}")
         data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
         return config_from_dict(data, source=str(self.config_path), lines=lines)
 
@@ -156,11 +173,9 @@ class RunDir:
         try:
             digest = self.fingerprint_path.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
-            raise RunError(f"{self.fingerprint_path} is missing; restore the config with `hpcsynth launch "
-                           f"{self.root} --config FILE --force`") from None
+            raise RunError(f"{self.fingerprint_path} is missing; {self._restore_fix()}") from None
         if len(digest) != 64:
-            raise RunError(f"{self.fingerprint_path} is damaged; restore the config with `hpcsynth launch "
-                           f"{self.root} --config FILE --force`")
+            raise RunError(f"{self.fingerprint_path} is damaged; {self._restore_fix()}")
         return digest
 
     def write_config(self, config: Config, digest: str) -> None:

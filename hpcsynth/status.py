@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
+from hpcsynth.files import read_regular
 from hpcsynth.generate.lease import holder_gone
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
-from hpcsynth.timeline import build_timeline
+from hpcsynth.timeline import build_timeline, plausible_times
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -51,8 +52,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
             docs_done += marker["documents"]
             records_done += marker["records"] + marker["rejected"]
             tokens_done += marker["completion_tokens"]
-            if 0 < _number(marker.get("committed")) < float("inf"):  # a forged 1e999 or NaN stays off the timeline
-                commits.append((_number(marker["committed"]), marker["completion_tokens"]))
+            commits.append((_number(marker.get("committed")), marker["completion_tokens"]))
             continue
         beat = beats.get(sid)
         if beat is not None:
@@ -122,8 +122,8 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
                           "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                         key=lambda t: str(t["name"])),
         # Tokens and shards committed per time bin since the first worker started (hpcsynth/timeline.py).
-        "timeline": build_timeline(commits, min((_number(t.get("started")) for t in tasks if _number(t.get("started"))),
-                                                default=None), now if live else 0.0),
+        "timeline": build_timeline(*plausible_times(commits, [_number(t.get("started")) for t in tasks], now),
+                                   now if live else 0.0),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                   "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
     }
@@ -255,7 +255,7 @@ def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
         if entry.name.startswith("."):
             continue
         try:
-            data = orjson.loads(Path(entry.path, inside).read_bytes())
+            data = orjson.loads(read_regular(os.path.join(entry.path, inside) if inside else entry.path))
         except (ValueError, OSError):
             continue
         if isinstance(data, dict):  # anything else was not written by hpcsynth

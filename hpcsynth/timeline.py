@@ -15,6 +15,22 @@ TIMELINE_BINS = 60  # a terminal sparkline's width; enough points for a chart of
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+# Before this (2000-01-01), a time is no clock's: a marker or task file written by hand, or zeroed.
+EARLIEST = 946684800.0
+
+
+def plausible_times(commits: list[tuple[float, float]], starts: list[float],
+                    now: float) -> tuple[list[tuple[float, float]], float | None]:
+    """(commits, first start) with every time inside what the run's clocks could have written: a forged
+    commit centuries ahead or behind would stretch the bins until every real one falls in one of them.
+    Such a shard still counts, at the nearest plausible time (now, or the run's earliest real time); a
+    missing, zero or negative time is dropped. A worker start outside that span is ignored."""
+    real = [t for t in starts if EARLIEST <= t <= now]
+    committed = [(t, n) for t, n in commits if t == t and 0 < t < float("inf")]  # t == t: not NaN
+    earliest = min(real + [t for t, _ in committed if EARLIEST <= t <= now], default=now)
+    return [(min(max(t, earliest), now), n) for t, n in committed], min(real, default=None)
+
+
 def build_timeline(commits: list[tuple[float, float]], start: float | None, end: float) -> dict[str, Any]:
     """{"start", "bin_s", "tokens": [...], "shards": [...]}: tokens and shards committed in each bin,
     from (committed time, completion tokens) pairs; `start` is the run's first worker start if known."""

@@ -244,9 +244,17 @@ def sacct_tasks(ids: list[str]) -> dict[str, dict[str, Any]]:
         # -D lists every attempt of a requeued task, oldest first: the last is the current state,
         # and elapsed time adds up over all of them.
         entry["state"] = state.split()[0] if state else ""
-        entry["elapsed_s"] += int(elapsed or 0)
+        entry["elapsed_s"] += _elapsed(elapsed)
         entry["attempts"] += 1
     return tasks
+
+
+def _elapsed(text: str) -> int:
+    """ElapsedRaw: whole seconds. Anything else (a site's wrapper, a plugin's warning on stdout, a garbled
+    line) counts as 0, as an unknown elapsed time would, rather than ending status in a traceback;
+    more than 10 digits (three centuries) is no task's."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else 0
 
 
 def _array_size(job: str) -> int:
@@ -276,15 +284,28 @@ def active_jobs(run: RunDir) -> list[str]:
 
 
 def cancel(run: RunDir) -> list[str]:
-    ids = job_ids(run)
+    return cancel_jobs(job_ids(run))
+
+
+def cancel_jobs(ids: list[str]) -> list[str]:
+    """scancel the given ids, each already checked by check_job_id (a finished job is no error)."""
     if ids:
         require_tools("scancel")
         _run(["scancel", "--", *ids])  # ids are checked; "--" still ends options, whatever comes
     return ids
 
 
+SLURM_TIMEOUT_S = 120  # a Slurm command that takes longer has a controller or slurmdbd that is down
+
+
 def _run(command: list[str], check: bool = True) -> str:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{command[0]} did not answer within {SLURM_TIMEOUT_S} s: is Slurm's controller (and, for "
+                         f"sacct, slurmdbd) up? Try `{command[0]} --version`, then again") from None
+    except OSError as exc:  # not installed, not executable
+        raise SlurmError(f"cannot run {command[0]} ({exc.strerror or exc}); is Slurm installed here?") from None
     if check and proc.returncode != 0:
         raise SlurmError(f"{command[0]} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     return proc.stdout

@@ -237,7 +237,10 @@ def read_shard(run: RunDir, shard: int, expected: dict | None) -> list[dict]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ShardUnusable(f"input shard {path} is missing; plan the run again into a new directory") from None
+        parent = run.grid_parent()
+        fix = (f"plan the grid again, which links it again (`hpcsynth plan CONFIG --run {parent}`), then "
+               f"`hpcsynth launch {parent} --retry-failed`" if parent else "plan the run again into a new directory")
+        raise ShardUnusable(f"input shard {path} is missing; {fix}") from None
     if expected and expected.get("sha256") and hashlib.sha256(data).hexdigest() != expected["sha256"]:
         raise ShardUnusable(f"input shard {path} differs from the manifest (sha256 mismatch): it was changed or "
                             f"damaged after plan; restore it or plan the run again into a new directory")

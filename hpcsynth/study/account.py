@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from hpcsynth.rundir import RunDir
-from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _number, _read_json_files, collect_status
+from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files, collect_status
+from hpcsynth.study.measure import _number  # a forged 1e308 or a negative count is 0
 
 
 def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def _tokens_on_disk(run: RunDir) -> tuple[float, float]:
     digest = run.fingerprint()
     done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
     ours = {s for s, m in done.items() if m.get("fingerprint") == digest}
-    committed = sum(done[s]["completion_tokens"] for s in ours)
+    committed = sum(_number(done[s]["completion_tokens"]) for s in ours)
     failed = set(_by_shard(_read_json_files(run.root / "failed"))) - ours  # status's order: done wins
     beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS)
-    return float(committed), float(sum(beats[s]["completion_tokens"] for s in failed if s in beats))
+    return float(committed), float(sum(_number(beats[s]["completion_tokens"]) for s in failed if s in beats))

@@ -33,11 +33,26 @@ def _save(fig, path: Path) -> None:
     """Rendered in memory, then written atomically: a chart a browser reloads is never half a file."""
     import io
 
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"--plot {path}: charts are PNG files; name it {path.with_suffix('.png').name}")
+    check_plot_path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    try:
+        atomic_write_bytes(Path(path), buffer.getvalue())
+    except OSError as exc:  # no write permission, a full disk: the option's fault line, not a traceback
+        raise ConfigError(f"--plot {path}: cannot write it ({exc.strerror or exc}); choose another path") from None
+
+
+def check_plot_path(path: Path) -> None:
+    """A PNG name in a directory that exists. A typo in a directory is not created (as mkdir -p would), and
+    a directory is not replaced by a chart. A symlink is replaced by the chart, never written through."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path}: charts are PNG files; name it {path.with_suffix('.png').name}")
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a directory; name a file in it, e.g. {path / 'chart.png'}")
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise ConfigError(f"--plot {path}: {path.parent} {what}; create that directory or choose another path")
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:

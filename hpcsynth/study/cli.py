@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def estimate_command(args: argparse.Namespace) -> int:
     from hpcsynth.study.estimate import Inputs, make_estimate
 
+    if args.plot:
+        from hpcsynth.study.charts import check_plot_path
+
+        check_plot_path(args.plot)
     given = {"tokens_per_s": args.tokens_per_second, "output_tokens": args.output_tokens, "gpu": args.gpu,
              "gpus": args.gpus, "price": args.price, "efficiency": args.efficiency}
     if args.documents is not None:

@@ -112,10 +112,17 @@ class Inputs:
     unit: str = "GPU"
 
 
+# Counts above 2**53 are not exact as floats, and do not fit the 64-bit integers of --json.
+MAX_COUNT = 2 ** 53
+
+
 def check_inputs(inputs: Inputs) -> None:
     """One line per mistake, naming the option (the CLI's user sees no traceback)."""
     if inputs.gpus < 1:
         raise HpcsynthError(f"--gpus must be 1 or more, got {inputs.gpus}")
+    for name, value in (("--gpus", inputs.gpus), ("--documents", inputs.documents)):
+        if value > MAX_COUNT:
+            raise HpcsynthError(f"{name} must be at most {MAX_COUNT:.3g}, got {value:.3g}")
     for name, value in (("--price", inputs.price), ("--tokens-per-second", inputs.tokens_per_s),
                         ("--output-tokens", inputs.output_tokens), ("--tokens", inputs.tokens),
                         ("--documents", inputs.documents)):
@@ -143,6 +150,7 @@ def make_estimate(inputs: Inputs) -> Estimate:
             length, length_source = _length(prompt, inputs, anchors)
             rows.append(_row(generator, prompt, inputs.documents, length, inputs.documents * length, length_source,
                              rate, rate_source, inputs))
+    _check_finite(rows)
     notes = []
     per_document = inputs.input_tokens / len(inputs.prompts) / inputs.documents if inputs.documents else 0.0
     if per_document and not 0.5 <= per_document / FINEPHRASE_INPUT_TOKENS <= 2.0 and not inputs.measured_lengths:
@@ -185,6 +193,18 @@ def _row(generator: str, prompt: str, documents: int, length: float, tokens: flo
     gpu_hours = tokens / (rate * inputs.efficiency) / 3600
     return Row(generator, prompt, documents, length, tokens, rate, gpu_hours, gpu_hours / inputs.gpus,
                gpu_hours * inputs.price, length_source, rate_source)
+
+
+def _check_finite(rows: list[Row]) -> None:
+    """Finite inputs can still overflow (1e300 tokens per record, 1e-320 tok/s): one line, not "inf days"."""
+    total = sum(r.gpu_hours for r in rows) + sum(r.cost for r in rows) + sum(r.tokens for r in rows)
+    if not math.isfinite(total):
+        worst = next((r for r in rows if not math.isfinite(r.gpu_hours + r.cost + r.tokens)), rows[0])
+        # The figures may come from a run's files (a forged clock, a hand-edited marker): say where.
+        raise HpcsynthError(f"the estimate overflows ({worst.tokens:.3g} tokens at {worst.tokens_per_s:.3g} tok/s, "
+                            f"{worst.gpu_hours:.3g} GPU-hours; tokens per record {worst.length_source}, tok/s "
+                            f"{worst.rate_source}): check --documents, --tokens, --output-tokens, "
+                            f"--tokens-per-second, --efficiency and --price")
 
 
 def remaining(estimate: Estimate, committed_tokens: float) -> dict[str, float]:

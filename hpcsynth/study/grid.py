@@ -25,7 +25,8 @@ from hpcsynth.rundir import RunDir
 # the grid's own axis and its shared plan; reduce settings are the mix-in axis.
 GENERATOR_SECTIONS = ("model", "sampling", "vllm", "endpoint", "worker", "slurm")
 # A generator's or mix-in's name becomes a directory and part of a dataset name: no separators, no dots first.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Always fullmatch: with match, "$" also matches before a final newline, and "b\n" would name a directory.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_MIXIN = "default"
 GRID_FILE = "grid.json"
 
@@ -68,7 +69,7 @@ def expand_grid(config: Config, source: str = "config", lines: dict[str, int] | 
         raise ConfigError(f"{_at(source, lines, 'grid.mixins')}: 'grid.mixins' needs 'grid.generators' (at least "
                           f"one {{name: NAME, model: {{path: ...}}}}); without a grid, set reduce: keys directly")
     for prompt in config.prompts:
-        if not NAME.match(prompt):
+        if not NAME.fullmatch(prompt):
             raise ConfigError(f"{_at(source, lines, 'prompts')}: prompt {prompt!r} cannot name a grid's dataset "
                               f"directory (letters, digits, '_', '.' or '-'); rename its file")
     base = config_to_dict(config)
@@ -123,7 +124,7 @@ def _mixin(base: dict, entry: dict, index: int, source: str, lines: dict[str, in
 
 def _name(entry: dict, where: str, source: str, lines: dict[str, int]) -> str:
     name = entry.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ConfigError(f"{_at(source, lines, f'{where}.name')}: '{where}.name' must be a name of letters, "
                           f"digits, '_', '.' or '-' (it names a directory), got {name!r}")
     return name
@@ -181,7 +182,7 @@ def read_grid_file(run: RunDir) -> dict[str, Any] | None:
                 raise ValueError(f"{key} is not a list")
         names = [str(e["name"]) for e in data["generators"] + data["mixins"]] + [str(p) for p in data["prompts"]]
         for name in names:
-            if not NAME.match(name):  # names become paths: nothing here may point outside RUN
+            if not NAME.fullmatch(name):  # names become paths: nothing here may point outside RUN
                 raise ValueError(f"bad name {name!r}")
         for entry in data["mixins"]:
             if not isinstance(entry.get("reduce", {}), dict):
@@ -207,6 +208,28 @@ def _refuse_unfinished_grid(run: RunDir) -> None:
     if is_grid(config):
         raise RunError(f"{run.root} declares a grid but its plan did not finish ({GRID_FILE} is missing); plan it "
                        f"again: `hpcsynth plan CONFIG --run {run.root}` (finished work is kept)")
+
+
+def require_generator_run(run: RunDir, name: str) -> RunDir:
+    """The generator's run, or RunError with the grid's fix: its own run's advice ("plan RUN/generators/b")
+    would make a plain run there, cut off from the grid."""
+    sub = generator_run(run, name)
+    if not sub.manifest_path.is_file():
+        raise RunError(f"generator {name!r} has no planned run at {sub.root} (deleted or never planned); plan the "
+                       f"grid again: `hpcsynth plan CONFIG --run {run.root}` (other generators' work is kept)")
+    return sub
+
+
+def check_mixins(run: RunDir, data: dict[str, Any], sub: RunDir) -> None:
+    """Each mix-in's reduce: keys as plan checked them: grid.json is a file anyone can edit, and a bad key
+    found deep in a reduce would not say which file holds it."""
+    base = config_to_dict(sub.config())
+    for entry in data["mixins"]:
+        try:
+            config_from_dict({**base, "reduce": {**base["reduce"], **(entry.get("reduce") or {})}}, source="grid.json")
+        except ConfigError as exc:
+            raise RunError(f"{grid_path(run)}: mix-in {entry['name']!r}: {exc}; plan the grid again: `hpcsynth plan "
+                           f"CONFIG --run {run.root}` (finished work is kept)") from None
 
 
 def grid_generator_runs(run: RunDir, data: dict[str, Any]) -> list[tuple[str, RunDir]]:

@@ -50,7 +50,7 @@ def launch_grid_command(args: argparse.Namespace, grid: dict) -> int:
                             f"CONFIG --run {args.run}`, --force to replace a generator's settings)")
     results = launch_grid(RunDir(args.run), grid, args.executor, retry_failed=args.retry_failed,
                           workers=args.workers, force=args.force, profile=args.profile, verify=args.verify)
-    bad = 0
+    bad, retry = 0, False  # --retry-failed reruns failed shards; a generator's error line carries its own fix
     for result in results:
         report = result.report
         if result.error:
@@ -61,6 +61,7 @@ def launch_grid_command(args: argparse.Namespace, grid: dict) -> int:
             print(f"  {result.name} (slurm): {report.submitted_shards} shards pending, submitted {arrays}")
         else:
             bad += bool(report.failed or report.worker_errors)
+            retry = retry or bool(report.failed)
             print(f"  {result.name} ({report.executor}): {report.done}/{report.total} shards done, "
                   f"{len(report.failed)} failed")
             for shard, reason in report.failed[:5]:
@@ -68,7 +69,7 @@ def launch_grid_command(args: argparse.Namespace, grid: dict) -> int:
             for error in report.worker_errors[:1]:
                 print(f"    worker failed: {inert(error)}", file=sys.stderr)
     print(f"launch: {len(results)} generator(s); follow with: hpcsynth status {args.run}"
-          + (f"; rerun failures with: hpcsynth launch {args.run} --retry-failed" if bad else ""))
+          + (f"; rerun failures with: hpcsynth launch {args.run} --retry-failed" if retry else ""))
     return 1 if bad else 0
 
 

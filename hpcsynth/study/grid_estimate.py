@@ -14,7 +14,7 @@ from hpcsynth.errors import HpcsynthError
 from hpcsynth.rundir import RunDir
 from hpcsynth.study.account import account_run, combine_accounts
 from hpcsynth.study.estimate import Estimate, make_estimate
-from hpcsynth.study.grid import grid_generator_runs
+from hpcsynth.study.grid import grid_generator_runs, require_generator_run
 from hpcsynth.study.measure import inputs_from_run
 
 
@@ -24,6 +24,12 @@ def estimate_grid(run: RunDir, grid: dict[str, Any], given: dict[str, Any],
     first_error: HpcsynthError | None = None
     last: Estimate | None = None
     for name, sub in grid_generator_runs(run, grid):
+        try:
+            require_generator_run(run, name)
+        except HpcsynthError as exc:
+            first_error = first_error or exc
+            notes.append(f"{name}: no estimate ({exc})")
+            continue
         if (sub.root / "tasks").is_dir() or (sub.root / "launches").is_dir():
             accounts[name] = account_run(sub, price)
         try:

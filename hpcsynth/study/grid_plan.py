@@ -68,7 +68,7 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
         old = _read_manifest(sub)
         same_shards = ([r.get("sha256") for r in old.get("shards", [])] == [r["sha256"] for r in manifest["shards"]]
                        and all(_same_file(sub.root / r["path"], run.root / r["path"]) for r in manifest["shards"]))
-        if old.get("fingerprint") == digest and same_shards:
+        if old.get("fingerprint") == digest and same_shards and _intact(sub, digest):
             return "unchanged", digest
         if old and old.get("fingerprint") != digest and not force:
             raise RunError(f"generator {generator.name!r} of {run.root} was planned with another config "
@@ -119,6 +119,14 @@ def _same_file(link: Path, source: Path) -> bool:
     except OSError:
         return False
     return (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev)
+
+
+def _intact(sub: RunDir, digest: str) -> bool:
+    """Its fingerprint and config.yaml still there (a deleted one is written again, its work kept)."""
+    try:
+        return sub.fingerprint_path.read_text(encoding="utf-8").strip() == digest and sub.config_path.is_file()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _read_manifest(sub: RunDir) -> dict:

@@ -10,14 +10,16 @@ prefixes when reduce.max_file_mb split the files) and, for .ds, the nanotron / d
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.rundir import RunDir
-from hpcsynth.study.grid import generator_run
+from hpcsynth.study.grid import check_mixins, generator_run, require_generator_run
 
 
 def datasets_dir(run: RunDir) -> Path:
@@ -32,6 +34,8 @@ def reduce_grid(run: RunDir, grid: dict[str, Any], tokenizer: str | None = None,
     from hpcsynth.reduce.reducer import prepare_reduce, run_parts_local
 
     mixins = {m["name"]: m.get("reduce") or {} for m in grid["mixins"]}
+    for name in dict.fromkeys(d["generator"] for d in grid["datasets"]):
+        check_mixins(run, grid, require_generator_run(run, name))
     entries = []
     for dataset in grid["datasets"]:
         out = datasets_dir(run) / dataset["name"]
@@ -56,13 +60,50 @@ def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str 
     from hpcsynth.reduce.reducer import prepare_reduce
 
     mixins = {m["name"]: m.get("reduce") or {} for m in grid["mixins"]}
+    for name in dict.fromkeys(d["generator"] for d in grid["datasets"]):
+        check_mixins(run, grid, require_generator_run(run, name))
     submitted = []
     for dataset in grid["datasets"]:
         view = {"prompts": [dataset["prompt"]], "reduce": mixins[dataset["mixin"]]}
         spec = prepare_reduce(generator_run(run, dataset["generator"]), datasets_dir(run) / dataset["name"],
                               tokenizer, partial, view=view)
         submitted.append({**dataset, "dir": str(spec.out_dir), "jobs": submit_reduce(spec, slurm)})
+        record_reduce_jobs(run, submitted[-1])  # after each: a failure midway leaves the others cancellable
     return submitted
+
+
+def reduce_jobs_path(run: RunDir) -> Path:
+    return datasets_dir(run) / "slurm-jobs.json"
+
+
+def record_reduce_jobs(run: RunDir, entry: dict[str, Any]) -> None:
+    """RUN/datasets/slurm-jobs.json: every reduce array and merge submitted, so that `hpcsynth cancel RUN`
+    stops a grid's reduce as it stops its generation (those ids live in each generator's launches/)."""
+    jobs = _recorded(run)  # earlier submissions too: a resubmitted dataset's old merge may still wait
+    jobs.append({"dataset": entry["name"], "array": entry["jobs"]["array"], "merge": entry["jobs"]["merge"]})
+    atomic_write_json(reduce_jobs_path(run), {"jobs": jobs})
+
+
+def _recorded(run: RunDir) -> list[dict[str, Any]]:
+    from hpcsynth.files import read_json
+
+    try:
+        data = read_json(reduce_jobs_path(run))
+        return [j for j in data["jobs"] if isinstance(j, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet, or damaged: the next submission starts the record again
+
+
+def reduce_job_ids(run: RunDir) -> list[str]:
+    """The recorded reduce jobs' ids, each checked before it reaches scancel."""
+    from hpcsynth.execute.slurm import JOB_ID
+
+    ids = [j.get(k) or "" for j in _recorded(run) for k in ("array", "merge")]
+    for job_id in ids:
+        if job_id and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+            raise RunError(f"{reduce_jobs_path(run)}: {job_id!r} is not a Slurm job id; this file was not written "
+                           f"by hpcsynth reduce: delete it (cancel then stops the generation arrays only)")
+    return [i for i in dict.fromkeys(ids) if i]
 
 
 def collect_finished(run: RunDir, grid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,7 +133,9 @@ def data_args(report: dict[str, Any]) -> dict[str, str]:
         return {"megatron": f"--data-path {blend}"}
     if report["format"] == "datatrove":
         size = 2 if report["dtype"] == "uint16" else 4
-        return {"nanotron": f"dataset: {{dataset_folder: [{folder}], dataset_weights: [1.0]}}",
+        # YAML double-quoted (JSON's escapes are YAML's): a folder with ": ", "#", "," or "]" stays one path.
+        return {"nanotron": f"dataset: {{dataset_folder: [{json.dumps(folder, ensure_ascii=False)}], "
+                            f"dataset_weights: [1.0]}}",
                 "datatrove": f"DatatroveFolderDataset({folder!r}, seq_len=SEQ_LEN, token_size={size})"}
     return {"numpy": f"np.load({str(Path(folder) / files[0]['prefix']) + '.npy'!r}, mmap_mode='r')"}
 

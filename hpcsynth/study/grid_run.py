@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcsynth.errors import HpcsynthError, RunError
+from hpcsynth.errors import HpcsynthError
 from hpcsynth.files import read_json
 from hpcsynth.rundir import RunDir
-from hpcsynth.study.grid import grid_generator_runs
+from hpcsynth.study.grid import grid_generator_runs, require_generator_run
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ def launch_grid(run: RunDir, grid: dict[str, Any], executor: str = "local", retr
         logger = logging.getLogger("hpcsynth")
         before = list(logger.handlers)
         try:
+            require_generator_run(run, name)
             report = launch_run(sub, executor, retry_failed=retry_failed, workers=workers, force=force,
                                 profile=profile, verify=verify)
             results.append(GeneratorLaunch(name, sub, report))
@@ -58,9 +59,7 @@ def collect_grid_status(run: RunDir, grid: dict[str, Any], slurm: bool = True) -
 
     generators, cells = {}, []
     for name, sub in grid_generator_runs(run, grid):
-        if not sub.manifest_path.is_file():
-            raise RunError(f"generator {name!r} has no planned run at {sub.root}; plan the grid again: "
-                           f"`hpcsynth plan CONFIG --run {run.root}`")
+        require_generator_run(run, name)
         status = collect_status(sub, slurm=slurm)
         generators[name] = status
         per_prompt = _done_by_prompt(sub, status["fingerprint"])

@@ -11,13 +11,21 @@ import zstandard
 
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.rundir import RunDir
-from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _number, _read_json_files
-from hpcsynth.study.estimate import Inputs
+from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files
+from hpcsynth.status import _number as _any_number
+from hpcsynth.study.estimate import MAX_COUNT, Inputs
 
 # Outputs read for per-prompt lengths: shards spread over the run (early shards may differ from late
 # ones), and a record budget that keeps `estimate` to a second or two on a login node.
 SAMPLE_SHARDS = 32
 SAMPLE_RECORDS = 50_000
+
+
+def _number(value: object) -> float:
+    """A count or a number of seconds from a run's file; 0 for a negative one or one past MAX_COUNT (a forged
+    1e308 would otherwise turn every figure built on it into inf or nan)."""
+    number = _any_number(value)
+    return number if 0 <= number <= MAX_COUNT else 0.0
 
 
 def inputs_from_run(run: RunDir, **given) -> Inputs:

@@ -151,7 +151,8 @@ def test_datatrove_datasets_get_the_folder_forms(tmp_path: Path) -> None:
     report = {"format": "datatrove", "prefix": str(tmp_path / "d" / "mix"), "dtype": "uint16", "tokens": 9,
               "token_files": [{"prefix": "mix", "tokens": 9}]}
     args = data_args(report)
-    assert args["nanotron"] == f"dataset: {{dataset_folder: [{tmp_path / 'd'}], dataset_weights: [1.0]}}"
+    folder = tmp_path / "d"
+    assert args["nanotron"] == f'dataset: {{dataset_folder: ["{folder}"], dataset_weights: [1.0]}}'
     assert args["datatrove"] == f"DatatroveFolderDataset({str(tmp_path / 'd')!r}, seq_len=SEQ_LEN, token_size=2)"
     split = {"format": "megatron", "prefix": str(tmp_path / "mix-00000"), "tokens": 30,
              "token_files": [{"prefix": "mix-00000", "tokens": 20}, {"prefix": "mix-00001", "tokens": 10}]}
