@@ -1,0 +1,120 @@
+"""Attacks on the exact mix and its files: damaged parts, a corpus changed under a running reduce, a
+stale mix.json, an output size bomb. Each was a traceback or a wrong file before its fix. The fake engine
+generates 100 documents x 2 prompts; the tokenizer is the real GPT-NeoX one when ../shared/data has it."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from hpcsynth.errors import HpcsynthError, RunError
+from hpcsynth.generate.pull import pull_shards
+from hpcsynth.plan import plan_corpus
+from hpcsynth.reduce import reduce_run
+from hpcsynth.reduce.merge import merge_parts
+from hpcsynth.reduce.reducer import prepare_reduce, run_parts_local
+from hpcsynth.rundir import RunDir
+
+from conftest import SHARED_DATA, fake_config, write_corpus
+from test_mix import set_mix
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> RunDir:
+    tokenizer = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    root = tmp_path_factory.mktemp("attack")
+    if not tokenizer.is_file():
+        from hpcsynth.tinymodel import build_tokenizer
+
+        build_tokenizer(root / "tok")
+        tokenizer = root / "tok"
+    config = fake_config(write_corpus(root / "c.jsonl", 100))
+    config = dataclasses.replace(config, prompts=("faq", "math"),
+                                 plan=dataclasses.replace(config.plan, shard_docs=50),
+                                 reduce=dataclasses.replace(config.reduce, tokenizer=str(tokenizer), min_chars=1,
+                                                            part_shards=1, bucket_docs=50))
+    run = RunDir(root / "run")
+    plan_corpus(config, run)
+    pull_shards(run.root)
+    return run
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _edit_npy(change):
+    return lambda path: path.write_bytes(_npy(change(np.load(path))))
+
+
+def _edit_marker(change):
+    def edit(path: Path) -> None:
+        marker = orjson.loads(path.read_bytes())
+        change(marker)
+        path.write_bytes(orjson.dumps(marker))
+    return edit
+
+
+DAMAGE = {  # part-000000 file -> a damage the merge used to trip on (traceback) or to merge
+    ".keys.npy": [_edit_npy(lambda a: a.astype(np.float64))],
+    ".src.npy": [_edit_npy(lambda a: np.full_like(a, 7)), _edit_npy(lambda a: a.astype(np.int64))],
+    ".lens.npy": [_edit_npy(lambda a: a.astype(np.float32)), _edit_npy(lambda a: a.reshape(-1, 1))],
+    ".bounds.npy": [lambda p: p.write_bytes(p.read_bytes()[:-16]), _edit_npy(lambda a: a[:, :2])],
+    ".docs.jsonl": [lambda p: p.write_bytes(p.read_bytes()[:-300])],
+    ".parquet": [Path.unlink],
+    ".done.json": [_edit_marker(lambda m: m.update(mix="x")), _edit_marker(lambda m: m.pop("text_rows")),
+                   lambda p: p.write_bytes(b"[1, 2]")],
+}
+
+
+def test_damaged_part_files_redo_the_part_never_a_traceback(small_run: RunDir, tmp_path: Path) -> None:
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    out = tmp_path / "out"
+    reduce_run(small_run, out)
+    names = ("mix.bin", "mix.idx", "mix.docs.jsonl", "mix.json")
+    first = {n: (out / n).read_bytes() for n in names}
+    for suffix, damages in DAMAGE.items():
+        path = out / "parts" / f"part-000000{suffix}"
+        for damage in damages:
+            damage(path)
+            reduce_run(small_run, out)
+            assert {n: (out / n).read_bytes() for n in names} == first, suffix
+
+
+def _corpus(path: Path, rows: int, row_group: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"Corpus page {i}. " + "plain words here " * 20 for i in range(rows)]
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(rows)], "text": texts}), path, row_group_size=row_group)
+    return path
+
+
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_corpus_changed_under_a_running_reduce_stops_then_resumes(small_run: RunDir, tmp_path: Path,
+                                                                  change: str) -> None:
+    """Its row groups were planned into parts at prepare; read after a rewrite they gave rows of two
+    versions (silently), read after a delete, a misleading 'no document of it was read'."""
+    corpus = _corpus(tmp_path / "hq.parquet", 200, 20)
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "hq", "path": str(corpus), "weight": 0.5}])
+    out = tmp_path / "out"
+    spec = prepare_reduce(small_run, out, None, False)
+    if change == "rewritten":
+        _corpus(corpus, 30, 30)
+    else:
+        corpus.unlink()
+    with pytest.raises(RunError, match=r"hq\.parquet \(reduce\.mix\.sources hq\) changed since this reduce started"):
+        run_parts_local(spec, 1)
+    if change == "deleted":
+        return
+    report = reduce_run(small_run, out).data  # run again: the new file's parts, nothing of the old one
+    hq = next(row for row in report["mix"]["sources"] if row["name"] == "hq")
+    assert report["mix"]["policy"]["available"]["hq"]["documents"] == 30 and hq["documents"] <= 30
