@@ -49,7 +49,10 @@ def card_info(spec, report: dict[str, Any]) -> dict[str, Any]:
     RUN/validate/report.json and the run's account."""
     run_info = spec.run_info
     return {**run_info, "name": spec.name, "partial": spec.partial, "report": report,
-            "mix": _read_json(spec.out_dir / "mix.json"),
+            # The mix of THIS reduce (the report holds mix.json's object): a file read back could be the
+            # full reduce's mix.json under a --partial card, or one an older reduce left.
+            "mix": report.get("mix") or _read_json(spec.out_dir / f"mix{spec.suffix}.json"),
+            "mix_file": f"mix{spec.suffix}.json",
             "validate_report": _validate_report(Path(spec.run), run_info.get("fingerprint", "")),
             "account": _account(spec.run, run_info.get("card", {}).get("gpu_hour_price", 0.0))}
 

@@ -47,7 +47,8 @@ def mix_section(info: dict[str, Any]) -> str:
     sources = [s for s in mix["sources"] if isinstance(s, dict)]
     keys = list(dict.fromkeys(k for s in sources for k in s))
     head = ", ".join(f"{k} {number(v)}" for k, v in mix.items() if k != "sources" and not isinstance(v, (dict, list)))
-    lines = ["## The mix\n", f"From `mix.json`: {head}.\n" if head else "From `mix.json`.\n",
+    file = cell(info.get("mix_file") or "mix.json")
+    lines = ["## The mix\n", f"From `{file}`: {head}.\n" if head else f"From `{file}`.\n",
              "| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     # A path by its last part only: the card travels to the Hub, the site's directories stay home.
     lines += ["| " + " | ".join(number(Path(str(s[k])).name if k == "path" and s.get(k) else s.get(k)) for k in keys)

@@ -78,7 +78,10 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
     data = build_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
                         rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
-    write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
+    cards = write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
+    # The cards in the report too, so that `hpcsynth verify` finds one damaged or edited since.
+    data["files"] += [{"path": str(c.relative_to(spec.out_dir)), "bytes": c.stat().st_size, "sha256": sha256_file(c)}
+                      for c in cards]
     return save_report(spec, data)
 
 

@@ -118,3 +118,25 @@ def test_corpus_changed_under_a_running_reduce_stops_then_resumes(small_run: Run
     report = reduce_run(small_run, out).data  # run again: the new file's parts, nothing of the old one
     hq = next(row for row in report["mix"]["sources"] if row["name"] == "hq")
     assert report["mix"]["policy"]["available"]["hq"]["documents"] == 30 and hq["documents"] <= 30
+
+
+def test_partial_card_shows_its_own_mix_and_verify_checks_the_cards(small_run: RunDir, tmp_path: Path) -> None:
+    """A --partial reduce's card rendered the full reduce's mix.json (another weight, other counts) found
+    in the same directory; and an edited card passed `hpcsynth verify`."""
+    from test_demo import hpcsynth
+
+    run = RunDir(shutil.copytree(small_run.root, tmp_path / "run", symlinks=True))
+    out = tmp_path / "out"
+    set_mix(run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    reduce_run(run, out)
+    set_mix(run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 0.125}])
+    sorted((run.root / "done").iterdir())[0].unlink()
+    partial = reduce_run(run, out, partial=True).data
+    card = (out / "README-partial.md").read_text()
+    mix = card[card.index("## The mix"):card.index("## Token counts")]
+    assert "From `mix-partial.json`" in mix and f"total_tokens {partial['tokens']:,}" in mix
+    assert "| 0.125 |" in mix and "| 0.5 |" not in mix
+    assert hpcsynth("verify", str(out)).returncode == 0
+    (out / "text-partial" / "README.md").write_text("edited")
+    proc = hpcsynth("verify", str(out), check=False)
+    assert proc.returncode == 1 and "text-partial/README.md has 6 bytes" in proc.stdout
