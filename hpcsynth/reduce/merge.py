@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
     # Raises for too_few: error before any output file is touched.
     mix, markers = plan_mix(spec, markers, lambda parts: _all_originals(spec, parts))
+    _check_room(spec, mix, markers)
     output = _Output(spec)
     docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
     docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
@@ -83,6 +85,19 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     data["files"] += [{"path": str(c.relative_to(spec.out_dir)), "bytes": c.stat().st_size, "sha256": sha256_file(c)}
                       for c in cards]
     return save_report(spec, data)
+
+
+def _check_room(spec: ReduceSpec, mix: dict[str, Any], markers: dict[int, dict]) -> None:
+    """Refuse, before the first byte, a mix larger than the free space of DIR: an absurd total_tokens
+    with too_few: repeat and a large max_repeat would otherwise write (and loop) until the disk is full."""
+    tokens = sum(m["tokens"] for m in markers.values())
+    index_bytes = sum(spec.part_path(i, ".docs.jsonl").stat().st_size for i in markers)
+    per_token = np.dtype(ds_dtype(spec.tokenizer["vocab_size"])).itemsize + (index_bytes / tokens if tokens else 0)
+    need, free = mix["total"] * per_token, shutil.disk_usage(spec.out_dir).free
+    if need > free:
+        raise RunError(f"reduce.mix: this mix would write {mix['total']:,.0f} tokens, ~{need / 1e9:,.1f} GB with its "
+                       f"docs index, more than the {free / 1e9:,.1f} GB free in {spec.out_dir}; lower "
+                       f"reduce.mix.total_tokens (or max_repeat, with too_few: repeat), or free space there")
 
 
 def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:

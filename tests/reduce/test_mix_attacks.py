@@ -140,3 +140,44 @@ def test_partial_card_shows_its_own_mix_and_verify_checks_the_cards(small_run: R
     (out / "text-partial" / "README.md").write_text("edited")
     proc = hpcsynth("verify", str(out), check=False)
     assert proc.returncode == 1 and "text-partial/README.md has 6 bytes" in proc.stdout
+
+
+def test_an_absurd_total_with_repeat_is_refused_before_any_byte(small_run: RunDir, tmp_path: Path) -> None:
+    """total_tokens 10^15, too_few: repeat, max_repeat 10^18: the merge looped and wrote until the disk
+    was full; now one line naming the keys, and the earlier output stays as it was."""
+    out = tmp_path / "out"
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 1.0}])
+    reduce_run(small_run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 1.0}], too_few="repeat",
+            max_repeat=1e18, total_tokens=10**15)
+    try:
+        with pytest.raises(RunError, match=r"this mix would write 1,000,000,000,000,000 tokens, .* GB free in .*; "
+                                           r"lower reduce\.mix\.total_tokens"):
+            reduce_run(small_run, out)
+    finally:
+        set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 1.0}])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("mix, says", [
+    ("{synthetic: {faq: .inf}}", r"'reduce.mix.synthetic.faq' must be a finite weight above 0, got inf"),
+    ("{sources: [{name: run_originals, weight: .inf}]}", r"'reduce.mix.sources\[0\].weight' must be a number above 0"),
+    ("{sources: [{name: run_originals, weight: .nan}]}", r"'reduce.mix.sources\[0\].weight' must be a number above 0"),
+    ("{max_repeat: .inf}", r"'reduce.mix.max_repeat' must be 1 \(no repeat\) or more, and finite"),
+    ("{total_tokens: 1000000000000000000000000000000}", r"'reduce.mix.total_tokens' must be 0 .* at most 4,611,"),
+    ("{max_doc_tokens: 100000000000000000000}", r"'reduce.mix.max_doc_tokens' must be 0 .* at most 4,611,"),
+])
+def test_infinite_or_unstorable_mix_numbers_are_one_line(tmp_path: Path, mix: str, says: str) -> None:
+    """An infinite weight made every share NaN (a traceback in the merge); a total past 64 bits broke
+    the spec's JSON (a traceback)."""
+    from hpcsynth.config import load_config
+    from hpcsynth.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"prompts: [faq, math]\nreduce:\n  mix: {mix}\n")
+    with pytest.raises(ConfigError, match=r"line 3: " + says):
+        load_config(path)
+    path.write_text("reduce:\n  original_ratio: .inf\n")
+    with pytest.raises(ConfigError, match=r"'reduce.original_ratio' must be 0 or more, and finite"):
+        load_config(path)
