@@ -181,3 +181,34 @@ def test_infinite_or_unstorable_mix_numbers_are_one_line(tmp_path: Path, mix: st
     path.write_text("reduce:\n  original_ratio: .inf\n")
     with pytest.raises(ConfigError, match=r"'reduce.original_ratio' must be 0 or more, and finite"):
         load_config(path)
+
+
+def _outside_code(line: str) -> str:
+    return "".join(part for i, part in enumerate(line.split("`")) if i % 2 == 0)
+
+
+def test_hostile_names_on_the_card_stay_text() -> None:
+    """A corpus file named like an HTML tag went onto the Hub page raw; a model path with a backtick ended
+    its code span, letting the rest be Markdown and HTML."""
+    import re
+
+    import yaml
+
+    from hpcsynth.reduce.card import render_card
+
+    evil = "x`<img src=x onerror=alert(1)>|\n---\nlicense: mit"
+    mix = {"seed": 0, "total_tokens": 10, "sources": [
+        {"name": "hq", "kind": "corpus", "path": f"/data/{evil}.jsonl", "documents": 1, "tokens": 10}]}
+    info = {"name": "mix", "model": f"/models/{evil}", "revision": evil, "engine": evil, "prompts": ["faq"],
+            "inputs": [{"name": f"{evil}.jsonl"}], "input_files": 1, "mix": mix, "mix_file": "mix.json",
+            "prompt_table": [{"name": "faq", "format": "faq", "version": 1, "template_hash": evil}],
+            "report": {"sequences": 1, "tokens": 10, "tokenizer": f"/t/{evil}", "eos_token": evil,
+                       "tokens_by_source": {"hq": 10}}, "card": {"license": "odc-by"}}
+    card = render_card(info, None)
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["license"] == "odc-by"
+    body = card.split("---\n", 2)[2]
+    assert "<img" not in "".join(_outside_code(line) for line in body.splitlines())
+    for table in re.findall(r"(?:^\|.*\|$\n?)+", body, flags=re.M):  # each table: one column count
+        widths = {len(re.findall(r"(?<!\\)\|", row)) for row in table.splitlines()}
+        assert len(widths) == 1, table
