@@ -104,20 +104,24 @@ def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np
     """What the merge writes for one bucket: (tokens, docs line, source, copy) of its own documents the
     mix chose, and the later copies of repeated documents from other buckets. Copy c of a document of
     bucket h goes to bucket (h + c x buckets / copies) mod buckets, so the copies of a repeated document
-    are spread over the file, not side by side where a trainer would read them in the same steps; the
-    merge then holds as many buckets as the most copies of a document (1 without repeats)."""
-    most = max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1)
-    stride = max(1, spec.buckets // max(most, 1))
-    loaded: dict[int, tuple] = {}
-    chosen = []
-    for copy in range(max(most, 1)):
-        home = (bucket - copy * stride) % spec.buckets
-        if home not in loaded:
-            arrays, lines, keys, sources = _load_bucket(spec, home)
-            loaded[home] = (arrays, lines, sources, copies_of(keys, sources, mix["copies"], mix["limits"]))
-        arrays, lines, sources, times = loaded[home]
-        chosen += [(arrays[j], lines[j], int(sources[j]), copy) for j in np.flatnonzero(times > copy)]
-    return chosen
+    are spread over the file, not side by side where a trainer would read them in the same steps.
+    Each home bucket is read once, in turn, and its copies found per document (a tiny source repeated
+    10^5 times costs its copies, not 10^5 passes over every bucket); what is taken from another bucket
+    is copied out, so the merge holds one home bucket and this bucket's output, whatever max_repeat."""
+    most = max(1, max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1))
+    stride = max(1, spec.buckets // most)
+    picked = []  # (copy, position in its home, entry): sorted below into copy order, as written before
+    for offset in range(min(most, spec.buckets)):
+        home = (bucket - offset * stride) % spec.buckets
+        arrays, lines, keys, sources = _load_bucket(spec, home)
+        times = copies_of(keys, sources, mix["copies"], mix["limits"])
+        for j in np.flatnonzero(times > offset):
+            array = arrays[j] if home == bucket else arrays[j].copy()
+            # Copies offset, offset + buckets, ...: with more copies than buckets a home comes round again.
+            picked += [(copy, j, (array, lines[j], int(sources[j]), copy))
+                       for copy in range(offset, int(times[j]), spec.buckets)]
+    picked.sort(key=lambda entry: (entry[0], entry[1]))
+    return [entry for _, _, entry in picked]
 
 
 def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:

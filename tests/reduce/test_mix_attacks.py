@@ -212,3 +212,39 @@ def test_hostile_names_on_the_card_stay_text() -> None:
     for table in re.findall(r"(?:^\|.*\|$\n?)+", body, flags=re.M):  # each table: one column count
         widths = {len(re.findall(r"(?<!\\)\|", row)) for row in table.splitlines()}
         assert len(widths) == 1, table
+
+
+def test_a_source_repeated_past_the_bucket_count_holds_one_home_bucket(small_run: RunDir, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """A one-document source under too_few: repeat and a huge max_repeat is written thousands of times:
+    the merge kept every home bucket it visited (the whole run, with more copies than buckets) and made
+    one pass over each per copy. Now it holds one home bucket at a time, with the same bytes out."""
+    import weakref
+
+    from hpcsynth.reduce import merge
+
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_bytes(orjson.dumps({"id": "t", "text": "tiny"}) + b"\n")
+    config = small_run.config()
+    small_run.write_config(dataclasses.replace(config, reduce=dataclasses.replace(config.reduce, bucket_docs=5)),
+                           small_run.fingerprint())
+    alive: list[weakref.ref] = []
+    most = []
+    load = merge._load_bucket
+
+    def counting(spec, bucket):
+        most.append(sum(ref() is not None for ref in alive))
+        found = load(spec, bucket)
+        alive.append(weakref.ref(found[3]))
+        return found
+
+    monkeypatch.setattr(merge, "_load_bucket", counting)
+    try:
+        set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "tiny", "path": str(tiny), "weight": 1.0}],
+                too_few="repeat", max_repeat=1e9)
+        report = reduce_run(small_run, tmp_path / "out").data
+    finally:
+        small_run.write_config(config, small_run.fingerprint())
+    tiny_row = next(row for row in report["mix"]["sources"] if row["name"] == "tiny")
+    assert tiny_row["documents"] > 1000 and tiny_row["achieved_share"] == pytest.approx(0.5, rel=0.01)
+    assert len(most) >= 20 * 20 and max(most) <= 1  # 20 buckets, each drawing on all 20; one held at a time
