@@ -13,6 +13,7 @@ of all prompts mixed, not a run of one shard's rephrasings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -223,9 +224,14 @@ def _remove_stale(spec: ReduceSpec, files: list[Path]) -> None:
 
 
 def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] | None:
-    if not spec.text_export:
-        return None
     folder = spec.out_dir / f"text{spec.suffix}"
+    if not spec.text_export:
+        # An earlier reduce's export (its Parquet and its card) would pass for this output's text.
+        for old in [*folder.glob("train-*.parquet"), folder / "README.md"]:
+            old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # kept when it holds files of the user's own
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("train-*.parquet"):
         old.unlink()

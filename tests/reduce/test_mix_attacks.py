@@ -248,3 +248,50 @@ def test_a_source_repeated_past_the_bucket_count_holds_one_home_bucket(small_run
     tiny_row = next(row for row in report["mix"]["sources"] if row["name"] == "tiny")
     assert tiny_row["documents"] > 1000 and tiny_row["achieved_share"] == pytest.approx(0.5, rel=0.01)
     assert len(most) >= 20 * 20 and max(most) <= 1  # 20 buckets, each drawing on all 20; one held at a time
+
+
+def test_text_export_turned_off_leaves_no_stale_text_or_card(small_run: RunDir, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    reduce_run(small_run, out)
+    assert (out / "text" / "README.md").is_file()
+    config = small_run.config()
+    small_run.write_config(dataclasses.replace(config, reduce=dataclasses.replace(config.reduce, text_export=False)),
+                           small_run.fingerprint())
+    try:
+        reduce_run(small_run, out)
+    finally:
+        small_run.write_config(config, small_run.fingerprint())
+    assert not (out / "text").exists()  # its Parquet and card described the earlier reduce's records
+
+
+def test_a_hostile_corpus_directory_is_counted_not_fatal(small_run: RunDir, tmp_path: Path) -> None:
+    """A .zst bomb, a 3 MB line, invalid UTF-8, a lone surrogate, non-string text, a symlink loop and
+    a broken Parquet file beside good files: each a reject with its file and line, the rest mixed."""
+    import zstandard
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    good = [orjson.dumps({"id": f"g{i}", "text": f"Good page {i} " + "some words " * 30}) for i in range(60)]
+    (folder / "good.jsonl").write_bytes(b"\n".join(good) + b"\n")
+    (folder / "bomb.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"\0" * (80 << 20)))
+    (folder / "big.jsonl").write_bytes(orjson.dumps({"id": "big", "text": "word " * (600 << 10)}) + b"\n")
+    (folder / "utf8.jsonl").write_bytes(b'{"id": "u", "text": "abc \xff def"}\n{"id": "s", "text": "a \\ud800 b"}\n')
+    (folder / "types.jsonl").write_bytes(b'{"id": "k", "body": "x"}\n{"id": "i", "text": 12}\n[1]\nnull\n')
+    (folder / "loop.jsonl").symlink_to(folder / "loop.jsonl")
+    (folder / "broken.parquet").write_bytes(b"PAR1 not really PAR1")
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "web", "path": str(folder), "weight": 0.3}],
+            max_doc_tokens=256)
+    config = small_run.config()
+    small_run.write_config(dataclasses.replace(config, plan=dataclasses.replace(config.plan, max_line_bytes=64 << 20)),
+                           small_run.fingerprint())
+    try:
+        report = reduce_run(small_run, tmp_path / "out").data
+    finally:
+        small_run.write_config(config, small_run.fingerprint())
+    rejects = [orjson.loads(l) for l in (tmp_path / "out" / "rejects.jsonl").read_bytes().splitlines()]
+    said = {r["id"].rsplit("/", 1)[-1]: r["reason"] for r in rejects if r.get("source") == "web"}
+    assert "plan.max_line_bytes" in said["bomb.jsonl.zst:1"] and "invalid UTF-8" in said["utf8.jsonl:1"]
+    assert "not valid JSON" in said["utf8.jsonl:2"] and "Parquet" in said["broken.parquet:0"]
+    assert {"types.jsonl:1", "types.jsonl:2", "types.jsonl:3", "types.jsonl:4"} <= set(said)
+    web = next(row for row in report["mix"]["sources"] if row["name"] == "web")
+    assert web["cut_documents"] == 1 and web["achieved_share"] == pytest.approx(0.3 / 1.3, rel=0.01)
