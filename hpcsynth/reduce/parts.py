@@ -38,7 +38,7 @@ from hpcsynth.reduce.formats.datatrove import ds_dtype
 from hpcsynth.reduce.mix.choose import document_key
 from hpcsynth.reduce.mix.feed import MixFeed
 from hpcsynth.reduce.select import Document, bucket_of, prompt_formats, synthetic_documents
-from hpcsynth.reduce.spec import ReduceSpec, read_spec
+from hpcsynth.reduce.spec import ReduceSpec, read_spec, settings_digest
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
@@ -56,6 +56,9 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     started = time.process_time()
     run = RunDir(Path(spec.run))
     config = apply_view(run.config(), spec.run_info.get("view"))  # a grid cell: its prompt, its mix-in
+    if spec.run_info.get("settings") not in (None, settings_digest(config)):
+        raise RunError(f"{run.root / 'config.yaml'} changed (reduce:, validate: or plan.max_line_bytes) since this "
+                       f"reduce started; run `hpcsynth reduce` again: it redoes the parts under the new settings")
     encoder = _PartEncoder(part_tokenizer(spec))
     feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec))
     rejects: list[dict] = []

@@ -125,6 +125,17 @@ def spec_key(fingerprint: str, reduce_settings: dict, tokenizer: dict, buckets: 
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def settings_digest(config: Any) -> str:
+    """What a part reads from the run's config (reduce:, validate:, the prompts, plan.max_line_bytes),
+    hashed: prepare_reduce keeps it in the spec and every part compares, so a config edited while a
+    reduce runs cannot give parts of two settings under one key."""
+    merge_only = ("mix", "original_ratio", "format", "name", "max_file_mb")  # parts read these from the spec
+    reduce = {k: v for k, v in dataclasses.asdict(config.reduce).items() if k not in merge_only}
+    payload = {"reduce": reduce, "validate": dataclasses.asdict(config.validate),
+               "prompts": list(config.prompts), "max_line_bytes": config.plan.max_line_bytes}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def write_spec(spec: ReduceSpec) -> None:
     atomic_write_json(spec.parts_dir / "spec.json", dataclasses.asdict(spec))
 

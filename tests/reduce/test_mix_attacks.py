@@ -295,3 +295,27 @@ def test_a_hostile_corpus_directory_is_counted_not_fatal(small_run: RunDir, tmp_
     assert {"types.jsonl:1", "types.jsonl:2", "types.jsonl:3", "types.jsonl:4"} <= set(said)
     web = next(row for row in report["mix"]["sources"] if row["name"] == "web")
     assert web["cut_documents"] == 1 and web["achieved_share"] == pytest.approx(0.3 / 1.3, rel=0.01)
+
+
+def test_config_edited_under_a_running_reduce_stops_its_parts(small_run: RunDir, tmp_path: Path) -> None:
+    """Parts read reduce:/validate: from RUN/config.yaml when they run, yet were marked with the key of
+    the settings prepare saw: an edit mid-run gave parts of two settings under one key (and reverting
+    the edit reused the odd parts). A weight, which only the merge reads (from the spec), is no change."""
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    config = small_run.config()
+    out = tmp_path / "out"
+    try:
+        spec = prepare_reduce(small_run, out, None, False)
+        set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 2.0}])
+        run_parts_local(spec, 1)  # a weight: the parts go on
+        assert merge_parts(str(out))["mix"]["sources"][1]["weight"] == 0.5  # the spec's, as prepared
+        spec = prepare_reduce(small_run, out, None, False)
+        changed = dataclasses.replace(config.reduce, seed=9, min_chars=100000)
+        small_run.write_config(dataclasses.replace(config, reduce=changed), small_run.fingerprint())
+        for index in spec.part_indices():
+            spec.part_path(index, ".done.json").unlink()
+        with pytest.raises(RunError, match=r"config\.yaml changed \(reduce:, validate: or plan\.max_line_bytes\) "
+                                           r"since this reduce started"):
+            run_parts_local(spec, 1)
+    finally:
+        small_run.write_config(config, small_run.fingerprint())
