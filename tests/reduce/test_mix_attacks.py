@@ -319,3 +319,28 @@ def test_config_edited_under_a_running_reduce_stops_its_parts(small_run: RunDir,
             run_parts_local(spec, 1)
     finally:
         small_run.write_config(config, small_run.fingerprint())
+
+
+def test_verify_checks_the_mix_against_the_written_files(small_run: RunDir, tmp_path: Path) -> None:
+    """mix.json edited with report.json's checksums refreshed passed `hpcsynth verify`: the shares a
+    reader trusts were never compared with the files."""
+    from hpcsynth.files import atomic_write_json, sha256_file
+    from test_demo import hpcsynth
+
+    set_mix(small_run, synthetic={"*": 1.0}, sources=[{"name": "run_originals", "weight": 0.5}])
+    out = tmp_path / "out"
+    reduce_run(small_run, out)
+    assert hpcsynth("verify", str(out)).returncode == 0
+    mix = orjson.loads((out / "mix.json").read_bytes())
+    mix["sources"][1]["tokens"] += 1000
+    atomic_write_json(out / "mix.json", mix)
+    report = orjson.loads((out / "report.json").read_bytes())
+    for entry in report["files"]:
+        entry.update(bytes=(out / entry["path"]).stat().st_size, sha256=sha256_file(out / entry["path"]))
+    atomic_write_json(out / "report.json", report)
+    proc = hpcsynth("verify", str(out), check=False)
+    assert proc.returncode == 1 and "mix.json is not the mix report.json records" in proc.stdout
+    report["mix"] = mix
+    atomic_write_json(out / "report.json", report)
+    proc = hpcsynth("verify", str(out), check=False)
+    assert proc.returncode == 1 and "the mix says run_originals has" in proc.stdout and "tokens, mix.docs.jsonl holds" in proc.stdout
