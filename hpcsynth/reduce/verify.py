@@ -3,7 +3,8 @@
 Checks, each failure one line: every listed file exists with its size and sha256; the token files'
 own structure (Megatron header, lengths vs pointers vs .bin size; .ds index vs data; .npy shape); every
 token id below the vocabulary size; every document ending in EOS; NAME.docs.jsonl having one line per
-sequence with the same token counts; the Parquet files' row counts. Streaming, so it works on files
+sequence with the same token counts; the mix (report.json's and mix.json, equal) holding each source's
+documents and tokens as NAME.docs.jsonl counts them; the Parquet files' row counts. Streaming, so it works on files
 larger than memory.
 """
 
