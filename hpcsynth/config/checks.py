@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -55,8 +56,8 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
             raise bad(f"reduce.{key}", f"must be 1 or more, got {getattr(config.reduce, key)}")
     if config.reduce.max_file_mb < 0:
         raise bad("reduce.max_file_mb", f"must be 0 (no cap) or more, got {config.reduce.max_file_mb}")
-    if config.reduce.original_ratio < 0:
-        raise bad("reduce.original_ratio", f"must be 0 or more, got {config.reduce.original_ratio}")
+    if not 0 <= config.reduce.original_ratio < math.inf:
+        raise bad("reduce.original_ratio", f"must be 0 or more, and finite, got {config.reduce.original_ratio}")
     if not 0 <= config.sampling.top_p <= 1:
         raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
     if config.sampling.temperature < 0:
@@ -207,6 +208,7 @@ def _check_card(config: Config, bad) -> None:
 MIX_POLICIES = ("shrink", "repeat", "error")
 RUN_ORIGINALS = "run_originals"
 MAX_MIX_SOURCES = 255  # a part stores each document's source as one byte
+MAX_TOKENS = 1 << 62  # reduce.mix token counts: past any real corpus, inside JSON's 64-bit integers
 
 
 def _check_mix(config: Config, bad: Any) -> None:
@@ -216,8 +218,8 @@ def _check_mix(config: Config, bad: Any) -> None:
         if prompt != "*" and prompt not in config.prompts:
             raise bad(key, f"is not a prompt of this config ({', '.join(config.prompts)}); name one of them, or "
                            f"\"*\" for all of them pooled")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise bad(key, f"must be a weight above 0, got {weight!r}; leave the prompt out to mix none of it")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise bad(key, f"must be a finite weight above 0, got {weight!r}; leave the prompt out to mix none of it")
     if "*" in mix.synthetic and len(mix.synthetic) > 1:
         raise bad("reduce.mix.synthetic", "names \"*\" (every prompt pooled) and single prompts; use one or the other")
     names: set[str] = set()
@@ -232,8 +234,9 @@ def _check_mix(config: Config, bad: Any) -> None:
         if (source.name == RUN_ORIGINALS) == bool(source.path):
             raise bad(f"{key}.path", f"is for a corpus of your own: {RUN_ORIGINALS} takes no path, and any other "
                                      f"source needs one (a JSONL or Parquet file, directory or glob)")
-        if not source.weight > 0:
-            raise bad(f"{key}.weight", f"must be above 0, got {source.weight}; leave the source out to mix none")
+        if not 0 < source.weight < math.inf:
+            raise bad(f"{key}.weight", f"must be a number above 0, got {source.weight}; leave the source out to "
+                                       f"mix none")
         if not source.text_key:
             raise bad(f"{key}.text_key", "must name the field that holds the text, e.g. text")
     if len(mix.sources) + max(len(mix.synthetic), len(config.prompts)) > MAX_MIX_SOURCES:
@@ -242,10 +245,12 @@ def _check_mix(config: Config, bad: Any) -> None:
         raise bad("reduce.mix.too_few", f"must be one of {', '.join(MIX_POLICIES)}, got {mix.too_few!r}")
     if mix.oversize not in ("cut", "drop"):
         raise bad("reduce.mix.oversize", f"must be cut or drop, got {mix.oversize!r}")
-    if not mix.max_repeat >= 1:
-        raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, got {mix.max_repeat}")
+    if not 1 <= mix.max_repeat < math.inf:
+        raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, and finite, got {mix.max_repeat}")
     for key in ("total_tokens", "max_doc_tokens"):
-        if getattr(mix, key) < 0:
-            raise bad(f"reduce.mix.{key}", f"must be 0 (no limit) or more, got {getattr(mix, key)}")
+        # A token count beyond 2^62 is no real mix, and could not be stored (JSON readers stop at 64 bits).
+        if not 0 <= getattr(mix, key) <= MAX_TOKENS:
+            raise bad(f"reduce.mix.{key}", f"must be 0 (no limit) or more, at most {MAX_TOKENS:,}, "
+                                           f"got {getattr(mix, key)}")
     if 0 < mix.max_doc_tokens < 16:
         raise bad("reduce.mix.max_doc_tokens", f"must be 0 (no cap) or at least 16, got {mix.max_doc_tokens}")

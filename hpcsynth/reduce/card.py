@@ -18,7 +18,7 @@ import orjson
 import yaml
 
 from hpcsynth.files import atomic_write_bytes
-from hpcsynth.reduce.card_sections import (cell, cost_section, mix_section, quality_section, sources_section,
+from hpcsynth.reduce.card_sections import (cell, code, cost_section, mix_section, quality_section, sources_section,
                                            tokens_section)
 
 SIZES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
@@ -49,7 +49,10 @@ def card_info(spec, report: dict[str, Any]) -> dict[str, Any]:
     RUN/validate/report.json and the run's account."""
     run_info = spec.run_info
     return {**run_info, "name": spec.name, "partial": spec.partial, "report": report,
-            "mix": _read_json(spec.out_dir / "mix.json"),
+            # The mix of THIS reduce (the report holds mix.json's object): a file read back could be the
+            # full reduce's mix.json under a --partial card, or one an older reduce left.
+            "mix": report.get("mix") or _read_json(spec.out_dir / f"mix{spec.suffix}.json"),
+            "mix_file": f"mix{spec.suffix}.json",
             "validate_report": _validate_report(Path(spec.run), run_info.get("fingerprint", "")),
             "account": _account(spec.run, run_info.get("card", {}).get("gpu_hour_price", 0.0))}
 
@@ -72,13 +75,14 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
     partial = " This is a PARTIAL reduce: not every shard of the run was done." if info.get("partial") else ""
     body = [
         f"# {info['name']}: synthetic rephrasings\n",
-        f"Web documents rephrased by `{model_name(info.get('model', ''))}` with the prompts {', '.join(map(str, prompts)) or '-'}, "
+        f"Web documents rephrased by {code(model_name(info.get('model', '')))} with the prompts "
+        f"{cell(', '.join(map(str, prompts))) or '-'}, "
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
         f"{report.get('tokens', 0):,} tokens.{partial}\n",
         _generation_section(info), _prompts_section(info), sources_section(info), mix_section(info),
         tokens_section(report), quality_section(info), cost_section(info.get("account"), _cost_scope(info)),
         _files_section(report),
-        f"Run fingerprint: `{info.get('fingerprint', '')}`.\n",
+        f"Run fingerprint: {code(info.get('fingerprint', ''))}.\n",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(
         part for part in body if part)
@@ -88,13 +92,13 @@ def _generation_section(info: dict[str, Any]) -> str:
     sampling = info.get("sampling") or {}
     said = ", ".join(f"{k} {v}" for k, v in sampling.items() if k != "extra")
     extra = sampling.get("extra")
-    rows = [("generator", f"`{model_name(info.get('model', ''))}`"),
-            ("revision", f"`{info['revision']}`" if info.get("revision") else "not pinned (model.revision empty)"),
-            ("engine", info.get("engine", "")), ("sampling", said + (f"; extra {extra}" if extra else "")),
+    rows = [("generator", code(model_name(info.get("model", "")))),
+            ("revision", code(info["revision"]) if info.get("revision") else "not pinned (model.revision empty)"),
+            ("engine", cell(info.get("engine", ""))), ("sampling", cell(said + (f"; extra {extra}" if extra else ""))),
             ("per-record seed", "derived from sampling.seed, the source id and the prompt: reruns sample the same"),
             ("input cut", f"documents longer than {info['max_input_chars']:,} characters were cut at a line break"
              if info.get("max_input_chars") else "")]
-    return "## Generation\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {cell(v)} |" for k, v in rows if v) + "\n"
+    return "## Generation\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows if v) + "\n"
 
 
 def _cost_scope(info: dict[str, Any]) -> str:
@@ -121,7 +125,7 @@ def _prompts_section(info: dict[str, Any]) -> str:
     if not table:
         return ""
     lines = [f"| {cell(p.get('name'))} | {cell(p.get('format'))} | {cell(p.get('version'))} | "
-             f"`{cell(p.get('template_hash'))}` |" for p in table]
+             f"{code(p.get('template_hash'))} |" for p in table]
     return ("## Prompts\n\nEach record names its prompt and the hash of the prompt's system message and template "
             "(column `template_hash`).\n\n| prompt | format | version | template hash |\n|---|---|---|---|\n"
             + "\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ def sources_section(info: dict[str, Any]) -> str:
     lines = ["## Sources\n", "| source | kind | documents | licence |", "|---|---|---|---|"]
     inputs = info.get("inputs") or []
     files = info.get("input_files", len(inputs))
-    shown = ", ".join(f"`{cell(i.get('name'))}`" for i in inputs[:10]) + (f" and {files - 10:,} more"
+    shown = ", ".join(code(i.get("name")) for i in inputs[:10]) + (f" and {files - 10:,} more"
                                                                          if files > 10 else "")
     lines.append(f"| the corpus: {shown or '-'} | web documents | {number(info.get('documents'))} | "
                  f"{cell(card.get('license') or NOT_STATED)} |")
@@ -47,7 +47,8 @@ def mix_section(info: dict[str, Any]) -> str:
     sources = [s for s in mix["sources"] if isinstance(s, dict)]
     keys = list(dict.fromkeys(k for s in sources for k in s))
     head = ", ".join(f"{k} {number(v)}" for k, v in mix.items() if k != "sources" and not isinstance(v, (dict, list)))
-    lines = ["## The mix\n", f"From `mix.json`: {head}.\n" if head else "From `mix.json`.\n",
+    file = code(info.get("mix_file") or "mix.json")
+    lines = ["## The mix\n", f"From {file}: {head}.\n" if head else f"From {file}.\n",
              "| " + " | ".join(cell(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     # A path by its last part only: the card travels to the Hub, the site's directories stay home.
     lines += ["| " + " | ".join(number(Path(str(s[k])).name if k == "path" and s.get(k) else s.get(k)) for k in keys)
@@ -61,7 +62,7 @@ def tokens_section(report: dict[str, Any]) -> str:
             *([("other corpora (mixed in)", report.get("corpus_documents"), report.get("corpus_tokens"))]
               if report.get("corpus_tokens") else []),
             ("total", report.get("sequences"), report.get("tokens"))]
-    lines = ["## Token counts\n", f"Tokenizer `{cell(tokenizer_name(report.get('tokenizer', '')))}`; EOS `{cell(report.get('eos_token'))}` "
+    lines = ["## Token counts\n", f"Tokenizer {code(tokenizer_name(report.get('tokenizer', '')))}; EOS {code(report.get('eos_token'))} "
              f"(id {report.get('eos_id')}) after every document; counts include it.\n",
              "| | documents | tokens |", "|---|---|---|"]
     lines += [f"| {name} | {number(docs)} | {number(tokens)} |" for name, docs, tokens in rows]
@@ -138,8 +139,17 @@ def tokenizer_name(path: str) -> str:
 
 
 def cell(value: Any) -> str:
-    """A table cell: no pipe or newline from a name may break the table."""
-    return str(value if value is not None else "").replace("|", "\\|").replace("\n", " ")
+    """A table cell: no pipe or line break from a name may break the table, and no '<' start an HTML tag
+    on the Hub's page (a corpus file named `<img src=x onerror=...>.jsonl`)."""
+    text = str(value if value is not None else "")
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("<", "&lt;")
+
+
+def code(value: Any) -> str:
+    """A value shown as code: inside backticks no HTML is read, but a backtick of its own would end the
+    span and let the rest be Markdown and HTML."""
+    text = str(value if value is not None else "")
+    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\r", " ").replace("\n", " ") + "`"
 
 
 def number(value: Any) -> str:

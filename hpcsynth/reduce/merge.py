@@ -13,8 +13,10 @@ of all prompts mixed, not a run of one shard's rephrasings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
     # Raises for too_few: error before any output file is touched.
     mix, markers = plan_mix(spec, markers, lambda parts: _all_originals(spec, parts))
+    _check_room(spec, mix, markers)
     output = _Output(spec)
     docs_path = spec.out_dir / f"{spec.name}.docs.jsonl"
     docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
@@ -78,28 +81,48 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
     data = build_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
                         rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
-    write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
+    cards = write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
+    # The cards in the report too, so that `hpcsynth verify` finds one damaged or edited since.
+    data["files"] += [{"path": str(c.relative_to(spec.out_dir)), "bytes": c.stat().st_size, "sha256": sha256_file(c)}
+                      for c in cards]
     return save_report(spec, data)
+
+
+def _check_room(spec: ReduceSpec, mix: dict[str, Any], markers: dict[int, dict]) -> None:
+    """Refuse, before the first byte, a mix larger than the free space of DIR: an absurd total_tokens
+    with too_few: repeat and a large max_repeat would otherwise write (and loop) until the disk is full."""
+    tokens = sum(m["tokens"] for m in markers.values())
+    index_bytes = sum(spec.part_path(i, ".docs.jsonl").stat().st_size for i in markers)
+    per_token = np.dtype(ds_dtype(spec.tokenizer["vocab_size"])).itemsize + (index_bytes / tokens if tokens else 0)
+    need, free = mix["total"] * per_token, shutil.disk_usage(spec.out_dir).free
+    if need > free:
+        raise RunError(f"reduce.mix: this mix would write {mix['total']:,.0f} tokens, ~{need / 1e9:,.1f} GB with its "
+                       f"docs index, more than the {free / 1e9:,.1f} GB free in {spec.out_dir}; lower "
+                       f"reduce.mix.total_tokens (or max_repeat, with too_few: repeat), or free space there")
 
 
 def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:
     """What the merge writes for one bucket: (tokens, docs line, source, copy) of its own documents the
     mix chose, and the later copies of repeated documents from other buckets. Copy c of a document of
     bucket h goes to bucket (h + c x buckets / copies) mod buckets, so the copies of a repeated document
-    are spread over the file, not side by side where a trainer would read them in the same steps; the
-    merge then holds as many buckets as the most copies of a document (1 without repeats)."""
-    most = max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1)
-    stride = max(1, spec.buckets // max(most, 1))
-    loaded: dict[int, tuple] = {}
-    chosen = []
-    for copy in range(max(most, 1)):
-        home = (bucket - copy * stride) % spec.buckets
-        if home not in loaded:
-            arrays, lines, keys, sources = _load_bucket(spec, home)
-            loaded[home] = (arrays, lines, sources, copies_of(keys, sources, mix["copies"], mix["limits"]))
-        arrays, lines, sources, times = loaded[home]
-        chosen += [(arrays[j], lines[j], int(sources[j]), copy) for j in np.flatnonzero(times > copy)]
-    return chosen
+    are spread over the file, not side by side where a trainer would read them in the same steps.
+    Each home bucket is read once, in turn, and its copies found per document (a tiny source repeated
+    10^5 times costs its copies, not 10^5 passes over every bucket); what is taken from another bucket
+    is copied out, so the merge holds one home bucket and this bucket's output, whatever max_repeat."""
+    most = max(1, max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1))
+    stride = max(1, spec.buckets // most)
+    picked = []  # (copy, position in its home, entry): sorted below into copy order, as written before
+    for offset in range(min(most, spec.buckets)):
+        home = (bucket - offset * stride) % spec.buckets
+        arrays, lines, keys, sources = _load_bucket(spec, home)
+        times = copies_of(keys, sources, mix["copies"], mix["limits"])
+        for j in np.flatnonzero(times > offset):
+            array = arrays[j] if home == bucket else arrays[j].copy()
+            # Copies offset, offset + buckets, ...: with more copies than buckets a home comes round again.
+            picked += [(copy, j, (array, lines[j], int(sources[j]), copy))
+                       for copy in range(offset, int(times[j]), spec.buckets)]
+    picked.sort(key=lambda entry: (entry[0], entry[1]))
+    return [entry for _, _, entry in picked]
 
 
 def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:
@@ -201,9 +224,14 @@ def _remove_stale(spec: ReduceSpec, files: list[Path]) -> None:
 
 
 def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] | None:
-    if not spec.text_export:
-        return None
     folder = spec.out_dir / f"text{spec.suffix}"
+    if not spec.text_export:
+        # An earlier reduce's export (its Parquet and its card) would pass for this output's text.
+        for old in [*folder.glob("train-*.parquet"), folder / "README.md"]:
+            old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # kept when it holds files of the user's own
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("train-*.parquet"):
         old.unlink()

@@ -22,6 +22,7 @@ task can run it; a part already done for this spec is skipped.
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,13 +31,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json
 from hpcsynth.reduce.fast import load_fast
 from hpcsynth.reduce.formats.datatrove import ds_dtype
 from hpcsynth.reduce.mix.choose import document_key
 from hpcsynth.reduce.mix.feed import MixFeed
 from hpcsynth.reduce.select import Document, bucket_of, prompt_formats, synthetic_documents
-from hpcsynth.reduce.spec import ReduceSpec, read_spec
+from hpcsynth.reduce.spec import ReduceSpec, read_spec, settings_digest
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
@@ -54,6 +56,9 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     started = time.process_time()
     run = RunDir(Path(spec.run))
     config = apply_view(run.config(), spec.run_info.get("view"))  # a grid cell: its prompt, its mix-in
+    if spec.run_info.get("settings") not in (None, settings_digest(config)):
+        raise RunError(f"{run.root / 'config.yaml'} changed (reduce:, validate: or plan.max_line_bytes) since this "
+                       f"reduce started; run `hpcsynth reduce` again: it redoes the parts under the new settings")
     encoder = _PartEncoder(part_tokenizer(spec))
     feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec))
     rejects: list[dict] = []
@@ -61,7 +66,9 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
     tally: dict[str, dict] = {}
     corpus = spec.corpus_part(index)
     if corpus is not None:
+        check_corpus_file(spec, *corpus[:2])
         feed.add_corpus(*corpus, config.plan.max_line_bytes, rejects)
+        check_corpus_file(spec, *corpus[:2])  # changed while it was read: rows of two versions
     formats = spec.run_info.get("formats") or prompt_formats(run.manifest())
     for shard in spec.part_shards(index):
         synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)
@@ -73,6 +80,24 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
                   cpu_seconds=round(time.process_time() - started, 3))
     atomic_write_json(spec.part_path(index, ".done.json"), marker)
     return marker
+
+
+def check_corpus_file(spec: ReduceSpec, source: int, file: str) -> None:
+    """A mix-in corpus file must be the one prepare_reduce stamped (size, mtime) into the spec key:
+    rewritten, appended or deleted since, its row groups and counts no longer match the other parts'."""
+    entry = spec.mix["sources"][source]
+    stamp = entry["stamps"][entry["files"].index(file)]
+    try:
+        info = os.stat(file)
+        now = [info.st_size, info.st_mtime_ns]
+    except OSError as exc:
+        now = f"unreadable ({exc.strerror})"
+    if now != stamp:
+        said = (now if isinstance(now, str) else f"{now[0]:,} bytes now, {stamp[0]:,} then" if now[0] != stamp[0]
+                else "modified, same size")
+        raise RunError(f"{file} (reduce.mix.sources {entry['name']}) changed since this reduce started ({said}); "
+                       f"leave it alone while reduce runs, then run `hpcsynth reduce` again: it redoes the parts "
+                       f"of a changed corpus")
 
 
 def all_originals_parts(spec: ReduceSpec) -> set[int]:

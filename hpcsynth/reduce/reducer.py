@@ -30,7 +30,8 @@ from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import prompt_formats, ready_shards
-from hpcsynth.reduce.spec import ReduceSpec, bucket_count, group_parts, read_spec, spec_key, write_spec
+from hpcsynth.reduce.spec import (ReduceSpec, bucket_count, group_parts, read_spec, settings_digest, spec_key,
+                                  write_spec)
 from hpcsynth.reduce.tokenize import load_tokenizer
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
@@ -75,6 +76,7 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     run_info = {"fingerprint": run.fingerprint(), "model": config.model.path, "prompts": list(config.prompts),
                 "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
                 "formats": prompt_formats(manifest), "validate_action": config.validate.action,
+                "settings": settings_digest(config),
                 **_card_context(manifest, config)}
     mix = resolve_mix(config, run)
     # Weights, too_few and total_tokens decide only the merge's choice: changing them reuses every part.

@@ -22,7 +22,6 @@ from hpcsynth.files import atomic_write_json, read_json, sha256_file
 from hpcsynth.errors import RunError
 
 SPEC_VERSION = 2  # 2: parts hold every candidate of the exact mix, with keys and sources
-PART_FILES = (".lens.npy", ".keys.npy", ".src.npy", ".bounds.npy", ".docs.jsonl", ".rejects.jsonl")
 
 
 @dataclass(frozen=True)
@@ -87,22 +86,15 @@ class ReduceSpec:
             marker = read_json(path)
         except (OSError, ValueError):
             return None
-        if marker.get("key") != self.key or marker.get("shards") != self.part_shards(index):
+        if not isinstance(marker, dict) or marker.get("key") != self.key or marker.get("shards") != self.part_shards(index):
             return None
         # A part file damaged or deleted after its marker: redo the part rather than merge garbage.
-        itemsize = 2 if self.tokenizer["vocab_size"] <= 65536 else 4
-        try:
-            if self.part_path(index, ".bin").stat().st_size != marker["tokens"] * itemsize:
-                return None
-            if any(not self.part_path(index, s).is_file() for s in PART_FILES):
-                return None
-            # One entry per document in each per-document array: a cut or damaged one redoes the part.
-            import numpy as np
+        from hpcsynth.reduce.partcheck import part_is_whole
 
-            for suffix in (".lens.npy", ".keys.npy", ".src.npy"):
-                if len(np.load(self.part_path(index, suffix), mmap_mode="r")) != marker["documents"]:
-                    return None
-        except (OSError, KeyError, TypeError, ValueError):
+        try:
+            if not part_is_whole(self, index, marker):
+                return None
+        except (OSError, KeyError, TypeError, ValueError, EOFError):
             return None
         return marker
 
@@ -130,6 +122,17 @@ def spec_key(fingerprint: str, reduce_settings: dict, tokenizer: dict, buckets: 
     described = {k: v for k, v in tokenizer.items() if k != "backend"}  # parity makes backends equal
     payload = {"version": SPEC_VERSION, "fingerprint": fingerprint, "reduce": settings, "buckets": buckets,
                "tokenizer": described, "tokenizer_sha256": sha256_file(Path(tokenizer["tokenizer"]))}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def settings_digest(config: Any) -> str:
+    """What a part reads from the run's config (reduce:, validate:, the prompts, plan.max_line_bytes),
+    hashed: prepare_reduce keeps it in the spec and every part compares, so a config edited while a
+    reduce runs cannot give parts of two settings under one key."""
+    merge_only = ("mix", "original_ratio", "format", "name", "max_file_mb")  # parts read these from the spec
+    reduce = {k: v for k, v in dataclasses.asdict(config.reduce).items() if k not in merge_only}
+    payload = {"reduce": reduce, "validate": dataclasses.asdict(config.validate),
+               "prompts": list(config.prompts), "max_line_bytes": config.plan.max_line_bytes}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

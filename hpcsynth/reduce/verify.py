@@ -3,7 +3,8 @@
 Checks, each failure one line: every listed file exists with its size and sha256; the token files'
 own structure (Megatron header, lengths vs pointers vs .bin size; .ds index vs data; .npy shape); every
 token id below the vocabulary size; every document ending in EOS; NAME.docs.jsonl having one line per
-sequence with the same token counts; the Parquet files' row counts. Streaming, so it works on files
+sequence with the same token counts; the mix (report.json's and mix.json, equal) holding each source's
+documents and tokens as NAME.docs.jsonl counts them; the Parquet files' row counts. Streaming, so it works on files
 larger than memory.
 """
 
@@ -65,7 +66,9 @@ def _verify(out_dir: Path, data: dict) -> Iterator[str]:
         lengths.append(seq_lengths)
         yield from found
     if lengths:
-        yield from _check_docs(out_dir / data["docs"], np.concatenate(lengths), data["sequences"])
+        by_source: dict[str, list[int]] = {}
+        yield from _check_docs(out_dir / data["docs"], np.concatenate(lengths), data["sequences"], by_source)
+        yield from _check_mix(out_dir, data, by_source)
     yield from _check_text(out_dir, data.get("text_export"))
 
 
@@ -124,7 +127,8 @@ def _check_ids(tokens: np.ndarray, ends: np.ndarray, data: dict) -> list[str]:
     return problems
 
 
-def _check_docs(path: Path, lengths: np.ndarray, sequences: int) -> Iterator[str]:
+def _check_docs(path: Path, lengths: np.ndarray, sequences: int,
+                by_source: dict[str, list[int]] | None = None) -> Iterator[str]:
     if not path.is_file():
         yield f"{path.name} is missing"
         return
@@ -140,8 +144,32 @@ def _check_docs(path: Path, lengths: np.ndarray, sequences: int) -> Iterator[str
                 yield f"{path.name} line {number + 1}: says {entry.get('tokens')} tokens, the sequence has {lengths[number]}"
                 return
             count += 1
+            if by_source is not None:
+                tally = by_source.setdefault(str(entry.get("source")), [0, 0])
+                tally[0] += 1
+                tally[1] += entry.get("tokens") or 0
     if count != sequences:
         yield f"{path.name} has {count} lines for {sequences} sequences"
+
+
+def _check_mix(out_dir: Path, data: dict, by_source: dict[str, list[int]]) -> Iterator[str]:
+    """The mix the report and mix.json state is the one in the files: documents and tokens per source,
+    counted from NAME.docs.jsonl (which the token files were just checked against)."""
+    mix = data.get("mix")
+    if not isinstance(mix, dict) or not isinstance(mix.get("sources"), list):
+        return
+    for row in mix["sources"]:
+        counted = by_source.get(str(row.get("name")), [0, 0])
+        if [row.get("documents"), row.get("tokens")] != counted:
+            yield (f"the mix says {row.get('name')} has {row.get('documents')} documents and {row.get('tokens')} tokens, "
+                   f"{data['docs']} holds {counted[0]} and {counted[1]}; run reduce again")
+    name = "mix-partial.json" if data.get("partial") else "mix.json"
+    try:
+        written = read_json(out_dir / name)
+    except (OSError, ValueError):
+        return  # a missing or damaged mix.json is reported by its checksum above
+    if written != mix:
+        yield f"{name} is not the mix report.json records; run reduce again"
 
 
 def _check_text(out_dir: Path, text: dict | None) -> Iterator[str]:

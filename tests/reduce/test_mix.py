@@ -253,7 +253,7 @@ def test_thresholds_hit_a_target_within_a_document() -> None:
 @pytest.mark.parametrize("mix, says", [
     ("{synthetic: {faqs: 1.0}}", r"line 3: 'reduce.mix.synthetic.faqs' is not a prompt of this config \(faq, math\)"),
     ('{synthetic: {"*": 1.0, faq: 1.0}}', r"names \"\*\" \(every prompt pooled\) and single prompts"),
-    ("{synthetic: {faq: 0}}", r"'reduce.mix.synthetic.faq' must be a weight above 0"),
+    ("{synthetic: {faq: 0}}", r"'reduce.mix.synthetic.faq' must be a finite weight above 0"),
     ("{sources: [{name: run_originals, path: x.jsonl}]}", r"line 3: 'reduce.mix.sources\[0\].path' is for a corpus"),
     ("{sources: [{name: hq}]}", r"'reduce.mix.sources\[0\].path' is for a corpus of your own"),
     ("{sources: [{name: hq, pth: x}]}", r"line 3: unknown key 'reduce.mix.sources\[0\].pth'; valid keys .*: id_key, name"),

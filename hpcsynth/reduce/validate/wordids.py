@@ -52,8 +52,29 @@ def word_id(word: str) -> int:
 
 
 def word_ids(text: str) -> np.ndarray:
-    """One uint64 id per word of `words(text)`, in order."""
-    return word_ids_many([text])[0]
+    """One uint64 id per word of `words(text)`, in order; a long text a slice at a time."""
+    if len(text) <= KEEP_POWERS:
+        return word_ids_many([text])[0]
+    return np.concatenate([word_ids_many([piece])[0] for piece in _slices(text)])
+
+
+def _slices(text: str):  # type: ignore[no-untyped-def]
+    """A long text cut after a space or line break near every KEEP_POWERS characters: a 50 MB record
+    costs one slice's arrays (~60 bytes a character where str.lower must see context), not the
+    record's. No word runs across a space, and str.lower's one context rule (a final sigma) reads
+    only letters and case-ignorable marks next to it, never through a space: same ids as whole."""
+    start = 0
+    while start < len(text):
+        end = start + KEEP_POWERS
+        if end >= len(text):
+            yield text[start:]
+            return
+        cut = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+        if cut < 0:  # one word longer than a slice: up to the next space or line break
+            found = [i for i in (text.find(" ", end), text.find("\n", end)) if i >= 0]
+            cut = min(found) if found else len(text) - 1
+        yield text[start:cut + 1]
+        start = cut + 1
 
 
 def word_ids_many(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +85,8 @@ def word_ids_many(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """
     if not texts:
         return np.zeros(0, dtype=np.uint64), np.zeros(1, dtype=np.int64)
+    if len(texts) > 1 and any(len(text) > KEEP_POWERS for text in texts):
+        return _one_by_one(texts)  # a long one is cut into slices (word_ids), not joined whole
     joined = "\n".join(texts)
     if joined.isascii():
         codes = _ASCII[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
