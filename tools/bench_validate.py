@@ -38,6 +38,9 @@ os.environ.update(OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", TOKENIZERS_PARALLE
 from hpcsynth.config import Config  # noqa: E402
 from hpcsynth.reduce import validate  # noqa: E402
 
+sys.path.insert(1, str(REPO / "tests" / "reduce"))  # the verdict tests' corpus: one layout of each format
+from verdict_corpus import as_formats  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 
 
@@ -50,20 +53,6 @@ def web_documents() -> list[str]:
         with opener(path, "rb") as handle:
             docs += [orjson.loads(line)["text"] for line in handle if line.strip()]
     return docs or [" ".join(f"word{(i * 7 + j) % 500}" for j in range(400)) for i in range(30)]
-
-
-def as_formats(doc: str) -> list[tuple[str, str]]:
-    """One web document laid out in each format, its sentences as the content."""
-    sentences = [s.strip() for s in doc.replace("\n", " ").split(". ") if len(s.strip()) > 20][:40] or [doc[:200]]
-    table = "| # | fact | length |\n|---|---|---|\n" + "\n".join(
-        f"| {i} | {s[:120]} | {len(s)} |" for i, s in enumerate(sentences))
-    table += "\n\nQuestion: How long is fact 1?\nAnswer: 42."
-    faq = "\n\n".join(f"Q: What does part {i} say?\nA: {s}." for i, s in enumerate(sentences))
-    math = (f"A shop sells {len(sentences)} items at $4 each and {len(doc) % 97} more at $3. What is the total?\n\n"
-            + "\n".join(f"Step {i}: {s[:80]} gives {i} + {i} = {2 * i}." for i, s in enumerate(sentences))
-            + "\nFinal answer: $7.")
-    tutorial = "You will learn the subject.\n\n" + "\n".join(f"{i}. {s}." for i, s in enumerate(sentences, 1))
-    return [("table", table), ("faq", faq), ("math", math), ("tutorial", tutorial), ("free", doc)]
 
 
 def main() -> None:
