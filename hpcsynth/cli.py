@@ -283,7 +283,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _cancel(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
-    from hpcsynth.execute.slurm import cancel
+    from hpcsynth.execute.slurm_jobs import cancel
 
     run = RunDir(args.run)
     run.require_planned()
@@ -292,7 +292,7 @@ def _cancel(args: argparse.Namespace) -> int:
         from hpcsynth.study.grid import grid_generator_runs
 
         ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
-        from hpcsynth.execute.slurm import cancel_jobs
+        from hpcsynth.execute.slurm_jobs import cancel_jobs
         from hpcsynth.study.grid_reduce import reduce_job_ids
 
         ids += cancel_jobs(reduce_job_ids(run))  # a reduce submitted with --executor slurm

@@ -170,7 +170,7 @@ def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -
 
 
 def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
-    from hpcsynth.execute.slurm import recorded_jobs, sacct_tasks
+    from hpcsynth.execute.slurm_jobs import recorded_jobs, sacct_tasks
 
     jobs = recorded_jobs(run)
     ids = [a["job_id"] for launch in jobs for a in launch.get("arrays", [])]
@@ -180,7 +180,7 @@ def _slurm_view(run: RunDir) -> tuple[list[dict], dict[str, dict]]:
 def _slurm_problems(run: RunDir, sacct: dict[str, dict]) -> dict[str, Any]:
     if not sacct:
         return {"pending_reasons": {}, "never_starts": "", "failed_tasks": []}
-    from hpcsynth.execute.slurm import slurm_problems
+    from hpcsynth.execute.slurm_jobs import slurm_problems
 
     return slurm_problems(run, sacct)
 

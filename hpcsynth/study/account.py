@@ -112,7 +112,7 @@ def _weights(run: RunDir, tasks: list[dict], gpu: bool, sacct: bool) -> dict[int
         return {id(t): 1.0 for t in tasks}
     asked: dict[str, float] = {}
     if sacct:
-        from hpcsynth.execute.slurm import recorded_jobs
+        from hpcsynth.execute.slurm_jobs import recorded_jobs
 
         for launch in recorded_jobs(run):
             for array in launch.get("arrays", []):

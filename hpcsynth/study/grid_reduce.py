@@ -96,7 +96,7 @@ def _recorded(run: RunDir) -> list[dict[str, Any]]:
 
 def reduce_job_ids(run: RunDir) -> list[str]:
     """The recorded reduce jobs' ids, each checked before it reaches scancel."""
-    from hpcsynth.execute.slurm import JOB_ID
+    from hpcsynth.execute.slurm_jobs import JOB_ID
 
     ids = [j.get(k) or "" for j in _recorded(run) for k in ("array", "merge")]
     for job_id in ids:

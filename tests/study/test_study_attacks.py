@@ -208,7 +208,7 @@ def test_odd_sacct_output_is_not_a_traceback(finished, tmp_path: Path) -> None:
 
 
 def test_a_hung_sacct_is_one_line(tmp_path: Path, monkeypatch) -> None:
-    from hpcsynth.execute import slurm
+    from hpcsynth.execute import slurm_jobs as slurm
 
     env = fake_sacct(tmp_path / "bin", "exec sleep 30")
     monkeypatch.setenv("PATH", env["PATH"])
