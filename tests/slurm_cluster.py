@@ -184,3 +184,12 @@ def _running_ports(base: Path) -> dict[str, str]:
         return {}
     return {"HPCSYNTH_SLURM_PORT_BASE": values["SlurmctldPort"].strip(),
             "HPCSYNTH_SLURM_DB_PORT": values["StoragePort"].strip()}
+
+
+def hpcsynth_on(cluster: ClusterInfo, *args: str) -> subprocess.CompletedProcess:
+    """`hpcsynth ARGS` with the cluster's client environment; a non-zero exit fails with its output."""
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=cluster.env, capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f"hpcsynth {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -4,7 +4,6 @@ the files are the same bytes as a local reduce."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import orjson
 import pytest
 
 from conftest import write_corpus
-from slurm_cluster import ClusterInfo
+from slurm_cluster import ClusterInfo, hpcsynth_on as cli
 
 pytestmark = pytest.mark.slurm
 
@@ -25,14 +24,6 @@ reduce: {{tokenizer: {tokenizer}, part_shards: 1, bucket_docs: 4, min_chars: 1,
 validate: {{action: keep}}  # the fake engine's words have no format to validate
 slurm: {{array_tasks: 3, partition: debug, gpus_per_task: 0, cpus_per_task: 1, mem_gb: 1, time_min: 20}}
 """
-
-
-def cli(cluster: ClusterInfo, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=cluster.env, capture_output=True,
-                          text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"hpcsynth {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def test_slurm_reduce_matches_local(tmp_path: Path, cluster: ClusterInfo, tiny_model: Path) -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from conftest import write_corpus
-from slurm_cluster import ClusterInfo
+from slurm_cluster import ClusterInfo, hpcsynth_on as cli
 
 pytestmark = pytest.mark.slurm
 
@@ -33,14 +33,6 @@ grid:
     - {{name: none, original_ratio: 0}}
     - {{name: web, original_ratio: 1.0}}
 """
-
-
-def cli(cluster: ClusterInfo, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=cluster.env, capture_output=True,
-                          text=True, timeout=300)
-    if proc.returncode != 0:
-        raise AssertionError(f"hpcsynth {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def wait(what, timeout: float, describe) -> None:
