@@ -44,16 +44,21 @@ def tokenizer(tmp_path_factory) -> Path:
 def mixed_run(tmp_path_factory, tokenizer: Path) -> tuple[RunDir, Path]:
     """300 documents rephrased by two prompts, and a Parquet corpus of 60 documents plus one of 10 MB."""
     root = tmp_path_factory.mktemp("mix")
-    corpus = write_corpus(root / "c.jsonl", 300)
-    config = fake_config(corpus)
+    run = rephrased_run(root, 300, tokenizer, part_shards=2, bucket_docs=100)
+    return run, write_parquet(root / "hq.parquet", 60)
+
+
+def rephrased_run(root: Path, docs: int, tokenizer: Path, part_shards: int, bucket_docs: int) -> RunDir:
+    """`docs` generated documents rephrased by faq and math on the fake engine, in shards of 50, all done."""
+    config = fake_config(write_corpus(root / "c.jsonl", docs))
     config = dataclasses.replace(config, prompts=("faq", "math"),
                                  plan=dataclasses.replace(config.plan, shard_docs=50),
                                  reduce=dataclasses.replace(config.reduce, tokenizer=str(tokenizer), min_chars=1,
-                                                            part_shards=2, bucket_docs=100))
+                                                            part_shards=part_shards, bucket_docs=bucket_docs))
     run = RunDir(root / "run")
     plan_corpus(config, run)
     pull_shards(run.root)
-    return run, write_parquet(root / "hq.parquet", 60)
+    return run
 
 
 def write_parquet(path: Path, count: int, big: bool = True) -> Path:

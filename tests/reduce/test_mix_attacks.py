@@ -13,16 +13,14 @@ import numpy as np
 import orjson
 import pytest
 
-from hpcsynth.errors import HpcsynthError, RunError
-from hpcsynth.generate.pull import pull_shards
-from hpcsynth.plan import plan_corpus
+from hpcsynth.errors import RunError
 from hpcsynth.reduce import reduce_run
 from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.reducer import prepare_reduce, run_parts_local
 from hpcsynth.rundir import RunDir
 
-from conftest import SHARED_DATA, fake_config, write_corpus
-from test_mix import set_mix
+from conftest import SHARED_DATA
+from test_mix import rephrased_run, set_mix
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +32,7 @@ def small_run(tmp_path_factory) -> RunDir:
 
         build_tokenizer(root / "tok")
         tokenizer = root / "tok"
-    config = fake_config(write_corpus(root / "c.jsonl", 100))
-    config = dataclasses.replace(config, prompts=("faq", "math"),
-                                 plan=dataclasses.replace(config.plan, shard_docs=50),
-                                 reduce=dataclasses.replace(config.reduce, tokenizer=str(tokenizer), min_chars=1,
-                                                            part_shards=1, bucket_docs=50))
-    run = RunDir(root / "run")
-    plan_corpus(config, run)
-    pull_shards(run.root)
-    return run
+    return rephrased_run(root, 100, tokenizer, part_shards=1, bucket_docs=50)
 
 
 def _npy(array: np.ndarray) -> bytes:
