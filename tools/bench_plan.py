@@ -134,19 +134,23 @@ def floor_processes(paths: list[Path], processes: int) -> None:
 
 
 def ours(root: Path, name: str, inputs: list[Path], jobs: int) -> None:
-    import shutil
-
     config_path = root / f"{name}.yaml"
     config_path.write_text(CONFIG % (1_000_000, 10_000))
     config = load_config(config_path)
-    shutil.rmtree(root / name, ignore_errors=True)
     plan_corpus(config, RunDir(root / name), [str(p) for p in inputs], jobs=jobs)
 
 
-def best(repeat: int, *runs) -> list[tuple[float, float]]:
-    """Each run's best (wall, CPU) over `repeat` interleaved rounds (other users only add time)."""
+def clean(root: Path, name: str) -> None:
+    """Remove an earlier run's output before the next is timed (deleting it is not planning)."""
+    shutil.rmtree(root / name, ignore_errors=True)
+
+
+def best(repeat: int, *runs, before=lambda: None) -> list[tuple[float, float]]:
+    """Each run's best (wall, CPU) over `repeat` interleaved rounds (other users only add time);
+    `before` runs untimed before each round."""
     times: list[list[tuple[float, float]]] = [[] for _ in runs]
     for _ in range(repeat):
+        before()
         for i, run in enumerate(runs):
             times[i].append(timed(run))
     return [(min(w for w, _ in t), min(c for _, c in t)) for t in times]
@@ -180,7 +184,11 @@ from pathlib import Path
 root, what, times = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 inputs = [Path(p) for p in sys.argv[5:]]
 for _ in range(times):
-    b.floor_jsonl(inputs) if what == "floor" else b.ours(root, "instructions", inputs, 1)
+    if what == "floor":
+        b.floor_jsonl(inputs)
+    else:
+        b.clean(root, "instructions")
+        b.ours(root, "instructions", inputs, 1)
 """
 
 
@@ -214,11 +222,13 @@ def main() -> None:
               f"{sum(p.stat().st_size for p in jsonl) / 1e6:.0f} MB as JSONL.zst; load {os.getloadavg()[0]:.1f}")
         mb = size / 1e6
         if "jsonl" in parts:
-            floor, mine = best(args.repeat, lambda: floor_jsonl(jsonl), lambda: ours(root, "jsonl-1", jsonl, 1))
+            floor, mine = best(args.repeat, lambda: floor_jsonl(jsonl), lambda: ours(root, "jsonl-1", jsonl, 1),
+                               before=lambda: clean(root, "jsonl-1"))
             print(f"jsonl per core (CPU s): floor {mb / floor[1]:.0f} MB/s, ours {mb / mine[1]:.0f} MB/s of JSONL, "
                   f"ratio {floor[1] / mine[1]:.2f} (goal >= 0.85); wall {floor[0]:.1f} vs {mine[0]:.1f} s", flush=True)
         if "parquet" in parts:
-            floor, mine = best(args.repeat, lambda: floor_parquet(parquet), lambda: ours(root, "parquet-1", parquet, 1))
+            floor, mine = best(args.repeat, lambda: floor_parquet(parquet), lambda: ours(root, "parquet-1", parquet, 1),
+                               before=lambda: clean(root, "parquet-1"))
             print(f"parquet per core (CPU s): floor {text_bytes / 1e6 / floor[1]:.0f} MB/s of text, ours "
                   f"{text_bytes / 1e6 / mine[1]:.0f} MB/s, ratio {floor[1] / mine[1]:.2f}; wall {floor[0]:.1f} vs "
                   f"{mine[0]:.1f} s", flush=True)

@@ -4,17 +4,21 @@ Every group logged a 128-bit hash of each source id with its position (scan.py).
 into buckets by their first byte, each bucket small enough to sort in memory (BUCKET_BYTES), so memory
 stays flat whatever the corpus size. Duplicates are rare, so instead of holding shards back until the
 whole corpus is read, the few shards that hold a removed document are rewritten before the manifest.
+A plan of up to SMALL_IDS sources sorts them in plain Python instead: numpy's import (~0.1-0.3 s) would
+cost more than the sort, and in a `--jobs N` plan it runs on the cores the workers need.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 import zstandard
 
@@ -22,10 +26,15 @@ from hpcsynth.files import FRAME_BYTES
 from hpcsynth.plan.documents import estimate_tokens
 from hpcsynth.rundir import shard_name
 
-# The records of scan.ID_RECORD: hash (16 bytes), first planned document of the source in its group, its
-# parts, input file, position.
-ID_DTYPE = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("doc", "<u8"), ("parts", "<u4"), ("file", "<u4"), ("pos", "<u8")])
+if TYPE_CHECKING:
+    import numpy as np
+
+# The records of scan.ID_RECORD: hash (16 bytes, read as two little-endian u64), first planned document of
+# the source in its group, its parts, input file, position.
+ID_FIELDS = [("h0", "<u8"), ("h1", "<u8"), ("doc", "<u8"), ("parts", "<u4"), ("file", "<u4"), ("pos", "<u8")]
+ID_RECORD = struct.Struct("<QQQIIQ")
 BUCKET_BYTES = 64 << 20  # id records sorted in memory at once (sorting takes ~3x that)
+SMALL_IDS = 100_000  # up to this many sources, sorted as Python tuples (~0.1 s) without importing numpy
 
 
 @dataclass(frozen=True)
@@ -40,25 +49,59 @@ class Removed:
 
 def find_duplicates(tmp: Path, groups: int, group_docs: list[int], policy: str) -> list[Removed]:
     """Sources to remove under `policy` (keep_first: all but the first; reject: every one), in plan order."""
-    starts = np.cumsum([0] + group_docs[:-1]).astype(np.int64)
+    starts = list(accumulate(group_docs[:-1], initial=0))
     files = [tmp / "ids" / f"{g:06d}.bin" for g in range(groups)]
     total = sum(f.stat().st_size for f in files)
+    if total <= SMALL_IDS * ID_RECORD.size:
+        return _small(files, starts, policy)
+    import numpy as np
+
     buckets = max(1, min(256, -(-total // BUCKET_BYTES)))
     removed: list[Removed] = []
-    for bucket in _buckets(tmp, files, starts, buckets):
+    for bucket in _buckets(tmp, files, np.array(starts, dtype=np.int64), buckets):
         removed += _duplicates_in(bucket, policy)
     return sorted(removed, key=lambda r: r.doc)
 
 
-def _load(path: Path, start: int) -> np.ndarray:
-    records = np.fromfile(path, dtype=ID_DTYPE)
+def _small(files: list[Path], starts: list[int], policy: str) -> list[Removed]:
+    """find_duplicates' answer in plain Python: the same order (hash, then document) and the same rule."""
+    records = []
+    for path, start in zip(files, starts):
+        records += [(h0, h1, doc + start, parts, file, pos)
+                    for h0, h1, doc, parts, file, pos in ID_RECORD.iter_unpack(path.read_bytes())]
+    records.sort()
+    removed = []
+    run_head = 0  # the first record of the current run of equal hashes
+    for i in range(1, len(records)):
+        before, record = records[i - 1], records[i]
+        if record[0] != before[0] or record[1] != before[1]:
+            run_head = i
+            continue
+        head = records[run_head]
+        victims = [record] if policy == "keep_first" else [record] + ([head] if run_head == i - 1 else [])
+        removed += [Removed(r[2], r[3], r[4], r[5], head[4], head[5]) for r in victims]
+    return sorted(removed, key=lambda r: r.doc)
+
+
+def _dtype() -> "np.dtype":
+    import numpy as np
+
+    return np.dtype(ID_FIELDS)
+
+
+def _load(path: Path, start: int) -> "np.ndarray":
+    import numpy as np
+
+    records = np.fromfile(path, dtype=_dtype())
     records["doc"] += start  # now a global document index: plan order
     return records
 
 
-def _buckets(tmp: Path, files: list[Path], starts: np.ndarray, buckets: int):
+def _buckets(tmp: Path, files: list[Path], starts: "np.ndarray", buckets: int):
+    import numpy as np
+
     if buckets == 1:
-        yield np.concatenate([_load(f, int(s)) for f, s in zip(files, starts)] or [np.empty(0, ID_DTYPE)])
+        yield np.concatenate([_load(f, int(s)) for f, s in zip(files, starts)] or [np.empty(0, _dtype())])
         return
     out = tmp / "dups"
     out.mkdir(exist_ok=True)
@@ -71,11 +114,13 @@ def _buckets(tmp: Path, files: list[Path], starts: np.ndarray, buckets: int):
     for handle in handles:
         handle.close()
     for b in range(buckets):
-        yield np.fromfile(out / f"{b:03d}.bin", dtype=ID_DTYPE)
+        yield np.fromfile(out / f"{b:03d}.bin", dtype=_dtype())
         (out / f"{b:03d}.bin").unlink()
 
 
-def _duplicates_in(records: np.ndarray, policy: str) -> list[Removed]:
+def _duplicates_in(records: "np.ndarray", policy: str) -> list[Removed]:
+    import numpy as np
+
     if len(records) < 2:
         return []
     records = records[np.lexsort((records["doc"], records["h1"], records["h0"]))]
@@ -97,12 +142,12 @@ def _duplicates_in(records: np.ndarray, policy: str) -> list[Removed]:
 def remove_documents(shards_dir: Path, rows: list[dict[str, Any]], removed: list[Removed], level: int,
                      bytes_per_token: float) -> dict[int, dict]:
     """Rewrite the shards holding removed documents; return {global doc: its shard document} for the report."""
-    starts = np.cumsum([0] + [row["documents"] for row in rows[:-1]])
+    starts = list(accumulate((row["documents"] for row in rows[:-1]), initial=0))
     by_shard: dict[int, set[int]] = {}
     for r in removed:
         for doc in range(r.doc, r.doc + r.parts):
-            shard = int(np.searchsorted(starts, doc, side="right")) - 1
-            by_shard.setdefault(shard, set()).add(doc - int(starts[shard]))
+            shard = bisect_right(starts, doc) - 1
+            by_shard.setdefault(shard, set()).add(doc - starts[shard])
     dropped: dict[int, dict] = {}
     for shard, indexes in by_shard.items():
         row = rows[shard]
@@ -112,7 +157,7 @@ def remove_documents(shards_dir: Path, rows: list[dict[str, Any]], removed: list
         for index, line in enumerate(lines):
             if index in indexes:
                 doc = orjson.loads(line)
-                dropped[int(starts[shard]) + index] = doc
+                dropped[starts[shard] + index] = doc
                 row["documents"] -= 1
                 row["chars"] -= len(doc["text"])
                 row["est_tokens"] -= estimate_tokens(doc["text"], bytes_per_token)

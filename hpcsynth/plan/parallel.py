@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import RunError
+from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
 from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
@@ -71,6 +73,7 @@ def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
 
 
 def _scan_alone(job: GroupJob) -> GroupResult:
+    keep_freed_memory()  # a Slurm task: its own process
     return scan_group(job)
 
 
@@ -177,6 +180,7 @@ def _first_shard(index: int) -> int:
 
 
 def _write(job: GroupJob) -> list[dict[str, Any]]:
+    keep_freed_memory()
     return write_spilled(Path(job.tmp), job)
 
 
@@ -195,7 +199,18 @@ class _Pool:
         # defer_sync: a worker goes on to its next group while the last one's files reach the disk (waiting
         # in each group left a core idle for the disk); the fsyncs are all waited for at the end.
         jobs = [dataclasses.replace(job, first_shard=-1, hold_bytes=HOLD_BYTES, defer_sync=True) for job in self.jobs]
-        with context.Pool(workers, initializer=_init, initargs=(shared, counts, barrier)) as pool:
+        # Objects that exist now are moved out of the collector's reach: a collection in a worker would
+        # otherwise write to every one of them and copy each page the parent shares with it.
+        gc.freeze()
+        try:
+            return self._run(context, workers, jobs, (shared, counts, barrier), meanwhile)
+        finally:
+            gc.unfreeze()
+
+    def _run(self, context: Any, workers: int, jobs: list[GroupJob], shared_state: tuple,
+             meanwhile: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+        shared = shared_state[0]
+        with context.Pool(workers, initializer=_init, initargs=shared_state) as pool:
             pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
             meanwhile()
             results = []

@@ -23,6 +23,7 @@ from hpcsynth.config import Config, SlurmConfig, fingerprint
 from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
+from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
 from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
 from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
@@ -100,6 +101,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
                inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
                progress: Callable[[int, int], None] | None, slurm: SlurmConfig | None = None) -> Plan:
     paths, stats = inputs
+    keep_freed_memory()  # before the pool forks: its workers inherit the setting
     ratio, ratio_source = bytes_per_token(config, paths)
     group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
                   for i, files in enumerate(_groups(paths, stats, group_bytes(config, stats)))]
@@ -109,7 +111,8 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
 
     def meanwhile() -> None:  # what needs no group's result, done while a pool's workers run
         RunDir(tmp).write_config(config, digest)
-        import hpcsynth.plan.duplicates  # noqa: F401  numpy, ~0.1 s, for the duplicate pass
+        if total > LARGE_PLAN_BYTES:  # past plan/duplicates.py's SMALL_IDS sources: numpy sorts their ids
+            import numpy  # noqa: F401  ~0.1-0.3 s
 
     if slurm is not None:
         results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
@@ -146,6 +149,10 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     atomic_write_json(tmp / "manifest.json", manifest)
     summary = summarize(manifest, totals, ratio_source, jobs, len(group_jobs))
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
+
+
+# Input past which a plan likely holds more than duplicates.SMALL_IDS sources (FineWeb-Edu: ~5 KB each).
+LARGE_PLAN_BYTES = 1 << 30
 
 
 def group_bytes(config: Config, stats: list[dict]) -> int:

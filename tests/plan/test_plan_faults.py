@@ -91,9 +91,12 @@ def test_hostile_file_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("policy, kept", [("keep_first", ["a", "b", "c", "d"]), ("reject", ["b", "d"])])
+@pytest.mark.parametrize("sort", ["numpy buckets", "python"])
 def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     policy: str, kept: list[str]) -> None:
-    monkeypatch.setattr(duplicates, "BUCKET_BYTES", 64)  # several buckets, as a huge corpus would have
+                                                     policy: str, kept: list[str], sort: str) -> None:
+    if sort == "numpy buckets":  # as a huge corpus would have: numpy, several buckets
+        monkeypatch.setattr(duplicates, "SMALL_IDS", 0)
+        monkeypatch.setattr(duplicates, "BUCKET_BYTES", 64)
     (tmp_path / "in").mkdir()
     for name, ids in (("1.jsonl", "a b a c"), ("2.jsonl", "c d a")):
         (tmp_path / "in" / name).write_bytes(b"".join(orjson.dumps({"id": i, "text": f"text of {i} {n}"}) + b"\n"
@@ -110,6 +113,34 @@ def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch
     rejects = [orjson.loads(l) for l in (run.root / "plan" / "rejects.jsonl").read_bytes().splitlines()]
     assert all(r["reason"].startswith("duplicate id") for r in rejects) and len(rejects) == 7 - len(kept)
     assert sum(i["documents"] for i in manifest["inputs"]) == len(kept)
+
+
+@pytest.mark.parametrize("policy", ["keep_first", "reject"])
+def test_small_plans_find_the_same_duplicates_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            policy: str) -> None:
+    """The plain-Python sort of a small plan's ids and numpy's bucketed sort remove the same sources."""
+    import random
+
+    from hpcsynth.plan.scan import ID_RECORD
+
+    rng = random.Random(7)
+    (tmp_path / "ids").mkdir()
+    hashes = [rng.randbytes(16) for _ in range(40)]  # 400 sources over 40 ids: runs of 2..20 equal hashes
+    group_docs = []
+    for group in range(5):
+        records, doc = bytearray(), 0
+        for pos in range(80):
+            parts = rng.randint(1, 3)
+            records += ID_RECORD.pack(rng.choice(hashes), doc, parts, group % 3, pos)
+            doc += parts
+        (tmp_path / "ids" / f"{group:06d}.bin").write_bytes(records)
+        group_docs.append(doc)
+    small = duplicates.find_duplicates(tmp_path, 5, group_docs, policy)
+    monkeypatch.setattr(duplicates, "SMALL_IDS", 0)
+    monkeypatch.setattr(duplicates, "BUCKET_BYTES", 1000)  # several buckets
+    large = duplicates.find_duplicates(tmp_path, 5, group_docs, policy)
+    assert small == large and len(small) == (360 if policy == "keep_first" else 400)
+    assert [r.doc for r in small] == sorted(r.doc for r in small)
 
 
 def test_a_failing_pool_worker_fails_the_plan_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

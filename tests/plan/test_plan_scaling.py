@@ -3,7 +3,10 @@ manifest, and a failed fsync in a pool worker still fails the plan."""
 
 from __future__ import annotations
 
+import gc
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +44,24 @@ def test_small_plan_is_split_for_the_pool_and_gives_the_same_bytes(tmp_path: Pat
     shards = [sorted((tmp_path / f"run-{jobs}" / "shards").iterdir()) for jobs in (1, 2)]
     assert [p.read_bytes() for p in shards[0]] == [p.read_bytes() for p in shards[1]]
     assert read_json(tmp_path / "run-1" / "manifest.json") == read_json(tmp_path / "run-2" / "manifest.json")
+    # The pool froze the collector's objects for its fork only: this process collects them again.
+    assert gc.get_freeze_count() == 0
+
+
+def test_small_plans_import_no_numpy_and_keep_freed_memory(tmp_path: Path) -> None:
+    """numpy's import (~0.1-0.3 s) is left to plans past SMALL_IDS sources, and the heap is kept (glibc)."""
+    write_corpus(tmp_path / "in.jsonl", 30)
+    with open(tmp_path / "in.jsonl", "ab") as handle:  # one id twice
+        handle.write(b'{"id": "doc-3", "text": "the same id again"}\n')
+    script = (f"import sys; from hpcsynth.plan import plan_corpus, heap; from hpcsynth.rundir import RunDir; "
+              f"from conftest import fake_config; from pathlib import Path; "
+              f"p = plan_corpus(fake_config(Path({str(tmp_path)!r})), RunDir(Path({str(tmp_path / 'run')!r})), "
+              f"[{str(tmp_path / 'in.jsonl')!r}], jobs=1); "
+              f"print(p.summary['rejected_by_reason'], 'numpy' in sys.modules, heap.keep_freed_memory())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], check=True)
+    rejected, numpy, kept = done.stdout.rsplit(" ", 2)
+    assert "duplicate id" in rejected and numpy == "False" and kept.strip() == "True"
 
 
 def _logging_fsync(log: Path, fail: bool = False):
