@@ -51,6 +51,7 @@ class DocumentBuilder:
                        else plan.long_doc_chars)
         self.keep = [(f, "." not in f) for f in plan.keep_fields]
         self.text_key, self.id_key = plan.text_key, plan.id_key
+        self.key_json = orjson.dumps(plan.text_key) + b":"  # how the text's key stands in a compact JSON line
         self.max_chars, self.min_chars = plan.max_chars, plan.min_chars
         self.sample = plan.sample_fraction < 1.0
 
@@ -59,8 +60,10 @@ class DocumentBuilder:
         # No id in the corpus: the file name and position are stable as long as the file is.
         return f"{name}:{position}" if value is None or value == "" else str(value)
 
-    def build(self, record: dict, source_id: str, source: str, unit: str, position: int) -> list[Part] | Dropped:
-        """The shard documents of one record; `unit` ("line" or "row") and `position` locate it in `source`."""
+    def build(self, record: dict, source_id: str, source: str, unit: str, position: int,
+              raw: bytes | str = b"") -> list[Part] | Dropped:
+        """The shard documents of one record; `unit` ("line" or "row") and `position` locate it in `source`;
+        `raw` is the JSONL line it was parsed from (empty for Parquet)."""
         text = record.get(self.text_key)
         if not isinstance(text, str):
             if text is None:
@@ -89,7 +92,11 @@ class DocumentBuilder:
                          "parts": 1, "part": 0} if fields is None else
                         {"source": source, unit: position, "fields": fields, "chars": chars, "truncated": False,
                          "kept_fraction": 1.0, "parts": 1, "part": 0})
-                line = orjson.dumps({"id": source_id, "text": text, "meta": meta})
+                # The text's JSON copied from the input line when it can be found for certain: writing a 5 KB
+                # string again costs as much as parsing the line did. The line is orjson's output either way.
+                text_json = raw_string(raw, self.key_json) if raw else None
+                line = b'{"id":%b,"text":%b,"meta":%b}' % (orjson.dumps(source_id), text_json or orjson.dumps(text),
+                                                            orjson.dumps(meta))
                 size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # estimate_tokens
                 return [_part(Part, (line, max(1, round(size / self.bytes_per_token)), chars))]
             meta = {"source": source, unit: position}
@@ -116,6 +123,35 @@ class DocumentBuilder:
             line = orjson.dumps({"id": source_id, "text": part, "meta": meta})
             parts.append(Part(line, estimate_tokens(part, self.bytes_per_token), len(part)))
         return parts
+
+
+def raw_string(line: bytes, key: bytes) -> bytes | None:
+    """The JSON string that is the value of top-level `key` (given as b'"name":') in a JSONL line orjson
+    parsed, copied as it stands; None unless it is certainly that value (the caller then writes the text).
+
+    Certain: the key occurs once in the line, nothing outside the value has a backslash (so no other key is
+    an escaped spelling of the same name and no quote outside it is escaped), and the value holds no \\u
+    escape (orjson.dumps must still refuse a lone surrogate)."""
+    at = line.find(key)
+    if at < 0 or line.find(key, at + 1) >= 0:
+        return None
+    start = at + len(key)
+    if line[start:start + 1] == b" ":  # '"text": "...' as Python's json writes it
+        start += 1
+    if line[start:start + 1] != b'"':
+        return None
+    end = line.find(b'"', start + 1)
+    while end > 0 and line[end - 1] == 92:  # after a backslash: escaped, unless the backslashes pair up
+        first = end - 1
+        while line[first - 1] == 92:
+            first -= 1
+        if (end - first) % 2 == 0:
+            break
+        end = line.find(b'"', end + 1)
+    if end < 0 or line.find(b"\\", 0, at) >= 0 or line.find(b"\\", end) >= 0:
+        return None
+    value = line[start:end + 1]
+    return None if b"\\u" in value else value
 
 
 def estimate_tokens(text: str, bytes_per_token: float) -> int:
