@@ -177,3 +177,19 @@ def test_local_launch_on_a_machine_listing_two_gpus_uses_both(tmp_path: Path, mo
     assert report.done == 4 and not report.failed
     tasks = [read_json(p) for p in (run.root / "tasks").glob("*.json")]
     assert len(tasks) == 2 and len({t["pid"] for t in tasks}) == 2
+
+
+def test_tensor_parallel_mode_gives_vllm_every_visible_gpu(monkeypatch) -> None:
+    """The one engine of a tensor_parallel task is built with tensor_parallel_size = the GPUs it sees, and
+    vLLM receives that; any other engine keeps its config (and the log says it uses one GPU)."""
+    from hpcsynth.execute import local
+
+    built = []
+    monkeypatch.setattr(local, "make_engine", lambda config: built.append(config) or object())
+    vllm = config_from_dict({"model": {"engine": "vllm"}, "vllm": {"engine_args": {"quantization": "fp8"}}})
+    local._tensor_parallel_factory(4)(vllm)
+    assert built[-1].vllm.tensor_parallel_size == 4
+    assert engine_kwargs(built[-1])["tensor_parallel_size"] == 4 and engine_kwargs(built[-1])["quantization"] == "fp8"
+    fake = config_from_dict({"model": {"engine": "fake"}})
+    local._tensor_parallel_factory(4)(fake)
+    assert built[-1] is fake

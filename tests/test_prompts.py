@@ -57,6 +57,16 @@ def test_table_and_math_ask_for_one_item() -> None:
     assert "one math word problem" in prompts["math"].template and "Final answer" in prompts["math"].template
 
 
+def test_faq_asks_for_several_pairs_and_tutorial_for_steps() -> None:
+    prompts = {p.name: p for p in load_prompts(Config())}
+    faq, tutorial = prompts["faq"].template, prompts["tutorial"].template
+    assert "questions with their answers" in faq and '"Q:"' in faq and '"A:"' in faq
+    assert "step-by-step tutorial or how-to" in tutorial and "numbered steps" in tutorial
+    starts = {"faq": "first question", "math": "problem", "table": "table", "tutorial": "tutorial"}
+    for name, start in starts.items():  # no preamble: the output starts with the content itself
+        assert f"Begin directly with the {start}; add no introduction" in prompts[name].template, name
+
+
 @pytest.mark.parametrize("header, body, expected", [
     ("name: bad\nversion: 1\n", "x {document}", "has no 'format'"),
     ("name: bad\nversion: 1\nformat: free\n", "Use {doc} here", "line 6: unknown placeholder {doc}"),
