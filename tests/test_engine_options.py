@@ -117,6 +117,7 @@ def test_finephrase_config_states_the_recipe() -> None:
     assert config.model.engine == "vllm" and "SmolLM2-1.7B-Instruct" in config.model.path
     assert (config.model.max_model_len, config.sampling.max_tokens) == (8192, 2048)
     assert config.vllm.enable_prefix_caching and config.vllm.max_num_batched_tokens == 16384
+    assert config.vllm.max_num_seqs == 2048 and config.model.dtype == "bfloat16"
     assert (config.vllm.speculative_method, config.vllm.num_speculative_tokens) == ("suffix", 32)
     assert config.reduce.original_ratio == 0.5  # one third of the mix is original text
     for line in (REPO / "configs" / "finephrase.yaml").read_text().splitlines():

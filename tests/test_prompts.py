@@ -181,6 +181,9 @@ def test_cli_renders_a_prompt_on_a_corpus_file(tiny_model: Path) -> None:
 
     listing = cli("prompts")
     assert listing.returncode == 0 and "wrap_wikipedia" in listing.stdout and "knowledge_list" in listing.stdout
+    for prompt in load_prompts(Config()):  # each row: name, format, version, hash
+        row = next(line for line in listing.stdout.splitlines() if line.startswith(prompt.name + " "))
+        assert row.split()[1:4] == [prompt.format, prompt.version, prompt.template_hash[:16]], row
     for args, expected in ((("--render", "faq"), "--render needs --doc"),
                            (("--render", "nope", "--doc", str(WEB[0])), "no prompt named 'nope'"),
                            (("--render", "faq", "--doc", "/nonexistent.txt"), "no such file")):
