@@ -117,6 +117,7 @@ def test_finephrase_config_states_the_recipe() -> None:
     assert config.model.engine == "vllm" and "SmolLM2-1.7B-Instruct" in config.model.path
     assert (config.model.max_model_len, config.sampling.max_tokens) == (8192, 2048)
     assert config.vllm.enable_prefix_caching and config.vllm.max_num_batched_tokens == 16384
+    assert config.vllm.max_num_seqs == 2048 and config.model.dtype == "bfloat16"
     assert (config.vllm.speculative_method, config.vllm.num_speculative_tokens) == ("suffix", 32)
     assert config.reduce.original_ratio == 0.5  # one third of the mix is original text
     for line in (REPO / "configs" / "finephrase.yaml").read_text().splitlines():
@@ -177,3 +178,19 @@ def test_local_launch_on_a_machine_listing_two_gpus_uses_both(tmp_path: Path, mo
     assert report.done == 4 and not report.failed
     tasks = [read_json(p) for p in (run.root / "tasks").glob("*.json")]
     assert len(tasks) == 2 and len({t["pid"] for t in tasks}) == 2
+
+
+def test_tensor_parallel_mode_gives_vllm_every_visible_gpu(monkeypatch) -> None:
+    """The one engine of a tensor_parallel task is built with tensor_parallel_size = the GPUs it sees, and
+    vLLM receives that; any other engine keeps its config (and the log says it uses one GPU)."""
+    from hpcsynth.execute import local
+
+    built = []
+    monkeypatch.setattr(local, "make_engine", lambda config: built.append(config) or object())
+    vllm = config_from_dict({"model": {"engine": "vllm"}, "vllm": {"engine_args": {"quantization": "fp8"}}})
+    local._tensor_parallel_factory(4)(vllm)
+    assert built[-1].vllm.tensor_parallel_size == 4
+    assert engine_kwargs(built[-1])["tensor_parallel_size"] == 4 and engine_kwargs(built[-1])["quantization"] == "fp8"
+    fake = config_from_dict({"model": {"engine": "fake"}})
+    local._tensor_parallel_factory(4)(fake)
+    assert built[-1] is fake

@@ -57,6 +57,16 @@ def test_table_and_math_ask_for_one_item() -> None:
     assert "one math word problem" in prompts["math"].template and "Final answer" in prompts["math"].template
 
 
+def test_faq_asks_for_several_pairs_and_tutorial_for_steps() -> None:
+    prompts = {p.name: p for p in load_prompts(Config())}
+    faq, tutorial = prompts["faq"].template, prompts["tutorial"].template
+    assert "questions with their answers" in faq and '"Q:"' in faq and '"A:"' in faq
+    assert "step-by-step tutorial or how-to" in tutorial and "numbered steps" in tutorial
+    starts = {"faq": "first question", "math": "problem", "table": "table", "tutorial": "tutorial"}
+    for name, start in starts.items():  # no preamble: the output starts with the content itself
+        assert f"Begin directly with the {start}; add no introduction" in prompts[name].template, name
+
+
 @pytest.mark.parametrize("header, body, expected", [
     ("name: bad\nversion: 1\n", "x {document}", "has no 'format'"),
     ("name: bad\nversion: 1\nformat: free\n", "Use {doc} here", "line 6: unknown placeholder {doc}"),
@@ -171,6 +181,9 @@ def test_cli_renders_a_prompt_on_a_corpus_file(tiny_model: Path) -> None:
 
     listing = cli("prompts")
     assert listing.returncode == 0 and "wrap_wikipedia" in listing.stdout and "knowledge_list" in listing.stdout
+    for prompt in load_prompts(Config()):  # each row: name, format, version, hash
+        row = next(line for line in listing.stdout.splitlines() if line.startswith(prompt.name + " "))
+        assert row.split()[1:4] == [prompt.format, prompt.version, prompt.template_hash[:16]], row
     for args, expected in ((("--render", "faq"), "--render needs --doc"),
                            (("--render", "nope", "--doc", str(WEB[0])), "no prompt named 'nope'"),
                            (("--render", "faq", "--doc", "/nonexistent.txt"), "no such file")):

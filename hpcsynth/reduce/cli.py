@@ -29,7 +29,7 @@ def reduce_command(args: argparse.Namespace) -> int:
         pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
         with _Progress(len(pending)) as progress:
             run_parts_local(spec, args.jobs, progress.part_done)
-        report = merge_only(spec.out_dir).data
+            report = merge_only(spec.out_dir, progress.merged).data
     print_summary(report)
     return 0
 
@@ -98,27 +98,38 @@ def _trainer_hint(report: dict) -> str:
 
 
 class _Progress:
-    """A rich bar over parts, with tokens so far; silent when stderr is not a terminal."""
+    """Rich bars on stderr, silent when it is not a terminal: the parts as they are tokenized (their total
+    tokens are not known before), then the merge over the tokens the mix will write."""
 
     def __init__(self, parts: int) -> None:
         self.parts = parts
+        self.merge_task = None
 
     def __enter__(self) -> "_Progress":
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = Console(stderr=True)
         self.tokens = 0
-        self.progress = Progress(TextColumn("reduce"), BarColumn(), MofNCompleteColumn(), TextColumn("parts"),
-                                 TextColumn("{task.fields[tokens]}"), TimeElapsedColumn(), console=console,
-                                 disable=not console.is_terminal, transient=True)
+        self.done = 0
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                                 TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+                                 transient=True)
         self.progress.__enter__()
-        self.task = self.progress.add_task("reduce", total=self.parts, tokens="")
+        self.task = self.progress.add_task("reduce: tokenize", total=self.parts, detail=f"0/{self.parts} parts")
         return self
 
     def part_done(self, marker: dict) -> None:
         self.tokens += marker["tokens"]
-        self.progress.update(self.task, advance=1, tokens=f"{self.tokens:,} tokens")
+        self.done += 1
+        self.progress.update(self.task, advance=1,
+                             detail=f"{self.done}/{self.parts} parts, {self.tokens:,} tokens tokenized")
+
+    def merged(self, written: int, total: int) -> None:
+        if self.merge_task is None:
+            self.merge_task = self.progress.add_task("reduce: merge   ", total=total, detail="")
+        self.progress.update(self.merge_task, completed=written, total=max(total, written),
+                             detail=f"{written:,} / {total:,} tokens written")
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)

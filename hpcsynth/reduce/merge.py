@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ from hpcsynth.reduce.spec import ReduceSpec, read_spec
 TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
 
 
-def merge_parts(out_dir: str) -> dict[str, Any]:
-    """Write the training files, the docs index, the text export and the report; return the report."""
+def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Write the training files, the docs index, the text export and the report; return the report.
+    on_bucket(tokens written, tokens the mix will write) after each bucket: the merge reads and writes
+    every token of the run again, hours at FinePhrase scale, so a user at a terminal sees it move."""
     started = time.process_time()
     spec = read_spec(Path(out_dir))
     markers = {}
@@ -68,6 +71,8 @@ def merge_parts(out_dir: str) -> dict[str, Any]:
                 written[source]["documents"] += 1
                 written[source]["tokens"] += len(array)
                 seq += 1
+            if on_bucket:
+                on_bucket(output.tokens, round(mix["total"]))
         docs.flush()
         os.fsync(docs.fileno())
     files = output.finish()

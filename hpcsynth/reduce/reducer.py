@@ -174,7 +174,7 @@ def _drop_stale_parts(out: Path, key: str) -> None:
             path.unlink()
 
 
-def merge_only(out_dir: Path) -> ReduceReport:
+def merge_only(out_dir: Path, on_bucket: Callable[[int, int], None] | None = None) -> ReduceReport:
     """The merge alone (the Slurm merge task, or a rerun after every part is done)."""
-    data = merge_parts(str(out_dir))
+    data = merge_parts(str(out_dir), on_bucket)
     return ReduceReport(Path(out_dir), Path(data["prefix"]), data)

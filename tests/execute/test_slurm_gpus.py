@@ -33,3 +33,24 @@ def test_two_gpu_task_runs_two_workers_that_split_the_shards(tmp_path: Path, clu
     logs = sorted((run / "logs").glob(f"worker-{job}-r0-gpu*.log"))
     devices = [re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", p.read_text()).group(1) for p in logs]
     assert len(logs) == 2 and len(set(devices)) == 2, devices
+
+
+def test_site_profile_asking_for_tensor_parallel_runs_one_worker_across_the_gpus(tmp_path: Path,
+                                                                                 cluster: ClusterInfo) -> None:
+    """gpu_mode comes from the site profile: tensor_parallel there makes the 2-GPU task run one worker
+    (in the task's own process) instead of one per GPU. The fake engine cannot span GPUs, which the
+    worker says in its log, naming the mode it was given."""
+    run = planned(tmp_path, cluster, docs=20, tasks=1, gpus=2)
+    profile = tmp_path / "site.yaml"
+    profile.write_text("slurm: {gpu_mode: tensor_parallel}\n")
+    cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", str(profile), faults={"delay_s": 0.02})
+    final = wait_for(cluster, run, 4)
+    assert final["shards"]["done"] == 4 and not final["shards"]["failed"], final
+    assert records(run) == expected_ids(20, 5), "every record generated exactly once"
+    job = job_ids(run)[0]
+    wait_sacct(cluster, job, {"COMPLETED"})
+    workers = status(cluster, run)["tasks"]
+    assert [t["name"] for t in workers] == [f"{job}-r0"] and workers[0]["shards_done"] == 4, workers
+    assert not list((run / "logs").glob("*-gpu*.log"))
+    log = "".join(p.read_text() for p in (run / "logs").glob(f"worker-{job}*.log"))
+    assert "slurm.gpu_mode=tensor_parallel needs model.engine=vllm; fake uses one of 2 GPUs" in log, log

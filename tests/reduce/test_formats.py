@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,47 @@ def test_each_part_checks_the_fast_backend_again(tmp_path: Path, tiny_model: Pat
     with_reduce(run, backend="tokenizers")
     reduce_run(run, tmp_path / "plain")
     assert (tmp_path / "auto" / "mix.bin").read_bytes() == (tmp_path / "plain" / "mix.bin").read_bytes()
+
+
+def test_a_vocabulary_past_65536_ids_is_written_wide_in_every_format(run: RunDir, tmp_path: Path) -> None:
+    """dtype from the vocabulary size: with ids above 65,535 (Llama-3, Gemma have 128k-256k) every format
+    holds them whole (Megatron int32, .ds and .npy uint32), where uint16 would wrap them silently."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from datatrove.utils.dataset import DatatroveFolderDataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from test_reduce import _texts
+
+    # Fillers take ids 0-69,999, so every word of the corpus and of the fake engine's text lands above them.
+    vocab = {f"filler{i}": i for i in range(70000)}
+    words = {w for t in _texts(run).values() for w in re.findall(r"\w+|[^\w\s]+", t)}
+    for word in ["[UNK]", "<|endoftext|>", *sorted(words)]:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    path = tmp_path / "wide.json"
+    tokenizer.save(str(path))
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    texts = _texts(run)
+    try:
+        outputs = {}
+        for fmt in ("megatron", "datatrove", "numpy"):
+            out = tmp_path / fmt
+            outputs[fmt] = reduce_run(with_reduce(run, format=fmt), out, tokenizer=str(path)).data
+            proc = subprocess.run([*ENTRY, "verify", str(out)], capture_output=True, text=True)
+            assert proc.returncode == 0 and "is whole" in proc.stdout, (fmt, proc.stdout)
+    finally:
+        with_reduce(run, format="megatron")
+    assert [outputs[f]["dtype"] for f in outputs] == ["int32", "uint32", "uint32"]
+    index = [orjson.loads(l) for l in (tmp_path / "megatron" / "mix.docs.jsonl").read_bytes().splitlines()]
+    expected = [tokenizer.encode(texts[e["id"]], add_special_tokens=False).ids + [eos] for e in index]
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in expected])
+    assert flat.max() >= 70000 and not (flat == vocab["[UNK]"]).any()
+    megatron = IndexedDataset(str(tmp_path / "megatron" / "mix"))
+    assert [megatron[i].tolist() for i in range(len(megatron))] == expected
+    ds = DatatroveFolderDataset(str(tmp_path / "datatrove"), seq_len=16, filename_pattern="*.ds", recursive=False,
+                                token_size=4)
+    joined = np.concatenate([ds[i]["input_ids"].numpy() for i in range(len(ds))])
+    assert np.array_equal(joined, flat[: len(joined)]) and len(joined) > len(flat) - 17
+    assert np.array_equal(np.load(tmp_path / "numpy" / "mix.npy"), flat)

@@ -189,3 +189,37 @@ def test_two_reduces_into_one_directory(small_run: RunDir, tmp_path: Path) -> No
     lock.write_bytes(orjson.dumps({"host": socket.gethostname(), "pid": gone.pid}))
     hpcsynth("reduce", str(small_run.root), "--out", str(out))
     assert not lock.exists() and "is whole" in hpcsynth("verify", str(out)).stdout
+
+
+def test_progress_at_a_terminal_shows_parts_then_tokens_written(small_run: RunDir, tmp_path: Path) -> None:
+    """At a terminal, reduce draws a bar over the parts (tokens tokenized so far) and then one over the
+    merge's tokens written out of the mix's total; piped (every other test), it prints no bar at all."""
+    import pty
+    import re
+
+    out = tmp_path / "tty"
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    proc = subprocess.Popen([*ENTRY, "reduce", str(small_run.root), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=follower, env=env)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    stdout = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, screen.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert "reduce: tokenize" in text and "12/12 parts, " in text and "tokens tokenized" in text
+    total = report["mix"]["policy"]["target_total"]
+    assert f"{report['tokens']:,} / {total:,} tokens written" in text and "reduce: merge" in text
+    assert "reduce:" not in stdout and "wrote " in stdout  # the bar is on stderr, the summary on stdout
+    piped = hpcsynth("reduce", str(small_run.root), "--out", str(out))
+    assert "reduce:" not in piped.stderr + piped.stdout
