@@ -129,11 +129,12 @@ def raw_string(line: bytes, key: bytes) -> bytes | None:
     """The JSON string that is the value of top-level `key` (given as b'"name":') in a JSONL line orjson
     parsed, copied as it stands; None unless it is certainly that value (the caller then writes the text).
 
-    Certain: the key occurs once in the line, nothing outside the value has a backslash (so no other key is
-    an escaped spelling of the same name and no quote outside it is escaped), and the value holds no \\u
-    escape (orjson.dumps must still refuse a lone surrogate)."""
+    No JSON string can hold `key`'s bytes (a quote inside one is escaped), so the first match is a key. It
+    is the top-level one when it is the only match and nothing outside its value has a backslash: then no
+    other key is an escaped spelling of the same name, and no quote outside the value is escaped. (A lone
+    surrogate escape never gets here: orjson refuses the line.)"""
     at = line.find(key)
-    if at < 0 or line.find(key, at + 1) >= 0:
+    if at < 0:
         return None
     start = at + len(key)
     if line[start:start + 1] == b" ":  # '"text": "...' as Python's json writes it
@@ -148,10 +149,9 @@ def raw_string(line: bytes, key: bytes) -> bytes | None:
         if (end - first) % 2 == 0:
             break
         end = line.find(b'"', end + 1)
-    if end < 0 or line.find(b"\\", 0, at) >= 0 or line.find(b"\\", end) >= 0:
+    if end < 0 or line.find(key, end) >= 0 or line.find(b"\\", 0, at) >= 0 or line.find(b"\\", end) >= 0:
         return None
-    value = line[start:end + 1]
-    return None if b"\\u" in value else value
+    return line[start:end + 1]
 
 
 def estimate_tokens(text: str, bytes_per_token: float) -> int:
