@@ -61,12 +61,19 @@ def test_a_corrupt_input_shard_fails_alone_and_the_worker_goes_on(tmp_path: Path
     run = planned_run(tmp_path)
     path = run.shard_path(1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut in half
+    run.progress_path(2).mkdir(parents=True)  # an unexpected error on opening: blamed on its shard and file
     proc = cli("launch", str(run.root))
     assert proc.returncode == 1, proc.stderr
     reason = read_json(run.failed_path(1))["reason"]
     assert str(path) in reason and "differs from the manifest" in reason
-    assert all(run.is_done(s, run.fingerprint()) for s in (0, 2, 3)), "the other shards were still generated"
-    assert "shard 1 failed" in proc.stderr
+    assert str(run.progress_path(2)) in read_json(run.failed_path(2))["reason"], "the file, not a descriptor number"
+    assert all(run.is_done(s, run.fingerprint()) for s in (0, 3)), "the other shards were still generated"
+    assert "shard 1 failed" in proc.stderr and "shard 2 failed" in proc.stderr
+    seen = json.loads(cli("status", str(run.root), "--json").stdout)  # status lists them, with the fix
+    assert [(f["shard"], str(path) in f["reason"]) for f in seen["failed_shards"]] == [(1, True), (2, False)]
+    assert "restore it or plan the run again" in seen["failed_shards"][0]["reason"]
+    text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+    assert "failed 000001: input shard" in text and f"next: hpcsynth launch {run.root} --retry-failed" in text, text
 
 
 # 5. Input shards are verified against the manifest: a flipped bit that still decodes is caught too.
