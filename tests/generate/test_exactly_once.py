@@ -306,6 +306,11 @@ def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: 
         output.write_bytes(bytes(data))
     else:
         run.done_path(2).write_text('{"shard": 2, "finger')
+    if damage != "flipped":  # status stats outputs (no checksum per refresh) and says what launch will redo
+        seen = json.loads(cli("status", str(run.root), "--json").stdout)
+        assert seen["shards"]["done"] == 3 and [r["shard"] for r in seen["redo_shards"]] == [2], seen["redo_shards"]
+        text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+        assert "1 done shard(s) to generate again" in text and f"hpcsynth launch {run.root}" in text, text
     proc = cli("launch", str(run.root))
     assert proc.returncode == 0, proc.stderr
     assert "shard 2 will be generated again" in proc.stderr
