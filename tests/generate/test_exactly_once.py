@@ -268,7 +268,8 @@ def test_the_heartbeat_thread_survives_a_failing_beat(tmp_path: Path) -> None:
 
 # 4. Damage in the middle of a progress log: intact records kept, damaged ones generated again.
 @pytest.mark.parametrize("damage", ["nul-block", "broken-json", "garbage-line"])
-def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tmp_path: Path, damage: str) -> None:
+def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tmp_path: Path, damage: str,
+                                                                            caplog) -> None:
     run = planned_run(tmp_path)
     partial(run, 0, records=12)
     log = run.progress_path(0)
@@ -282,8 +283,10 @@ def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tm
     log.write_bytes(b"\n".join(lines))
     config = run.config()
     counts = tmp_path / "generated.txt"
-    result = run_shard(run, 0, FakeEngine(config, count_to=str(counts)), config, new_owner())
+    with caplog.at_level("WARNING", logger="hpcsynth"):
+        result = run_shard(run, 0, FakeEngine(config, count_to=str(counts)), config, new_owner())
     assert result.state == "done"
+    assert "records.jsonl: 1 damaged line(s) dropped" in caplog.text, "counted and logged, naming the log"
     regenerated = counts.read_text().split()
     expected_new = 20 - 12 + (0 if damage == "garbage-line" else 1)
     assert len(regenerated) == expected_new, regenerated
