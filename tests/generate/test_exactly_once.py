@@ -88,6 +88,7 @@ def test_input_shards_carry_zstd_checksums_and_are_checked_against_the_manifest(
     assert results[0].state == "failed" and "sha256 mismatch" in results[0].error
     assert results[2].state == "failed" and "is missing" in results[2].error
     assert results[1].state == results[3].state == "done"
+    assert zstandard.get_frame_parameters(run.output_path(1).read_bytes()).has_checksum, "outputs too"
 
 
 def test_a_planned_shard_without_a_manifest_checksum_still_fails_on_a_cut_file(tmp_path: Path) -> None:
