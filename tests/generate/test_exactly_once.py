@@ -366,6 +366,9 @@ def test_bad_config_values_are_one_line(tmp_path: Path, key: str, value, expect:
 def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
     run = planned_run(tmp_path)
     assert cli("launch", str(run.root)).returncode == 0
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(run.config_path.read_text())
+    committed = {s: run.done_path(s).read_bytes() for s in run.shard_ids()}
     if victim == "manifest":
         run.manifest_path.write_text('{"layout_version": 1, "sha')
     elif victim == "config":
@@ -383,6 +386,13 @@ def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
             continue
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
         assert "Traceback" not in proc.stderr
+        fix = "plan the run again" if victim == "manifest" else f"hpcsynth launch {run.root} --config FILE --force"
+        assert fix in proc.stderr, proc.stderr
+    if victim in ("config", "fingerprint"):  # the fix the message gives works, and keeps what was done
+        proc = cli("launch", str(run.root), "--config", str(saved), "--force")
+        assert proc.returncode == 0, proc.stderr
+        assert cli("status", str(run.root)).returncode == 0
+        assert {s: run.done_path(s).read_bytes() for s in run.shard_ids()} == committed, "nothing generated again"
 
 
 def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path) -> None:
