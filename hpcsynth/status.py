@@ -38,7 +38,12 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     damaged: list[str] = []
     done = _by_shard(_read_json_files(run.root / "done", bad=damaged), DONE_NUMBERS)
     damaged_ids = {int(n.removesuffix(".json")) for n in damaged if n.removesuffix(".json").isdigit()}
-    failed = _by_shard(_read_json_files(run.root / "failed"))
+    unreadable: list[str] = []
+    failed = _by_shard(_read_json_files(run.root / "failed", bad=unreadable))
+    for name in unreadable:  # workers skip a shard with any failed marker: it counts as failed, and says why
+        if name.removesuffix(".json").isdigit():
+            path = run.root / "failed" / name
+            failed.setdefault(int(name.removesuffix(".json")), {"reason": f"failed marker {path} is damaged"})
     beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
 
     counts = dict.fromkeys(STATES, 0)

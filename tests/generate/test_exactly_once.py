@@ -380,9 +380,10 @@ def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
         run.failed_path(0).parent.mkdir(exist_ok=True)
         run.failed_path(0).write_text("{not json")
     for command in (["status", str(run.root)], ["launch", str(run.root)]):
-        proc = cli(*command)
-        if victim == "failed":
+        proc = cli(*command, env={"COLUMNS": "400"})
+        if victim == "failed":  # status and launch agree: a failed shard, and why
             assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+            assert f"failed marker {run.failed_path(0)} is damaged" in proc.stdout + proc.stderr, proc.stdout
             continue
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
         assert "Traceback" not in proc.stderr
