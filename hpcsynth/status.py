@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from hpcsynth.files import read_regular
-from hpcsynth.generate.lease import holder_gone
+from hpcsynth.generate.lease import holder_gone, process_start
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
 from hpcsynth.timeline import build_timeline, plausible_times
@@ -164,6 +164,8 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
             return False
         except PermissionError:  # alive, under another user
             pass
+        if os.path.exists("/proc/self/stat") and not process_start(task["pid"]):
+            return False  # a zombie: killed, not yet reaped (common where PID 1 reaps nothing)
     return True
 
 
