@@ -143,7 +143,8 @@ def test_a_hand_edited_config_is_refused_naming_the_keys(tmp_path: Path) -> None
     run = planned_run(tmp_path)
     text = run.config_path.read_text()
     run.config_path.write_text(text.replace("max_tokens: 64", "max_tokens: 16"))
-    for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"]):
+    for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"],
+                    ["validate", str(run.root)], ["estimate", str(run.root)]):
         proc = cli(*command)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
         assert "(sampling.max_tokens changed since" in proc.stderr, "that key alone, not lists read back from JSON"
