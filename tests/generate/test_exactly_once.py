@@ -76,6 +76,21 @@ def test_a_corrupt_input_shard_fails_alone_and_the_worker_goes_on(tmp_path: Path
     assert "failed 000001: input shard" in text and f"next: hpcsynth launch {run.root} --retry-failed" in text, text
 
 
+def test_a_shard_that_failed_is_not_tried_again_by_the_other_workers_of_the_launch(tmp_path: Path) -> None:
+    # A shard that crashes the engine ends the worker that meets it (its engine may be broken). Each
+    # other worker used to open it again (deleting the failed marker) and crash in turn: one poison
+    # shard ended every worker of the launch. Only --retry-failed tries a failed shard again.
+    run = planned_run(tmp_path, docs=30)
+    poison = next(iter(read_jsonl_zst(run.shard_path(2))))["text"].split("\n")[0]  # "Document 10 about topic 3."
+    faults = json.dumps({"crash_on": poison, "delay_s": 0.01})
+    proc = cli("launch", str(run.root), "--workers", "2", env={"HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    attempts = [p.name for p in run.root.glob("logs/worker-local-*.log") if "shard 2 failed" in p.read_text()]
+    assert len(attempts) == 1, f"shard 2 failed in {attempts}: tried again by another worker"
+    assert "engine crashed" in read_json(run.failed_path(2))["reason"]
+    assert [s for s in run.shard_ids() if not run.is_done(s, run.fingerprint())] == [2], "the others all done"
+
+
 # 5. Input shards are verified against the manifest: a flipped bit that still decodes is caught too.
 def test_input_shards_carry_zstd_checksums_and_are_checked_against_the_manifest(tmp_path: Path) -> None:
     run = planned_run(tmp_path)
