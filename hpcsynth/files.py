@@ -123,8 +123,14 @@ def truncate_nofollow(path: Path, size: int) -> None:
 
 
 def read_bytes_nofollow(path: Path) -> bytes:
-    with os.fdopen(_open_nofollow(path, os.O_RDONLY), "rb") as handle:
-        return handle.read()
+    fd = _open_nofollow(path, os.O_RDONLY)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as exc:  # raised on the descriptor: name the file (a directory there, EIO), not "5"
+        raise _named(exc, path) from None
+    finally:
+        os.close(fd)
 
 
 def _open_nofollow(path: Path, flags: int) -> int:
@@ -146,7 +152,13 @@ def _symlink_error(path: Path, exc: OSError) -> OSError:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
         return RunError(f"{path} is a symbolic link; hpcsynth writes only real files inside the run directory, "
                         f"so remove the link (and check who made it)")
-    return exc
+    return _named(exc, path)
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same error (OSError picks the subclass from errno) naming the whole path: opened relative to
+    its directory's descriptor, or read through a descriptor, it would name only the file or the fd."""
+    return OSError(exc.errno, exc.strerror, str(path)) if exc.errno else exc
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
                              fingerprint, fingerprint_payload, read_yaml)
-from hpcsynth.errors import HpcsynthError, RunError
+from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import atomic_write_bytes, read_json, sha256_file
 
 LAYOUT_VERSION = 1
@@ -144,8 +144,11 @@ class RunDir:
         self.require_planned()
         if not self.config_path.is_file():
             raise RunError(f"{self.config_path} is missing; {self._restore_fix('restore it')}")
-        data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
-        return config_from_dict(data, source=str(self.config_path), lines=lines)
+        try:
+            data, lines = read_yaml(self.config_path, MAX_RUN_YAML_BYTES)
+            return config_from_dict(data, source=str(self.config_path), lines=lines)
+        except ConfigError as exc:  # the run's own copy: damaged or hand-edited; say how to put it right
+            raise RunError(f"{exc}; undo the edit, or {self._restore_fix()}") from None
 
     def check_fingerprint(self, config: Config) -> str:
         """Recompute the fingerprint of what was loaded; refuse, naming the keys, when it differs."""

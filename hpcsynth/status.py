@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from hpcsynth.files import read_regular
-from hpcsynth.generate.lease import holder_gone
+from hpcsynth.generate.lease import holder_gone, process_start
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
 from hpcsynth.timeline import build_timeline, plausible_times
@@ -35,19 +35,31 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     digest = run.fingerprint()
     prompts = len(manifest["prompts"])
     now = time.time()
-    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
-    failed = _by_shard(_read_json_files(run.root / "failed"))
+    damaged: list[str] = []
+    done = _by_shard(_read_json_files(run.root / "done", bad=damaged), DONE_NUMBERS)
+    damaged_ids = {int(n.removesuffix(".json")) for n in damaged if n.removesuffix(".json").isdigit()}
+    unreadable: list[str] = []
+    failed = _by_shard(_read_json_files(run.root / "failed", bad=unreadable))
+    for name in unreadable:  # workers skip a shard with any failed marker: it counts as failed, and says why
+        if name.removesuffix(".json").isdigit():
+            path = run.root / "failed" / name
+            failed.setdefault(int(name.removesuffix(".json")), {"reason": f"failed marker {path} is damaged"})
     beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
 
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
     rate = 0.0
-    failures, stale, running = [], [], []
+    failures, stale, running, redo = [], [], [], []
     commits: list[tuple[float, float]] = []  # (committed, completion tokens) of every done shard: the timeline
     for shard in manifest["shards"]:
         sid = shard["id"]
         marker = done.get(sid)
-        if marker is not None and marker.get("fingerprint") == digest and not _output_missing(run, sid, marker):
+        problem = _output_problem(run, sid, marker) if marker and marker.get("fingerprint") == digest else None
+        if sid in damaged_ids:
+            problem = f"done marker {run.done_path(sid)} is damaged"
+        if problem:  # launch sets such a marker aside and generates the shard again: say so now
+            redo.append({"shard": sid, "reason": problem})
+        elif marker is not None and marker.get("fingerprint") == digest:
             counts["done"] += 1
             docs_done += marker["documents"]
             records_done += marker["records"] + marker["rejected"]
@@ -111,6 +123,8 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         # Shards a live worker generates now, and which worker (Slurm array task, else host:pid).
         "running_shards": running,
         "failed_shards": failures,
+        # Shards whose done marker is damaged or whose output is missing or cut: launch redoes them.
+        "redo_shards": redo,
         "gpu_hours": round(gpu_hours, 4),
         # Worker time on CPU only (a transformers run without GPUs, the fake engine): not GPU-hours.
         "cpu_worker_hours": round(cpu_hours, 4),
@@ -150,6 +164,8 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
             return False
         except PermissionError:  # alive, under another user
             pass
+        if os.path.exists("/proc/self/stat") and not process_start(task["pid"]):
+            return False  # a zombie: killed, not yet reaped (common where PID 1 reaps nothing)
     return True
 
 
@@ -197,13 +213,17 @@ def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
         return True
 
 
-def _output_missing(run: RunDir, shard: int, marker: dict) -> bool:
-    """A done marker whose output is gone or cut (a stat, not a checksum): launch redoes such shards."""
+def _output_problem(run: RunDir, shard: int, marker: dict) -> str | None:
+    """Why a done marker's output is gone or cut (a stat, not a checksum: status runs every few seconds;
+    launch checks the sha256), or None: launch redoes such shards."""
+    output = run.output_path(shard)
     try:
-        size = run.output_path(shard).stat().st_size
+        size = output.stat().st_size
     except OSError:
-        return True
-    return "bytes" in marker and marker["bytes"] != size
+        return f"its output {output} is missing"
+    if "bytes" in marker and marker["bytes"] != size:
+        return f"its output {output} has {size} bytes, its done marker says {marker['bytes']}"
+    return None
 
 
 def _run_log(run: RunDir, named: object) -> Path | None:
@@ -243,9 +263,9 @@ def _tail(path: Path | None) -> list[str]:
     return [redact(line) for line in lines[-LOG_TAIL_LINES:]]
 
 
-def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
+def _read_json_files(directory: Path, inside: str = "", bad: list[str] | None = None) -> dict[str, dict]:
     """{name: parsed JSON} for each DIR/NAME (or DIR/NAME/inside), listing the directory once. Files
-    half-written by a crashed writer, and hidden temporaries, count as absent."""
+    half-written by a crashed writer, and hidden temporaries, count as absent (their names go to `bad`)."""
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -257,9 +277,11 @@ def _read_json_files(directory: Path, inside: str = "") -> dict[str, dict]:
         try:
             data = orjson.loads(read_regular(os.path.join(entry.path, inside) if inside else entry.path))
         except (ValueError, OSError):
-            continue
+            data = None
         if isinstance(data, dict):  # anything else was not written by hpcsynth
             out[entry.name] = data
+        elif bad is not None:
+            bad.append(entry.name)
     return out
 
 

@@ -112,6 +112,11 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
     for failure in status["failed_shards"][:10]:
         parts.append(_cut("failed", f" {shard_name(failure['shard'])}: {failure['reason']}"))
         parts += [_cut(f"    {line}", style="dim") for line in failure["log_tail"]]
+    redo = status.get("redo_shards", [])
+    if redo:
+        parts.append(_cut(f"{len(redo)} done shard(s) to generate again",
+                          f" (`hpcsynth launch {shlex.quote(status['run'])}` does it): {shard_name(redo[0]['shard'])}: "
+                          f"{redo[0]['reason']}", style="yellow"))
     if finished(status):
         parts += _flow(summary_phrases(status), width, sep=" ")
     return parts

@@ -25,20 +25,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import counting_shim  # noqa: E402
-from hpcsynth.config import Config, config_to_dict  # noqa: E402
+from hpcsynth.config import Config, fingerprint  # noqa: E402
+from hpcsynth.prompts import load_prompts  # noqa: E402
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir  # noqa: E402
 from hpcsynth.status import collect_status  # noqa: E402
 
 
 def build_run(root: Path, shards: int) -> RunDir:
-    import yaml
-
     run = RunDir(root / "run")
-    for name in ("done", "failed", "work", "launches"):
+    for name in ("done", "failed", "work", "launches", "outputs"):
         (run.root / name).mkdir(parents=True)
-    run.config_path.write_text(yaml.safe_dump(config_to_dict(Config())))
-    run.fingerprint_path.write_text("f" * 64 + "\n")
-    manifest = {"layout_version": LAYOUT_VERSION, "fingerprint": "f" * 64, "documents": shards * 1000,
+    # A config whose fingerprint is its own: status refuses a config.yaml that no longer matches it.
+    config = Config()
+    digest = fingerprint(config, {p.name: p.template_hash for p in load_prompts(config)})
+    run.write_config(config, digest)
+    manifest = {"layout_version": LAYOUT_VERSION, "fingerprint": digest, "documents": shards * 1000,
                 "prompts": [{"name": p, "template_hash": "x"} for p in ("faq", "math", "table", "tutorial")],
                 "shards": [{"id": i, "documents": 1000, "chars": 0, "sha256": ""} for i in range(shards)]}
     run.manifest_path.write_bytes(orjson.dumps(manifest))
@@ -46,9 +47,10 @@ def build_run(root: Path, shards: int) -> RunDir:
     for i in range(shards):
         kind = i % 20
         if kind < 12:
-            marker = {"fingerprint": "f" * 64, "documents": 1000, "records": 4000, "rejected": 0,
-                      "completion_tokens": 1_436_000}
+            marker = {"fingerprint": digest, "documents": 1000, "records": 4000, "rejected": 0,
+                      "completion_tokens": 1_436_000, "bytes": 0}
             run.done_path(i).write_bytes(orjson.dumps(marker))
+            run.output_path(i).write_bytes(b"")  # status stats each done shard's output
         elif kind == 12:
             run.failed_path(i).write_bytes(orjson.dumps({"reason": "injected", "log": ""}))
         elif kind < 17:
@@ -67,6 +69,7 @@ def probe_each_shard(run: RunDir) -> dict[str, int]:
     for shard in run.shard_ids():
         if run.done_path(shard).exists():
             orjson.loads(run.done_path(shard).read_bytes())
+            run.output_path(shard).stat()  # as status does: the output a done marker names is there
             counts["done"] += 1
         elif run.failed_path(shard).exists():
             counts["failed"] += 1

@@ -124,7 +124,9 @@ def fingerprint(config: Config, prompt_hashes: dict[str, str]) -> str:
 
 def diff_payloads(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two fingerprint payloads."""
-    return sorted(_diff(old, new, ""))
+    # One side is usually read back from fingerprint.json: compare both as JSON, or every tuple in the
+    # config (plan.inputs, plan.keep_fields) would differ from its list and be named as changed.
+    return sorted(_diff(json.loads(json.dumps(old)), json.loads(json.dumps(new)), ""))
 
 
 def diff_configs(old: Config, new: Config) -> list[str]:

@@ -48,7 +48,14 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
                config_path: Path | None = None, force: bool = False, profile: Path | None = None,
                verify: str = "sha256") -> LaunchReport:
     run.require_planned()
-    config = run.config()  # a broken resolved config should fail here, not inside a worker
+    try:
+        config = run.config()  # a broken resolved config should fail here, not inside a worker
+    except RunError:
+        if config_path is None or not force:
+            raise
+        # RUN/config.yaml or RUN/fingerprint is damaged or missing: the config given with --force replaces
+        # it, as the error says. Done shards whose markers carry the new fingerprint stay done.
+        config = None
     if executor not in EXECUTORS:
         raise HpcsynthError(f"--executor {executor!r} is not available; choose one of {', '.join(EXECUTORS)}")
     if workers < 1:
@@ -99,10 +106,16 @@ def _check_engine_args(config: Config) -> None:
         check_vllm_args(config)
 
 
-def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source: str) -> Config:
-    """Use a config given at launch: refuse one that changes outputs, unless forced."""
-    new = dataclasses.replace(new, plan=dataclasses.replace(new.plan, inputs=current.plan.inputs))
+def adopt_config(run: RunDir, current: Config | None, new: Config, force: bool, source: str) -> Config:
+    """Use a config given at launch: refuse one that changes outputs, unless forced. `current` is None
+    when the run's own config could not be read (then --force is set, and its planned inputs are taken
+    from fingerprint.json where that is intact)."""
+    inputs = current.plan.inputs if current is not None else _planned_inputs(run, new.plan.inputs)
+    new = dataclasses.replace(new, plan=dataclasses.replace(new.plan, inputs=inputs))
     digest = fingerprint(new, {p.name: p.template_hash for p in load_prompts(new)})
+    if current is None:
+        run.write_config(new, digest)
+        return new
     if digest != run.fingerprint():
         changed = [k for k in diff_configs(current, new) if k.split(".")[0] in ("prompts", "plan", "model", "sampling")]
         if not force:
@@ -110,6 +123,15 @@ def adopt_config(run: RunDir, current: Config, new: Config, force: bool, source:
                            f"differ from {run.config_path}); pass --force to adopt it (finished shards are redone)")
     run.write_config(new, digest)
     return new
+
+
+def _planned_inputs(run: RunDir, given: tuple[str, ...]) -> tuple[str, ...]:
+    """plan.inputs as planned (they are fingerprinted), from fingerprint.json; else those given."""
+    try:
+        inputs = read_json(run.fingerprint_payload_path)["plan"]["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return given
+    return tuple(inputs) if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs) else given
 
 
 def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from hpcsynth.generate.clock import CountingEngine, TaskClock, engine_device
@@ -42,6 +43,7 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     digest = run.fingerprint()
     owner = new_owner()
     candidates = shard_ids if shard_ids is not None else run.shard_ids()
+    listed = time.time()  # a shard another worker fails after this is left to --retry-failed
     todo = [s for s in candidates if not run.is_done(s, digest)
             and (retry_failed or not run.failed_path(s).exists())]
     if not todo:
@@ -58,7 +60,7 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     log.info("engine %s ready in %.1fs on %s (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
              clock.data["startup_s"], device, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     session = WorkerSession(run, CountingEngine(engine, clock), config, owner, on_result=lambda r: clock.write(
-        shards_done=clock.data["shards_done"] + (r.state == "done")))
+        shards_done=clock.data["shards_done"] + (r.state == "done")), failed_since=listed)
     try:
         results = session.work(todo)
     finally:

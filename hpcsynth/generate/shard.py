@@ -22,7 +22,7 @@ import zstandard
 
 from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, jsonl_zst_records, write_jsonl_zst
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, jsonl_zst_records, read_json, write_jsonl_zst
 from hpcsynth.generate.lease import Lease, slurm_task
 from hpcsynth.generate.progress import ProgressLog
 from hpcsynth.logs import worker_log_path
@@ -78,9 +78,9 @@ class ShardTask:
 
     @classmethod
     def open(cls, run: RunDir, shard: int, config: Config, owner: str, prompts: list[Prompt],
-             digest: str, expected: dict | None = None) -> ShardTask | ShardResult:
-        """Claim a shard: skipped when done, busy when leased elsewhere, failed (with a marker naming the
-        file and the reason) when its files cannot be used."""
+             digest: str, expected: dict | None = None, failed_since: float = 0.0) -> ShardTask | ShardResult:
+        """Claim a shard: skipped when done, busy when leased elsewhere or failed by another worker since
+        `failed_since`, failed (with a marker naming the file and the reason) when its files cannot be used."""
         if run.is_done(shard, digest):
             return ShardResult(shard, "skipped")
         lease = Lease(run.lease_path(shard), owner, config.worker.lease_timeout_s)
@@ -91,6 +91,12 @@ class ShardTask:
             if run.is_done(shard, digest):
                 lease.release()
                 return ShardResult(shard, "skipped")
+            # Failed by another worker since this one listed its shards: opening it would delete that
+            # marker and meet the same failure (a shard that crashes the engine would end every worker
+            # in turn). Only `launch --retry-failed` tries it again.
+            if failed_since and _failed_at(run, shard) >= failed_since:
+                lease.release()
+                return ShardResult(shard, "busy", error="failed meanwhile by another worker; see its failed marker")
             return cls(run, shard, config, lease, prompts, digest, expected)
         except ShardUnusable as exc:
             return fail_shard(run, shard, lease, str(exc), "")
@@ -265,6 +271,21 @@ def fail_shard(run: RunDir, shard: int, lease: Lease, reason: str, trace: str) -
     lease.release()
     log.error("shard %d failed: %s", shard, reason)
     return ShardResult(shard, "failed", error=reason)
+
+
+def _failed_at(run: RunDir, shard: int) -> float:
+    """When the shard's failed marker was written (its own time; else the file's), 0 when there is none."""
+    path = run.failed_path(shard)
+    try:
+        marker = read_json(path)
+        return float(marker["time"])
+    except FileNotFoundError:
+        return 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return path.stat().st_mtime  # a damaged marker still marks the shard failed
+        except OSError:
+            return 0.0
 
 
 def shard_of(record_id: str) -> int:

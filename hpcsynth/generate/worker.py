@@ -55,7 +55,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class WorkerSession:
     def __init__(self, run: RunDir, engine: Engine, config: Config, owner: str, grace_s: float = 30.0,
-                 on_result=None) -> None:
+                 on_result=None, failed_since: float | None = None) -> None:
         self.run, self.engine, self.config, self.owner = run, engine, config, owner
         self.prompts = load_prompts(config)
         # The fingerprint of the config this worker generates with, not the file's: should the run's
@@ -77,6 +77,8 @@ class WorkerSession:
         self._error: BaseException | None = None
         self.on_result = on_result
         self.generation_s = 0.0  # wall time with the engine working, for the task's time split
+        # Shards failed after this moment (by other workers) are not opened again: see ShardTask.open.
+        self.failed_since = time.time() if failed_since is None else failed_since
 
     @property
     def in_flight(self) -> int:
@@ -132,7 +134,7 @@ class WorkerSession:
                 self._check_config()
                 shard = pending.popleft()
                 opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest,
-                                        self.expected.get(shard))
+                                        self.expected.get(shard), self.failed_since)
                 if isinstance(opened, ShardResult):
                     if opened.state == "busy" and not second_pass:
                         busy.append(shard)

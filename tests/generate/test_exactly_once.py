@@ -61,12 +61,34 @@ def test_a_corrupt_input_shard_fails_alone_and_the_worker_goes_on(tmp_path: Path
     run = planned_run(tmp_path)
     path = run.shard_path(1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut in half
+    run.progress_path(2).mkdir(parents=True)  # an unexpected error on opening: blamed on its shard and file
     proc = cli("launch", str(run.root))
     assert proc.returncode == 1, proc.stderr
     reason = read_json(run.failed_path(1))["reason"]
     assert str(path) in reason and "differs from the manifest" in reason
-    assert all(run.is_done(s, run.fingerprint()) for s in (0, 2, 3)), "the other shards were still generated"
-    assert "shard 1 failed" in proc.stderr
+    assert str(run.progress_path(2)) in read_json(run.failed_path(2))["reason"], "the file, not a descriptor number"
+    assert all(run.is_done(s, run.fingerprint()) for s in (0, 3)), "the other shards were still generated"
+    assert "shard 1 failed" in proc.stderr and "shard 2 failed" in proc.stderr
+    seen = json.loads(cli("status", str(run.root), "--json").stdout)  # status lists them, with the fix
+    assert [(f["shard"], str(path) in f["reason"]) for f in seen["failed_shards"]] == [(1, True), (2, False)]
+    assert "restore it or plan the run again" in seen["failed_shards"][0]["reason"]
+    text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+    assert "failed 000001: input shard" in text and f"next: hpcsynth launch {run.root} --retry-failed" in text, text
+
+
+def test_a_shard_that_failed_is_not_tried_again_by_the_other_workers_of_the_launch(tmp_path: Path) -> None:
+    # A shard that crashes the engine ends the worker that meets it (its engine may be broken). Each
+    # other worker used to open it again (deleting the failed marker) and crash in turn: one poison
+    # shard ended every worker of the launch. Only --retry-failed tries a failed shard again.
+    run = planned_run(tmp_path, docs=30)
+    poison = next(iter(read_jsonl_zst(run.shard_path(2))))["text"].split("\n")[0]  # "Document 10 about topic 3."
+    faults = json.dumps({"crash_on": poison, "delay_s": 0.01})
+    proc = cli("launch", str(run.root), "--workers", "2", env={"HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    attempts = [p.name for p in run.root.glob("logs/worker-local-*.log") if "shard 2 failed" in p.read_text()]
+    assert len(attempts) == 1, f"shard 2 failed in {attempts}: tried again by another worker"
+    assert "engine crashed" in read_json(run.failed_path(2))["reason"]
+    assert [s for s in run.shard_ids() if not run.is_done(s, run.fingerprint())] == [2], "the others all done"
 
 
 # 5. Input shards are verified against the manifest: a flipped bit that still decodes is caught too.
@@ -81,6 +103,7 @@ def test_input_shards_carry_zstd_checksums_and_are_checked_against_the_manifest(
     assert results[0].state == "failed" and "sha256 mismatch" in results[0].error
     assert results[2].state == "failed" and "is missing" in results[2].error
     assert results[1].state == results[3].state == "done"
+    assert zstandard.get_frame_parameters(run.output_path(1).read_bytes()).has_checksum, "outputs too"
 
 
 def test_a_planned_shard_without_a_manifest_checksum_still_fails_on_a_cut_file(tmp_path: Path) -> None:
@@ -135,10 +158,12 @@ def test_a_hand_edited_config_is_refused_naming_the_keys(tmp_path: Path) -> None
     run = planned_run(tmp_path)
     text = run.config_path.read_text()
     run.config_path.write_text(text.replace("max_tokens: 64", "max_tokens: 16"))
-    for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"]):
+    for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"],
+                    ["validate", str(run.root)], ["estimate", str(run.root)]):
         proc = cli(*command)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
-        assert "sampling.max_tokens" in proc.stderr and "--config FILE" in proc.stderr, proc.stderr
+        assert "(sampling.max_tokens changed since" in proc.stderr, "that key alone, not lists read back from JSON"
+        assert "--config FILE" in proc.stderr, proc.stderr
     assert not list(run.root.glob("outputs/*")), "nothing was generated under the edited config"
     run.config_path.write_text(text)  # undone: works again
     assert cli("launch", str(run.root)).returncode == 0
@@ -261,7 +286,8 @@ def test_the_heartbeat_thread_survives_a_failing_beat(tmp_path: Path) -> None:
 
 # 4. Damage in the middle of a progress log: intact records kept, damaged ones generated again.
 @pytest.mark.parametrize("damage", ["nul-block", "broken-json", "garbage-line"])
-def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tmp_path: Path, damage: str) -> None:
+def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tmp_path: Path, damage: str,
+                                                                            caplog) -> None:
     run = planned_run(tmp_path)
     partial(run, 0, records=12)
     log = run.progress_path(0)
@@ -275,8 +301,10 @@ def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tm
     log.write_bytes(b"\n".join(lines))
     config = run.config()
     counts = tmp_path / "generated.txt"
-    result = run_shard(run, 0, FakeEngine(config, count_to=str(counts)), config, new_owner())
+    with caplog.at_level("WARNING", logger="hpcsynth"):
+        result = run_shard(run, 0, FakeEngine(config, count_to=str(counts)), config, new_owner())
     assert result.state == "done"
+    assert "records.jsonl: 1 damaged line(s) dropped" in caplog.text, "counted and logged, naming the log"
     regenerated = counts.read_text().split()
     expected_new = 20 - 12 + (0 if damage == "garbage-line" else 1)
     assert len(regenerated) == expected_new, regenerated
@@ -299,6 +327,11 @@ def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: 
         output.write_bytes(bytes(data))
     else:
         run.done_path(2).write_text('{"shard": 2, "finger')
+    if damage != "flipped":  # status stats outputs (no checksum per refresh) and says what launch will redo
+        seen = json.loads(cli("status", str(run.root), "--json").stdout)
+        assert seen["shards"]["done"] == 3 and [r["shard"] for r in seen["redo_shards"]] == [2], seen["redo_shards"]
+        text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+        assert "1 done shard(s) to generate again" in text and f"hpcsynth launch {run.root}" in text, text
     proc = cli("launch", str(run.root))
     assert proc.returncode == 0, proc.stderr
     assert "shard 2 will be generated again" in proc.stderr
@@ -349,6 +382,9 @@ def test_bad_config_values_are_one_line(tmp_path: Path, key: str, value, expect:
 def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
     run = planned_run(tmp_path)
     assert cli("launch", str(run.root)).returncode == 0
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(run.config_path.read_text())
+    committed = {s: run.done_path(s).read_bytes() for s in run.shard_ids()}
     if victim == "manifest":
         run.manifest_path.write_text('{"layout_version": 1, "sha')
     elif victim == "config":
@@ -360,12 +396,20 @@ def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
         run.failed_path(0).parent.mkdir(exist_ok=True)
         run.failed_path(0).write_text("{not json")
     for command in (["status", str(run.root)], ["launch", str(run.root)]):
-        proc = cli(*command)
-        if victim == "failed":
+        proc = cli(*command, env={"COLUMNS": "400"})
+        if victim == "failed":  # status and launch agree: a failed shard, and why
             assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+            assert f"failed marker {run.failed_path(0)} is damaged" in proc.stdout + proc.stderr, proc.stdout
             continue
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
         assert "Traceback" not in proc.stderr
+        fix = "plan the run again" if victim == "manifest" else f"hpcsynth launch {run.root} --config FILE --force"
+        assert fix in proc.stderr, proc.stderr
+    if victim in ("config", "fingerprint"):  # the fix the message gives works, and keeps what was done
+        proc = cli("launch", str(run.root), "--config", str(saved), "--force")
+        assert proc.returncode == 0, proc.stderr
+        assert cli("status", str(run.root)).returncode == 0
+        assert {s: run.done_path(s).read_bytes() for s in run.shard_ids()} == committed, "nothing generated again"
 
 
 def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path) -> None:

@@ -132,6 +132,12 @@ def test_status_sees_a_killed_local_worker_at_once(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert collect_status(run)["shards"]["running"] == 1
     proc.send_signal(signal.SIGKILL)
+    # Killed but not yet reaped (a zombie, as where PID 1 reaps nothing): already gone for status.
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.05)
+    zombie = collect_status(run)
+    assert zombie["live_workers"] == 0 and zombie["shards"]["running"] == 0, zombie["shards"]
     proc.wait()
     current = collect_status(run)
     assert current["shards"]["running"] == 0 and current["shards"]["stale"] == 1, current["shards"]

@@ -8,7 +8,9 @@ from pathlib import Path
 import orjson
 
 from hpcsynth.config import load_config
-from hpcsynth.files import read_jsonl_zst
+from hpcsynth.files import read_json, read_jsonl_zst
+from hpcsynth.generate.lease import new_owner
+from hpcsynth.generate.worker import run_shard
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
@@ -16,7 +18,7 @@ from hpcsynth.rundir import RunDir
 from conftest import REPO, write_corpus
 
 
-def run_with(tmp_path: Path, name: str, corpus: Path, tiny_model: Path, limit: int = 400,
+def run_with(tmp_path: Path, name: str, corpus: Path, tiny_model: Path, limit: int = 400, stop_after: int = 0,
              **worker) -> dict[str, dict]:
     config = load_config(REPO / "configs" / "demo.yaml")
     config = dataclasses.replace(
@@ -27,8 +29,33 @@ def run_with(tmp_path: Path, name: str, corpus: Path, tiny_model: Path, limit: i
         worker=dataclasses.replace(config.worker, **worker))
     run = RunDir(tmp_path / name)
     plan_corpus(config, run)
+    if stop_after:
+        stopped_part_way(run, config, stop_after)
     assert all(r.state == "done" for r in pull_shards(run.root))
+    if stop_after:
+        assert read_json(run.done_path(0))["resumed_records"] == stop_after, "the restart resumed from the log"
     return {(r["source_id"], r["prompt"]): r for s in run.shard_ids() for r in read_jsonl_zst(run.output_path(s))}
+
+
+def stopped_part_way(run: RunDir, config, records: int) -> None:
+    """A worker on the real engine that dies after `records` completions, as a killed one would."""
+    from hpcsynth.generate.engines.hf import TransformersEngine
+
+    engine = TransformersEngine(config)
+    real = engine.generate
+
+    def dies(requests):
+        for n, completion in enumerate(real(requests)):
+            if n == records:
+                raise RuntimeError("killed (injected)")
+            yield completion
+
+    engine.generate = dies
+    try:
+        assert run_shard(run, 0, engine, config, new_owner()).state == "failed"
+    finally:
+        engine.close()
+    run.failed_path(0).unlink()
 
 
 def test_records_do_not_depend_on_the_batch(tmp_path: Path, tiny_model: Path) -> None:
@@ -38,6 +65,9 @@ def test_records_do_not_depend_on_the_batch(tmp_path: Path, tiny_model: Path) ->
     assert len(small) == len(large) == 24
     same = [key for key in small if small[key]["text"] == large[key]["text"]]
     assert len(same) == 24, f"{24 - len(same)} of 24 records changed with the batch size"
+    # A restart: 7 records from the first worker's log, the other 17 batched afresh by the next one.
+    restarted = run_with(tmp_path, "restart", corpus, tiny_model, stop_after=7, batch_size=5)
+    assert [k for k in small if restarted[k]["text"] != small[k]["text"]] == [], "records changed with a restart"
     assert len({r["text"] for r in small.values()}) > 12, "records differ from each other (seeded per record)"
 
 

@@ -61,11 +61,21 @@ def test_parquet_without_text_column_lists_its_columns(tmp_path: Path) -> None:
                                                       "int_score, language"
 
 
+def flipped(data: bytes) -> bytes:
+    """One bit flipped in the middle of a compressed file: a ZstdError once, now a reject like a cut file."""
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x10
+    return bytes(out)
+
+
 @pytest.mark.parametrize("name, data, reason", [
     ("bad.parquet", b"PAR1 this is not parquet at all PAR1", "not a readable Parquet file"),
     ("cut.jsonl.gz", gzip.compress(b'{"id": "g", "text": "gz text"}\n' * 200)[:-30], "gzip stream is truncated"),
     ("cut.jsonl.zst", zstandard.ZstdCompressor(write_checksum=True).compress(b'{"id": "z", "text": "zst"}\n' * 2000)[:-40],
      "zstd stream is truncated"),
+    ("flip.jsonl.zst", flipped(zstandard.ZstdCompressor(write_checksum=True).compress(
+        b"".join(b'{"id": "f%d", "text": "zst %d"}\n' % (i, i * i) for i in range(2000)))),
+     "zstd stream is truncated or corrupt"),
 ])
 def test_corrupt_files_are_rejected_and_the_rest_planned(tmp_path: Path, name: str, data: bytes, reason: str) -> None:
     (tmp_path / "in").mkdir()
