@@ -68,6 +68,28 @@ def test_live_status_has_generation_time_a_steady_rate_and_cpu_hours(tmp_path: P
     final = orjson.loads(cli("status", str(run), "--json").stdout)
     assert final["shards"]["done"] == 16 and final["live_workers"] == 0
     assert all(t["state"] == "finished" and t["generation_s"] > 1.0 for t in final["tasks"])
+    # The worker logs are named as docs/run-directory.md says, with one line per committed shard.
+    assert sorted(p.name for p in (run / "logs").iterdir()) == ["worker-local-0.log", "worker-local-1.log"]
+    committed = [re.search(r"shard (\d+) committed: (\d+) records, \d+ rejected, (\d+) completion tokens, "
+                           r"(\d+\.\d)s$", line) for log in (run / "logs").iterdir()
+                 for line in log.read_text().splitlines() if " committed" in line]
+    assert all(committed) and sorted(int(m.group(1)) for m in committed) == list(range(16)), committed
+    assert sum(int(m.group(2)) for m in committed) == 640 and all(float(m.group(4)) > 0 for m in committed)
+    assert sum(int(m.group(3)) for m in committed) == final["tokens_done"]
+
+
+def test_gpu_workers_count_gpu_hours_not_cpu_hours(tmp_path: Path) -> None:
+    """The other half of "say what was used": workers whose engine ran on GPUs give GPU-hours."""
+    run = planned(tmp_path, docs=10)
+    (run / "tasks").mkdir()
+    for name, device, gpus in (("gpu-a", "cuda", 2), ("gpu-b", "cuda", 1)):
+        (run / "tasks" / f"{name}.json").write_bytes(orjson.dumps({
+            "name": name, "state": "finished", "device": device, "gpus": gpus, "wall_s": 1800.0,
+            "startup_s": 100.0, "generation_s": 1600.0, "idle_s": 100.0, "updated": time.time()}))
+    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert status["gpu_hours"] == 1.5 and status["cpu_worker_hours"] == 0
+    table = cli("status", str(run), env={"COLUMNS": "80"}).stdout
+    assert "GPU-hours 1.50" in table and "CPU worker-hours" not in table
 
 
 def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path: Path) -> None:
