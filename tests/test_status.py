@@ -121,7 +121,7 @@ def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path:
     # piped, as a script reads it (80 columns): the same summary, no phrase broken across lines
     piped = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
     assert any(line.startswith("CPU worker-hours") for line in piped) and "GPU-hours" not in "\n".join(piped)
-    assert "".join("".join(piped[-2:]).split()) == "".join(f"next: hpcsynth reduce {run}".split())
+    assert piped[-1] == f"next: hpcsynth reduce {run}"  # one line, whatever the path's length: it pastes whole
     assert all(len(line) <= 80 for line in piped if str(run) not in line)
 
 
@@ -138,3 +138,21 @@ def test_damaged_task_files_do_not_break_status(tmp_path: Path) -> None:
     assert status["workers"] == 1 and status["live_workers"] == 0 and status["worker_hours"]["generation_s"] == 0
     proc = cli("status", str(run))
     assert proc.returncode == 0 and "(1 workers, 0 live)" in proc.stdout, proc.stderr
+
+
+def test_piped_status_keeps_long_paths_whole_and_cuts_long_reasons(tmp_path: Path) -> None:
+    """At 80 columns, piped: a run path wider than the line stays one line (folded, the next command
+    no longer pasted whole); a long failure reason ends in an ellipsis instead of running on."""
+    root = tmp_path / ("team-runs-" + "x" * 60)
+    root.mkdir()
+    run = planned(root, docs=20)  # two shards; the second fails
+    env = {"HPCSYNTH_FAKE_FAULTS": json.dumps({"crash_on": "Document 12 "})}
+    assert cli("launch", str(run), env=env).returncode != 0
+    marker = run / "failed" / "000001.json"
+    marker.write_bytes(orjson.dumps({**orjson.loads(marker.read_bytes()), "reason": "engine crashed: " + "why " * 60}))
+    lines = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
+    assert len(str(run)) > 80 and lines[0] == f"hpcsynth run {run}"
+    failed = next(line for line in lines if line.startswith("failed 000001: engine crashed"))
+    assert len(failed) == 80 and failed.endswith("\u2026")
+    assert lines[-1] == f"next: hpcsynth launch {run} --retry-failed"
+    assert all(len(line) <= 80 for line in lines if str(run) not in line), lines
