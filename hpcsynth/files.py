@@ -21,6 +21,9 @@ import zstandard
 
 from hpcsynth.errors import RunError
 
+# Files we create get what the user's umask leaves of rw for all, as open() would give them: 0644 under
+# umask 022, 0664 under a team's 002 (a fixed 0o644 here overrode that).
+FILE_MODE = 0o666
 # Independent ~4 MiB frames: <1% larger than one frame, and a reader can seek between them.
 FRAME_BYTES = 4 << 20
 
@@ -108,7 +111,7 @@ def open_write_nofollow(path: Path, directory_too: bool = True) -> IO[bytes]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     if not directory_too:
         try:
-            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")
+            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE), "wb")
         except OSError as exc:
             raise _symlink_error(Path(path), exc) from None
     return os.fdopen(_open_nofollow(path, flags), "wb")
@@ -135,7 +138,7 @@ def _open_nofollow(path: Path, flags: int) -> int:
     except OSError as exc:
         raise _symlink_error(path.parent, exc) from None
     try:
-        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
         raise _symlink_error(path, exc) from None
     finally:

@@ -98,7 +98,7 @@ def test_reduce_during_a_live_launch_says_the_shards_are_running(tmp_path: Path)
     assert "--partial" in proc.stderr and "run `hpcsynth launch" not in proc.stderr, context
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_every_file_of_a_run_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
     run = fake_run(tmp_path, umask=umask)
     assert cli("launch", str(run), umask=umask).returncode == 0
