@@ -91,7 +91,12 @@ def parse_prompt(path: Path) -> Prompt:
 
 
 def _header(path: Path, text: str) -> dict[str, str]:
+    from hpcsynth.config.load import refuse_aliases
+
     try:
+        # As in configs: a prompts_dir may sit in a run directory copied from elsewhere, and status
+        # re-reads its headers; a few hundred bytes of nested aliases would turn into gigabytes of text.
+        refuse_aliases(text, path, first_line=2)
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
