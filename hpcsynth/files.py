@@ -21,6 +21,9 @@ import zstandard
 
 from hpcsynth.errors import RunError
 
+# Files we create get what the user's umask leaves of rw for all, as open() would give them: 0644 under
+# umask 022, 0664 under a team's 002 (a fixed 0o644 here overrode that).
+FILE_MODE = 0o666
 # Independent ~4 MiB frames: <1% larger than one frame, and a reader can seek between them.
 FRAME_BYTES = 4 << 20
 
@@ -78,15 +81,23 @@ def read_json(path: Path) -> Any:
     return orjson.loads(read_regular(path))
 
 
-def read_regular(path: Path | str) -> bytes:
+# Past any manifest a real campaign writes (~400 bytes a shard); a sparse file costs nothing to plant.
+MAX_READ_BYTES = 1 << 30
+
+
+def read_regular(path: Path | str, max_bytes: int = MAX_READ_BYTES) -> bytes:
     """A regular file's bytes; OSError for anything else. O_NONBLOCK: a FIFO planted as a run file (a done
     marker, grid.json, a task clock) would otherwise hang status, estimate or launch on open(). os, not
-    pathlib: status reads 10^5 markers this way, and building Path objects was a third of its time."""
+    pathlib: status reads 10^5 markers this way, and building Path objects was a third of its time.
+    max_bytes: a sparse giant planted as one would otherwise be read whole (OSError EFBIG instead)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return handle.read()
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes:,} bytes", str(path))
+        return handle.read()  # not read(max_bytes + 1): that allocates the whole bound up front
 
 
 def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:
@@ -108,7 +119,7 @@ def open_write_nofollow(path: Path, directory_too: bool = True) -> IO[bytes]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     if not directory_too:
         try:
-            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb")
+            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE), "wb")
         except OSError as exc:
             raise _symlink_error(Path(path), exc) from None
     return os.fdopen(_open_nofollow(path, flags), "wb")
@@ -141,7 +152,7 @@ def _open_nofollow(path: Path, flags: int) -> int:
     except OSError as exc:
         raise _symlink_error(path.parent, exc) from None
     try:
-        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
         raise _symlink_error(path, exc) from None
     finally:

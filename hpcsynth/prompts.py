@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,8 @@ PLACEHOLDER = "{document}"
 # What the reducer's validators know how to check; "free" is prose with no structure to check.
 PROMPT_FORMATS = ("table", "faq", "math", "tutorial", "free")
 HEADER_KEYS = ("name", "version", "format", "system")
+# Shipped prompts are 1-2 KB; a prompt a thousand times that is a wrong (or hostile) file, not a prompt.
+MAX_PROMPT_BYTES = 1 << 20
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -71,7 +75,7 @@ class Prompt:
 def parse_prompt(path: Path) -> Prompt:
     """Read one prompt file; a malformed one raises ConfigError naming the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_prompt_file(path).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     # A checkout with Windows line endings must not change what the model reads, nor the hash.
@@ -90,8 +94,27 @@ def parse_prompt(path: Path) -> Prompt:
                   system=header.get("system", "").strip(), path=str(path))
 
 
+def _read_prompt_file(path: Path) -> bytes:
+    """A prompt file's bytes, if it is a regular file of a prompt's size. status re-reads the prompts a
+    run's config names (perhaps a directory in a run copied from elsewhere): a FIFO there hung it, and a
+    sparse file or a link to /dev/zero was read until memory ran out."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PROMPT_BYTES:
+        os.close(fd)
+        raise ConfigError(f"{path}: not a prompt file (a regular file of at most {MAX_PROMPT_BYTES:,} "
+                          f"bytes); replace it with one, or name another prompts_dir")
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(MAX_PROMPT_BYTES + 1)
+
+
 def _header(path: Path, text: str) -> dict[str, str]:
+    from hpcsynth.config.load import refuse_aliases
+
     try:
+        # As in configs: a prompts_dir may sit in a run directory copied from elsewhere, and status
+        # re-reads its headers; a few hundred bytes of nested aliases would turn into gigabytes of text.
+        refuse_aliases(text, path, first_line=2)
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

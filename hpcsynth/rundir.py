@@ -17,7 +17,7 @@ import yaml
 from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
                              fingerprint, fingerprint_payload, read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
-from hpcsynth.files import atomic_write_bytes, read_json, sha256_file
+from hpcsynth.files import atomic_write_bytes, read_json, read_regular, sha256_file
 
 LAYOUT_VERSION = 1
 
@@ -174,9 +174,12 @@ class RunDir:
 
     def fingerprint(self) -> str:
         try:
-            digest = self.fingerprint_path.read_text(encoding="utf-8").strip()
+            # read_regular: a FIFO planted here hung every command, a link to /dev/zero filled memory.
+            digest = read_regular(self.fingerprint_path, 1024).decode("utf-8", "replace").strip()
         except FileNotFoundError:
             raise RunError(f"{self.fingerprint_path} is missing; {self._restore_fix()}") from None
+        except OSError:
+            digest = ""
         if len(digest) != 64:
             raise RunError(f"{self.fingerprint_path} is damaged; {self._restore_fix()}")
         return digest
@@ -237,6 +240,8 @@ def _read_run_json(path: Path, fix: str) -> Any:
         raise RunError(f"{path} is missing; {fix}") from None
     except ValueError as exc:
         raise RunError(f"{path} is damaged ({exc}); {fix}") from None
+    except OSError as exc:  # not a regular file, or a giant (files.read_regular)
+        raise RunError(f"{path} is damaged ({exc.strerror}); {fix}") from None
 
 
 CORPUS_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet")

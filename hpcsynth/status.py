@@ -25,6 +25,8 @@ from hpcsynth.timeline import build_timeline, plausible_times
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
 LOG_TAIL_LINES = 5
+# Markers, heartbeats and task clocks are a few KB (a failed marker's traceback the most); bigger is forged.
+MAX_MARKER_BYTES = 16 << 20
 
 
 def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
@@ -275,7 +277,8 @@ def _read_json_files(directory: Path, inside: str = "", bad: list[str] | None = 
         if entry.name.startswith("."):
             continue
         try:
-            data = orjson.loads(read_regular(os.path.join(entry.path, inside) if inside else entry.path))
+            data = orjson.loads(read_regular(os.path.join(entry.path, inside) if inside else entry.path,
+                                             MAX_MARKER_BYTES))
         except (ValueError, OSError):
             data = None
         if isinstance(data, dict):  # anything else was not written by hpcsynth

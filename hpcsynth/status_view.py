@@ -20,9 +20,14 @@ from hpcsynth.timeline import TIMELINE_BINS, cumulative, sparkline
 def render_status(status: dict[str, Any], console=None) -> None:
     from rich.console import Console
 
+    from rich.text import Text
+
     console = console or Console()
     for part in status_renderables(status, console.width):
-        console.print(part)
+        # A phrase wider than the console (a long run path) stays one line, for the terminal to wrap:
+        # folded at column 80 it would break the path, and the next command would not paste whole.
+        # (Lines cut with an ellipsis stay cut.)
+        console.print(part, soft_wrap=isinstance(part, Text) and part.overflow == "fold")
 
 
 def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
@@ -119,6 +124,11 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
                           f"{redo[0]['reason']}", style="yellow"))
     if finished(status):
         parts += _flow(summary_phrases(status), width, sep=" ")
+    for part in parts:
+        if isinstance(part, Text) and part.overflow == "ellipsis":
+            # Cut here: rich wraps a printed Text whatever its no_wrap says, so a long reason would
+            # run over several lines instead of ending in an ellipsis.
+            part.truncate(width, overflow="ellipsis")
     return parts
 
 

@@ -136,3 +136,61 @@ def test_run_config_listing_many_inputs_is_still_read(tmp_path: Path) -> None:
     assert run.config_path.stat().st_size > 1 << 20
     assert run.config().plan.inputs == inputs
     assert config_to_dict(run.config()) == config_to_dict(config)
+
+
+def test_alias_bomb_in_a_prompt_header_is_refused_by_status_in_bounded_memory(tmp_path: Path) -> None:
+    """A run's config.yaml names its prompts_dir, and status re-hashes those prompts to check the
+    fingerprint: a header that is an alias bomb (a prompt dir inside a run copied from another team)
+    is one line, not gigabytes."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "mine.md").write_text("---\nname: mine\nversion: 1\nformat: free\n---\nSay: {document}\n")
+    corpus = write_corpus(tmp_path / "c.jsonl", 3)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompts: [mine]\nprompts_dir: {prompts}\nmodel: {{engine: fake}}\n")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
+                           str(corpus)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # Every key a header may have; the anchors nest inside `system`, which the loader turns into text.
+    nested = ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi"))
+    header = f"name: mine\nversion: 1\nformat: free\nsystem: [&a [{', '.join(['lol'] * 9)}], {nested}]\n"
+    assert len(header) < 1000
+    (prompts / "mine.md").write_text(f"---\n{header}---\nSay: {{document}}\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=limited(1 << 30))
+    assert time.monotonic() - started < 20
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert f"{prompts / 'mine.md'} line 5: YAML aliases (*a) are not accepted" in proc.stderr
+
+
+@pytest.mark.parametrize("plant", ["fifo", "sparse", "dev-zero"])
+def test_a_prompt_file_that_is_no_prompt_does_not_hang_or_fill_status(tmp_path: Path, plant: str) -> None:
+    """The prompts a run's config names are re-read by status: a FIFO, a sparse 4 GiB file or a link to
+    /dev/zero planted as one is refused in one line, at once and in bounded memory."""
+    import os
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    prompt = prompts / "mine.md"
+    prompt.write_text("---\nname: mine\nversion: 1\nformat: free\n---\nSay: {document}\n")
+    corpus = write_corpus(tmp_path / "c.jsonl", 3)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"prompts: [mine]\nprompts_dir: {prompts}\nmodel: {{engine: fake}}\n")
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
+                           str(corpus)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prompt.unlink()
+    if plant == "fifo":
+        os.mkfifo(prompt)
+    elif plant == "sparse":
+        with open(prompt, "wb") as handle:
+            handle.truncate(4 << 30)
+    else:
+        prompt.symlink_to("/dev/zero")
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=limited(1 << 30))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert f"{prompt}: not a prompt file" in proc.stderr

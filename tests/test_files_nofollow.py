@@ -143,3 +143,46 @@ def test_token_file_temporaries_refuse_symlinks_but_out_may_be_a_linked_director
     with pytest.raises(RunError, match="evil.bin.tmp is a symbolic link"):
         IndexedDatasetWriter(tmp_path / "out" / "evil", np.uint16)
     assert outside.read_bytes() == PRECIOUS
+
+
+@pytest.mark.parametrize("fmt, planted", [
+    ("numpy", "mix.npy.tmp"), ("datatrove", "mix.ds.tmp"), ("datatrove", "mix.ds.index.tmp"),
+    ("datatrove", "mix.ds.metadata.tmp"),
+])
+def test_every_token_format_refuses_a_symlinked_temporary(tmp_path: Path, outside: Path, fmt: str,
+                                                          planted: str) -> None:
+    """reduce.format numpy and datatrove write their temporaries like Megatron's: never through a link."""
+    import numpy as np
+
+    from hpcsynth.reduce.formats.datatrove import DatatroveWriter
+    from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
+
+    make = {"numpy": lambda p: NumpyWriter(p, np.uint16), "datatrove": lambda p: DatatroveWriter(p, 50_000, "tok")}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / planted).symlink_to(outside)
+    with pytest.raises(RunError, match=f"{planted} is a symbolic link"):
+        writer = make[fmt](tmp_path / "out" / "mix")
+        writer.add([1, 2, 3])
+        writer.finish()
+    assert outside.read_bytes() == PRECIOUS
+
+
+def test_reduce_refuses_a_symlinked_docs_index_temporary(tmp_path: Path, outside: Path) -> None:
+    """RUN/reduce/mix.docs.jsonl.tmp planted as a link: reduce truncated the file outside, wrote the
+    index into it and renamed the link into place as mix.docs.jsonl."""
+    from conftest import SHARED_DATA
+
+    tokenizer = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if not tokenizer.is_file():
+        pytest.skip("needs the shared tokenizer")
+    corpus = write_corpus(tmp_path / "c.jsonl", 3)
+    config = tmp_path / "config.yaml"
+    config.write_text("prompts: [faq]\nmodel: {engine: fake}\nvalidate: {action: keep}\n")
+    run = tmp_path / "run"
+    assert cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
+    assert cli("launch", str(run)).returncode == 0
+    (run / "reduce").mkdir()
+    (run / "reduce" / "mix.docs.jsonl.tmp").symlink_to(outside)
+    proc = cli("reduce", str(run), "--tokenizer", str(tokenizer))
+    assert proc.returncode == 2 and "mix.docs.jsonl.tmp is a symbolic link" in proc.stderr, proc.stderr
+    assert outside.read_bytes() == PRECIOUS and not (run / "reduce" / "mix.docs.jsonl").exists()

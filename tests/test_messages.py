@@ -98,7 +98,7 @@ def test_reduce_during_a_live_launch_says_the_shards_are_running(tmp_path: Path)
     assert "--partial" in proc.stderr and "run `hpcsynth launch" not in proc.stderr, context
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_every_file_of_a_run_honours_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
     run = fake_run(tmp_path, umask=umask)
     assert cli("launch", str(run), umask=umask).returncode == 0
@@ -116,3 +116,27 @@ def test_every_file_of_a_run_honours_the_umask(tmp_path: Path, umask: int, mode:
     wrong = {p.relative_to(run).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files
              if stat.S_IMODE(p.stat().st_mode) != mode}
     assert not wrong, wrong
+
+
+def test_every_training_sequence_names_its_source_url(tmp_path: Path) -> None:
+    """Real Common Crawl documents (their id is the URL): each line of mix.docs.jsonl, synthetic or
+    original, carries the id of the web page it came from."""
+    source = SHARED_DATA / "web" / "cc_en_head-0174.jsonl"
+    tokenizer = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if not source.is_file() or not tokenizer.is_file():
+        pytest.skip("needs the shared web documents and tokenizer")
+    urls = {orjson.loads(line)["id"] for line in source.read_bytes().splitlines()}
+    assert all(url.startswith("http") for url in urls)
+    config = tmp_path / "fake.yaml"
+    config.write_text("prompts: [faq]\nplan: {shard_docs: 4}\nmodel: {engine: fake, path: fake-model}\n"
+                      "validate: {action: keep}\n"  # whole web pages are too coarse for 10 short FAQs: cut them
+                      "reduce:\n  mix: {synthetic: {'*': 2.0}, sources: [{name: run_originals, weight: 1.0}], "
+                      "max_doc_tokens: 32}\n")
+    run = tmp_path / "run"
+    for args in (("plan", str(config), "--run", str(run), "--input", str(source)), ("launch", str(run)),
+                 ("reduce", str(run), "--tokenizer", str(tokenizer))):
+        proc = cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+    index = [orjson.loads(line) for line in (run / "reduce" / "mix.docs.jsonl").read_bytes().splitlines()]
+    assert {e["kind"] for e in index} == {"synthetic", "original"}
+    assert all(e["source_id"] in urls for e in index), [e for e in index if e["source_id"] not in urls][:3]

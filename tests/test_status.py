@@ -68,6 +68,28 @@ def test_live_status_has_generation_time_a_steady_rate_and_cpu_hours(tmp_path: P
     final = orjson.loads(cli("status", str(run), "--json").stdout)
     assert final["shards"]["done"] == 16 and final["live_workers"] == 0
     assert all(t["state"] == "finished" and t["generation_s"] > 1.0 for t in final["tasks"])
+    # The worker logs are named as docs/run-directory.md says, with one line per committed shard.
+    assert sorted(p.name for p in (run / "logs").iterdir()) == ["worker-local-0.log", "worker-local-1.log"]
+    committed = [re.search(r"shard (\d+) committed: (\d+) records, \d+ rejected, (\d+) completion tokens, "
+                           r"(\d+\.\d)s$", line) for log in (run / "logs").iterdir()
+                 for line in log.read_text().splitlines() if " committed" in line]
+    assert all(committed) and sorted(int(m.group(1)) for m in committed) == list(range(16)), committed
+    assert sum(int(m.group(2)) for m in committed) == 640 and all(float(m.group(4)) > 0 for m in committed)
+    assert sum(int(m.group(3)) for m in committed) == final["tokens_done"]
+
+
+def test_gpu_workers_count_gpu_hours_not_cpu_hours(tmp_path: Path) -> None:
+    """The other half of "say what was used": workers whose engine ran on GPUs give GPU-hours."""
+    run = planned(tmp_path, docs=10)
+    (run / "tasks").mkdir()
+    for name, device, gpus in (("gpu-a", "cuda", 2), ("gpu-b", "cuda", 1)):
+        (run / "tasks" / f"{name}.json").write_bytes(orjson.dumps({
+            "name": name, "state": "finished", "device": device, "gpus": gpus, "wall_s": 1800.0,
+            "startup_s": 100.0, "generation_s": 1600.0, "idle_s": 100.0, "updated": time.time()}))
+    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    assert status["gpu_hours"] == 1.5 and status["cpu_worker_hours"] == 0
+    table = cli("status", str(run), env={"COLUMNS": "80"}).stdout
+    assert "GPU-hours 1.50" in table and "CPU worker-hours" not in table
 
 
 def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path: Path) -> None:
@@ -99,7 +121,7 @@ def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path:
     # piped, as a script reads it (80 columns): the same summary, no phrase broken across lines
     piped = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
     assert any(line.startswith("CPU worker-hours") for line in piped) and "GPU-hours" not in "\n".join(piped)
-    assert "".join("".join(piped[-2:]).split()) == "".join(f"next: hpcsynth reduce {run}".split())
+    assert piped[-1] == f"next: hpcsynth reduce {run}"  # one line, whatever the path's length: it pastes whole
     assert all(len(line) <= 80 for line in piped if str(run) not in line)
 
 
@@ -116,3 +138,21 @@ def test_damaged_task_files_do_not_break_status(tmp_path: Path) -> None:
     assert status["workers"] == 1 and status["live_workers"] == 0 and status["worker_hours"]["generation_s"] == 0
     proc = cli("status", str(run))
     assert proc.returncode == 0 and "(1 workers, 0 live)" in proc.stdout, proc.stderr
+
+
+def test_piped_status_keeps_long_paths_whole_and_cuts_long_reasons(tmp_path: Path) -> None:
+    """At 80 columns, piped: a run path wider than the line stays one line (folded, the next command
+    no longer pasted whole); a long failure reason ends in an ellipsis instead of running on."""
+    root = tmp_path / ("team-runs-" + "x" * 60)
+    root.mkdir()
+    run = planned(root, docs=20)  # two shards; the second fails
+    env = {"HPCSYNTH_FAKE_FAULTS": json.dumps({"crash_on": "Document 12 "})}
+    assert cli("launch", str(run), env=env).returncode != 0
+    marker = run / "failed" / "000001.json"
+    marker.write_bytes(orjson.dumps({**orjson.loads(marker.read_bytes()), "reason": "engine crashed: " + "why " * 60}))
+    lines = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
+    assert len(str(run)) > 80 and lines[0] == f"hpcsynth run {run}"
+    failed = next(line for line in lines if line.startswith("failed 000001: engine crashed"))
+    assert len(failed) == 80 and failed.endswith("\u2026")
+    assert lines[-1] == f"next: hpcsynth launch {run} --retry-failed"
+    assert all(len(line) <= 80 for line in lines if str(run) not in line), lines

@@ -122,3 +122,37 @@ def test_corrupt_or_forged_files_do_not_crash_status(tmp_path: Path, where: str,
         proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), *args], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("where, plant", [
+    ("fingerprint", "fifo"), ("fingerprint", "dev-zero"), ("fingerprint", "sparse"),
+    ("done/000000.json", "sparse"), ("tasks/w.json", "sparse"), ("fingerprint.json", "sparse"),
+])
+def test_a_run_file_planted_as_a_fifo_device_or_sparse_giant_is_refused_in_bounded_memory(
+        tmp_path: Path, where: str, plant: str) -> None:
+    """A FIFO as RUN/fingerprint hung status; a link to /dev/zero or a sparse 4 GiB file (free to make)
+    as any file status reads ran it out of memory. Each is now damaged or absent, at once."""
+    import resource
+
+    run = planned(tmp_path)
+    path = run / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    if plant == "fifo":
+        os.mkfifo(path)
+    elif plant == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "wb") as handle:
+            handle.truncate(4 << 30)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), "--json"], capture_output=True,
+                          text=True, timeout=60, preexec_fn=cap)
+    assert "out of memory" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if where == "fingerprint":
+        assert proc.returncode == 2 and f"{path} is damaged" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr

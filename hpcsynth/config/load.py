@@ -44,7 +44,7 @@ def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[st
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); pass a YAML config file") from None
     try:
-        _refuse_aliases(text, path)
+        refuse_aliases(text, path)
         return yaml.load(text, Loader=LOADER), _key_lines(yaml.compose(text, Loader=LOADER))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -55,19 +55,20 @@ def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[st
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
 
 
-def _refuse_aliases(text: str, path: Path) -> None:
+def refuse_aliases(text: str, path: Path, first_line: int = 1) -> None:
+    """Refuse YAML aliases and deep nesting in text read from path (whose first line is first_line)."""
     # An alias (*name) makes the loader repeat what its anchor holds; nested, a few hundred bytes
     # expand into gigabytes before any key is checked. The event stream itself never expands them.
     # Depth is bounded too: PyYAML's scanner slows quadratically with nesting (4,000 levels: 11 s).
     depth = 0
     for event in yaml.parse(text, Loader=LOADER):
         if isinstance(event, yaml.AliasEvent):
-            raise ConfigError(f"{path} line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are "
-                              f"not accepted in configs; write the value out in full")
+            raise ConfigError(f"{path} line {event.start_mark.line + first_line}: YAML aliases "
+                              f"(*{event.anchor}) are not accepted; write the value out in full")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise ConfigError(f"{path} line {event.start_mark.line + 1}: nested too deeply to be a config "
+                raise ConfigError(f"{path} line {event.start_mark.line + first_line}: nested too deeply "
                                   f"(more than {MAX_YAML_DEPTH} levels)")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1

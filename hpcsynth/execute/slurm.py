@@ -93,10 +93,16 @@ def check_run_path(run: RunDir) -> None:
     Slurm expands %j, %A, %a... in --output (and submitit in its own file names), so a '%' in the path
     sends the job's log elsewhere and the job fails without one; a newline would end an #SBATCH line.
     """
-    path = str(run.root.absolute())
+    check_slurm_path(run.root, "run directory", "plan the run in a directory without them")
+
+
+def check_slurm_path(folder: Path, what: str, fix: str) -> None:
+    """The same refusal for every folder that holds Slurm job files (a plan's or a reduce's too): with a
+    '%' there, Slurm and submitit would write the scripts, pickles and logs to another directory."""
+    path = str(Path(folder).absolute())
     if "%" in path or not path.isprintable():
-        raise SlurmError(f"run directory {path!r} has a '%' or a control character, which Slurm reads as a "
-                         f"file-name pattern or a line break; plan the run in a directory without them")
+        raise SlurmError(f"{what} {path!r} has a '%' or a control character, which Slurm reads as a "
+                         f"file-name pattern or a line break; {fix}")
 
 
 def executor_parameters(config: SlurmConfig) -> dict[str, Any]:
@@ -178,6 +184,7 @@ def submit_reduce(spec: Any, config: SlurmConfig) -> dict[str, Any]:
 
     import submitit
 
+    check_slurm_path(Path(spec.out), "reduce output directory", "pass --out a directory without them")
     require_tools("sbatch", "sacct")
     pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
     cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=REDUCE_CPUS,
@@ -262,6 +269,7 @@ def map_plan_array(run_root: Path, config: SlurmConfig, fn: Any, jobs: list[Any]
 
     if not jobs:
         return []
+    check_slurm_path(run_root, "run directory", "plan the run in a directory without them")
     require_tools("sbatch", "sacct")
     cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=PLAN_CPUS, mem_gb=PLAN_MEM_GB,
                               time_min=PLAN_TIME_MIN, job_name=f"{config.job_name}-{name}")

@@ -63,7 +63,7 @@ def take_lock(root: Path) -> Path:
     lock = root / LOCK
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             if not _holder_gone(lock):
                 raise RunError(f"another `hpcsynth plan` is writing {root} ({lock.read_text().strip()}); wait for it, "

@@ -123,7 +123,7 @@ class ShardSink:
         row = self.row = ShardRow(self.next_id)
         self.next_id += 1
         name = shard_name(row.id)
-        self.fd = os.open(os.path.join(self.dir, name + ".jsonl.zst"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd = os.open(os.path.join(self.dir, name + ".jsonl.zst"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self.digest = hashlib.sha256()
         self.prefix = b'{"key":"' + name.encode() + b"-"
         return row

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from hpcsynth.errors import HpcsynthError
 
@@ -36,9 +37,12 @@ def reduce_command(args: argparse.Namespace) -> int:
 
 def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import load_profile
-    from hpcsynth.execute.slurm import submit_reduce
+    from hpcsynth.execute.slurm import check_slurm_path, submit_reduce
     from hpcsynth.reduce.reducer import prepare_reduce
 
+    # Before prepare_reduce writes anything there (submit_reduce checks again, for the grid's reduces).
+    check_slurm_path(Path(args.out) if args.out else run.default_reduce_dir, "reduce output directory",
+                     "pass --out a directory without them")
     config = run.config()
     slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
     spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)

@@ -41,7 +41,7 @@ def reduce_lock(out_dir: Path) -> Iterator[None]:
 
 def _create(path: Path, owner: dict) -> bool:
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
         return False
     with os.fdopen(fd, "wb") as handle:

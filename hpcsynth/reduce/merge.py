@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, sha256_file
+from hpcsynth.files import atomic_write_bytes, atomic_write_json, open_write_nofollow, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
@@ -61,7 +61,7 @@ def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = Non
     docs_tmp = docs_path.with_name(docs_path.name + ".tmp")
     written = [{"documents": 0, "tokens": 0} for _ in spec.mix["sources"]]
     seq = 0
-    with open(docs_tmp, "wb") as docs:
+    with open_write_nofollow(docs_tmp, directory_too=False) as docs:  # a planted link is refused, not followed
         for bucket in range(spec.buckets):
             chosen = _gather(spec, mix, bucket)
             for pick in np.random.default_rng([spec.run_info["seed"], bucket]).permutation(len(chosen)):
@@ -247,7 +247,8 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
         try:
             os.link(spec.part_path(index, ".parquet"), target)
         except OSError:  # another filesystem, or no hard links: copy
-            target.write_bytes(spec.part_path(index, ".parquet").read_bytes())
+            with open_write_nofollow(target, directory_too=False) as handle:
+                handle.write(spec.part_path(index, ".parquet").read_bytes())
         files.append({"path": target.name, "rows": markers[index]["text_rows"],
                       "sha256": sha256_file(target)})
     # Its README.md, the dataset card, is written with the output's own (card.py), once the counts are known.

@@ -112,6 +112,41 @@ def test_run_path_that_slurm_would_expand_is_refused_at_launch(tmp_path: Path, n
     assert "'%' or a control character" in err
 
 
+def test_plan_and_reduce_on_slurm_refuse_a_folder_slurm_would_expand(tmp_path: Path) -> None:
+    """plan --executor slurm into RUN/slurm/plan-*/ and reduce --executor slurm into OUT/slurm/: with a
+    '%' there, Slurm and submitit wrote the job files to a sibling named after the job (p1238/ beside
+    p%j/), outside the run. Refused before anything is submitted or left behind."""
+    env, calls = fake_slurm(tmp_path, "sbatch", "sacct")
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 6)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    err = one_line_error(cli("plan", str(config), "--run", str(tmp_path / "p%j"), "--input", str(corpus),
+                             "--executor", "slurm", env=env))
+    assert "run directory" in err and "'%' or a control character" in err
+    run = planned(tmp_path / "run")
+    assert cli("launch", str(run)).returncode == 0
+    for out in (["--out", str(tmp_path / "out%A")], []):
+        where = run if out else tmp_path / "run%a"
+        if not out:
+            run.rename(where)
+        err = one_line_error(cli("reduce", str(where), *out, "--executor", "slurm", env=env))
+        assert "reduce output directory" in err and "pass --out a directory without them" in err
+    assert not calls.exists(), "nothing reached sbatch or sacct"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "config.yaml", "corpus.jsonl", "run%a"]
+
+
+def fake_slurm(tmp_path: Path, *tools: str) -> tuple[dict, Path]:
+    """Slurm tools that only record that they were called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for name in tools:
+        tool = bin_dir / name
+        tool.write_text(f"#!/bin/sh\necho {name} \"$@\" >> '{calls}'\n")
+        tool.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
 def fake_scancel(tmp_path: Path) -> tuple[dict, Path]:
     """A scancel that records its arguments: stands in for Slurm to show what we would pass it."""
     bin_dir = tmp_path / "bin"

@@ -115,7 +115,8 @@ def test_array_end_to_end_with_fake_gpus(tmp_path: Path, cluster: ClusterInfo) -
     after = status(cluster, run)
     assert after["slurm"]["array_tasks"] == {"COMPLETED": 2} and after["slurm"]["sacct_calls"] == 1
     worker_logs = sorted((run / "logs").glob("worker-*.log"))
-    assert len(worker_logs) == 2
+    # Named as docs/run-directory.md says: worker-JOB_TASK-rRESTART.log
+    assert [p.name for p in worker_logs] == [f"worker-{job}_{i}-r0.log" for i in (0, 1)], worker_logs
     seen = {re.search(r"CUDA_VISIBLE_DEVICES=(\d+)", p.read_text()).group(1) for p in worker_logs}
     assert len(seen) == 2, "each array task got its own fake GPU"
     assert after["workers"] == 2 and after["worker_hours"]["generation_s"] > 0

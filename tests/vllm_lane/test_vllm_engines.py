@@ -99,6 +99,13 @@ def test_offline_engine_completes_every_request(offline_completions):
     check_completions(dict(offline_completions))
 
 
+def test_offline_engine_on_the_cpu_build_is_cpu_time(offline, monkeypatch):
+    from hpcsynth.generate.clock import engine_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # as launch --workers N sets it, GPUs or not
+    assert offline.device == "cpu" and engine_device(offline, "vllm") == ("cpu", 0)
+
+
 def test_offline_engine_feeds_continuously(offline, requests):
     pulled = 0
     held = []

@@ -30,6 +30,16 @@ from hpcsynth.errors import EngineError
 NO_TELEMETRY = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
+def platform_device() -> str:
+    """The device type of the platform vLLM chose ("cuda", "cpu", "rocm"...), or "" if it cannot say."""
+    try:
+        from vllm.platforms import current_platform
+
+        return str(current_platform.device_type or "")
+    except Exception:  # an older or odd vLLM: status falls back to CUDA_VISIBLE_DEVICES
+        return ""
+
+
 class VllmEngine:
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
@@ -45,6 +55,9 @@ class VllmEngine:
                               "see docs/engines.md (tools/setup_vllm_lane.sh for CPU)") from None
         check_vllm_args(config)
         self.config = config
+        # What vLLM computes on: a CPU build with CUDA_VISIBLE_DEVICES set (launch --workers N sets it)
+        # is still CPU time, and a GPU workstation without it is still GPU time (clock.engine_device).
+        self.device = platform_device()
         self.model_id = config.model.path
         self.revision = config.model.revision
         self.max_model_len = config.model.max_model_len

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsynth.files import open_write_nofollow
 from hpcsynth.reduce.formats.megatron import with_suffix
 
 
@@ -30,8 +31,9 @@ class DatatroveWriter:
         self.tokenizer_name = tokenizer_name
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = {s: with_suffix(self.prefix, s + ".tmp") for s in self.suffixes}
-        self._data = open(self._tmp[".ds"], "wb")
-        self._index = open(self._tmp[".ds.index"], "wb")
+        # As megatron.py: a temporary planted as a symlink is refused, never written through.
+        self._data = open_write_nofollow(self._tmp[".ds"], directory_too=False)
+        self._index = open_write_nofollow(self._tmp[".ds.index"], directory_too=False)
         self.sequences = 0
         self.tokens = 0
 
@@ -49,7 +51,8 @@ class DatatroveWriter:
     def finish(self) -> list[Path]:
         size = np.dtype(self.dtype).itemsize
         text = f"{self.tokenizer_name}|{size}\n{self.tokens}\n{_words(self.tokens)}"
-        self._tmp[".ds.metadata"].write_text(text, encoding="utf-8")
+        with open_write_nofollow(self._tmp[".ds.metadata"], directory_too=False) as handle:
+            handle.write(text.encode("utf-8"))
         for handle in (self._data, self._index):
             handle.flush()
             os.fsync(handle.fileno())

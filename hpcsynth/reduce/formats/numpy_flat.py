@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsynth.files import open_write_nofollow
 from hpcsynth.reduce.formats.megatron import with_suffix
 
 HEADER_BYTES = 128  # magic, version, length, the dict padded with spaces; a multiple of 64 as .npy wants
@@ -26,7 +27,7 @@ class NumpyWriter:
         self.dtype = np.dtype(dtype)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = with_suffix(self.prefix, ".npy.tmp")
-        self._handle = open(self._tmp, "wb")
+        self._handle = open_write_nofollow(self._tmp, directory_too=False)  # as megatron.py: never through a link
         self._handle.write(b"\0" * HEADER_BYTES)
         self.sequences = 0
         self.tokens = 0
