@@ -111,6 +111,8 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
 
     def meanwhile() -> None:  # what needs no group's result, done while a pool's workers run
         RunDir(tmp).write_config(config, digest)
+        import rich.console  # noqa: F401  what the CLI's summary table needs (~40 ms), not after the pool
+        import rich.table  # noqa: F401
         if total > LARGE_PLAN_BYTES:  # past plan/duplicates.py's SMALL_IDS sources: numpy sorts their ids
             import numpy  # noqa: F401  ~0.1-0.3 s
 
