@@ -138,10 +138,8 @@ def test_run_config_listing_many_inputs_is_still_read(tmp_path: Path) -> None:
     assert config_to_dict(run.config()) == config_to_dict(config)
 
 
-def test_alias_bomb_in_a_prompt_header_is_refused_by_status_in_bounded_memory(tmp_path: Path) -> None:
-    """A run's config.yaml names its prompts_dir, and status re-hashes those prompts to check the
-    fingerprint: a header that is an alias bomb (a prompt dir inside a run copied from another team)
-    is one line, not gigabytes."""
+def _run_with_own_prompt(tmp_path: Path) -> tuple[Path, Path]:
+    """A run planned with a prompt of its own in tmp_path/prompts: (prompts dir, run dir)."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     (prompts / "mine.md").write_text("---\nname: mine\nversion: 1\nformat: free\n---\nSay: {document}\n")
@@ -152,6 +150,14 @@ def test_alias_bomb_in_a_prompt_header_is_refused_by_status_in_bounded_memory(tm
     proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
                            str(corpus)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    return prompts, run
+
+
+def test_alias_bomb_in_a_prompt_header_is_refused_by_status_in_bounded_memory(tmp_path: Path) -> None:
+    """A run's config.yaml names its prompts_dir, and status re-hashes those prompts to check the
+    fingerprint: a header that is an alias bomb (a prompt dir inside a run copied from another team)
+    is one line, not gigabytes."""
+    prompts, run = _run_with_own_prompt(tmp_path)
     # Every key a header may have; the anchors nest inside `system`, which the loader turns into text.
     nested = ", ".join(f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi"))
     header = f"name: mine\nversion: 1\nformat: free\nsystem: [&a [{', '.join(['lol'] * 9)}], {nested}]\n"
@@ -171,17 +177,8 @@ def test_a_prompt_file_that_is_no_prompt_does_not_hang_or_fill_status(tmp_path: 
     /dev/zero planted as one is refused in one line, at once and in bounded memory."""
     import os
 
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
+    prompts, run = _run_with_own_prompt(tmp_path)
     prompt = prompts / "mine.md"
-    prompt.write_text("---\nname: mine\nversion: 1\nformat: free\n---\nSay: {document}\n")
-    corpus = write_corpus(tmp_path / "c.jsonl", 3)
-    config = tmp_path / "c.yaml"
-    config.write_text(f"prompts: [mine]\nprompts_dir: {prompts}\nmodel: {{engine: fake}}\n")
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
-                           str(corpus)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
     prompt.unlink()
     if plant == "fifo":
         os.mkfifo(prompt)
