@@ -93,7 +93,8 @@ class DocumentBuilder:
                         {"source": source, unit: position, "fields": fields, "chars": chars, "truncated": False,
                          "kept_fraction": 1.0, "parts": 1, "part": 0})
                 # The text's JSON copied from the input line when it can be found for certain: writing a 5 KB
-                # string again costs as much as parsing the line did. The line is orjson's output either way.
+                # string again costs as much as parsing the line did. The line is what orjson would write,
+                # except that a copied text keeps its input's spelling of escapes (the same text).
                 text_json = raw_string(raw, self.key_json) if raw else None
                 line = b'{"id":%b,"text":%b,"meta":%b}' % (orjson.dumps(source_id), text_json or orjson.dumps(text),
                                                             orjson.dumps(meta))
