@@ -51,7 +51,6 @@ class DocumentBuilder:
                        else plan.long_doc_chars)
         self.keep = [(f, "." not in f) for f in plan.keep_fields]
         self.text_key, self.id_key = plan.text_key, plan.id_key
-        self.key_json = orjson.dumps(plan.text_key) + b":"  # how the text's key stands in a compact JSON line
         self.max_chars, self.min_chars = plan.max_chars, plan.min_chars
         self.sample = plan.sample_fraction < 1.0
 
@@ -60,10 +59,8 @@ class DocumentBuilder:
         # No id in the corpus: the file name and position are stable as long as the file is.
         return f"{name}:{position}" if value is None or value == "" else str(value)
 
-    def build(self, record: dict, source_id: str, source: str, unit: str, position: int,
-              raw: bytes | str = b"") -> list[Part] | Dropped:
-        """The shard documents of one record; `unit` ("line" or "row") and `position` locate it in `source`;
-        `raw` is the JSONL line it was parsed from (empty for Parquet)."""
+    def build(self, record: dict, source_id: str, source: str, unit: str, position: int) -> list[Part] | Dropped:
+        """The shard documents of one record; `unit` ("line" or "row") and `position` locate it in `source`."""
         text = record.get(self.text_key)
         if not isinstance(text, str):
             if text is None:
@@ -92,12 +89,7 @@ class DocumentBuilder:
                          "parts": 1, "part": 0} if fields is None else
                         {"source": source, unit: position, "fields": fields, "chars": chars, "truncated": False,
                          "kept_fraction": 1.0, "parts": 1, "part": 0})
-                # The text's JSON copied from the input line when it can be found for certain: writing a 5 KB
-                # string again costs as much as parsing the line did. The line is what orjson would write,
-                # except that a copied text keeps its input's spelling of escapes (the same text).
-                text_json = raw_string(raw, self.key_json) if raw else None
-                line = b'{"id":%b,"text":%b,"meta":%b}' % (orjson.dumps(source_id), text_json or orjson.dumps(text),
-                                                            orjson.dumps(meta))
+                line = orjson.dumps({"id": source_id, "text": text, "meta": meta})
                 size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # estimate_tokens
                 return [_part(Part, (line, max(1, round(size / self.bytes_per_token)), chars))]
             meta = {"source": source, unit: position}
@@ -124,35 +116,6 @@ class DocumentBuilder:
             line = orjson.dumps({"id": source_id, "text": part, "meta": meta})
             parts.append(Part(line, estimate_tokens(part, self.bytes_per_token), len(part)))
         return parts
-
-
-def raw_string(line: bytes, key: bytes) -> bytes | None:
-    """The JSON string that is the value of top-level `key` (given as b'"name":') in a JSONL line orjson
-    parsed, copied as it stands; None unless it is certainly that value (the caller then writes the text).
-
-    No JSON string can hold `key`'s bytes (a quote inside one is escaped), so the first match is a key. It
-    is the top-level one when it is the only match and nothing outside its value has a backslash: then no
-    other key is an escaped spelling of the same name, and no quote outside the value is escaped. (A lone
-    surrogate escape never gets here: orjson refuses the line.)"""
-    at = line.find(key)
-    if at < 0:
-        return None
-    start = at + len(key)
-    if line[start:start + 1] == b" ":  # '"text": "...' as Python's json writes it
-        start += 1
-    if line[start:start + 1] != b'"':
-        return None
-    end = line.find(b'"', start + 1)
-    while end > 0 and line[end - 1] == 92:  # after a backslash: escaped, unless the backslashes pair up
-        first = end - 1
-        while line[first - 1] == 92:
-            first -= 1
-        if (end - first) % 2 == 0:
-            break
-        end = line.find(b'"', end + 1)
-    if end < 0 or line.find(key, end) >= 0 or line.find(b"\\", 0, at) >= 0 or line.find(b"\\", end) >= 0:
-        return None
-    return line[start:end + 1]
 
 
 def estimate_tokens(text: str, bytes_per_token: float) -> int:

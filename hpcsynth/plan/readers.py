@@ -23,7 +23,7 @@ import zstandard
 from hpcsynth.errors import InputError
 from hpcsynth.files import zstd_cut_at
 
-Item = tuple[int, "dict | None", "str | bytes"]
+Item = tuple[int, "dict | None", str]
 PARQUET_BATCH_ROWS = 1024  # a batch at a time inside a row group: bounded memory even for huge row groups
 
 
@@ -75,15 +75,13 @@ def is_parquet(path: Path) -> bool:
 
 
 def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None,
-              max_line_bytes: int = 64 << 20, row_groups: list[int] | None = None, raw: bool = False) -> Iterator[Item]:
+              max_line_bytes: int = 64 << 20, row_groups: list[int] | None = None) -> Iterator[Item]:
     """Records of one corpus file; `columns` names the top-level fields a columnar reader must load;
-    `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file).
-    Each item is (position, record, reason); with `raw`, a JSONL record's item carries its line as read
-    (bytes) where the reason would be (the planner copies the text's JSON from it, documents.raw_string)."""
+    `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file)."""
     counter = counter or ByteCounter()
     if is_parquet(path):
         return _read_parquet(path, columns, counter, row_groups)
-    return _read_jsonl(path, counter, max_line_bytes, raw)  # returned, not delegated: one generator less a record
+    return _read_jsonl(path, counter, max_line_bytes)  # returned, not delegated: one generator less a record
 
 
 class _Counting(io.RawIOBase):
@@ -101,7 +99,7 @@ class _Counting(io.RawIOBase):
         return n
 
 
-def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int, with_lines: bool = False) -> Iterator[Item]:
+def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterator[Item]:
     number = 0
     loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError  # noqa: N806 (a local for the hot loop)
     try:
@@ -128,7 +126,7 @@ def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int, with_line
                 if record.__class__ is not dict:
                     yield number, None, f"expected a JSON object, got {type(record).__name__}"
                     continue
-                yield number, record, line if with_lines else ""
+                yield number, record, ""
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
         yield number + 1, None, _file_reason(path, exc)
 

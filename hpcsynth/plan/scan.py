@@ -98,8 +98,8 @@ class _Scan:
         build, source_id_of, add = self.builder.build, self.builder.source_id, self.sink.add
         pack, blake2b = ID_RECORD.pack, hashlib.blake2b
         limit, read, sources, documents, est_tokens = self.job.limit, result.read, result.sources, result.documents, 0
-        records = read_file(Path(real), self.columns, self.counter, self.job.plan.max_line_bytes, raw=True)
-        for position, record, reason in records:  # reason: for a record, its JSONL line (b"" for Parquet)
+        records = read_file(Path(real), self.columns, self.counter, self.job.plan.max_line_bytes)
+        for position, record, reason in records:
             if limit and sources >= limit:
                 break
             read += 1
@@ -107,7 +107,7 @@ class _Scan:
                 _drop(result, rejects, path, kind, position, Dropped("reject", reason))
                 continue
             source_id = source_id_of(record, name, position)
-            parts = build(record, source_id, path, kind, position, reason)
+            parts = build(record, source_id, path, kind, position)
             if parts.__class__ is Dropped:
                 _drop(result, rejects, path, kind, position, parts)
                 continue

@@ -13,7 +13,7 @@ import zstandard
 
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.plan import plan_corpus
-from hpcsynth.plan.documents import DocumentBuilder, Dropped, estimate_tokens, raw_string
+from hpcsynth.plan.documents import DocumentBuilder, Dropped, estimate_tokens
 from hpcsynth.plan.readers import read_file
 from hpcsynth.plan.scan import GroupJob, count_shards
 from hpcsynth.plan.shards import ShardSink, finish_syncs
@@ -87,51 +87,3 @@ def test_token_estimates_and_kept_fields_of_every_kind(tmp_path: Path) -> None:
     builder = DocumentBuilder(config.plan, 3.3)
     parts = builder.build({"text": texts[0], "s": datetime.date(2024, 1, 2)}, "id", "f", "row", 0)
     assert not isinstance(parts, Dropped) and orjson.loads(parts[0].line)["meta"]["fields"]["s"] == "2024-01-02"
-
-
-def test_text_copied_from_the_input_line_is_always_the_parsed_text() -> None:
-    """The planner copies the text's JSON from the line instead of writing it again; whatever the line's
-    spelling (escapes, spacing, nested or repeated keys, escaped key names), the shard document's text is
-    exactly the text orjson parsed, or the copy is not taken."""
-    import json
-
-    rng = random.Random(11)
-    alphabet = ['"', "\\", "\n", "\t", "\x01", "/", "é", "😀", "\u2028", "a", "b", " ", "text", '"text":', "\\u"]
-    plan = fake_config(Path("."), plan={"keep_fields": ["n"]}).plan
-    builder = DocumentBuilder(plan, 4.0)
-    copied = 0
-    for case in range(3000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + "end"
-        record: dict = {"id": f"d{case}", "n": case}
-        nested = {"text": "not this one"} if rng.random() < 0.3 else {"x": rng.choice(["y", "\\", "\n"])}
-        order = rng.sample(["id", "text", "meta", "n"], 4)
-        for key in order:
-            record[key] = text if key == "text" else nested if key == "meta" else record.get(key, case)
-        style = case % 4
-        if style == 0:
-            line = orjson.dumps(record)
-        elif style == 1:
-            line = json.dumps(record, ensure_ascii=False).encode()
-        elif style == 2:
-            line = json.dumps(record).encode()  # \u escapes everywhere
-        else:  # the text's key spelled with an escape, and a plain "text" key nested
-            line = json.dumps(record, ensure_ascii=False).replace('"text": ', '"t\\u0065xt": ', 1).encode()
-        parsed = orjson.loads(line)
-        built = builder.build(parsed, parsed["id"], "c.jsonl", "line", case + 1, line + b"\n")
-        assert not isinstance(built, Dropped), line
-        document = orjson.loads(built[0].line)
-        assert document["text"] == parsed["text"], line
-        plain = style == 0 and nested.get("x") == "y" and "\\u" not in text and "\x01" not in text
-        copy = raw_string(line + b"\n", b'"text":')
-        assert copy is not None or not plain, line  # orjson's own lines are copied, the common case
-        copied += copy is not None
-    assert copied > 100
-
-
-def test_a_lone_surrogate_is_refused_before_any_copy(tmp_path: Path) -> None:
-    """A line whose text holds a lone surrogate never reaches the copy: it is a reject naming its line."""
-    path = tmp_path / "s.jsonl"
-    path.write_bytes(b'{"id":"s","text":"a \\ud800 b"}\n{"id":"t","text":"fine"}\n')
-    items = list(read_file(path, ["text"], raw=True))
-    assert items[0][1] is None and items[0][2].startswith("not valid JSON") and "surrogate" in items[0][2]
-    assert items[1][1] == {"id": "t", "text": "fine"} and items[1][2] == b'{"id":"t","text":"fine"}\n'
