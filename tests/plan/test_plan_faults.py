@@ -116,22 +116,28 @@ def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.parametrize("policy", ["keep_first", "reject"])
+@pytest.mark.parametrize("ids, expected", [(40, {"keep_first": 360, "reject": 400}),  # runs of 2..20 equal ids
+                                           (399, {"keep_first": 1, "reject": 2}),  # one id twice, the last
+                                           (400, {"keep_first": 0, "reject": 0})])  # every id once
 def test_small_plans_find_the_same_duplicates_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            policy: str) -> None:
-    """The plain-Python sort of a small plan's ids and numpy's bucketed sort remove the same sources."""
+                                                            policy: str, ids: int, expected: dict) -> None:
+    """The plain-Python check of a small plan's ids (a set first, a sort when the set finds a repeat) and
+    numpy's bucketed sort remove the same sources."""
     import random
 
     from hpcsynth.plan.scan import ID_RECORD
 
     rng = random.Random(7)
     (tmp_path / "ids").mkdir()
-    hashes = [rng.randbytes(16) for _ in range(40)]  # 400 sources over 40 ids: runs of 2..20 equal hashes
+    hashes = [rng.randbytes(16) for _ in range(ids)]
+    # 400 sources: drawn from the ids, or (ids >= 399) each id in turn, the 400th repeating the 399th
+    order = iter([rng.choice(hashes) for _ in range(400)] if ids < 399 else hashes + hashes[-1:] * (400 - ids))
     group_docs = []
     for group in range(5):
         records, doc = bytearray(), 0
         for pos in range(80):
             parts = rng.randint(1, 3)
-            records += ID_RECORD.pack(rng.choice(hashes), doc, parts, group % 3, pos)
+            records += ID_RECORD.pack(next(order), doc, parts, group % 3, pos)
             doc += parts
         (tmp_path / "ids" / f"{group:06d}.bin").write_bytes(records)
         group_docs.append(doc)
@@ -139,7 +145,7 @@ def test_small_plans_find_the_same_duplicates_without_numpy(tmp_path: Path, monk
     monkeypatch.setattr(duplicates, "SMALL_IDS", 0)
     monkeypatch.setattr(duplicates, "BUCKET_BYTES", 1000)  # several buckets
     large = duplicates.find_duplicates(tmp_path, 5, group_docs, policy)
-    assert small == large and len(small) == (360 if policy == "keep_first" else 400)
+    assert small == large and len(small) == expected[policy]
     assert [r.doc for r in small] == sorted(r.doc for r in small)
 
 
