@@ -102,6 +102,16 @@ def _load(path: Path, start: int) -> "np.ndarray":
     return records
 
 
+def _load_chunks(path: Path, start: int, count: int):
+    """A group's records `count` at a time: one group of a huge input file is never in memory at once."""
+    import numpy as np
+
+    with open(path, "rb") as handle:
+        while len(records := np.fromfile(handle, dtype=_dtype(), count=count)):
+            records["doc"] += start
+            yield records
+
+
 def _buckets(tmp: Path, files: list[Path], starts: "np.ndarray", buckets: int):
     import numpy as np
 
@@ -112,10 +122,10 @@ def _buckets(tmp: Path, files: list[Path], starts: "np.ndarray", buckets: int):
     out.mkdir(exist_ok=True)
     handles = [open(out / f"{b:03d}.bin", "wb") for b in range(buckets)]
     for path, start in zip(files, starts):
-        records = _load(path, int(start))
-        which = (records["h0"] >> np.uint64(56)).astype(np.int64) * buckets // 256
-        for b in np.unique(which):
-            handles[b].write(records[which == b].tobytes())
+        for records in _load_chunks(path, int(start), BUCKET_BYTES // ID_RECORD.size):
+            which = (records["h0"] >> np.uint64(56)).astype(np.int64) * buckets // 256
+            for b in np.unique(which):
+                handles[b].write(records[which == b].tobytes())
     for handle in handles:
         handle.close()
     for b in range(buckets):

@@ -24,7 +24,7 @@ from hpcsynth.errors import RunError
 from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
-from hpcsynth.plan.scan import GroupJob, GroupResult, count_shards, count_spilled_shards, scan_group, write_spilled
+from hpcsynth.plan.scan import GroupJob, GroupResult, count_spilled_shards, scan_group, write_spilled
 
 _SHARED: Any = None  # the pool's byte counter, set in each worker process
 _COUNTS: Any = None  # shard count of each group once scanned (UNKNOWN before, FAILED if it failed)
@@ -152,7 +152,7 @@ def _scan_write(job: GroupJob) -> GroupResult:
     try:
         result = scan_group(job, _SharedCounter(_SHARED), held)
         spill = held[0]
-        _COUNTS[job.index] = count_shards(spill.sizes[0::4], job)
+        _COUNTS[job.index] = spill.shards()
     except BaseException:
         _COUNTS[job.index] = FAILED
         raise

@@ -2,11 +2,12 @@
 
 A group whose first shard id is known (every earlier group is finished, always so with --jobs 1) writes
 its shards directly. Otherwise it spills its documents, without keys, to TMP/spill/G.jsonl and their sizes
-to TMP/spill/G.bin (int64s); once the earlier groups are counted (count_shards, ShardCutter's rule),
-write_spilled() cuts the same shards from the spill. Both paths write through a ShardSink, which applies
+to TMP/spill/G.bin (int64s), counting the shards they make as they come (ShardCutter's rule); once the
+earlier groups are counted, write_spilled() cuts the same shards from the spill. Both paths write through a ShardSink, which applies
 that rule, over the same documents, so --jobs never changes a byte.
 Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
-TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection).
+TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection). What a group
+holds in memory is bounded (FLUSH_BYTES, and hold_bytes of spilled documents), whatever its size.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from hpcsynth.plan.shards import ShardCutter, ShardSink
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position
 ID_RECORD = struct.Struct("<16sQIIQ")
+# What a group keeps in memory of its per-document logs (id records, a spill's sizes) before writing them
+# out: a group's memory does not grow with its documents.
+FLUSH_BYTES = 1 << 20
+SIZES = 4  # int64s a spilled document has in TMP/spill/G.bin: tokens, chars, input file, position
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,11 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | N
     """Plan one group; a spilled group's documents are also appended to `held` (for write_spilled)."""
     tmp = Path(job.tmp)
     scan = _Scan(job, counter, _direct(tmp, job) if job.first_shard >= 0 else _Spill(tmp, job))
-    with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as scan.rejects, _no_collector():
+    with open(_part(tmp, "rejects", job.index, "jsonl"), "wb") as scan.rejects, \
+            open(_part(tmp, "ids", job.index, "bin"), "wb") as scan.ids_file, _no_collector():
         for file_index, real in job.files:
             scan.file(file_index, real)
-    _write(_part(tmp, "ids", job.index, "bin"), bytes(scan.ids))
+        scan.ids_file.write(scan.ids)
     sink, result = scan.sink, scan.result
     result.rows = _rows(sink, not job.defer_sync) if isinstance(sink, ShardSink) else sink.close()
     if held is not None and isinstance(sink, _Spill):
@@ -86,7 +92,8 @@ class _Scan:
         self.builder = DocumentBuilder(job.plan, job.bytes_per_token)
         self.columns = [job.plan.text_key, job.plan.id_key] + [f.split(".")[0] for f in job.plan.keep_fields]
         self.columns += predicate_fields(job.plan.filter) if job.plan.filter else []
-        self.ids = bytearray()  # ID_RECORD per source document
+        self.ids = bytearray()  # ID_RECORD per source document, written to ids_file every FLUSH_BYTES
+        self.ids_file: Any = None
         self.rejects: Any = None
 
     def file(self, file_index: int, real: str) -> None:
@@ -113,6 +120,9 @@ class _Scan:
                 continue
             digest = blake2b(source_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
             ids += pack(digest, documents, len(parts), file_index, position)
+            if len(ids) >= FLUSH_BYTES:  # memory flat in the documents, even for one huge file
+                self.ids_file.write(ids)
+                ids.clear()
             for line, tokens, chars in parts:
                 add(line, tokens, chars, path, kind, position)
                 est_tokens += tokens
@@ -125,17 +135,19 @@ class _Scan:
 
 def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
-    sizes = held.sizes.tolist() if held is not None else _spilled_sizes(tmp, job).tolist()
     files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
     sink = _direct(tmp, job)
     add = sink.add
     lines = held.held if held is not None else []
+    kept, doc = len(lines), 0
     with open(_part(tmp, "spill", job.index, "jsonl"), "rb") as spill:
         readline = spill.readline
-        for i in range(0, len(sizes), 4):
-            path, kind = files[sizes[i + 2]]
-            line = lines[i // 4] if i // 4 < len(lines) else readline()[:-1]
-            add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
+        for sizes in _spilled_sizes(tmp, job):
+            for i in range(0, len(sizes), SIZES):
+                path, kind = files[sizes[i + 2]]
+                line = lines[doc] if doc < kept else readline()[:-1]
+                add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
+                doc += 1
     rows = _rows(sink, not job.defer_sync)
     for ext in ("bin", "jsonl"):
         _part(tmp, "spill", job.index, ext).unlink()
@@ -150,15 +162,19 @@ def count_shards(tokens: Any, job: GroupJob) -> int:
 
 
 def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
-    return count_shards(_spilled_sizes(tmp, job)[0::4], job)
+    cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
+    closed = sum(cutter.add(t) for sizes in _spilled_sizes(tmp, job) for t in sizes[0::SIZES])
+    return closed + (1 if cutter.docs else 0)
 
 
-def _spilled_sizes(tmp: Path, job: GroupJob) -> array:
-    """tokens, chars, input file, position of each spilled document (no numpy: a pool worker would import
-    it at start-up, ~0.1 s of CPU, to write one flat array)."""
-    sizes = array("q")
-    sizes.frombytes(_part(tmp, "spill", job.index, "bin").read_bytes())
-    return sizes
+def _spilled_sizes(tmp: Path, job: GroupJob) -> Iterator[list[int]]:
+    """tokens, chars, input file, position of each spilled document, FLUSH_BYTES at a time (no numpy: a pool
+    worker would import it at start-up, ~0.1 s of CPU, to read one flat array)."""
+    with open(_part(tmp, "spill", job.index, "bin"), "rb") as handle:
+        while chunk := handle.read(FLUSH_BYTES):
+            sizes = array("q")
+            sizes.frombytes(chunk)
+            yield sizes.tolist()
 
 
 def _direct(tmp: Path, job: GroupJob) -> ShardSink:
@@ -170,12 +186,16 @@ def _rows(sink: ShardSink, wait: bool) -> list[dict[str, Any]]:
 
 
 class _Spill:
-    """Documents of a group whose first shard id is unknown: in memory up to hold_bytes, then on disk."""
+    """Documents of a group whose first shard id is unknown: in memory up to hold_bytes, then on disk; their
+    sizes go to disk as they come, and the shards they make are counted as they come (ShardCutter)."""
 
     def __init__(self, tmp: Path, job: GroupJob) -> None:
         self.tmp, self.index = tmp, job.index
         self.handle = open(_part(tmp, "spill", job.index, "jsonl"), "wb", buffering=1 << 20)
-        self.sizes = array("q")  # tokens, chars, input file, position: 32 bytes a document
+        self.sizes_file = open(_part(tmp, "spill", job.index, "bin"), "wb")
+        self.sizes = array("q")  # SIZES int64s a document, not yet written to sizes_file
+        self.cutter = ShardCutter(job.plan.shard_tokens, job.plan.shard_docs)
+        self.closed = 0  # shards the cutter has closed
         self.files = {display_path(path): index for index, path in job.files}
         self.held: list[bytes] = []
         self.room = job.hold_bytes
@@ -186,11 +206,25 @@ class _Spill:
             self.room -= len(line)
         else:
             self.handle.write(line + b"\n")
-        self.sizes.extend((tokens, chars, self.files[path], position))
+        sizes = self.sizes
+        sizes.extend((tokens, chars, self.files[path], position))
+        if len(sizes) >= FLUSH_BYTES // 8:
+            self._flush()
+
+    def shards(self) -> int:
+        """The shards these documents make (count_shards' answer)."""
+        return self.closed + (1 if self.cutter.docs else 0)
+
+    def _flush(self) -> None:
+        add = self.cutter.add
+        self.closed += sum(add(t) for t in self.sizes[0::SIZES])
+        self.sizes_file.write(self.sizes.tobytes())
+        self.sizes = array("q")
 
     def close(self) -> None:
+        self._flush()
         self.handle.close()
-        _write(_part(self.tmp, "spill", self.index, "bin"), self.sizes.tobytes())
+        self.sizes_file.close()
         return None
 
 
@@ -227,8 +261,3 @@ def _part(tmp: Path, kind: str, index: int, ext: str) -> Path:
     directory = tmp / kind
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{index:06d}.{ext}"
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)

@@ -131,3 +131,48 @@ def test_a_pool_worker_replaced_before_its_fsyncs_are_confirmed_fails_the_plan(
         plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
                     jobs=2)
     assert not run.root.exists()
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from hpcsynth.plan import duplicates, parallel, plan_corpus
+from hpcsynth.rundir import RunDir
+from conftest import fake_config
+# The bounds scaled down, so that a few MB of ids show: duplicates sorted 1 MB at a time (numpy's way for
+# every plan), pool workers holding 2 MB of documents before they spill.
+duplicates.BUCKET_BYTES, duplicates.SMALL_IDS, parallel.HOLD_BYTES = 1 << 20, 0, 2 << 20
+root, corpus, jobs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+config = fake_config(root, plan={"shard_docs": 10**6, "shard_tokens": 10**9, "group_mb": 1024})
+plan_corpus(config, RunDir(root / f"run-{jobs}-{Path(corpus).name}"), [corpus], jobs=jobs)
+# VmHWM, not RUSAGE_SELF: a process's ru_maxrss keeps the peak of the process it was exec'd from (pytest's)
+peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_peak_memory_is_flat_as_the_corpus_grows(tmp_path: Path, jobs: int) -> None:
+    """Two input files, one group each (as one huge file would be): 4x the documents, the same peak RSS in
+    the planning process and in its pool workers. Each group's id log (40 bytes a source) and a spilled
+    group's sizes (32 bytes a document) go to disk as they come; duplicates are read in bounded chunks.
+    Before, 100,000 -> 400,000 documents took 6 MB more (--jobs 1), 12 MB in the parent and 18 MB in each
+    worker (--jobs 2)."""
+    import orjson
+
+    peaks = []
+    for documents in (100_000, 400_000):
+        corpus = tmp_path / f"in-{documents}"
+        corpus.mkdir()
+        for part in range(2):
+            with open(corpus / f"p{part}.jsonl", "wb") as handle:
+                for i in range(documents // 2):
+                    handle.write(orjson.dumps({"id": f"p{part}-{i}", "text": f"a tiny document {i}"}) + b"\n")
+        done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), str(corpus), str(jobs)],
+                              capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
+        peaks.append([int(kb) >> 10 for kb in done.stdout.split()])  # MB: this process, its largest worker
+    (small_self, small_worker), (large_self, large_worker) = peaks
+    assert large_self - small_self <= 3, peaks
+    if jobs > 1:
+        assert large_worker - small_worker <= 3, peaks
+    assert all(len(list((tmp_path / f"run-{jobs}-in-{n}" / "shards").iterdir())) == 2 for n in (100_000, 400_000))
