@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import Config, diff_configs
-from hpcsynth.errors import RunError
+from hpcsynth.errors import InputError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.plan.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
@@ -32,6 +32,21 @@ def input_stats(paths: list[Path]) -> list[dict[str, Any]]:
         info = path.stat()
         stats.append({"path": display_path(str(path)), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
     return stats
+
+
+def check_inputs_unchanged(paths: list[Path], stats: list[dict[str, Any]]) -> None:
+    """Refuse a plan whose input files changed while they were read (appended to, rewritten, removed): its
+    shards would match neither version and the manifest would name the old one."""
+    for path, before in zip(paths, stats):
+        try:
+            info = path.stat()
+            now: tuple | None = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            now = None
+        if now != (before["bytes"], before["mtime_ns"]):
+            what = "was removed" if now is None else "changed (size or modification time)"
+            raise InputError(f"input {before['path']} {what} while it was being planned; nothing was planned: "
+                             f"plan again once the inputs are stable")
 
 
 def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> list[str]:

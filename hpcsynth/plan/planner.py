@@ -24,7 +24,7 @@ from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.heap import keep_freed_memory
-from hpcsynth.plan.manifest import changes_since, commit_plan, input_stats, take_lock
+from hpcsynth.plan.manifest import changes_since, check_inputs_unchanged, commit_plan, input_stats, take_lock
 from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
 from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
@@ -122,6 +122,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     else:
         results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total),
                                    meanwhile)
+    check_inputs_unchanged(paths, stats)  # first: a file being written may also look like bad records
     rejects = _merge_rejects(tmp, len(results), empty)
     from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 

@@ -27,6 +27,50 @@ def plan_command(tmp_path: Path, corpus: Path, run: Path, *extra: str) -> list[s
             "--jobs", "1", *extra]
 
 
+def test_an_input_changed_while_it_is_planned_fails_the_plan_and_keeps_the_old_one(tmp_path: Path) -> None:
+    """A corpus file appended to while the planner runs: its shards would match neither version, and the
+    manifest would name the old size. The plan fails in one line naming the file, the plan already in RUN
+    stays, and the next plan (--force: the input did change) finishes."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 6000)
+    run = tmp_path / "run"
+    subprocess.run(plan_command(tmp_path, write_corpus(tmp_path / "old.jsonl", 3), run), cwd=REPO, check=True)
+    before = (run / "manifest.json").read_bytes()
+    proc = subprocess.Popen(plan_command(tmp_path, corpus, run, "--force"), cwd=REPO, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not list(run.glob(".plan-tmp-*/shards/000100.jsonl.zst")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(corpus, "ab") as handle:  # the reader is past line 100: what it read is now a prefix
+        handle.write(orjson.dumps({"id": "late", "text": "a document written while planning"}) + b"\n")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and f"input {corpus} changed" in lines[0] and "plan again" in lines[0], stderr
+    assert (run / "manifest.json").read_bytes() == before and not list(run.glob(".plan-tmp-*"))
+    subprocess.run(plan_command(tmp_path, corpus, run, "--force"), cwd=REPO, check=True, capture_output=True)
+    assert read_json(run / "manifest.json")["documents"] == 6001
+
+
+def test_an_input_removed_while_it_is_planned_fails_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcsynth.errors import InputError
+    from hpcsynth.plan import scan
+
+    first = write_corpus(tmp_path / "in" / "a.jsonl", 5, prefix="a")
+    second = write_corpus(tmp_path / "in" / "b.jsonl", 5, prefix="b")
+    real = scan.read_file
+
+    def read_file(path: Path, *args, **kwargs):
+        if path.name == "b.jsonl":
+            first.unlink()  # a.jsonl was read; now it is gone
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(scan, "read_file", read_file)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(InputError, match=f"input {first} was removed while it was being planned"):
+        plan_corpus(fake_config(tmp_path), run, [str(first), str(second)], jobs=1)
+    assert not run.manifest_path.exists() and not (tmp_path / "run").exists()
+
+
 def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", 6000)
     run = tmp_path / "run"
