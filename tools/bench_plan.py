@@ -156,7 +156,8 @@ def best(repeat: int, *runs, before=lambda: None) -> list[tuple[float, float]]:
     return [(min(w for w, _ in t), min(c for _, c in t)) for t in times]
 
 
-def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int, jobs: int = 1) -> tuple[float, int, int]:
+def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int, jobs: int = 1,
+             peak: bool = False) -> tuple[float, int, int]:
     import shutil
 
     shutil.rmtree(root / name, ignore_errors=True)
@@ -170,10 +171,22 @@ def cli_plan(root: Path, name: str, inputs: list[Path], shard_docs: int, jobs: i
     # would otherwise compile hpcsynth's modules in every run, ~0.06 s of serial start-up).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+    if peak:  # through a small parent that reports the plan's own peak RSS (RUSAGE_CHILDREN here would give
+        # the largest child this process ever had: a pool worker of the scaling runs)
+        done = subprocess.run([sys.executable, "-c", PEAK] + command, check=True, stdout=subprocess.PIPE, env=env,
+                              text=True)
+    else:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
     seconds = time.perf_counter() - started
     shards = len(os.listdir(root / name / "shards"))
-    return seconds, shards, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    return seconds, shards, int(done.stdout.split()[-1]) // 1024 if peak else 0
+
+
+PEAK = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
 
 
 CHILD = """
@@ -255,7 +268,7 @@ def main() -> None:
         if args.many and "many" in parts:
             small, _, _ = make_corpus(root, args.many * 600 // 1_000_000 or 1, args.many, "small")
             few_s, few, _ = cli_plan(root, "few", small, 10_000)
-            many_s, many, rss = cli_plan(root, "many", small, 1)
+            many_s, many, rss = cli_plan(root, "many", small, 1, peak=True)
             print(f"many shards: {few:,} shards {few_s:.1f} s, {many:,} shards {many_s:.1f} s: "
                   f"{(many_s - few_s) / (many - few) * 1e3:.3f} ms per extra shard (goal < 0.3); "
                   f"peak RSS {rss} MB (goal < 1024)")
