@@ -8,6 +8,7 @@ RUN/plan/summary.json and, last, RUN/manifest.json: a run counts as planned once
 from __future__ import annotations
 
 import dataclasses
+import errno
 import shutil
 import time
 from collections import Counter
@@ -85,11 +86,18 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
         plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(),
                           progress, slurm)
         commit_plan(tmp, run)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         lock.unlink(missing_ok=True)
         if created and not any(run.root.iterdir()):
             run.root.rmdir()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # raised by a write or an fsync of a shard, which name no file: say where, and what it needs
+            total = sum(s["bytes"] for s in stats)
+            size = f"{total / 1e6:,.1f} MB" if total >= 100_000 else f"{total:,} bytes"
+            raise RunError(f"no space left on the filesystem of {run.root} (or over its quota) while planning "
+                           f"{size} of input files; free space there, or plan into a --run on another "
+                           f"filesystem, and plan again (nothing was planned)") from None
         raise
     lock.unlink(missing_ok=True)
     plan.summary["seconds"] = round(time.monotonic() - started, 3)

@@ -71,6 +71,26 @@ def test_an_input_removed_while_it_is_planned_fails_the_plan(tmp_path: Path, mon
     assert not run.manifest_path.exists() and not (tmp_path / "run").exists()
 
 
+def test_a_full_disk_fails_the_plan_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """A real full filesystem (a 1 MB tmpfs): the shard writes and fsyncs that hit it name no file, so the
+    planner says where and what it was planning, in one line, and removes what it wrote."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a 1 MB tmpfs needs root and the right to mount")
+    try:
+        corpus = write_corpus(tmp_path / "c.jsonl", 2000)  # a shard a document: 2,000 files of >= 4 KB
+        done = subprocess.run(plan_command(tmp_path, corpus, small / "run"), cwd=REPO, capture_output=True,
+                              text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert f"no space left on the filesystem of {small / 'run'}" in lines[0] and "plan again" in lines[0]
+        assert not (small / "run").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", 6000)
     run = tmp_path / "run"
@@ -208,7 +228,7 @@ def test_a_failing_pool_worker_fails_the_plan_cleanly(tmp_path: Path, monkeypatc
     monkeypatch.setattr("hpcsynth.plan.parallel.write_spilled", broken)
     run = RunDir(tmp_path / "run")
     started = time.monotonic()
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(RunError, match=f"no space left on the filesystem of {run.root} .*nothing was planned"):
         plan_corpus(fake_config(tmp_path, plan={"group_mb": 0}), run, [str(tmp_path / "in")], jobs=3)
     assert time.monotonic() - started < 60, "the workers waiting behind the failed group give up"
     assert not run.root.exists(), "nothing left behind, not even the run directory it created"
