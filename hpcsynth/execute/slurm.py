@@ -10,15 +10,18 @@ refresh, over every job id the run recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import SlurmConfig
+from hpcsynth.errors import HpcsynthError
 from hpcsynth.execute.slurm_jobs import (SlurmError, _captured_stderr, _first_error, _run,  # noqa: F401
-                                       active_jobs, record_launch, require_tools)  # launch's backend.*
+                                       active_jobs, cancel_jobs, record_launch, require_tools)  # launch's backend.*
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.execute.slurm")
@@ -288,11 +291,46 @@ def map_plan_array(run_root: Path, config: SlurmConfig, fn: Any, jobs: list[Any]
         if failure is not None:
             raise SlurmError(f"sbatch refused the {name} array: {_first_error(said + str(failure), failure)}")
     log.info("%s: %d array tasks submitted", name, len(submitted))
-    results = []
-    for job in submitted:
+    try:
+        return [_result(job, name) for job in submitted]
+    except BaseException:  # a task failed, or this process is stopped: the others would run for nothing
+        with contextlib.suppress(HpcsynthError):
+            cancel_jobs(sorted({str(job.job_id).split("_")[0] for job in submitted}))
+        raise
+
+
+PLAN_POLL_S = 1.0  # how often a planner waiting on an array task looks at it
+PLAN_GONE_S = 15.0  # a task out of squeue this long without a result is gone (result files may lag on NFS)
+
+
+def _result(job: Any, name: str) -> Any:
+    """One array task's result. submitit alone would wait for ever on a task cancelled before it started:
+    such a task has no accounting record, so sacct never says it ended; squeue, which lists every pending
+    and running task, shows it gone."""
+    import submitit
+
+    gone_since = None
+    while True:
         try:
-            results.append(job.result())
+            if job.done():
+                return job.result()
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             raise SlurmError(f"{name} array task {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
                              f"its log: {job.paths.stdout}") from None
-    return results
+        queued = _queued(str(job.job_id).split("_")[0])
+        if queued is None or str(job.job_id) in queued:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since > PLAN_GONE_S:
+            raise SlurmError(f"{name} array task {job.job_id} left Slurm's queue without a result (cancelled "
+                             f"before it started?); plan again; its log, if it ran: {job.paths.stdout}")
+        time.sleep(PLAN_POLL_S)
+
+
+def _queued(array: str) -> set[str] | None:
+    """The tasks of `array` that Slurm still holds, one id each (squeue -r); None when squeue cannot say."""
+    try:
+        return set(_run(["squeue", "-h", "-r", "-j", array, "-o", "%i"]).split())
+    except SlurmError:
+        return None

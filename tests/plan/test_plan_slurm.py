@@ -43,3 +43,52 @@ def test_plan_as_cpu_arrays_matches_local(tmp_path: Path, cluster) -> None:
     assert digest(runs["local"]) == digest(runs["slurm"])
     assert len(list((runs["slurm"] / "slurm").glob("plan-scan-*"))) == 1, "one scan array"
     assert not list(runs["slurm"].glob(".plan-tmp-*"))
+
+
+def test_a_scan_task_cancelled_before_it_starts_fails_the_plan_and_cancels_the_rest(tmp_path: Path, cluster) -> None:
+    """An array task cancelled while pending has no accounting record: sacct never says it ended, and
+    waiting on it hung the plan for ever. squeue shows it gone: the plan fails in one line naming the task,
+    cancels the array's other tasks (they would write into a plan that is gone), leaves nothing that looks
+    planned, and the next plan finishes."""
+    import time
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for part in range(3):
+        with open(inputs / f"p{part}.jsonl", "wb") as handle:
+            for i in range(30):
+                handle.write(orjson.dumps({"id": f"p{part}-{i}", "text": f"document {i} " + "words " * 40}) + b"\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake}\nplan: {group_mb: 0}\nslurm: {partition: gpu, mem_gb: 1}\n")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input", str(inputs),
+               "--jobs", "1", "--executor", "slurm"]
+    squeue = lambda *args: subprocess.run(["squeue", "-h", *args], env=cluster.env, capture_output=True,  # noqa: E731
+                                          text=True, check=True).stdout.split()
+    # A job on every CPU of the one node: the plan's tasks stay pending until it ends.
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "-c", "8", "--mem", "100M", "-o", "/dev/null",
+                              "--wrap", "sleep 600"], env=cluster.env, capture_output=True, text=True,
+                             check=True).stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 60
+        while squeue("-j", blocker, "-o", "%T") != ["RUNNING"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc = subprocess.Popen(command, cwd=REPO, env=cluster.env, stderr=subprocess.PIPE, text=True)
+        array, deadline = "", time.monotonic() + 120
+        while not array and time.monotonic() < deadline and proc.poll() is None:
+            for folder in (run / "slurm").glob("plan-scan-*"):
+                array = folder.name.removeprefix("plan-scan-")
+            time.sleep(0.05)
+        assert array.isdigit(), "the scan array was submitted"
+        assert f"{array}_0" in squeue("-r", "-j", array, "-o", "%i"), "task 0 is pending"
+        subprocess.run(["scancel", f"{array}_0"], env=cluster.env, check=True)
+        _, stderr = proc.communicate(timeout=120)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, stderr
+        assert f"plan-scan array task {array}_0 left Slurm's queue without a result" in lines[0], lines[0]
+        assert squeue("-r", "-j", array, "-o", "%i") == [], "the array's other tasks were cancelled"
+    finally:
+        subprocess.run(["scancel", blocker], env=cluster.env, check=True)
+    assert not (run / "manifest.json").exists() and not list(run.glob(".plan-tmp-*")) and not (run / "shards").exists()
+    subprocess.run(command, cwd=REPO, env=cluster.env, check=True, capture_output=True, timeout=300)
+    assert orjson.loads((run / "manifest.json").read_bytes())["documents"] == 90
