@@ -6,17 +6,25 @@ worker reads its group holding the documents (in memory up to HOLD_BYTES, the re
 publishes its shard count, waits for the groups before it to publish theirs (they started earlier: the
 pool takes tasks in order, so the wait is short and never circular), then writes its shards. On Slurm
 the two halves are separate array tasks (run_groups_on_slurm).
+A worker that dies (the OOM killer, kill -9) fails the plan at once, and the workers die with a killed
+planner: no process is left waiting for ever on a group nobody plans.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import gc
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +148,28 @@ class _SharedCounter(ByteCounter):
 
 
 def _init(shared: Any, counts: Any, barrier: Any) -> None:
-    global _SHARED, _COUNTS, _BARRIER
-    _SHARED, _COUNTS, _BARRIER = shared, counts, barrier
+    global _SHARED, _COUNTS, _BARRIER, _PARENT
+    _SHARED, _COUNTS, _BARRIER, _PARENT = shared, counts, barrier, os.getppid()
     forget_syncers()
+    _die_with_parent()
+
+
+_PARENT = 0  # the planner that forked this pool worker
+
+
+def _die_with_parent() -> None:
+    """A worker whose planner is killed (kill -9, the OOM killer, a time limit) ends too, instead of running
+    on into a plan that is gone (Linux: PR_SET_PDEATHSIG; elsewhere the wait in _first_shard checks)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != _PARENT:  # the planner died before the prctl above
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def _scan_write(job: GroupJob) -> GroupResult:
@@ -176,6 +203,8 @@ def _first_shard(index: int) -> int:
             raise RuntimeError("an earlier input group failed; see its error")
         if all(count >= 0 for count in counts):
             return sum(counts)
+        if os.getppid() != _PARENT:  # the planner is gone: nobody will count the groups before this one
+            os._exit(1)
         time.sleep(0.005)
 
 
@@ -210,18 +239,31 @@ class _Pool:
     def _run(self, context: Any, workers: int, jobs: list[GroupJob], shared_state: tuple,
              meanwhile: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
         shared = shared_state[0]
-        with context.Pool(workers, initializer=_init, initargs=shared_state) as pool:
-            pending = [pool.apply_async(_scan_write, (job,)) for job in jobs]  # taken in this order
+        # A process pool that notices a worker dying (the OOM killer, kill -9): multiprocessing.Pool would
+        # start a new one and wait for ever on the task the dead one held. This one fails every task and
+        # ends the other workers, whose wait for the dead group's count would never end either.
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=shared_state)
+        try:
+            pending = [pool.submit(_scan_write, job) for job in jobs]  # taken in this order
             meanwhile()
             results = []
             for task in pending:
-                while not task.ready():
-                    task.wait(0.25)
+                while not task.done():
+                    futures_wait([task], 0.25)
                     self.counter.done = shared.value
                     self.tick()
-                results.append(task.get())
+                results.append(task.result())
             # Every shard on disk before the caller writes the manifest: one wait per worker process.
-            synced = {task.get() for task in [pool.apply_async(_finish_syncs) for _ in range(workers)]}
+            synced = {task.result() for task in [pool.submit(_finish_syncs) for _ in range(workers)]}
+        except BrokenProcessPool:
+            raise RunError(f"a plan worker process ended without a word (killed, or out of memory?); nothing was "
+                           f"planned: plan again, with fewer --jobs than {workers} if memory is short") from None
+        except BaseException:  # a group failed, or this process is stopped: end the workers now
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         lost = {result.pid for result in results} - synced
         if lost:  # a worker that wrote shards ended (killed?) before its fsyncs were confirmed
             raise RunError(f"plan worker process {min(lost)} ended before its shards were confirmed on disk; "

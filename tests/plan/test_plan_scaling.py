@@ -113,24 +113,76 @@ def test_a_failed_fsync_in_a_pool_worker_fails_the_plan(tmp_path: Path, monkeypa
     assert not run.root.exists(), "no plan, nothing that looks like one"
 
 
-def test_a_pool_worker_replaced_before_its_fsyncs_are_confirmed_fails_the_plan(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers leave fsyncs to the background; one that ends between groups (here: after each group, as a
-    killed and replaced worker would) never confirms them, and the plan must not be committed."""
-    import multiprocessing
+def test_a_pool_worker_killed_between_groups_fails_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers leave fsyncs to the background; one killed between groups (the OOM killer, kill -9) never
+    confirms them, and held a group the others wait for: the plan fails at once, in one line, and is not
+    committed. (multiprocessing.Pool started a new worker and waited for ever on the dead one's group.)"""
+    import signal
 
     from hpcsynth.errors import RunError
+    from hpcsynth.plan import parallel
 
     for part in range(4):
         write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
-    context = type(multiprocessing.get_context("fork"))
-    real_pool = context.Pool
-    monkeypatch.setattr(context, "Pool", lambda self, *a, **k: real_pool(self, *a, maxtasksperchild=1, **k))
+    real = parallel.scan_group
+
+    def scan_group(job, *args):  # the forked workers inherit this: the worker that takes group 2 dies there
+        if job.index == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(job, *args)
+
+    monkeypatch.setattr(parallel, "scan_group", scan_group)
     run = RunDir(tmp_path / "run")
-    with pytest.raises(RunError, match="ended before its shards were confirmed on disk; plan again"):
+    started = time.monotonic()
+    with pytest.raises(RunError, match="a plan worker process ended without a word .* plan again"):
         plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")],
                     jobs=2)
+    assert time.monotonic() - started < 60
     assert not run.root.exists()
+
+
+SLOW_PLAN = """
+import os, sys, time
+from pathlib import Path
+from hpcsynth.plan import parallel
+from hpcsynth.cli import main
+real = parallel.scan_group
+def scan_group(job, *args):  # a long group: a worker is still in it when the planner dies
+    (Path(sys.argv[1]) / f"worker-{os.getpid()}").touch()
+    time.sleep(120)
+    return real(job, *args)
+parallel.scan_group = scan_group
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_pool_workers_end_with_a_killed_planner(tmp_path: Path) -> None:
+    """kill -9 of the planner (or a time limit's SIGKILL) ends its pool workers at once: they would otherwise
+    read their groups on to the end (here: sleep), into a plan that is gone."""
+    for part in range(4):
+        write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake, path: fake-model}\nplan: {group_mb: 0}\n")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PLAN, str(marks), "plan", str(config), "--run",
+                             str(tmp_path / "run"), "--input", str(tmp_path / "in"), "--jobs", "2"],
+                            cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = [int(mark.name.split("-")[1]) for mark in marks.iterdir()]
+    assert len(workers) == 2, "both pool workers are in a group"
+    proc.kill()
+    proc.wait()
+    alive, deadline = set(workers), time.monotonic() + 10
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"}
+        time.sleep(0.05)
+    for pid in alive:  # the test's own clean-up, by the PIDs it was given
+        os.kill(pid, 9)
+    assert not alive, f"pool workers {sorted(alive)} outlived the planner"
 
 
 MEMORY_SCRIPT = """
