@@ -13,13 +13,10 @@ planner: no process is left waiting for ever on a group nobody plans.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import gc
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import RunError
+from hpcsynth.execute.children import die_with_parent
 from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
@@ -151,25 +149,10 @@ def _init(shared: Any, counts: Any, barrier: Any) -> None:
     global _SHARED, _COUNTS, _BARRIER, _PARENT
     _SHARED, _COUNTS, _BARRIER, _PARENT = shared, counts, barrier, os.getppid()
     forget_syncers()
-    _die_with_parent()
+    die_with_parent(_PARENT)  # a killed planner must not leave its workers reading into a plan that is gone
 
 
 _PARENT = 0  # the planner that forked this pool worker
-
-
-def _die_with_parent() -> None:
-    """A worker whose planner is killed (kill -9, the OOM killer, a time limit) ends too, instead of running
-    on into a plan that is gone (Linux: PR_SET_PDEATHSIG; elsewhere the wait in _first_shard checks)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != _PARENT:  # the planner died before the prctl above
-        os._exit(1)
-
-
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
 
 def _scan_write(job: GroupJob) -> GroupResult:

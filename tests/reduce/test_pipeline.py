@@ -60,6 +60,64 @@ def test_jobs_2_gives_the_same_bytes_as_jobs_1(small_run: RunDir, tmp_path: Path
     assert ids != sorted(ids) and len({e["kind"] for e in index[: len(index) // 3]}) == 2
 
 
+def _pool_workers(parent: int) -> list[int]:
+    """The spawned pool workers among a process's children (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    pids = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    workers = []
+    for pid in pids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+        except OSError:  # gone already
+            pass
+    return workers
+
+
+def test_a_killed_reduce_worker_fails_in_one_line_and_the_rerun_finishes(small_run: RunDir, tmp_path: Path) -> None:
+    """A `reduce --jobs 2` worker killed (the OOM killer on a big part, kill -9): multiprocessing.Pool started
+    another and waited for ever on the dead one's part. Now the reduce fails at once, in one line, its other
+    worker ends with it, and the rerun gives the bytes of an uninterrupted reduce."""
+    whole = tmp_path / "whole"
+    hpcsynth("reduce", str(small_run.root), "--out", str(whole))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*ENTRY, "reduce", str(small_run.root), "--out", str(out), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.monotonic() + 120, []
+    while not workers and proc.poll() is None and time.monotonic() < deadline:
+        workers = _pool_workers(proc.pid)
+        time.sleep(0.01)
+    assert workers, "the pool started"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, stderr
+    assert "a reduce worker process ended without a word" in lines[-1] and "run the reduce again" in lines[-1]
+    hpcsynth("reduce", str(small_run.root), "--out", str(out), "--jobs", "2")
+    assert read_outputs(out) == read_outputs(whole)
+
+
+def test_reduce_workers_end_with_a_killed_reduce(small_run: RunDir, tmp_path: Path) -> None:
+    """kill -9 of `reduce --jobs 2` ends its pool workers too (they ran on for a part, or waited)."""
+    proc = subprocess.Popen([*ENTRY, "reduce", str(small_run.root), "--out", str(tmp_path / "out"), "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.monotonic() + 120, []
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers = _pool_workers(proc.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, "the pool started"
+    proc.kill()
+    proc.wait()
+    alive, deadline = set(workers), time.monotonic() + 10
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"}
+        time.sleep(0.05)
+    for pid in alive:  # the test's own clean-up, by the PIDs it was given
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"reduce workers {sorted(alive)} outlived the reduce"
+
+
 def test_killed_reduce_resumes_with_identical_bytes(small_run: RunDir, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     hpcsynth("reduce", str(small_run.root), "--out", str(whole))
