@@ -40,6 +40,22 @@ def write_corpus(path: Path, count: int, prefix: str = "doc") -> Path:
     return path
 
 
+def outlived(pids: list[int], seconds: float = 10) -> list[int]:
+    """Which of `pids` still run after up to `seconds` (zombies count as ended); those are killed, by these
+    PIDs only, so that a failing test leaves nothing running."""
+    import signal
+    import time
+
+    alive, deadline = set(pids), time.monotonic() + seconds
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"}
+        time.sleep(0.05)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return sorted(alive)
+
+
 def fake_config(corpus: Path, **sections) -> Config:
     """The demo config on the fake engine, with fast intervals; sections replace parts of it."""
     config = load_config(REPO / "configs" / "demo.yaml")

@@ -1,18 +1,48 @@
-"""Worker processes that do not outlive the process that started them.
+"""Worker pools that neither hang on a lost worker nor outlive the process that started them.
 
-A pool's workers (plan --jobs N, reduce --jobs N) are killed with their parent: when the parent is killed
-(kill -9, the OOM killer, a Slurm time limit) they would otherwise run on into a plan or reduce that is gone,
-or wait for ever for work nobody will hand them.
+multiprocessing.Pool starts a new worker when one dies (the OOM killer, kill -9) and waits for ever on the
+task the dead one held. A ProcessPoolExecutor notices instead and fails every task: process_pool() turns
+that into one line, ends the other workers at once on any other failure, and has each worker killed with
+its parent, so that a killed plan or reduce does not leave workers running into work that is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+@contextlib.contextmanager
+def process_pool(workers: int, context: Any, lost: Exception, initializer: Callable[..., None] | None = None,
+                 initargs: tuple = ()) -> Iterator[ProcessPoolExecutor]:
+    """`workers` processes of `context`; `lost` is raised when one of them dies without a word."""
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start,
+                               initargs=(os.getpid(), initializer, initargs))
+    try:
+        yield pool
+    except BrokenProcessPool:
+        raise lost from None
+    except BaseException:  # a task failed, or this process is stopped: end the workers now
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def die_with_parent(parent: int) -> None:

@@ -19,14 +19,12 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import RunError
-from hpcsynth.execute.children import die_with_parent
+from hpcsynth.execute.children import process_pool
 from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
@@ -149,7 +147,6 @@ def _init(shared: Any, counts: Any, barrier: Any) -> None:
     global _SHARED, _COUNTS, _BARRIER, _PARENT
     _SHARED, _COUNTS, _BARRIER, _PARENT = shared, counts, barrier, os.getppid()
     forget_syncers()
-    die_with_parent(_PARENT)  # a killed planner must not leave its workers reading into a plan that is gone
 
 
 _PARENT = 0  # the planner that forked this pool worker
@@ -168,15 +165,14 @@ def _scan_write(job: GroupJob) -> GroupResult:
         raise
     first = _first_shard(job.index)
     result.rows = write_spilled(Path(job.tmp), dataclasses.replace(job, first_shard=first), spill)
-    result.pid = os.getpid()
     return result
 
 
-def _finish_syncs() -> int:
-    """Wait for this worker's fsyncs; then hold at the barrier, so that each worker takes one of these."""
+def _finish_syncs() -> None:
+    """Wait for this worker's fsyncs; then hold at the barrier, so that each worker takes one of these (a
+    worker that dies before is a lost worker: the pool fails the plan)."""
     finish_syncs()
     _BARRIER.wait(BARRIER_S)
-    return os.getpid()
 
 
 def _first_shard(index: int) -> int:
@@ -222,11 +218,9 @@ class _Pool:
     def _run(self, context: Any, workers: int, jobs: list[GroupJob], shared_state: tuple,
              meanwhile: Callable[[], None]) -> tuple[list[GroupResult], list[dict[str, Any]]]:
         shared = shared_state[0]
-        # A process pool that notices a worker dying (the OOM killer, kill -9): multiprocessing.Pool would
-        # start a new one and wait for ever on the task the dead one held. This one fails every task and
-        # ends the other workers, whose wait for the dead group's count would never end either.
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=shared_state)
-        try:
+        lost = RunError(f"a plan worker process ended without a word (killed, or out of memory?); nothing was "
+                        f"planned: plan again, with fewer --jobs than {workers} if memory is short")
+        with process_pool(workers, context, lost, _init, shared_state) as pool:
             pending = [pool.submit(_scan_write, job) for job in jobs]  # taken in this order
             meanwhile()
             results = []
@@ -237,18 +231,6 @@ class _Pool:
                     self.tick()
                 results.append(task.result())
             # Every shard on disk before the caller writes the manifest: one wait per worker process.
-            synced = {task.result() for task in [pool.submit(_finish_syncs) for _ in range(workers)]}
-        except BrokenProcessPool:
-            raise RunError(f"a plan worker process ended without a word (killed, or out of memory?); nothing was "
-                           f"planned: plan again, with fewer --jobs than {workers} if memory is short") from None
-        except BaseException:  # a group failed, or this process is stopped: end the workers now
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        lost = {result.pid for result in results} - synced
-        if lost:  # a worker that wrote shards ended (killed?) before its fsyncs were confirmed
-            raise RunError(f"plan worker process {min(lost)} ended before its shards were confirmed on disk; "
-                           f"plan again")
+            for task in [pool.submit(_finish_syncs) for _ in range(workers)]:
+                task.result()
         return results, [row for result in results for row in result.rows]

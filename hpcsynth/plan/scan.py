@@ -3,8 +3,8 @@
 A group whose first shard id is known (every earlier group is finished, always so with --jobs 1) writes
 its shards directly. Otherwise it spills its documents, without keys, to TMP/spill/G.jsonl and their sizes
 to TMP/spill/G.bin (int64s), counting the shards they make as they come (ShardCutter's rule); once the
-earlier groups are counted, write_spilled() cuts the same shards from the spill. Both paths write through a ShardSink, which applies
-that rule, over the same documents, so --jobs never changes a byte.
+earlier groups are counted, write_spilled() cuts the same shards from the spill. Both paths write
+through a ShardSink, which applies that rule, over the same documents, so --jobs never changes a byte.
 Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
 TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection). What a group
 holds in memory is bounded (FLUSH_BYTES, and hold_bytes of spilled documents), whatever its size.
@@ -64,7 +64,6 @@ class GroupResult:
     reasons: Counter = field(default_factory=Counter)
     filtered: Counter = field(default_factory=Counter)
     per_input: dict[int, int] = field(default_factory=dict)
-    pid: int = 0  # the process that wrote its shards (a pool checks that each one waited for its fsyncs)
 
 
 def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:

@@ -19,14 +19,13 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import HpcsynthError
-from hpcsynth.execute.children import die_with_parent
+from hpcsynth.execute.children import process_pool
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.lock import reduce_lock
@@ -139,25 +138,14 @@ def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None]
     # spawn, not fork: the caller may run threads (a progress bar's refresher, a heartbeat) whose locks
     # a forked child would inherit held. Each process loads the tokenizer once (~0.5 s).
     context = multiprocessing.get_context("spawn")
-    # A pool that notices a worker dying (the OOM killer on a big part, kill -9): multiprocessing.Pool started
-    # a new one and waited for ever on the part the dead one held. Its workers die with this process.
-    pool = ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, initializer=die_with_parent,
-                               initargs=(os.getpid(),))
-    try:
+    lost = HpcsynthError(f"a reduce worker process ended without a word (killed, or out of memory?); the parts "
+                         f"it finished are kept: run the reduce again, with fewer --jobs than {jobs} if memory "
+                         f"is short")
+    with process_pool(min(jobs, len(pending)), context, lost) as pool:
         for done in as_completed([pool.submit(reduce_part, str(spec.out_dir), index) for index in pending]):
             marker = done.result()
             if on_part:
                 on_part(marker)
-    except BrokenProcessPool:
-        raise HpcsynthError(f"a reduce worker process ended without a word (killed, or out of memory?); the "
-                            f"parts it finished are kept: run the reduce again, with fewer --jobs than {jobs} if "
-                            f"memory is short") from None
-    except BaseException:  # a part failed, or this process is stopped: end the workers now
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.kill()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _parity_sample(run: RunDir, shard: int) -> list[str]:

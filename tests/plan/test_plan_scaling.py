@@ -16,7 +16,7 @@ from hpcsynth.files import read_json
 from hpcsynth.plan import planner, plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import fake_config, write_corpus
+from conftest import fake_config, outlived, write_corpus
 
 MB = 1 << 20
 
@@ -175,14 +175,7 @@ def test_pool_workers_end_with_a_killed_planner(tmp_path: Path) -> None:
     assert len(workers) == 2, "both pool workers are in a group"
     proc.kill()
     proc.wait()
-    alive, deadline = set(workers), time.monotonic() + 10
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
-                 and Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"}
-        time.sleep(0.05)
-    for pid in alive:  # the test's own clean-up, by the PIDs it was given
-        os.kill(pid, 9)
-    assert not alive, f"pool workers {sorted(alive)} outlived the planner"
+    assert not (alive := outlived(workers)), f"pool workers {alive} outlived the planner"
 
 
 MEMORY_SCRIPT = """

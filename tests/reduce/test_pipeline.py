@@ -16,7 +16,7 @@ from hpcsynth.generate.pull import pull_shards
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import fake_config, write_corpus
+from conftest import fake_config, outlived, write_corpus
 from test_demo import ENTRY, hpcsynth
 
 OUTPUTS = ("mix.bin", "mix.idx", "mix.docs.jsonl")
@@ -108,14 +108,7 @@ def test_reduce_workers_end_with_a_killed_reduce(small_run: RunDir, tmp_path: Pa
     assert len(workers) == 2, "the pool started"
     proc.kill()
     proc.wait()
-    alive, deadline = set(workers), time.monotonic() + 10
-    while alive and time.monotonic() < deadline:
-        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()
-                 and Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"}
-        time.sleep(0.05)
-    for pid in alive:  # the test's own clean-up, by the PIDs it was given
-        os.kill(pid, signal.SIGKILL)
-    assert not alive, f"reduce workers {sorted(alive)} outlived the reduce"
+    assert not (alive := outlived(workers)), f"reduce workers {alive} outlived the reduce"
 
 
 def test_killed_reduce_resumes_with_identical_bytes(small_run: RunDir, tmp_path: Path) -> None:
