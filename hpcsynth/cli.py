@@ -297,7 +297,9 @@ def _cancel(args: argparse.Namespace) -> int:
 
         ids += cancel_jobs(reduce_job_ids(run))  # a reduce submitted with --executor slurm
     else:
-        ids = cancel(run)
+        from hpcsynth.execute.slurm_jobs import cancel_jobs, recorded_reduce_ids
+
+        ids = cancel(run) + cancel_jobs(recorded_reduce_ids(run.reduce_jobs_path))  # launches, then reduces
     print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
     return 0
 

@@ -89,6 +89,10 @@ class RunDir:
         return self.root / "launches"
 
     @property
+    def reduce_jobs_path(self) -> Path:  # the Slurm jobs of `reduce --executor slurm`, for `cancel`
+        return self.root / "reduce-jobs.json"
+
+    @property
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
 

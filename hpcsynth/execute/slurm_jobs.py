@@ -125,6 +125,33 @@ def _array_size(job: str) -> int:
     return max(count, 1)
 
 
+def record_reduce(path: Path, dataset: str, jobs: dict[str, Any]) -> None:
+    """Add a `reduce --executor slurm`'s array and merge job ids to `path` ({"jobs": [{"dataset", "array",
+    "merge"}]}), for `hpcsynth cancel`; earlier submissions stay (a resubmitted reduce's old merge may still
+    wait)."""
+    recorded = _recorded_reduces(path)
+    recorded.append({"dataset": dataset, "array": jobs["array"], "merge": jobs["merge"]})
+    atomic_write_json(path, {"jobs": recorded})
+
+
+def recorded_reduce_ids(path: Path) -> list[str]:
+    """The job ids record_reduce() wrote to `path`, each checked before it reaches scancel."""
+    ids = [j.get(k) or "" for j in _recorded_reduces(path) for k in ("array", "merge")]
+    for job_id in ids:
+        if job_id and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+            raise RunError(f"{path}: {job_id!r} is not a Slurm job id; this file was not written by hpcsynth "
+                           f"reduce: delete it (cancel then stops the generation arrays only)")
+    return [i for i in dict.fromkeys(ids) if i]
+
+
+def _recorded_reduces(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = read_json(path)
+        return [j for j in data["jobs"] if isinstance(j, dict)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet, or damaged: the next submission starts the record again
+
+
 def active_jobs(run: RunDir) -> list[str]:
     """Recorded jobs that Slurm still holds (pending, running, requeued): one squeue call, which unlike
     sacct shows a job the moment it is submitted."""

@@ -38,6 +38,7 @@ def reduce_command(args: argparse.Namespace) -> int:
 def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import load_profile
     from hpcsynth.execute.slurm import check_slurm_path, submit_reduce
+    from hpcsynth.execute.slurm_jobs import record_reduce
     from hpcsynth.reduce.reducer import prepare_reduce
 
     # Before prepare_reduce writes anything there (submit_reduce checks again, for the grid's reduces).
@@ -47,6 +48,7 @@ def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
     slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
     spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
     jobs = submit_reduce(spec, slurm)
+    record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`
     print(f"reduce (slurm): {jobs['parts']} parts pending in array {jobs['array'] or '-'}, merge job "
           f"{jobs['merge']}; the report appears at {spec.out_dir}/report{spec.suffix}.json; then: "
           f"hpcsynth verify {spec.out_dir}")

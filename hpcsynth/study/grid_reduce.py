@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json
 from hpcsynth.rundir import RunDir
 from hpcsynth.study.grid import check_mixins, generator_run, require_generator_run
@@ -79,31 +78,16 @@ def reduce_jobs_path(run: RunDir) -> Path:
 def record_reduce_jobs(run: RunDir, entry: dict[str, Any]) -> None:
     """RUN/datasets/slurm-jobs.json: every reduce array and merge submitted, so that `hpcsynth cancel RUN`
     stops a grid's reduce as it stops its generation (those ids live in each generator's launches/)."""
-    jobs = _recorded(run)  # earlier submissions too: a resubmitted dataset's old merge may still wait
-    jobs.append({"dataset": entry["name"], "array": entry["jobs"]["array"], "merge": entry["jobs"]["merge"]})
-    atomic_write_json(reduce_jobs_path(run), {"jobs": jobs})
+    from hpcsynth.execute.slurm_jobs import record_reduce
 
-
-def _recorded(run: RunDir) -> list[dict[str, Any]]:
-    from hpcsynth.files import read_json
-
-    try:
-        data = read_json(reduce_jobs_path(run))
-        return [j for j in data["jobs"] if isinstance(j, dict)]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # none yet, or damaged: the next submission starts the record again
+    record_reduce(reduce_jobs_path(run), entry["name"], entry["jobs"])
 
 
 def reduce_job_ids(run: RunDir) -> list[str]:
     """The recorded reduce jobs' ids, each checked before it reaches scancel."""
-    from hpcsynth.execute.slurm_jobs import JOB_ID
+    from hpcsynth.execute.slurm_jobs import recorded_reduce_ids
 
-    ids = [j.get(k) or "" for j in _recorded(run) for k in ("array", "merge")]
-    for job_id in ids:
-        if job_id and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
-            raise RunError(f"{reduce_jobs_path(run)}: {job_id!r} is not a Slurm job id; this file was not written "
-                           f"by hpcsynth reduce: delete it (cancel then stops the generation arrays only)")
-    return [i for i in dict.fromkeys(ids) if i]
+    return recorded_reduce_ids(reduce_jobs_path(run))
 
 
 def collect_finished(run: RunDir, grid: dict[str, Any]) -> list[dict[str, Any]]:

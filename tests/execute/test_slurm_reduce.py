@@ -51,6 +51,32 @@ def test_slurm_reduce_matches_local(tmp_path: Path, cluster: ClusterInfo, tiny_m
     assert "is whole" in cli(cluster, "verify", str(out)).stdout
 
 
+def test_cancel_stops_a_plain_runs_slurm_reduce(tmp_path: Path, cluster: ClusterInfo, tiny_model: Path) -> None:
+    """`hpcsynth cancel RUN` stopped a grid's Slurm reduce but not a plain run's: its array and merge job
+    ids were not recorded anywhere cancel looks. They go to RUN/reduce-jobs.json now."""
+    config = tmp_path / "config.yaml"
+    write_corpus(tmp_path / "hq" / "a.jsonl", 6, prefix="hq")
+    config.write_text(CONFIG.format(tokenizer=tiny_model, corpus=tmp_path / "hq" / "*.jsonl").replace(
+        "time_min: 20}", "time_min: 20, sbatch: ['begin=now+3600']}"))  # held: still queued when cancelled
+    run = tmp_path / "run"
+    cli(cluster, "plan", str(config), "--run", str(run), "--input", str(write_corpus(tmp_path / "c.jsonl", 15)))
+    cli(cluster, "launch", str(run))
+    cli(cluster, "reduce", str(run), "--executor", "slurm")
+    recorded = orjson.loads((run / "reduce-jobs.json").read_bytes())["jobs"]
+    ids = [job[key] for job in recorded for key in ("array", "merge") if job[key]]
+    assert len(recorded) == 1 and len(ids) == 2, recorded
+    said = cli(cluster, "cancel", str(run)).stdout
+    assert all(i in said for i in ids), said
+    deadline = time.monotonic() + 60
+    while True:
+        states = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "State"], env=cluster.env,
+                                capture_output=True, text=True).stdout.splitlines()
+        if states and all(s.startswith("CANCELLED") for s in states):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(1)
+
+
 REQUEUE_CONFIG = """\
 prompts: [faq]
 plan: {{shard_docs: 15}}
