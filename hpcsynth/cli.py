@@ -20,7 +20,7 @@ COMMANDS = {
                "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
-    "cancel": ("cancel the Slurm jobs a run launched (finished work is kept)",
+    "cancel": ("cancel the Slurm jobs of a run, its launches and Slurm reduces (finished work is kept)",
                "hpcsynth cancel runs/fp"),
     "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx",
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),

@@ -193,3 +193,17 @@ def hpcsynth_on(cluster: ClusterInfo, *args: str) -> subprocess.CompletedProcess
     if proc.returncode != 0:
         raise AssertionError(f"hpcsynth {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_cancelled(cluster: ClusterInfo, ids: list[str], seconds: float = 60) -> None:
+    """Until sacct shows every job of `ids` CANCELLED (it lags scancel by a moment); fails after `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        states = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "State"], env=cluster.env,
+                                capture_output=True, text=True).stdout.splitlines()
+        if states and all(state.startswith("CANCELLED") for state in states):
+            return
+        assert time.monotonic() < deadline, f"jobs {ids} not all cancelled: {states}"
+        time.sleep(1)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from conftest import write_corpus
-from slurm_cluster import ClusterInfo, hpcsynth_on as cli
+from slurm_cluster import ClusterInfo, hpcsynth_on as cli, wait_cancelled
 
 pytestmark = pytest.mark.slurm
 
@@ -67,14 +67,7 @@ def test_cancel_stops_a_plain_runs_slurm_reduce(tmp_path: Path, cluster: Cluster
     assert len(recorded) == 1 and len(ids) == 2, recorded
     said = cli(cluster, "cancel", str(run)).stdout
     assert all(i in said for i in ids), said
-    deadline = time.monotonic() + 60
-    while True:
-        states = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "State"], env=cluster.env,
-                                capture_output=True, text=True).stdout.splitlines()
-        if states and all(s.startswith("CANCELLED") for s in states):
-            break
-        assert time.monotonic() < deadline, states
-        time.sleep(1)
+    wait_cancelled(cluster, ids)
 
 
 REQUEUE_CONFIG = """\

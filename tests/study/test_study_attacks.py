@@ -8,13 +8,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 import yaml
 
+from slurm_cluster import wait_cancelled
 from test_grid import hpcsynth
 from test_grid_changes import fake_grid
 
@@ -319,14 +319,7 @@ def test_cancel_during_a_grid_reduce_on_slurm_stops_its_arrays_and_merges(tmp_pa
     assert len(recorded) == 4 and len(ids) == 8, recorded  # 2 generators x 2 prompts, an array and a merge each
     said = cli("cancel", str(run)).stdout
     assert all(i in said for i in ids), said
-    deadline = time.monotonic() + 60
-    while True:
-        states = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "State"], env=cluster.env,
-                                capture_output=True, text=True).stdout.splitlines()
-        if states and all(s.startswith("CANCELLED") for s in states):
-            break
-        assert time.monotonic() < deadline, states
-        time.sleep(1)
+    wait_cancelled(cluster, ids)
 
 
 def test_a_generators_deleted_fingerprint_or_config_is_put_back_by_planning_the_grid(tmp_path: Path) -> None:
