@@ -129,14 +129,30 @@ def record_reduce(path: Path, dataset: str, jobs: dict[str, Any]) -> None:
     """Add a `reduce --executor slurm`'s array and merge job ids to `path` ({"jobs": [{"dataset", "array",
     "merge"}]}), for `hpcsynth cancel`; earlier submissions stay (a resubmitted reduce's old merge may still
     wait)."""
-    recorded = _recorded_reduces(path)
-    recorded.append({"dataset": dataset, "array": jobs["array"], "merge": jobs["merge"]})
-    atomic_write_json(path, {"jobs": recorded})
+    import fcntl
+
+    # Two reduces of one run submitted at once (other --out directories) would each rewrite the record
+    # from what it read, and one's jobs would be lost to cancel: one at a time.
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        recorded = _recorded_reduces(path)
+        recorded.append({"dataset": dataset, "array": jobs["array"], "merge": jobs["merge"]})
+        atomic_write_json(path, {"jobs": recorded})
 
 
 def recorded_reduce_ids(path: Path) -> list[str]:
-    """The job ids record_reduce() wrote to `path`, each checked before it reaches scancel."""
-    ids = [j.get(k) or "" for j in _recorded_reduces(path) for k in ("array", "merge")]
+    """The job ids record_reduce() wrote to `path`, each checked before it reaches scancel; a damaged record
+    is an error (cancel must not say "nothing to cancel" while those jobs run)."""
+    if not path.exists():
+        return []
+    try:
+        jobs = read_json(path)["jobs"]
+        if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+            raise TypeError("not a list of jobs")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{path}: cannot be read as hpcsynth's record of Slurm reduce jobs ({exc}); find those "
+                       f"jobs with `squeue --me` and scancel them, then delete the file") from None
+    ids = [j.get(k) or "" for j in jobs for k in ("array", "merge")]
     for job_id in ids:
         if job_id and not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
             raise RunError(f"{path}: {job_id!r} is not a Slurm job id; this file was not written by hpcsynth "
@@ -145,6 +161,7 @@ def recorded_reduce_ids(path: Path) -> list[str]:
 
 
 def _recorded_reduces(path: Path) -> list[dict[str, Any]]:
+    """What record_reduce() adds to: a damaged record starts again (recorded_reduce_ids reports it)."""
     try:
         data = read_json(path)
         return [j for j in data["jobs"] if isinstance(j, dict)]

@@ -214,3 +214,60 @@ def test_hostile_but_legal_paths_and_options_run_on_real_slurm(tmp_path: Path, c
         time.sleep(1)
     assert len(list((run / "done").glob("*.json"))) == 2, list((run / "slurm").rglob("*.out"))
     assert not list(tmp_path.rglob("PWNED*")) and not Path("PWNED").exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'{"jobs": [{"dataset": "reduce", "array": "4242", "merge": "4243;id"}]}', "is not a Slurm job id"),
+    (b'{"jobs": [{"dataset": "reduce", "array": "--user=root", "merge": "4243"}]}', "is not a Slurm job id"),
+    (b'{"jobs": [{"dataset": "red', "cannot be read as hpcsynth's record"),  # cut while written
+    (b'{"jobs": "4242"}', "cannot be read as hpcsynth's record"),
+    (b"\x00" * 64, "cannot be read as hpcsynth's record"),
+])
+def test_a_damaged_or_hostile_reduce_job_record_is_one_line_and_never_reaches_scancel(
+        tmp_path: Path, content: bytes, says: str) -> None:
+    """RUN/reduce-jobs.json (what `reduce --executor slurm` submitted, for cancel): a damaged record is an
+    error naming it, not "nothing to cancel" while the jobs run; a hostile id never reaches scancel."""
+    run = planned(tmp_path / "run")
+    (run / "reduce-jobs.json").write_bytes(content)
+    env, argv = fake_scancel(tmp_path)
+    err = one_line_error(cli("cancel", str(run), env=env))
+    assert "reduce-jobs.json" in err and says in err
+    assert not argv.exists()
+
+
+def test_cancel_passes_the_recorded_reduce_jobs_after_double_dash(tmp_path: Path) -> None:
+    run = planned(tmp_path / "run")
+    (run / "reduce-jobs.json").write_bytes(orjson.dumps({"jobs": [{"dataset": "reduce", "array": "4242",
+                                                                   "merge": "4243"},
+                                                                  {"dataset": "reduce", "array": None,
+                                                                   "merge": "4250"}]}))
+    env, argv = fake_scancel(tmp_path)
+    proc = cli("cancel", str(run), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(argv.read_bytes()) == ["--", "4242", "4243", "4250"]
+    assert "4242, 4243, 4250" in proc.stdout
+
+
+RECORD_MANY = """
+import sys, time
+from pathlib import Path
+from hpcsynth.execute.slurm_jobs import record_reduce
+while time.time() < float(sys.argv[4]):  # both start together, past their imports
+    pass
+for i in range(200):
+    record_reduce(Path(sys.argv[1]), sys.argv[2], {"array": f"{sys.argv[3]}{i:03d}", "merge": None})
+"""
+
+
+def test_reduces_submitted_at_once_both_stay_recorded(tmp_path: Path) -> None:
+    """Each record_reduce rewrites the record from what it read: two at once must not lose each other's."""
+    import time
+
+    from hpcsynth.execute.slurm_jobs import recorded_reduce_ids
+
+    path, start = tmp_path / "reduce-jobs.json", str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", RECORD_MANY, str(path), name, prefix, start])
+             for name, prefix in (("a", "1"), ("b", "2"))]
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0]
+    # Without the lock about half were lost (332 of 600 in one run of the same race).
+    assert sorted(recorded_reduce_ids(path)) == sorted(f"{p}{i:03d}" for p in "12" for i in range(200))
