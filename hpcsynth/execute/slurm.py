@@ -20,8 +20,9 @@ from typing import Any
 
 from hpcsynth.config import SlurmConfig
 from hpcsynth.errors import HpcsynthError
-from hpcsynth.execute.slurm_jobs import (SlurmError, _captured_stderr, _first_error, _run,  # noqa: F401
-                                       active_jobs, cancel_jobs, record_launch, require_tools)  # launch's backend.*
+from hpcsynth.execute.slurm_jobs import (SLURM_TIMEOUT_S, SlurmError, _captured_stderr, _first_error,  # noqa: F401
+                                       _run, active_jobs, cancel_jobs, record_launch,
+                                       require_tools)  # launch's backend.*
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.execute.slurm")
@@ -299,7 +300,8 @@ def map_plan_array(run_root: Path, config: SlurmConfig, fn: Any, jobs: list[Any]
         raise
 
 
-PLAN_POLL_S = 1.0  # how often a planner waiting on an array task looks at it
+PLAN_POLL_S = 1.0  # how often a planner waiting on an array task looks for its result
+PLAN_QUEUE_S = 5.0  # how often it asks squeue (the controller is shared: not every second for hours)
 PLAN_GONE_S = 15.0  # a task out of squeue this long without a result is gone (result files may lag on NFS)
 
 
@@ -309,7 +311,7 @@ def _result(job: Any, name: str) -> Any:
     and running task, shows it gone."""
     import submitit
 
-    gone_since = None
+    gone_since, asked = None, 0.0
     while True:
         try:
             if job.done():
@@ -317,20 +319,27 @@ def _result(job: Any, name: str) -> Any:
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             raise SlurmError(f"{name} array task {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
                              f"its log: {job.paths.stdout}") from None
-        queued = _queued(str(job.job_id).split("_")[0])
-        if queued is None or str(job.job_id) in queued:
-            gone_since = None
-        elif gone_since is None:
-            gone_since = time.monotonic()
-        elif time.monotonic() - gone_since > PLAN_GONE_S:
-            raise SlurmError(f"{name} array task {job.job_id} left Slurm's queue without a result (cancelled "
-                             f"before it started?); plan again; its log, if it ran: {job.paths.stdout}")
+        if time.monotonic() - asked >= PLAN_QUEUE_S:
+            asked = time.monotonic()
+            queued = _queued(str(job.job_id).split("_")[0])
+            if queued is None or str(job.job_id) in queued:
+                gone_since = None
+            elif gone_since is None:
+                gone_since = asked
+            elif asked - gone_since > PLAN_GONE_S:
+                raise SlurmError(f"{name} array task {job.job_id} left Slurm's queue without a result (cancelled "
+                                 f"before it started?); plan again; its log, if it ran: {job.paths.stdout}")
         time.sleep(PLAN_POLL_S)
 
 
 def _queued(array: str) -> set[str] | None:
-    """The tasks of `array` that Slurm still holds, one id each (squeue -r); None when squeue cannot say."""
+    """The tasks of `array` that Slurm still holds, one id each (squeue -r); None when squeue cannot say.
+    An array the controller has forgotten (MinJobAge after its last task ended) holds none."""
     try:
-        return set(_run(["squeue", "-h", "-r", "-j", array, "-o", "%i"]).split())
-    except SlurmError:
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i"], capture_output=True, text=True,
+                              timeout=SLURM_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
         return None
+    if proc.returncode == 0:
+        return set(proc.stdout.split())
+    return set() if "invalid job id" in proc.stderr.lower() else None

@@ -92,3 +92,13 @@ def test_a_scan_task_cancelled_before_it_starts_fails_the_plan_and_cancels_the_r
     assert not (run / "manifest.json").exists() and not list(run.glob(".plan-tmp-*")) and not (run / "shards").exists()
     subprocess.run(command, cwd=REPO, env=cluster.env, check=True, capture_output=True, timeout=300)
     assert orjson.loads((run / "manifest.json").read_bytes())["documents"] == 90
+
+
+def test_an_array_the_controller_forgot_holds_no_tasks(cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue -j on an array purged after its last task (MinJobAge) fails with "Invalid job id": that is
+    an empty queue, not "cannot say" (which would keep a planner waiting on a cancelled task for ever)."""
+    from hpcsynth.execute.slurm import _queued
+
+    for key, value in cluster.env.items():
+        monkeypatch.setenv(key, value)
+    assert _queued("999999") == set()
