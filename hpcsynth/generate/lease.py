@@ -117,9 +117,15 @@ class Lease:
 
     def acquire(self) -> bool:
         """Take the lease; False when another live worker holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            if self._create():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                created = self._create()
+            except FileNotFoundError:
+                # The holder committed and removed the shard's work directory between our mkdir and our
+                # create: look again (the shard is most likely done now, which the caller checks).
+                continue
+            if created:
                 self.lost = False
                 return True
             held = read_lease(self.path)

@@ -21,7 +21,7 @@ from hpcsynth.generate.engines import make_engine
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.generate.lease import gpu_slot, new_owner, slurm_task
 from hpcsynth.rundir import RunDir
-from hpcsynth.generate.worker import ShardResult, WorkerSession
+from hpcsynth.generate.worker import ShardResult, WorkerSession, WorkerStopped
 
 log = logging.getLogger("hpcsynth.generate.worker")
 
@@ -61,11 +61,15 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
              clock.data["startup_s"], device, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     session = WorkerSession(run, CountingEngine(engine, clock), config, owner, on_result=lambda r: clock.write(
         shards_done=clock.data["shards_done"] + (r.state == "done")), failed_since=listed)
+    state = "finished"
     try:
         results = session.work(todo)
+    except WorkerStopped:
+        state = "failed"
+        raise
     finally:
         engine.close()
-        clock.finish(generation_s=round(session.generation_s, 3), state="finished")
+        clock.finish(generation_s=round(session.generation_s, 3), state=state)
     return results
 
 
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except HpcsynthError as exc:  # a setup mistake: one line for launch to show, as the CLI would
         print(f"hpcsynth: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except WorkerStopped as exc:  # logged in full above; one line for launch to show
+        print(f"hpcsynth: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 1 if any(r.state == "failed" for r in results) else 0
 
 

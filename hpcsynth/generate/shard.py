@@ -84,7 +84,14 @@ class ShardTask:
         if run.is_done(shard, digest):
             return ShardResult(shard, "skipped")
         lease = Lease(run.lease_path(shard), owner, config.worker.lease_timeout_s)
-        if not lease.acquire():
+        try:
+            acquired = lease.acquire()
+        except OSError as exc:
+            # A file-system hiccup while probing (a directory that came and went, a server error): this
+            # worker cannot tell who holds the shard, so it counts as busy and gets its second look later.
+            log.warning("shard %d: cannot probe its lease (%s: %s); counted as busy", shard, type(exc).__name__, exc)
+            return ShardResult(shard, "busy", error=f"lease probe failed: {exc}")
+        if not acquired:
             return ShardResult(shard, "busy")
         try:
             # Again under the lease: another worker may have committed it since the check above.

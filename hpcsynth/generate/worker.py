@@ -30,13 +30,18 @@ from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, shard_o
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
 
-__all__ = ["ShardResult", "WorkerSession", "run_shard", "record_seed", "truncate_document", "is_out_of_memory"]
+__all__ = ["ShardResult", "WorkerSession", "WorkerStopped", "run_shard", "record_seed", "truncate_document", "is_out_of_memory"]
 
 log = logging.getLogger("hpcsynth.generate.worker")
 
 # A progress log that keeps breaking (a failing disk) fails its shard rather than looping.
 MAX_MENDS = 3
 WATCHDOG_EXIT_CODE = 75  # EX_TEMPFAIL: the shards failed for now; a new worker may take them
+
+
+class WorkerStopped(RuntimeError):
+    """The engine's request stream ended on an error while no shard was open: the worker's remaining
+    shards are left to other workers, and this one must not exit as if it had finished."""
 
 
 class ConfigChanged(Exception):
@@ -120,7 +125,12 @@ class WorkerSession:
                 return
             except Exception as exc:
                 if not self._step_down(exc):
-                    self._fail_open(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                    reason, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                    if not self.open:
+                        # Nothing open to fail (the error came while claiming): say so, and exit non-zero.
+                        log.error("worker stopped with %d shard(s) unclaimed: %s\n%s", len(pending), reason, trace)
+                        raise WorkerStopped(f"worker stopped with {len(pending)} shard(s) unclaimed: {reason}") from exc
+                    self._fail_open(reason, trace)
                     return  # the engine may be broken: leave the remaining shards to a fresh worker
 
     def _stream(self, pending: deque[int]) -> Iterator[Request]:
@@ -133,8 +143,12 @@ class WorkerSession:
             while pending:
                 self._check_config()
                 shard = pending.popleft()
-                opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest,
-                                        self.expected.get(shard), self.failed_since)
+                try:
+                    opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest,
+                                            self.expected.get(shard), self.failed_since)
+                except BaseException:
+                    pending.appendleft(shard)  # not claimed: it counts among the shards left to others
+                    raise
                 if isinstance(opened, ShardResult):
                     if opened.state == "busy" and not second_pass:
                         busy.append(shard)
