@@ -1,3 +1,3 @@
-from hpcsynth.cli import main
+from hpcsynth.cli.main import main
 
 raise SystemExit(main())

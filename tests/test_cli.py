@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hpcsynth.cli import COMMANDS
+from hpcsynth.cli.main import COMMANDS
 
 from conftest import REPO, write_corpus
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hpcsynth.cli import COMMANDS, build_parser
+from hpcsynth.cli.main import COMMANDS, build_parser
 
 from conftest import REPO, SHARED_DATA, write_corpus
 

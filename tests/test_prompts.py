@@ -15,7 +15,7 @@ from hpcsynth.errors import ConfigError
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.generate.pull import pull_shards
 from hpcsynth.plan import plan_corpus
-from hpcsynth.prompt_render import read_document, render_for_engine
+from hpcsynth.generate.render import read_document, render_for_engine
 from hpcsynth.prompts import PLACEHOLDER, PROMPT_FORMATS, available_prompts, load_prompts, parse_prompt
 from hpcsynth.rundir import RunDir
 

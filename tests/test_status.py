@@ -95,7 +95,7 @@ def test_gpu_workers_count_gpu_hours_not_cpu_hours(tmp_path: Path) -> None:
 def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from hpcsynth.status_view import watch_status
+    from hpcsynth.status.view import watch_status
 
     run = planned(tmp_path, docs=120)
     proc = launch(run)

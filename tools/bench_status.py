@@ -5,7 +5,7 @@ recorded Slurm launch, puts a counting `sacct` first on PATH (it logs each call 
 sacct if there is one), and times, in the same run:
   anchor    per-shard probing: three existence checks and a JSON read per shard (the straightforward
             way; submitit-style watchers also ask sacct per job or per refresh of each task)
-  hpcsynth  hpcsynth.status.collect_status (each directory listed once, one sacct call)
+  hpcsynth  hpcsynth.status.collect.collect_status (each directory listed once, one sacct call)
 
     python tools/bench_status.py [--shards 10000]
 """
@@ -28,7 +28,7 @@ from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config, fingerprint  # noqa: E402
 from hpcsynth.prompts import load_prompts  # noqa: E402
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir  # noqa: E402
-from hpcsynth.status import collect_status  # noqa: E402
+from hpcsynth.status.collect import collect_status  # noqa: E402
 
 
 def build_run(root: Path, shards: int) -> RunDir:

@@ -165,7 +165,7 @@ def _check_plan(config: Config, bad: Any) -> None:
         if getattr(plan, key) < 0:
             raise bad(f"plan.{key}", f"must be 0 or more, got {getattr(plan, key)}")
     if plan.filter:
-        from hpcsynth.plan.filters import compile_predicate
+        from hpcsynth.corpus.filters import compile_predicate
 
         compile_predicate(plan.filter, bad)
 

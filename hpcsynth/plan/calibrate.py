@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpcsynth.config import Config
-from hpcsynth.plan.readers import read_file
+from hpcsynth.corpus.readers import read_file
 
 DEFAULT_BYTES_PER_TOKEN = 4.0  # English web text under ~50k-vocabulary BPE tokenizers: 4.2-4.6; rounded down
 SAMPLE_BYTES = 1 << 20

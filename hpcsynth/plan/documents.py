@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from hpcsynth.config import PlanConfig
-from hpcsynth.plan.filters import MISSING, compile_predicate, lookup, sampled
+from hpcsynth.corpus.filters import MISSING, compile_predicate, lookup, sampled
 
 # Cut points for a long document, coarsest first; a cut must keep at least half the budget.
 BOUNDARIES = ("\n\n", "\n", ". ", " ")

@@ -17,7 +17,7 @@ from typing import Any
 from hpcsynth.config import Config, diff_configs
 from hpcsynth.errors import InputError, RunError
 from hpcsynth.files import read_json
-from hpcsynth.plan.readers import display_path
+from hpcsynth.corpus.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
 from hpcsynth.rundir import RunDir
 

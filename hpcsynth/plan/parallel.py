@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import RunError
-from hpcsynth.execute.children import process_pool
+from hpcsynth.pool import process_pool
 from hpcsynth.plan.heap import keep_freed_memory
-from hpcsynth.plan.readers import ByteCounter
+from hpcsynth.corpus.readers import ByteCounter
 from hpcsynth.plan.shards import finish_syncs, forget_syncers
 from hpcsynth.plan.scan import GroupJob, GroupResult, count_spilled_shards, scan_group, write_spilled
 

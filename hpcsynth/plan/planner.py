@@ -27,7 +27,7 @@ from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.manifest import changes_since, check_inputs_unchanged, commit_plan, input_stats, take_lock
 from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
-from hpcsynth.plan.readers import ByteCounter, display_path, expand_inputs, unit
+from hpcsynth.corpus.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts

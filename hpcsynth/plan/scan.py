@@ -27,8 +27,8 @@ import orjson
 
 from hpcsynth.config import PlanConfig
 from hpcsynth.plan.documents import DocumentBuilder, Dropped
-from hpcsynth.plan.filters import predicate_fields
-from hpcsynth.plan.readers import ByteCounter, display_path, read_file, unit
+from hpcsynth.corpus.filters import predicate_fields
+from hpcsynth.corpus.readers import ByteCounter, display_path, read_file, unit
 from hpcsynth.plan.shards import ShardCutter, ShardSink
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position

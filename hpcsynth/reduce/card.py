@@ -6,7 +6,7 @@ configs with their data files); it is produced by yaml.safe_dump, so no name in 
 source from the mix) can break it. The text says what a reader needs to trust and reuse the data:
 generator and revision, prompts and their hashes, sampling, sources and their licences as the config
 states them (card: section), the mix (DIR/mix.json when the reduce mixed sources), token counts, the
-quality checks, and what the run cost (hpcsynth/study/account.py).
+quality checks, and what the run cost (hpcsynth/status/account.py).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _account(run: str, price: float) -> dict[str, Any] | None:
     """The run's account, or None: the card must not fail a reduce because accounting failed."""
     try:
         from hpcsynth.rundir import RunDir
-        from hpcsynth.study.account import account_run
+        from hpcsynth.status.account import account_run
 
         return account_run(RunDir(Path(run)), price)
     except Exception as exc:  # the run moved, a damaged file, sacct unreachable

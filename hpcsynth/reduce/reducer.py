@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import HpcsynthError
-from hpcsynth.execute.children import process_pool
+from hpcsynth.pool import process_pool
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.lock import reduce_lock

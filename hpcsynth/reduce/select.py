@@ -58,7 +58,7 @@ def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int],
 
 def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
     """Shards that live workers generate right now: say so, rather than asking for a launch."""
-    from hpcsynth.status import collect_status
+    from hpcsynth.status.collect import collect_status
 
     running = collect_status(run, slurm=False)["running_shards"]
     if not running:

@@ -12,7 +12,7 @@ from typing import Any
 
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.rundir import RunDir
-from hpcsynth.study.account import account_run, combine_accounts
+from hpcsynth.status.account import account_run, combine_accounts
 from hpcsynth.study.estimate import Estimate, make_estimate
 from hpcsynth.study.grid import grid_generator_runs, require_generator_run
 from hpcsynth.study.measure import inputs_from_run

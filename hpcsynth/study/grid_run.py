@@ -55,7 +55,7 @@ def launch_grid(run: RunDir, grid: dict[str, Any], executor: str = "local", retr
 
 def collect_grid_status(run: RunDir, grid: dict[str, Any], slurm: bool = True) -> dict[str, Any]:
     """Per generator: its status (as `hpcsynth status` sees it); per cell: done shards, records, tokens."""
-    from hpcsynth.status import collect_status
+    from hpcsynth.status.collect import collect_status
 
     generators, cells = {}, []
     for name, sub in grid_generator_runs(run, grid):
@@ -157,6 +157,6 @@ def grid_renderables(status: dict[str, Any]) -> list:
 
 def grid_finished(status: dict[str, Any]) -> bool:
     """Every generator's run is finished as `status --watch` judges a plain run."""
-    from hpcsynth.status_view import finished
+    from hpcsynth.status.view import finished
 
     return all(finished(gen) for gen in status["generators"].values())

@@ -11,8 +11,8 @@ import zstandard
 
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.rundir import RunDir
-from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files
-from hpcsynth.status import _number as _any_number
+from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files
+from hpcsynth.status.collect import _number as _any_number
 from hpcsynth.study.estimate import MAX_COUNT, Inputs
 
 # Outputs read for per-prompt lengths: shards spread over the run (early shards may differ from late

@@ -123,7 +123,7 @@ def test_local_workers_share_shards_and_see_their_gpu(tmp_path: Path) -> None:
 
 
 def test_status_sees_a_killed_local_worker_at_once(tmp_path: Path) -> None:
-    from hpcsynth.status import collect_status
+    from hpcsynth.status.collect import collect_status
 
     run = planned_run(tmp_path, "dead", docs=20)
     proc = worker(run, {"delay_s": 0.05})

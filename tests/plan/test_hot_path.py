@@ -14,7 +14,7 @@ import zstandard
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.plan import plan_corpus
 from hpcsynth.plan.documents import DocumentBuilder, Dropped, estimate_tokens
-from hpcsynth.plan.readers import read_file
+from hpcsynth.corpus.readers import read_file
 from hpcsynth.plan.scan import GroupJob, count_shards
 from hpcsynth.plan.shards import ShardSink, finish_syncs
 from hpcsynth.rundir import RunDir

@@ -145,7 +145,7 @@ SLOW_PLAN = """
 import os, sys, time
 from pathlib import Path
 from hpcsynth.plan import parallel
-from hpcsynth.cli import main
+from hpcsynth.cli.main import main
 real = parallel.scan_group
 def scan_group(job, *args):  # a long group: a worker is still in it when the planner dies
     (Path(sys.argv[1]) / f"worker-{os.getpid()}").touch()

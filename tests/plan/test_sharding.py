@@ -14,7 +14,7 @@ from hpcsynth.errors import ConfigError
 from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
 from hpcsynth.plan import parallel, plan_corpus
 from hpcsynth.plan.documents import cut_point, split_text
-from hpcsynth.plan.filters import compile_predicate
+from hpcsynth.corpus.filters import compile_predicate
 from hpcsynth.rundir import RunDir
 
 from conftest import fake_config

@@ -108,7 +108,7 @@ def test_card_renders_the_mix_and_each_sources_licence(reduced) -> None:
 
 
 def test_a_failing_account_does_not_fail_the_card(reduced, monkeypatch) -> None:
-    import hpcsynth.study.account as account
+    import hpcsynth.status.account as account
 
     run, report = reduced
 

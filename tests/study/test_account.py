@@ -12,7 +12,7 @@ import pytest
 from conftest import planned_fake_run
 from hpcsynth.execute.launch import launch_run
 from hpcsynth.files import read_jsonl_zst
-from hpcsynth.study.account import account_run
+from hpcsynth.status.account import account_run
 from hpcsynth.study.estimate import make_estimate
 from hpcsynth.study.measure import inputs_from_run, measured_lengths
 

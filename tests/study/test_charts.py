@@ -13,7 +13,7 @@ import pytest
 from conftest import planned_fake_run
 from hpcsynth.execute.launch import launch_run
 from hpcsynth.study.charts import COLORS
-from hpcsynth.timeline import TIMELINE_BINS, build_timeline, sparkline
+from hpcsynth.status.timeline import TIMELINE_BINS, build_timeline, sparkline
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -99,8 +99,8 @@ def test_timeline_bins_every_commit_and_stays_bounded() -> None:
 def test_status_draws_sparklines_and_watch_keeps_the_live_rate(finished) -> None:
     from rich.console import Console
 
-    from hpcsynth.status import collect_status
-    from hpcsynth.status_view import status_renderables, watch_status
+    from hpcsynth.status.collect import collect_status
+    from hpcsynth.status.view import status_renderables, watch_status
 
     status = collect_status(finished)
     lines = [str(part) for part in status_renderables(status, 80)]

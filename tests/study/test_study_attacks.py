@@ -124,7 +124,7 @@ def test_plot_paths_that_are_not_a_png_file_in_a_directory_are_one_line(finished
 def test_an_unwritable_plot_is_one_line(finished, tmp_path: Path, monkeypatch) -> None:
     """Tests run as root, where a read-only directory is still writable: the refusal is injected."""
     from hpcsynth.errors import ConfigError
-    from hpcsynth.status import collect_status
+    from hpcsynth.status.collect import collect_status
     from hpcsynth.study import charts
 
     def refuse(path, data):
@@ -136,7 +136,7 @@ def test_an_unwritable_plot_is_one_line(finished, tmp_path: Path, monkeypatch) -
 
 
 def test_forged_times_far_ahead_or_behind_keep_the_timeline_to_the_runs_span(finished) -> None:
-    from hpcsynth.status import collect_status
+    from hpcsynth.status.collect import collect_status
 
     real = collect_status(finished)["timeline"]
     markers = {sid: orjson.loads(finished.done_path(sid).read_bytes()) for sid in (1, 2)}

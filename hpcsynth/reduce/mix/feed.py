@@ -92,7 +92,7 @@ class MixFeed:
                    rejects: list[dict]) -> None:
         """One file (or run of Parquet row groups) of a mix-in corpus, read by the planner's reader: the
         same formats, bounds and errors."""
-        from hpcsynth.plan.readers import read_file
+        from hpcsynth.corpus.readers import read_file
 
         entry = self.mix["sources"][source]
         text_key, id_key, name = entry["text_key"], entry["id_key"], entry["name"]

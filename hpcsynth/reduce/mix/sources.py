@@ -72,7 +72,7 @@ def _originals(run: RunDir, weight: float) -> dict[str, Any]:
 
 
 def _corpus(index: int, entry: Any) -> dict[str, Any]:
-    from hpcsynth.plan.readers import expand_inputs
+    from hpcsynth.corpus.readers import expand_inputs
 
     try:
         files, empty = expand_inputs([entry.path])
@@ -98,7 +98,7 @@ def corpus_parts(mix: dict[str, Any], first_index: int, part_rows: int) -> list[
 
 
 def _row_group_runs(file: str, part_rows: int) -> list[list[int] | None]:
-    from hpcsynth.plan.readers import is_parquet
+    from hpcsynth.corpus.readers import is_parquet
 
     if not is_parquet(Path(file)):
         return [None]

@@ -22,7 +22,7 @@ from hpcsynth.plan.planner import Plan, plan_corpus
 from hpcsynth.reduce.reducer import ReduceReport, reduce_run
 from hpcsynth.resources import data_dir
 from hpcsynth.rundir import RunDir
-from hpcsynth.status import collect_status
+from hpcsynth.status.collect import collect_status
 
 
 @dataclass(frozen=True)

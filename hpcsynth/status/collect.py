@@ -20,7 +20,7 @@ from hpcsynth.files import read_regular
 from hpcsynth.generate.lease import holder_gone, process_start
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
-from hpcsynth.timeline import build_timeline, plausible_times
+from hpcsynth.status.timeline import build_timeline, plausible_times
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -137,7 +137,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
                           "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                         key=lambda t: str(t["name"])),
-        # Tokens and shards committed per time bin since the first worker started (hpcsynth/timeline.py).
+        # Tokens and shards committed per time bin since the first worker started (hpcsynth/status/timeline.py).
         "timeline": build_timeline(*plausible_times(commits, [_number(t.get("started")) for t in tasks], now),
                                    now if live else 0.0),
         "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
@@ -316,12 +316,12 @@ def _shaped(data: object, numbers: tuple[str, ...], optional: tuple[str, ...] = 
 
 
 def render_status(status: dict[str, Any], console=None) -> None:
-    from hpcsynth.status_view import render_status as render
+    from hpcsynth.status.view import render_status as render
 
     render(status, console)
 
 
 def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
-    from hpcsynth.status_view import watch_status as watch
+    from hpcsynth.status.view import watch_status as watch
 
     return watch(run, interval, console)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpcsynth.rundir import RunDir
-from hpcsynth.status import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files, collect_status
+from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files, collect_status
 from hpcsynth.study.measure import _number  # a forged 1e308 or a negative count is 0
 
 

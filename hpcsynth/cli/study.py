@@ -65,7 +65,7 @@ def estimate_command(args: argparse.Namespace) -> int:
     account = None
     if args.run is not None:
         from hpcsynth.rundir import RunDir
-        from hpcsynth.study.account import account_run
+        from hpcsynth.status.account import account_run
         from hpcsynth.study.grid import read_grid_file
         from hpcsynth.study.measure import inputs_from_run
 

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", type=Path, help="take the validate: thresholds from this config instead "
                                                      "of the run's own (to tune them before a reduce)")
 
-    from hpcsynth.study.cli import add_arguments as add_estimate_arguments
+    from hpcsynth.cli.study import add_arguments as add_estimate_arguments
 
     add_estimate_arguments(command("estimate"))
     return parser
@@ -195,7 +195,7 @@ def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.study.grid import is_grid
 
     if is_grid(config):
-        from hpcsynth.study.grid_cli import plan_grid_command
+        from hpcsynth.cli.grid import plan_grid_command
 
         return plan_grid_command(args, config, slurm)
     with progress_bar("planning") as progress:
@@ -218,7 +218,7 @@ def _launch(args: argparse.Namespace) -> int:
 
     grid = _grid_of(args.run)
     if grid is not None:
-        from hpcsynth.study.grid_cli import launch_grid_command
+        from hpcsynth.cli.grid import launch_grid_command
 
         return launch_grid_command(args, grid)
     report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
@@ -245,7 +245,7 @@ def _status(args: argparse.Namespace) -> int:
     import orjson
 
     from hpcsynth.rundir import RunDir
-    from hpcsynth.status import collect_status, render_status
+    from hpcsynth.status.collect import collect_status, render_status
 
     if args.plot:  # before a watch of hours, not after it
         from hpcsynth.study.charts import check_plot_path
@@ -254,11 +254,11 @@ def _status(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     grid = _grid_of(args.run)
     if grid is not None:
-        from hpcsynth.study.grid_cli import status_grid_command
+        from hpcsynth.cli.grid import status_grid_command
 
         return status_grid_command(args, grid)
     if args.watch:
-        from hpcsynth.status import watch_status
+        from hpcsynth.status.collect import watch_status
 
         status = watch_status(run, args.interval)
         if args.plot:  # the run as the watch ended
@@ -305,11 +305,11 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _reduce(args: argparse.Namespace) -> int:
-    from hpcsynth.reduce.cli import reduce_command
+    from hpcsynth.cli.reduce import reduce_command
 
     grid = _grid_of(args.run)
     if grid is not None:
-        from hpcsynth.study.grid_cli import reduce_grid_command
+        from hpcsynth.cli.grid import reduce_grid_command
 
         return reduce_grid_command(args, grid)
     if args.train_args:
@@ -334,7 +334,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from hpcsynth.demo import run_demo
+    from hpcsynth.cli.demo import run_demo
 
     out = args.dir or Path(tempfile.mkdtemp(prefix="hpcsynth-demo-"))
     started = time.monotonic()
@@ -380,7 +380,7 @@ def _config(args: argparse.Namespace) -> int:
 
 def _prompts(args: argparse.Namespace) -> int:
     from hpcsynth.config import Config, load_config
-    from hpcsynth.prompt_render import read_document, render_for_engine
+    from hpcsynth.generate.render import read_document, render_for_engine
     from hpcsynth.prompts import available_prompts, parse_prompt
 
     config = load_config(args.config) if args.config else Config()
@@ -407,7 +407,7 @@ def _prompts(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from hpcsynth.reduce.validate.cli import validate_command
+    from hpcsynth.cli.validate import validate_command
 
     grid = _grid_of(args.run)
     if grid is not None:
@@ -428,7 +428,7 @@ def _grid_of(path: Path) -> dict | None:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from hpcsynth.study.cli import estimate_command
+    from hpcsynth.cli.study import estimate_command
 
     return estimate_command(args)
 

@@ -12,7 +12,7 @@ from hpcsynth.errors import HpcsynthError
 
 
 def inert(text: str) -> str:
-    from hpcsynth.cli import inert as one_line
+    from hpcsynth.cli.main import inert as one_line
 
     return one_line(text)
 

@@ -51,7 +51,7 @@ def read_document(path: Path, text_key: str = "text") -> str:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise InputError(f"--doc {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    from hpcsynth.plan.readers import read_file  # the planner's own reader: what --doc shows is what plan reads
+    from hpcsynth.corpus.readers import read_file  # the planner's own reader: what --doc shows is what plan reads
 
     for line, record, reason in read_file(path, [text_key]):
         if record is None:

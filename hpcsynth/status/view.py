@@ -13,8 +13,8 @@ from collections import deque
 from typing import Any
 
 from hpcsynth.rundir import RunDir, shard_name
-from hpcsynth.status import STATES, collect_status
-from hpcsynth.timeline import TIMELINE_BINS, cumulative, sparkline
+from hpcsynth.status.collect import STATES, collect_status
+from hpcsynth.status.timeline import TIMELINE_BINS, cumulative, sparkline
 
 
 def render_status(status: dict[str, Any], console=None) -> None:
