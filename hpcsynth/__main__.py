@@ -1,3 +1,3 @@
-from hpcsynth.cli.main import main
+from hpcsynth.cli.app import main
 
 raise SystemExit(main())

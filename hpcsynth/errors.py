@@ -19,3 +19,7 @@ class RunError(HpcsynthError):
 
 class EngineError(HpcsynthError):
     """A generation engine could not be built or failed for good."""
+
+
+class MissingDependency(HpcsynthError):
+    """An optional library (an extra of pyproject.toml) is absent or broken; the message names the pip command."""

@@ -30,11 +30,18 @@ FRAME_BYTES = 4 << 20
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write data to path so that readers see the old file or the whole new one."""
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """atomic_write_bytes for data that comes in pieces: each is written as it comes, so a file larger
+    than memory is never held whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -159,7 +166,7 @@ def _open_nofollow(path: Path, flags: int) -> int:
         os.close(dir_fd)
 
 
-def _symlink_error(path: Path, exc: OSError) -> OSError:
+def _symlink_error(path: Path, exc: OSError) -> OSError | RunError:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
         return RunError(f"{path} is a symbolic link; hpcsynth writes only real files inside the run directory, "
                         f"so remove the link (and check who made it)")

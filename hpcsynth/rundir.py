@@ -18,8 +18,10 @@ from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, confi
                              fingerprint, fingerprint_payload, read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import atomic_write_bytes, read_json, read_regular, sha256_file
+from hpcsynth.locks import describe_holder, lock_holder
 
 LAYOUT_VERSION = 1
+PLAN_LOCK = ".plan.lock"  # held by the one `hpcsynth plan` writing a run (hpcsynth/plan/manifest.py)
 
 
 def shard_name(shard: int) -> str:
@@ -81,9 +83,76 @@ class RunDir:
         return self.root / "set-aside"
 
     def log_path(self, name: str) -> Path:
-        return self.root / "logs" / f"{name}.log"
+        return self.logs_dir / f"{name}.log"
 
-    # --- written by launch and reduce
+    # --- the folders above, for whoever reads them whole (status, the account, the mix)
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.root / "done"
+
+    @property
+    def failed_dir(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def work_root(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    # --- written by plan beside the shards
+    @property
+    def plan_dir(self) -> Path:
+        return self.root / "plan"
+
+    @property
+    def replaced_dir(self) -> Path:  # outputs of shards a forced re-plan changed (kept, not lost)
+        return self.root / "replaced"
+
+    def plan_staging_dir(self, pid: int) -> Path:  # a plan being written, moved into place whole
+        return self.root / f".plan-tmp-{pid}"
+
+    @property
+    def failed_plan_rejects_path(self) -> Path:  # a failed plan's rejects, kept for the user to read
+        return self.root / "plan-failed-rejects.jsonl"
+
+    # --- written by launch, the workers, validate and reduce
+    @property
+    def tasks_dir(self) -> Path:  # one clock per worker process (RUN/tasks/NAME.json)
+        return self.root / "tasks"
+
+    def task_path(self, name: str) -> Path:
+        return self.tasks_dir / f"{name}.json"
+
+    @property
+    def slurm_dir(self) -> Path:  # submitit's job folders and logs
+        return self.root / "slurm"
+
+    def slurm_log_path(self, task_id: str) -> Path:
+        return self.slurm_dir / task_id.split("_")[0] / f"{task_id}_0_log.out"
+
+    @property
+    def validate_report_path(self) -> Path:
+        return self.root / "validate" / "report.json"
+
+    @property
+    def generators_dir(self) -> Path:  # a grid run's generator runs
+        return self.root / "generators"
+
+    @property
+    def datasets_dir(self) -> Path:  # a grid run's reduced datasets
+        return self.root / "datasets"
+
     @property
     def launches_dir(self) -> Path:
         return self.root / "launches"
@@ -114,12 +183,12 @@ class RunDir:
             raise RunError(f"run directory {self.root} does not exist; run `hpcsynth plan CONFIG --run "
                            f"{self.root}` first")
         if not self.manifest_path.is_file():
-            from hpcsynth.plan.manifest import LOCK, _holder_gone
-
-            lock = self.root / LOCK  # a plan is writing this run now, unless its process on this host is gone
-            if lock.is_file() and not _holder_gone(lock):
-                raise RunError(f"{self.root} is being planned now ({lock} is held); wait for that plan to "
-                               f"finish, or if it died, plan again: `hpcsynth plan CONFIG --run {self.root}`")
+            lock = self.root / PLAN_LOCK  # a plan is writing this run now, unless its holder is gone
+            holder = lock_holder(lock)
+            if holder is not None:
+                raise RunError(f"{self.root} is being planned now ({lock} is held by {describe_holder(holder)}); "
+                               f"wait for that plan to finish, or if it died, plan again: "
+                               f"`hpcsynth plan CONFIG --run {self.root}`")
             corpus = _corpus_files(self.root)
             if corpus:  # a corpus passed where a run belongs: planning into it would mix the two
                 raise RunError(f"{self.root} holds corpus files ({corpus[0].name}...), not a planned run; plan a "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hpcsynth.optional import require
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -27,6 +29,7 @@ def training_text() -> list[str]:
 
 
 def build_tokenizer(out_dir: Path, vocab_size: int = 4096):
+    require("tokenizers", "transformers", extra="cpu", for_what="the demo's tiny model")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,6 +50,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny Llama (head_dim 64, as vLLM requires) and its tokenizer into out_dir."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    require("torch", "transformers", extra="cpu", for_what="the demo's tiny model")
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -65,7 +69,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # transformers types .to() through a decorator mypy reads as taking the model itself.
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     # top_k=0 so that transformers and vLLM sample from the same distribution.
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=tokenizer.eos_token_id,

@@ -9,7 +9,9 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import orjson
@@ -56,6 +58,160 @@ def outlived(pids: list[int], seconds: float = 10) -> list[int]:
     return sorted(alive)
 
 
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What a CLI call did, shaped like subprocess.CompletedProcess (returncode, stdout, stderr)."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | os.PathLike, env: dict[str, str | None] | None = None, cwd: str | os.PathLike | None = None,
+            input: str | None = None, timeout: float = 300, umask: int | None = None) -> Result:
+    """Run `hpcsynth ARGS` in this process (hpcsynth.cli.app.main) as `python -m hpcsynth` would run it:
+    exit code, stdout and stderr as subprocess.run(text=True) gives them, without paying Python's start-up
+    and our imports at every call (some 330 calls in the suite; the way click and sqlite-utils test their
+    CLIs). Worker processes the local executor starts are still real processes.
+
+    env sets variables for the call (None unsets one); cwd and umask hold for the call only. Each call
+    starts as a fresh process would and leaves this process as it found it (see _as_a_fresh_process): calls
+    do not leak into each other. A hang fails after `timeout` seconds as subprocess.TimeoutExpired.
+
+    One thing a call cannot have of its own is a pid: a worker this launch runs in-process names its clock
+    RUN/tasks/HOST-PID.json and its leases after this process. Where that, a signal, kill -9, two commands
+    at once or the memory of the process is the point, tests start a process (run_process, Popen).
+    """
+    argv = [os.fspath(a) for a in args]
+    with _as_a_fresh_process(argv, env or {}, cwd, umask, input or "") as (out, err):
+        code = _call_main(argv, timeout)
+    if isinstance(code, subprocess.TimeoutExpired):
+        raise code
+    return Result(["hpcsynth", *argv], code, _as_text(out.getvalue()), _as_text(err.getvalue()))
+
+
+class _CliTimeout(BaseException):
+    """Raised by SIGALRM in a call past its timeout: a BaseException, so that no `except Exception` of the
+    code under test takes it for an error of its own."""
+
+
+def _call_main(argv: list[str], timeout: float):
+    """main(argv)'s exit code, as the interpreter turns a return, a SystemExit or an uncaught exception
+    into one; subprocess.TimeoutExpired when it ran past `timeout` (SIGALRM interrupts it)."""
+    import signal
+    import sys
+    import traceback
+
+    from hpcsynth.cli.app import main
+
+    def alarm(signum, frame):  # noqa: ANN001 (signal's signature)
+        raise _CliTimeout
+
+    signal.signal(signal.SIGALRM, alarm)  # put back by _as_a_fresh_process
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's errors, --help, --version
+        code = exc.code
+    except _CliTimeout:
+        return subprocess.TimeoutExpired(["hpcsynth", *argv], timeout)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)  # SystemExit("message")
+    return 1
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process(argv: list[str], env: dict[str, str | None], cwd, umask: int | None, stdin: str):
+    """Within: stdout and stderr captured (as bytes), stdin given, env, cwd, umask and sys.argv set, no log
+    handler and no known secret, as in a process of its own. After: os.environ, cwd, umask, signal handlers,
+    logging (log_to() adds file handlers), redact()'s secrets, sys.argv and the streams as they were."""
+    import io
+    import logging
+    import signal
+    import sys
+
+    from hpcsynth import redact
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_streams = sys.stdin, sys.stdout, sys.stderr
+    saved_signals = {s: signal.getsignal(s) for s in signal.valid_signals()
+                     if s not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(s) is not None}
+    loggers = [logging.getLogger(), logging.getLogger("hpcsynth")]
+    saved_logging = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    saved_secrets = set(redact._known)
+    saved_umask = os.umask(umask) if umask is not None else None
+    out, err = io.BytesIO(), io.BytesIO()
+    # Text streams over bytes, as on a pipe: .buffer, .encoding, isatty() False; stderr's errors are Python's.
+    sys.stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    sys.stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace", write_through=True)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8")
+    sys.argv = ["hpcsynth", *argv]
+    # No handler anywhere: warnings reach stderr through logging's last resort (not pytest's capture
+    # handler), and a failed marker names the log this call opens (not one an earlier launch_run left).
+    for logger in loggers:
+        logger.handlers = []
+    loggers[1].setLevel(logging.NOTSET)
+    loggers[1].propagate = True
+    redact._known.clear()  # a fresh process knows no secret until its engine registers one
+    try:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if cwd is not None:
+            os.chdir(cwd)
+        yield out, err
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            stream.detach()  # keep the bytes: closing the wrapper would close them
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        if saved_umask is not None:
+            os.umask(saved_umask)
+        for name in set(os.environ) - set(saved_env):
+            del os.environ[name]
+        for name, value in saved_env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        for signum, handler in saved_signals.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
+        for logger, handlers, level, propagate in saved_logging:
+            for handler in set(logger.handlers) - set(handlers):
+                handler.close()  # the run's log file, opened by log_to()
+            logger.handlers, logger.level, logger.propagate = handlers, level, propagate
+        redact._known.clear()
+        redact._known.update(saved_secrets)
+
+
+def _as_text(data: bytes) -> str:
+    """Bytes as subprocess.run(text=True) reads them from a pipe: UTF-8, universal newlines."""
+    import io
+
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace").read()
+
+
+def run_process(*args: str | os.PathLike, env: dict[str, str] | None = None, timeout: float = 300,
+                **popen) -> subprocess.CompletedProcess[str]:
+    """`python -m hpcsynth ARGS` as a process of its own, for where the process is the point: a memory cap
+    (preexec_fn), a relaunch whose worker must not share this process's pid (RUN/tasks/HOST-PID.json, lease
+    owners). env adds to this process's environment."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hpcsynth", *map(os.fspath, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, **popen)
+
+
 def fake_config(corpus: Path, **sections) -> Config:
     """The demo config on the fake engine, with fast intervals; sections replace parts of it."""
     config = load_config(REPO / "configs" / "demo.yaml")
@@ -91,3 +247,13 @@ def planned_fake_run(tmp_path: Path, name: str = "run", docs: int = 40, shard_do
     run = RunDir(tmp_path / name)
     plan_corpus(config, run)
     return run
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """tools/test.sh runs the lane on several pytest-xdist workers (--dist loadgroup): the tests that use
+    the one Slurm dev cluster form one group, run one after the other by one worker, since they watch its
+    queue, fill its CPUs and requeue its jobs. Most of the lane waits (on Slurm, on killed processes, on
+    timeouts) rather than computes, so the other workers fill those waits."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))

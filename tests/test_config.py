@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from hpcsynth.config import Config, config_from_dict, diff_configs, fingerprint, load_config
 from hpcsynth.errors import ConfigError
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -97,8 +95,7 @@ def test_from_dict_defaults() -> None:
 ])
 def test_cli_config_errors_are_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = write(tmp_path, text)
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(path), "--run", str(tmp_path / "run")],
-                          capture_output=True, text=True)
+    proc = run_cli("plan", str(path), "--run", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert proc.stderr.startswith("hpcsynth: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert needle in proc.stderr and str(path) in proc.stderr
@@ -106,7 +103,34 @@ def test_cli_config_errors_are_one_line(tmp_path: Path, text: str, needle: str) 
 
 
 def test_cli_missing_config_file(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(tmp_path / "missing.yaml"), "--run",
-                           str(tmp_path / "run")], capture_output=True, text=True)
+    proc = run_cli("plan", str(tmp_path / "missing.yaml"), "--run", str(tmp_path / "run"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "config file not found" in proc.stderr and "missing.yaml" in proc.stderr
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("model", "engine", "gpt", "must be one of transformers, vllm, endpoint, fake, got 'gpt'"),
+    ("model", "dtype", "fp8", "must be one of bfloat16, float16, float32, auto, got 'fp8'"),
+    ("slurm", "gpu_request", "both", "must be gres or gpus, got 'both'"),
+    ("slurm", "gpu_mode", "mixed", "must be one of per_gpu, tensor_parallel, got 'mixed'"),
+    ("plan", "long_docs", "drop", "must be one of truncate, split, keep, got 'drop'"),
+    ("reduce", "backend", "fast", "must be auto, tokenizers or gigatoken, got 'fast'"),
+    ("validate", "action", "warn", "must be drop or keep, got 'warn'"),
+])
+def test_a_choice_outside_its_literal_names_every_value(section: str, key: str, value: str, says: str) -> None:
+    """The choices live once, as the field's Literal (config/sections.py); checks.py names them from it."""
+    with pytest.raises(ConfigError, match=f"'{section}.{key}' {says}"):
+        config_from_dict({section: {key: value}})
+    with pytest.raises(ConfigError, match=f"'{section}.{key}' must be a string, got 3"):
+        config_from_dict({section: {key: 3}})
+
+
+def test_every_choice_list_is_its_fields_literal() -> None:
+    import typing
+
+    from hpcsynth.config import checks, sections
+
+    hints = typing.get_type_hints(sections.ReduceConfig)
+    assert checks.MIX_POLICIES == typing.get_args(typing.get_type_hints(sections.MixConfig)["too_few"])
+    assert sections.FORMATS == typing.get_args(hints["format"])
+    assert checks.LONG_DOCS == typing.get_args(typing.get_type_hints(sections.PlanConfig)["long_docs"])

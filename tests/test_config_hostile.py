@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from hpcsynth.config import config_from_dict, load_config
 from hpcsynth.errors import ConfigError
 
-from conftest import REPO, write_corpus
+from conftest import REPO, run_cli, run_process, write_corpus
 
 BOMB = "\n".join([
     'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
@@ -33,8 +31,7 @@ def test_alias_bomb_is_refused_in_one_line_within_bounded_memory(tmp_path: Path)
     config.write_text(BOMB)
     assert len(BOMB) < 1000
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=60, preexec_fn=limited(1 << 30))
+    proc = run_process("plan", str(config), "--run", str(tmp_path / "run"), timeout=60, preexec_fn=limited(1 << 30))
     assert time.monotonic() - started < 20
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert f"{config} line 2: YAML aliases (*a) are not accepted" in proc.stderr
@@ -76,13 +73,11 @@ def test_run_config_with_alias_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "fake.yaml"
     config.write_text((REPO / "configs" / "demo.yaml").read_text().replace("engine: transformers",
                                                                            "engine: fake\n  path: fake-model"))
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run",
-                           str(run), "--input", str(corpus)], capture_output=True, text=True, timeout=120)
+    proc = run_cli("plan", str(config), "--run", str(run), "--input", str(corpus))
     assert proc.returncode == 0, proc.stderr
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text("anchor: &x 1\n" + text.replace("seed: 0", "seed: *x", 1))
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
-                          timeout=60)
+    proc = run_cli("status", str(run), timeout=60)
     assert proc.returncode == 2 and "YAML aliases (*x)" in proc.stderr and proc.stderr.count("\n") == 1
 
 
@@ -147,8 +142,7 @@ def _run_with_own_prompt(tmp_path: Path) -> tuple[Path, Path]:
     config = tmp_path / "c.yaml"
     config.write_text(f"prompts: [mine]\nprompts_dir: {prompts}\nmodel: {{engine: fake}}\n")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
-                           str(corpus)], capture_output=True, text=True, timeout=120)
+    proc = run_cli("plan", str(config), "--run", str(run), "--input", str(corpus))
     assert proc.returncode == 0, proc.stderr
     return prompts, run
 
@@ -164,8 +158,7 @@ def test_alias_bomb_in_a_prompt_header_is_refused_by_status_in_bounded_memory(tm
     assert len(header) < 1000
     (prompts / "mine.md").write_text(f"---\n{header}---\nSay: {{document}}\n")
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
-                          timeout=60, preexec_fn=limited(1 << 30))
+    proc = run_process("status", str(run), timeout=60, preexec_fn=limited(1 << 30))
     assert time.monotonic() - started < 20
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert f"{prompts / 'mine.md'} line 5: YAML aliases (*a) are not accepted" in proc.stderr
@@ -187,7 +180,6 @@ def test_a_prompt_file_that_is_no_prompt_does_not_hang_or_fill_status(tmp_path: 
             handle.truncate(4 << 30)
     else:
         prompt.symlink_to("/dev/zero")
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
-                          timeout=60, preexec_fn=limited(1 << 30))
+    proc = run_process("status", str(run), timeout=60, preexec_fn=limited(1 << 30))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert f"{prompt}: not a prompt file" in proc.stderr

@@ -12,13 +12,16 @@ import pytest
 
 from hpcsynth.files import read_jsonl_zst
 
+from conftest import Result, run_cli
+
 
 # The installed console script when there is one (the real entry point), else the module.
 ENTRY = [shutil.which("hpcsynth")] if shutil.which("hpcsynth") else [sys.executable, "-m", "hpcsynth"]
 
 
-def hpcsynth(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*ENTRY, *args], capture_output=True, text=True, timeout=600)
+def hpcsynth(*args: str, check: bool = True, real: bool = False) -> subprocess.CompletedProcess | Result:
+    """`hpcsynth ARGS`: in this process (run_cli), or with real=True as the installed command."""
+    proc = subprocess.run([*ENTRY, *args], capture_output=True, text=True, timeout=600) if real else run_cli(*args)
     if check and proc.returncode != 0:
         raise AssertionError(f"hpcsynth {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -27,7 +30,7 @@ def hpcsynth(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    proc = hpcsynth("demo", str(out), "--documents", "24")
+    proc = hpcsynth("demo", str(out), "--documents", "24", real=True)  # the whole pipeline through the real command
     assert "training data" in proc.stdout
     (out / "stdout.txt").write_text(proc.stdout)
     return out

@@ -3,8 +3,6 @@ scratch directory): the progress log, plan's rejects, worker logs. The file outs
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from hpcsynth.errors import RunError
 from hpcsynth.generate.progress import ProgressLog
 
-from conftest import write_corpus
+from conftest import run_cli, write_corpus
 
 PRECIOUS = b"line one\nline two without newline"
 
@@ -82,10 +80,6 @@ def test_helpers_work_on_real_files(tmp_path: Path) -> None:
     assert path.read_bytes() == b"new"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_plan_rejects_file_planted_as_symlink(tmp_path: Path, outside: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl", 3)
     with open(corpus, "ab") as handle:
@@ -95,7 +89,7 @@ def test_plan_rejects_file_planted_as_symlink(tmp_path: Path, outside: Path) -> 
     run = tmp_path / "run"
     (run / "plan").mkdir(parents=True)
     (run / "plan" / "rejects.jsonl").symlink_to(outside)
-    proc = cli("plan", str(config), "--run", str(run), "--input", str(corpus))
+    proc = run_cli("plan", str(config), "--run", str(run), "--input", str(corpus))
     # The plan is built aside and renamed into place: the planted link is replaced, never written through.
     assert proc.returncode == 0, proc.stderr
     assert outside.read_bytes() == PRECIOUS
@@ -107,10 +101,10 @@ def test_worker_log_planted_as_symlink(tmp_path: Path, outside: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("prompts: [faq]\nmodel: {engine: fake}\n")
     run = tmp_path / "run"
-    assert cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
+    assert run_cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
     (run / "logs").mkdir()
     (run / "logs" / "worker-local.log").symlink_to(outside)
-    proc = cli("launch", str(run))
+    proc = run_cli("launch", str(run))
     assert proc.returncode == 2 and "worker-local.log is a symbolic link" in proc.stderr
     assert outside.read_bytes() == PRECIOUS
 
@@ -179,10 +173,10 @@ def test_reduce_refuses_a_symlinked_docs_index_temporary(tmp_path: Path, outside
     config = tmp_path / "config.yaml"
     config.write_text("prompts: [faq]\nmodel: {engine: fake}\nvalidate: {action: keep}\n")
     run = tmp_path / "run"
-    assert cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
-    assert cli("launch", str(run)).returncode == 0
+    assert run_cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
+    assert run_cli("launch", str(run)).returncode == 0
     (run / "reduce").mkdir()
     (run / "reduce" / "mix.docs.jsonl.tmp").symlink_to(outside)
-    proc = cli("reduce", str(run), "--tokenizer", str(tokenizer))
+    proc = run_cli("reduce", str(run), "--tokenizer", str(tokenizer))
     assert proc.returncode == 2 and "mix.docs.jsonl.tmp is a symbolic link" in proc.stderr, proc.stderr
     assert outside.read_bytes() == PRECIOUS and not (run / "reduce" / "mix.docs.jsonl").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -14,15 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hpcsynth.cli.main import COMMANDS, build_parser
+from hpcsynth.cli.app import COMMANDS, build_parser
 
-from conftest import REPO, SHARED_DATA, write_corpus
+from conftest import REPO, SHARED_DATA, Result, run_cli, write_corpus
 
 
-def cli(*args: str, umask: int | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, cwd="/",  # not the source tree: configs by name
-                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+def cli(*args: str, umask: int | None = None, env: dict | None = None) -> Result:
+    return run_cli(*args, env=env, cwd="/", umask=umask)  # not the source tree: configs by name
 
 
 def fake_run(tmp_path: Path, docs: int = 8, umask: int | None = None) -> Path:
@@ -91,6 +90,8 @@ def test_reduce_during_a_live_launch_says_the_shards_are_running(tmp_path: Path)
             assert seen and seen["running"] >= 1, (seen, launch.poll(), log.read_text())
             proc = cli("reduce", str(run))
         finally:
+            if launch.poll() is None:  # seen: no need to wait for the rest of the run (Ctrl-C stops its workers)
+                launch.send_signal(signal.SIGINT)
             launch.wait(timeout=180)
     context = (proc.stderr, seen, log.read_text())
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, context

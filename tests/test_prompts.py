@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -19,15 +17,11 @@ from hpcsynth.generate.render import read_document, render_for_engine
 from hpcsynth.prompts import PLACEHOLDER, PROMPT_FORMATS, available_prompts, load_prompts, parse_prompt
 from hpcsynth.rundir import RunDir
 
-from conftest import SHARED_DATA, fake_config, write_corpus
+from conftest import SHARED_DATA, fake_config, run_cli, write_corpus
 
 FINEPHRASE = ("faq", "math", "table", "tutorial")
 BASELINES = ("wrap_wikipedia", "wrap_qa", "diverse_qa", "distill", "extract_knowledge", "knowledge_list")
 WEB = sorted((SHARED_DATA / "web").glob("*.jsonl")) if (SHARED_DATA / "web").is_dir() else []
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=120)
 
 
 def write_prompt(directory: Path, name: str, header: str, body: str = "Say it again.\n\n{document}\n") -> Path:
@@ -100,7 +94,7 @@ def test_bad_prompt_stops_plan_with_one_line_and_exit_2(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl", 3)
     config = tmp_path / "config.yaml"
     config.write_text(f"prompts: [faq, mine]\nprompts_dir: {tmp_path / 'mine'}\nmodel: {{engine: fake}}\n")
-    proc = cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
+    proc = run_cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "mine.md: the header has no 'format'" in proc.stderr
     assert not (tmp_path / "run" / "manifest.json").exists()
@@ -172,14 +166,14 @@ def test_every_prompt_renders_on_real_web_text_with_the_chat_template(tiny_model
 
 @pytest.mark.skipif(not WEB, reason="../shared/data/web not present")
 def test_cli_renders_a_prompt_on_a_corpus_file(tiny_model: Path) -> None:
-    proc = cli("prompts", "--render", "table", "--doc", str(WEB[0]), "--tokenizer", str(tiny_model))
+    proc = run_cli("prompts", "--render", "table", "--doc", str(WEB[0]), "--tokenizer", str(tiny_model))
     assert proc.returncode == 0, proc.stderr
     first = read_document(WEB[0])
     assert first[:100] in proc.stdout and "one Markdown table" in proc.stdout
     assert "<|im_start|>user" in proc.stdout and "table v2 (table," in proc.stderr
     assert "prompt tokens by" in proc.stderr
 
-    listing = cli("prompts")
+    listing = run_cli("prompts")
     assert listing.returncode == 0 and "wrap_wikipedia" in listing.stdout and "knowledge_list" in listing.stdout
     for prompt in load_prompts(Config()):  # each row: name, format, version, hash
         row = next(line for line in listing.stdout.splitlines() if line.startswith(prompt.name + " "))
@@ -187,7 +181,7 @@ def test_cli_renders_a_prompt_on_a_corpus_file(tiny_model: Path) -> None:
     for args, expected in ((("--render", "faq"), "--render needs --doc"),
                            (("--render", "nope", "--doc", str(WEB[0])), "no prompt named 'nope'"),
                            (("--render", "faq", "--doc", "/nonexistent.txt"), "no such file")):
-        bad = cli("prompts", *args)
+        bad = run_cli("prompts", *args)
         assert bad.returncode == 2 and expected in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
 
 
@@ -202,5 +196,5 @@ def test_windows_line_endings_and_a_directory_named_like_a_prompt(tmp_path: Path
     corpus = write_corpus(tmp_path / "corpus.jsonl", 2)
     config = tmp_path / "config.yaml"
     config.write_text(f"prompts: [odd]\nprompts_dir: {tmp_path / 'crlf'}\nmodel: {{engine: fake}}\n")
-    proc = cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
+    proc = run_cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "odd.md" in proc.stderr, proc.stderr

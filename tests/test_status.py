@@ -16,12 +16,7 @@ import orjson
 
 from hpcsynth.rundir import RunDir
 
-from conftest import write_corpus
-
-
-def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, **kwargs)
+from conftest import run_cli, write_corpus
 
 
 def planned(tmp_path: Path, docs: int = 160) -> Path:
@@ -31,7 +26,7 @@ def planned(tmp_path: Path, docs: int = 160) -> Path:
                       "model: {engine: fake, path: fake-model}\n"
                       "worker: {flush_interval_s: 0.2, heartbeat_interval_s: 0.25}\n")
     run = tmp_path / "run"
-    assert cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
+    assert run_cli("plan", str(config), "--run", str(run), "--input", str(corpus)).returncode == 0
     return run
 
 
@@ -48,7 +43,7 @@ def test_live_status_has_generation_time_a_steady_rate_and_cpu_hours(tmp_path: P
     try:
         deadline = time.time() + 60
         while proc.poll() is None and time.time() < deadline:
-            status = orjson.loads(cli("status", str(run), "--json").stdout)
+            status = orjson.loads(run_cli("status", str(run), "--json").stdout)
             if status["live_workers"] == 2 and min(t["generation_s"] or 0 for t in status["tasks"]) > 1.0:
                 snapshots.append(status)
             time.sleep(0.3)
@@ -65,7 +60,7 @@ def test_live_status_has_generation_time_a_steady_rate_and_cpu_hours(tmp_path: P
         assert status["eta_s"] is not None
     rates = [s["tokens_per_s"] for s in snapshots]
     assert min(rates) > 0 and max(rates) < 2.5 * min(rates), rates  # never 0 at a shard boundary
-    final = orjson.loads(cli("status", str(run), "--json").stdout)
+    final = orjson.loads(run_cli("status", str(run), "--json").stdout)
     assert final["shards"]["done"] == 16 and final["live_workers"] == 0
     assert all(t["state"] == "finished" and t["generation_s"] > 1.0 for t in final["tasks"])
     # The worker logs are named as docs/run-directory.md says, with one line per committed shard.
@@ -86,9 +81,9 @@ def test_gpu_workers_count_gpu_hours_not_cpu_hours(tmp_path: Path) -> None:
         (run / "tasks" / f"{name}.json").write_bytes(orjson.dumps({
             "name": name, "state": "finished", "device": device, "gpus": gpus, "wall_s": 1800.0,
             "startup_s": 100.0, "generation_s": 1600.0, "idle_s": 100.0, "updated": time.time()}))
-    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    status = orjson.loads(run_cli("status", str(run), "--json").stdout)
     assert status["gpu_hours"] == 1.5 and status["cpu_worker_hours"] == 0
-    table = cli("status", str(run), env={"COLUMNS": "80"}).stdout
+    table = run_cli("status", str(run), env={"COLUMNS": "80"}).stdout
     assert "GPU-hours 1.50" in table and "CPU worker-hours" not in table
 
 
@@ -119,7 +114,7 @@ def test_watch_shows_live_frames_at_80_columns_and_ends_with_a_summary(tmp_path:
     short = [line for frame in frames for line in frame.splitlines() if str(run) not in line]
     assert short and all(len(line) <= 80 for line in short)
     # piped, as a script reads it (80 columns): the same summary, no phrase broken across lines
-    piped = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
+    piped = run_cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
     assert any(line.startswith("CPU worker-hours") for line in piped) and "GPU-hours" not in "\n".join(piped)
     assert piped[-1] == f"next: hpcsynth reduce {run}"  # one line, whatever the path's length: it pastes whole
     assert all(len(line) <= 80 for line in piped if str(run) not in line)
@@ -134,9 +129,9 @@ def test_damaged_task_files_do_not_break_status(tmp_path: Path) -> None:
     (tasks / "odd.json").write_text('{"name": "odd", "state": "generating", "pid": "x", "updated": "now", '
                                     '"generation_s": "a lot", "gpus": null, "tokens_per_s": [1]}')
     (tasks / "\u00e9t\u00e9 'q'.json").write_bytes(b"\x00\xff")
-    status = orjson.loads(cli("status", str(run), "--json").stdout)
+    status = orjson.loads(run_cli("status", str(run), "--json").stdout)
     assert status["workers"] == 1 and status["live_workers"] == 0 and status["worker_hours"]["generation_s"] == 0
-    proc = cli("status", str(run))
+    proc = run_cli("status", str(run))
     assert proc.returncode == 0 and "(1 workers, 0 live)" in proc.stdout, proc.stderr
 
 
@@ -147,12 +142,33 @@ def test_piped_status_keeps_long_paths_whole_and_cuts_long_reasons(tmp_path: Pat
     root.mkdir()
     run = planned(root, docs=20)  # two shards; the second fails
     env = {"HPCSYNTH_FAKE_FAULTS": json.dumps({"crash_on": "Document 12 "})}
-    assert cli("launch", str(run), env=env).returncode != 0
+    assert run_cli("launch", str(run), env=env).returncode != 0
     marker = run / "failed" / "000001.json"
     marker.write_bytes(orjson.dumps({**orjson.loads(marker.read_bytes()), "reason": "engine crashed: " + "why " * 60}))
-    lines = cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
+    lines = run_cli("status", str(run), env={"COLUMNS": "80"}).stdout.splitlines()
     assert len(str(run)) > 80 and lines[0] == f"hpcsynth run {run}"
     failed = next(line for line in lines if line.startswith("failed 000001: engine crashed"))
     assert len(failed) == 80 and failed.endswith("\u2026")
     assert lines[-1] == f"next: hpcsynth launch {run} --retry-failed"
     assert all(len(line) <= 80 for line in lines if str(run) not in line), lines
+
+
+def test_status_json_keeps_its_keys_and_order(tmp_path: Path) -> None:
+    """collect_status returns a RunStatus; `status --json` prints it as the dict it used to return, byte
+    for byte (orjson writes the dataclass the same way, so a grid's status prints its generators alike)."""
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.status.collect import collect_status
+
+    run = planned(tmp_path, docs=10)
+    printed = run_cli("status", str(run), "--json").stdout
+    data = orjson.loads(printed)
+    assert list(data) == ["run", "fingerprint", "shards", "documents", "prompts", "docs_done", "records_done",
+                          "records_expected", "tokens_done", "tokens_per_s", "eta_s", "stale_shards",
+                          "running_shards", "failed_shards", "redo_shards", "gpu_hours", "cpu_worker_hours",
+                          "live_workers", "worker_hours", "workers", "tasks", "timeline", "slurm"]
+    assert list(data["shards"]) == ["pending", "running", "requeued", "stale", "failed", "done", "total"]
+    assert list(data["slurm"]) == ["jobs", "array_tasks", "sacct_calls", "pending_reasons", "never_starts",
+                                   "failed_tasks"]
+    status = collect_status(RunDir(run))
+    assert orjson.dumps(status) == orjson.dumps(status.to_json())
+    assert orjson.dumps(status.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n" == printed

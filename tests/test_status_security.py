@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import write_corpus
+from conftest import run_cli, run_process, write_corpus
 
 
 def planned(tmp_path: Path) -> Path:
@@ -21,8 +19,7 @@ def planned(tmp_path: Path) -> Path:
     config = tmp_path / "config.yaml"
     config.write_text("prompts: [faq]\nmodel: {engine: fake}\n")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
-                           str(corpus)], capture_output=True, text=True, timeout=120)
+    proc = run_cli("plan", str(config), "--run", str(run), "--input", str(corpus))
     assert proc.returncode == 0, proc.stderr
     (run / "logs").mkdir()
     (run / "failed").mkdir()
@@ -32,8 +29,7 @@ def planned(tmp_path: Path) -> Path:
 def fail_with_log(run: Path, log: object, reason: str = "boom") -> dict:
     (run / "failed" / "000000.json").write_bytes(orjson.dumps({"shard": 0, "reason": reason, "log": log}))
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), "--json"], capture_output=True,
-                          text=True, timeout=60)
+    proc = run_cli("status", str(run), "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 30
     [failure] = orjson.loads(proc.stdout)["failed_shards"]
@@ -92,8 +88,7 @@ def test_table_shows_hostile_text_inert(tmp_path: Path) -> None:
     (run / "failed" / "000000.json").write_bytes(orjson.dumps({
         "shard": 0, "reason": "[/red] boom \x1b[2J[link=file:///etc/passwd]x[/link]",
         "log": str(run / "logs" / "worker-a.log")}))
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"})
+    proc = run_cli("status", str(run), timeout=60, env={"FORCE_COLOR": "1", "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "\x1b]" not in proc.stdout and "\x1b[2J" not in proc.stdout and "\x07" not in proc.stdout
     text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # rich's own colours
@@ -119,8 +114,7 @@ def test_corrupt_or_forged_files_do_not_crash_status(tmp_path: Path, where: str,
     path.write_bytes(content.replace(b"FP", (run / "fingerprint").read_text().strip().encode())
                      .replace(b"HOST", socket.gethostname().encode()))
     for args in (["--json"], []):
-        proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), *args], capture_output=True,
-                              text=True, timeout=60)
+        proc = run_cli("status", str(run), *args, timeout=60)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -149,8 +143,7 @@ def test_a_run_file_planted_as_a_fifo_device_or_sparse_giant_is_refused_in_bound
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), "--json"], capture_output=True,
-                          text=True, timeout=60, preexec_fn=cap)
+    proc = run_process("status", str(run), "--json", timeout=60, preexec_fn=cap)  # the memory cap is the point
     assert "out of memory" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     if where == "fingerprint":
         assert proc.returncode == 2 and f"{path} is damaged" in proc.stderr, proc.stderr

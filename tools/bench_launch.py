@@ -4,7 +4,7 @@ Needs a running cluster (slurm/start-cluster.sh; SLURM_CONF set). Plans N shards
 array task per shard (slurm.shards_per_task=1, the worst case) with a counting `sbatch` first on PATH.
 Jobs are submitted held (--hold) and cancelled at the end, so nothing runs. In the same run:
   anchor    plain submitit: one executor.batch() of N tasks, not split (fails past MaxArraySize)
-  hpcsynth  hpcsynth.execute.slurm.submit_arrays: split at MaxArraySize, ceil(N / MaxArraySize) sbatch calls
+  hpcsynth  hpcsynth.execute.launch.submit_workers: split at MaxArraySize, ceil(N / MaxArraySize) sbatch calls
 
     SLURM_CONF=/tmp/hpcsynth-slurm/etc/slurm.conf python tools/bench_launch.py [--shards 10000]
 """
@@ -30,7 +30,8 @@ from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config  # noqa: E402
 from hpcsynth.plan import plan_corpus  # noqa: E402
 from hpcsynth.rundir import RunDir  # noqa: E402
-from hpcsynth.execute.slurm import SlurmWorker, executor_parameters, max_array_size, plan_tasks, submit_arrays  # noqa: E402
+from hpcsynth.execute.launch import plan_tasks, run_array_task, submit_workers  # noqa: E402
+from hpcsynth.execute.slurm import Requeued, executor_parameters, max_array_size  # noqa: E402
 
 
 def plan(root: Path, shards: int) -> tuple[RunDir, Config]:
@@ -56,7 +57,7 @@ def anchor(run: RunDir, config: Config, tasks: list) -> str:
     executor.update_parameters(**executor_parameters(config.slurm))
     try:
         with executor.batch():
-            jobs = [executor.submit(SlurmWorker(), str(run.root), shards, False) for shards in tasks]
+            jobs = [executor.submit(Requeued(run_array_task), str(run.root), shards, False) for shards in tasks]
     except Exception as exc:  # submitit raises its own error types around sbatch's
         return f"failed: {str(exc).strip().splitlines()[0][:90]}"
     subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False)
@@ -84,13 +85,13 @@ def main() -> None:
         log.unlink(missing_ok=True)
 
         start = time.perf_counter()
-        arrays = submit_arrays(run, config.slurm, tasks, retry_failed=False)
+        arrays = submit_workers(run, config.slurm, tasks, retry_failed=False)
         t_ours = time.perf_counter() - start
         calls = len(log.read_text().splitlines())
         subprocess.run(["scancel", *[a["job_id"] for a in arrays]], check=False)
     print(f"{args.shards:,} shards, one array task each, MaxArraySize {limit}")
     print(f"anchor   (submitit, one batch)  {t_anchor:6.2f} s, {anchor_calls} sbatch call(s): {outcome}")
-    print(f"hpcsynth (submit_arrays)        {t_ours:6.2f} s, {calls} sbatch calls "
+    print(f"hpcsynth (submit_workers)       {t_ours:6.2f} s, {calls} sbatch calls "
           f"(ceil(N / MaxArraySize) = {math.ceil(len(tasks) / limit)}), {sum(a['tasks'] for a in arrays):,} tasks")
 
 

@@ -108,7 +108,7 @@ def main() -> None:
         t_first = time.perf_counter() - start
         calls = len(log.read_text().splitlines()) if log.exists() else 0
         t_ours = best_of(lambda: collect_status(run))
-    print(f"{args.shards:,} shards: {status['shards']}")
+    print(f"{args.shards:,} shards: {status.shards}")
     print(f"anchor   (probe each shard)     {t_anchor:6.3f} s")
     print(f"hpcsynth (collect_status)       {t_ours:6.3f} s (first call {t_first:.3f} s, "
           f"{calls} sacct call{'s' if calls != 1 else ''} per refresh)")

@@ -17,8 +17,12 @@ t0=$(date +%s)
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 echo "[test.sh] installed test dependencies in $(( $(date +%s) - t0 ))s"
 
+# The type checker first ([tool.mypy] in pyproject.toml): a contract broken between stages fails in seconds.
+python3 -m mypy hpcsynth
 # pytest exits 5 when it collects no test; with `set -e` that fails the run, as it should.
-python3 -m pytest -q "$@"
+# Three workers on two cores: the lane mostly waits rather than computes; the Slurm tests run as one
+# group on one worker (tests/conftest.py). HPCSYNTH_TEST_WORKERS=0 runs it in one process.
+python3 -m pytest -q -n "${HPCSYNTH_TEST_WORKERS:-3}" --dist loadgroup "$@"
 echo "[test.sh] main lane done at $(( $(date +%s) - t0 ))s"
 
 if [ "${HPCSYNTH_SKIP_VLLM:-0}" != 1 ] && [ -f tools/setup_vllm_lane.sh ]; then

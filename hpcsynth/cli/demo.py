@@ -11,7 +11,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -23,6 +22,7 @@ from hpcsynth.reduce.reducer import ReduceReport, reduce_run
 from hpcsynth.resources import data_dir
 from hpcsynth.rundir import RunDir
 from hpcsynth.status.collect import collect_status
+from hpcsynth.status.runstatus import RunStatus
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class DemoResult:
     run: RunDir
     plan: Plan
     launch: LaunchReport
-    status: dict[str, Any]
+    status: RunStatus
     reduce: ReduceReport
     seconds: dict[str, float]
 
@@ -87,7 +87,7 @@ def run_demo(out_dir: Path, documents: int = 64, progress=print) -> DemoResult:
              f"in {seconds['launch']:.1f}s")
 
     status = collect_status(run)
-    progress(f"status: {status['records_done']} records, {status['tokens_done']} tokens generated")
+    progress(f"status: {status.records_done} records, {status.tokens_done} tokens generated")
 
     clock = time.monotonic()
     reduced = reduce_run(run)

@@ -8,22 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpcsynth.cli.common import inert, plan_profile
 from hpcsynth.errors import HpcsynthError
 
 
-def inert(text: str) -> str:
-    from hpcsynth.cli.main import inert as one_line
-
-    return one_line(text)
-
-
-def plan_grid_command(args: argparse.Namespace, config, slurm) -> int:
+def plan_grid_command(args: argparse.Namespace, config) -> int:
     from hpcsynth.generate.engines import check_model
     from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
-    from hpcsynth.study.grid import expand_grid
+    from hpcsynth.config.grid import expand_grid
     from hpcsynth.study.grid_plan import plan_grid
 
+    slurm = plan_profile(args, config)
     for generator in expand_grid(config, str(args.config)).generators:  # each one's model, before any shard
         check_model(generator.config, f"{args.config} (generator {generator.name!r})", here=False)
     with progress_bar("planning") as progress:
@@ -75,6 +71,11 @@ def launch_grid_command(args: argparse.Namespace, grid: dict) -> int:
 
 def status_grid_command(args: argparse.Namespace, grid: dict) -> int:
     import orjson
+
+    if args.plot:  # before a watch of hours, not after it
+        from hpcsynth.study.charts import check_plot_path
+
+        check_plot_path(args.plot)
 
     from hpcsynth.rundir import RunDir
     from hpcsynth.study.grid_run import collect_grid_status, render_grid_status, watch_grid_status
@@ -142,3 +143,28 @@ def _reduce_grid_on_slurm(run, grid: dict, args: argparse.Namespace) -> int:
     print(f"reduce (slurm): {len(grid['datasets'])} datasets submitted; when the merges are done, "
           f"`hpcsynth reduce {args.run} --train-args` writes {datasets_dir(run)}/TRAIN.md")
     return 0
+
+
+def cancel_grid_command(args: argparse.Namespace, grid: dict) -> int:
+    from hpcsynth.execute.slurm_jobs import cancel, cancel_jobs
+    from hpcsynth.rundir import RunDir
+    from hpcsynth.study.grid import grid_generator_runs
+    from hpcsynth.study.grid_reduce import reduce_job_ids
+
+    run = RunDir(args.run)
+    run.require_planned()
+    ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
+    ids += cancel_jobs(reduce_job_ids(run))  # a reduce submitted with --executor slurm
+    print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
+    return 0
+
+
+def validate_grid_command(args: argparse.Namespace, grid: dict) -> int:
+    names = ", ".join(g["name"] for g in grid["generators"])
+    raise HpcsynthError(f"{args.run} is a grid run: validate one generator's run, `hpcsynth validate "
+                        f"{args.run}/generators/NAME` ({names}); each dataset's report.json has its checks")
+
+
+# The commands that have a grid form; cli/app.py dispatches here once, when grid_target finds a grid.
+GRID_HANDLERS = {"plan": plan_grid_command, "launch": launch_grid_command, "status": status_grid_command,
+                 "cancel": cancel_grid_command, "reduce": reduce_grid_command, "validate": validate_grid_command}

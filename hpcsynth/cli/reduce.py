@@ -1,6 +1,6 @@
 """`hpcsynth reduce`: progress while the parts run, then a summary a user can act on.
 
-Display only; the work is reduce_run (local) or the Slurm array + merge (hpcsynth/execute/slurm.py).
+Display only; the work is reduce_run (local) or the Slurm array + merge (hpcsynth/reduce/slurm.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcsynth.errors import HpcsynthError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from hpcsynth.reduce.marker import PartMarker
 
 
 def reduce_command(args: argparse.Namespace) -> int:
@@ -37,9 +43,10 @@ def reduce_command(args: argparse.Namespace) -> int:
 
 def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import load_profile
-    from hpcsynth.execute.slurm import check_slurm_path, submit_reduce
+    from hpcsynth.execute.slurm import check_slurm_path
     from hpcsynth.execute.slurm_jobs import record_reduce
     from hpcsynth.reduce.reducer import prepare_reduce
+    from hpcsynth.reduce.slurm import submit_reduce
 
     # Before prepare_reduce writes anything there (submit_reduce checks again, for the grid's reduces).
     check_slurm_path(Path(args.out) if args.out else run.default_reduce_dir, "reduce output directory",
@@ -109,7 +116,7 @@ class _Progress:
 
     def __init__(self, parts: int) -> None:
         self.parts = parts
-        self.merge_task = None
+        self.merge_task: TaskID | None = None
 
     def __enter__(self) -> "_Progress":
         from rich.console import Console
@@ -125,8 +132,8 @@ class _Progress:
         self.task = self.progress.add_task("reduce: tokenize", total=self.parts, detail=f"0/{self.parts} parts")
         return self
 
-    def part_done(self, marker: dict) -> None:
-        self.tokens += marker["tokens"]
+    def part_done(self, marker: PartMarker) -> None:
+        self.tokens += marker.tokens
         self.done += 1
         self.progress.update(self.task, advance=1,
                              detail=f"{self.done}/{self.parts} parts, {self.tokens:,} tokens tokenized")

@@ -80,7 +80,7 @@ def estimate_command(args: argparse.Namespace) -> int:
                 return _account_only(exc.account, str(exc), args)
             return _show(estimate, account, args)
         inputs = inputs_from_run(run, **given)
-        if (run.root / "tasks").is_dir() or (run.root / "launches").is_dir():  # launched: it has an account
+        if run.tasks_dir.is_dir() or run.launches_dir.is_dir():  # launched: it has an account
             account = account_run(run, args.price)
     else:
         inputs = Inputs(**given)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, get_args
 
-from hpcsynth.config.sections import (DTYPES, ENGINES, FORMATS, VALIDATE_CHECKS, Config, SlurmConfig,
-                                      ValidateConfig)
+from hpcsynth.config.sections import (DTYPES, ENGINES, FORMATS, VALIDATE_CHECKS, Config, DuplicateIds, GpuMode,
+                                      GpuRequest, LongDocs, Oversize, Preamble, RejectAction, SlurmConfig,
+                                      TokenizerBackend, TooFew, ValidateConfig)
 from hpcsynth.errors import ConfigError
 
 def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
@@ -45,12 +46,12 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("worker.device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
     _check_plan(config, bad)
     _check_card(config, bad)
-    if config.slurm.gpu_request not in ("gres", "gpus"):
-        raise bad("slurm.gpu_request", f"must be gres or gpus, got {config.slurm.gpu_request!r}")
+    if config.slurm.gpu_request not in get_args(GpuRequest):
+        raise bad("slurm.gpu_request", f"must be {_or(get_args(GpuRequest))}, got {config.slurm.gpu_request!r}")
     if config.slurm.array_tasks < 1:
         raise bad("slurm.array_tasks", f"must be 1 or more, got {config.slurm.array_tasks}")
-    if config.reduce.backend not in ("auto", "tokenizers", "gigatoken"):
-        raise bad("reduce.backend", f"must be auto, tokenizers or gigatoken, got {config.reduce.backend!r}")
+    if config.reduce.backend not in get_args(TokenizerBackend):
+        raise bad("reduce.backend", f"must be {_or(get_args(TokenizerBackend))}, got {config.reduce.backend!r}")
     for key in ("part_shards", "bucket_docs"):
         if getattr(config.reduce, key) < 1:
             raise bad(f"reduce.{key}", f"must be 1 or more, got {getattr(config.reduce, key)}")
@@ -80,7 +81,7 @@ NAMED_ENGINE_ARGS = {"model": "model.path", "dtype": "model.dtype", "max_model_l
                      "tensor_parallel_size": "vllm.tensor_parallel_size", "kv_cache_dtype": "vllm.kv_cache_dtype"}
 NAMED_SAMPLING_ARGS = {"temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k",
                        "max_tokens": "sampling.max_tokens", "seed": "sampling.seed"}
-GPU_MODES = ("per_gpu", "tensor_parallel")
+GPU_MODES: tuple[str, ...] = get_args(GpuMode)
 
 
 def _check_pass_through(config: Config, bad) -> None:
@@ -144,8 +145,8 @@ def _check_slurm_strings(slurm: SlurmConfig, bad: Any) -> None:
         raise bad("slurm.python", f"{slurm.python!r} must be one line: the interpreter's path")
 
 
-LONG_DOCS = ("truncate", "split", "keep")
-DUPLICATE_IDS = ("keep_first", "reject")
+LONG_DOCS: tuple[str, ...] = get_args(LongDocs)
+DUPLICATE_IDS: tuple[str, ...] = get_args(DuplicateIds)
 
 
 def _check_plan(config: Config, bad: Any) -> None:
@@ -171,10 +172,10 @@ def _check_plan(config: Config, bad: Any) -> None:
 
 
 def _check_validate(validate: ValidateConfig, bad: Any) -> None:
-    if validate.action not in ("drop", "keep"):
-        raise bad("validate.action", f"must be drop or keep, got {validate.action!r}")
-    if validate.preamble not in ("strip", "reject", "keep"):
-        raise bad("validate.preamble", f"must be strip, reject or keep, got {validate.preamble!r}")
+    if validate.action not in get_args(RejectAction):
+        raise bad("validate.action", f"must be {_or(get_args(RejectAction))}, got {validate.action!r}")
+    if validate.preamble not in get_args(Preamble):
+        raise bad("validate.preamble", f"must be {_or(get_args(Preamble))}, got {validate.preamble!r}")
     unknown = [name for name in validate.skip if name not in VALIDATE_CHECKS]
     if unknown:
         raise bad("validate.skip", f"names no check {unknown[0]!r}; checks: {', '.join(VALIDATE_CHECKS)}")
@@ -205,7 +206,7 @@ def _check_card(config: Config, bad) -> None:
             raise bad(key, f"must be an id such as odc-by, cc-by-4.0 or en (letters, digits, . _ + -), got {value!r}")
 
 
-MIX_POLICIES = ("shrink", "repeat", "error")
+MIX_POLICIES: tuple[str, ...] = get_args(TooFew)
 RUN_ORIGINALS = "run_originals"
 MAX_MIX_SOURCES = 255  # a part stores each document's source as one byte
 MAX_TOKENS = 1 << 62  # reduce.mix token counts: past any real corpus, inside JSON's 64-bit integers
@@ -243,8 +244,8 @@ def _check_mix(config: Config, bad: Any) -> None:
         raise bad("reduce.mix.sources", f"a mix holds at most {MAX_MIX_SOURCES} sources and prompts")
     if mix.too_few not in MIX_POLICIES:
         raise bad("reduce.mix.too_few", f"must be one of {', '.join(MIX_POLICIES)}, got {mix.too_few!r}")
-    if mix.oversize not in ("cut", "drop"):
-        raise bad("reduce.mix.oversize", f"must be cut or drop, got {mix.oversize!r}")
+    if mix.oversize not in get_args(Oversize):
+        raise bad("reduce.mix.oversize", f"must be {_or(get_args(Oversize))}, got {mix.oversize!r}")
     if not 1 <= mix.max_repeat < math.inf:
         raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, and finite, got {mix.max_repeat}")
     for key in ("total_tokens", "max_doc_tokens"):
@@ -254,3 +255,8 @@ def _check_mix(config: Config, bad: Any) -> None:
                                            f"got {getattr(mix, key)}")
     if 0 < mix.max_doc_tokens < 16:
         raise bad("reduce.mix.max_doc_tokens", f"must be 0 (no cap) or at least 16, got {mix.max_doc_tokens}")
+
+
+def _or(choices: tuple[str, ...]) -> str:
+    """'a, b or c': a Literal's values as an error names them."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]

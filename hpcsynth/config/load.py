@@ -3,16 +3,15 @@ the fingerprint of what decides the output, and the difference between two confi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hpcsynth.config.checks import _check_values, _where
+from hpcsynth.config.build import build_config, config_to_dict  # noqa: F401  (config_to_dict: the package's API)
+from hpcsynth.config.grid import expand_grid, is_grid
 from hpcsynth.config.sections import Config
 from hpcsynth.errors import ConfigError
 
@@ -63,12 +62,12 @@ def refuse_aliases(text: str, path: Path, first_line: int = 1) -> None:
     depth = 0
     for event in yaml.parse(text, Loader=LOADER):
         if isinstance(event, yaml.AliasEvent):
-            raise ConfigError(f"{path} line {event.start_mark.line + first_line}: YAML aliases "
+            raise ConfigError(f"{path} line {_line(event) + first_line}: YAML aliases "
                               f"(*{event.anchor}) are not accepted; write the value out in full")
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise ConfigError(f"{path} line {event.start_mark.line + first_line}: nested too deeply "
+                raise ConfigError(f"{path} line {_line(event) + first_line}: nested too deeply "
                                   f"(more than {MAX_YAML_DEPTH} levels)")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
@@ -88,20 +87,10 @@ def _locate_config(path: str | Path) -> Path:
 
 def config_from_dict(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:
     """Build a Config from plain data (a parsed YAML document), checking every key and type."""
-    config = _build(Config, data, "", source, lines or {})
-    _check_values(config, source, lines or {})
-    if config.grid.generators or config.grid.mixins:
-        from hpcsynth.study.grid import expand_grid
-
+    config = build_config(data, source, lines)
+    if is_grid(config):
         expand_grid(config, source, lines or {})  # each generator's and mix-in's config, checked now
     return config
-
-
-def config_to_dict(config: Config) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    data["prompts"] = list(config.prompts)
-    data["grid"] = {key: [dict(entry) for entry in value] for key, value in data["grid"].items()}
-    return data
 
 
 def fingerprint_payload(config: Config, prompt_hashes: dict[str, str]) -> dict[str, Any]:
@@ -159,68 +148,6 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     return out
 
 
-def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]) -> Any:
-    section = prefix or "the top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{_where(source, lines, prefix)}: {section} must be a mapping of keys, "
-                          f"got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise ConfigError(f"{_where(source, lines, dotted)}: unknown key '{dotted}'; valid keys in "
-                              f"{section}: {', '.join(sorted(fields))}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value, dotted, source, lines)
-        else:
-            values[key] = _coerce(hint, value, dotted, source, lines)
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int]) -> Any:
-    where = _where(source, lines, key)
-    got = f"got {value!r} ({type(value).__name__})"
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: '{key}' must be true or false, {got}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: '{key}' must be an integer, {got}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: '{key}' must be a number, {got}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: '{key}' must be a string, {got}")
-    if typing.get_origin(hint) is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return dict(value)
-        raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
-    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-        # A list of sections (reduce.mix.sources): each item a mapping checked like any section.
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' must be a list of mappings, {got}")
-        return tuple(_build(typing.get_args(hint)[0], item, f"{key}[{i}]", source, lines)
-                     for i, item in enumerate(value))
-    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is not str:
-        # grid.generators, grid.mixins: mappings whose keys expand_grid checks against the sections.
-        if isinstance(value, (list, tuple)) and all(
-                isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in value):
-            return tuple(dict(v) for v in value)
-        raise ConfigError(f"{where}: '{key}' must be a list of mappings, one per entry, {got}")
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{where}: '{key}' must be a list of strings, {got}")
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
-
-
+def _line(event: yaml.Event) -> int:
+    """The 0-based line an event starts on (PyYAML's parser always sets it; 0 if not)."""
+    return event.start_mark.line if event.start_mark is not None else 0

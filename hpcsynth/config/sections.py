@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
-ENGINES = ("transformers", "vllm", "endpoint", "fake")
-FORMATS = ("megatron", "datatrove", "numpy")
-DTYPES = ("bfloat16", "float16", "float32", "auto")
+# Every setting that takes one of a fixed set: the Literal is the one list (config/checks.py names its
+# values in the error; config/build.py takes any string for it and leaves the check to checks.py).
+Engine = Literal["transformers", "vllm", "endpoint", "fake"]
+TokenFormat = Literal["megatron", "datatrove", "numpy"]
+Dtype = Literal["bfloat16", "float16", "float32", "auto"]
+LongDocs = Literal["truncate", "split", "keep"]
+DuplicateIds = Literal["keep_first", "reject"]
+GpuRequest = Literal["gres", "gpus"]
+GpuMode = Literal["per_gpu", "tensor_parallel"]
+TooFew = Literal["shrink", "repeat", "error"]
+Oversize = Literal["cut", "drop"]
+TokenizerBackend = Literal["auto", "tokenizers", "gigatoken"]
+RejectAction = Literal["drop", "keep"]
+Preamble = Literal["strip", "reject", "keep"]
+
+ENGINES: tuple[str, ...] = get_args(Engine)
+FORMATS: tuple[str, ...] = get_args(TokenFormat)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass(frozen=True)
@@ -47,13 +62,13 @@ class PlanConfig:
     sample_seed: int = 0
     # FinePhrase cut documents at ~18k characters: "truncate" at a paragraph boundary, "split" into parts
     # rephrased separately, or "keep" them whole (the worker still cuts at model.max_input_chars).
-    long_docs: str = "truncate"
+    long_docs: LongDocs = "truncate"
     # The long-document budget in characters: FinePhrase's ~18k characters fit SmolLM2's 8k context.
     long_doc_chars: int = 18000
     # The same budget in estimated tokens instead (0: use long_doc_chars), for models with other contexts.
     long_doc_tokens: int = 0
     # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
-    duplicate_ids: str = "keep_first"
+    duplicate_ids: DuplicateIds = "keep_first"
     # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
     max_reject_rate: float = 0.05
     # Consecutive input files are planned together (one process, no shard across groups) up to this many
@@ -66,13 +81,13 @@ class PlanConfig:
 class ModelConfig:
     # transformers: CPU or one GPU, tests and small users; vllm: production; endpoint: an
     # OpenAI-compatible server; fake: no model, for unit tests and fault injection.
-    engine: str = "transformers"
+    engine: Engine = "transformers"
     # A local model directory (or a hub id your cluster has cached); hpcsynth downloads nothing.
     path: str = ""
     # A hub revision (commit or tag) recorded in every output; empty for a plain directory.
     revision: str = ""
     # SmolLM2 and most small instruct models are trained and served in bf16.
-    dtype: str = "bfloat16"
+    dtype: Dtype = "bfloat16"
     # FinePhrase ran SmolLM2 with an 8k context.
     max_model_len: int = 8192
     # FinePhrase cut documents longer than ~18k characters at the last newline; we do too, and record it.
@@ -175,7 +190,7 @@ class SlurmConfig:
     # One engine per GPU: generators around 1-2B gain nothing from tensor parallelism.
     gpus_per_task: int = 1
     # "gres" asks --gres=gpu:N (works on every Slurm); "gpus" asks --gpus-per-task=N.
-    gpu_request: str = "gres"
+    gpu_request: GpuRequest = "gres"
     # Tokenization, the request stream and zstd need a few cores and host memory beside each GPU.
     cpus_per_task: int = 8
     mem_gb: int = 64
@@ -195,7 +210,7 @@ class SlurmConfig:
     job_name: str = "hpcsynth"
     # A task that sees several GPUs (whole-node allocations): "per_gpu" starts one worker and engine per
     # GPU, since 1-2B generators gain nothing from splitting; "tensor_parallel" one engine across them all.
-    gpu_mode: str = "per_gpu"
+    gpu_mode: GpuMode = "per_gpu"
 
 
 @dataclass(frozen=True)
@@ -224,7 +239,7 @@ class MixConfig:
     # A source with fewer tokens than its share needs: "shrink" the total until it fits (every share
     # stays exact and nothing repeats; the command says by how much), "repeat" its documents up to
     # max_repeat times, or "error". Shrink is the default: it is never off target and never invents data.
-    too_few: str = "shrink"
+    too_few: TooFew = "shrink"
     # Most times a source may be used under too_few: repeat; repeated text beyond ~4 epochs stops helping
     # (Muennighoff et al., data-constrained scaling).
     max_repeat: float = 4.0
@@ -237,7 +252,7 @@ class MixConfig:
     max_doc_tokens: int = 65536
     # What happens to a larger document: "cut" keeps its first max_doc_tokens (the start of a page is its
     # most coherent part), "drop" leaves it out; either way it is counted in mix.json.
-    oversize: str = "cut"
+    oversize: Oversize = "cut"
 
 
 @dataclass(frozen=True)
@@ -250,7 +265,7 @@ class ReduceConfig:
     original_ratio: float = 1.0
     # Megatron .bin/.idx: read by Megatron-LM and NeMo, and as a flat array by nanoGPT and OLMo-core;
     # "datatrove" writes .ds/.ds.index/.ds.metadata (nanotron), "numpy" one flat .npy array.
-    format: str = "megatron"
+    format: TokenFormat = "megatron"
     # Flat readers cut contiguous windows, so documents are shuffled (seeded) before writing.
     seed: int = 0
     # Drop records the engine cut at max_tokens instead of keeping a truncated rephrase.
@@ -261,7 +276,7 @@ class ReduceConfig:
     name: str = "mix"
     # "auto" uses gigatoken when it encodes a sample exactly as `tokenizers` does (10-30x faster per
     # core), else `tokenizers`; "tokenizers" never tries the fast backend; "gigatoken" insists on it.
-    backend: str = "auto"
+    backend: TokenizerBackend = "auto"
     # Run shards per reduce part (the unit a --jobs process or a Slurm array task does, and redoes after
     # a crash); 8 FinePhrase shards are ~20M tokens: a few minutes on one core, ~200 MB of memory.
     part_shards: int = 8
@@ -287,13 +302,13 @@ VALIDATE_CHECKS = ("preamble", "refusal", "too_short", "repetition", "degenerate
 class ValidateConfig:
     # "drop" leaves failing records out of the mix; "keep" only counts and reports them (the demo's
     # random-weight model fails every check, and a first look at a new prompt should lose nothing).
-    action: str = "drop"
+    action: RejectAction = "drop"
     # Checks to skip by name (e.g. [too_short, table_no_question]): a check that misjudges your prompt's
     # outputs can go without losing the others; a misspelt name is refused with the list.
     skip: tuple[str, ...] = ()
     # "strip" removes a chatty first line ("Here is the FAQ:") and a closing pleasantry; "reject" drops
     # the record; "keep" leaves it. Strip: the rest is usually good, and the line teaches only chatter.
-    preamble: str = "strip"
+    preamble: Preamble = "strip"
     # Output chars per input char below this is a give-up: a FinePhrase math problem from an 18,000-char
     # document is ~1,000 chars (0.055); one sentence from a long page is under 0.01.
     min_length_ratio: float = 0.03

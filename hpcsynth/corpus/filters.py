@@ -35,8 +35,9 @@ def compile_predicate(text: str, bad: Callable[[str, str], Exception] | None = N
     try:
         parser = _Parser(_tokenize(text))
         predicate = parser.expression()
-        if parser.peek() is not None:
-            raise ValueError(f"unexpected {parser.peek()[1]!r} at column {parser.peek()[2] + 1}")
+        extra = parser.peek()
+        if extra is not None:
+            raise ValueError(f"unexpected {extra[1]!r} at column {extra[2] + 1}")
         return predicate
     except ValueError as exc:
         why = f"is not a valid filter ({exc}); e.g. 'int_score >= 3 and language == \"en\"'"
@@ -69,13 +70,14 @@ def sampled(source_id: str, seed: int, fraction: float) -> bool:
 
 
 def _tokenize(text: str) -> list[tuple[str, Any, int]]:
-    tokens, pos = [], 0
+    tokens: list[tuple[str, Any, int]] = []
+    pos = 0
     text = text.rstrip()
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None or match.end() == pos:
             raise ValueError(f"cannot read {text[pos:].strip()[:20]!r} at column {pos + 1}")
-        kind = match.lastgroup
+        kind = match.lastgroup or ""  # every alternative of _TOKEN is a named group
         raw = match.group(kind)
         start = match.start(kind)
         if kind == "num":

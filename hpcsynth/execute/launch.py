@@ -1,9 +1,9 @@
 """Launch: run the workers of a planned run on an executor.
 
 local: one worker in this process, or with `workers > 1` one worker process per GPU, each pinned through
-CUDA_VISIBLE_DEVICES; the workers share the shards through their leases. slurm: job arrays through
-hpcsynth/execute/slurm.py. Either way only shards without a done marker for the run's fingerprint are worked
-on, so a relaunch picks up where the last one stopped.
+CUDA_VISIBLE_DEVICES; the workers share the shards through their leases. slurm: job arrays of
+run_array_task through hpcsynth/execute/slurm.py. Either way only shards without a done marker for the
+run's fingerprint are worked on, so a relaunch picks up where the last one stopped.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
         raise HpcsynthError(f"--workers must be 1 or more, got {workers}")
     if config_path is not None:
         config = adopt_config(run, config, load_config(config_path), force, str(config_path))
+    assert config is not None  # None above only with --config and --force, and then adopted
     repaired = set_aside_bad_markers(run, verify)
     # One line now rather than a failure in every worker. Slurm workers run elsewhere: a model directory
     # this login node does not see may still be on the compute nodes.
@@ -153,9 +154,9 @@ def load_profile(path: Path, base: SlurmConfig) -> SlurmConfig:
 
 
 def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bool) -> LaunchReport:
-    from hpcsynth.execute import slurm as backend
+    from hpcsynth.execute.slurm_jobs import active_jobs, record_launch
 
-    active = backend.active_jobs(run)
+    active = active_jobs(run)
     if active and not force:
         raise RunError(f"{run.root} already has Slurm jobs pending or running ({', '.join(active)}); their "
                        f"workers will finish the run. `hpcsynth cancel {run.root}` first, or pass --force to add "
@@ -168,10 +169,42 @@ def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bo
     if retry_failed:
         for shard in pending:
             run.failed_path(shard).unlink(missing_ok=True)
-    tasks = backend.plan_tasks(slurm, pending)
-    arrays = backend.submit_arrays(run, slurm, tasks, retry_failed)
-    backend.record_launch(run, arrays, slurm, len(pending))
+    arrays = submit_workers(run, slurm, plan_tasks(slurm, pending), retry_failed)
+    record_launch(run, arrays, slurm, len(pending))
     return dataclasses.replace(_report(run, "slurm"), arrays=arrays, submitted_shards=len(pending))
+
+
+def plan_tasks(config: SlurmConfig, pending: list[int]) -> list[list[int] | None]:
+    """What each array task gets: a fixed group of shards, or None to pull from all unfinished ones."""
+    if config.shards_per_task > 0:
+        size = config.shards_per_task
+        return [pending[i:i + size] for i in range(0, len(pending), size)]
+    return [None] * min(config.array_tasks, len(pending))
+
+
+def submit_workers(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None],
+                   retry_failed: bool) -> list[dict[str, Any]]:
+    """The tasks as job arrays of long-lived workers (each starts its engine once and pulls shards), at
+    most MaxArraySize tasks each; return [{job_id, tasks}]. A task requeued after preemption or its time
+    limit takes its leases back and skips what is on disk."""
+    from hpcsynth.execute.slurm import Requeued, array_id, check_run_path, submit_array
+
+    check_run_path(run)
+    jobs = submit_array(Requeued(run_array_task), [(str(run.root), shards, retry_failed, config.gpu_mode)
+                                                   for shards in tasks], config, run.slurm_dir)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[array_id(job)] = counts.get(array_id(job), 0) + 1
+    return [{"job_id": job_id, "tasks": n} for job_id, n in counts.items()]
+
+
+def run_array_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu") -> int:
+    """What a launch's array task runs: a worker on each GPU it sees (or one tensor-parallel engine). A
+    failure fails the task, so that sacct and `hpcsynth status` show it."""
+    failed = run_task(run_root, shards, retry_failed, gpu_mode)
+    if failed:
+        raise RuntimeError(f"{failed} shard(s) or worker(s) failed; see RUN/failed/ and `hpcsynth status`")
+    return failed
 
 
 def _run_in_process(run: RunDir, retry_failed: bool) -> None:

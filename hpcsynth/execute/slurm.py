@@ -1,28 +1,33 @@
-"""Submission to Slurm through submitit (the one module that imports it); watching and cancelling the
-jobs is slurm_jobs.py.
+"""Slurm's seam: the one module that imports submitit. Like submitit's own SlurmExecutor it knows the
+cluster, never the job: the stage hands in the function each array task runs (launch its workers,
+execute/launch.py; the plan its input groups, execute/plan_array.py; the reduce its parts and merge,
+reduce/slurm.py), and no stage is imported here. Watching and cancelling the jobs is slurm_jobs.py.
 
-Submission: array tasks are long-lived workers (hpcsynth.generate.pull) that start their engine once and pull
-shards; arrays larger than the cluster's MaxArraySize are split into several sbatch calls. Preemption
-and time limits reach the worker as USR2 through submitit's checkpointing, which requeues the same
-task; the requeued task resumes from the run directory. Watching: at most one sacct call per status
-refresh, over every job id the run recorded.
+- make_executor: the one place an executor is built: every directive, and the `python` path quoted.
+- submit_array(fn, items, ...): fn(*item) as one array task per item; arrays larger than the cluster's
+  MaxArraySize are split into several sbatch calls; returns submitit's jobs, in item order.
+- map_array(fn, items, ...): fn(item) the same way, waits, results in order; the rest is cancelled when a
+  task fails or the caller is stopped.
+- Requeued(fn): preemption and time limits reach the task as USR2 through submitit's checkpointing,
+  which requeues the same task with the same arguments; fn resumes from the files it committed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shlex
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import SlurmConfig
 from hpcsynth.errors import HpcsynthError
-from hpcsynth.execute.slurm_jobs import (SLURM_TIMEOUT_S, SlurmError, _captured_stderr, _first_error,  # noqa: F401
-                                       _run, active_jobs, cancel_jobs, record_launch,
-                                       require_tools)  # launch's backend.*
+from hpcsynth.execute.slurm_jobs import (SLURM_TIMEOUT_S, SlurmError, _captured_stderr, _first_error, _run,
+                                       cancel_jobs, require_tools)
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.execute.slurm")
@@ -40,55 +45,88 @@ def max_array_size(config: SlurmConfig) -> int:
     return 1001  # Slurm's default
 
 
-def plan_tasks(config: SlurmConfig, pending: list[int]) -> list[list[int] | None]:
-    """What each array task gets: a fixed group of shards, or None to pull from all unfinished ones."""
-    if config.shards_per_task > 0:
-        size = config.shards_per_task
-        return [pending[i:i + size] for i in range(0, len(pending), size)]
-    return [None] * min(config.array_tasks, len(pending))
-
-
-def submit_arrays(run: RunDir, config: SlurmConfig, tasks: list[list[int] | None],
-                  retry_failed: bool) -> list[dict[str, Any]]:
-    """Submit the tasks as job arrays of at most MaxArraySize each; return [{job_id, tasks}]."""
+def make_executor(config: SlurmConfig, folder: Path, prefix: str = "", after: str = "") -> Any:
+    """The one place a submitit executor is built, for every job hpcsynth submits: its files go under
+    FOLDER/PREFIX%A; `after`, an array or job id, holds it until that one succeeded. The sbatch script
+    it writes is checked line by line (tests/execute/test_slurm_injection.py)."""
     import submitit
 
+    check_slurm_path(folder, "Slurm job folder", "use a directory without them")
+    params = executor_parameters(config)
+    if after:
+        extra = dict(params.get("additional_parameters", {}))
+        extra["dependency"] = f"afterok:{after}"
+        # A task of `after` that fails (killed, out of memory) makes afterok unsatisfiable: without this the
+        # job would wait in the queue forever, next to the one a rerun submits.
+        extra["kill-on-invalid-dep"] = "yes"
+        params["additional_parameters"] = extra
+    # submitit pastes `python` into the job's command line as is: quoted, a path with spaces or a `;`
+    # stays one word.
+    python = shlex.quote(config.python) if config.python else None
+    executor = submitit.SlurmExecutor(folder=Path(folder) / f"{prefix}%A", python=python, max_num_timeout=1000)
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_array(fn: Callable[..., Any], items: Sequence[tuple], config: SlurmConfig, folder: Path, *,
+                 prefix: str = "", after: str = "", what: str = "array") -> list[Any]:
+    """fn(*item) as one array task per item (one item: a plain job), at most MaxArraySize tasks an sbatch
+    call; returns submitit's jobs in item order. `what` names the submission in sbatch's refusal."""
+    import submitit
+
+    if not items:
+        return []
     require_tools("sbatch", "sacct")  # before submitit, which looks for srun and raises a bare RuntimeError
-    executor = make_executor(run, config)
+    executor = make_executor(config, folder, prefix, after)
     limit = max_array_size(config)
-    arrays = []
-    for start in range(0, len(tasks), limit):
-        chunk = tasks[start:start + limit]
+    jobs: list[Any] = []
+    for start in range(0, len(items), limit):
+        chunk = items[start:start + limit]
         with _captured_stderr() as captured:
             try:
                 with executor.batch():
-                    jobs = [executor.submit(SlurmWorker(), str(run.root), shards, retry_failed, config.gpu_mode)
-                            for shards in chunk]
+                    submitted = [executor.submit(fn, *item) for item in chunk]
             except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
                     submitit.core.utils.FailedJobError) as exc:
-                failure = exc
+                failure: Exception | None = exc
             else:
                 failure = None
             said = captured.read_text(errors="replace")
         if failure is not None:
-            raise SlurmError(f"sbatch refused the array: {_first_error(said + str(failure), failure)}")
-        job_id = jobs[0].job_id.split("_")[0]
-        arrays.append({"job_id": job_id, "tasks": len(chunk)})
-        log.info("submitted array %s with %d tasks", job_id, len(chunk))
-    return arrays
+            raise SlurmError(f"sbatch refused the {what}: {_first_error(said + str(failure), failure)}")
+        jobs += submitted
+        log.info("submitted %s %s with %d tasks", what, array_id(submitted[0]), len(chunk))
+    return jobs
 
 
-def make_executor(run: RunDir, config: SlurmConfig) -> Any:
-    """submitit's executor for this run: the sbatch script it writes is checked line by line."""
-    import submitit
+def array_id(job: Any) -> str:
+    """The array (or plain job) a submitit job belongs to: 1234 for task 1234_5."""
+    return str(job.job_id).split("_")[0]
 
-    check_run_path(run)
-    # submitit pastes `python` into the job's command line as is: quoted, a path with spaces or a
-    # `;` stays one word.
-    python = shlex.quote(config.python) if config.python else None
-    executor = submitit.SlurmExecutor(folder=run.root / "slurm" / "%A", python=python, max_num_timeout=1000)
-    executor.update_parameters(**executor_parameters(config))
-    return executor
+
+def cpu_only(config: SlurmConfig, job_name: str, cpus: int, mem_gb: int, time_min: int = 0) -> SlurmConfig:
+    """The cluster settings for CPU work (no GPUs asked): the plan's and the reduce's array tasks."""
+    return dataclasses.replace(config, gpus_per_task=0, cpus_per_task=cpus, mem_gb=mem_gb, job_name=job_name,
+                               time_min=time_min or config.time_min)
+
+
+class Requeued:
+    """An array task that preemption or its time limit requeues (submitit calls checkpoint() on USR2)
+    with the same arguments: fn must resume from what it committed to disk, as the worker and the
+    reduce's parts do. fn is a module-level function, so the pickle is a reference, never its code."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def checkpoint(self, *args: Any) -> Any:
+        import submitit
+
+        # Nothing to save: what fn finished is already on disk; the requeued task skips it.
+        logging.getLogger("hpcsynth").info("checkpoint: requeueing (preemption or time limit)")
+        return submitit.helpers.DelayedSubmission(Requeued(self.fn), *args)
 
 
 def check_run_path(run: RunDir) -> None:
@@ -155,157 +193,28 @@ def guarded_setup_line(line: str) -> str:
             f"exit {SETUP_FAILED_EXIT}; }}")
 
 
-class SlurmWorker:
-    """What an array task runs; submitit calls checkpoint() on USR2 (preemption, time limit)."""
-
-    def __call__(self, run_root: str, shards: list[int] | None, retry_failed: bool,
-                 gpu_mode: str = "per_gpu") -> int:
-        from hpcsynth.execute.local import run_task
-
-        # A task that sees several GPUs runs a worker on each (or one tensor-parallel engine).
-        failed = run_task(run_root, shards, retry_failed, gpu_mode)
-        if failed:
-            raise RuntimeError(f"{failed} shard(s) or worker(s) failed; see RUN/failed/ and `hpcsynth status`")
-        return failed
-
-    def checkpoint(self, run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu"):
-        import submitit
-
-        # Nothing to save: every finished record is already in the progress logs. The requeued task
-        # (same array index) takes its leases back at once and skips what is on disk.
-        logging.getLogger("hpcsynth").info("checkpoint: requeueing (preemption or time limit)")
-        return submitit.helpers.DelayedSubmission(SlurmWorker(), run_root, shards, retry_failed, gpu_mode)
-
-
-REDUCE_CPUS = 1
-REDUCE_MEM_GB = 4
-
-
-def submit_reduce(spec: Any, config: SlurmConfig) -> dict[str, Any]:
-    """Submit the parts not yet done as one array (at most slurm.array_tasks tasks, each a fixed group of
-    parts) and the merge as a job depending on it; return {array, merge, parts}."""
-    import dataclasses
-
-    import submitit
-
-    check_slurm_path(Path(spec.out), "reduce output directory", "pass --out a directory without them")
-    require_tools("sbatch", "sacct")
-    pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
-    cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=REDUCE_CPUS,
-                              mem_gb=min(config.mem_gb, REDUCE_MEM_GB), job_name=f"{config.job_name}-reduce")
-    params = executor_parameters(cpu)
-    folder = Path(spec.out) / "slurm" / "%A"
-    array_id = ""
-    if pending:
-        count = min(config.array_tasks, len(pending), max_array_size(config))
-        groups = [pending[i::count] for i in range(count)]
-        executor = submitit.SlurmExecutor(folder=folder, python=config.python or None, max_num_timeout=1000)
-        executor.update_parameters(**params)
-        jobs = _submit_captured(executor, [(ReduceParts(), spec.out, group) for group in groups])
-        array_id = jobs[0].job_id.split("_")[0]
-    merge = submitit.SlurmExecutor(folder=folder, python=config.python or None, max_num_timeout=1000)
-    extra = dict(params.get("additional_parameters", {}))
-    if array_id:
-        extra["dependency"] = f"afterok:{array_id}"
-        # A part task that fails (killed, out of memory) makes afterok unsatisfiable: without this the
-        # merge would wait in the queue forever, next to the one a rerun of reduce submits.
-        extra["kill-on-invalid-dep"] = "yes"
-    merge.update_parameters(**{**params, "additional_parameters": extra})
-    merge_job = _submit_captured(merge, [(ReduceMerge(), spec.out)], batch=False)[0]
-    log.info("reduce: array %s over %d parts, merge job %s", array_id or "-", len(pending), merge_job.job_id)
-    return {"array": array_id, "merge": merge_job.job_id, "parts": len(pending)}
-
-
-def _submit_captured(executor: Any, calls: list[tuple], batch: bool = True) -> list[Any]:
-    import submitit
-
-    with _captured_stderr() as captured:
-        try:
-            if batch:
-                with executor.batch():
-                    jobs = [executor.submit(*call) for call in calls]
-            else:
-                jobs = [executor.submit(*call) for call in calls]
-        except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError,
-                submitit.core.utils.FailedJobError) as exc:
-            said = captured.read_text(errors="replace")
-            raise SlurmError(f"sbatch refused the reduce: {_first_error(said + str(exc), exc)}") from None
-    return jobs
-
-
-class ReduceParts:
-    """An array task: reduce its group of parts (a requeued task skips the parts already done)."""
-
-    def __call__(self, out_dir: str, indices: list[int]) -> int:
-        from hpcsynth.reduce.parts import reduce_part
-
-        for index in indices:
-            reduce_part(out_dir, index)
-        return len(indices)
-
-    def checkpoint(self, out_dir: str, indices: list[int]):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(ReduceParts(), out_dir, indices)
-
-
-class ReduceMerge:
-    """The merge task: runs once every part task succeeded."""
-
-    def __call__(self, out_dir: str) -> dict[str, Any]:
-        from hpcsynth.reduce.merge import merge_parts
-
-        report = merge_parts(out_dir)
-        return {"sequences": report["sequences"], "tokens": report["tokens"]}
-
-
-# --- planning as CPU arrays (`hpcsynth plan --executor slurm`); the planner hands in picklable calls
-PLAN_CPUS = 1  # one planning process per array task: the array is the parallelism
-PLAN_MEM_GB = 4  # a group holds ~32 bytes a document plus zstd buffers; 4 GB is far above that
-PLAN_TIME_MIN = 120
-
-
-def map_plan_array(run_root: Path, config: SlurmConfig, fn: Any, jobs: list[Any], name: str) -> list[Any]:
-    """fn(job) for every job as the tasks of CPU-only arrays (no GPUs asked); wait; results in order."""
-    import dataclasses
-
-    import submitit
-
-    if not jobs:
-        return []
-    check_slurm_path(run_root, "run directory", "plan the run in a directory without them")
-    require_tools("sbatch", "sacct")
-    cpu = dataclasses.replace(config, gpus_per_task=0, cpus_per_task=PLAN_CPUS, mem_gb=PLAN_MEM_GB,
-                              time_min=PLAN_TIME_MIN, job_name=f"{config.job_name}-{name}")
-    executor = submitit.SlurmExecutor(folder=run_root / "slurm" / f"{name}-%A", python=config.python or None)
-    executor.update_parameters(**executor_parameters(cpu))
-    limit = max_array_size(config)
-    submitted = []
-    for start in range(0, len(jobs), limit):
-        with _captured_stderr() as captured:
-            try:
-                submitted += executor.map_array(fn, jobs[start:start + limit])
-                failure = None
-            except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as exc:
-                failure = exc
-            said = captured.read_text(errors="replace")
-        if failure is not None:
-            raise SlurmError(f"sbatch refused the {name} array: {_first_error(said + str(failure), failure)}")
+def map_array(fn: Callable[[Any], Any], items: Sequence[Any], config: SlurmConfig, folder: Path, name: str,
+              again: str = "submit it again") -> list[Any]:
+    """fn(item) for every item as the tasks of arrays named after `name` (files under FOLDER/NAME-%A);
+    wait; the results in order. A task that fails, or this process being stopped, cancels the others
+    (they would run for nothing); `again` is what to do then, in the error."""
+    submitted = submit_array(fn, [(item,) for item in items], config, folder, prefix=f"{name}-",
+                             what=f"{name} array")
     log.info("%s: %d array tasks submitted", name, len(submitted))
     try:
-        return [_result(job, name) for job in submitted]
+        return [_result(job, name, again) for job in submitted]
     except BaseException:  # a task failed, or this process is stopped: the others would run for nothing
         with contextlib.suppress(HpcsynthError):
-            cancel_jobs(sorted({str(job.job_id).split("_")[0] for job in submitted}))
+            cancel_jobs(sorted({array_id(job) for job in submitted}))
         raise
 
 
-PLAN_POLL_S = 1.0  # how often a planner waiting on an array task looks for its result
-PLAN_QUEUE_S = 5.0  # how often it asks squeue (the controller is shared: not every second for hours)
-PLAN_GONE_S = 15.0  # a task out of squeue this long without a result is gone (result files may lag on NFS)
+MAP_POLL_S = 1.0  # how often a caller waiting on an array task looks for its result
+MAP_QUEUE_S = 5.0  # how often it asks squeue (the controller is shared: not every second for hours)
+MAP_GONE_S = 15.0  # a task out of squeue this long without a result is gone (result files may lag on NFS)
 
 
-def _result(job: Any, name: str) -> Any:
+def _result(job: Any, name: str, again: str) -> Any:
     """One array task's result. submitit alone would wait for ever on a task cancelled before it started:
     such a task has no accounting record, so sacct never says it ended; squeue, which lists every pending
     and running task, shows it gone."""
@@ -319,17 +228,17 @@ def _result(job: Any, name: str) -> Any:
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             raise SlurmError(f"{name} array task {job.job_id} failed: {str(exc).strip().splitlines()[-1][:300]}; "
                              f"its log: {job.paths.stdout}") from None
-        if time.monotonic() - asked >= PLAN_QUEUE_S:
+        if time.monotonic() - asked >= MAP_QUEUE_S:
             asked = time.monotonic()
-            queued = _queued(str(job.job_id).split("_")[0])
+            queued = _queued(array_id(job))
             if queued is None or str(job.job_id) in queued:
                 gone_since = None
             elif gone_since is None:
                 gone_since = asked
-            elif asked - gone_since > PLAN_GONE_S:
+            elif asked - gone_since > MAP_GONE_S:
                 raise SlurmError(f"{name} array task {job.job_id} left Slurm's queue without a result (cancelled "
-                                 f"before it started?); plan again; its log, if it ran: {job.paths.stdout}")
-        time.sleep(PLAN_POLL_S)
+                                 f"before it started?); {again}; its log, if it ran: {job.paths.stdout}")
+        time.sleep(MAP_POLL_S)
 
 
 def _queued(array: str) -> set[str] | None:

@@ -21,6 +21,7 @@ from typing import Any
 from hpcsynth.config import SlurmConfig
 from hpcsynth.errors import HpcsynthError, RunError
 from hpcsynth.files import atomic_write_json, read_json
+from hpcsynth.locks import acquire_lock
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.execute.slurm")
@@ -125,16 +126,18 @@ def _array_size(job: str) -> int:
     return max(count, 1)
 
 
+RECORD_WAIT_S = 60  # a record's rewrite takes milliseconds: a holder this slow is stuck, not busy
+
+
 def record_reduce(path: Path, dataset: str, jobs: dict[str, Any]) -> None:
     """Add a `reduce --executor slurm`'s array and merge job ids to `path` ({"jobs": [{"dataset", "array",
     "merge"}]}), for `hpcsynth cancel`; earlier submissions stay (a resubmitted reduce's old merge may still
     wait)."""
-    import fcntl
-
     # Two reduces of one run submitted at once (other --out directories) would each rewrite the record
-    # from what it read, and one's jobs would be lost to cancel: one at a time.
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # from what it read, and one's jobs would be lost to cancel: one at a time, under the run directory's
+    # one lock (O_EXCL, not flock: NFS; never opened through a symlink nor blocked on a planted FIFO).
+    with acquire_lock(path.with_name(path.name + ".lock"), "`hpcsynth reduce --executor slurm`", writing=path,
+                      wait_s=RECORD_WAIT_S):
         recorded = _recorded_reduces(path)
         recorded.append({"dataset": dataset, "array": jobs["array"], "merge": jobs["merge"]})
         atomic_write_json(path, {"jobs": recorded})
@@ -265,7 +268,7 @@ def slurm_problems(run: RunDir, sacct: dict[str, dict[str, Any]]) -> dict[str, A
 
 def _task_log_tail(run: RunDir, task_id: str) -> list[str]:
     """The end of submitit's output file of one array task (RUN/slurm/JOB/JOB_TASK_0_log.out)."""
-    path = run.root / "slurm" / task_id.split("_")[0] / f"{task_id}_0_log.out"
+    path = run.slurm_log_path(task_id)
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

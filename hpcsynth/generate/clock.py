@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.engines import Completion, Request
@@ -27,7 +28,7 @@ RATE_WINDOW_S = 60.0
 
 class TaskClock:
     def __init__(self, run: RunDir, name: str, tick_s: float = 10.0) -> None:
-        self.path = run.root / "tasks" / f"{name}.json"
+        self.path = run.task_path(name)
         self.started = time.time()
         self.generating_since: float | None = None
         self.tokens = self.records = 0
@@ -35,7 +36,7 @@ class TaskClock:
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self.tick_s = tick_s
-        self.data = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
+        self.data: dict[str, Any] = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
                      "gpus": 0, "device": "", "started": self.started, "startup_s": 0.0, "generation_s": 0.0,
                      "shards_done": 0, "state": "starting", "tokens": 0, "records": 0, "tokens_per_s": 0.0,
                      "records_per_s": 0.0, "rate_window_s": RATE_WINDOW_S}

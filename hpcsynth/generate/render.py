@@ -12,6 +12,7 @@ from pathlib import Path
 from hpcsynth.config import Config
 from hpcsynth.errors import ConfigError, InputError
 from hpcsynth.generate.shard import truncate_document
+from hpcsynth.optional import require
 from hpcsynth.prompts import Prompt
 
 
@@ -32,11 +33,12 @@ def render_for_engine(prompt: Prompt, document: str, config: Config, tokenizer: 
         bare = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
         why = f"no tokenizer: {source or 'model.path is empty'} is not a local model directory (pass --tokenizer)"
         return Rendered(bare, 0, why)
+    require("transformers", extra="cpu", for_what="rendering with the model's chat template")
     from transformers import AutoTokenizer
 
     try:
         loaded = AutoTokenizer.from_pretrained(str(Path(source).expanduser()))
-        rendered = loaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        rendered = str(loaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot render with the tokenizer in {source}: {str(exc).splitlines()[0]}") from None
     return Rendered(rendered, len(loaded.encode(rendered, add_special_tokens=False)), source)

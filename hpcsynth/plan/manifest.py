@@ -17,12 +17,12 @@ from typing import Any
 from hpcsynth.config import Config, diff_configs
 from hpcsynth.errors import InputError, RunError
 from hpcsynth.files import read_json
+from hpcsynth.locks import Lock, acquire_lock
 from hpcsynth.corpus.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
-from hpcsynth.rundir import RunDir
+from hpcsynth.rundir import PLAN_LOCK, RunDir
 
 PLAN_PARTS = ("shards", "plan")
-LOCK = ".plan.lock"
 
 
 def input_stats(paths: list[Path]) -> list[dict[str, Any]]:
@@ -73,35 +73,9 @@ def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> 
     return changes
 
 
-def take_lock(root: Path) -> Path:
-    """One planner per run directory: a second one would interleave their moves."""
-    lock = root / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            if not _holder_gone(lock):
-                raise RunError(f"another `hpcsynth plan` is writing {root} ({lock.read_text().strip()}); wait for it, "
-                               f"or remove {lock} if it died on another machine") from None
-            lock.unlink(missing_ok=True)
-            continue
-        os.write(fd, f"{os.uname().nodename}:{os.getpid()}\n".encode())
-        os.close(fd)
-        return lock
-    raise RunError(f"could not lock {root} for planning; remove {lock} and retry")
-
-
-def _holder_gone(lock: Path) -> bool:
-    try:
-        host, _, pid = lock.read_text().strip().rpartition(":")
-        if host != os.uname().nodename:
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):
-        return False
-    return False
+def take_lock(root: Path) -> Lock:
+    """One planner per run directory: a second one would interleave their moves. Release it when done."""
+    return acquire_lock(root / PLAN_LOCK, "`hpcsynth plan`", writing=root)
 
 
 def commit_plan(tmp: Path, run: RunDir) -> None:
@@ -136,6 +110,6 @@ def _retire_outputs(run: RunDir, old_rows: list[dict], new_rows: list[dict]) -> 
             continue
         for path in (run.done_path(row["id"]), run.output_path(row["id"]), run.failed_path(row["id"])):
             if path.exists():
-                target = run.root / "replaced" / stamp / path.parent.name / path.name
+                target = run.replaced_dir / stamp / path.parent.name / path.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(path, target)

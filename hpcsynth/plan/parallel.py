@@ -5,7 +5,7 @@ writes its shards as it reads. In a pool, a group's first id depends on the grou
 worker reads its group holding the documents (in memory up to HOLD_BYTES, the rest spilled to disk),
 publishes its shard count, waits for the groups before it to publish theirs (they started earlier: the
 pool takes tasks in order, so the wait is short and never circular), then writes its shards. On Slurm
-the two halves are separate array tasks (run_groups_on_slurm).
+the two halves are separate array tasks (run_groups_mapped, with the map the caller hands in).
 A worker that dies (the OOM killer, kill -9) fails the plan at once, and the workers die with a killed
 planner: no process is left waiting for ever on a group nobody plans.
 """
@@ -59,20 +59,21 @@ def run_groups(jobs: list[GroupJob], workers: int, counter: ByteCounter, tick: C
     return _Pool(jobs, workers, counter, tick).run(meanwhile)
 
 
-def run_groups_on_slurm(jobs: list[GroupJob], run_root: Path,
-                       slurm: Any) -> tuple[list[GroupResult], list[dict[str, Any]]]:
-    """A plan too big for one machine: the groups as one CPU array, their shards as a second, after
-    the counts between them fix every shard id (the same ids as a local plan)."""
-    from hpcsynth.execute.slurm import map_plan_array
+# map_groups(fn, items, name) -> [fn(item), ...]: how a plan too big for one machine runs its groups
+# elsewhere (`plan --executor slurm`: execute/plan_array.py's Slurm arrays); fn and items pickle.
+MapGroups = Callable[[Callable[[Any], Any], list[Any], str], list[Any]]
 
-    results = map_plan_array(run_root, slurm, _scan_alone, [dataclasses.replace(j, first_shard=-1) for j in jobs],
-                             "plan-scan")
+
+def run_groups_mapped(jobs: list[GroupJob], map_groups: MapGroups) -> tuple[list[GroupResult], list[dict[str, Any]]]:
+    """A plan too big for one machine: the groups as one map (on Slurm, a CPU array), their shards as a
+    second, after the counts between them fix every shard id (the same ids as a local plan)."""
+    results = map_groups(_scan_alone, [dataclasses.replace(j, first_shard=-1) for j in jobs], "plan-scan")
     writes, first = [], 0
     for job in jobs:
         job = dataclasses.replace(job, first_shard=first)
         first += count_spilled_shards(Path(job.tmp), job)
         writes.append(job)
-    rows = map_plan_array(run_root, slurm, _write, writes, "plan-write")
+    rows = map_groups(_write, writes, "plan-write")
     return results, [row for group in rows for row in group]
 
 
@@ -105,7 +106,7 @@ def _each_group(jobs: list[GroupJob], counter: ByteCounter,
         result = scan_group(dataclasses.replace(job, first_shard=len(rows), defer_sync=True), counter)
         planned += result.sources
         results.append(result)
-        rows += result.rows
+        rows += result.rows or []
         tick()
     return results, rows
 
@@ -231,6 +232,6 @@ class _Pool:
                     self.tick()
                 results.append(task.result())
             # Every shard on disk before the caller writes the manifest: one wait per worker process.
-            for task in [pool.submit(_finish_syncs) for _ in range(workers)]:
-                task.result()
-        return results, [row for result in results for row in result.rows]
+            for sync in [pool.submit(_finish_syncs) for _ in range(workers)]:
+                sync.result()
+        return results, [row for result in results for row in result.rows or []]

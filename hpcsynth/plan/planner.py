@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import shutil
 import time
 from collections import Counter
@@ -20,13 +21,13 @@ from typing import Any
 import orjson
 
 from hpcsynth import __version__
-from hpcsynth.config import Config, SlurmConfig, fingerprint
+from hpcsynth.config import Config, fingerprint
 from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.heap import keep_freed_memory
 from hpcsynth.plan.manifest import changes_since, check_inputs_unchanged, commit_plan, input_stats, take_lock
-from hpcsynth.plan.parallel import default_jobs, run_groups, run_groups_on_slurm
+from hpcsynth.plan.parallel import MapGroups, default_jobs, run_groups, run_groups_mapped
 from hpcsynth.corpus.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
@@ -50,14 +51,15 @@ class Plan:
 
 def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jobs: int = 0,
                 force: bool = False, progress: Callable[[int, int], None] | None = None,
-                slurm: SlurmConfig | None = None) -> Plan:
+                map_groups: MapGroups | None = None) -> Plan:
     """Shard the corpus named by `inputs` (or plan.inputs) into RUN.
 
     Re-planning a planned RUN with the same config and inputs changes nothing; with others it raises
     RunError saying what changed, unless `force` (outputs of changed shards move to RUN/replaced/).
-    With `slurm`, the input groups are planned as CPU array tasks (RUN must be on a shared filesystem).
+    With `map_groups` (execute/plan_array.py's Slurm arrays for `--executor slurm`), the input groups are
+    planned by it, elsewhere (RUN must be on a shared filesystem); without, in this process or its pool.
     """
-    if slurm is not None and config.plan.limit:
+    if map_groups is not None and config.plan.limit:
         raise HpcsynthError("plan.limit plans a prefix of the input, which one process reads fastest; "
                             "plan it without --executor slurm")
     started = time.monotonic()
@@ -78,17 +80,17 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
     created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
     lock = take_lock(run.root)
-    tmp = run.root / f".plan-tmp-{lock.read_text().strip().rpartition(':')[2]}"
+    tmp = run.plan_staging_dir(os.getpid())
     try:
         for stale in run.root.glob(".plan-tmp-*"):  # left by a planner that died; we hold the lock now
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         plan = _plan_into(tmp, run, config, digest, prompts, (paths, stats), empty, jobs or default_jobs(),
-                          progress, slurm)
+                          progress, map_groups)
         commit_plan(tmp, run)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        lock.unlink(missing_ok=True)
+        lock.release()
         if created and not any(run.root.iterdir()):
             run.root.rmdir()
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -99,15 +101,15 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
                            f"{size} of input files; free space there, or plan into a --run on another "
                            f"filesystem, and plan again (nothing was planned)") from None
         raise
-    lock.unlink(missing_ok=True)
+    lock.release()
     plan.summary["seconds"] = round(time.monotonic() - started, 3)
-    atomic_write_json(run.root / "plan" / "summary.json", plan.summary)
+    atomic_write_json(run.plan_dir / "summary.json", plan.summary)
     return plan
 
 
 def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list,
                inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
-               progress: Callable[[int, int], None] | None, slurm: SlurmConfig | None = None) -> Plan:
+               progress: Callable[[int, int], None] | None, map_groups: MapGroups | None = None) -> Plan:
     paths, stats = inputs
     keep_freed_memory()  # before the pool forks: its workers inherit the setting
     ratio, ratio_source = bytes_per_token(config, paths)
@@ -124,8 +126,8 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         if total > LARGE_PLAN_BYTES:  # past plan/duplicates.py's SMALL_IDS sources: numpy sorts their ids
             import numpy  # noqa: F401  ~0.1-0.3 s
 
-    if slurm is not None:
-        results, rows = run_groups_on_slurm(group_jobs, run.root, slurm)
+    if map_groups is not None:
+        results, rows = run_groups_mapped(group_jobs, map_groups)
         meanwhile()
     else:
         results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total),
@@ -144,7 +146,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     rejects.close()
     totals = _totals(results, empty, removed)
     _check_rejects(totals, config, run, tmp)
-    per_input = Counter()
+    per_input: Counter[int] = Counter()
     for result in results:
         per_input.update(result.per_input)
     for r in removed:
@@ -202,7 +204,8 @@ def _merge_rejects(tmp: Path, groups: int, empty: list[str]) -> Any:
 
 
 def _totals(results: list[GroupResult], empty: list[str], removed: list) -> dict[str, Any]:
-    reasons, filtered = Counter(), Counter()
+    reasons: Counter[str] = Counter()
+    filtered: Counter[str] = Counter()
     for result in results:
         reasons.update(result.reasons)
         filtered.update(result.filtered)
@@ -222,7 +225,7 @@ def _check_rejects(totals: dict[str, Any], config: Config, run: RunDir, tmp: Pat
     rate = rejected / read if read else 1.0
     if totals["sources"] > 0 and rate <= config.plan.max_reject_rate:
         return
-    kept = run.root / "plan-failed-rejects.jsonl"
+    kept = run.failed_plan_rejects_path
     shutil.copyfile(tmp / "plan" / "rejects.jsonl", kept)
     top = ", ".join(f"{reason} ({n:,})" for reason, n in list(totals["reasons"].items())[:3]) or "none"
     top += _first_reject(kept)

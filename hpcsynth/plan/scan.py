@@ -114,7 +114,7 @@ class _Scan:
                 continue
             source_id = source_id_of(record, name, position)
             parts = build(record, source_id, path, kind, position)
-            if parts.__class__ is Dropped:
+            if isinstance(parts, Dropped):
                 _drop(result, rejects, path, kind, position, parts)
                 continue
             digest = blake2b(source_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()

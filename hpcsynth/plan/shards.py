@@ -160,6 +160,7 @@ class ShardSink:
         while view:
             view = view[os.write(self.fd, view):]
         self.digest.update(blob)
+        assert self.row is not None, "lines are added to an open row"  # an invariant, not user input
         self.row.bytes += len(blob)
         self.lines, self.size = [], 0
 

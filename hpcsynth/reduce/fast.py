@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hpcsynth.errors import ConfigError
+from hpcsynth.optional import require
 from hpcsynth.reduce.tokenize import BACKENDS, DocumentTokenizer
 
 
@@ -21,11 +22,13 @@ def choose_backend(tok: DocumentTokenizer, requested: str, sample: list[str]) ->
         raise ConfigError(f"reduce.backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "tokenizers":
         return tok, ""
+    if requested == "gigatoken":  # asked for by name: its absence is the user's to fix (auto falls back)
+        require("gigatoken", extra="cpu", for_what="reduce.backend: gigatoken; or set reduce.backend: auto")
     fast = load_fast(tok)
     if fast is None:
         if requested == "gigatoken":
-            raise ConfigError("reduce.backend is gigatoken but it is not installed (pip install gigatoken), "
-                              "or set reduce.backend: auto")
+            raise ConfigError(f"reduce.backend is gigatoken but gigatoken cannot load {tok.path}; "
+                              "set reduce.backend: auto")
         return tok, ""
     candidate = replace(tok, fast=fast, backend="gigatoken")
     mismatch = parity_mismatch(candidate, sample)

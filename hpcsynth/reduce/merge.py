@@ -18,19 +18,20 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpcsynth.errors import RunError
-from hpcsynth.files import atomic_write_bytes, atomic_write_json, open_write_nofollow, sha256_file
+from hpcsynth.files import atomic_write_chunks, atomic_write_json, open_write_nofollow, sha256_file
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
 from hpcsynth.reduce.mix.choose import copies_of
-from hpcsynth.reduce.mix.plan import plan_mix
+from hpcsynth.reduce.marker import PartMarker
+from hpcsynth.reduce.mix.plan import MixPlan, plan_mix
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 
 TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
@@ -42,14 +43,14 @@ def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = Non
     every token of the run again, hours at FinePhrase scale, so a user at a terminal sees it move."""
     started = time.process_time()
     spec = read_spec(Path(out_dir))
-    markers = {}
+    markers: dict[int, PartMarker] = {}
     for index in spec.part_indices():
         marker = spec.part_done(index)
         if marker is None:
             raise RunError(f"reduce part {index} of {out_dir} is not done; run `hpcsynth reduce {spec.run} "
                            f"--out {out_dir}` again (done parts are kept)")
         markers[index] = marker
-    if not any(m["documents"] for m in markers.values()):
+    if not any(m.documents for m in markers.values()):
         raise RunError(f"no record of {spec.run} passed the checks and no original text was mixed in; see "
                        f"{spec.out_dir}/parts/*.rejects.jsonl for the reasons (e.g. reduce.min_chars), or run "
                        f"`hpcsynth validate {shlex.quote(spec.run)}` for counts by check and samples")
@@ -72,7 +73,7 @@ def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = Non
                 written[source]["tokens"] += len(array)
                 seq += 1
             if on_bucket:
-                on_bucket(output.tokens, round(mix["total"]))
+                on_bucket(output.tokens, round(mix.total))
         docs.flush()
         os.fsync(docs.fileno())
     files = output.finish()
@@ -93,20 +94,20 @@ def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = Non
     return save_report(spec, data)
 
 
-def _check_room(spec: ReduceSpec, mix: dict[str, Any], markers: dict[int, dict]) -> None:
+def _check_room(spec: ReduceSpec, mix: MixPlan, markers: dict[int, PartMarker]) -> None:
     """Refuse, before the first byte, a mix larger than the free space of DIR: an absurd total_tokens
     with too_few: repeat and a large max_repeat would otherwise write (and loop) until the disk is full."""
-    tokens = sum(m["tokens"] for m in markers.values())
+    tokens = sum(m.tokens for m in markers.values())
     index_bytes = sum(spec.part_path(i, ".docs.jsonl").stat().st_size for i in markers)
     per_token = np.dtype(ds_dtype(spec.tokenizer["vocab_size"])).itemsize + (index_bytes / tokens if tokens else 0)
-    need, free = mix["total"] * per_token, shutil.disk_usage(spec.out_dir).free
+    need, free = mix.total * per_token, shutil.disk_usage(spec.out_dir).free
     if need > free:
-        raise RunError(f"reduce.mix: this mix would write {mix['total']:,.0f} tokens, ~{need / 1e9:,.1f} GB with its "
+        raise RunError(f"reduce.mix: this mix would write {mix.total:,.0f} tokens, ~{need / 1e9:,.1f} GB with its "
                        f"docs index, more than the {free / 1e9:,.1f} GB free in {spec.out_dir}; lower "
                        f"reduce.mix.total_tokens (or max_repeat, with too_few: repeat), or free space there")
 
 
-def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:
+def _gather(spec: ReduceSpec, mix: MixPlan, bucket: int) -> list[tuple[np.ndarray, bytes, int, int]]:
     """What the merge writes for one bucket: (tokens, docs line, source, copy) of its own documents the
     mix chose, and the later copies of repeated documents from other buckets. Copy c of a document of
     bucket h goes to bucket (h + c x buckets / copies) mod buckets, so the copies of a repeated document
@@ -114,13 +115,13 @@ def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np
     Each home bucket is read once, in turn, and its copies found per document (a tiny source repeated
     10^5 times costs its copies, not 10^5 passes over every bucket); what is taken from another bucket
     is copied out, so the merge holds one home bucket and this bucket's output, whatever max_repeat."""
-    most = max(1, max((c + (limit > 0) for c, limit in zip(mix["copies"], mix["limits"])), default=1))
+    most = max(1, max((c + (limit > 0) for c, limit in zip(mix.copies, mix.limits)), default=1))
     stride = max(1, spec.buckets // most)
     picked = []  # (copy, position in its home, entry): sorted below into copy order, as written before
     for offset in range(min(most, spec.buckets)):
         home = (bucket - offset * stride) % spec.buckets
         arrays, lines, keys, sources = _load_bucket(spec, home)
-        times = copies_of(keys, sources, mix["copies"], mix["limits"])
+        times = copies_of(keys, sources, mix.copies, mix.limits)
         for j in np.flatnonzero(times > offset):
             array = arrays[j] if home == bucket else arrays[j].copy()
             # Copies offset, offset + buckets, ...: with more copies than buckets a home comes round again.
@@ -130,7 +131,7 @@ def _gather(spec: ReduceSpec, mix: dict[str, Any], bucket: int) -> list[tuple[np
     return [entry for _, _, entry in picked]
 
 
-def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:
+def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, PartMarker]:
     """Redo these parts with every original tokenized (the mix plan needs more than they counted); in
     this process, Slurm's merge task included: it is rare, and each part is bounded."""
     from hpcsynth.reduce.parts import ALL_ORIGINALS, all_originals_parts, reduce_part
@@ -139,7 +140,12 @@ def _all_originals(spec: ReduceSpec, parts: list[int]) -> dict[int, dict]:
     for index in parts:
         spec.part_path(index, ".done.json").unlink(missing_ok=True)
         reduce_part(str(spec.out_dir), index)
-    return {index: spec.part_done(index) for index in spec.part_indices()}
+    markers = {index: spec.part_done(index) for index in spec.part_indices()}
+    lost = [index for index, marker in markers.items() if marker is None]
+    if lost:  # damaged or removed while the merge ran: not a traceback later
+        raise RunError(f"reduce part {lost[0]} of {spec.out_dir} is no longer done; run `hpcsynth reduce "
+                       f"{spec.run} --out {spec.out_dir}` again (done parts are kept)")
+    return {index: marker for index, marker in markers.items() if marker is not None}
 
 
 def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[bytes], np.ndarray, np.ndarray]:
@@ -157,7 +163,7 @@ def _load_bucket(spec: ReduceSpec, bucket: int) -> tuple[list[np.ndarray], list[
         t0, t1 = int(bounds[1, bucket]), int(bounds[1, bucket + 1])
         b0, b1 = int(bounds[2, bucket]), int(bounds[2, bucket + 1])
         lens = np.asarray(np.load(spec.part_path(index, ".lens.npy"), mmap_mode="r")[d0:d1])
-        tokens = np.fromfile(spec.part_path(index, ".bin"), dtype=dtype, count=t1 - t0,
+        tokens: np.ndarray = np.fromfile(spec.part_path(index, ".bin"), dtype=dtype, count=t1 - t0,
                              offset=t0 * np.dtype(dtype).itemsize)
         if len(tokens) != t1 - t0 or int(lens.sum()) != t1 - t0:
             raise RunError(f"{spec.part_path(index, '.bin')} is shorter than its index says; delete "
@@ -228,7 +234,7 @@ def _remove_stale(spec: ReduceSpec, files: list[Path]) -> None:
             path.unlink()
 
 
-def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] | None:
+def _text_export(spec: ReduceSpec, markers: dict[int, PartMarker]) -> dict[str, Any] | None:
     folder = spec.out_dir / f"text{spec.suffix}"
     if not spec.text_export:
         # An earlier reduce's export (its Parquet and its card) would pass for this output's text.
@@ -249,18 +255,30 @@ def _text_export(spec: ReduceSpec, markers: dict[int, dict]) -> dict[str, Any] |
         except OSError:  # another filesystem, or no hard links: copy
             with open_write_nofollow(target, directory_too=False) as handle:
                 handle.write(spec.part_path(index, ".parquet").read_bytes())
-        files.append({"path": target.name, "rows": markers[index]["text_rows"],
+        files.append({"path": target.name, "rows": markers[index].text_rows,
                       "sha256": sha256_file(target)})
     # Its README.md, the dataset card, is written with the output's own (card.py), once the counts are known.
     return {"dir": folder.name, "files": files, "rows": sum(f["rows"] for f in files)}
 
 
-def _rejects(spec: ReduceSpec, markers: dict[int, dict]) -> Path | None:
-    blobs = [spec.part_path(i, ".rejects.jsonl").read_bytes() for i in spec.part_indices()
-             if markers[i]["rejected_records"]]
+# The parts' rejects are copied into one file a block at a time, never joined in memory: a check that
+# refuses most records of a FinePhrase-scale run leaves gigabytes of them, and the merge holds one bucket.
+REJECTS_BLOCK = 1 << 20
+
+
+def _rejects(spec: ReduceSpec, markers: dict[int, PartMarker]) -> Path | None:
+    parts = [spec.part_path(i, ".rejects.jsonl") for i in spec.part_indices() if markers[i].rejected_records]
     path = spec.out_dir / f"rejects{spec.suffix}.jsonl"
-    if not blobs:
+    if not parts:
         path.unlink(missing_ok=True)
         return None
-    atomic_write_bytes(path, b"".join(blobs))
+    atomic_write_chunks(path, _blocks(parts))
     return path
+
+
+def _blocks(paths: list[Path]) -> Iterator[bytes]:
+    """The files' bytes, one file after the other, REJECTS_BLOCK at a time."""
+    for part in paths:
+        with open(part, "rb") as handle:
+            while block := handle.read(REJECTS_BLOCK):
+                yield block

@@ -14,17 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from hpcsynth.reduce.marker import PartMarker
+
 # Per-document arrays: the dtype parts.py writes them with.
 DOC_ARRAYS = ((".lens.npy", np.int32), (".keys.npy", np.uint64), (".src.npy", np.uint8))
-MIX_COUNTS = ("documents", "tokens", "cut", "dropped", "largest", "chars", "rest_documents", "rest_chars")
-MARKER_INTS = ("documents", "tokens", "text_rows", "rejected_records", "max_token")
 
 
-def part_is_whole(spec: Any, index: int, marker: dict) -> bool:
-    """True when the marker and every file of the part agree with each other and with the spec."""
-    if not _marker_is_whole(spec, marker):
+def part_is_whole(spec: Any, index: int, marker: PartMarker) -> bool:
+    """True when the marker (its types checked as it was read, marker.py) and every file of the part
+    agree with each other and with the spec."""
+    if len(marker.mix) != len(spec.mix["sources"]):
         return False
-    documents, tokens = marker["documents"], marker["tokens"]
+    documents, tokens = marker.documents, marker.tokens
     itemsize = 2 if spec.tokenizer["vocab_size"] <= 65536 else 4
     if spec.part_path(index, ".bin").stat().st_size != tokens * itemsize:
         return False
@@ -49,24 +50,3 @@ def part_is_whole(spec: Any, index: int, marker: dict) -> bool:
     if spec.part_path(index, ".docs.jsonl").stat().st_size != bounds[2, -1]:
         return False
     return spec.part_path(index, ".rejects.jsonl").is_file()
-
-
-def _marker_is_whole(spec: Any, marker: dict) -> bool:
-    if any(not _count(marker.get(key)) for key in MARKER_INTS):
-        return False
-    if not isinstance(marker.get("validation", {}), dict) or not isinstance(marker.get("backend"), str) \
-            or not isinstance(marker.get("backend_note", ""), str):
-        return False
-    mix = marker.get("mix")
-    if not isinstance(mix, list) or len(mix) != len(spec.mix["sources"]):
-        return False
-    for counts in mix:
-        if not isinstance(counts, dict) or any(not _count(counts.get(key)) for key in MIX_COUNTS):
-            return False
-        if counts.get("limit") is not None and not _count(counts["limit"]):
-            return False
-    return True
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

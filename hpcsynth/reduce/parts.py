@@ -35,6 +35,7 @@ from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, read_json
 from hpcsynth.reduce.fast import load_fast
 from hpcsynth.reduce.formats.datatrove import ds_dtype
+from hpcsynth.reduce.marker import MixCounts, PartMarker
 from hpcsynth.reduce.mix.choose import document_key
 from hpcsynth.reduce.mix.feed import MixFeed
 from hpcsynth.reduce.select import Document, bucket_of, prompt_formats, synthetic_documents
@@ -48,7 +49,7 @@ PARITY_DOCS = 8  # each part checks its own first documents against `tokenizers`
 _TOKENIZERS: dict[str, DocumentTokenizer] = {}
 
 
-def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
+def reduce_part(out_dir: str, index: int) -> PartMarker:
     spec = read_spec(Path(out_dir))
     done = spec.part_done(index)
     if done is not None:
@@ -75,10 +76,11 @@ def reduce_part(out_dir: str, index: int) -> dict[str, Any]:
         exported += [d.record for d in synthetic]
         feed.add_synthetic(synthetic)
     feed.add_originals(run, spec.part_shards(index))  # after the synthetic: their tokens bound the originals
-    marker = _write_part(spec, index, feed.docs, rejects, exported, config.reduce.seed)
-    marker.update(validation=tally, mix=feed.counts, backend=encoder.backend, backend_note=encoder.note,
-                  cpu_seconds=round(time.process_time() - started, 3))
-    atomic_write_json(spec.part_path(index, ".done.json"), marker)
+    files = _write_part(spec, index, feed.docs, rejects, exported, config.reduce.seed)
+    marker = PartMarker(**files, validation=tally, mix=[MixCounts(**counts) for counts in feed.counts],
+                        backend=encoder.backend, backend_note=encoder.note,
+                        cpu_seconds=round(time.process_time() - started, 3))
+    atomic_write_json(spec.part_path(index, ".done.json"), marker.to_dict())
     return marker
 
 
@@ -89,7 +91,7 @@ def check_corpus_file(spec: ReduceSpec, source: int, file: str) -> None:
     stamp = entry["stamps"][entry["files"].index(file)]
     try:
         info = os.stat(file)
-        now = [info.st_size, info.st_mtime_ns]
+        now: list[int] | str = [info.st_size, info.st_mtime_ns]
     except OSError as exc:
         now = f"unreadable ({exc.strerror})"
     if now != stamp:
@@ -167,7 +169,7 @@ def _write_part(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndar
     byte_ends = np.concatenate(([0], np.cumsum([len(line) for line in lines], dtype=np.int64)))
     bounds[1], bounds[2] = token_ends[bounds[0]], byte_ends[bounds[0]]
     dtype = ds_dtype(spec.tokenizer["vocab_size"])
-    tokens = np.concatenate([docs[i][1] for i in order]).astype(dtype) if docs else np.zeros(0, dtype)
+    tokens: np.ndarray = np.concatenate([docs[i][1] for i in order]).astype(dtype) if docs else np.zeros(0, dtype)
     atomic_write_bytes(spec.part_path(index, ".bin"), tokens.tobytes())
     atomic_write_bytes(spec.part_path(index, ".lens.npy"), _npy(lens))
     atomic_write_bytes(spec.part_path(index, ".keys.npy"), _npy(keys))

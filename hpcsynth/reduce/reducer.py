@@ -10,7 +10,7 @@ steps, each resumable from the filesystem:
 
 Memory is bounded by one part and one shuffle bucket, never the run. A killed reduce, run again,
 redoes only the parts without a done marker. On Slurm the parts are a CPU array and the merge a
-dependent job (hpcsynth/execute/slurm.py); this module does not know where it runs.
+dependent job (hpcsynth/reduce/slurm.py, through execute/slurm.py); this module does not know where it runs.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from hpcsynth.reduce.fast import choose_backend
 from hpcsynth.reduce.lock import reduce_lock
 from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
+from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import prompt_formats, ready_shards
 from hpcsynth.reduce.spec import (ReduceSpec, bucket_count, group_parts, read_spec, settings_digest, spec_key,
@@ -50,7 +51,7 @@ class ReduceReport:
 
 
 def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None = None, partial: bool = False,
-               jobs: int = 1, on_part: Callable[[dict], None] | None = None) -> ReduceReport:
+               jobs: int = 1, on_part: Callable[[PartMarker], None] | None = None) -> ReduceReport:
     out = Path(out_dir) if out_dir else run.default_reduce_dir
     with reduce_lock(out):
         spec = prepare_reduce(run, out, tokenizer, partial)
@@ -121,7 +122,7 @@ def _card_context(manifest: dict[str, Any], config) -> dict[str, Any]:
             "card": dataclasses.asdict(config.card)}
 
 
-def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None] | None = None) -> None:
+def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[PartMarker], None] | None = None) -> None:
     """Reduce every part not yet done, in this process or in `jobs` worker processes."""
     pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
     if jobs <= 1 or len(pending) <= 1:
@@ -150,7 +151,7 @@ def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[dict], None]
 
 def _parity_sample(run: RunDir, shard: int) -> list[str]:
     """Rephrasings and originals of the first ready shard: the texts the reduce will encode."""
-    texts = []
+    texts: list[str] = []
     for path, limit in ((run.output_path(shard), PARITY_SAMPLE * 3 // 4), (run.shard_path(shard), PARITY_SAMPLE)):
         for record in read_jsonl_zst(path):
             if len(texts) >= limit:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.files import atomic_write_json, sha256_file
+from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.select import add_tallies
 from hpcsynth.reduce.spec import ReduceSpec
 
@@ -18,7 +19,7 @@ def report_path(out_dir: Path, partial: bool) -> Path:
     return Path(out_dir) / ("report-partial.json" if partial else "report.json")
 
 
-def write_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
+def write_report(spec: ReduceSpec, markers: dict[int, PartMarker], output: Any, files: list[Path],
                  text: dict | None, rejects: Path | None, mix: dict[str, Any],
                  merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
     return save_report(spec, build_report(spec, markers, output, files, text, rejects, mix, merge_cpu_seconds))
@@ -29,20 +30,20 @@ def save_report(spec: ReduceSpec, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files: list[Path],
+def build_report(spec: ReduceSpec, markers: dict[int, PartMarker], output: Any, files: list[Path],
                  text: dict | None, rejects: Path | None, mix: dict[str, Any],
                  merge_cpu_seconds: float = 0.0) -> dict[str, Any]:
     total = {f"{kind}_{what}": sum(row[what] for row in mix["sources"] if row["kind"] == kind)
              for kind in ("synthetic", "original", "corpus") for what in ("documents", "tokens")}
-    total["rejected_records"] = sum(m["rejected_records"] for m in markers.values())
+    total["rejected_records"] = sum(m.rejected_records for m in markers.values())
     by_source = {row["name"]: row["tokens"] for row in mix["sources"]}
     weights = {kind: sum(row["weight"] for row in mix["sources"] if row["kind"] == kind)
                for kind in ("synthetic", "original")}
     validation: dict[str, dict] = {}
     for marker in markers.values():
-        add_tallies(validation, marker.get("validation", {}))
+        add_tallies(validation, marker.validation)
     syn, orig = total["synthetic_tokens"], total["original_tokens"]
-    backends = sorted({m["backend"] for m in markers.values()})
+    backends = sorted({m.backend for m in markers.values()})
     first = output.prefixes[0]
     data = {
         "run": spec.run, "fingerprint": spec.run_info["fingerprint"], "partial": spec.partial,
@@ -53,7 +54,7 @@ def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         "eos_id": spec.tokenizer["eos_id"], "eos_source": spec.tokenizer["eos_source"],
         "bos_ids": spec.tokenizer["bos_ids"], "vocab_size": spec.tokenizer["vocab_size"],
         "dtype": first["dtype"], "backend": "+".join(backends),
-        "backend_note": spec.backend_note or "; ".join(sorted({m["backend_note"] for m in markers.values()} - {""})),
+        "backend_note": spec.backend_note or "; ".join(sorted({m.backend_note for m in markers.values()} - {""})),
         "shards_used": sum(len(p) - 1 for p in spec.parts), "shards_skipped": spec.shards_skipped,
         **total, "tokens_by_source": dict(sorted(by_source.items())),
         # Original tokens per synthetic token, asked (from the weights) and written.
@@ -64,10 +65,10 @@ def build_report(spec: ReduceSpec, markers: dict[int, dict], output: Any, files:
         # What mix.json holds: the shares asked and written per source, and the policy's notes.
         "mix": mix,
         "sequences": output.sequences, "tokens": output.tokens,
-        "max_token": max(m["max_token"] for m in markers.values()),
+        "max_token": max(m.max_token for m in markers.values()),
         "parts": len(markers), "buckets": spec.buckets,
         # Where the CPU time went: parts run in parallel (--jobs, Slurm array), the merge does not.
-        "cpu_seconds": {"parts": round(sum(m.get("cpu_seconds", 0.0) for m in markers.values()), 2),
+        "cpu_seconds": {"parts": round(sum(m.cpu_seconds for m in markers.values()), 2),
                         "merge": round(merge_cpu_seconds, 2)},
         "files": [{"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files],
         "token_files": output.prefixes, "docs": f"{spec.name}.docs.jsonl",

@@ -60,11 +60,11 @@ def _refuse_while_running(run: RunDir, missing: int, ready: int) -> None:
     """Shards that live workers generate right now: say so, rather than asking for a launch."""
     from hpcsynth.status.collect import collect_status
 
-    running = collect_status(run, slurm=False)["running_shards"]
+    running = collect_status(run, slurm=False).running_shards
     if not running:
         return
-    workers = sorted({r["worker"] for r in running})
-    shown = ", ".join(shard_name(r["shard"]) for r in running[:5]) + (", ..." if len(running) > 5 else "")
+    workers = sorted({r.worker for r in running})
+    shown = ", ".join(shard_name(r.shard) for r in running[:5]) + (", ..." if len(running) > 5 else "")
     raise RunError(f"{len(running)} of the {missing} shards not yet done are being generated now ({shown}; by "
                    f"{len(workers)} worker(s): {', '.join(workers[:3])}{', ...' if len(workers) > 3 else ''}); "
                    f"reduce once they are done (`hpcsynth status {shlex.quote(str(run.root))} --watch` ends when "

@@ -20,6 +20,7 @@ import orjson
 
 from hpcsynth.files import atomic_write_json, read_json, sha256_file
 from hpcsynth.errors import RunError
+from hpcsynth.reduce.marker import PartMarker
 
 SPEC_VERSION = 2  # 2: parts hold every candidate of the exact mix, with keys and sources
 
@@ -79,14 +80,13 @@ class ReduceSpec:
                 return entry[1], entry[2], entry[3]
         return None
 
-    def part_done(self, index: int) -> dict | None:
-        """The part's done marker when it is valid for this spec, else None."""
-        path = self.part_path(index, ".done.json")
+    def part_done(self, index: int) -> PartMarker | None:
+        """The part's done marker when it is valid for this spec, else None (the part is made again)."""
         try:
-            marker = read_json(path)
-        except (OSError, ValueError):
+            marker = PartMarker.from_file(self.part_path(index, ".done.json"))
+        except (OSError, RunError):  # none yet, or damaged or forged (a field of the wrong type)
             return None
-        if not isinstance(marker, dict) or marker.get("key") != self.key or marker.get("shards") != self.part_shards(index):
+        if marker.key != self.key or marker.shards != self.part_shards(index):
             return None
         # A part file damaged or deleted after its marker: redo the part rather than merge garbage.
         from hpcsynth.reduce.partcheck import part_is_whole

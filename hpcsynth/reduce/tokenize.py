@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from hpcsynth.errors import ConfigError
+from hpcsynth.optional import require
 
 # End-of-text tokens, most common first. End-of-turn tokens (<|im_end|>, <|eot_id|>) are not here.
 END_OF_TEXT = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|end|>")
@@ -79,6 +80,7 @@ class DocumentTokenizer:
 
 def load_tokenizer(path: str | Path, eos_token: str = "", key: str = "reduce.tokenizer") -> DocumentTokenizer:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    require("tokenizers", extra="cpu", for_what="reduce's tokenizer")
     from tokenizers import Tokenizer
 
     path = Path(path)

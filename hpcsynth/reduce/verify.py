@@ -76,7 +76,7 @@ def _check_tokens(prefix: Path, data: dict, group: dict, first: int) -> tuple[li
     fmt = data["format"]
     if fmt == "megatron":
         dtype, lengths, pointers, documents = read_index(prefix)
-        tokens = np.memmap(with_suffix(prefix, ".bin"), dtype=dtype, mode="r")
+        tokens: np.ndarray = np.memmap(with_suffix(prefix, ".bin"), dtype=dtype, mode="r")
         problems = []
         itemsize = np.dtype(dtype).itemsize
         expected = np.concatenate(([0], np.cumsum(lengths[:-1], dtype=np.int64))) * itemsize if len(lengths) else lengths

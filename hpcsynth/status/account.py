@@ -16,16 +16,17 @@ from typing import Any
 
 from hpcsynth.rundir import RunDir
 from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files, collect_status
-from hpcsynth.study.measure import _number  # a forged 1e308 or a negative count is 0
+from hpcsynth.status.collect import count_number as _number  # a forged 1e308 or a negative count is 0
+from hpcsynth.status.runstatus import RunStatus
 
 
-def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def account_run(run: RunDir, price: float = 0.0, status: RunStatus | None = None) -> dict[str, Any]:
     """The account of a run so far; `status` (collect_status's, with its one sacct call) is reused if given."""
     status = status if status is not None else collect_status(run)
-    tasks = status["tasks"]
-    gpu = bool(status["gpu_hours"]) or any(_number(t.get("gpus")) > 0 for t in tasks)
+    tasks = status.tasks
+    gpu = bool(status.gpu_hours) or any(_number(t.get("gpus")) > 0 for t in tasks)
     unit = "GPU" if gpu else "CPU worker"
-    sacct = bool(status["slurm"]["sacct_calls"])
+    sacct = bool(status.slurm.sacct_calls)
     weight = _weights(run, tasks, gpu, sacct)
 
     def task_hours(key: str, which=lambda t: True) -> float:
@@ -37,11 +38,11 @@ def account_run(run: RunDir, price: float = 0.0, status: dict[str, Any] | None =
     generation = task_hours("generation_s")
     in_workers = task_hours("wall_s")
     # Slurm's bill when there is one; else the workers' own wall time, unrounded (a short run is seconds).
-    hours = (status["gpu_hours"] if gpu else status["cpu_worker_hours"]) if sacct else in_workers
+    hours = (status.gpu_hours if gpu else status.cpu_worker_hours) if sacct else in_workers
     generated = sum(_number(t.get("tokens")) for t in tasks)
     rate = generated / (generation * 3600) if generation > 0 else 0.0
     committed, failed_tokens = _tokens_on_disk(run)
-    redone_tokens = max(0.0, generated - status["tokens_done"])
+    redone_tokens = max(0.0, generated - status.tokens_done)
     redone = redone_tokens / rate / 3600 if rate else 0.0
     failed = failed_tokens / rate / 3600 if rate else 0.0
     cost = hours * price
@@ -135,9 +136,9 @@ def _fig(hours: float, how: str) -> dict[str, Any]:
 def _tokens_on_disk(run: RunDir) -> tuple[float, float]:
     """(completion tokens committed in done markers of this fingerprint, tokens in failed shards' logs)."""
     digest = run.fingerprint()
-    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
+    done = _by_shard(_read_json_files(run.done_dir), DONE_NUMBERS)
     ours = {s for s, m in done.items() if m.get("fingerprint") == digest}
     committed = sum(_number(done[s]["completion_tokens"]) for s in ours)
-    failed = set(_by_shard(_read_json_files(run.root / "failed"))) - ours  # status's order: done wins
-    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS)
+    failed = set(_by_shard(_read_json_files(run.failed_dir))) - ours  # status's order: done wins
+    beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS)
     return float(committed), float(sum(_number(beats[s]["completion_tokens"]) for s in failed if s in beats))

@@ -20,6 +20,8 @@ from hpcsynth.files import read_regular
 from hpcsynth.generate.lease import holder_gone, process_start
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
+from hpcsynth.status.runstatus import (FailedShard, RedoShard, RunningShard, RunStatus, ShardCounts, SlurmSummary,
+                                       WorkerHours)
 from hpcsynth.status.timeline import build_timeline, plausible_times
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
@@ -29,7 +31,7 @@ LOG_TAIL_LINES = 5
 MAX_MARKER_BYTES = 16 << 20
 
 
-def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
+def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
     manifest = run.manifest()
     jobs, sacct = _slurm_view(run) if slurm else ([], {})
     config = run.config()
@@ -38,20 +40,23 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     prompts = len(manifest["prompts"])
     now = time.time()
     damaged: list[str] = []
-    done = _by_shard(_read_json_files(run.root / "done", bad=damaged), DONE_NUMBERS)
+    done = _by_shard(_read_json_files(run.done_dir, bad=damaged), DONE_NUMBERS)
     damaged_ids = {int(n.removesuffix(".json")) for n in damaged if n.removesuffix(".json").isdigit()}
     unreadable: list[str] = []
-    failed = _by_shard(_read_json_files(run.root / "failed", bad=unreadable))
+    failed = _by_shard(_read_json_files(run.failed_dir, bad=unreadable))
     for name in unreadable:  # workers skip a shard with any failed marker: it counts as failed, and says why
         if name.removesuffix(".json").isdigit():
-            path = run.root / "failed" / name
+            path = run.failed_dir / name
             failed.setdefault(int(name.removesuffix(".json")), {"reason": f"failed marker {path} is damaged"})
-    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
+    beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
 
     counts = dict.fromkeys(STATES, 0)
     docs_done = records_done = tokens_done = 0
     rate = 0.0
-    failures, stale, running, redo = [], [], [], []
+    failures: list[FailedShard] = []
+    stale: list[int] = []
+    running: list[RunningShard] = []
+    redo: list[RedoShard] = []
     commits: list[tuple[float, float]] = []  # (committed, completion tokens) of every done shard: the timeline
     for shard in manifest["shards"]:
         sid = shard["id"]
@@ -60,7 +65,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         if sid in damaged_ids:
             problem = f"done marker {run.done_path(sid)} is damaged"
         if problem:  # launch sets such a marker aside and generates the shard again: say so now
-            redo.append({"shard": sid, "reason": problem})
+            redo.append(RedoShard(sid, problem))
         elif marker is not None and marker.get("fingerprint") == digest:
             counts["done"] += 1
             docs_done += marker["documents"]
@@ -76,8 +81,8 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         if sid in failed:
             counts["failed"] += 1
             log_path = _run_log(run, failed[sid].get("log"))
-            failures.append({"shard": sid, "reason": redact(str(failed[sid].get("reason", ""))),
-                             "log": str(log_path or ""), "log_tail": _tail(log_path)})
+            failures.append(FailedShard(sid, redact(str(failed[sid].get("reason", ""))), str(log_path or ""),
+                                        _tail(log_path)))
         elif beat is None:
             counts["pending"] += 1
         elif now - beat["updated"] > config.worker.lease_timeout_s or _holder_gone(beat, sacct):
@@ -89,9 +94,9 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
         else:
             counts["running"] += 1
             rate += beat.get("tokens_per_s", 0.0)
-            running.append({"shard": sid, "worker": beat.get("task") or beat.get("owner", "").rsplit(":", 1)[0]})
+            running.append(RunningShard(sid, beat.get("task") or beat.get("owner", "").rsplit(":", 1)[0]))
 
-    tasks = list(_read_json_files(run.root / "tasks").values())  # odd values count as 0 (_number)
+    tasks = list(_read_json_files(run.tasks_dir).values())  # odd values count as 0 (_number)
     live = [t for t in tasks if _task_live(t, sacct, config.worker.lease_timeout_s, now)]
     live_ids = {id(t) for t in live}
     if any("tokens_per_s" in t for t in live):
@@ -109,40 +114,35 @@ def collect_status(run: RunDir, slurm: bool = True) -> dict[str, Any]:
     task_states: dict[str, int] = {}
     for task in sacct.values():
         task_states[task["state"]] = task_states.get(task["state"], 0) + task.get("tasks", 1)
-    return {
-        "run": str(run.root),
-        "fingerprint": digest,
-        "shards": {**counts, "total": len(manifest["shards"])},
-        "documents": total_docs,
-        "prompts": prompts,
-        "docs_done": docs_done,
-        "records_done": records_done,
-        "records_expected": total_docs * prompts,
-        "tokens_done": tokens_done,
-        "tokens_per_s": round(rate, 2),
-        "eta_s": None if eta is None else round(eta, 1),
-        "stale_shards": stale,
-        # Shards a live worker generates now, and which worker (Slurm array task, else host:pid).
-        "running_shards": running,
-        "failed_shards": failures,
-        # Shards whose done marker is damaged or whose output is missing or cut: launch redoes them.
-        "redo_shards": redo,
-        "gpu_hours": round(gpu_hours, 4),
-        # Worker time on CPU only (a transformers run without GPUs, the fake engine): not GPU-hours.
-        "cpu_worker_hours": round(cpu_hours, 4),
-        "live_workers": len(live),
-        # Hours of worker time by phase (engine start-up, generating, idle), from RUN/tasks/.
-        "worker_hours": time_split,
-        "workers": len(tasks),
-        "tasks": sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
-                          "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
-                        key=lambda t: str(t["name"])),
-        # Tokens and shards committed per time bin since the first worker started (hpcsynth/status/timeline.py).
-        "timeline": build_timeline(*plausible_times(commits, [_number(t.get("started")) for t in tasks], now),
-                                   now if live else 0.0),
-        "slurm": {"jobs": [a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
-                  "array_tasks": task_states, "sacct_calls": 1 if jobs else 0, **_slurm_problems(run, sacct)},
-    }
+    return RunStatus(
+        run=str(run.root),
+        fingerprint=digest,
+        shards=ShardCounts(**counts, total=len(manifest["shards"])),
+        documents=total_docs,
+        prompts=prompts,
+        docs_done=docs_done,
+        records_done=records_done,
+        records_expected=total_docs * prompts,
+        tokens_done=tokens_done,
+        tokens_per_s=round(rate, 2),
+        eta_s=None if eta is None else round(eta, 1),
+        stale_shards=stale,
+        running_shards=running,
+        failed_shards=failures,
+        redo_shards=redo,
+        gpu_hours=round(gpu_hours, 4),
+        cpu_worker_hours=round(cpu_hours, 4),
+        live_workers=len(live),
+        worker_hours=WorkerHours(**time_split),
+        workers=len(tasks),
+        tasks=sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
+                       "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
+                     key=lambda t: str(t["name"])),
+        timeline=build_timeline(*plausible_times(commits, [_number(t.get("started")) for t in tasks], now),
+                                now if live else 0.0),
+        slurm=SlurmSummary(jobs=[a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
+                           array_tasks=task_states, sacct_calls=1 if jobs else 0, **_slurm_problems(run, sacct)),
+    )
 
 
 TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",
@@ -174,6 +174,17 @@ def _task_live(task: dict, sacct: dict[str, dict], lease_timeout_s: float, now: 
 def _number(value: Any) -> float:
     """A number from a task file, 0 for anything else (a hand-edited or foreign file)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+# Past 2**53 a float no longer counts by ones: no real count or number of seconds gets near it.
+MAX_COUNT = 2 ** 53
+
+
+def count_number(value: object) -> float:
+    """A count or a number of seconds from a run's file; 0 for a negative one or one past MAX_COUNT (a forged
+    1e308 would otherwise turn every figure built on it into inf or nan)."""
+    number = _number(value)
+    return number if 0 <= number <= MAX_COUNT else 0.0
 
 
 def _worker_hours(jobs: list[dict], sacct: dict[str, dict], tasks: list[dict]) -> tuple[float, float]:
@@ -237,7 +248,7 @@ def _run_log(run: RunDir, named: object) -> Path | None:
     """
     if not isinstance(named, str) or not named:
         return None
-    logs = (run.root / "logs").resolve()
+    logs = run.logs_dir.resolve()
     for candidate in (Path(named), logs / Path(named).name):
         try:
             resolved = candidate.resolve()
@@ -313,15 +324,3 @@ def _shaped(data: object, numbers: tuple[str, ...], optional: tuple[str, ...] = 
     return (isinstance(data, dict) and all(number(data.get(k)) for k in numbers)
             and all(number(data[k]) for k in optional if k in data)
             and isinstance(data.get("task", ""), str) and isinstance(data.get("owner", ""), str))
-
-
-def render_status(status: dict[str, Any], console=None) -> None:
-    from hpcsynth.status.view import render_status as render
-
-    render(status, console)
-
-
-def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
-    from hpcsynth.status.view import watch_status as watch
-
-    return watch(run, interval, console)

@@ -10,14 +10,14 @@ import re
 import shlex
 import time
 from collections import deque
-from typing import Any
 
 from hpcsynth.rundir import RunDir, shard_name
 from hpcsynth.status.collect import STATES, collect_status
+from hpcsynth.status.runstatus import RunStatus, SlurmSummary
 from hpcsynth.status.timeline import TIMELINE_BINS, cumulative, sparkline
 
 
-def render_status(status: dict[str, Any], console=None) -> None:
+def render_status(status: RunStatus, console=None) -> None:
     from rich.console import Console
 
     from rich.text import Text
@@ -30,24 +30,22 @@ def render_status(status: dict[str, Any], console=None) -> None:
         console.print(part, soft_wrap=isinstance(part, Text) and part.overflow == "fold")
 
 
-def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
+def watch_status(run: RunDir, interval: float, console=None) -> RunStatus:
     """Refresh until every shard is done (or nothing is left running), then print a one-line summary."""
     from rich.console import Console, Group
     from rich.live import Live
 
     console = console or Console()
     status = collect_status(run)
-    rates: deque[float] = deque([status["tokens_per_s"]], maxlen=TIMELINE_BINS)  # the live rate, refresh by refresh
-    status["rate_samples"] = list(rates)
-    with Live(Group(*status_renderables(status, console.width)), console=console, refresh_per_second=1,
+    rates: deque[float] = deque([status.tokens_per_s], maxlen=TIMELINE_BINS)  # the live rate, refresh by refresh
+    with Live(Group(*status_renderables(status, console.width, list(rates))), console=console, refresh_per_second=1,
               auto_refresh=False) as live:
         try:
             while not finished(status):
                 time.sleep(interval)
                 status = collect_status(run)
-                rates.append(status["tokens_per_s"])
-                status["rate_samples"] = list(rates)
-                live.update(Group(*status_renderables(status, console.width)), refresh=True)
+                rates.append(status.tokens_per_s)
+                live.update(Group(*status_renderables(status, console.width, list(rates))), refresh=True)
         except KeyboardInterrupt:
             pass
     if not console.is_terminal:
@@ -55,73 +53,74 @@ def watch_status(run: RunDir, interval: float, console=None) -> dict[str, Any]:
     return status  # the last frame ends with the summary line (status_renderables)
 
 
-def finished(status: dict[str, Any]) -> bool:
+def finished(status: RunStatus) -> bool:
     """Every shard is done, or the rest failed or went stale and no worker or Slurm task is left on them."""
-    shards = status["shards"]
-    if shards["done"] == shards["total"]:
+    shards = status.shards
+    if shards.done == shards.total:
         return True
-    waiting = shards["pending"] + shards["running"] + shards["requeued"]
-    slurm_busy = any(state in ("PENDING", "RUNNING", "REQUEUED") for state in status["slurm"]["array_tasks"])
-    return waiting == 0 and status.get("live_workers", 0) == 0 and not slurm_busy
+    waiting = shards.pending + shards.running + shards.requeued
+    slurm_busy = any(state in ("PENDING", "RUNNING", "REQUEUED") for state in status.slurm.array_tasks)
+    return waiting == 0 and status.live_workers == 0 and not slurm_busy
 
 
-def summary_line(status: dict[str, Any]) -> str:
+def summary_line(status: RunStatus) -> str:
     return " ".join(summary_phrases(status))
 
 
-def summary_phrases(status: dict[str, Any]) -> list[str]:
+def summary_phrases(status: RunStatus) -> list[str]:
     """What is done, where the outputs are, the next command: one line, or a few at a narrow width."""
-    shards, run = status["shards"], shlex.quote(status["run"])  # commands a user can paste
-    if shards["done"] == shards["total"]:
-        return [f"done: all {shards['total']:,} shards,", f"{status['records_done']:,} records in {run}/outputs;",
+    shards, run = status.shards, shlex.quote(status.run)  # commands a user can paste
+    if shards.done == shards.total:
+        return [f"done: all {shards.total:,} shards,", f"{status.records_done:,} records in {run}/outputs;",
                 f"next: hpcsynth reduce {run}"]
-    return [f"stopped: {shards['done']:,} of {shards['total']:,} shards done,",
-            f"{shards['failed']:,} failed, {shards['stale']:,} stale;", f"next: hpcsynth launch {run} --retry-failed"]
+    return [f"stopped: {shards.done:,} of {shards.total:,} shards done,",
+            f"{shards.failed:,} failed, {shards.stale:,} stale;", f"next: hpcsynth launch {run} --retry-failed"]
 
 
-def status_renderables(status: dict[str, Any], width: int = 80) -> list:
+def status_renderables(status: RunStatus, width: int = 80, rate_samples: list[float] | None = None) -> list:
+    """What `status` prints; `rate_samples` are the live rates --watch saw, refresh by refresh."""
     from rich.table import Table
     from rich.text import Text
 
-    parts: list = [Text(_inert(f"hpcsynth run {status['run']}"), overflow="fold")]
-    shards = status["shards"]
+    parts: list = [Text(_inert(f"hpcsynth run {status.run}"), overflow="fold")]
+    shards = status.shards
     table = Table(show_header=True, box=None, padding=(0, 1))
     for state in (*STATES, "total"):
         table.add_column(state, justify="right", no_wrap=True)
-    table.add_row(*(f"{shards[s]:,}" for s in (*STATES, "total")))
+    table.add_row(*(f"{shards.of(s):,}" for s in (*STATES, "total")))
     parts.append(table)
-    eta = status["eta_s"]
-    split = status["worker_hours"]
-    parts += _flow([f"documents {status['docs_done']:,}/{status['documents']:,}",
-                    f"records {status['records_done']:,}/{status['records_expected']:,}",
-                    f"tokens {status['tokens_done']:,}", f"{status['tokens_per_s']:,.0f} tok/s",
+    eta = status.eta_s
+    split = status.worker_hours
+    parts += _flow([f"documents {status.docs_done:,}/{status.documents:,}",
+                    f"records {status.records_done:,}/{status.records_expected:,}",
+                    f"tokens {status.tokens_done:,}", f"{status.tokens_per_s:,.0f} tok/s",
                     f"ETA {'-' if eta is None else _duration(eta)}"], width)
-    parts += _history_lines(status, width)
+    parts += _history_lines(status, width, rate_samples or [])
     hours = []
-    if status["gpu_hours"] or not status.get("cpu_worker_hours"):
-        hours.append(f"GPU-hours {status['gpu_hours']:.2f}")
-    if status.get("cpu_worker_hours"):
-        hours.append(f"CPU worker-hours {status['cpu_worker_hours']:.2f}")
-    parts += _flow([*hours, f"worker time: start-up {_duration(split['startup_s'] * 3600)}",
-                    f"generation {_duration(split['generation_s'] * 3600)}",
-                    f"idle {_duration(split['idle_s'] * 3600)}",
-                    f"({status['workers']} workers, {status.get('live_workers', 0)} live)"], width)
-    parts += _slurm_lines(status["slurm"], width)
-    broken = [t for t in status["tasks"] if t.get("state") == "failed"]
+    if status.gpu_hours or not status.cpu_worker_hours:
+        hours.append(f"GPU-hours {status.gpu_hours:.2f}")
+    if status.cpu_worker_hours:
+        hours.append(f"CPU worker-hours {status.cpu_worker_hours:.2f}")
+    parts += _flow([*hours, f"worker time: start-up {_duration(split.startup_s * 3600)}",
+                    f"generation {_duration(split.generation_s * 3600)}",
+                    f"idle {_duration(split.idle_s * 3600)}",
+                    f"({status.workers} workers, {status.live_workers} live)"], width)
+    parts += _slurm_lines(status.slurm, width)
+    broken = [t for t in status.tasks if t.get("state") == "failed"]
     if broken:
         parts.append(_cut(f"{len(broken)} worker(s) failed to start", f", e.g. {broken[0]['name']}: "
                           f"{broken[0].get('error', '')}"))
-    if status["stale_shards"]:
-        parts.append(_cut("stale heartbeats", ": " + ", ".join(shard_name(s) for s in status["stale_shards"][:10]),
+    if status.stale_shards:
+        parts.append(_cut("stale heartbeats", ": " + ", ".join(shard_name(s) for s in status.stale_shards[:10]),
                           style="yellow"))
-    for failure in status["failed_shards"][:10]:
-        parts.append(_cut("failed", f" {shard_name(failure['shard'])}: {failure['reason']}"))
-        parts += [_cut(f"    {line}", style="dim") for line in failure["log_tail"]]
-    redo = status.get("redo_shards", [])
+    for failure in status.failed_shards[:10]:
+        parts.append(_cut("failed", f" {shard_name(failure.shard)}: {failure.reason}"))
+        parts += [_cut(f"    {line}", style="dim") for line in failure.log_tail]
+    redo = status.redo_shards
     if redo:
         parts.append(_cut(f"{len(redo)} done shard(s) to generate again",
-                          f" (`hpcsynth launch {shlex.quote(status['run'])}` does it): {shard_name(redo[0]['shard'])}: "
-                          f"{redo[0]['reason']}", style="yellow"))
+                          f" (`hpcsynth launch {shlex.quote(status.run)}` does it): {shard_name(redo[0].shard)}: "
+                          f"{redo[0].reason}", style="yellow"))
     if finished(status):
         parts += _flow(summary_phrases(status), width, sep=" ")
     for part in parts:
@@ -132,17 +131,16 @@ def status_renderables(status: dict[str, Any], width: int = 80) -> list:
     return parts
 
 
-def _history_lines(status: dict[str, Any], width: int) -> list:
+def _history_lines(status: RunStatus, width: int, samples: list[float]) -> list:
     """Sparklines: committed progress over the run's time (done markers), and tok/s over time: the live
     rate at each --watch refresh, else the committed tokens per time bin."""
-    timeline = status.get("timeline") or {}
+    timeline = status.timeline or {}
     tokens, bin_s = timeline.get("tokens") or [], timeline.get("bin_s") or 0.0
     lines = []
     if tokens:
-        shards = status["shards"]
+        shards = status.shards
         lines.append(_spark("progress", cumulative(timeline["shards"]), "green", width,
-                            f"{shards['done']:,}/{shards['total']:,} shards in {_duration(bin_s * len(tokens))}"))
-    samples = status.get("rate_samples") or []
+                            f"{shards.done:,}/{shards.total:,} shards in {_duration(bin_s * len(tokens))}"))
     if len(samples) > 1:
         lines.append(_spark("tok/s", samples, "cyan", width, f"{samples[-1]:,.0f} now (each refresh)"))
     elif tokens and bin_s:
@@ -168,16 +166,16 @@ def fit(values: list[float], room: int) -> list[float]:
     return [sum(g) / len(g) for g in groups]
 
 
-def _slurm_lines(slurm: dict[str, Any], width: int) -> list:
-    if not slurm["jobs"]:
+def _slurm_lines(slurm: SlurmSummary, width: int) -> list:
+    if not slurm.jobs:
         return []
-    states = [f"{k.lower()} {v}" for k, v in sorted(slurm["array_tasks"].items())] or ["not in sacct yet"]
-    reasons = [f"waiting: {reason} ({count})" for reason, count in sorted(slurm.get("pending_reasons", {}).items())]
-    lines = _flow([f"Slurm jobs {', '.join(slurm['jobs'])}:", "array tasks", *states, *reasons], width)
-    if slurm.get("never_starts"):
-        lines.append(_cut("these tasks can never start", f": {slurm['never_starts']}; change the site profile, "
+    states = [f"{k.lower()} {v}" for k, v in sorted(slurm.array_tasks.items())] or ["not in sacct yet"]
+    reasons = [f"waiting: {reason} ({count})" for reason, count in sorted(slurm.pending_reasons.items())]
+    lines = _flow([f"Slurm jobs {', '.join(slurm.jobs)}:", "array tasks", *states, *reasons], width)
+    if slurm.never_starts:
+        lines.append(_cut("these tasks can never start", f": {slurm.never_starts}; change the site profile, "
                           f"`hpcsynth cancel` and launch again"))
-    for task in slurm.get("failed_tasks", [])[:5]:
+    for task in slurm.failed_tasks[:5]:
         said = task["setup_error"] or (task["log_tail"] or [""])[-1]
         lines.append(_cut(f"array task {task['task']} {task['state'].lower()}", f": {said}"))
     return lines

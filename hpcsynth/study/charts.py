@@ -10,6 +10,8 @@ from typing import Any
 
 from hpcsynth.errors import ConfigError
 from hpcsynth.files import atomic_write_bytes
+from hpcsynth.optional import require
+from hpcsynth.status.runstatus import RunStatus
 from hpcsynth.study.estimate import Estimate
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -19,10 +21,9 @@ PHASES = (("startup_s", "start-up", "#ff7f0e"), ("generation_s", "generation", "
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("charts need matplotlib: pip install 'hpcsynth[charts]' (or pip install matplotlib)") from None
+    require("matplotlib", extra="charts", for_what="--plot's charts")
+    import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -71,12 +72,12 @@ def _dollars(text: str) -> str:
     return text.replace("$", r"\$")  # a bare $ starts matplotlib's math mode
 
 
-def plot_status(status: dict[str, Any], path: Path) -> None:
+def plot_status(status: RunStatus, path: Path) -> None:
     plt = _pyplot()
     fig, ((progress, rate), (speed, split)) = plt.subplots(2, 2, figsize=(12, 8))
-    fig.suptitle(_dollars(f"hpcsynth run {Path(status['run']).name}: {status['shards']['done']:,}/"
-                 f"{status['shards']['total']:,} shards, {status['tokens_done']:,} tokens"))
-    timeline = status.get("timeline") or {}
+    fig.suptitle(_dollars(f"hpcsynth run {Path(status.run).name}: {status.shards.done:,}/"
+                 f"{status.shards.total:,} shards, {status.tokens_done:,} tokens"))
+    timeline = status.timeline or {}
     tokens, bin_s = timeline.get("tokens") or [], timeline.get("bin_s") or 0.0
     scale, unit = _time_unit(bin_s * len(tokens))
     if tokens:
@@ -96,7 +97,7 @@ def plot_status(status: dict[str, Any], path: Path) -> None:
     progress.set(title="progress: committed completion tokens", xlabel=f"{unit} since the first worker started",
                  ylabel="tokens")
     rate.set(title="throughput: committed tokens per second", xlabel=unit, ylabel="tok/s")
-    _workers(speed, split, [t for t in status.get("tasks", []) if isinstance(t.get("name"), str)])
+    _workers(speed, split, [t for t in status.tasks if isinstance(t.get("name"), str)])
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -149,13 +150,13 @@ def plot_grid_status(status: dict[str, Any], path: Path) -> None:
     generators = status.get("generators") or {}
     fig.suptitle(_dollars(f"hpcsynth grid {Path(status['run']).name}: {len(generators)} generator(s) x "
                           f"{len(status.get('prompts') or [])} prompt(s)"))
-    starts = [g["timeline"]["start"] for g in generators.values() if (g.get("timeline") or {}).get("tokens")]
+    starts = [g.timeline["start"] for g in generators.values() if (g.timeline or {}).get("tokens")]
     origin = min(starts, default=0.0)
-    spans = [g["timeline"]["start"] - origin + g["timeline"]["bin_s"] * len(g["timeline"]["tokens"])
-             for g in generators.values() if (g.get("timeline") or {}).get("tokens")]
+    spans = [g.timeline["start"] - origin + g.timeline["bin_s"] * len(g.timeline["tokens"])
+             for g in generators.values() if (g.timeline or {}).get("tokens")]
     scale, unit = _time_unit(max(spans, default=0.0))
     for i, (name, gen) in enumerate(generators.items()):
-        timeline = gen.get("timeline") or {}
+        timeline = gen.timeline or {}
         if not timeline.get("tokens"):
             continue
         offset, width = timeline["start"] - origin, timeline["bin_s"]
@@ -182,7 +183,7 @@ def plot_grid_status(status: dict[str, Any], path: Path) -> None:
     cells.set(title="committed tokens per cell", ylabel="tokens")
     if prompts:
         cells.legend(title="prompt")
-    tasks = [{**t, "name": f"{g}/{t['name']}"} for g, gen in generators.items() for t in gen.get("tasks", [])
+    tasks = [{**t, "name": f"{g}/{t['name']}"} for g, gen in generators.items() for t in gen.tasks
              if isinstance(t.get("name"), str)]
     _workers(speed, split, tasks)
     fig.tight_layout()

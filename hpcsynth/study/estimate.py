@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import HpcsynthError
+# Counts above 2**53 are not exact as floats, and do not fit the 64-bit integers of --json: one bound for all.
+from hpcsynth.status.collect import MAX_COUNT
 
 ANCHORS = Path(__file__).with_name("anchors.json")
 DEFAULT_PROMPTS = ("faq", "math", "table", "tutorial")  # FinePhrase's four, as Config's default
@@ -112,10 +114,6 @@ class Inputs:
     unit: str = "GPU"
 
 
-# Counts above 2**53 are not exact as floats, and do not fit the 64-bit integers of --json.
-MAX_COUNT = 2 ** 53
-
-
 def check_inputs(inputs: Inputs) -> None:
     """One line per mistake, naming the option (the CLI's user sees no traceback)."""
     if inputs.gpus < 1:
@@ -123,11 +121,11 @@ def check_inputs(inputs: Inputs) -> None:
     for name, value in (("--gpus", inputs.gpus), ("--documents", inputs.documents)):
         if value > MAX_COUNT:
             raise HpcsynthError(f"{name} must be at most {MAX_COUNT:.3g}, got {value:.3g}")
-    for name, value in (("--price", inputs.price), ("--tokens-per-second", inputs.tokens_per_s),
-                        ("--output-tokens", inputs.output_tokens), ("--tokens", inputs.tokens),
-                        ("--documents", inputs.documents)):
-        if not math.isfinite(value) or value < 0:
-            raise HpcsynthError(f"{name} must be a number of 0 or more, got {value}")
+    for name, amount in (("--price", inputs.price), ("--tokens-per-second", inputs.tokens_per_s),
+                         ("--output-tokens", inputs.output_tokens), ("--tokens", inputs.tokens),
+                         ("--documents", inputs.documents)):
+        if not math.isfinite(amount) or amount < 0:
+            raise HpcsynthError(f"{name} must be a number of 0 or more, got {amount}")
     if not 0 < inputs.efficiency <= 1:
         raise HpcsynthError(f"--efficiency must be in (0, 1] (share of the ideal rate kept; FinePhrase's "
                             f"campaign kept ~0.43), got {inputs.efficiency}")

@@ -30,7 +30,7 @@ def estimate_grid(run: RunDir, grid: dict[str, Any], given: dict[str, Any],
             first_error = first_error or exc
             notes.append(f"{name}: no estimate ({exc})")
             continue
-        if (sub.root / "tasks").is_dir() or (sub.root / "launches").is_dir():
+        if sub.tasks_dir.is_dir() or sub.launches_dir.is_dir():
             accounts[name] = account_run(sub, price)
         try:
             part = make_estimate(inputs_from_run(sub, **given))
@@ -47,6 +47,7 @@ def estimate_grid(run: RunDir, grid: dict[str, Any], given: dict[str, Any],
             raise GridAccountOnly(str(first_error), combine_accounts(accounts))
         raise first_error or HpcsynthError(f"{run.root}: the grid has no generator")
     unit = "GPU" if "GPU" in units else units.pop()
+    assert last is not None  # rows come from a part: the loop set last with them
     estimate = Estimate(rows, last.gpus, last.price, last.efficiency, last.input_tokens, unit, notes)
     return estimate, combine_accounts(accounts) if accounts else None
 

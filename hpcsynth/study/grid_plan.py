@@ -41,7 +41,12 @@ class GridPlan:
 def plan_grid(config: Config, run: RunDir, inputs: list[str] | None = None, jobs: int = 0, force: bool = False,
               progress=None, slurm: SlurmConfig | None = None) -> GridPlan:
     """Plan the corpus into RUN once, then derive every generator's sub-run; RUN/grid.json comes last."""
-    plan = plan_corpus(config, run, inputs, jobs=jobs, force=force, progress=progress, slurm=slurm)
+    map_groups = None
+    if slurm is not None:  # the input groups as Slurm CPU arrays, as a plain run's `plan --executor slurm`
+        from hpcsynth.execute.plan_array import slurm_map_groups
+
+        map_groups = slurm_map_groups(run.root, slurm)
+    plan = plan_corpus(config, run, inputs, jobs=jobs, force=force, progress=progress, map_groups=map_groups)
     # The grid is not fingerprinted (the parent generates nothing), so a plan that found nothing to do
     # may still carry an older grid: the parent's config.yaml always shows the one planned now.
     parent = run.load_config_file()
@@ -77,7 +82,7 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
         state = "re-planned"
     sub.root.mkdir(parents=True, exist_ok=True)
     lock = take_lock(sub.root)
-    tmp = sub.root / f".plan-tmp-{os.getpid()}"
+    tmp = sub.plan_staging_dir(os.getpid())
     try:
         for stale in sub.root.glob(".plan-tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -86,8 +91,8 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
         for row in manifest["shards"]:
             _link(run.root / row["path"], tmp / row["path"], sub.root / row["path"])
         for name in ("summary.json", "rejects.jsonl"):
-            if (run.root / "plan" / name).is_file():
-                _link(run.root / "plan" / name, tmp / "plan" / name, sub.root / "plan" / name)
+            if (run.plan_dir / name).is_file():
+                _link(run.plan_dir / name, tmp / "plan" / name, sub.plan_dir / name)
         prompts = load_prompts(generator.config)
         RunDir(tmp).write_config(generator.config, digest)
         atomic_write_json(tmp / "manifest.json", {
@@ -98,7 +103,7 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
     return state, digest
 
 

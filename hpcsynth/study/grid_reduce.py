@@ -22,7 +22,7 @@ from hpcsynth.study.grid import check_mixins, generator_run, require_generator_r
 
 
 def datasets_dir(run: RunDir) -> Path:
-    return run.root / "datasets"
+    return run.datasets_dir
 
 
 def reduce_grid(run: RunDir, grid: dict[str, Any], tokenizer: str | None = None, partial: bool = False,
@@ -55,8 +55,8 @@ def reduce_grid(run: RunDir, grid: dict[str, Any], tokenizer: str | None = None,
 def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str | None = None,
                        partial: bool = False) -> list[dict[str, Any]]:
     """Every dataset's reduce as a Slurm CPU array and a merge job (as `reduce --executor slurm` does)."""
-    from hpcsynth.execute.slurm import submit_reduce
     from hpcsynth.reduce.reducer import prepare_reduce
+    from hpcsynth.reduce.slurm import submit_reduce
 
     mixins = {m["name"]: m.get("reduce") or {} for m in grid["mixins"]}
     for name in dict.fromkeys(d["generator"] for d in grid["datasets"]):

@@ -17,6 +17,7 @@ from typing import Any
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.files import read_json
 from hpcsynth.rundir import RunDir
+from hpcsynth.status.runstatus import RunStatus
 from hpcsynth.study.grid import grid_generator_runs, require_generator_run
 
 
@@ -57,16 +58,17 @@ def collect_grid_status(run: RunDir, grid: dict[str, Any], slurm: bool = True) -
     """Per generator: its status (as `hpcsynth status` sees it); per cell: done shards, records, tokens."""
     from hpcsynth.status.collect import collect_status
 
-    generators, cells = {}, []
+    generators: dict[str, RunStatus] = {}
+    cells: list[dict[str, Any]] = []
     for name, sub in grid_generator_runs(run, grid):
         require_generator_run(run, name)
         status = collect_status(sub, slurm=slurm)
         generators[name] = status
-        per_prompt = _done_by_prompt(sub, status["fingerprint"])
+        per_prompt = _done_by_prompt(sub, status.fingerprint)
         for prompt in grid["prompts"]:
             counts = per_prompt.get(prompt, {})
-            cells.append({"generator": name, "prompt": prompt, "shards_done": status["shards"]["done"],
-                          "shards_total": status["shards"]["total"], "records": counts.get("records", 0),
+            cells.append({"generator": name, "prompt": prompt, "shards_done": status.shards.done,
+                          "shards_total": status.shards.total, "records": counts.get("records", 0),
                           "rejected": counts.get("rejected", 0), "tokens": counts.get("completion_tokens", 0),
                           "state": _state(status)})
     return {"run": str(run.root), "grid": True, "prompts": grid["prompts"],
@@ -76,7 +78,7 @@ def collect_grid_status(run: RunDir, grid: dict[str, Any], slurm: bool = True) -
 def _done_by_prompt(sub: RunDir, digest: str) -> dict[str, dict[str, int]]:
     """Sum of the done markers' per-prompt counts (markers of this fingerprint only)."""
     totals: dict[str, dict[str, int]] = {}
-    done = sub.root / "done"
+    done = sub.done_dir
     for path in sorted(done.glob("*.json")) if done.is_dir() else []:
         try:
             marker = read_json(path)
@@ -92,11 +94,11 @@ def _done_by_prompt(sub: RunDir, digest: str) -> dict[str, dict[str, int]]:
     return totals
 
 
-def _state(status: dict[str, Any]) -> str:
-    shards = status["shards"]
-    if shards["done"] == shards["total"]:
+def _state(status: RunStatus) -> str:
+    shards = status.shards
+    if shards.done == shards.total:
         return "done"
-    parts = [f"{shards[k]} {k}" for k in ("running", "requeued", "stale", "failed", "pending") if shards[k]]
+    parts = [f"{shards.of(k)} {k}" for k in ("running", "requeued", "stale", "failed", "pending") if shards.of(k)]
     return ", ".join(parts)
 
 
@@ -134,23 +136,23 @@ def grid_renderables(status: dict[str, Any]) -> list:
 
     table = Table(title=f"grid {status['run']}: {len(status['generators'])} generators x "
                         f"{len(status['prompts'])} prompts (mix-ins at reduce: {', '.join(status['mixins'])})")
-    for column, justify in (("generator", "left"), ("prompt", "left"), ("shards done", "right"),
-                            ("records", "right"), ("tokens", "right"), ("state", "left")):
-        table.add_column(column, justify=justify)
+    right = ("shards done", "records", "tokens")
+    for column in ("generator", "prompt", "shards done", "records", "tokens", "state"):
+        table.add_column(column, justify="right" if column in right else "left")
     for cell in status["cells"]:
         table.add_row(cell["generator"], cell["prompt"], f"{cell['shards_done']}/{cell['shards_total']}",
                       f"{cell['records']:,}" + (f" (+{cell['rejected']:,} refused)" if cell["rejected"] else ""),
                       f"{cell['tokens']:,}", cell["state"])
     lines = []
     for name, gen in status["generators"].items():
-        eta = f", ETA {gen['eta_s'] / 60:.0f} min" if gen.get("eta_s") else ""
-        line = f"{name}: {gen['tokens_per_s']:,.0f} tok/s{eta}, {gen['live_workers']} live worker(s)"
-        for failure in gen["failed_shards"][:3]:
-            line += f"\n  shard {failure['shard']:06d} failed: {failure['reason']} (log {failure['log'] or '-'})"
+        eta = f", ETA {gen.eta_s / 60:.0f} min" if gen.eta_s else ""
+        line = f"{name}: {gen.tokens_per_s:,.0f} tok/s{eta}, {gen.live_workers} live worker(s)"
+        for failure in gen.failed_shards[:3]:
+            line += f"\n  shard {failure.shard:06d} failed: {failure.reason} (log {failure.log or '-'})"
         lines.append(line)
     if all(c["state"] == "done" for c in status["cells"]):
         lines.append(f"every cell is done; next: hpcsynth reduce {status['run']}")
-    elif any(g["shards"]["failed"] for g in status["generators"].values()):
+    elif any(g.shards.failed for g in status["generators"].values()):
         lines.append(f"rerun failed shards with: hpcsynth launch {status['run']} --retry-failed")
     return [table, *(Text(line) for line in lines)]
 

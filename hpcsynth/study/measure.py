@@ -12,20 +12,13 @@ import zstandard
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.rundir import RunDir
 from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files
-from hpcsynth.status.collect import _number as _any_number
-from hpcsynth.study.estimate import MAX_COUNT, Inputs
+from hpcsynth.status.collect import count_number as _number
+from hpcsynth.study.estimate import Inputs
 
 # Outputs read for per-prompt lengths: shards spread over the run (early shards may differ from late
 # ones), and a record budget that keeps `estimate` to a second or two on a login node.
 SAMPLE_SHARDS = 32
 SAMPLE_RECORDS = 50_000
-
-
-def _number(value: object) -> float:
-    """A count or a number of seconds from a run's file; 0 for a negative one or one past MAX_COUNT (a forged
-    1e308 would otherwise turn every figure built on it into inf or nan)."""
-    number = _any_number(value)
-    return number if 0 <= number <= MAX_COUNT else 0.0
 
 
 def inputs_from_run(run: RunDir, **given) -> Inputs:
@@ -46,7 +39,7 @@ def inputs_from_run(run: RunDir, **given) -> Inputs:
 def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
     """{prompt: (mean completion tokens per record, how it was measured)}."""
     digest = run.fingerprint()
-    done = _by_shard(_read_json_files(run.root / "done"), DONE_NUMBERS)
+    done = _by_shard(_read_json_files(run.done_dir), DONE_NUMBERS)
     ours = sorted(s for s, m in done.items() if m.get("fingerprint") == digest)
     exact = _from_markers([done[s] for s in ours], prompts)
     if exact:
@@ -70,7 +63,7 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
                for p, (total, n) in sums.items() if n and p in prompts}
     if lengths:
         return lengths
-    beats = _by_shard(_read_json_files(run.root / "work", "heartbeat.json"), BEAT_NUMBERS)
+    beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS)
     records = sum(b["records_done"] for b in beats.values())
     if records:  # in progress only: heartbeats do not split by prompt
         mean = sum(b["completion_tokens"] for b in beats.values()) / records
@@ -99,7 +92,7 @@ def _from_markers(markers: list[dict], prompts: tuple[str, ...]) -> dict[str, tu
 def measured_rate(run: RunDir) -> tuple[float, str, str] | None:
     """(completion tok/s per GPU while generating, how, unit) from the workers' clocks; per CPU worker
     (unit "worker") when none of them had a GPU."""
-    tasks = [t for t in _read_json_files(run.root / "tasks").values() if _number(t.get("generation_s")) > 0]
+    tasks = [t for t in _read_json_files(run.tasks_dir).values() if _number(t.get("generation_s")) > 0]
     if not tasks or not any(_number(t.get("tokens")) for t in tasks):
         return None
     gpu_tasks = [t for t in tasks if _number(t.get("gpus")) > 0]

@@ -49,7 +49,7 @@ def script(run: Path, slurm: SlurmConfig) -> str:
     """The batch script submitit would hand to sbatch for this run and profile."""
     from hpcsynth.execute.slurm import make_executor
 
-    executor = make_executor(RunDir(run), slurm)
+    executor = make_executor(slurm, RunDir(run).root / "slurm")
     return executor._make_submission_file_text(executor._submitit_command_str, "UID")
 
 

@@ -3,7 +3,10 @@ the files are the same bytes as a local reduce."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +40,14 @@ def test_slurm_reduce_matches_local(tmp_path: Path, cluster: ClusterInfo, tiny_m
     cli(cluster, "launch", str(run))
     cli(cluster, "reduce", str(run), "--out", str(tmp_path / "local"))
     out = tmp_path / "slurm"
-    said = cli(cluster, "reduce", str(run), "--out", str(out), "--executor", "slurm").stdout
+    # slurm.python with a space in its path (a site profile's): quoted in both jobs' command lines, it runs
+    python = tmp_path / "my env" / "python"
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    python.chmod(0o755)
+    profile = tmp_path / "site.yaml"
+    profile.write_text(f"slurm:\n  python: {json.dumps(str(python))}\n")
+    said = cli(cluster, "reduce", str(run), "--out", str(out), "--executor", "slurm", "--profile", str(profile)).stdout
     assert "7 parts pending in array" in said and "merge job" in said
     deadline = time.monotonic() + 240
     while not (out / "report.json").exists() and time.monotonic() < deadline:

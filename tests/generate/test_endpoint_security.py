@@ -5,9 +5,6 @@ hostile or misconfigured one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import write_corpus
+from conftest import run_cli, write_corpus
 from hpcsynth.config import config_from_dict
 from hpcsynth.errors import EngineError
 from hpcsynth.generate.engines import Request, make_engine
@@ -162,12 +159,11 @@ def test_failed_marker_and_log_hold_no_key(tmp_path: Path, monkeypatch) -> None:
         config = tmp_path / "config.yaml"
         config.write_text(f"prompts: [faq]\nmodel: {{engine: endpoint, path: m}}\nendpoint: {{url: '{url}/v1', "
                           f"api_key_env: TEST_KEY, retries: 1, backoff_s: 0.01}}\n")
-        env = {**os.environ, "TEST_KEY": KEY}
+        env = {"TEST_KEY": KEY}
         run = tmp_path / "run"
         for args in (["plan", str(config), "--run", str(run), "--input", str(corpus)], ["launch", str(run)]):
-            subprocess.run([sys.executable, "-m", "hpcsynth", *args], env=env, capture_output=True, timeout=120)
-        status = subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(run), "--json"], env=env,
-                                capture_output=True, text=True, timeout=60)
+            run_cli(*args, env=env, timeout=120)
+        status = run_cli("status", str(run), "--json", env=env, timeout=60)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -25,7 +25,7 @@ from hpcsynth.generate.worker import WorkerSession, run_shard
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import REPO, fake_config, planned_fake_run, write_corpus
+from conftest import REPO, fake_config, planned_fake_run, run_cli, write_corpus
 
 
 def planned_run(tmp_path: Path, name: str = "run", docs: int = 20, **sections) -> RunDir:
@@ -34,11 +34,6 @@ def planned_run(tmp_path: Path, name: str = "run", docs: int = 20, **sections) -
 
 def outputs(run: RunDir) -> list[dict]:
     return [r for s in run.shard_ids() if run.output_path(s).exists() for r in read_jsonl_zst(run.output_path(s))]
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def partial(run: RunDir, shard: int, records: int) -> None:
@@ -62,17 +57,17 @@ def test_a_corrupt_input_shard_fails_alone_and_the_worker_goes_on(tmp_path: Path
     path = run.shard_path(1)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut in half
     run.progress_path(2).mkdir(parents=True)  # an unexpected error on opening: blamed on its shard and file
-    proc = cli("launch", str(run.root))
+    proc = run_cli("launch", str(run.root))
     assert proc.returncode == 1, proc.stderr
     reason = read_json(run.failed_path(1))["reason"]
     assert str(path) in reason and "differs from the manifest" in reason
     assert str(run.progress_path(2)) in read_json(run.failed_path(2))["reason"], "the file, not a descriptor number"
     assert all(run.is_done(s, run.fingerprint()) for s in (0, 3)), "the other shards were still generated"
     assert "shard 1 failed" in proc.stderr and "shard 2 failed" in proc.stderr
-    seen = json.loads(cli("status", str(run.root), "--json").stdout)  # status lists them, with the fix
+    seen = json.loads(run_cli("status", str(run.root), "--json").stdout)  # status lists them, with the fix
     assert [(f["shard"], str(path) in f["reason"]) for f in seen["failed_shards"]] == [(1, True), (2, False)]
     assert "restore it or plan the run again" in seen["failed_shards"][0]["reason"]
-    text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+    text = run_cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
     assert "failed 000001: input shard" in text and f"next: hpcsynth launch {run.root} --retry-failed" in text, text
 
 
@@ -83,7 +78,7 @@ def test_a_shard_that_failed_is_not_tried_again_by_the_other_workers_of_the_laun
     run = planned_run(tmp_path, docs=30)
     poison = next(iter(read_jsonl_zst(run.shard_path(2))))["text"].split("\n")[0]  # "Document 10 about topic 3."
     faults = json.dumps({"crash_on": poison, "delay_s": 0.01})
-    proc = cli("launch", str(run.root), "--workers", "2", env={"HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
+    proc = run_cli("launch", str(run.root), "--workers", "2", env={"HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
     assert proc.returncode == 1, proc.stderr
     attempts = [p.name for p in run.root.glob("logs/worker-local-*.log") if "shard 2 failed" in p.read_text()]
     assert len(attempts) == 1, f"shard 2 failed in {attempts}: tried again by another worker"
@@ -127,7 +122,7 @@ def test_a_config_change_sets_old_progress_aside_and_never_mixes_configs(tmp_pat
     data["sampling"]["max_tokens"] = 12
     data["prompts"] = ["faq", "math"]  # fewer prompts: used to fail for ever
     new.write_text(yaml.safe_dump(data))
-    proc = cli("launch", str(run.root), "--config", str(new), "--force")
+    proc = run_cli("launch", str(run.root), "--config", str(new), "--force")
     assert proc.returncode == 0, proc.stderr
     records = outputs(run)
     assert len(records) == 20 * 2
@@ -160,13 +155,13 @@ def test_a_hand_edited_config_is_refused_naming_the_keys(tmp_path: Path) -> None
     run.config_path.write_text(text.replace("max_tokens: 64", "max_tokens: 16"))
     for command in (["launch", str(run.root)], ["status", str(run.root)], ["reduce", str(run.root), "--partial"],
                     ["validate", str(run.root)], ["estimate", str(run.root)]):
-        proc = cli(*command)
+        proc = run_cli(*command)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (command, proc.stderr)
         assert "(sampling.max_tokens changed since" in proc.stderr, "that key alone, not lists read back from JSON"
         assert "--config FILE" in proc.stderr, proc.stderr
     assert not list(run.root.glob("outputs/*")), "nothing was generated under the edited config"
     run.config_path.write_text(text)  # undone: works again
-    assert cli("launch", str(run.root)).returncode == 0
+    assert run_cli("launch", str(run.root)).returncode == 0
 
 
 # 3. Workers inside one Slurm job (srun -n N, salloc) share a job id but never steal each other's leases.
@@ -174,8 +169,8 @@ def test_workers_of_one_slurm_job_do_not_steal_leases(tmp_path: Path) -> None:
     run = planned_run(tmp_path, docs=30, worker={"heartbeat_interval_s": 0.05})
     counts = tmp_path / "generated.txt"
     faults = json.dumps({"delay_s": 0.01, "count_to": str(counts)})
-    proc = cli("launch", str(run.root), "--workers", "2",
-               env={"SLURM_JOB_ID": "4242", "HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
+    proc = run_cli("launch", str(run.root), "--workers", "2",
+                   env={"SLURM_JOB_ID": "4242", "HPCSYNTH_FAKE_FAULTS": faults}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     logs = "".join(p.read_text() for p in run.root.glob("logs/*.log"))
     assert "lease lost" not in logs
@@ -253,12 +248,15 @@ def test_many_racing_takers_of_a_stale_lease_yield_one_holder(tmp_path: Path) ->
         script = ("import sys, time; from pathlib import Path; from hpcsynth.generate.lease import Lease, new_owner\n"
                   "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
                   "print(Lease(Path(sys.argv[1]), new_owner(), 60).acquire(), flush=True)\n"
-                  # Stay alive: a winner that exited would rightly be taken over by a slower taker.
-                  "time.sleep(max(0, float(sys.argv[2]) + 8 - time.time()))")
+                  # Stay alive until every taker has answered (the test closes stdin then): a winner that
+                  # exited would rightly be taken over by a slower taker.
+                  "sys.stdin.read()")
         start = str(time.time() + 1.0)
-        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdout=subprocess.PIPE,
-                                  text=True) for _ in range(6)]
-        answers = [p.communicate(timeout=60)[0].strip() for p in procs]
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        answers = [p.stdout.readline().strip() for p in procs]  # '' from a taker that died
+        for p in procs:
+            p.communicate(timeout=60)
         assert answers.count("True") == 1, answers
 
 
@@ -316,7 +314,7 @@ def test_damage_inside_a_progress_log_regenerates_exactly_the_damaged_records(tm
 @pytest.mark.parametrize("damage", ["missing", "flipped", "marker"])
 def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: str) -> None:
     run = planned_run(tmp_path)
-    assert cli("launch", str(run.root)).returncode == 0
+    assert run_cli("launch", str(run.root)).returncode == 0
     before = outputs(run)
     output = run.output_path(2)
     if damage == "missing":
@@ -328,11 +326,11 @@ def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: 
     else:
         run.done_path(2).write_text('{"shard": 2, "finger')
     if damage != "flipped":  # status stats outputs (no checksum per refresh) and says what launch will redo
-        seen = json.loads(cli("status", str(run.root), "--json").stdout)
+        seen = json.loads(run_cli("status", str(run.root), "--json").stdout)
         assert seen["shards"]["done"] == 3 and [r["shard"] for r in seen["redo_shards"]] == [2], seen["redo_shards"]
-        text = cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
+        text = run_cli("status", str(run.root), env={"COLUMNS": "400"}).stdout
         assert "1 done shard(s) to generate again" in text and f"hpcsynth launch {run.root}" in text, text
-    proc = cli("launch", str(run.root))
+    proc = run_cli("launch", str(run.root))
     assert proc.returncode == 0, proc.stderr
     assert "shard 2 will be generated again" in proc.stderr
     assert outputs(run) == [dict(r, finished_at=a["finished_at"]) for r, a in zip(before, outputs(run))]
@@ -373,7 +371,7 @@ def test_bad_config_values_are_one_line(tmp_path: Path, key: str, value, expect:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     write_corpus(tmp_path / "c.jsonl", 3)
-    proc = cli("plan", str(path), "--run", str(tmp_path / "r"), "--input", str(tmp_path / "c.jsonl"))
+    proc = run_cli("plan", str(path), "--run", str(tmp_path / "r"), "--input", str(tmp_path / "c.jsonl"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expect in proc.stderr, proc.stderr
     assert str(path) in proc.stderr
 
@@ -381,7 +379,7 @@ def test_bad_config_values_are_one_line(tmp_path: Path, key: str, value, expect:
 @pytest.mark.parametrize("victim", ["manifest", "config", "failed", "fingerprint"])
 def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
     run = planned_run(tmp_path)
-    assert cli("launch", str(run.root)).returncode == 0
+    assert run_cli("launch", str(run.root)).returncode == 0
     saved = tmp_path / "saved.yaml"
     saved.write_text(run.config_path.read_text())
     committed = {s: run.done_path(s).read_bytes() for s in run.shard_ids()}
@@ -396,7 +394,7 @@ def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
         run.failed_path(0).parent.mkdir(exist_ok=True)
         run.failed_path(0).write_text("{not json")
     for command in (["status", str(run.root)], ["launch", str(run.root)]):
-        proc = cli(*command, env={"COLUMNS": "400"})
+        proc = run_cli(*command, env={"COLUMNS": "400"})
         if victim == "failed":  # status and launch agree: a failed shard, and why
             assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
             assert f"failed marker {run.failed_path(0)} is damaged" in proc.stdout + proc.stderr, proc.stdout
@@ -406,9 +404,9 @@ def test_damaged_run_files_are_one_line(tmp_path: Path, victim: str) -> None:
         fix = "plan the run again" if victim == "manifest" else f"hpcsynth launch {run.root} --config FILE --force"
         assert fix in proc.stderr, proc.stderr
     if victim in ("config", "fingerprint"):  # the fix the message gives works, and keeps what was done
-        proc = cli("launch", str(run.root), "--config", str(saved), "--force")
+        proc = run_cli("launch", str(run.root), "--config", str(saved), "--force")
         assert proc.returncode == 0, proc.stderr
-        assert cli("status", str(run.root)).returncode == 0
+        assert run_cli("status", str(run.root)).returncode == 0
         assert {s: run.done_path(s).read_bytes() for s in run.shard_ids()} == committed, "nothing generated again"
 
 
@@ -431,8 +429,8 @@ def test_engine_start_up_mistakes_are_one_line(tmp_path: Path, tiny_model: Path)
             data.setdefault("worker", {})["device"] = "cuda"
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
-        assert cli("plan", str(path), "--run", str(tmp_path / name), "--input", str(corpus)).returncode == 0
-        proc = cli("launch", str(tmp_path / name), timeout=300)
+        assert run_cli("plan", str(path), "--run", str(tmp_path / name), "--input", str(corpus)).returncode == 0
+        proc = run_cli("launch", str(tmp_path / name), timeout=300)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert ("no CUDA device" if name == "no-cuda" else "cannot load model.path") in proc.stderr, proc.stderr
 
@@ -448,6 +446,6 @@ def test_a_prompt_edited_after_plan_is_refused_naming_it(tmp_path: Path) -> None
     run = RunDir(tmp_path / "run")
     plan_corpus(config, run)
     (prompts / "faq.md").write_text((prompts / "faq.md").read_text().replace("{document}", "Text:\n{document}"))
-    proc = cli("launch", str(run.root))
+    proc = run_cli("launch", str(run.root))
     assert proc.returncode == 2 and "prompt_templates.faq" in proc.stderr, proc.stderr
     assert not list(run.root.glob("outputs/*"))

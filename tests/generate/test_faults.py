@@ -18,7 +18,7 @@ from hpcsynth.generate.pull import pull_shards
 from hpcsynth.rundir import RunDir
 from hpcsynth.generate.worker import run_shard
 
-from conftest import planned_fake_run
+from conftest import planned_fake_run, run_cli
 
 
 def planned_run(tmp_path: Path, name: str, docs: int = 40, **sections) -> RunDir:
@@ -128,20 +128,20 @@ def test_status_sees_a_killed_local_worker_at_once(tmp_path: Path) -> None:
     run = planned_run(tmp_path, "dead", docs=20)
     proc = worker(run, {"delay_s": 0.05})
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and collect_status(run)["records_done"] < 4:
+    while time.monotonic() < deadline and collect_status(run).records_done < 4:
         time.sleep(0.1)
-    assert collect_status(run)["shards"]["running"] == 1
+    assert collect_status(run).shards.running == 1
     proc.send_signal(signal.SIGKILL)
     # Killed but not yet reaped (a zombie, as where PID 1 reaps nothing): already gone for status.
     while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
         assert time.monotonic() < deadline + 30
         time.sleep(0.05)
     zombie = collect_status(run)
-    assert zombie["live_workers"] == 0 and zombie["shards"]["running"] == 0, zombie["shards"]
+    assert zombie.live_workers == 0 and zombie.shards.running == 0, zombie.shards
     proc.wait()
     current = collect_status(run)
-    assert current["shards"]["running"] == 0 and current["shards"]["stale"] == 1, current["shards"]
-    assert current["tasks"][0]["state"] == "generating" and current["tasks"][0]["startup_s"] >= 0
+    assert current.shards.running == 0 and current.shards.stale == 1, current.shards
+    assert current.tasks[0]["state"] == "generating" and current.tasks[0]["startup_s"] >= 0
 
 
 def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -> None:
@@ -173,8 +173,7 @@ def test_a_missing_model_is_refused_before_any_worker_starts(tmp_path: Path) -> 
     config_path = tmp_path / "broken.yaml"
     config_path.write_text(run.config_path.read_text().replace("engine: fake", "engine: transformers")
                            .replace("path: fake-model", f"path: {tmp_path / 'no-model'}"))
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root), "--config", str(config_path),
-                           "--force"], capture_output=True, text=True, timeout=120)
+    proc = run_cli("launch", str(run.root), "--config", str(config_path), "--force")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "no-model is not a directory" in proc.stderr
     assert not (run.root / "tasks").exists()

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from hpcsynth.config import config_from_dict
-from hpcsynth.errors import EngineError
+from hpcsynth.errors import MissingDependency
 
 
 def test_usage_stats_are_off_before_vllm_is_imported(monkeypatch) -> None:
@@ -32,6 +32,6 @@ def test_usage_stats_are_off_before_vllm_is_imported(monkeypatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", spying_import)
     config = config_from_dict({"model": {"engine": "vllm", "path": "m"}})
-    with pytest.raises(EngineError, match="needs vLLM"):
+    with pytest.raises(MissingDependency, match=r"vllm .*pip install 'hpcsynth\[vllm\]'"):
         VllmEngine(config)
     assert seen == {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import resource
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import orjson
 import pytest
 import zstandard
 
+from conftest import run_process
 
 GOOD = b'{"id": "good", "text": "A real document that comes after the bomb."}\n'
 CAP = 768 << 20
@@ -41,14 +41,14 @@ def gz_bomb(path: Path, chunks: int = 64) -> Path:
 
 
 def plan_capped(tmp_path: Path, corpus: Path, extra: str = "") -> subprocess.CompletedProcess:
+    """A planner of its own, its address space capped: the memory bound is the point."""
     config = tmp_path / "config.yaml"
     config.write_text(f"prompts: [faq]\nmodel: {{engine: fake}}\n{extra}")
 
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
 
-    return subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(tmp_path / "run"),
-                           "--input", str(corpus)], capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    return run_process("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus), preexec_fn=cap)
 
 
 @pytest.mark.parametrize("make", [zst_bomb, gz_bomb], ids=["zst", "gz"])

@@ -17,14 +17,18 @@ from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
 from hpcsynth.plan import duplicates, plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import REPO, fake_config, write_corpus
+from conftest import REPO, fake_config, run_cli, run_process, write_corpus
+
+
+def plan_args(tmp_path: Path, corpus: Path, run: Path, *extra: str) -> list[str]:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake, path: fake-model}\nplan: {shard_docs: 1, bytes_per_token: 4.0}\n")
+    return ["plan", str(config), "--run", str(run), "--input", str(corpus), "--jobs", "1", *extra]
 
 
 def plan_command(tmp_path: Path, corpus: Path, run: Path, *extra: str) -> list[str]:
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {engine: fake, path: fake-model}\nplan: {shard_docs: 1, bytes_per_token: 4.0}\n")
-    return [sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input", str(corpus),
-            "--jobs", "1", *extra]
+    """A planner of its own, for the tests that kill it or run it beside another one."""
+    return [sys.executable, "-m", "hpcsynth", *plan_args(tmp_path, corpus, run, *extra)]
 
 
 def test_an_input_changed_while_it_is_planned_fails_the_plan_and_keeps_the_old_one(tmp_path: Path) -> None:
@@ -33,7 +37,7 @@ def test_an_input_changed_while_it_is_planned_fails_the_plan_and_keeps_the_old_o
     stays, and the next plan (--force: the input did change) finishes."""
     corpus = write_corpus(tmp_path / "c.jsonl", 6000)
     run = tmp_path / "run"
-    subprocess.run(plan_command(tmp_path, write_corpus(tmp_path / "old.jsonl", 3), run), cwd=REPO, check=True)
+    assert run_cli(*plan_args(tmp_path, write_corpus(tmp_path / "old.jsonl", 3), run), cwd=REPO).returncode == 0
     before = (run / "manifest.json").read_bytes()
     proc = subprocess.Popen(plan_command(tmp_path, corpus, run, "--force"), cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
@@ -47,7 +51,7 @@ def test_an_input_changed_while_it_is_planned_fails_the_plan_and_keeps_the_old_o
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and f"input {corpus} changed" in lines[0] and "plan again" in lines[0], stderr
     assert (run / "manifest.json").read_bytes() == before and not list(run.glob(".plan-tmp-*"))
-    subprocess.run(plan_command(tmp_path, corpus, run, "--force"), cwd=REPO, check=True, capture_output=True)
+    assert run_cli(*plan_args(tmp_path, corpus, run, "--force"), cwd=REPO).returncode == 0
     assert read_json(run / "manifest.json")["documents"] == 6001
 
 
@@ -81,8 +85,9 @@ def test_a_full_disk_fails_the_plan_in_one_line_and_leaves_nothing(tmp_path: Pat
         pytest.skip("mounting a 1 MB tmpfs needs root and the right to mount")
     try:
         corpus = write_corpus(tmp_path / "c.jsonl", 2000)  # a shard a document: 2,000 files of >= 4 KB
-        done = subprocess.run(plan_command(tmp_path, corpus, small / "run"), cwd=REPO, capture_output=True,
-                              text=True)
+        # A process of its own: the planner that fails here leaves its shard files open until it exits,
+        # and an in-process call would keep the tmpfs busy (umount: target is busy).
+        done = run_process(*plan_args(tmp_path, corpus, small / "run"), cwd=REPO)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert f"no space left on the filesystem of {small / 'run'}" in lines[0] and "plan again" in lines[0]
@@ -103,7 +108,7 @@ def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) ->
     assert not (run / "manifest.json").exists() and not (run / "shards").exists(), "nothing looks planned"
     with pytest.raises(RunError, match="has no manifest.json"):
         RunDir(run).manifest()
-    done = subprocess.run(plan_command(tmp_path, corpus, run), cwd=REPO, capture_output=True, text=True)
+    done = run_cli(*plan_args(tmp_path, corpus, run), cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "fingerprint.json", "manifest.json", "plan",
                                                          "shards"]

@@ -145,7 +145,7 @@ SLOW_PLAN = """
 import os, sys, time
 from pathlib import Path
 from hpcsynth.plan import parallel
-from hpcsynth.cli.main import main
+from hpcsynth.cli.app import main
 real = parallel.scan_group
 def scan_group(job, *args):  # a long group: a worker is still in it when the planner dies
     (Path(sys.argv[1]) / f"worker-{os.getpid()}").touch()
@@ -219,5 +219,7 @@ def test_peak_memory_is_flat_as_the_corpus_grows(tmp_path: Path, jobs: int) -> N
     (small_self, small_worker), (large_self, large_worker) = peaks
     assert large_self - small_self <= 3, peaks
     if jobs > 1:
-        assert large_worker - small_worker <= 3, peaks
+        # A worker's peak moves a few MB with how the groups fall between the two workers, which a loaded
+        # machine (the lane runs on parallel workers) shifts; growth with the documents was +18 MB.
+        assert large_worker - small_worker <= 6, peaks
     assert all(len(list((tmp_path / f"run-{jobs}-in-{n}" / "shards").iterdir())) == 2 for n in (100_000, 400_000))

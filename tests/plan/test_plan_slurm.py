@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +32,15 @@ def test_plan_as_cpu_arrays_matches_local(tmp_path: Path, cluster) -> None:
             for i in range(40):
                 text = f"Part {part} document {i}.\n\n" + "words and more words " * (i % 9 + 1) * 30
                 handle.write(orjson.dumps({"id": f"d{i % 37}" if part == 2 else f"p{part}-{i}", "text": text}) + b"\n")
+    # slurm.python with a space in its path: quoted in the job's command line, it runs (unquoted, the
+    # plan's tasks ran "/.../my" and failed; only launch quoted it).
+    python = tmp_path / "my env" / "python"
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    python.chmod(0o755)
     config = tmp_path / "c.yaml"
     config.write_text("model: {engine: fake}\nplan: {shard_tokens: 3000, max_reject_rate: 1.0, group_mb: 0}\n"
-                      "slurm: {partition: gpu, mem_gb: 1}\n")
+                      f"slurm: {{partition: gpu, mem_gb: 1, python: {json.dumps(str(python))}}}\n")
     runs = {}
     for executor in ("local", "slurm"):
         runs[executor] = tmp_path / executor

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -20,7 +18,7 @@ from hpcsynth.reduce import reduce_run
 from hpcsynth.reduce.validate import reason_code
 from hpcsynth.rundir import RunDir
 
-from conftest import fake_config, write_corpus
+from conftest import fake_config, run_cli, write_corpus
 
 SAMPLES = Path(__file__).parent / "samples"
 PREAMBLE = "Sure! Here is the FAQ based on the document:\n\n"
@@ -42,10 +40,6 @@ VARIANTS = {
 }
 DOCUMENTS = 8
 STRIPPED = 2  # faq documents 2 and 5 get the preamble variant (index % 3 == 2)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300)
 
 
 def plant(run: RunDir) -> dict[str, dict]:
@@ -82,7 +76,7 @@ def planted(tmp_path: Path, tiny_model: Path) -> tuple[RunDir, dict]:
 
 def test_validate_command_reports_per_prompt(planted: tuple[RunDir, dict], tmp_path: Path) -> None:
     run, expected = planted
-    proc = cli("validate", str(run.root))
+    proc = run_cli("validate", str(run.root))
     assert proc.returncode == 0, proc.stderr
     report = read_json(run.root / "validate" / "report.json")
     assert report["records"] == DOCUMENTS * 4 and report["shards_checked"] == 2
@@ -101,13 +95,13 @@ def test_validate_command_reports_per_prompt(planted: tuple[RunDir, dict], tmp_p
     # Other thresholds from another file: FAQs of three pairs fail a four-pair minimum.
     stricter = tmp_path / "stricter.yaml"
     stricter.write_text("validate:\n  min_faq_pairs: 4\n")
-    proc = cli("validate", str(run.root), "--config", str(stricter))
+    proc = run_cli("validate", str(run.root), "--config", str(stricter))
     report = read_json(run.root / "validate" / "report.json")
     assert proc.returncode == 0 and report["prompts"]["faq"]["accepted"] == 0
     assert report["prompts"]["faq"]["rejected"]["faq_few_pairs"] == DOCUMENTS
     assert report["config"].startswith(str(stricter)) and report["settings"]["min_faq_pairs"] == 4
     stricter.write_text("validate:\n  min_faq_pair: 4\n")
-    proc = cli("validate", str(run.root), "--config", str(stricter))
+    proc = run_cli("validate", str(run.root), "--config", str(stricter))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "unknown key 'validate.min_faq_pair'" in proc.stderr
 
@@ -116,7 +110,7 @@ def test_validate_skips_a_damaged_output_and_refuses_a_run_with_none_done(plante
     run, _ = planted
     output = run.output_path(1)
     output.write_bytes(output.read_bytes()[:40])  # cut: its checksum no longer matches its marker
-    proc = cli("validate", str(run.root))
+    proc = run_cli("validate", str(run.root))
     assert proc.returncode == 0, proc.stderr
     report = read_json(run.root / "validate" / "report.json")
     assert report["shards_checked"] == 1 and report["records"] == 5 * 4
@@ -127,11 +121,11 @@ def test_validate_skips_a_damaged_output_and_refuses_a_run_with_none_done(plante
 
     shutil.rmtree(run.root / "validate")
     (run.root / "validate").write_text("in the way")
-    proc = cli("validate", str(run.root))
+    proc = run_cli("validate", str(run.root))
     assert proc.returncode == 2 and "faq_few_pairs" in proc.stdout
     assert proc.stderr.startswith("hpcsynth: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     run.done_path(0).unlink()
-    proc = cli("validate", str(run.root))
+    proc = run_cli("validate", str(run.root))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "no shard of" in proc.stderr and "hpcsynth launch" in proc.stderr
 
@@ -167,7 +161,7 @@ def test_reduce_drops_counts_and_lists_by_reason(planted: tuple[RunDir, dict]) -
 
 def test_changed_thresholds_redo_the_parts_and_keep_flags_only(planted: tuple[RunDir, dict]) -> None:
     run, expected = planted
-    proc = cli("reduce", str(run.root))
+    proc = run_cli("reduce", str(run.root))
     assert proc.returncode == 0, proc.stderr
     lost = expected["table"]["rejected"]
     assert (f"table: {sum(lost.values())} of {DOCUMENTS} rejected (table_no_separator {lost['table_no_separator']}"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import planned_fake_run
+from conftest import planned_fake_run, run_cli, run_process
 from hpcsynth.execute.launch import launch_run
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.status.account import account_run
@@ -70,8 +68,9 @@ def test_a_shard_generated_twice_shows_as_redone_work(finished) -> None:
     run = finished
     lost = orjson.loads(run.done_path(1).read_bytes())["completion_tokens"]
     run.output_path(1).unlink()  # its output is lost: launch sets the marker aside and generates it again
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "launch", str(run.root)], capture_output=True,
-                          text=True, timeout=120)
+    # A process of its own: a second worker with a clock of its own (an in-process launch would share this
+    # process's task name with the first run's worker, launched here by launch_run).
+    proc = run_process("launch", str(run.root), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(_tasks(run)) == 2  # two workers' clocks: the first run and the relaunch
     account = account_run(run)
@@ -147,16 +146,14 @@ def test_a_run_half_done_says_what_is_left_and_samples_spread_shards(tmp_path: P
     assert "of 2 done shard(s) (done markers)" in measure.measured_lengths(run, ("faq",))["faq"][1]
     _markers_without_by_prompt(run)
     assert "of 1 done shard(s)" in measure.measured_lengths(run, ("faq",))["faq"][1]
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root), "--json"], capture_output=True,
-                          text=True, timeout=120)
+    proc = run_cli("estimate", str(run.root), "--json")
     assert proc.returncode == 0, proc.stderr
     data = orjson.loads(proc.stdout)
     left = data["account"]["remaining"]
     committed = data["account"]["tokens_committed"]
     assert left["share"] == pytest.approx(1 - committed / data["totals"]["tokens"])
     assert 0.3 < left["share"] < 0.7 and left["gpu_hours"] == pytest.approx(data["totals"]["gpu_hours"] * left["share"])
-    table = subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", str(run.root)], capture_output=True,
-                           text=True, timeout=120).stdout
+    table = run_cli("estimate", str(run.root)).stdout
     assert "to go, by the estimate:" in table
 
 

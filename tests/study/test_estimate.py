@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import orjson
 import pytest
 
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.study.estimate import Inputs, find_rate, load_anchors, make_estimate
 
+from conftest import Result, run_cli
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpcsynth", "estimate", *args], capture_output=True, text=True,
-                          timeout=120)
+
+def cli(*args: str) -> Result:
+    return run_cli("estimate", *args)
 
 
 def test_finephrase_486b_tokens_at_9200_is_14_7k_gpu_hours() -> None:

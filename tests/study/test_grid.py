@@ -1,4 +1,4 @@
-"""The experiment grid on the local executor, through the real `hpcsynth` entry point.
+"""The experiment grid on the local executor, through the `hpcsynth` CLI (main(), in-process).
 
 One 2 x 2 grid (two prompts x the tiny real model and the fake engine) with two mix-ins, end to end:
 plan once, launch every generator, status per cell, reduce into eight datasets opened with megatron-core;
@@ -7,10 +7,7 @@ then re-planning, per-generator resume, and the one-line errors of a bad grid.
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -18,7 +15,7 @@ import pytest
 
 from hpcsynth.files import read_jsonl_zst
 
-from conftest import write_corpus
+from conftest import Result, run_cli, write_corpus
 
 GRID = """\
 prompts: [faq, math]
@@ -40,9 +37,8 @@ grid:
 """
 
 
-def hpcsynth(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "160"})
+def hpcsynth(*args: str, check: bool = True) -> Result:
+    proc = run_cli(*args, env={"COLUMNS": "160"})
     if check and proc.returncode != 0:
         raise AssertionError(f"hpcsynth {shlex.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
-from conftest import write_corpus
+from conftest import Result, run_cli, write_corpus
 
 GRID = """\
 prompts: [faq, math]
@@ -29,8 +27,8 @@ grid:
 """
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=300)
+def cli(*args: str) -> Result:
+    proc = run_cli(*args)
     assert proc.returncode == 0, f"hpcsynth {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import yaml
 
+from conftest import Result, run_cli, run_process
 from slurm_cluster import wait_cancelled
 from test_grid import hpcsynth
 from test_grid_changes import fake_grid
@@ -64,7 +65,9 @@ def test_a_deleted_generator_or_shard_link_points_at_planning_the_grid_again(tmp
     (run / "generators" / "a" / "shards" / "000001.jsonl.zst").unlink()
     for path in ("done/000001.json", "outputs/000001.jsonl.zst"):
         (run / "generators" / "a" / path).unlink()
-    proc = hpcsynth("launch", str(run), check=False)
+    # A relaunch in a process of its own, as a user's is: its worker clock must not replace the first
+    # launch's (RUN/tasks/HOST-PID.json), which estimate measures the rate from.
+    proc = run_process("launch", str(run), env={"COLUMNS": "160"})
     assert proc.returncode == 1
     assert f"generator 'b' has no planned run at {run / 'generators' / 'b'}" in proc.stderr
     assert f"plan the grid again: `hpcsynth plan CONFIG --run {run}`" in proc.stderr
@@ -138,7 +141,7 @@ def test_an_unwritable_plot_is_one_line(finished, tmp_path: Path, monkeypatch) -
 def test_forged_times_far_ahead_or_behind_keep_the_timeline_to_the_runs_span(finished) -> None:
     from hpcsynth.status.collect import collect_status
 
-    real = collect_status(finished)["timeline"]
+    real = collect_status(finished).timeline
     markers = {sid: orjson.loads(finished.done_path(sid).read_bytes()) for sid in (1, 2)}
     task = next((finished.root / "tasks").glob("*.json"))
     clock = task.read_bytes()
@@ -146,7 +149,7 @@ def test_forged_times_far_ahead_or_behind_keep_the_timeline_to_the_runs_span(fin
         finished.done_path(1).write_bytes(orjson.dumps({**markers[1], "committed": 1e300}))  # year 10^292
         finished.done_path(2).write_bytes(orjson.dumps({**markers[2], "committed": 1.0}))  # 1970
         task.write_bytes(orjson.dumps({**orjson.loads(clock), "started": 4e9}))  # 2096
-        timeline = collect_status(finished)["timeline"]
+        timeline = collect_status(finished).timeline
     finally:
         for sid, marker in markers.items():
             finished.done_path(sid).write_bytes(orjson.dumps(marker))
@@ -166,8 +169,8 @@ def test_a_fifo_planted_as_a_run_file_does_not_hang_status_or_estimate(tmp_path:
     (sub / "work" / "000007").mkdir(parents=True)
     os.mkfifo(sub / "work" / "000007" / "heartbeat.json")
 
-    def cli(*args: str) -> subprocess.CompletedProcess:  # a hang fails in a minute, not the helper's five
-        return subprocess.run([sys.executable, "-m", "hpcsynth", *args], capture_output=True, text=True, timeout=60)
+    def cli(*args: str) -> Result:  # a hang fails in a minute, not the helper's five
+        return run_cli(*args, timeout=60)
 
     status = orjson.loads(cli("status", str(run), "--json").stdout)
     assert status["generators"]["a"]["shards"]["done"] == 2
@@ -197,11 +200,10 @@ def test_odd_sacct_output_is_not_a_traceback(finished, tmp_path: Path) -> None:
                  "|||", "123_[0-|PENDING|99999999999999999999|Resources", "123_0|RUNNING|60|None"]
         env = fake_sacct(tmp_path / "bin", "printf '" + "\\n".join(lines) + "\\n'")
         for command in ("status", "estimate"):
-            proc = subprocess.run([sys.executable, "-m", "hpcsynth", command, str(finished.root), "--json"],
-                                  capture_output=True, text=True, timeout=60, env=env)
+            proc = run_cli(command, str(finished.root), "--json", timeout=60, env={"PATH": env["PATH"]})
             assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-        status = orjson.loads(subprocess.run([sys.executable, "-m", "hpcsynth", "status", str(finished.root), "--json"],
-                                             capture_output=True, text=True, timeout=60, env=env).stdout)
+        status = orjson.loads(run_cli("status", str(finished.root), "--json", timeout=60,
+                                      env={"PATH": env["PATH"]}).stdout)
         assert status["gpu_hours"] == round(60 / 3600, 4), "only the one well-formed elapsed time counts"
     finally:
         (launches / "attack.json").unlink()

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from hpcsynth.config import Config
-from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.protocol import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.errors import EngineError
 from hpcsynth.redact import redact, register_secret

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
-from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.protocol import Completion, Request
 
 
 class FakeEngine:

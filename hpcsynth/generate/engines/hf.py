@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
-from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.protocol import Completion, Request
 from hpcsynth.errors import EngineError
+from hpcsynth.optional import require
 
 
 class TransformersEngine:
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        require("torch", "transformers", extra="cpu", for_what="model.engine=transformers")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -53,7 +55,7 @@ class TransformersEngine:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"cannot load model.path={config.model.path!r}: {type(exc).__name__}: {first[:300]}; "
                               f"check the model directory's files") from None
-        self.model.to(device).eval()
+        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers' .to() wrapper, as in tinymodel.py
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -100,7 +102,7 @@ class TransformersEngine:
         seconds = time.monotonic() - clock
         for request, ids, row in zip(accepted, prompts, rows):
             tokens, finish = _until_stop(row, self.stop_ids)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(tokens, skip_special_tokens=True))  # one sequence: one str
             yield Completion(request.record_id, text, finish, len(ids), len(tokens), seconds=seconds)
 
     def _decode(self, prompts: list[list[int]], seeds: list[int]) -> list[list[int]]:

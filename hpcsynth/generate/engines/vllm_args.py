@@ -16,6 +16,7 @@ from typing import Any
 
 from hpcsynth.config import Config
 from hpcsynth.errors import ConfigError
+from hpcsynth.optional import require
 
 # Arguments we set per request or that would break the engine's contract with the worker.
 RESERVED_SAMPLING = {"n", "output_kind", "detokenize"}
@@ -76,6 +77,7 @@ def _did_you_mean(name: str, names: set[str]) -> str:
 
 def accepted_names() -> tuple[set[str], set[str]]:
     """(vllm.LLM's keyword arguments, SamplingParams' fields) of the installed vLLM."""
+    require("vllm", extra="vllm", for_what="checking vllm.engine_args and sampling.extra")
     from vllm import LLM, SamplingParams
     from vllm.engine.arg_utils import EngineArgs
 

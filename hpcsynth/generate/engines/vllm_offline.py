@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcsynth.config import Config
-from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.protocol import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
 from hpcsynth.generate.engines.vllm_args import check_vllm_args, engine_kwargs, sampling_kwargs
 from hpcsynth.errors import EngineError
+from hpcsynth.optional import require
 
 
 # vLLM reports usage statistics to its developers by default; nothing of a run leaves the machine. Set
@@ -45,14 +46,16 @@ class VllmEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.update(NO_TELEMETRY)
-        try:
+        require("vllm", extra="vllm", for_what="model.engine=vllm; on CPU see docs/engines.md")
+        try:  # vLLM is there: a failure now is a vLLM other than the one pinned
             import vllm
             from vllm.exceptions import VLLMClientError
             from vllm.inputs import tokens_input
             from vllm.sampling_params import RequestOutputKind
         except ImportError as exc:
-            raise EngineError(f"model.engine=vllm needs vLLM in this environment ({exc}); "
-                              "see docs/engines.md (tools/setup_vllm_lane.sh for CPU)") from None
+            raise EngineError(f"model.engine=vllm needs the vLLM that pyproject.toml pins; this one lacks what "
+                              f"hpcsynth uses ({exc}); see docs/engines.md (tools/setup_vllm_lane.sh for CPU)"
+                              ) from None
         check_vllm_args(config)
         self.config = config
         # What vLLM computes on: a CPU build with CUDA_VISIBLE_DEVICES set (launch --workers N sets it)

@@ -42,7 +42,7 @@ class DatatroveWriter:
         return self.tokens * np.dtype(self.dtype).itemsize
 
     def add(self, tokens: np.ndarray) -> None:
-        array = np.asarray(tokens, dtype=self.dtype)
+        array: np.ndarray = np.asarray(tokens, dtype=self.dtype)
         self._data.write(array.tobytes())
         self.tokens += len(array)
         self.sequences += 1

@@ -40,7 +40,7 @@ class IndexedDatasetWriter:
 
     suffixes = (".bin", ".idx")
 
-    def __init__(self, prefix: Path, dtype: type) -> None:
+    def __init__(self, prefix: Path, dtype: type[np.generic]) -> None:
         self.prefix = Path(prefix)
         self.dtype = dtype
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ class IndexedDatasetWriter:
         return self.tokens * np.dtype(self.dtype).itemsize
 
     def add(self, tokens: np.ndarray | list[int]) -> None:
-        array = np.asarray(tokens, dtype=self.dtype)
+        array: np.ndarray = np.asarray(tokens, dtype=self.dtype)
         self._bin.write(array.tobytes(order="C"))
         self._lengths.write(struct.pack("<i", len(array)))
         self.sequences += 1

@@ -36,7 +36,7 @@ def write_text_part(path: Path, records: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {name: [] for name in COLUMNS}
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
     for record in records:
         for name in COLUMNS[:-1]:
             columns[name].append(record.get(name))

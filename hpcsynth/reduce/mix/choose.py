@@ -37,8 +37,8 @@ def thresholds(arrays: Arrays, sources: int, fractions: list[float]) -> list[int
     for keys, src, lens in arrays():
         coarse += np.bincount(src.astype(np.int64) * BINS + (keys >> np.uint64(48)).astype(np.int64),
                               weights=lens, minlength=sources * BINS)
-    coarse = coarse.reshape(sources, BINS)
-    below = np.concatenate((np.zeros((sources, 1)), np.cumsum(coarse, axis=1)), axis=1)  # sum of bins < b
+    per_source = coarse.reshape(sources, BINS)
+    below = np.concatenate((np.zeros((sources, 1)), np.cumsum(per_source, axis=1)), axis=1)  # sum of bins < b
     crossing = {i: min(int(np.searchsorted(below[i], fractions[i], side="right")) - 1, BINS - 1) for i in wanted}
     fine = np.zeros((sources, BINS))
     for keys, src, lens in arrays():

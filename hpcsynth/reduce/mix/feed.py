@@ -44,8 +44,9 @@ class MixFeed:
         self.originals = originals_source(mix)
         self.cap = int(mix["max_doc_tokens"])
         # limit: the mix key of the first original not tokenized (None: all were); rest_*: what was not.
-        self.counts = [{"documents": 0, "tokens": 0, "cut": 0, "dropped": 0, "largest": 0, "chars": 0, "limit": None,
-                        "rest_documents": 0, "rest_chars": 0} for _ in mix["sources"]]
+        self.counts: list[dict[str, Any]] = [
+            {"documents": 0, "tokens": 0, "cut": 0, "dropped": 0, "largest": 0, "chars": 0, "limit": None,
+             "rest_documents": 0, "rest_chars": 0} for _ in mix["sources"]]
         self.docs: list[tuple[Document, np.ndarray]] = []
 
     def add_synthetic(self, records: list[Document]) -> None:
@@ -103,7 +104,7 @@ class MixFeed:
             text = record.get(text_key) if record is not None else None
             if not reason and (not isinstance(text, str) or not text.strip()):
                 reason = f"no text in field {text_key!r} (reduce.mix.sources text_key)"
-            if reason:
+            if reason or record is None or not isinstance(text, str):
                 rejects.append({"id": where, "shard": None, "prompt": None, "source": name,
                                 "check": "corpus_unreadable", "reason": reason})
                 continue

@@ -14,33 +14,34 @@ from __future__ import annotations
 from typing import Any
 
 from hpcsynth.files import atomic_write_json
+from hpcsynth.reduce.marker import PartMarker
+from hpcsynth.reduce.mix.plan import MixPlan
 
 TOLERANCE = 0.01  # an achieved share more than 1% (relative) off the asked one is said, with the reason
 
 
-def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any],
+def write_mix_manifest(spec: Any, markers: dict[int, PartMarker], plan: MixPlan,
                        written: list[dict[str, int]]) -> dict[str, Any]:
     sources = spec.mix["sources"]
     total = sum(w["tokens"] for w in written)
-    rows, notes = [], list(plan["notes"])
+    rows, notes = [], list(plan.notes)
     for i, source in enumerate(sources):
-        available = {**plan["available"][i], "tokens": _estimate(plan["available"][i])}
+        available, tokens = plan.available[i], plan.available[i].tokens_estimate()
         achieved = written[i]["tokens"] / total if total else 0.0
         rows.append({"name": source["name"], "kind": source["kind"], "path": source["path"],
                      "prompt": source["prompt"], "weight": float(source["weight"]),
-                     "target_share": round(plan["shares"][i], 6), "achieved_share": round(achieved, 6),
+                     "target_share": round(plan.shares[i], 6), "achieved_share": round(achieved, 6),
                      "tokens": written[i]["tokens"], "documents": written[i]["documents"],
-                     "repeat": round(written[i]["tokens"] / available["tokens"], 4) if available["tokens"] else 0.0,
-                     "cut_documents": available["cut"], "dropped_documents": available["dropped"]})
+                     "repeat": round(written[i]["tokens"] / tokens, 4) if tokens else 0.0,
+                     "cut_documents": available.cut, "dropped_documents": available.dropped})
     notes += _off_target(sources, plan, written, total)
     policy = {"form": spec.mix["form"], "too_few": spec.mix["too_few"], "max_repeat": spec.mix["max_repeat"],
               "max_doc_tokens": spec.mix["max_doc_tokens"], "oversize": spec.mix["oversize"],
-              "total_tokens": spec.mix["total_tokens"], "target_total": round(plan["total"]),
-              "asked_total": round(plan["asked_total"]), "short": plan["short"],
-              "available": {s["name"]: {"documents": plan["available"][i]["documents"] + plan["available"][i]["rest_documents"],
-                                        "tokens": _estimate(plan["available"][i]), "largest": plan["available"][i]["largest"],
-                                        "estimated": plan["available"][i]["estimated"]}
-                            for i, s in enumerate(sources)},
+              "total_tokens": spec.mix["total_tokens"], "target_total": round(plan.total),
+              "asked_total": round(plan.asked_total), "short": plan.short,
+              "available": {s["name"]: {"documents": a.documents + a.rest_documents, "tokens": a.tokens_estimate(),
+                                        "largest": a.largest, "estimated": a.estimated}
+                            for s, a in zip(sources, plan.available)},
               "notes": notes}
     data = {"seed": int(spec.run_info["seed"]), "total_tokens": total, "sources": rows, "policy": policy}
     name = f"mix{spec.suffix}.json"
@@ -48,32 +49,27 @@ def write_mix_manifest(spec: Any, markers: dict[int, dict], plan: dict[str, Any]
     return {"file": name, "data": data}
 
 
-def _off_target(sources: list[dict], plan: dict[str, Any], written: list[dict[str, int]], total: int) -> list[str]:
+def _off_target(sources: list[dict], plan: MixPlan, written: list[dict[str, int]], total: int) -> list[str]:
     """One line per share more than 1% off the asked one, with its cause: a source whose own documents
     are too coarse for its need, or (its tokens as planned) the sources that are."""
-    coarse = [i for i in range(len(sources)) if abs(written[i]["tokens"] - plan["needs"][i]) > TOLERANCE * plan["needs"][i]]
+    coarse = [i for i in range(len(sources)) if abs(written[i]["tokens"] - plan.needs[i]) > TOLERANCE * plan.needs[i]]
     lines = []
     for i, source in enumerate(sources):
         achieved = written[i]["tokens"] / total if total else 0.0
-        off = abs(achieved - plan["shares"][i]) / plan["shares"][i]
+        off = abs(achieved - plan.shares[i]) / plan.shares[i]
         if off <= TOLERANCE:
             continue
-        head = f"mix: {source['name']} is {achieved:.2%} of the tokens, {plan['shares'][i]:.2%} was asked (off by {off:.1%})"
+        head = (f"mix: {source['name']} is {achieved:.2%} of the tokens, {plan.shares[i]:.2%} was asked "
+                f"(off by {off:.1%})")
         if i in coarse:
-            lines.append(f"{head}: whole documents (up to {plan['available'][i]['largest']:,} tokens) are too coarse "
-                         f"for the {plan['needs'][i]:,.0f} tokens it needs ({written[i]['tokens']:,} written); mix more "
+            lines.append(f"{head}: whole documents (up to {plan.available[i].largest:,} tokens) are too coarse "
+                         f"for the {plan.needs[i]:,.0f} tokens it needs ({written[i]['tokens']:,} written); mix more "
                          f"text, or lower reduce.mix.max_doc_tokens")
         else:
             others = ", ".join(sources[j]["name"] for j in coarse) or "none"
             lines.append(f"{head}: its {written[i]['tokens']:,} tokens are as planned; the total moved with the "
                          f"sources whose documents are too coarse for their need ({others})")
     return lines
-
-
-def _estimate(counts: dict[str, Any]) -> int:
-    """A source's tokens: counted, plus (originals a part did not tokenize) estimated from their chars."""
-    rest = counts["rest_chars"] * counts["tokens"] / max(counts["chars"], 1) if counts["rest_documents"] else 0
-    return counts["tokens"] + round(rest)
 
 
 def mix_lines(mix: dict[str, Any]) -> list[str]:

@@ -62,12 +62,12 @@ def originals_source(mix: dict[str, Any]) -> int | None:
 
 def _synthetic(run: RunDir, prompt: str, weight: float) -> dict[str, Any]:
     return {"name": "synthetic" if prompt == "*" else f"synthetic/{prompt}", "kind": "synthetic",
-            "prompt": None if prompt == "*" else prompt, "path": str(run.root / "outputs"), "weight": weight,
+            "prompt": None if prompt == "*" else prompt, "path": str(run.outputs_dir), "weight": weight,
             "text_key": "text", "id_key": "id", "files": [], "stamps": []}
 
 
 def _originals(run: RunDir, weight: float) -> dict[str, Any]:
-    return {"name": RUN_ORIGINALS, "kind": "original", "prompt": None, "path": str(run.root / "shards"),
+    return {"name": RUN_ORIGINALS, "kind": "original", "prompt": None, "path": str(run.shards_dir),
             "weight": weight, "text_key": "text", "id_key": "id", "files": [], "stamps": []}
 
 
@@ -108,12 +108,14 @@ def _row_group_runs(file: str, part_rows: int) -> list[list[int] | None]:
         metadata = pq.ParquetFile(file).metadata
     except Exception:  # unreadable: one part, whose reader records why in the rejects
         return [None]
-    runs: list[list[int]] = [[]]
+    current: list[int] = []
+    runs: list[list[int] | None] = [current]
     rows = 0
     for group in range(metadata.num_row_groups):
-        if runs[-1] and rows + metadata.row_group(group).num_rows > part_rows:
-            runs.append([])
+        if current and rows + metadata.row_group(group).num_rows > part_rows:
+            current = []
+            runs.append(current)
             rows = 0
-        runs[-1].append(group)
+        current.append(group)
         rows += metadata.row_group(group).num_rows
     return runs if runs[0] else [None]

@@ -39,7 +39,7 @@ class PromptQuality:
         self.records += 1
         ok, reason, text, ids = verdict
         self.truncated += record.get("finish_reason") == "length"
-        raw = record.get("text") if isinstance(record.get("text"), str) else ""
+        raw: str = record["text"] if isinstance(record.get("text"), str) else ""
         if isinstance(record.get("input_chars"), int) and record["input_chars"] > 0:
             self.output_chars += len(raw)
             self.input_chars += record["input_chars"]
@@ -102,7 +102,7 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
 
 
 def write_report(run: RunDir, report: dict[str, Any]) -> None:
-    atomic_write_json(run.root / "validate" / "report.json", report)
+    atomic_write_json(run.validate_report_path, report)
 
 
 def _settings(config: Config) -> dict[str, Any]:

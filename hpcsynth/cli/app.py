@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Any
+
 from hpcsynth import __version__
+from hpcsynth.cli.common import grid_of, inert, plan_config, plan_profile  # noqa: F401  (inert: tests use it)
+from hpcsynth.cli.grid import GRID_HANDLERS
 from hpcsynth.errors import HpcsynthError
 
 COMMANDS = {
@@ -151,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        grid = grid_target(args)
+        if grid is not None:  # the one place that asks "is this a grid?"
+            return GRID_HANDLERS[args.command](args, grid)
         return HANDLERS[args.command](args)
     except HpcsynthError as exc:
         print(f"hpcsynth: error: {inert(str(exc))}", file=sys.stderr)
@@ -168,39 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def inert(text: str) -> str:
-    """One line with no control characters: messages quote paths and markers that anyone may have named,
-    and a newline or an escape sequence in them must not break the line or reach the terminal."""
-    return "".join("?" if (ord(c) < 32 and c != "\t") or 127 <= ord(c) < 160 else c for c in text)
-
-
 def _plan(args: argparse.Namespace) -> int:
-    from hpcsynth.config import load_config
-    from hpcsynth.generate.engines import check_model
     from hpcsynth.plan import plan_corpus
     from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
 
-    if args.jobs < 0:
-        raise HpcsynthError(f"--jobs must be 1 or more (0: one per CPU), got {args.jobs}")
-    config = load_config(args.config)
-    # A run that cannot start is refused before any shard is written (a directory this login node does
-    # not see is left to launch, which knows where the workers run).
-    check_model(config, str(args.config), here=False)
-    slurm = None
-    if args.executor == "slurm":
-        from hpcsynth.execute.launch import load_profile
+    config = plan_config(args)
+    slurm = plan_profile(args, config)
+    map_groups = None
+    if slurm is not None:
+        from hpcsynth.execute.plan_array import slurm_map_groups
 
-        slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
-    from hpcsynth.study.grid import is_grid
-
-    if is_grid(config):
-        from hpcsynth.cli.grid import plan_grid_command
-
-        return plan_grid_command(args, config, slurm)
+        map_groups = slurm_map_groups(args.run, slurm)
     with progress_bar("planning") as progress:
         plan = plan_corpus(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
-                           progress=progress, slurm=slurm)
+                           progress=progress, map_groups=map_groups)
     if plan.unchanged:
         print(f"{plan.run.root} is already planned with this config and these inputs: {plan.documents:,} "
               f"documents in {plan.shards:,} shards; nothing to do")
@@ -216,11 +205,6 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import launch_run
     from hpcsynth.rundir import RunDir
 
-    grid = _grid_of(args.run)
-    if grid is not None:
-        from hpcsynth.cli.grid import launch_grid_command
-
-        return launch_grid_command(args, grid)
     report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
                         config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
     for shard, problem in report.repaired[:10]:
@@ -245,20 +229,16 @@ def _status(args: argparse.Namespace) -> int:
     import orjson
 
     from hpcsynth.rundir import RunDir
-    from hpcsynth.status.collect import collect_status, render_status
+    from hpcsynth.status.collect import collect_status
+    from hpcsynth.status.view import render_status
 
     if args.plot:  # before a watch of hours, not after it
         from hpcsynth.study.charts import check_plot_path
 
         check_plot_path(args.plot)
     run = RunDir(args.run)
-    grid = _grid_of(args.run)
-    if grid is not None:
-        from hpcsynth.cli.grid import status_grid_command
-
-        return status_grid_command(args, grid)
     if args.watch:
-        from hpcsynth.status.collect import watch_status
+        from hpcsynth.status.view import watch_status
 
         status = watch_status(run, args.interval)
         if args.plot:  # the run as the watch ended
@@ -273,7 +253,7 @@ def _status(args: argparse.Namespace) -> int:
 
         plot_status(status, args.plot)
     if args.json:
-        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(status.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         render_status(status)
         if args.plot:
@@ -282,24 +262,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from hpcsynth.execute.slurm_jobs import cancel, cancel_jobs, recorded_reduce_ids
     from hpcsynth.rundir import RunDir
-    from hpcsynth.execute.slurm_jobs import cancel
 
     run = RunDir(args.run)
     run.require_planned()
-    grid = _grid_of(args.run)
-    if grid is not None:
-        from hpcsynth.study.grid import grid_generator_runs
-
-        ids = [i for _, sub in grid_generator_runs(run, grid) if sub.manifest_path.is_file() for i in cancel(sub)]
-        from hpcsynth.execute.slurm_jobs import cancel_jobs
-        from hpcsynth.study.grid_reduce import reduce_job_ids
-
-        ids += cancel_jobs(reduce_job_ids(run))  # a reduce submitted with --executor slurm
-    else:
-        from hpcsynth.execute.slurm_jobs import cancel_jobs, recorded_reduce_ids
-
-        ids = cancel(run) + cancel_jobs(recorded_reduce_ids(run.reduce_jobs_path))  # launches, then reduces
+    ids = cancel(run) + cancel_jobs(recorded_reduce_ids(run.reduce_jobs_path))  # launches, then reduces
     print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
     return 0
 
@@ -307,11 +275,6 @@ def _cancel(args: argparse.Namespace) -> int:
 def _reduce(args: argparse.Namespace) -> int:
     from hpcsynth.cli.reduce import reduce_command
 
-    grid = _grid_of(args.run)
-    if grid is not None:
-        from hpcsynth.cli.grid import reduce_grid_command
-
-        return reduce_grid_command(args, grid)
     if args.train_args:
         raise HpcsynthError(f"--train-args is for grid runs; {args.run} is a plain run (its report.json names its files)")
     return reduce_command(args)
@@ -346,8 +309,8 @@ def _demo(args: argparse.Namespace) -> int:
     model = root.parent / "model"
     print(f"\nhpcsynth demo finished in {time.monotonic() - started:.0f}s")
     print(f"  run directory : {root}  (see it: hpcsynth status {shlex.quote(str(root))})")
-    print(f"  records       : {result.status['records_done']} from {result.plan.documents} documents x "
-          f"{result.status['prompts']} prompts in {root / 'outputs'}/*.jsonl.zst")
+    print(f"  records       : {result.status.records_done} from {result.plan.documents} documents x "
+          f"{result.status.prompts} prompts in {root / 'outputs'}/*.jsonl.zst")
     print(f"                  read one: zstd -dc {shlex.quote(str(root / 'outputs' / '000000.jsonl.zst'))} | head -n 1")
     print(f"  training data : {report['prefix']}.bin/.idx  ({report['sequences']} documents, "
           f"{report['tokens']} tokens, {report['dtype']})")
@@ -409,28 +372,26 @@ def _prompts(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from hpcsynth.cli.validate import validate_command
 
-    grid = _grid_of(args.run)
-    if grid is not None:
-        names = ", ".join(g["name"] for g in grid["generators"])
-        raise HpcsynthError(f"{args.run} is a grid run: validate one generator's run, `hpcsynth validate "
-                            f"{args.run}/generators/NAME` ({names}); each dataset's report.json has its checks")
     return validate_command(args)
-
-
-# --- experiment grids (hpcsynth/study/): plan, launch, status and reduce of every generator's run
-
-def _grid_of(path: Path) -> dict | None:
-    """The run's grid.json when RUN is a grid run, else None (a plain run)."""
-    from hpcsynth.rundir import RunDir
-    from hpcsynth.study.grid import read_grid_file
-
-    return read_grid_file(RunDir(path))
 
 
 def _estimate(args: argparse.Namespace) -> int:
     from hpcsynth.cli.study import estimate_command
 
     return estimate_command(args)
+
+
+def grid_target(args: argparse.Namespace) -> Any:
+    """What a grid command acts on (the grid's config for plan, RUN's grid.json for the others), or None
+    for a plain run or a command with no grid form."""
+    if args.command not in GRID_HANDLERS:
+        return None
+    if args.command == "plan":
+        from hpcsynth.config.grid import is_grid
+
+        config = plan_config(args)
+        return config if is_grid(config) else None
+    return grid_of(args.run)
 
 
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,

@@ -1,0 +1,97 @@
+"""A Config from plain data (a parsed YAML document): every key and type checked, then every value.
+
+The grid's entries are checked as whole configs by config/grid.py, which builds them here; load.py adds
+that check on top (config_from_dict), so neither imports the other's caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from hpcsynth.config.checks import _check_values, _where
+from hpcsynth.config.sections import Config
+from hpcsynth.errors import ConfigError
+
+
+def build_config(data: Any, source: str = "config", lines: dict[str, int] | None = None) -> Config:
+    """A Config from plain data, every key, type and value checked; a grid's entries are not expanded."""
+    config = _build(Config, data, "", source, lines or {})
+    _check_values(config, source, lines or {})
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["prompts"] = list(config.prompts)
+    data["grid"] = {key: [dict(entry) for entry in value] for key, value in data["grid"].items()}
+    return data
+
+
+
+def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]) -> Any:
+    section = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source, lines, prefix)}: {section} must be a mapping of keys, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"{_where(source, lines, dotted)}: unknown key '{dotted}'; valid keys in "
+                              f"{section}: {', '.join(sorted(fields))}")
+        hint = hints[key]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, dotted, source, lines)
+        else:
+            values[key] = _coerce(hint, value, dotted, source, lines)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+    where = _where(source, lines, key)
+    got = f"got {value!r} ({type(value).__name__})"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, {got}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be an integer, {got}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: '{key}' must be a number, {got}")
+    if hint is str or typing.get_origin(hint) is typing.Literal:  # which strings a Literal takes: checks.py
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be a string, {got}")
+    if typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(f"{where}: '{key}' must be a mapping of names to values, {got}")
+    if typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        # A list of sections (reduce.mix.sources): each item a mapping checked like any section.
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list of mappings, {got}")
+        return tuple(_build(typing.get_args(hint)[0], item, f"{key}[{i}]", source, lines)
+                     for i, item in enumerate(value))
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is not str:
+        # grid.generators, grid.mixins: mappings whose keys expand_grid checks against the sections.
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, dict) and all(isinstance(k, str) for k in v) for v in value):
+            return tuple(dict(v) for v in value)
+        raise ConfigError(f"{where}: '{key}' must be a list of mappings, one per entry, {got}")
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: '{key}' must be a list of strings, {got}")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
+
+
