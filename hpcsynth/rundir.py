@@ -6,7 +6,9 @@ documented in docs/run-directory.md; keep the two in step.
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Iterator
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +273,28 @@ class RunDir:
     def shard_ids(self) -> list[int]:
         return [shard["id"] for shard in self.manifest()["shards"]]
 
+    def shard_count(self) -> int:
+        return len(self.manifest()["shards"])
+
+    def manifest_rows(self) -> Iterator[dict[str, Any]]:
+        """Every shard's manifest row (id, path, documents, est_tokens, chars, bytes, sha256), in id order."""
+        yield from self.manifest()["shards"]
+
+    def manifest_row(self, shard: int) -> dict[str, Any] | None:
+        """One shard's manifest row, None when the plan has no such shard."""
+        for row in self.manifest()["shards"]:
+            if row["id"] == shard:
+                return row
+        return None
+
+    def done_ids(self) -> set[int]:
+        """Shards with a done marker, from one listing of done/ (names only: what a marker says, and
+        whether its output is in place, is is_done's to check)."""
+        return _listed_ids(self.done_dir, ".json")
+
+    def failed_ids(self) -> set[int]:
+        return _listed_ids(self.failed_dir, ".json")
+
     def done_marker(self, shard: int) -> dict | None:
         """The shard's done marker, or None when absent or damaged (a damaged one counts as not done)."""
         try:
@@ -304,6 +328,16 @@ class RunDir:
         if verify == "sha256" and sha256_file(output) != marker.get("sha256"):
             return f"{output} fails its checksum (sha256 differs from its done marker)"
         return None
+
+
+def _listed_ids(directory: Path, suffix: str) -> set[int]:
+    """The shard ids named NNNNNN{suffix} in a directory, from one scandir (no file is opened or stat-ed)."""
+    try:
+        with os.scandir(directory) as entries:
+            names = [entry.name for entry in entries]
+    except FileNotFoundError:
+        return set()
+    return {int(name[:-len(suffix)]) for name in names if name.endswith(suffix) and name[:-len(suffix)].isdigit()}
 
 
 def _read_run_json(path: Path, fix: str) -> Any:
