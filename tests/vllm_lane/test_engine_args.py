@@ -1,7 +1,7 @@
 """Pass-through vLLM options on a real vLLM (CPU build): they reach the engine, unknown names are refused.
 
-Also the one speculative decoding method the CPU build runs without extra packages (n-gram); FinePhrase's
-suffix decoding needs arctic-inference, which the lane does not install (see docs/engines.md).
+Speculative decoding (FinePhrase's suffix method, or n-gram) is refused on the CPU build in one line: vLLM's CPU
+runner crashes on seeded requests once speculation drafts tokens, and every hpcsynth record has its own seed.
 """
 
 from __future__ import annotations
@@ -43,19 +43,21 @@ def lane_config(tiny_model: Path, **extra) -> Config:
 
 
 def web_documents(count: int) -> list[str]:
+    """Real web text when the shared data is there; else varied generated text (never one sentence
+    repeated, which no corpus holds), so the lane passes the same on a clone without ../shared."""
     path = SHARED_DATA / "web" / "cc_en_head-0091.jsonl"
     if not path.is_file():
-        return [f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20 for i in range(count)]
+        words = ("river", "market", "engine", "winter", "garden", "protein", "ledger", "signal", "harbor", "theory")
+        return [" ".join(f"{words[(i * 7 + j * 3) % 10]}{(i + j) % 13}" for j in range(300)) for i in range(count)]
     return [orjson.loads(line)["text"] for line in path.read_bytes().splitlines()[:count]]
 
 
-def test_pass_through_reaches_vllm_with_ngram_speculation(tiny_model: Path, measured) -> None:
-    config = lane_config(tiny_model, vllm={"engine_args": {"speculative_config": NGRAM}},
+def test_pass_through_reaches_vllm(tiny_model: Path, measured) -> None:
+    config = lane_config(tiny_model, vllm={"engine_args": {"disable_log_stats": True, "seed": 7}},
                          sampling={"extra": {"stop": ["e"]}})
     engine = make_engine(config)
     try:
-        spec = engine.llm.llm_engine.vllm_config.speculative_config
-        assert spec is not None and spec.method == "ngram" and spec.num_speculative_tokens == 3
+        assert engine.llm.llm_engine.vllm_config.model_config.seed == 7, "engine_args reached vllm.LLM"
         prompts = load_prompts(config)
         requests = [Request(f"d{i}/{p.name}", p.render(doc[:1500]), seed=i)
                     for i, doc in enumerate(web_documents(3)) for p in prompts]
@@ -66,7 +68,21 @@ def test_pass_through_reaches_vllm_with_ngram_speculation(tiny_model: Path, meas
     # sampling.extra reached SamplingParams: generation stops at the first "e" and never shows it.
     assert all("e" not in c.text for c in completions), [c.text for c in completions]
     assert sum(c.finish_reason == "stop" for c in completions) >= len(completions) // 2
-    measured.append(f"ngram speculation + stop via pass-through: {len(completions)} completions")
+    measured.append(f"stop via pass-through: {len(completions)} completions")
+
+
+@pytest.mark.parametrize("vllm", [{"engine_args": {"speculative_config": NGRAM}},
+                                  {"speculative_method": "suffix", "num_speculative_tokens": 32}])
+def test_speculation_on_the_cpu_build_is_one_clear_error(tiny_model: Path, vllm: dict) -> None:
+    # It crashed mid-run before ('CPU Generator does not use offset') once n-gram speculation drafted
+    # tokens for a seeded request; the check_vllm_args pass-through still accepts the names.
+    config = lane_config(tiny_model, vllm=vllm)
+    check_vllm_args(config)
+    with pytest.raises(EngineError) as caught:
+        make_engine(config)
+    message = str(caught.value)
+    assert "speculative decoding on vLLM's CPU build" in message and "\n" not in message
+    assert "vllm.speculative_method" in message and "vllm.engine_args.speculative_config" in message
 
 
 def test_unknown_names_are_refused_with_the_valid_ones(tiny_model: Path) -> None:
@@ -99,15 +115,3 @@ def test_launch_refuses_an_unknown_engine_arg_before_running(tiny_model: Path, t
     assert "vllm.engine_args.quantisation is not an argument of vllm.LLM in this vLLM (did you mean " \
            "quantization?)" in ours[0]
     assert not (tmp_path / "run" / "tasks").exists(), "no worker started"
-
-
-def test_suffix_decoding_without_its_package_is_one_clear_error(tiny_model: Path) -> None:
-    config = lane_config(tiny_model, vllm={"speculative_method": "suffix", "num_speculative_tokens": 32})
-    try:
-        import arctic_inference  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("arctic-inference is installed here, so suffix decoding would start")
-    with pytest.raises(EngineError, match="vLLM cannot start .* Arctic Inference is required"):
-        make_engine(config)

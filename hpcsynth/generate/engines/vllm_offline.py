@@ -41,6 +41,22 @@ def platform_device() -> str:
         return ""
 
 
+def refuse_cpu_speculation(config: Config, device: str) -> None:
+    """Speculative decoding on vLLM's CPU build: refused in one line before vLLM starts.
+
+    Every hpcsynth record samples with its own seed (the same record on every rerun). vLLM's CPU runner
+    crashes ('CPU Generator does not use offset') as soon as a speculative method drafts tokens for a
+    seeded request, which repetitive text makes n-gram speculation do within seconds. Speculation is a
+    GPU speed-up; a CPU run is for trying the pipeline, and gives the same records without it.
+    """
+    asked = config.vllm.speculative_method or config.vllm.engine_args.get("speculative_config")
+    if device == "cpu" and asked:
+        raise EngineError("speculative decoding on vLLM's CPU build crashes on the per-record seeds hpcsynth "
+                          "samples with (vLLM: 'CPU Generator does not use offset'); drop "
+                          "vllm.speculative_method and vllm.engine_args.speculative_config for a CPU run "
+                          "(speculation is a GPU speed-up; the records are the same without it)")
+
+
 class VllmEngine:
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
@@ -61,6 +77,7 @@ class VllmEngine:
         # What vLLM computes on: a CPU build with CUDA_VISIBLE_DEVICES set (launch --workers N sets it)
         # is still CPU time, and a GPU workstation without it is still GPU time (clock.engine_device).
         self.device = platform_device()
+        refuse_cpu_speculation(config, self.device)
         self.model_id = config.model.path
         self.revision = config.model.revision
         self.max_model_len = config.model.max_model_len
