@@ -107,6 +107,20 @@ def read_regular(path: Path | str, max_bytes: int = MAX_READ_BYTES) -> bytes:
         return handle.read()  # not read(max_bytes + 1): that allocates the whole bound up front
 
 
+def read_tail(path: Path, max_bytes: int) -> bytes:
+    """The last max_bytes of a regular file, refusing a symlink as the file or as its directory (OSError,
+    or RunError for a link). For logs whose end a command prints: a link planted as one (to a secret) is
+    never followed, a FIFO never blocks (O_NONBLOCK), and a device or a sparse giant is never read whole."""
+    fd = _open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.pread(fd, min(max_bytes, info.st_size), max(0, info.st_size - max_bytes))
+    finally:
+        os.close(fd)
+
+
 def open_append_nofollow(path: Path, text: bool = False) -> IO[Any]:
     """Open a run-directory file for appending (created if missing), refusing symlinks.
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from hpcsynth.config import SlurmConfig
 from hpcsynth.errors import HpcsynthError, RunError
-from hpcsynth.files import atomic_write_json, read_json
+from hpcsynth.files import atomic_write_json, read_json, read_tail
 from hpcsynth.locks import acquire_lock
 from hpcsynth.rundir import RunDir
 
@@ -268,14 +268,13 @@ def slurm_problems(run: RunDir, sacct: dict[str, dict[str, Any]]) -> dict[str, A
 
 def _task_log_tail(run: RunDir, task_id: str) -> list[str]:
     """The end of submitit's output file of one array task (RUN/slurm/JOB/JOB_TASK_0_log.out)."""
-    path = run.slurm_log_path(task_id)
+    # read_tail: anyone who can write RUN/slurm/ could plant a link to a secret there (status prints
+    # this tail), a FIFO that hangs status, or a link to /dev/zero that fills its memory.
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 8192))
-            return [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
+        data = read_tail(run.slurm_log_path(task_id), 8192)
+    except (OSError, RunError):
         return []
+    return [line for line in data.decode(errors="replace").splitlines() if line.strip()]
 
 
 # --- reduce: a CPU array over the reduce parts, then one merge job that waits for it (afterok)
