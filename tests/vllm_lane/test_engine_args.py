@@ -53,11 +53,11 @@ def web_documents(count: int) -> list[str]:
 
 
 def test_pass_through_reaches_vllm(tiny_model: Path, measured) -> None:
-    config = lane_config(tiny_model, vllm={"engine_args": {"disable_log_stats": True, "seed": 7}},
+    config = lane_config(tiny_model, vllm={"engine_args": {"disable_log_stats": True, "max_logprobs": 7}},
                          sampling={"extra": {"stop": ["e"]}})
     engine = make_engine(config)
     try:
-        assert engine.llm.llm_engine.vllm_config.model_config.seed == 7, "engine_args reached vllm.LLM"
+        assert engine.llm.llm_engine.vllm_config.model_config.max_logprobs == 7, "engine_args reached vllm.LLM"
         prompts = load_prompts(config)
         requests = [Request(f"d{i}/{p.name}", p.render(doc[:1500]), seed=i)
                     for i, doc in enumerate(web_documents(3)) for p in prompts]
@@ -115,3 +115,17 @@ def test_launch_refuses_an_unknown_engine_arg_before_running(tiny_model: Path, t
     assert "vllm.engine_args.quantisation is not an argument of vllm.LLM in this vLLM (did you mean " \
            "quantization?)" in ours[0]
     assert not (tmp_path / "run" / "tasks").exists(), "no worker started"
+
+
+def test_cpu_build_prefills_each_prompt_whole(tiny_model: Path) -> None:
+    # Seeded requests whose prefill was chunked crashed vLLM's CPU build ('CPU Generator does not use
+    # offset'): on CPU the engine turns chunked prefill off and gives a step at least one whole prompt.
+    config = lane_config(tiny_model, vllm={"max_num_batched_tokens": 512})
+    engine = make_engine(config)
+    try:
+        scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+        assert not scheduler.enable_chunked_prefill and scheduler.max_num_batched_tokens >= 2048
+    finally:
+        engine.close()
+    with pytest.raises(EngineError, match="enable_chunked_prefill: true crashes vLLM's CPU build"):
+        make_engine(lane_config(tiny_model, vllm={"engine_args": {"enable_chunked_prefill": True}}))

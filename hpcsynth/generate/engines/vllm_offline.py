@@ -57,6 +57,19 @@ def refuse_cpu_speculation(config: Config, device: str) -> None:
                           "(speculation is a GPU speed-up; the records are the same without it)")
 
 
+def cpu_prefill_whole(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's CPU build crashes ('CPU Generator does not use offset') when a seeded request's prefill is
+    split across engine steps (chunked prefill rewinds its generator, which CPU generators cannot do),
+    and every hpcsynth record is seeded. So on CPU each prompt is prefilled whole: chunked prefill off, a
+    step's token budget at least one whole prompt. An explicit `enable_chunked_prefill: true` is refused."""
+    if kwargs.get("enable_chunked_prefill"):
+        raise EngineError("vllm.engine_args.enable_chunked_prefill: true crashes vLLM's CPU build on the "
+                          "per-record seeds hpcsynth samples with (vLLM: 'CPU Generator does not use offset'); "
+                          "drop it for a CPU run (GPUs are not affected)")
+    budget = max(int(kwargs.get("max_num_batched_tokens") or 0), int(kwargs.get("max_model_len") or 0))
+    return {**kwargs, "enable_chunked_prefill": False, "max_num_batched_tokens": budget}
+
+
 class VllmEngine:
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
@@ -96,8 +109,11 @@ class VllmEngine:
         self._start()
 
     def _start(self) -> None:
+        kwargs = engine_kwargs(self.config, self.max_num_seqs)
+        if self.device == "cpu":
+            kwargs = cpu_prefill_whole(kwargs)
         try:
-            self.llm = self._vllm.LLM(**engine_kwargs(self.config, self.max_num_seqs))
+            self.llm = self._vllm.LLM(**kwargs)
         # TypeError: a pass-through value of the wrong type; ImportError: a feature needing a package
         # (suffix decoding needs arctic-inference).
         except (OSError, ValueError, TypeError, ImportError) as exc:
