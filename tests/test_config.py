@@ -134,3 +134,17 @@ def test_every_choice_list_is_its_fields_literal() -> None:
     assert checks.MIX_POLICIES == typing.get_args(typing.get_type_hints(sections.MixConfig)["too_few"])
     assert sections.FORMATS == typing.get_args(hints["format"])
     assert checks.LONG_DOCS == typing.get_args(typing.get_type_hints(sections.PlanConfig)["long_docs"])
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    # The demo's hint appends a model: section; a second top-level key replaced the first silently.
+    ("model:\n  engine: fake\n  path: fake-model\nsampling:\n  max_tokens: 16\nmodel: {path: x}\n", "model", (1, 6)),
+    ("model:\n  engine: fake\n  path: a\n  path: b\n", "model.path", (3, 4)),
+])
+def test_a_key_set_twice_is_refused_with_both_lines(tmp_path: Path, text: str, key: str, lines: tuple) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text(text)
+    result = run_cli("plan", str(config), "--run", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"lines {lines[0]} and {lines[1]}: '{key}' is set twice" in result.stderr
+    assert not (tmp_path / "run").exists()

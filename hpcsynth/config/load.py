@@ -52,6 +52,9 @@ def read_yaml(path: Path, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, dict[st
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except DuplicateKey as twice:
+        raise ConfigError(f"{path} lines {twice.first} and {twice.again}: '{twice.key}' is set twice, and YAML "
+                          f"would silently keep only the second; merge the two into one") from None
 
 
 def refuse_aliases(text: str, path: Path, first_line: int = 1) -> None:
@@ -133,12 +136,20 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     return [] if a == b else [prefix]
 
 
+class DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
 def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
     """Map dotted key paths to their 1-based line in the YAML text."""
     out: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            if key in out:  # YAML would keep the last silently: a whole section replaced without a word
+                raise DuplicateKey(key, out[key], key_node.start_mark.line + 1)
             out[key] = key_node.start_mark.line + 1
             out.update(_key_lines(value_node, key))
     elif isinstance(node, yaml.SequenceNode):  # grid.generators[0].model.path: lines inside lists too
