@@ -137,3 +137,13 @@ def test_estimate_of_the_demo_run_measures_the_real_tiny_model(demo: Path) -> No
     card = (demo / "run" / "reduce" / "README.md").read_text()
     assert "| generator | `model (a local directory)` |" in card and str(demo) not in card
     assert "## Cost" in card and "CPU worker-hours" in card
+
+
+def test_demo_refuses_a_folder_that_holds_the_users_files(tmp_path: Path) -> None:
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "my-corpus.jsonl").write_text('{"id": "a", "text": "mine"}\n')
+    result = run_cli("demo", str(mine))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "is not empty (my-corpus.jsonl) and not a demo's" in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["my-corpus.jsonl"], "nothing written beside the user's file"

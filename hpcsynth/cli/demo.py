@@ -57,6 +57,9 @@ def demo_config(model_dir: Path, corpus: Path) -> Config:
     )
 
 
+DEMO_ENTRIES = ("model", "corpus.jsonl", "run")
+
+
 def run_demo(out_dir: Path, documents: int = 64, progress=print) -> DemoResult:
     # One thread each: on a small shared machine more threads only contend.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -65,6 +68,13 @@ def run_demo(out_dir: Path, documents: int = 64, progress=print) -> DemoResult:
     run = RunDir(out_dir / "run")
     if run.manifest_path.exists():
         raise RunError(f"{out_dir} already holds a demo run; pass an empty or new directory")
+    # The demo writes model/, corpus.jsonl and run/ here: anything else is the user's (it once put its
+    # corpus beside theirs). What an interrupted demo left is its own and is written over.
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_ENTRIES) if out_dir.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise RunError(f"{out_dir} is not empty ({shown}) and not a demo's; pass a new or empty directory "
+                       f"(the demo writes {', '.join(DEMO_ENTRIES)} there)")
     seconds: dict[str, float] = {}
 
     clock = time.monotonic()
