@@ -113,3 +113,31 @@ def test_forged_failure_reason_reaches_the_terminal_inert(tmp_path: Path) -> Non
                                                                            "reason": "x\x1b]0;PWNED\x07\ny"}))
     proc = run_cli("launch", str(tmp_path / "run"))
     assert "shard 0 failed: x?]0;PWNED??y" in proc.stderr and "\x1b" not in proc.stderr
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/corpus/*.parquet", "hf://datasets/HuggingFaceFW/fineweb-edu"])
+def test_a_remote_input_says_it_is_not_supported_yet(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake, path: fake-model}\n")
+    result = run_cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", url)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"reading from {url.split(':')[0]}:// is not supported yet" in result.stderr
+    assert "matches no file" not in result.stderr
+
+
+@pytest.mark.parametrize("command,args,says", [
+    ("plan", ["c.yaml", "--run", "run"], "the run is as it was; plan again"),
+    ("reduce", ["run"], "finished parts are kept; run the same reduce again"),
+    ("launch", ["run"], "launch again to go on"),
+])
+def test_ctrl_c_says_what_to_run_next_for_each_command(monkeypatch, command: str, args: list, says: str) -> None:
+    from hpcsynth.cli import app
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(app.HANDLERS, command, interrupted)
+    monkeypatch.setattr(app, "grid_target", lambda _args: None)
+    result = run_cli(command, *args)
+    assert result.returncode == 130 and says in result.stderr, result.stderr
+    assert command == "launch" or "relaunch" not in result.stderr

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
               "the file is what it claims to be (a small .gz/.zst can decompress to gigabytes)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hpcsynth: interrupted; committed work is kept, relaunch to continue", file=sys.stderr)
+        print(f"hpcsynth: interrupted; {AFTER_INTERRUPT.get(args.command, 'nothing was left half done')}",
+              file=sys.stderr)
         return 130
 
 
@@ -379,6 +380,17 @@ def _estimate(args: argparse.Namespace) -> int:
     from hpcsynth.cli.study import estimate_command
 
     return estimate_command(args)
+
+
+# What Ctrl-C leaves behind, and what to run next, per command.
+AFTER_INTERRUPT = {
+    "plan": "a plan is moved into place whole, so the run is as it was; plan again to plan it",
+    "launch": "committed shards are kept and records on disk are not generated again; launch again to go on "
+              "(local workers stop with their launcher; a Slurm job goes on: `hpcsynth cancel RUN` stops it)",
+    "reduce": "finished parts are kept; run the same reduce again to go on from them",
+    "validate": "nothing was written; validate again",
+    "demo": "pass a new directory to start the demo again",
+}
 
 
 def grid_target(args: argparse.Namespace) -> Any:

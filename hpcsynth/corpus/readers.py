@@ -9,6 +9,7 @@ Positions are 1-based line numbers for JSONL and 0-based row numbers for Parquet
 from __future__ import annotations
 
 import glob
+import re
 import gzip
 import io
 import os
@@ -34,6 +35,10 @@ class ByteCounter:
         self.done = 0
 
 
+# s3://bucket/x, hf://datasets/..., gs://, https://: a scheme of letters, then "://".
+URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], list[str]]:
     """Files named by paths, directories (every file below, sorted) and globs, in order, each once;
     and the patterns that matched no file (the planner lists them as rejects)."""
@@ -42,6 +47,11 @@ def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], li
     paths: list[Path] = []
     empty: list[str] = []
     for pattern in patterns:
+        remote = URL_SCHEME.match(pattern)
+        if remote:  # a URL read as a path "matches no file", which says nothing of the fix
+            raise InputError(f"input {pattern!r}: reading from {remote.group(1)}:// is not supported yet; copy the "
+                             f"files to a filesystem this machine and the workers see (e.g. `aws s3 sync`, "
+                             f"`huggingface-cli download`) and pass that path")
         if glob.has_magic(pattern) and not Path(pattern).exists():  # "part[1].jsonl" may be a real name
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         elif Path(pattern).is_dir():
