@@ -284,14 +284,16 @@ def _reduce(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from hpcsynth.reduce.verify import verify_output
 
-    report, problems = verify_output(args.dir)
+    reports, problems = verify_output(args.dir)
     for problem in problems:
         print(f"{args.dir}: {problem}")
     if problems:
         print(f"verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
-    print(f"verify: {args.dir} is whole: {report['sequences']:,} sequences, {report['tokens']:,} tokens in "
-          f"{len(report['files'])} files, every checksum matches")
+    for kind, report in reports:  # a folder may hold a partial reduce beside the full one: each by name
+        print(f"verify: {args.dir} is whole: the {kind} reduce ({report.get('prefix', '?')}): "
+              f"{report['sequences']:,} sequences, {report['tokens']:,} tokens in {len(report['files'])} files, "
+              f"every checksum matches")
     return 0
 
 

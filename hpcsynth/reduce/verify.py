@@ -25,23 +25,27 @@ from hpcsynth.reduce.report import report_path
 BLOCK = 1 << 24  # tokens per block when scanning token files
 
 
-def verify_output(out_dir: Path) -> tuple[dict, list[str]]:
-    """(the report, one line per problem); RunError when DIR holds no reduce output at all."""
+def verify_output(out_dir: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """([(which reduce, its report)] for each reduce DIR holds: "full" (report.json) and/or "partial"
+    (report-partial.json), each checked; one line per problem); RunError when DIR holds no reduce output.
+    A folder may hold both (a `reduce --partial`, then the full one): each is named, never mixed up."""
     out_dir = Path(out_dir)
-    reports = [p for p in (report_path(out_dir, False), report_path(out_dir, True)) if p.is_file()]
+    reports = [(kind, path) for kind, path in (("full", report_path(out_dir, False)),
+                                               ("partial", report_path(out_dir, True))) if path.is_file()]
     if not reports:
         raise RunError(f"{out_dir} has no report.json or report-partial.json; is it the output of "
                        f"`hpcsynth reduce` (default RUN/reduce)?")
     problems: list[str] = []
-    data: dict = {}
-    for path in reports:
+    checked: list[tuple[str, dict]] = []
+    for kind, path in reports:
         try:
             data = read_json(path)
         except ValueError:
             problems.append(f"{path}: not valid JSON; run reduce again")
             continue
+        checked.append((kind, data))
         problems += [f"{path.name}: {p}" for p in _verify(out_dir, data)]
-    return data, problems
+    return checked, problems
 
 
 def _verify(out_dir: Path, data: dict) -> Iterator[str]:
