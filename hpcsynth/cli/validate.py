@@ -45,17 +45,23 @@ def print_table(report: dict) -> None:
                           (f"distinct-{n}", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for prompt, row in report["prompts"].items():
-        failed = row["rejected"] or row["flagged"]
+        # Both kinds, each labelled: with validate.action keep, a check's failures are flagged and kept, yet
+        # a record with no text at all is still rejected; showing one kind hid the other (287 format
+        # failures behind "empty 1").
+        failed = [f"{check} {count:,} (rejected)" for check, count in row["rejected"].items()]
+        failed += [f"{check} {count:,} (kept)" for check, count in row["flagged"].items()]
         table.add_row(prompt, row["format"], f"{row['records']:,}",
-                      f"{row['accepted']:,} ({_pct(row['accepted_share'])})",
-                      "\n".join(f"{check} {count:,}" for check, count in failed.items()) or "-",
+                      f"{row['accepted']:,} ({_pct(row['accepted_share'])})", "\n".join(failed) or "-",
                       _num(row["length_ratio"]), _pct(row["truncation_rate"]), _num(row["distinct_ngrams"]))
     console = Console(width=max(Console().width, 120))
     console.print(table)
-    flagged = report["action"] == "keep" and any(r["flagged"] for r in report["prompts"].values())
-    verb = "flagged (kept: validate.action is keep)" if flagged else "rejected"
-    print(f"{report['accepted']:,} of {report['records']:,} records pass; {verb} ones and three samples per "
-          f"check in {report['run']}/validate/report.json")
+    # Each record counts under at most one check, so the counts add up.
+    flagged = sum(sum(r["flagged"].values()) for r in report["prompts"].values())
+    rejected = report["records"] - report["accepted"]
+    clean = report["accepted"] - flagged
+    kept = f"; {flagged:,} failed a check and were kept (validate.action: keep)" if flagged else ""
+    print(f"{clean:,} of {report['records']:,} records pass every check{kept}; {rejected:,} rejected; each check's "
+          f"counts and three samples in {report['run']}/validate/report.json")
     if report["shards_skipped"]:
         print(f"note: {len(report['shards_skipped'])} shard(s) not done were left out")
 
