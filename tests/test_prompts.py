@@ -198,3 +198,14 @@ def test_windows_line_endings_and_a_directory_named_like_a_prompt(tmp_path: Path
     config.write_text(f"prompts: [odd]\nprompts_dir: {tmp_path / 'crlf'}\nmodel: {{engine: fake}}\n")
     proc = run_cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", str(corpus))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "odd.md" in proc.stderr, proc.stderr
+
+
+def test_the_prompt_list_shows_a_headers_escape_sequences_inert(tmp_path: Path) -> None:
+    # A version of "\x1b]0;pwned\x07" retitled the terminal of whoever listed a shared prompts_dir.
+    write_prompt(tmp_path / "mine", "odd", 'name: odd\nversion: "1\\e]0;pwned\\a"\nformat: free\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(f"prompts: [odd]\nprompts_dir: {tmp_path / 'mine'}\nmodel: {{engine: fake}}\n")
+    result = run_cli("prompts", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("odd"))
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "?]0;pwned?" in line

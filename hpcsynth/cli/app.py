@@ -357,7 +357,9 @@ def _prompts(args: argparse.Namespace) -> int:
         for name, path in available_prompts(config).items():
             p = parse_prompt(path)
             used = " (in the config)" if name in config.prompts else ""
-            print(f"{p.name:<18} {p.format:<9} {p.version:<8} {p.template_hash:<17} {path}{used}")
+            # Header fields are anyone's text (a shared prompts_dir): shown inert, no escape sequence reaches
+            # the terminal.
+            print(inert(f"{p.name:<18} {p.format:<9} {p.version:<8} {p.template_hash:<17} {path}{used}"))
         return 0
     if args.doc is None:
         raise HpcsynthError("--render needs --doc FILE (the document to show the prompt on)")
@@ -368,7 +370,8 @@ def _prompts(args: argparse.Namespace) -> int:
     rendered = render_for_engine(prompt, read_document(args.doc, config.plan.text_key), config, args.tokenizer or "")
     sys.stdout.write(rendered.text + ("" if rendered.text.endswith("\n") else "\n"))
     count = f"{rendered.tokens:,} prompt tokens by {rendered.tokenizer}" if rendered.tokens else rendered.tokenizer
-    print(f"-- {prompt.name} v{prompt.version} ({prompt.format}, {prompt.template_hash}): {count}", file=sys.stderr)
+    print(inert(f"-- {prompt.name} v{prompt.version} ({prompt.format}, {prompt.template_hash}): {count}"),
+          file=sys.stderr)
     return 0
 
 
