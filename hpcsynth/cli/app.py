@@ -6,6 +6,7 @@ User mistakes arrive here as HpcsynthError and leave as one line on stderr with 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpcsynth: error: {inert(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # permissions, a full disk, a vanished directory: the user's to fix
+        if exc.errno == errno.ENOSPC:  # writes and fsyncs through a descriptor name no file: say where
+            print(inert(f"hpcsynth: error: no space left on the filesystem of {writes_to(args)}; free space "
+                        f"there and run the same command again ({AFTER_INTERRUPT.get(args.command, '')})"
+                        ).replace(" ()", ""), file=sys.stderr)
+            return 2
         where = f": {exc.filename}" if exc.filename else ""
         print(inert(f"hpcsynth: error: {exc.strerror or exc}{where}"), file=sys.stderr)
         return 2
@@ -396,6 +402,18 @@ AFTER_INTERRUPT = {
     "validate": "nothing was written; validate again",
     "demo": "pass a new directory to start the demo again",
 }
+
+
+def writes_to(args: argparse.Namespace) -> str:
+    """Where a command writes: the folder a full disk is about."""
+    if args.command == "reduce" and getattr(args, "out", None):
+        return str(args.out)
+    if args.command == "reduce":
+        return f"{args.run}/reduce"
+    for name in ("run", "dir"):
+        if getattr(args, name, None):
+            return str(getattr(args, name))
+    return "the current directory"
 
 
 def grid_target(args: argparse.Namespace) -> Any:
