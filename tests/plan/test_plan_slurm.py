@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.slurm
 
 
 def digest(run: Path) -> str:
-    h = hashlib.sha256((run / "manifest.json").read_bytes() + (run / "plan" / "rejects.jsonl").read_bytes())
+    h = hashlib.sha256((run / "manifest.json").read_bytes() + (run / "manifest.rows.jsonl").read_bytes()
+                       + (run / "plan" / "rejects.jsonl").read_bytes())
     for path in sorted((run / "shards").iterdir()):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
@@ -110,3 +112,44 @@ def test_an_array_the_controller_forgot_holds_no_tasks(cluster, monkeypatch: pyt
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
     assert _queued("999999") == set()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_planner_stopped_by_term_or_hup_cancels_its_array(tmp_path: Path, cluster, stop: int) -> None:
+    """SIGTERM (a batch system's time limit, `kill`) or SIGHUP (a closed terminal) ended the planner at once
+    and left its array queued; now it unwinds as Ctrl-C does and cancels the array."""
+    import time
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for part in range(2):
+        (inputs / f"p{part}.jsonl").write_bytes(b"".join(
+            orjson.dumps({"id": f"p{part}-{i}", "text": f"document {i} " + "words " * 40}) + b"\n" for i in range(20)))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake}\nplan: {group_mb: 0}\nslurm: {partition: gpu, mem_gb: 1}\n")
+    run = tmp_path / "run"
+    squeue = lambda *args: subprocess.run(["squeue", "-h", *args], env=cluster.env, capture_output=True,  # noqa: E731
+                                          text=True, check=True).stdout.split()
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "-c", "8", "--mem", "100M", "-o", "/dev/null",
+                              "--wrap", "sleep 600"], env=cluster.env, capture_output=True, text=True,
+                             check=True).stdout.strip().split(";")[0]
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
+                                 str(inputs), "--jobs", "1", "--executor", "slurm"], cwd=REPO, env=cluster.env,
+                                stderr=subprocess.PIPE, text=True)
+        array, deadline = "", time.monotonic() + 120
+        while not array and time.monotonic() < deadline and proc.poll() is None:
+            for folder in (run / "slurm").glob("plan-scan-*"):
+                array = folder.name.removeprefix("plan-scan-")
+            time.sleep(0.05)
+        assert array.isdigit(), "the scan array was submitted"
+        while not squeue("-r", "-j", array, "-o", "%i") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the planner is waiting on its tasks now
+        proc.send_signal(stop)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted" in stderr, (proc.returncode, stderr)
+        assert squeue("-r", "-j", array, "-o", "%i") == [], "the array was cancelled"
+    finally:
+        subprocess.run(["scancel", blocker], env=cluster.env, check=True)
+    assert not (run / "manifest.json").exists()
