@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,34 +118,105 @@ def describe_holder(held: dict) -> str:
 
 def read_holder(path: Path) -> dict | None:
     """The holder a lock file names; None when there is no file. Never follows a symlink nor blocks on a
-    FIFO; a file that names no holder reads as {"owner": "", "damaged": ...}, which counts as gone."""
+    FIFO; a file that names no holder reads as {"owner": "", "damaged": ...}, which counts as gone.
+
+    One open, one bounded read and a close: a worker probing a busy shard's lease pays this and nothing
+    more (no fstat: a directory fails the read, a FIFO opened O_NONBLOCK reads empty). A record written in
+    place (`checked_record`: a shard lease's renewals) that fails its checksum was read while its holder
+    rewrote it: it is read again; one that stays torn is dated by the file's mtime (see generate/lease.py)."""
+    for attempt in range(len(TORN_RETRY_S) + 1):
+        data, damaged = _read_bounded(path)
+        if data is None:
+            return None
+        if damaged:
+            return damaged
+        held = _parse_holder(data)
+        if held is not None:
+            return held
+        if CHECK_KEY not in data:
+            break  # not a record written in place: damaged, not torn
+        if attempt < len(TORN_RETRY_S):
+            time.sleep(TORN_RETRY_S[attempt])
+    else:
+        # Torn on every read: rewritten in place and never completed (a crash mid-write); a live holder
+        # would have rewritten it whole meanwhile. Its age is the file's last write.
+        try:
+            renewed = os.lstat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        return {"owner": "", "renewed": renewed, "damaged": "torn", "torn": True}
+    return {"owner": "", "renewed": 0, "damaged": data[:64].hex()}
+
+
+# A torn read lasts as long as one write (microseconds): read again after these pauses before judging.
+TORN_RETRY_S = (0.002, 0.02, 0.1)
+CHECK_KEY = b',"check":"'
+MAX_HOLDER_BYTES = 1 << 16
+
+
+def _read_bounded(path: Path) -> tuple[bytes | None, dict | None]:
+    """(bytes, None), (None, None) when there is no file, or (b"", damaged holder) for what names none."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as exc:  # ELOOP: a symlink; EACCES...: nothing we can read names a holder
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            return None
-        return {"owner": "", "renewed": 0, "damaged": f"{exc.errno}:{info.st_ino}:{info.st_mtime_ns}"}
-    with os.fdopen(fd, "rb") as handle:
+            return None, None
+        return b"", {"owner": "", "renewed": 0, "damaged": f"{exc.errno}:{info.st_ino}:{info.st_mtime_ns}"}
+    try:
+        data = os.read(fd, MAX_HOLDER_BYTES)
+    except OSError as exc:  # EISDIR: a directory; EAGAIN: a FIFO with a writer
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return {"owner": "", "renewed": 0, "damaged": f"mode {info.st_mode:o}:{info.st_ino}"}
-        data = handle.read(1 << 16)
+        return b"", {"owner": "", "renewed": 0, "damaged": f"mode {info.st_mode:o}:{info.st_ino}:{exc.errno}"}
+    finally:
+        os.close(fd)
+    return data, None
+
+
+def _parse_holder(data: bytes) -> dict | None:
+    """The holder a lock file's bytes name; None when they do not parse or fail their checksum."""
     try:
         held = orjson.loads(data)
     except orjson.JSONDecodeError:
         held = None
+    if isinstance(held, dict) and "check" in held:
+        if not _check_ok(data):
+            return None
+        del held["check"]
     if isinstance(held, dict) and "owner" not in held and "host" in held and "pid" in held:
         held = {**held, "owner": f"{held['host']}:{held['pid']}"}  # a reduce lock of hpcsynth before this one
     elif held is None and data.count(b":") == 1 and data.strip().rpartition(b":")[2].isdigit():
         held = {"owner": data.decode("utf-8", "replace").strip()}  # a plan lock of before: "HOST:PID\n"
-    if not isinstance(held, dict):
-        # Torn mid-write by a crash, or damaged: counts as long expired.
-        return {"owner": "", "renewed": 0, "damaged": data[:64].hex()}
-    return held
+    return held if isinstance(held, dict) else None
+
+
+def holder_of(data: bytes) -> dict:
+    """The holder a lock file's bytes name ({} when none): for a file already open."""
+    return _parse_holder(data) or {}
+
+
+def checked_record(record: dict, width: int = 0) -> bytes:
+    """record as one JSON line whose last key, "check", is the crc32 of what precedes it; padded with
+    spaces to `width` bytes (newline included) so that rewriting it in place never changes the file's
+    size. Any JSON reader reads it; read_holder tells a torn read from a whole one by the check."""
+    body = orjson.dumps(record)
+    line = body[:-1] + CHECK_KEY + b"%08x" % zlib.crc32(body[:-1]) + b'"}'
+    if width:
+        if len(line) + 1 > width:
+            raise ValueError(f"record of {len(line)} bytes does not fit its {width}-byte slot")
+        return line + b" " * (width - len(line) - 1) + b"\n"
+    return line + b"\n"
+
+
+def _check_ok(data: bytes) -> bool:
+    line = data.rstrip()
+    at = line.rfind(CHECK_KEY)
+    if at < 0 or not line.endswith(b'"}'):
+        return False
+    return line[at + len(CHECK_KEY):-2] == b"%08x" % zlib.crc32(line[:at])
 
 
 def create_exclusive(path: Path, payload: bytes) -> bool:
@@ -168,6 +240,63 @@ def create_exclusive(path: Path, payload: bytes) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def create_held(path: Path, payload: bytes) -> int | None:
+    """create_exclusive for a file its creator rewrites in place (a shard lease): a read-write descriptor of
+    the created file, or None when the name is taken. No fsync: the temporary file is closed before the
+    link (NFS writes its data back on close, so no reader sees it empty), and a lease lost to a crash only
+    makes its shard's lease stale, which is what a crash should do."""
+    return _placed_held(path, payload, os.link)
+
+
+def replace_held(path: Path, payload: bytes) -> int:
+    """Put a whole new file at path (a rename over it, never followed) and return a read-write descriptor
+    of it: a takeover, whose holder then rewrites it in place."""
+    held = _placed_held(path, payload, os.replace)
+    assert held is not None  # a rename replaces whatever is there; only a link finds the name taken
+    return held
+
+
+def _placed_held(path: Path, payload: bytes, place: Callable[[Path, Path], None]) -> int | None:
+    """A complete temporary file put at path by `place` (link: only if the name is free; replace: over it),
+    with a read-write descriptor kept; None when a link found the name taken."""
+    tmp = _write_temp(path, payload)
+    try:
+        held = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            place(tmp, path)
+        except BaseException as exc:
+            os.close(held)
+            if isinstance(exc, FileExistsError):
+                return None
+            raise
+        return held
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rewrite_held(fd: int, payload: bytes) -> None:
+    """Overwrite a held file from its first byte with a payload of its own size: no truncate, so a reader
+    never sees it shorter; a reader racing the write may see it torn, which checked_record detects."""
+    done = 0
+    while done < len(payload):
+        done += os.pwrite(fd, payload[done:], done)
+
+
+def _write_temp(path: Path, payload: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        done = 0
+        while done < len(payload):
+            done += os.write(fd, payload[done:])
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
 
 
 def take_mutex(mutex: Path, owner: str, timeout: float) -> bool:
@@ -195,15 +324,20 @@ def take_mutex(mutex: Path, owner: str, timeout: float) -> bool:
     return False
 
 
-def take_over(path: Path, stale: dict, owner: str, timeout: float = TAKEOVER_TIMEOUT_S) -> bool:
-    """Replace the lock judged stale with one naming owner; False when it changed since it was judged."""
+def take_over(path: Path, stale: dict, owner: str, timeout: float = TAKEOVER_TIMEOUT_S,
+              replace: Callable[[], object] | None = None) -> bool:
+    """Replace the lock judged stale with one naming owner; False when it changed since it was judged.
+    replace: how to put the new file there (the lease keeps a descriptor of it); by default a lock record."""
     mutex = path.with_name(path.name + ".takeover")
     if not take_mutex(mutex, owner, timeout):
         return False
     try:
         if read_holder(path) != stale:
             return False  # renewed, released or retaken since we judged it: not ours to take
-        atomic_write_bytes(path, holder_record(owner))  # a rename over it: replaces a symlink, never follows
+        if replace is not None:
+            replace()  # a rename over it, as below
+        else:
+            atomic_write_bytes(path, holder_record(owner))  # a rename over it: replaces a symlink, never follows
         return True
     finally:
         mutex.unlink(missing_ok=True)

@@ -7,13 +7,15 @@ documented in docs/run-directory.md; keep the two in step.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Iterator
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
+import orjson
 import yaml
 
 from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
@@ -21,8 +23,12 @@ from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, confi
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth.files import atomic_write_bytes, read_json, read_regular, sha256_file
 from hpcsynth.locks import describe_holder, lock_holder
+from hpcsynth.rowfile import MAX_WIDTH, RowFileError, check_file, iter_rows, read_row
 
-LAYOUT_VERSION = 1
+# 2: manifest.json is a header and the shard rows are a fixed-width row file beside it (MANIFEST_ROWS);
+# 1: the rows were a list inside manifest.json, which every reader parsed whole (146 MB at 339,000 shards).
+LAYOUT_VERSION = 2
+MANIFEST_ROWS = "manifest.rows.jsonl"
 PLAN_LOCK = ".plan.lock"  # held by the one `hpcsynth plan` writing a run (hpcsynth/plan/manifest.py)
 
 
@@ -48,8 +54,12 @@ class RunDir:
         return self.root / "fingerprint.json"
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Path:  # the header: counts, prompts, inputs, totals, where the rows are
         return self.root / "manifest.json"
+
+    @property
+    def manifest_rows_path(self) -> Path:  # one fixed-width line per shard (hpcsynth/rowfile.py)
+        return self.root / MANIFEST_ROWS
 
     def shard_path(self, shard: int) -> Path:
         return self.root / "shards" / f"{shard_name(shard)}.jsonl.zst"
@@ -199,15 +209,58 @@ class RunDir:
             raise RunError(f"{self.root} has no manifest.json; run `hpcsynth plan CONFIG --run {self.root}` first")
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest's header: everything the plan recorded but the shard rows (manifest_row(s) read those)."""
         self.require_planned()
-        manifest = _read_run_json(self.manifest_path, "plan the run again into a new directory")
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-            raise RunError(f"{self.manifest_path}: not a manifest (no 'shards' list); plan the run again into "
-                           f"a new directory")
+        fix = "plan the run again into a new directory"
+        raw = _read_run_bytes(self.manifest_path, fix)
+        old = _LAYOUT_1.search(raw)
+        if old is not None:  # before parsing: a layout-1 manifest is the 146 MB this layout ends
+            raise self._layout_1_error(old)
+        try:
+            manifest = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RunError(f"{self.manifest_path} is damaged ({exc}); {fix}") from None
+        if not isinstance(manifest, dict):
+            raise RunError(f"{self.manifest_path}: not a manifest; {fix}")
+        if manifest.get("layout_version") == 1:
+            raise self._layout_1_error(None, manifest.get("hpcsynth_version"))
         if manifest.get("layout_version") != LAYOUT_VERSION:
             raise RunError(f"{self.manifest_path}: layout version {manifest.get('layout_version')} is not "
                            f"{LAYOUT_VERSION}; plan the run again with this hpcsynth")
+        self._rows_spec(manifest)
         return manifest
+
+    def _layout_1_error(self, found: re.Match | None, version: Any = None) -> RunError:
+        if found is not None:
+            named = _PLANNED_BY.search(found.string)
+            version = named[1].decode("ascii", "replace") if named else None
+        by = f"hpcsynth {version}" if isinstance(version, str) and version else "the hpcsynth version"
+        return RunError(f"{self.root} is a run directory of layout 1 (its shard rows inside manifest.json) and this "
+                        f"hpcsynth reads layout {LAYOUT_VERSION}: {self._replan_fix()}, or finish it with {by} "
+                        f"that planned it")
+
+    def _replan_fix(self) -> str:
+        """How a plan whose manifest cannot be used is made again, keeping the shards whose files are unchanged."""
+        parent = self.grid_parent()
+        if parent is not None:
+            return f"plan the grid again: `hpcsynth plan CONFIG --run {parent} --force` (finished shards stay done)"
+        return (f"plan it again: `hpcsynth plan CONFIG --run {self.root} --force` (finished shards whose files "
+                f"are unchanged stay done), or into a new directory")
+
+    def _rows_spec(self, manifest: dict[str, Any]) -> tuple[Path, int, int]:
+        """(row file, row count, row width) from a header, each checked: a forged header names no file outside
+        RUN and no width that would size every read."""
+        rows = manifest.get("rows")
+        spec = rows if isinstance(rows, dict) else {}
+        name, count, width = spec.get("file"), spec.get("count"), spec.get("width")
+        if not (isinstance(name, str) and name and "/" not in name and "\\" not in name and not name.startswith(".")
+                and _is_int(count) and count >= 0 and _is_int(width) and 2 <= width <= MAX_WIDTH):
+            raise RunError(f"{self.manifest_path}: not a layout-{LAYOUT_VERSION} manifest header (its \"rows\" is "
+                           f"not {{\"file\", \"count\", \"width\"}}); plan the run again into a new directory")
+        return self.root / name, count, width
+
+    def _row_error(self, exc: RowFileError) -> RunError:
+        return RunError(f"{exc}; {self._replan_fix()}")
 
     def config(self) -> Config:
         """The run's resolved config, refused when it no longer matches the run's fingerprint."""
@@ -271,21 +324,37 @@ class RunDir:
         atomic_write_bytes(self.fingerprint_path, f"{digest}\n".encode())
 
     def shard_ids(self) -> list[int]:
-        return [shard["id"] for shard in self.manifest()["shards"]]
+        """The planned shards: ids 0..N-1 (the plan numbers them so; each row read checks its id)."""
+        return list(range(self.shard_count()))
 
     def shard_count(self) -> int:
-        return len(self.manifest()["shards"])
+        """From the header, once the row file is there with the size the header gives it (one stat)."""
+        path, count, width = self._rows_spec(self.manifest())
+        try:
+            check_file(path, count, width)
+        except RowFileError as exc:
+            raise self._row_error(exc) from None
+        return count
 
     def manifest_rows(self) -> Iterator[dict[str, Any]]:
-        """Every shard's manifest row (id, path, documents, est_tokens, chars, bytes, sha256), in id order."""
-        yield from self.manifest()["shards"]
+        """Every shard's manifest row (id, path, documents, est_tokens, chars, bytes, sha256, inputs), in id
+        order, streamed: memory is one block of rows, whatever the run's size."""
+        path, count, width = self._rows_spec(self.manifest())
+        try:
+            for index, row in enumerate(iter_rows(path, count, width)):
+                yield _checked_row(row, path, index)
+        except RowFileError as exc:
+            raise self._row_error(exc) from None
 
     def manifest_row(self, shard: int) -> dict[str, Any] | None:
-        """One shard's manifest row, None when the plan has no such shard."""
-        for row in self.manifest()["shards"]:
-            if row["id"] == shard:
-                return row
-        return None
+        """One shard's manifest row (one pread of its line), None when the plan has no such shard."""
+        path, count, width = self._rows_spec(self.manifest())
+        if not _is_int(shard) or not 0 <= shard < count:
+            return None
+        try:
+            return _checked_row(read_row(path, shard, count, width), path, shard)
+        except RowFileError as exc:
+            raise self._row_error(exc) from None
 
     def done_ids(self) -> set[int]:
         """Shards with a done marker, from one listing of done/ (names only: what a marker says, and
@@ -340,13 +409,51 @@ def _listed_ids(directory: Path, suffix: str) -> set[int]:
     return {int(name[:-len(suffix)]) for name in names if name.endswith(suffix) and name[:-len(suffix)].isdigit()}
 
 
-def _read_run_json(path: Path, fix: str) -> Any:
+# A layout-1 manifest, told from its top-level key (files.atomic_write_json indents those by two spaces, and
+# no string holds a raw newline), so that refusing one does not parse its rows first.
+_LAYOUT_1 = re.compile(rb'\n  "layout_version": 1,\n')
+_PLANNED_BY = re.compile(rb'\n  "hpcsynth_version": "([0-9A-Za-z.+_-]{1,40})"')
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+ROW_COUNTS = ("documents", "est_tokens", "chars", "bytes")
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_row(row: dict[str, Any], path: Path, index: int) -> dict[str, Any]:
+    """Row `index` as the plan writes it: its own id and shard path, counts, a checksum. A row forged or
+    damaged into another shard's, or without its checksum, would feed a worker the wrong file unchecked.
+    One expression first (a pass over 339,000 rows runs it for each; `type() is int` also refuses bools),
+    the reason only for a row that fails it."""
+    rid, docs, tokens, chars, size, sha = (row.get("id"), row.get("documents"), row.get("est_tokens"),
+                                          row.get("chars"), row.get("bytes"), row.get("sha256"))
+    if (type(rid) is int and rid == index and row.get("path") == "shards/%06d.jsonl.zst" % index
+            and type(docs) is int and docs >= 0 and type(tokens) is int and tokens >= 0 and type(chars) is int
+            and chars >= 0 and type(size) is int and size >= 0 and type(sha) is str and len(sha) == 64
+            and _SHA256.fullmatch(sha) and type(row.get("inputs", [])) is list):
+        return row
+    problem = ""
+    if row.get("id") != index or not _is_int(row.get("id")):
+        problem = f"its id is {row.get('id')!r}"
+    elif row.get("path") != f"shards/{shard_name(index)}.jsonl.zst":
+        problem = f"its path is {row.get('path')!r}"
+    elif not all(_is_int(row.get(key)) and row[key] >= 0 for key in ROW_COUNTS):
+        problem = "a count is missing or not a whole number"
+    elif not isinstance(row.get("sha256"), str) or not _SHA256.fullmatch(row["sha256"]):
+        problem = "no sha256"
+    elif not isinstance(row.get("inputs", []), list):
+        problem = "its inputs are not a list"
+    if problem:
+        raise RowFileError(f"{path}: row {index} is damaged ({problem})")
+    return row
+
+
+def _read_run_bytes(path: Path, fix: str) -> bytes:
     try:
-        return read_json(path)
+        return read_regular(path)
     except FileNotFoundError:
         raise RunError(f"{path} is missing; {fix}") from None
-    except ValueError as exc:
-        raise RunError(f"{path} is damaged ({exc}); {fix}") from None
     except OSError as exc:  # not a regular file, or a giant (files.read_regular)
         raise RunError(f"{path} is damaged ({exc.strerror}); {fix}") from None
 

@@ -257,3 +257,19 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.get_closest_marker("slurm") or "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str = "1m"):
+    """A real small filesystem mounted at folder (made here), to fill up; skips where this process may not
+    mount (needs root). Unmounted after, whatever the test did."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip(f"mounting a {size} tmpfs needs root and the right to mount")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

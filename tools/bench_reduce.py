@@ -36,7 +36,8 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpcsynth.files import atomic_write_json, read_json, write_jsonl_zst  # noqa: E402
+from hpcsynth.files import atomic_write_json, write_jsonl_zst  # noqa: E402
+from hpcsynth.rundir import RunDir  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -73,7 +74,7 @@ def make_run(root: Path, docs: list[str], tokenizer: str, shard_docs: int = 250)
     subprocess.run([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
                     str(corpus)], check=True, env=ENV, capture_output=True)
     fingerprint = (run / "fingerprint").read_text().strip()
-    for shard in read_json(run / "manifest.json")["shards"]:
+    for shard in RunDir(run).manifest_rows():
         sid = shard["id"]
         first = sid * shard_docs
         records = [{"id": f"{sid:06d}-{i - first:06d}/faq", "source_id": f"u{i}", "prompt": "faq", "text": docs[i],

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import counting_shim  # noqa: E402
 from hpcsynth.config import Config, fingerprint  # noqa: E402
 from hpcsynth.prompts import load_prompts  # noqa: E402
+from hpcsynth.plan.manifest import write_manifest  # noqa: E402
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir  # noqa: E402
 from hpcsynth.status.collect import collect_status  # noqa: E402
 
@@ -39,10 +40,11 @@ def build_run(root: Path, shards: int) -> RunDir:
     config = Config()
     digest = fingerprint(config, {p.name: p.template_hash for p in load_prompts(config)})
     run.write_config(config, digest)
-    manifest = {"layout_version": LAYOUT_VERSION, "fingerprint": digest, "documents": shards * 1000,
-                "prompts": [{"name": p, "template_hash": "x"} for p in ("faq", "math", "table", "tutorial")],
-                "shards": [{"id": i, "documents": 1000, "chars": 0, "sha256": ""} for i in range(shards)]}
-    run.manifest_path.write_bytes(orjson.dumps(manifest))
+    header = {"layout_version": LAYOUT_VERSION, "fingerprint": digest, "documents": shards * 1000,
+              "prompts": [{"name": p, "template_hash": "x"} for p in ("faq", "math", "table", "tutorial")]}
+    write_manifest(run.root, header, [{"id": i, "path": f"shards/{i:06d}.jsonl.zst", "documents": 1000,
+                                       "est_tokens": 250_000, "chars": 1_000_000, "bytes": 0, "sha256": "0" * 64}
+                                      for i in range(shards)])
     now = time.time()
     for i in range(shards):
         kind = i % 20

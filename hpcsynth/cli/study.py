@@ -79,9 +79,13 @@ def estimate_command(args: argparse.Namespace) -> int:
             except GridAccountOnly as exc:
                 return _account_only(exc.account, str(exc), args)
             return _show(estimate, account, args)
-        inputs = inputs_from_run(run, **given)
-        if run.tasks_dir.is_dir() or run.launches_dir.is_dir():  # launched: it has an account
-            account = account_run(run, args.price)
+        from hpcsynth.status.collect import collect_run
+
+        launched = run.tasks_dir.is_dir() or run.launches_dir.is_dir()  # launched: it has an account
+        collected = collect_run(run, slurm=launched)  # one read of the run for the estimate and the account
+        inputs = inputs_from_run(run, collected, **given)
+        if launched:
+            account = account_run(run, args.price, collected)
     else:
         inputs = Inputs(**given)
     try:

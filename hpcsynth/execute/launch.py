@@ -86,17 +86,57 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
 
 def set_aside_bad_markers(run: RunDir, verify: str) -> list[tuple[int, str]]:
     """Done markers whose output is missing, cut or fails its checksum: moved to RUN/set-aside/ (kept, not
-    deleted) so the shard is generated again; returns (shard, what was wrong)."""
+    deleted) so the shard is generated again; returns (shard, what was wrong).
+
+    Markers of another fingerprint (a config adopted with --config --force, or one an old-config worker
+    committed as launch adopted the new one) go aside too, and are not returned: their shards are simply
+    not done under this config. So done/ holds only markers of the run's fingerprint, and workers skip a
+    shard by its marker's name alone (docs/run-directory.md, "Done markers")."""
     digest = run.fingerprint()
     found = []
-    for shard in run.shard_ids():
+    for shard in sorted(run.done_ids()):  # only the markers there are: one listing, not one stat a shard
         problem = run.done_problem(shard, digest, verify)
-        if problem:
-            run.set_aside_dir.mkdir(parents=True, exist_ok=True)
-            aside = run.set_aside_dir / f"{run.done_path(shard).stem}.{int(time.time())}.done.json"
-            os.replace(run.done_path(shard), aside)
+        if problem is None:
+            continue  # done under this config
+        if problem == "":  # a marker of another fingerprint (or none left)
+            marker = run.done_marker(shard)
+            if marker is None or marker.get("fingerprint") == digest:
+                continue  # gone, or committed again under this config since we read it
+        aside = _set_aside(run, shard)
+        if aside is not None and not problem:
+            moved = _marker_at(aside)
+            if moved is not None and moved.get("fingerprint") == digest:
+                _put_back(run, shard, aside)  # a worker of this config committed it as we moved it
+                continue
+        if aside is not None and problem:
             found.append((shard, problem))
     return found
+
+
+def _set_aside(run: RunDir, shard: int) -> Path | None:
+    run.set_aside_dir.mkdir(parents=True, exist_ok=True)
+    aside = run.set_aside_dir / f"{run.done_path(shard).stem}.{int(time.time())}.{os.getpid()}.done.json"
+    try:
+        os.replace(run.done_path(shard), aside)
+    except FileNotFoundError:
+        return None  # gone meanwhile (an old-config worker set its own aside)
+    return aside
+
+
+def _marker_at(path: Path) -> dict | None:
+    try:
+        marker = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _put_back(run: RunDir, shard: int, aside: Path) -> None:
+    try:
+        os.link(aside, run.done_path(shard))  # never over a marker written since
+    except FileExistsError:
+        pass
+    aside.unlink(missing_ok=True)
 
 
 def _check_engine_args(config: Config) -> None:
@@ -161,9 +201,9 @@ def _launch_slurm(run: RunDir, slurm: SlurmConfig, retry_failed: bool, force: bo
         raise RunError(f"{run.root} already has Slurm jobs pending or running ({', '.join(active)}); their "
                        f"workers will finish the run. `hpcsynth cancel {run.root}` first, or pass --force to add "
                        f"more workers")
-    digest = run.fingerprint()
-    pending = [s for s in run.shard_ids() if not run.is_done(s, digest)
-               and (retry_failed or not run.failed_path(s).exists())]
+    # Markers were checked (set_aside_bad_markers) just now: names decide, as a worker's listing does.
+    done, failed = run.done_ids(), set() if retry_failed else run.failed_ids()
+    pending = [s for s in range(run.shard_count()) if s not in done and s not in failed]
     if not pending:
         return dataclasses.replace(_report(run, "slurm"), submitted_shards=0)
     if retry_failed:
@@ -213,7 +253,7 @@ def _run_in_process(run: RunDir, retry_failed: bool) -> None:
     log_path = run.log_path("worker-local")
     log_to(log_path)
     try:
-        pull_shards(str(run.root), retry_failed=retry_failed)
+        pull_shards(str(run.root), retry_failed=retry_failed, position=(0, 1))  # the one worker: from the first shard
     except (HpcsynthError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -224,14 +264,11 @@ def _run_in_process(run: RunDir, retry_failed: bool) -> None:
 
 def _report(run: RunDir, executor: str) -> LaunchReport:
     digest = run.fingerprint()
-    shards = run.shard_ids()
-    done = sum(1 for s in shards if run.is_done(s, digest))
-    failed = []
-    for shard in shards:
-        path = run.failed_path(shard)
-        if path.is_file() and not run.is_done(shard, digest):
-            failed.append((shard, failed_reason(path)))
-    return LaunchReport(executor, done, len(shards), failed)
+    total = run.shard_count()
+    done = {s for s in run.done_ids() if s < total and run.is_done(s, digest)}
+    failed = [(s, failed_reason(run.failed_path(s))) for s in sorted(run.failed_ids())
+              if s < total and s not in done and run.failed_path(s).is_file()]
+    return LaunchReport(executor, len(done), total, failed)
 
 
 def failed_reason(path: Path) -> str:

@@ -66,7 +66,8 @@ def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shard
         for slot, gpu in enumerate(gpus):
             log_path = run.log_path(f"{log_prefix}{slot}")
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "HPCSYNTH_GPU_SLOT": str(slot)}
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "HPCSYNTH_GPU_SLOT": str(slot),
+                   "HPCSYNTH_GPU_SLOTS": str(len(gpus))}  # where in the shard list each starts (generate/pull.py)
             command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root), "--log", str(log_path)]
             command += ["--shards", ",".join(map(str, shards))] if shards is not None else []
             command += ["--retry-failed"] if retry_failed else []

@@ -2,7 +2,8 @@
 
 A TaskClock rewrites RUN/tasks/NAME.json at each milestone and every heartbeat while the worker runs, so
 status sees the split as it is now (not only once the worker ends) and a killed worker leaves its last
-numbers behind. Its rate comes from a window over the worker's recent completions, counted as they leave
+numbers behind. It is rewritten in place (InPlaceFile: one pwrite a tick, no temp file, no fsync), as
+are the shards' heartbeats. Its rate comes from a window over the worker's recent completions, counted as they leave
 the engine: it does not drop to zero when a shard commits and the next one starts.
 """
 
@@ -14,11 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.engines import Completion, Request
-from hpcsynth.generate.lease import slurm_task
+from hpcsynth.generate.lease import checked_record, rewrite_held, slurm_task
 from hpcsynth.rundir import RunDir
 
 # Long enough to span several batches and shard commits, so the rate holds steady while work flows;
@@ -29,6 +30,7 @@ RATE_WINDOW_S = 60.0
 class TaskClock:
     def __init__(self, run: RunDir, name: str, tick_s: float = 10.0) -> None:
         self.path = run.task_path(name)
+        self.file = InPlaceFile(self.path)
         self.started = time.time()
         self.generating_since: float | None = None
         self.tokens = self.records = 0
@@ -73,7 +75,7 @@ class TaskClock:
             self.data["wall_s"] = round(now - self.started, 3)
             self.data["idle_s"] = round(max(0.0, self.data["wall_s"] - self.data["startup_s"]
                                             - self.data["generation_s"]), 3)
-            atomic_write_json(self.path, self.data)
+            self.file.write(self.data)
 
     def _sample(self, now: float) -> None:
         self.samples.append((now, self.tokens, self.records))
@@ -91,6 +93,46 @@ class TaskClock:
                 self.write()
             except OSError:  # a full disk or a vanished run: the worker's own writes will say so
                 pass
+
+
+class InPlaceFile:
+    """A small JSON file that one writer rewrites in place through a held descriptor: one pwrite of a record
+    padded to the file's width (locks.checked_record), no temp file, rename or fsync. A status refresh or
+    a kill between writes finds the last whole record; a reader racing a write may find it torn (it fails
+    its "check", and status counts it absent for one refresh). The width only grows, so a reader never
+    sees a shorter file with an old record's tail. Losing the last writes to a crash costs a few seconds
+    of displayed progress, never data: the progress log and the markers are what resume and status trust."""
+
+    SPARE = 64  # room to grow (counts gain digits) before the slot must widen
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.width = 0
+
+    def write(self, record: dict) -> None:
+        size = len(checked_record(record)) + 1
+        fresh = self.fd is None
+        if self.fd is None:
+            self.fd = self._open()
+        if size > self.width:
+            self.width = size + self.SPARE
+        rewrite_held(self.fd, checked_record(record, self.width))
+        if fresh:
+            os.ftruncate(self.fd, self.width)  # a longer file left by an earlier writer loses its tail once
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, 0o666)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o666)
 
 
 class CountingEngine:

@@ -80,8 +80,9 @@ class ProgressLog:
         """Every record in the log, fully parsed; DamagedLog (after rewriting it clean) if lines are broken."""
         with self.lock:
             if not self.handle.closed:
+                # Flushed to the OS for the read below; no fsync: the commit fsyncs the output it writes
+                # from these records, and until then a crash only costs records generated again.
                 self.handle.flush()
-                os.fsync(self.handle.fileno())
             try:
                 data = read_bytes_nofollow(self.path)
             except FileNotFoundError:
@@ -121,7 +122,11 @@ def recover(path: Path, fingerprint: str, aside_dir: Path) -> Recovered:
     try:
         data = read_bytes_nofollow(path)
     except FileNotFoundError:
-        atomic_write_bytes(path, header(fingerprint))
+        # A new log: created and headed without a temp file or fsync (the first flush interval's fsync
+        # makes it durable). A crash before that leaves no log, or one whose header is cut, which the
+        # next holder sets aside and starts afresh: those few records are generated again.
+        with open_append_nofollow(path) as handle:
+            handle.write(header(fingerprint))
         return Recovered(set(), 0)
     first, _, body = data.partition(b"\n")
     if _header_fingerprint(first) != fingerprint:

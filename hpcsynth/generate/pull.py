@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import sys
 import time
@@ -36,16 +37,14 @@ def task_name() -> str:
 
 
 def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_failed: bool = False,
-                engine_factory=make_engine) -> list[ShardResult]:
-    """Run every unfinished shard (of `shard_ids`, default all) that no other worker holds."""
+                engine_factory=make_engine, position: tuple[int, int] | None = None) -> list[ShardResult]:
+    """Run every unfinished shard (of `shard_ids`, default all) that no other worker holds. `position`:
+    (this worker's index, how many start together), when the caller knows (else from the environment)."""
     run = RunDir(Path(run_root))
     config = run.config()
-    digest = run.fingerprint()
     owner = new_owner()
-    candidates = shard_ids if shard_ids is not None else run.shard_ids()
     listed = time.time()  # a shard another worker fails after this is left to --retry-failed
-    todo = [s for s in candidates if not run.is_done(s, digest)
-            and (retry_failed or not run.failed_path(s).exists())]
+    todo = shards_to_try(run, shard_ids, retry_failed, owner, position or worker_position())
     if not todo:
         return []
     # At least a second between rewrites: status refreshes no faster, and each rewrite is an fsync.
@@ -59,8 +58,12 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     clock.engine_ready(device, gpus)
     log.info("engine %s ready in %.1fs on %s (owner %s, pid %d, CUDA_VISIBLE_DEVICES=%s)", config.model.engine,
              clock.data["startup_s"], device, owner, os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    session = WorkerSession(run, CountingEngine(engine, clock), config, owner, on_result=lambda r: clock.write(
-        shards_done=clock.data["shards_done"] + (r.state == "done")), failed_since=listed)
+    def on_result(result: ShardResult) -> None:
+        if result.state == "done":  # a skipped or busy shard changes nothing status shows
+            clock.write(shards_done=clock.data["shards_done"] + 1)
+
+    session = WorkerSession(run, CountingEngine(engine, clock), config, owner, on_result=on_result,
+                            failed_since=listed)
     state = "finished"
     try:
         results = session.work(todo)
@@ -71,6 +74,55 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
         engine.close()
         clock.finish(generation_s=round(session.generation_s, 3), state=state)
     return results
+
+
+def worker_position(env: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """(this worker's index, how many workers start with it), from what its launcher set: the GPU slot of a
+    multi-GPU task (execute/local.py), the Slurm array task, or the rank of an `srun -n N` step; None when
+    nothing says (a worker started by hand)."""
+    env = dict(os.environ) if env is None else env
+
+    def number(name: str, default: int | None = None) -> int | None:
+        value = env.get(name, "")
+        return int(value) if value.isdigit() else default
+
+    slot, slots = number("HPCSYNTH_GPU_SLOT", 0) or 0, number("HPCSYNTH_GPU_SLOTS", 1) or 1
+    task, tasks = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_COUNT")
+    if task is not None and tasks:
+        task -= number("SLURM_ARRAY_TASK_MIN", 0) or 0
+    else:
+        task, tasks = number("SLURM_PROCID"), number("SLURM_NTASKS")
+    if task is None or not tasks:
+        task, tasks = (0, 1) if "HPCSYNTH_GPU_SLOTS" in env else (None, None)
+    if task is None or tasks is None or not 0 <= task < tasks or not 0 <= slot < slots:
+        return None
+    return task * slots + slot, tasks * slots
+
+
+def shards_to_try(run: RunDir, shard_ids: list[int] | None, retry_failed: bool, owner: str,
+                  position: tuple[int, int] | None = None) -> list[int]:
+    """The shards this worker will try, in the order it tries them: those of `shard_ids` (default all)
+    without a done marker (nor a failed one, unless retry_failed), from one listing of done/ and one of
+    failed/: names only, no marker opened, no output stat-ed, no manifest row read. done/ holds only
+    markers of the run's fingerprint (launch sets the others aside: docs/run-directory.md), so a name
+    is enough to skip; ShardTask.open checks the marker in full once it holds the lease.
+
+    The list starts at an offset of the worker's own, going round: workers started together spread over
+    the shards instead of each passing every shard the others just took. Worker i of n starts i/n of the
+    way round (evenly, and a lone worker at the first shard, as a user expects); a worker that cannot
+    tell its place starts where its owner token draws."""
+    done = run.done_ids()
+    failed = set() if retry_failed else run.failed_ids()
+    # The plan numbers shards 0..N-1 (rundir.shard_ids); the count comes from the manifest's header.
+    candidates = shard_ids if shard_ids is not None else range(run.shard_count())
+    todo = [s for s in candidates if s not in done and s not in failed]
+    if len(todo) > 1:
+        if position is None:
+            start = random.Random(owner).randrange(len(todo))
+        else:
+            start = position[0] * len(todo) // position[1]
+        todo = todo[start:] + todo[:start]
+    return todo
 
 
 def main(argv: list[str] | None = None) -> int:

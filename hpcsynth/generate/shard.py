@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import io
+import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -24,11 +25,12 @@ from hpcsynth.config import Config
 from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, jsonl_zst_records, read_json, write_jsonl_zst
 from hpcsynth.generate.lease import Lease, slurm_task
+from hpcsynth.generate.clock import InPlaceFile
 from hpcsynth.generate.progress import ProgressLog
 from hpcsynth.logs import worker_log_path
 from hpcsynth.prompts import Prompt
 from hpcsynth.redact import redact
-from hpcsynth.rundir import RunDir
+from hpcsynth.rundir import RunDir, shard_name
 
 log = logging.getLogger("hpcsynth.generate.worker")
 
@@ -70,6 +72,7 @@ class ShardTask:
         self.progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s, digest,
                                     run.set_aside_dir)
         self.progress.expected = len(self.documents) * len(prompts)
+        self.beat_file = InPlaceFile(run.heartbeat_path(shard))  # rewritten in place every heartbeat
         run.failed_path(shard).unlink(missing_ok=True)
 
     @property
@@ -80,12 +83,19 @@ class ShardTask:
     def open(cls, run: RunDir, shard: int, config: Config, owner: str, prompts: list[Prompt],
              digest: str, expected: dict | None = None, failed_since: float = 0.0) -> ShardTask | ShardResult:
         """Claim a shard: skipped when done, busy when leased elsewhere or failed by another worker since
-        `failed_since`, failed (with a marker naming the file and the reason) when its files cannot be used."""
-        if run.is_done(shard, digest):
-            return ShardResult(shard, "skipped")
+        `failed_since`, failed (with a marker naming the file and the reason) when its files cannot be used.
+        expected: the shard's manifest row (default: looked up, once the lease is held).
+
+        The lease is read before anything is created: a shard another worker holds costs one open, one
+        bounded read and one close (generate/lease.py), and leaves no file behind."""
         lease = Lease(run.lease_path(shard), owner, config.worker.lease_timeout_s)
         try:
-            acquired = lease.acquire()
+            held = lease.probe()
+            if lease.busy(held):
+                return ShardResult(shard, "busy")
+            if run.is_done(shard, digest):  # committed since the worker listed its shards
+                return ShardResult(shard, "skipped")
+            acquired = lease.acquire(absent=held is None)
         except OSError as exc:
             # A file-system hiccup while probing (a directory that came and went, a server error): this
             # worker cannot tell who holds the shard, so it counts as busy and gets its second look later.
@@ -104,6 +114,8 @@ class ShardTask:
             if failed_since and _failed_at(run, shard) >= failed_since:
                 lease.release()
                 return ShardResult(shard, "busy", error="failed meanwhile by another worker; see its failed marker")
+            if expected is None:
+                expected = run.manifest_row(shard)  # one row, looked up now: the worker holds no manifest
             return cls(run, shard, config, lease, prompts, digest, expected)
         except ShardUnusable as exc:
             return fail_shard(run, shard, lease, str(exc), "")
@@ -136,7 +148,15 @@ class ShardTask:
     def commit(self, digest: str, step_downs: list[str]) -> ShardResult:
         self.lease.renew()  # still ours? a worker that lost its lease must not commit over a live one
         marker = _commit(self, digest, step_downs)
-        self.progress.close()
+        self.close()
+        if self.run.fingerprint() != digest:
+            # launch adopted another config while this commit ran: done/ holds only markers of the run's
+            # fingerprint (workers skip shards by the marker's name alone), so this one goes aside, under
+            # the lease still, before another worker may commit the shard under the new config.
+            set_aside_marker(self.run, self.shard, digest)
+            self.lease.release()
+            return ShardResult(self.shard, "busy", error="the run's config changed while committing; "
+                                                         "its done marker was set aside")
         # Clear the work files while the lease is still ours: once it is released, another worker may
         # already be writing its own there.
         _remove_work_files(self.run.work_dir(self.shard), keep=self.lease.path)
@@ -149,11 +169,18 @@ class ShardTask:
                            time.monotonic() - self.started)
 
     def fail(self, reason: str, trace: str = "") -> ShardResult:
-        self.progress.close()
+        self.close()
         return fail_shard(self.run, self.shard, self.lease, reason, trace)
 
     def close(self) -> None:
         self.progress.close()
+        self.beat_file.close()
+
+    def write_heartbeat(self, in_flight: int, step_downs: list[str]) -> None:
+        """Renew the lease, then rewrite the heartbeat in place: one read of the lease by its path and two
+        writes through held descriptors; no temp file, no fsync. LeaseLost when another worker holds it."""
+        self.lease.renew()
+        self.beat_file.write(self.heartbeat(in_flight, step_downs))
 
     def heartbeat(self, in_flight: int, step_downs: list[str]) -> dict[str, Any]:
         progress = self.progress
@@ -224,6 +251,9 @@ def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, An
     }
     marker["by_prompt"] = _by_prompt(records)
     atomic_write_json(run.done_path(shard), marker)
+    from hpcsynth.generate.index import append_done  # here: the rest of generate/ is another's to edit
+
+    append_done(run, marker)  # after the marker (the truth): status's cheap way to learn of the commit
     return marker
 
 
@@ -278,6 +308,20 @@ def fail_shard(run: RunDir, shard: int, lease: Lease, reason: str, trace: str) -
     lease.release()
     log.error("shard %d failed: %s", shard, reason)
     return ShardResult(shard, "failed", error=reason)
+
+
+def set_aside_marker(run: RunDir, shard: int, digest: str) -> None:
+    """Move the shard's done marker to RUN/set-aside/ if it is of `digest` (another config's run's one
+    is left alone: it may be a newer worker's)."""
+    marker = run.done_marker(shard)
+    if marker is None or marker.get("fingerprint") != digest:
+        return
+    run.set_aside_dir.mkdir(parents=True, exist_ok=True)
+    aside = run.set_aside_dir / f"{shard_name(shard)}.{digest[:12]}.{int(time.time())}.done.json"
+    try:
+        os.replace(run.done_path(shard), aside)
+    except FileNotFoundError:
+        pass  # launch set it aside first
 
 
 def _failed_at(run: RunDir, shard: int) -> float:

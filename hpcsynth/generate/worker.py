@@ -19,11 +19,10 @@ import traceback
 from collections import deque
 from collections.abc import Iterator
 
-import orjson
 
 from hpcsynth.config import Config, fingerprint
 from hpcsynth.generate.engines import Completion, Engine, Request
-from hpcsynth.files import atomic_write_bytes, atomic_write_json
+from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.lease import LeaseLost
 from hpcsynth.generate.progress import DamagedLog
 from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, shard_of, truncate_document
@@ -36,6 +35,8 @@ log = logging.getLogger("hpcsynth.generate.worker")
 
 # A progress log that keeps breaking (a failing disk) fails its shard rather than looping.
 MAX_MENDS = 3
+# Shards found done before the done names are listed again, at least (more where done/ is big).
+RELIST_MIN_SKIPS = 16
 WATCHDOG_EXIT_CODE = 75  # EX_TEMPFAIL: the shards failed for now; a new worker may take them
 
 
@@ -46,6 +47,31 @@ class WorkerStopped(RuntimeError):
 
 class ConfigChanged(Exception):
     """The run's config (its fingerprint) changed under this worker: stop, and let a new worker go on."""
+
+
+class FingerprintWatch:
+    """Whether the run's fingerprint is still this worker's, at one stat a look: RUN/fingerprint is read
+    again only when its inode, size, mtime or ctime change (launch --config replaces it by a rename, so
+    its inode changes). A missing or unreadable fingerprint counts as changed."""
+
+    def __init__(self, run: RunDir, digest: str) -> None:
+        self.run, self.digest = run, digest
+        self.key: tuple[int, ...] | None = None
+        self.same = True
+
+    def changed(self) -> bool:
+        try:
+            info = os.stat(self.run.fingerprint_path)
+        except OSError:
+            return True
+        key = (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if key != self.key:
+            try:
+                self.same = self.run.fingerprint() == self.digest
+            except Exception:  # damaged or gone between the stat and the read
+                self.same = False
+            self.key = key
+        return not self.same
 
 
 def run_shard(run: RunDir, shard: int, engine: Engine, config: Config, owner: str) -> ShardResult:
@@ -66,8 +92,12 @@ class WorkerSession:
         # The fingerprint of the config this worker generates with, not the file's: should the run's
         # config change between loading and here, the two differ and the worker stops at its first check.
         self.digest = fingerprint(config, {p.name: p.template_hash for p in self.prompts})
-        self.expected = {row["id"]: row for row in run.manifest()["shards"]}
+        # The manifest is not held: ShardTask.open looks up the one row of each shard it opens.
+        self.watch = FingerprintWatch(run, self.digest)
         self.config_changed = False
+        self.last_config_check = 0.0
+        self.skips = 0  # shards found done since the done names were last listed (see _skipped)
+        self.listed = 0  # how many done names that listing held
         self.mended: dict[int, int] = {}
         self.pending: deque[int] = deque()
         self.open: dict[int, ShardTask] = {}
@@ -141,11 +171,11 @@ class WorkerSession:
         for second_pass in (False, True):
             busy: list[int] = []
             while pending:
-                self._check_config()
+                self._check_config(at_most_every_s=1.0)  # a claim is not a commit: a stat a second will do
                 shard = pending.popleft()
                 try:
                     opened = ShardTask.open(self.run, shard, self.config, self.owner, self.prompts, self.digest,
-                                            self.expected.get(shard), self.failed_since)
+                                            None, self.failed_since)
                 except BaseException:
                     pending.appendleft(shard)  # not claimed: it counts among the shards left to others
                     raise
@@ -154,6 +184,8 @@ class WorkerSession:
                         busy.append(shard)
                     else:
                         self._record(opened)
+                    if opened.state == "skipped":
+                        self._skipped(pending)
                     continue
                 with self.lock:
                     self.open[shard] = opened
@@ -162,7 +194,8 @@ class WorkerSession:
                     self._finish(opened)
                     continue
                 yield from self._feed(opened)
-            pending.extend(busy)
+            # Before looking at the busy shards again, drop those committed meanwhile, by name.
+            pending.extend(self._unlisted(busy) if busy else busy)
 
     def _feed(self, task: ShardTask) -> Iterator[Request]:
         for request in task.requests():
@@ -224,10 +257,36 @@ class WorkerSession:
         task.close()
         self._record(ShardResult(task.shard, "busy", error="lease lost to another worker"))
 
-    def _check_config(self) -> None:
-        if self.config_changed or self.run.fingerprint() != self.digest:
+    def _check_config(self, at_most_every_s: float = 0.0) -> None:
+        """ConfigChanged when the run's fingerprint is no longer this worker's (one stat: FingerprintWatch)."""
+        now = time.monotonic()
+        if not self.config_changed and now - self.last_config_check < at_most_every_s:
+            return
+        self.last_config_check = now
+        if self.config_changed or self.watch.changed():
             self.config_changed = True
             raise ConfigChanged()
+
+    # --- the worker's view of done/: names listed once, listed again only when it has gone stale
+    def _skipped(self, pending: deque[int]) -> None:
+        """A shard of the list was done: others commit ahead of this worker. Past a number of such finds
+        that costs about what a listing does (a listing reads some 500 names a call; a find costs a few
+        calls), list the done names again and drop them from the list."""
+        self.skips += 1
+        if self.skips >= max(RELIST_MIN_SKIPS, self.listed // 512):
+            kept = self._unlisted(list(pending))
+            pending.clear()
+            pending.extend(kept)
+
+    def _unlisted(self, shards: list[int]) -> list[int]:
+        """shards less those with a done marker now (one listing of done/: names only); the dropped ones
+        are recorded as skipped."""
+        done = self.run.done_ids()
+        self.skips, self.listed = 0, len(done)
+        for shard in shards:
+            if shard in done:
+                self._record(ShardResult(shard, "skipped"))
+        return [shard for shard in shards if shard not in done]
 
     def _abandon_open(self) -> None:
         """The config changed: leave open shards to a worker of the new config (their logs are set aside)."""
@@ -272,7 +331,7 @@ class WorkerSession:
                     for task in list(self.open.values()):
                         self._write_heartbeat(task)
                 try:
-                    if self.run.fingerprint() != self.digest:
+                    if self.watch.changed():  # a stat; the file is read only when it changed
                         self.config_changed = True
                 except Exception:
                     self.config_changed = True
@@ -291,13 +350,10 @@ class WorkerSession:
         if task.lost:
             return
         try:
-            task.lease.renew()
+            task.write_heartbeat(self.in_flight, self.step_downs)
         except LeaseLost:
             # Another worker took over: no more requests, completions dropped, never committed.
             log.warning("shard %d: lease lost to another worker", task.shard)
-            return
-        atomic_write_bytes(self.run.heartbeat_path(task.shard),
-                           orjson.dumps(task.heartbeat(self.in_flight, self.step_downs)))
 
     def _watch(self) -> None:
         quiet = time.time() - self.last_completion

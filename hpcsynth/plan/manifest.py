@@ -1,9 +1,12 @@
 """The plan's manifest, the check before re-planning, and putting a finished plan in place.
 
-A plan is built in RUN/.plan-tmp-PID and moved into RUN only when whole: the old manifest goes first
+The manifest is two files (docs/run-directory.md): RUN/manifest.json, a small header (counts, prompts,
+inputs, totals, and where the rows are), and RUN/manifest.rows.jsonl, one fixed-width line per shard
+(hpcsynth/rowfile.py), so a worker reads its shard's row with one pread and status reads the header alone.
+A plan is built in RUN/.plan-tmp-PID and moved into RUN only when whole: the old header goes first
 (so a crash in between leaves a run that reads as not planned, never a mix), then shards/, plan/,
-config.yaml and fingerprint, and the new manifest last. The manifest holds nothing that changes between
-two plans of the same config and inputs (no clock, no --jobs), so those plans are byte-identical.
+config.yaml, fingerprint and the row file, and the new header last. Neither file holds anything that
+changes between two plans of the same config and inputs (no clock, no --jobs): those plans are byte-identical.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import Config, diff_configs
 from hpcsynth.errors import InputError, RunError
-from hpcsynth.files import read_json
+from hpcsynth.files import atomic_write_chunks, atomic_write_json, read_json
 from hpcsynth.locks import Lock, acquire_lock
 from hpcsynth.corpus.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
-from hpcsynth.rundir import PLAN_LOCK, RunDir
+from hpcsynth.rowfile import encode_row, padded_rows, row_width
+from hpcsynth.rundir import LAYOUT_VERSION, MANIFEST_ROWS, PLAN_LOCK, RunDir
 
 PLAN_PARTS = ("shards", "plan")
 
@@ -49,10 +54,31 @@ def check_inputs_unchanged(paths: list[Path], stats: list[dict[str, Any]]) -> No
                              f"plan again once the inputs are stable")
 
 
+def write_manifest(directory: Path, header: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """DIRECTORY/manifest.rows.jsonl, then DIRECTORY/manifest.json (the header, naming the rows); returns the
+    header. Rows must be shards 0..N-1 in order: a reader finds row i at byte i x width."""
+    for index, row in enumerate(rows):
+        if row.get("id") != index:  # the planner numbers shards so (plan/parallel.py); a break is a bug here
+            raise RuntimeError(f"manifest row {index} has id {row.get('id')!r}: shard ids must run 0..N-1")
+    width = row_width(len(encode_row(row)) for row in rows)
+    atomic_write_chunks(directory / MANIFEST_ROWS, padded_rows(rows, width))
+    header = {**header, "layout_version": LAYOUT_VERSION,
+              "rows": {"file": MANIFEST_ROWS, "count": len(rows), "width": width}}
+    header.pop("shards", None)
+    atomic_write_json(directory / "manifest.json", header)
+    return header
+
+
 def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> list[str]:
     """How this plan differs from the one already in RUN (empty: the same config and inputs)."""
     try:
-        old_config, manifest = run.config(), read_json(run.manifest_path)
+        manifest = read_json(run.manifest_path)
+        if isinstance(manifest, dict) and manifest.get("layout_version") == 1:
+            return [f"the existing plan is of layout 1 (its shard rows inside manifest.json); this hpcsynth "
+                    f"writes layout {LAYOUT_VERSION}"]
+        old_config = run.config()
+        for _ in run.manifest_rows():  # every row whole: "nothing changed" must not keep a damaged one
+            pass
     except (OSError, ValueError, RunError) as exc:
         return [f"the existing plan cannot be read ({exc})"]
     changes = []
@@ -82,14 +108,14 @@ def commit_plan(tmp: Path, run: RunDir) -> None:
     """Move the finished plan from tmp into RUN; the manifest, last, makes it count."""
     root = run.root
     if run.manifest_path.exists():
-        _retire_outputs(run, read_json(run.manifest_path)["shards"], read_json(tmp / "manifest.json")["shards"])
+        _retire_outputs(run, RunDir(tmp).manifest_rows())
         run.manifest_path.unlink()
         fsync_dir(root)
     for name in PLAN_PARTS:
         if (root / name).exists():
             os.rename(root / name, tmp / f"replaced-{name}")
         os.rename(tmp / name, root / name)
-    for name in ("fingerprint.json", "config.yaml", "fingerprint"):
+    for name in ("fingerprint.json", "config.yaml", "fingerprint", MANIFEST_ROWS):
         os.replace(tmp / name, root / name)
     fsync_dir(root)
     os.replace(tmp / "manifest.json", run.manifest_path)
@@ -97,19 +123,52 @@ def commit_plan(tmp: Path, run: RunDir) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _retire_outputs(run: RunDir, old_rows: list[dict], new_rows: list[dict]) -> None:
+def _retire_outputs(run: RunDir, new_rows: Iterable[dict]) -> None:
     """A forced re-plan: outputs of shards whose content changed move to RUN/replaced/ (kept, not lost).
 
     Their done markers may still carry the run's fingerprint (say, the same config over edited input
-    files), and a worker or reduce would then take an old output for the new shard.
+    files), and a worker or reduce would then take an old output for the new shard. Old and new rows are
+    both in id order from 0, so they are compared in step, a row of each at a time. Past a damaged old row
+    what the old shards held is unknown: every shard from there on retires.
     """
-    new = {row["id"]: row["sha256"] for row in new_rows}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for row in old_rows:
-        if new.get(row["id"]) == row.get("sha256"):
-            continue
-        for path in (run.done_path(row["id"]), run.output_path(row["id"]), run.failed_path(row["id"])):
-            if path.exists():
-                target = run.replaced_dir / stamp / path.parent.name / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(path, target)
+    new = iter(new_rows)
+    known = 0
+    try:
+        for old in _old_rows(run):
+            row = next(new, None)
+            if row is None or row["sha256"] != old.get("sha256"):
+                _retire(run, known, stamp)
+            known += 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RunError):
+        for shard in sorted(i for i in run.done_ids() | run.failed_ids() | _output_ids(run) if i >= known):
+            _retire(run, shard, stamp)
+
+
+def _old_rows(run: RunDir) -> Iterable[dict]:
+    """The rows of the plan in RUN, of this layout or of layout 1 (rows inside manifest.json): `plan --force`
+    is how a run of layout 1 moves to this one, keeping its finished shards."""
+    header = read_json(run.manifest_path)
+    if header.get("layout_version") == 1:
+        rows = header["shards"]
+        if [row["id"] for row in rows] != list(range(len(rows))):
+            raise ValueError("layout-1 shard ids are not 0..N-1")
+        return rows
+    return run.manifest_rows()
+
+
+def _output_ids(run: RunDir) -> set[int]:
+    suffix = ".jsonl.zst"
+    try:
+        names = os.listdir(run.outputs_dir)
+    except FileNotFoundError:
+        return set()
+    return {int(n[:-len(suffix)]) for n in names if n.endswith(suffix) and n[:-len(suffix)].isdigit()}
+
+
+def _retire(run: RunDir, shard: int, stamp: str) -> None:
+    for path in (run.done_path(shard), run.output_path(shard), run.failed_path(shard)):
+        if path.exists():
+            target = run.replaced_dir / stamp / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)

@@ -2,7 +2,8 @@
 
 First stage of the flow. Everything is built in RUN/.plan-tmp-PID and moved into place when whole
 (manifest.py): RUN/config.yaml, RUN/fingerprint, RUN/shards/*.jsonl.zst, RUN/plan/rejects.jsonl,
-RUN/plan/summary.json and, last, RUN/manifest.json: a run counts as planned once the manifest exists.
+RUN/plan/summary.json, RUN/manifest.rows.jsonl and, last, RUN/manifest.json (the header): a run counts as
+planned once the header exists.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.heap import keep_freed_memory
-from hpcsynth.plan.manifest import changes_since, check_inputs_unchanged, commit_plan, input_stats, take_lock
+from hpcsynth.plan.manifest import (changes_since, check_inputs_unchanged, commit_plan, input_stats, take_lock,
+                                    write_manifest)
 from hpcsynth.plan.parallel import MapGroups, default_jobs, run_groups, run_groups_mapped
 from hpcsynth.corpus.readers import ByteCounter, display_path, expand_inputs, unit
 from hpcsynth.plan.scan import GroupJob, GroupResult
@@ -72,7 +74,7 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
         changes = changes_since(run, config, stats)
         if not changes:
             manifest = read_json(run.manifest_path)
-            return Plan(run, len(manifest["shards"]), manifest["documents"], manifest["rejected"], digest,
+            return Plan(run, manifest["rows"]["count"], manifest["documents"], manifest["rejected"], digest,
                         unchanged=True)
         if not force:
             raise RunError(f"{run.root} is already planned differently ({'; '.join(changes)}); plan into a new "
@@ -151,16 +153,15 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         per_input.update(result.per_input)
     for r in removed:
         per_input[r.file] -= 1
-    manifest = {
+    manifest = write_manifest(tmp, {
         "layout_version": LAYOUT_VERSION, "hpcsynth_version": __version__, "fingerprint": digest,
         "prompts": [p.describe() for p in prompts],  # name, format (reduce validates by it), version, hash
         "inputs": [{**s, "documents": per_input.get(i, 0)} for i, s in enumerate(stats)],
         "documents": sum(r["documents"] for r in rows), "sources": totals["sources"],
         "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),
-        "bytes_per_token": ratio, "shards": rows,
-    }
-    atomic_write_json(tmp / "manifest.json", manifest)
-    summary = summarize(manifest, totals, ratio_source, jobs, len(group_jobs))
+        "bytes_per_token": ratio,
+    }, rows)
+    summary = summarize(manifest, rows, totals, ratio_source, jobs, len(group_jobs))
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
 
 

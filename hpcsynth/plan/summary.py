@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def summarize(manifest: dict[str, Any], totals: dict[str, Any], ratio_source: str, jobs: int,
-              groups: int) -> dict[str, Any]:
-    sizes = sorted(row["est_tokens"] for row in manifest["shards"])
+def summarize(manifest: dict[str, Any], rows: list[dict[str, Any]], totals: dict[str, Any], ratio_source: str,
+              jobs: int, groups: int) -> dict[str, Any]:
+    """manifest: the header the plan wrote; rows: its shard rows."""
+    sizes = sorted(row["est_tokens"] for row in rows)
     spread = {}
     if sizes:
         spread = {"min": sizes[0], "p50": int(statistics.median(sizes)), "max": sizes[-1],

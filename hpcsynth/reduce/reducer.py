@@ -33,7 +33,7 @@ from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
 from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
-from hpcsynth.reduce.select import prompt_formats, ready_shards
+from hpcsynth.reduce.select import prompt_formats, ready_shards, verified_records
 from hpcsynth.reduce.spec import (ReduceSpec, bucket_count, group_parts, read_spec, settings_digest, spec_key,
                                   write_spec)
 from hpcsynth.reduce.tokenize import load_tokenizer
@@ -66,7 +66,8 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     manifest = run.manifest()
     config = apply_view(run.config(), view)
     out = Path(out_dir) if out_dir else run.default_reduce_dir
-    ready, problems = ready_shards(run, manifest, partial)
+    ready, problems = ready_shards(run, partial)
+    planned = run.shard_count()
     tok = load_tokenizer(tokenizer or config.reduce.tokenizer or config.model.path, config.reduce.eos_token,
                          key="--tokenizer" if tokenizer else "reduce.tokenizer")
     if config.reduce.text_export:
@@ -90,12 +91,12 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
         settings["prompts"] = list(config.prompts)
     spec = ReduceSpec(
         run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
-        parts=group_parts(manifest, ready, config.reduce.part_shards), buckets=buckets,
+        parts=group_parts(planned, ready, config.reduce.part_shards), buckets=buckets,
         format=config.reduce.format, max_file_mb=config.reduce.max_file_mb,
         text_export=config.reduce.text_export, tokenizer=described, backend_note=note, run_info=run_info,
         key=spec_key(run.fingerprint(), {**settings, "mix": part_settings(mix),
                                          "validate": dataclasses.asdict(config.validate)}, described, buckets),
-        mix=mix, corpus_parts=corpus_parts(mix, math.ceil(len(manifest["shards"]) / config.reduce.part_shards),
+        mix=mix, corpus_parts=corpus_parts(mix, math.ceil(planned / config.reduce.part_shards),
                                            config.reduce.part_shards * config.plan.shard_docs))
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
@@ -152,8 +153,10 @@ def run_parts_local(spec: ReduceSpec, jobs: int, on_part: Callable[[PartMarker],
 def _parity_sample(run: RunDir, shard: int) -> list[str]:
     """Rephrasings and originals of the first ready shard: the texts the reduce will encode."""
     texts: list[str] = []
-    for path, limit in ((run.output_path(shard), PARITY_SAMPLE * 3 // 4), (run.shard_path(shard), PARITY_SAMPLE)):
-        for record in read_jsonl_zst(path):
+    # The output's checksum is checked as it is read (this one shard's; each part checks its own).
+    for records, limit in ((verified_records(run, shard), PARITY_SAMPLE * 3 // 4),
+                           (read_jsonl_zst(run.shard_path(shard)), PARITY_SAMPLE)):
+        for record in records:
             if len(texts) >= limit:
                 break
             if isinstance(record.get("text"), str):

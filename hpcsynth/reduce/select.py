@@ -3,7 +3,8 @@
 Separate from tokenizing and writing, so that per-format validation and exact mixing can replace these
 functions without touching parts.py or merge.py. Everything here works on one shard at a time.
 
-- `ready_shards`: shards whose done marker matches the run and whose output passes its checksum.
+- `ready_shards`: shards whose done marker matches the run and whose output is there, of its size;
+  `verified_records` checks an output's checksum as a part reads it.
 - `synthetic_documents`: a shard's records that pass validation by their prompt's format
   (hpcsynth/reduce/validate/), in record order, preamble stripped; the rest are rejects, by reason.
 - The mix (which documents of which source, how often) is hpcsynth/reduce/mix/: chosen over the whole
@@ -14,13 +15,15 @@ functions without touching parts.py or merge.py. Everything here works on one sh
 from __future__ import annotations
 
 import hashlib
+import io
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsynth.config import Config
 from hpcsynth.errors import RunError
-from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
+from hpcsynth.files import jsonl_zst_records, read_json
 from hpcsynth.rundir import RunDir, shard_name
 
 
@@ -35,11 +38,14 @@ class Document:
     source: int = -1  # its source's index in the reduce's mix (hpcsynth/reduce/mix/sources.py)
 
 
-def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int], list[dict]]:
-    """Shards whose done marker matches the run and whose output has the recorded checksum."""
+def ready_shards(run: RunDir, partial: bool) -> tuple[list[int], list[dict]]:
+    """Shards whose done marker matches the run and whose output has the recorded size (the checksum is
+    checked by the part that reads it: verified_records)."""
     digest = run.fingerprint()
-    valid, problems = [], []
-    for shard in (s["id"] for s in manifest["shards"]):
+    valid: list[int] = []
+    problems: list[dict[str, Any]] = []
+    planned = run.shard_ids()
+    for shard in planned:
         reason = _not_ready(run, shard, digest)
         if reason:
             problems.append({"shard": shard, "reason": reason})
@@ -48,7 +54,7 @@ def ready_shards(run: RunDir, manifest: dict, partial: bool) -> tuple[list[int],
     if problems and not partial:
         _refuse_while_running(run, len(problems), len(valid))
         first = problems[0]
-        raise RunError(f"{len(problems)} of {len(manifest['shards'])} shards are not ready (shard "
+        raise RunError(f"{len(problems)} of {len(planned)} shards are not ready (shard "
                        f"{shard_name(first['shard'])}: {first['reason']}); run `hpcsynth launch {run.root}` "
                        f"to finish them, or pass --partial to reduce what is done")
     if not valid:
@@ -82,9 +88,28 @@ def _not_ready(run: RunDir, shard: int, digest: str) -> str:
     output = run.output_path(shard)
     if marker.get("fingerprint") != digest:
         return "done under another config fingerprint"
-    if not output.is_file() or sha256_file(output) != marker.get("sha256"):
-        return f"{output.name} is missing or its checksum differs"
+    if not output.is_file():
+        return f"{output.name} is missing"
+    # A stat, not a checksum: the part that reads the output checks its sha256 (verified_records). One
+    # process hashing every output before any part started was hours of reading at 339,000 shards.
+    size = output.stat().st_size
+    if isinstance(marker.get("bytes"), int) and size != marker["bytes"]:
+        return f"{output.name} is {size:,} bytes, its done marker says {marker['bytes']:,} (cut or changed since)"
     return ""
+
+
+def verified_records(run: RunDir, shard: int) -> Iterator[dict]:
+    """The records of a done shard's output, its bytes read once and checked against the sha256 in its
+    done marker first: each reduce part checks the outputs it reads, so the checks run in parallel with
+    the parts and a damaged output stops the part that needs it, after the parts before it are kept."""
+    output = run.output_path(shard)
+    data = output.read_bytes()
+    marker = run.done_marker(shard) or {}
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        raise RunError(f"{output} differs from its done marker's sha256 (damaged or changed after shard "
+                       f"{shard_name(shard)} was done); run `hpcsynth launch {shlex.quote(str(run.root))}` to set "
+                       f"it aside and generate it again, then reduce again (finished parts are kept)")
+    return jsonl_zst_records(io.BytesIO(data))
 
 
 def prompt_formats(manifest: dict) -> dict[str, str]:
@@ -105,7 +130,7 @@ def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[d
     keep = []
     tally = {} if tally is None else tally
     # A reduce of some prompts only (reduce/view.py) leaves the others out before they are checked.
-    records = (r for r in read_jsonl_zst(run.output_path(shard)) if str(r.get("prompt", "")) in config.prompts)
+    records = (r for r in verified_records(run, shard) if str(r.get("prompt", "")) in config.prompts)
     for record, (ok, reason, text, _) in validate_records(((r, formats.get(str(r.get("prompt", "")), "free"))
                                                            for r in records), config):
         prompt = str(record.get("prompt", ""))

@@ -15,14 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from hpcsynth.rundir import RunDir
-from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files, collect_status
+from hpcsynth.status.collect import Collected, collect_run
 from hpcsynth.status.collect import count_number as _number  # a forged 1e308 or a negative count is 0
-from hpcsynth.status.runstatus import RunStatus
 
 
-def account_run(run: RunDir, price: float = 0.0, status: RunStatus | None = None) -> dict[str, Any]:
-    """The account of a run so far; `status` (collect_status's, with its one sacct call) is reused if given."""
-    status = status if status is not None else collect_status(run)
+def account_run(run: RunDir, price: float = 0.0, collected: Collected | None = None) -> dict[str, Any]:
+    """The account of a run so far; `collected` (collect_run's: status with its one sacct call, and the done
+    table it read) is reused if given, so `estimate RUN` reads the run once."""
+    collected = collected if collected is not None else collect_run(run)
+    status = collected.status
     tasks = status.tasks
     gpu = bool(status.gpu_hours) or any(_number(t.get("gpus")) > 0 for t in tasks)
     unit = "GPU" if gpu else "CPU worker"
@@ -41,7 +42,7 @@ def account_run(run: RunDir, price: float = 0.0, status: RunStatus | None = None
     hours = (status.gpu_hours if gpu else status.cpu_worker_hours) if sacct else in_workers
     generated = sum(_number(t.get("tokens")) for t in tasks)
     rate = generated / (generation * 3600) if generation > 0 else 0.0
-    committed, failed_tokens = _tokens_on_disk(run)
+    committed, failed_tokens = _tokens_on_disk(run, collected)
     redone_tokens = max(0.0, generated - status.tokens_done)
     redone = redone_tokens / rate / 3600 if rate else 0.0
     failed = failed_tokens / rate / 3600 if rate else 0.0
@@ -133,12 +134,9 @@ def _fig(hours: float, how: str) -> dict[str, Any]:
     return {"hours": hours, "how": how}
 
 
-def _tokens_on_disk(run: RunDir) -> tuple[float, float]:
+def _tokens_on_disk(run: RunDir, collected: Collected) -> tuple[float, float]:
     """(completion tokens committed in done markers of this fingerprint, tokens in failed shards' logs)."""
-    digest = run.fingerprint()
-    done = _by_shard(_read_json_files(run.done_dir), DONE_NUMBERS)
-    ours = {s for s, m in done.items() if m.get("fingerprint") == digest}
-    committed = sum(_number(done[s]["completion_tokens"]) for s in ours)
-    failed = set(_by_shard(_read_json_files(run.failed_dir))) - ours  # status's order: done wins
-    beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS)
-    return float(committed), float(sum(_number(beats[s]["completion_tokens"]) for s in failed if s in beats))
+    table = collected.table
+    committed = float(table.cols["completion_tokens"][table.ours(collected.status.fingerprint)].sum())
+    beats = collected.beats  # status's order: done wins over failed
+    return committed, float(sum(_number(beats[s]["completion_tokens"]) for s in collected.failed if s in beats))

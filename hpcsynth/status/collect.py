@@ -1,8 +1,10 @@
 """Status: what a run has done, from the run directory first and at most one sacct call.
 
-Each directory (done/, failed/, work/, tasks/) is listed once, so status stays fast over thousands of
-shards. Slurm is asked once per refresh, for every job the run launched, to tell requeued shards from
-dead ones and to count GPU time; without Slurm jobs nothing is asked.
+Done shards come from the done table (status/done.py): the workers' index lines, a marker read only when
+no line vouches for it, kept between calls (RUN/index/status-cache, or --watch's memory), so a refresh
+costs what changed, not one open per done shard. failed/, work/ and tasks/ (unfinished work, a few files
+per worker) are read whole each time. Slurm is asked once per refresh, for every job the run launched, to
+tell requeued shards from dead ones and to count GPU time; without Slurm jobs nothing is asked.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import os
 import socket
 import stat
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from hpcsynth.files import read_regular
@@ -22,7 +26,9 @@ from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
 from hpcsynth.status.runstatus import (FailedShard, RedoShard, RunningShard, RunStatus, ShardCounts, SlurmSummary,
                                        WorkerHours)
-from hpcsynth.status.timeline import build_timeline, plausible_times
+from hpcsynth.status.done import DAMAGED, OUTPUT_BAD, OUTPUT_LISTED, OUTPUT_OK, DoneTable, signature
+from hpcsynth.status.donecache import load_table, save_table
+from hpcsynth.status.timeline import commit_timeline
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -32,16 +38,52 @@ MAX_MARKER_BYTES = 16 << 20
 
 
 def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
-    manifest = run.manifest()
+    return collect_run(run, slurm).status
+
+
+@dataclass
+class Watch:
+    """What `status --watch` keeps between refreshes: the done table, and the plan's header while
+    manifest.json is the same file (a re-plan writes a new one)."""
+
+    table: DoneTable | None = None
+    manifest: tuple[int, int, int] | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+    shards: int = 0
+
+
+@dataclass(frozen=True)
+class Collected:
+    """A run's status and what it was drawn from, for the account and estimate to read, not done/ again."""
+
+    status: RunStatus
+    table: DoneTable
+    beats: dict[int, dict]  # heartbeats of shards in progress, by shard
+    failed: frozenset[int]  # shards with a failed marker and no done marker of this fingerprint
+
+
+def collect_run(run: RunDir, slurm: bool = True, watch: Watch | None = None) -> Collected:
+    """One read of the run: done shards from the done table (status/done.py; cached in RUN/index/ between
+    one-shot calls, kept in `watch` between refreshes), the rest from the few files of unfinished work."""
+    header, total, table = _plan(run, watch)
     jobs, sacct = _slurm_view(run) if slurm else ([], {})
     config = run.config()
     register_env_secret(config.endpoint.api_key_env)  # so redact() knows the key if this shell holds it
     digest = run.fingerprint()
-    prompts = len(manifest["prompts"])
+    prompts = len(header["prompts"])
     now = time.time()
-    damaged: list[str] = []
-    done = _by_shard(_read_json_files(run.done_dir, bad=damaged), DONE_NUMBERS)
-    damaged_ids = {int(n.removesuffix(".json")) for n in damaged if n.removesuffix(".json").isdigit()}
+    listed_at = table.listed_at
+    table.refresh(run, digest, watch=watch is not None)
+    if watch is None or table.listed_at != listed_at:
+        save_table(run, table)
+    cols = table.cols
+    ours = table.ours(digest)
+    done_mask = ours & ((cols["output"] == OUTPUT_OK) | (cols["output"] == OUTPUT_LISTED))  # not missing or cut
+    redo = [RedoShard(sid, table.output_problem(run, sid) or "")
+            for sid in np.flatnonzero(ours & (cols["output"] == OUTPUT_BAD)).tolist()]
+    redo += [RedoShard(sid, f"done marker {run.done_path(sid)} is damaged")
+             for sid in np.flatnonzero(cols["state"] == DAMAGED).tolist()]
+    redo.sort(key=lambda r: r.shard)
     unreadable: list[str] = []
     failed = _by_shard(_read_json_files(run.failed_dir, bad=unreadable))
     for name in unreadable:  # workers skip a shard with any failed marker: it counts as failed, and says why
@@ -51,28 +93,18 @@ def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
     beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS, ("tokens_per_s",))
 
     counts = dict.fromkeys(STATES, 0)
-    docs_done = records_done = tokens_done = 0
+    counts["done"] = int(done_mask.sum())
+    docs_done = int(cols["documents"][done_mask].sum())
+    records_done = int((cols["records"][done_mask] + cols["rejected"][done_mask]).sum())
+    tokens_done = int(cols["completion_tokens"][done_mask].sum())
     rate = 0.0
     failures: list[FailedShard] = []
     stale: list[int] = []
     running: list[RunningShard] = []
-    redo: list[RedoShard] = []
-    commits: list[tuple[float, float]] = []  # (committed, completion tokens) of every done shard: the timeline
-    for shard in manifest["shards"]:
-        sid = shard["id"]
-        marker = done.get(sid)
-        problem = _output_problem(run, sid, marker) if marker and marker.get("fingerprint") == digest else None
-        if sid in damaged_ids:
-            problem = f"done marker {run.done_path(sid)} is damaged"
-        if problem:  # launch sets such a marker aside and generates the shard again: say so now
-            redo.append(RedoShard(sid, problem))
-        elif marker is not None and marker.get("fingerprint") == digest:
-            counts["done"] += 1
-            docs_done += marker["documents"]
-            records_done += marker["records"] + marker["rejected"]
-            tokens_done += marker["completion_tokens"]
-            commits.append((_number(marker.get("committed")), marker["completion_tokens"]))
-            continue
+    # Only shards with a failed marker or a heartbeat need a look of their own; the others are done or pending.
+    unfinished = sorted(sid for sid in set(failed) | set(beats) if 0 <= sid < total and not done_mask[sid])
+    counts["pending"] = total - counts["done"] - len(unfinished)
+    for sid in unfinished:
         beat = beats.get(sid)
         if beat is not None:
             records_done += beat["records_done"]
@@ -103,7 +135,7 @@ def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
         # Each live worker's rate over its recent completions: steady across shard boundaries, where a
         # new shard's heartbeat starts from zero.
         rate = sum(_number(t.get("tokens_per_s")) for t in live)
-    total_docs = manifest["documents"]
+    total_docs = header["documents"]
     remaining_docs = total_docs - docs_done
     eta = None
     if rate > 0 and docs_done > 0:
@@ -114,10 +146,10 @@ def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
     task_states: dict[str, int] = {}
     for task in sacct.values():
         task_states[task["state"]] = task_states.get(task["state"], 0) + task.get("tasks", 1)
-    return RunStatus(
+    status = RunStatus(
         run=str(run.root),
         fingerprint=digest,
-        shards=ShardCounts(**counts, total=len(manifest["shards"])),
+        shards=ShardCounts(**counts, total=total),
         documents=total_docs,
         prompts=prompts,
         docs_done=docs_done,
@@ -138,11 +170,29 @@ def collect_status(run: RunDir, slurm: bool = True) -> RunStatus:
         tasks=sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
                        "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
                      key=lambda t: str(t["name"])),
-        timeline=build_timeline(*plausible_times(commits, [_number(t.get("started")) for t in tasks], now),
-                                now if live else 0.0),
+        timeline=commit_timeline(cols["committed"][done_mask], cols["completion_tokens"][done_mask],
+                                 [_number(t.get("started")) for t in tasks], now, now if live else 0.0),
         slurm=SlurmSummary(jobs=[a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                            array_tasks=task_states, sacct_calls=1 if jobs else 0, **_slurm_problems(run, sacct)),
     )
+    return Collected(status, table, beats, frozenset(s for s in failed if not (0 <= s < total and ours[s])))
+
+
+def _plan(run: RunDir, watch: Watch | None) -> tuple[dict[str, Any], int, DoneTable]:
+    """The plan's header and shard count (read again only when manifest.json changed) and the done table:
+    --watch's own, else the cached one."""
+    if watch is None:
+        header, total = run.manifest(), run.shard_count()
+        names = tuple(str(p.get("name")) for p in header["prompts"])
+        return header, total, load_table(run, total, names)
+    stamp = signature(run.manifest_path)
+    if watch.table is None or stamp is None or stamp != watch.manifest:
+        watch.header, watch.shards = run.manifest(), run.shard_count()
+        names = tuple(str(p.get("name")) for p in watch.header["prompts"])
+        if watch.table is None or (watch.table.shards, watch.table.prompts) != (watch.shards, names):
+            watch.table = load_table(run, watch.shards, names)
+        watch.manifest = stamp
+    return watch.header, watch.shards, watch.table
 
 
 TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",
@@ -224,19 +274,6 @@ def _holder_gone(beat: dict, sacct: dict[str, dict]) -> bool:
         return holder_gone({"owner": beat.get("owner", ""), "task": ""})
     except (OverflowError, ValueError):  # a pid no process can have: a corrupt or forged heartbeat
         return True
-
-
-def _output_problem(run: RunDir, shard: int, marker: dict) -> str | None:
-    """Why a done marker's output is gone or cut (a stat, not a checksum: status runs every few seconds;
-    launch checks the sha256), or None: launch redoes such shards."""
-    output = run.output_path(shard)
-    try:
-        size = output.stat().st_size
-    except OSError:
-        return f"its output {output} is missing"
-    if "bytes" in marker and marker["bytes"] != size:
-        return f"its output {output} has {size} bytes, its done marker says {marker['bytes']}"
-    return None
 
 
 def _run_log(run: RunDir, named: object) -> Path | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 TIMELINE_BINS = 60  # a terminal sparkline's width; enough points for a chart of a campaign's days
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -25,28 +27,52 @@ def plausible_times(commits: list[tuple[float, float]], starts: list[float],
     commit centuries ahead or behind would stretch the bins until every real one falls in one of them.
     Such a shard still counts, at the nearest plausible time (now, or the run's earliest real time); a
     missing, zero or negative time is dropped. A worker start outside that span is ignored."""
-    real = [t for t in starts if EARLIEST <= t <= now]
-    committed = [(t, n) for t, n in commits if t == t and 0 < t < float("inf")]  # t == t: not NaN
-    earliest = min(real + [t for t, _ in committed if EARLIEST <= t <= now], default=now)
-    return [(min(max(t, earliest), now), n) for t, n in committed], min(real, default=None)
+    times, counts = _arrays(commits)
+    times, counts, start = _plausible(times, counts, starts, now)
+    return list(zip(times.tolist(), counts.tolist())), start
 
 
 def build_timeline(commits: list[tuple[float, float]], start: float | None, end: float) -> dict[str, Any]:
     """{"start", "bin_s", "tokens": [...], "shards": [...]}: tokens and shards committed in each bin,
     from (committed time, completion tokens) pairs; `start` is the run's first worker start if known."""
-    if not commits:
+    return _bins(*_arrays(commits), start, end)
+
+
+def commit_timeline(times: np.ndarray, counts: np.ndarray, starts: list[float], now: float,
+                    end: float) -> dict[str, Any]:
+    """build_timeline(plausible_times(...)) over arrays: status's done table at 10^5 shards in a few ms."""
+    times, counts, start = _plausible(times, counts, starts, now)
+    return _bins(times, counts, start, end)
+
+
+def _arrays(commits: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([t for t, _ in commits], dtype=np.float64),
+            np.array([n for _, n in commits], dtype=np.float64))
+
+
+def _plausible(times: np.ndarray, counts: np.ndarray, starts: list[float],
+               now: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+    real = [t for t in starts if EARLIEST <= t <= now]
+    keep = (times > 0) & np.isfinite(times)  # NaN and inf fail both
+    times, counts = times[keep], counts[keep]
+    inside = times[(times >= EARLIEST) & (times <= now)]
+    earliest = min(real + ([float(inside.min())] if inside.size else []), default=now)
+    return np.minimum(np.maximum(times, earliest), now), counts, min(real, default=None)
+
+
+def _bins(times: np.ndarray, counts: np.ndarray, start: float | None, end: float) -> dict[str, Any]:
+    if not times.size:
         return {"start": start, "bin_s": 0.0, "tokens": [], "shards": []}
-    first = min(t for t, _ in commits)
+    first = float(times.min())
     start = first if start is None else min(start, first)
-    end = max(end, max(t for t, _ in commits))
+    end = max(end, float(times.max()))
     bins = TIMELINE_BINS
     width = max((end - start) / bins, 1e-3)
-    tokens, shards = [0.0] * bins, [0] * bins
-    for when, count in commits:
-        index = min(int((when - start) / width), bins - 1)
-        tokens[index] += count
-        shards[index] += 1
-    return {"start": round(start, 3), "bin_s": round(width, 3), "tokens": tokens, "shards": shards}
+    index = np.minimum(((times - start) / width).astype(np.int64), bins - 1)
+    tokens = np.bincount(index, weights=counts, minlength=bins)
+    shards = np.bincount(index, minlength=bins)
+    return {"start": round(start, 3), "bin_s": round(width, 3), "tokens": [float(t) for t in tokens.tolist()],
+            "shards": [int(n) for n in shards.tolist()]}
 
 
 def sparkline(values: list[float]) -> str:

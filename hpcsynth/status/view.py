@@ -12,7 +12,7 @@ import time
 from collections import deque
 
 from hpcsynth.rundir import RunDir, shard_name
-from hpcsynth.status.collect import STATES, collect_status
+from hpcsynth.status.collect import STATES, Watch, collect_run
 from hpcsynth.status.runstatus import RunStatus, SlurmSummary
 from hpcsynth.status.timeline import TIMELINE_BINS, cumulative, sparkline
 
@@ -31,25 +31,48 @@ def render_status(status: RunStatus, console=None) -> None:
 
 
 def watch_status(run: RunDir, interval: float, console=None) -> RunStatus:
-    """Refresh until every shard is done (or nothing is left running), then print a one-line summary."""
+    """Refresh until every shard is done (or nothing is left running), then print a one-line summary.
+
+    Between refreshes it sleeps `interval`, and never less than the refresh took (a watch uses at most
+    half a core, whatever the run's size). The done table stays in memory (status/collect.py Watch), so a
+    refresh reads only what the run gained. On a terminal the frame is redrawn in place; piped (a log file,
+    a script), each refresh prints its frame below the last.
+    """
     from rich.console import Console, Group
     from rich.live import Live
 
     console = console or Console()
-    status = collect_status(run)
+    keep = Watch()
+    began = time.monotonic()
+    status = collect_run(run, watch=keep).status
+    took = time.monotonic() - began
     rates: deque[float] = deque([status.tokens_per_s], maxlen=TIMELINE_BINS)  # the live rate, refresh by refresh
-    with Live(Group(*status_renderables(status, console.width, list(rates))), console=console, refresh_per_second=1,
-              auto_refresh=False) as live:
-        try:
-            while not finished(status):
-                time.sleep(interval)
-                status = collect_status(run)
-                rates.append(status.tokens_per_s)
-                live.update(Group(*status_renderables(status, console.width, list(rates))), refresh=True)
-        except KeyboardInterrupt:
-            pass
-    if not console.is_terminal:
-        console.print()  # Live leaves a piped frame without its last newline
+
+    def frame() -> Group:
+        return Group(*status_renderables(status, console.width, list(rates)))
+
+    live = Live(frame(), console=console, refresh_per_second=1, auto_refresh=False) if console.is_terminal else None
+    if live is None:
+        console.print(frame())
+    else:
+        live.start(refresh=True)
+    try:
+        while not finished(status):
+            time.sleep(max(interval, took))
+            began = time.monotonic()
+            status = collect_run(run, watch=keep).status
+            took = time.monotonic() - began
+            rates.append(status.tokens_per_s)
+            if live is None:
+                console.print()
+                console.print(frame())
+            else:
+                live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
     return status  # the last frame ends with the summary line (status_renderables)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.rundir import RunDir
 from hpcsynth.status.account import account_run, combine_accounts
+from hpcsynth.status.collect import collect_run
 from hpcsynth.study.estimate import Estimate, make_estimate
 from hpcsynth.study.grid import grid_generator_runs, require_generator_run
 from hpcsynth.study.measure import inputs_from_run
@@ -30,10 +31,12 @@ def estimate_grid(run: RunDir, grid: dict[str, Any], given: dict[str, Any],
             first_error = first_error or exc
             notes.append(f"{name}: no estimate ({exc})")
             continue
-        if sub.tasks_dir.is_dir() or sub.launches_dir.is_dir():
-            accounts[name] = account_run(sub, price)
+        launched = sub.tasks_dir.is_dir() or sub.launches_dir.is_dir()
         try:
-            part = make_estimate(inputs_from_run(sub, **given))
+            collected = collect_run(sub, slurm=launched)  # one read of the run for the estimate and the account
+            if launched:
+                accounts[name] = account_run(sub, price, collected)
+            part = make_estimate(inputs_from_run(sub, collected, **given))
         except HpcsynthError as exc:
             first_error = first_error or exc
             notes.append(f"{name}: no estimate ({exc})")

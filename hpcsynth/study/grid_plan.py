@@ -2,7 +2,9 @@
 
 A generator's sub-run, RUN/generators/NAME/, is put in place like any plan (plan/manifest.py's
 commit_plan: built in a temporary directory, the manifest last), so a forced re-plan retires changed
-shards' outputs there as it does in a plain run. Its shards are hard links to the parent's files: no copy,
+shards' outputs there as it does in a plain run. Its manifest is the parent's header with its own
+fingerprint and prompts, and its row file a hard link to the parent's (the same rows: a row's path is
+relative to its run, and the sub-run's shards sit at the same paths). Its shards are hard links to the parent's files: no copy,
 and a later forced re-plan of the parent replaces the parent's files without touching the bytes a
 generator's workers are reading. Where the filesystem refuses hard links (another device, some network
 filesystems) they are relative symlinks; the workers check every shard's sha256 against the sub-run's
@@ -27,7 +29,7 @@ from hpcsynth.plan import plan_corpus
 from hpcsynth.plan.manifest import commit_plan, take_lock
 from hpcsynth.plan.planner import Plan
 from hpcsynth.prompts import load_prompts
-from hpcsynth.rundir import RunDir
+from hpcsynth.rundir import MANIFEST_ROWS, RunDir
 from hpcsynth.study.grid import Generator, Grid, expand_grid, generator_run, write_grid_file
 
 
@@ -71,9 +73,7 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
     state = "new"
     if sub.manifest_path.is_file():
         old = _read_manifest(sub)
-        same_shards = ([r.get("sha256") for r in old.get("shards", [])] == [r["sha256"] for r in manifest["shards"]]
-                       and all(_same_file(sub.root / r["path"], run.root / r["path"]) for r in manifest["shards"]))
-        if old.get("fingerprint") == digest and same_shards and _intact(sub, digest):
+        if old.get("fingerprint") == digest and _same_shards(sub, run) and _intact(sub, digest):
             return "unchanged", digest
         if old and old.get("fingerprint") != digest and not force:
             raise RunError(f"generator {generator.name!r} of {run.root} was planned with another config "
@@ -88,8 +88,9 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
             shutil.rmtree(stale, ignore_errors=True)
         (tmp / "shards").mkdir(parents=True)
         (tmp / "plan").mkdir()
-        for row in manifest["shards"]:
+        for row in run.manifest_rows():
             _link(run.root / row["path"], tmp / row["path"], sub.root / row["path"])
+        _link_or_copy(run.manifest_rows_path, tmp / MANIFEST_ROWS)
         for name in ("summary.json", "rejects.jsonl"):
             if (run.plan_dir / name).is_file():
                 _link(run.plan_dir / name, tmp / "plan" / name, sub.plan_dir / name)
@@ -105,6 +106,30 @@ def derive_generator_run(run: RunDir, manifest: dict, generator: Generator, forc
     finally:
         lock.release()
     return state, digest
+
+
+def _same_shards(sub: RunDir, run: RunDir) -> bool:
+    """The sub-run's rows are the parent's, and each of its shards still is the parent's file (a link
+    deleted or replaced is made again). Both row files are read a row at a time; a damaged or layout-1
+    sub-run manifest counts as changed and is made again."""
+    try:
+        if sub.shard_count() != run.shard_count():
+            return False
+        return all(mine["sha256"] == theirs["sha256"] and _same_file(sub.root / mine["path"], run.root / theirs["path"])
+                   for mine, theirs in zip(sub.manifest_rows(), run.manifest_rows()))
+    except RunError:
+        return False
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """The row file: a hard link, else a copy; never a symlink, which would follow the parent's next plan
+    while the sub-run's header still describes this one (and which the row reader refuses)."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        shutil.copyfile(source, target)
 
 
 def _link(source: Path, link: Path, final: Path) -> None:

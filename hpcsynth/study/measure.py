@@ -1,8 +1,9 @@
 """What a run has measured that an estimate can use: completion tokens per record and tok/s per GPU.
 
-Read from the run directory only: committed outputs (per prompt, a bounded sample of done shards),
-heartbeats of shards in progress (all prompts together), and the workers' clocks (RUN/tasks/). A run
-that has measured nothing leaves the estimate to the published anchors.
+Read from the run directory only, through status's one read of it (status/collect.py collect_run: the
+done table, heartbeats of shards in progress, the workers' clocks in RUN/tasks/), plus, when done markers
+predate per-prompt counts, a bounded sample of committed outputs. A run that has measured nothing leaves
+the estimate to the published anchors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import zstandard
 
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.rundir import RunDir
-from hpcsynth.status.collect import BEAT_NUMBERS, DONE_NUMBERS, _by_shard, _read_json_files
+import numpy as np
+
+from hpcsynth.status.collect import Collected, collect_run
 from hpcsynth.status.collect import count_number as _number
 from hpcsynth.study.estimate import Inputs
 
@@ -21,27 +24,31 @@ SAMPLE_SHARDS = 32
 SAMPLE_RECORDS = 50_000
 
 
-def inputs_from_run(run: RunDir, **given) -> Inputs:
+def inputs_from_run(run: RunDir, collected: Collected | None = None, **given) -> Inputs:
     """Documents, prompts, generator and input tokens from the plan; lengths and rate measured when the
-    run has them. `given` (the CLI's options) wins over both."""
-    manifest = run.manifest()
+    run has them. `given` (the CLI's options) wins over both. `collected`: status's read of the run, when
+    the caller has one (the account reads the same), else it is made here."""
+    manifest = run.manifest()  # the header only: documents, prompts, est_tokens
     config = run.config()
     prompts = tuple(p["name"] for p in manifest["prompts"])
     generator = config.model.path or config.model.engine
-    rate = measured_rate(run)
+    collected = collected if collected is not None else collect_run(run, slurm=False)
+    rate = measured_rate(run, collected)
     return Inputs(**{"documents": int(manifest["documents"]), "prompts": prompts, "generators": (generator,),
                      "input_tokens": float(manifest.get("est_tokens", 0)) * len(prompts),
-                     "measured_lengths": measured_lengths(run, prompts),
+                     "measured_lengths": measured_lengths(run, prompts, collected),
                      "measured_rates": {generator: rate[:2]} if rate else {},
                      "unit": rate[2] if rate else "GPU", **given})
 
 
-def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+def measured_lengths(run: RunDir, prompts: tuple[str, ...],
+                     collected: Collected | None = None) -> dict[str, tuple[float, str]]:
     """{prompt: (mean completion tokens per record, how it was measured)}."""
-    digest = run.fingerprint()
-    done = _by_shard(_read_json_files(run.done_dir), DONE_NUMBERS)
-    ours = sorted(s for s, m in done.items() if m.get("fingerprint") == digest)
-    exact = _from_markers([done[s] for s in ours], prompts)
+    collected = collected if collected is not None else collect_run(run, slurm=False)
+    table = collected.table
+    mask = table.ours(collected.status.fingerprint)
+    ours = np.flatnonzero(mask).tolist()
+    exact = _from_markers(collected, mask, prompts)
     if exact:
         return exact
     sums: dict[str, list[float]] = {}
@@ -63,7 +70,7 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
                for p, (total, n) in sums.items() if n and p in prompts}
     if lengths:
         return lengths
-    beats = _by_shard(_read_json_files(run.work_root, "heartbeat.json"), BEAT_NUMBERS)
+    beats = collected.beats
     records = sum(b["records_done"] for b in beats.values())
     if records:  # in progress only: heartbeats do not split by prompt
         mean = sum(b["completion_tokens"] for b in beats.values()) / records
@@ -72,27 +79,27 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...]) -> dict[str, tuple[f
     return {}
 
 
-def _from_markers(markers: list[dict], prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
-    """Per prompt from the done markers' `by_prompt` counts: every done shard, no output read. Empty when
-    a marker predates the field (then the outputs are sampled)."""
-    sums: dict[str, list[float]] = {}
-    for marker in markers:
-        by_prompt = marker.get("by_prompt")
-        if not isinstance(by_prompt, dict):
-            return {}
-        for prompt, counts in by_prompt.items():
-            if isinstance(counts, dict):
-                entry = sums.setdefault(str(prompt), [0.0, 0])
-                entry[0] += _number(counts.get("completion_tokens"))
-                entry[1] += int(_number(counts.get("records")))
-    return {p: (total / n, f"measured: {n:,} records of {len(markers)} done shard(s) (done markers)")
-            for p, (total, n) in sums.items() if n and p in prompts}
+def _from_markers(collected: Collected, mask: np.ndarray, prompts: tuple[str, ...]) -> dict[str, tuple[float, str]]:
+    """Per prompt from the done markers' `by_prompt` counts (kept in status's done table): every done shard,
+    no output read. Empty when a marker predates the field (then the outputs are sampled)."""
+    table = collected.table
+    shards = int(mask.sum())
+    if not shards or not table.cols["has_by_prompt"][mask].all():
+        return {}
+    sums = table.cols["by_prompt"][mask].sum(axis=0)  # [prompt, (records, rejected, completion tokens)]
+    out = {}
+    for name, (records, _, tokens) in zip(table.prompts, sums.tolist()):
+        if records and name in prompts:
+            how = f"measured: {int(records):,} records of {shards} done shard(s) (done markers)"
+            out[name] = (tokens / records, how)
+    return out
 
 
-def measured_rate(run: RunDir) -> tuple[float, str, str] | None:
+def measured_rate(run: RunDir, collected: Collected | None = None) -> tuple[float, str, str] | None:
     """(completion tok/s per GPU while generating, how, unit) from the workers' clocks; per CPU worker
     (unit "worker") when none of them had a GPU."""
-    tasks = [t for t in _read_json_files(run.tasks_dir).values() if _number(t.get("generation_s")) > 0]
+    collected = collected if collected is not None else collect_run(run, slurm=False)
+    tasks = [t for t in collected.status.tasks if _number(t.get("generation_s")) > 0]
     if not tasks or not any(_number(t.get("tokens")) for t in tasks):
         return None
     gpu_tasks = [t for t in tasks if _number(t.get("gpus")) > 0]

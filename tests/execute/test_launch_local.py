@@ -35,7 +35,8 @@ def test_plan_by_name_refuses_a_config_without_a_model(tmp_path: Path) -> None:
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     mine = tmp_path / "mine.yaml"
-    mine.write_text(cli("config", "demo").stdout + f"  path: {empty}\n".replace("  path", "model:\n  path"))
+    # The model's path set inside the config's own model: section (a second model: section is refused).
+    mine.write_text(cli("config", "demo").stdout.replace("model:\n", f"model:\n  path: {empty}\n", 1))
     proc = cli("plan", str(mine), "--run", str(tmp_path / "run"), "--input", str(corpus))
     assert proc.returncode == 2 and "holds no weights" in proc.stderr, proc.stderr
 

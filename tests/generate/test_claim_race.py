@@ -25,10 +25,10 @@ from conftest import planned_fake_run
 def test_a_shard_committed_between_the_probes_mkdir_and_create_is_skipped(tmp_path: Path, monkeypatch) -> None:
     run = planned_fake_run(tmp_path, docs=2, shard_docs=1)
     config = run.config()
-    original = lease_module.create_exclusive
+    original = lease_module.create_held
     raced: list[Path] = []
 
-    def commit_first(path: Path, payload: bytes) -> bool:
+    def commit_first(path: Path, payload: bytes) -> int | None:
         if not raced and path == run.lease_path(0):
             raced.append(path)
             # Another worker holds shard 0 and commits it now: its work directory goes away.
@@ -36,7 +36,8 @@ def test_a_shard_committed_between_the_probes_mkdir_and_create_is_skipped(tmp_pa
             assert not run.work_dir(0).exists()
         return original(path, payload)
 
-    monkeypatch.setattr(lease_module, "create_exclusive", commit_first)
+    run.work_dir(0).mkdir(parents=True)  # the probe found no lease, in a work directory that was there
+    monkeypatch.setattr(lease_module, "create_held", commit_first)
     results = WorkerSession(run, FakeEngine(config), config, new_owner()).work([0, 1])
     assert raced, "the race was staged"
     assert {r.shard: r.state for r in results} == {0: "skipped", 1: "done"}
@@ -46,10 +47,10 @@ def test_an_error_while_probing_a_lease_counts_the_shard_busy(tmp_path: Path, mo
     run = planned_fake_run(tmp_path, docs=2, shard_docs=1)
     config = run.config()
 
-    def broken(self) -> bool:
+    def broken(self) -> dict | None:
         raise PermissionError(13, "Permission denied", str(self.path))
 
-    monkeypatch.setattr(lease_module.Lease, "acquire", broken)
+    monkeypatch.setattr(lease_module.Lease, "probe", broken)
     opened = ShardTask.open(run, 0, config, new_owner(), [], run.fingerprint())
     assert opened.state == "busy" and "Permission denied" in opened.error
 

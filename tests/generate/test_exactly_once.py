@@ -101,16 +101,18 @@ def test_input_shards_carry_zstd_checksums_and_are_checked_against_the_manifest(
     assert zstandard.get_frame_parameters(run.output_path(1).read_bytes()).has_checksum, "outputs too"
 
 
-def test_a_planned_shard_without_a_manifest_checksum_still_fails_on_a_cut_file(tmp_path: Path) -> None:
+def test_a_manifest_row_without_its_checksum_fails_its_shard_alone_naming_the_row(tmp_path: Path) -> None:
+    """Layout 2: every row carries its shard's sha256; a row without it is damaged, never an unchecked read."""
+    from hpcsynth.rowfile import padded_rows
+
     run = planned_run(tmp_path)
-    manifest = read_json(run.manifest_path)
-    for row in manifest["shards"]:
-        del row["sha256"]
-    atomic_write_json(run.manifest_path, manifest)
-    path = run.shard_path(0)
-    path.write_bytes(path.read_bytes()[:-3])
-    result = pull_shards(run.root, [0])[0]
-    assert result.state == "failed" and "damaged" in result.error and "cut short" in result.error
+    width = read_json(run.manifest_path)["rows"]["width"]
+    rows = list(run.manifest_rows())
+    del rows[0]["sha256"]
+    run.manifest_rows_path.write_bytes(b"".join(padded_rows(rows, width)))
+    results = {r.shard: r for r in pull_shards(run.root, [0, 1])}
+    assert results[0].state == "failed" and results[1].state == "done"
+    assert f"{run.manifest_rows_path}: row 0 is damaged (no sha256)" in results[0].error
 
 
 # 2. Progress written under another fingerprint is set aside; outputs never mix configs.
@@ -325,7 +327,10 @@ def test_a_done_marker_with_a_bad_output_is_regenerated(tmp_path: Path, damage: 
         output.write_bytes(bytes(data))
     else:
         run.done_path(2).write_text('{"shard": 2, "finger')
-    if damage != "flipped":  # status stats outputs (no checksum per refresh) and says what launch will redo
+    # status sees a missing output (it lists outputs/) and says what launch will redo; a marker damaged in
+    # place, or an output changed at its own size, only launch finds: status reads each marker once, from
+    # the done index, and does not re-read 339,000 markers or checksum outputs at every refresh.
+    if damage == "missing":
         seen = json.loads(run_cli("status", str(run.root), "--json").stdout)
         assert seen["shards"]["done"] == 3 and [r["shard"] for r in seen["redo_shards"]] == [2], seen["redo_shards"]
         text = run_cli("status", str(run.root), env={"COLUMNS": "400"}).stdout

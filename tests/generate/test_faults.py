@@ -29,9 +29,9 @@ def outputs(run: RunDir) -> list[dict]:
     return [r for shard in run.shard_ids() for r in read_jsonl_zst(run.output_path(shard))]
 
 
-def worker(run: RunDir, faults: dict | None = None, **kwargs) -> subprocess.Popen:
+def worker(run: RunDir, faults: dict | None = None, args: tuple[str, ...] = (), **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps(faults or {})}
-    return subprocess.Popen([sys.executable, "-m", "hpcsynth.generate.pull", str(run.root)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "hpcsynth.generate.pull", str(run.root), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -150,7 +150,8 @@ def test_worker_takes_over_a_shard_whose_holder_died_meanwhile(tmp_path: Path) -
     from hpcsynth.generate.worker import WorkerSession
 
     run = planned_run(tmp_path, "takeover", docs=20)
-    holder = worker(run, {"delay_s": 0.2})
+    # Shard 0 only: a worker goes round its shards from an offset of its own, and this one must hold 0.
+    holder = worker(run, {"delay_s": 0.2}, args=("--shards", "0"))
     deadline = time.monotonic() + 30
     while not run.progress_path(0).exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zstandard
 
-from hpcsynth.files import read_json, read_jsonl_zst
+from hpcsynth.files import read_jsonl_zst
 from hpcsynth.plan import plan_corpus
 from hpcsynth.plan.documents import DocumentBuilder, Dropped, estimate_tokens
 from hpcsynth.corpus.readers import read_file
@@ -83,7 +83,7 @@ def test_token_estimates_and_kept_fields_of_every_kind(tmp_path: Path) -> None:
     assert [d["meta"]["fields"] for d in docs] == [{"n.a": i, "s": [i], "gone": None} for i in range(3)]
     expected = [estimate_tokens(t, 3.3) for t in texts]
     assert expected[1] == max(1, round(len(texts[1].encode()) / 3.3)) != round(len(texts[1]) / 3.3)
-    assert read_json(run.manifest_path)["shards"][0]["est_tokens"] == sum(expected)
+    assert run.manifest_row(0)["est_tokens"] == sum(expected)
     builder = DocumentBuilder(config.plan, 3.3)
     parts = builder.build({"text": texts[0], "s": datetime.date(2024, 1, 2)}, "id", "f", "row", 0)
     assert not isinstance(parts, Dropped) and orjson.loads(parts[0].line)["meta"]["fields"]["s"] == "2024-01-02"

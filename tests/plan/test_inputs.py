@@ -10,7 +10,7 @@ import orjson
 import pytest
 import zstandard
 
-from hpcsynth.files import read_json, read_jsonl_zst
+from hpcsynth.files import read_jsonl_zst
 from hpcsynth.plan import plan_corpus
 from hpcsynth.rundir import RunDir
 
@@ -30,7 +30,7 @@ def write_parquet(path: Path, rows: int, row_group: int = 4, text: str = "text")
 
 
 def all_docs(run: RunDir) -> list[dict]:
-    return [d for s in read_json(run.manifest_path)["shards"] for d in read_jsonl_zst(run.shard_path(s["id"]))]
+    return [d for s in run.manifest_rows() for d in read_jsonl_zst(run.shard_path(s["id"]))]
 
 
 def rejects(run: RunDir) -> list[dict]:
@@ -48,7 +48,7 @@ def test_parquet_and_jsonl_mixed_with_filters_and_kept_fields(tmp_path: Path) ->
     assert [d["id"] for d in docs] == ["pq-2", "pq-4", "pq-7", "pq-8"]
     assert [d["meta"]["row"] for d in docs] == [2, 4, 7, 8] and docs[0]["meta"]["fields"] == {"int_score": 2}
     assert plan.summary["filtered_by_rule"] == {"filter": 9}
-    assert read_json(run.manifest_path)["shards"][0]["inputs"][0]["unit"] == "row"
+    assert run.manifest_row(0)["inputs"][0]["unit"] == "row"
 
 
 def test_parquet_without_text_column_lists_its_columns(tmp_path: Path) -> None:
@@ -70,13 +70,13 @@ def flipped(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("name, data, reason", [
     ("bad.parquet", b"PAR1 this is not parquet at all PAR1", "not a readable Parquet file"),
-    ("cut.jsonl.gz", gzip.compress(b'{"id": "g", "text": "gz text"}\n' * 200)[:-30], "gzip stream is truncated"),
+    ("cut.jsonl.gz", gzip.compress(b'{"id": "g", "text": "gz text"}\n' * 200, mtime=0)[:-30], "gzip stream is truncated"),
     ("cut.jsonl.zst", zstandard.ZstdCompressor(write_checksum=True).compress(b'{"id": "z", "text": "zst"}\n' * 2000)[:-40],
      "zstd stream is truncated"),
     ("flip.jsonl.zst", flipped(zstandard.ZstdCompressor(write_checksum=True).compress(
         b"".join(b'{"id": "f%d", "text": "zst %d"}\n' % (i, i * i) for i in range(2000)))),
      "zstd stream is truncated or corrupt"),
-])
+], ids=["bad-parquet", "cut-gz", "cut-zst", "flipped-zst"])  # the same ids in every xdist worker
 def test_corrupt_files_are_rejected_and_the_rest_planned(tmp_path: Path, name: str, data: bytes, reason: str) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(data)

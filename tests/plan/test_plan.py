@@ -22,10 +22,11 @@ def test_plan_splits_into_shards_with_manifest(tmp_path: Path) -> None:
     plan = plan_corpus(fake_config(corpus), run, jobs=1)
     assert (plan.shards, plan.documents, plan.rejected) == (3, 12, 0)
     manifest = read_json(run.manifest_path)
-    assert [s["documents"] for s in manifest["shards"]] == [5, 5, 2]
+    rows = list(run.manifest_rows())
+    assert [s["documents"] for s in rows] == [5, 5, 2]
     assert manifest["fingerprint"] == run.fingerprint() == plan.fingerprint
     keys = []
-    for shard in manifest["shards"]:
+    for shard in rows:
         assert sha256_file(run.shard_path(shard["id"])) == shard["sha256"]
         keys += [d["key"] for d in read_jsonl_zst(run.shard_path(shard["id"]))]
     assert len(set(keys)) == 12

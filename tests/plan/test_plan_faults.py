@@ -17,7 +17,7 @@ from hpcsynth.files import read_json, read_jsonl_zst, sha256_file
 from hpcsynth.plan import duplicates, plan_corpus
 from hpcsynth.rundir import RunDir
 
-from conftest import REPO, fake_config, run_cli, run_process, write_corpus
+from conftest import REPO, fake_config, run_cli, run_process, small_tmpfs, write_corpus
 
 
 def plan_args(tmp_path: Path, corpus: Path, run: Path, *extra: str) -> list[str]:
@@ -78,12 +78,7 @@ def test_an_input_removed_while_it_is_planned_fails_the_plan(tmp_path: Path, mon
 def test_a_full_disk_fails_the_plan_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     """A real full filesystem (a 1 MB tmpfs): the shard writes and fsyncs that hit it name no file, so the
     planner says where and what it was planning, in one line, and removes what it wrote."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a 1 MB tmpfs needs root and the right to mount")
-    try:
+    with small_tmpfs(tmp_path / "small") as small:
         corpus = write_corpus(tmp_path / "c.jsonl", 2000)  # a shard a document: 2,000 files of >= 4 KB
         # A process of its own: the planner that fails here leaves its shard files open until it exits,
         # and an in-process call would keep the tmpfs busy (umount: target is busy).
@@ -92,8 +87,6 @@ def test_a_full_disk_fails_the_plan_in_one_line_and_leaves_nothing(tmp_path: Pat
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert f"no space left on the filesystem of {small / 'run'}" in lines[0] and "plan again" in lines[0]
         assert not (small / "run").exists()
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) -> None:
@@ -110,9 +103,9 @@ def test_killed_plan_leaves_no_plan_and_the_next_one_finishes(tmp_path: Path) ->
         RunDir(run).manifest()
     done = run_cli(*plan_args(tmp_path, corpus, run), cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "fingerprint.json", "manifest.json", "plan",
-                                                         "shards"]
-    assert len(read_json(run / "manifest.json")["shards"]) == 6000
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "fingerprint", "fingerprint.json", "manifest.json",
+                                                     "manifest.rows.jsonl", "plan", "shards"]
+    assert RunDir(run).shard_count() == 6000
 
 
 def test_second_planner_on_the_same_run_is_refused(tmp_path: Path) -> None:
@@ -129,7 +122,7 @@ def test_second_planner_on_the_same_run_is_refused(tmp_path: Path) -> None:
     else:
         assert second.returncode == 2 and "another `hpcsynth plan` is writing" in second.stderr
         assert second.stderr.count("\n") == 1
-    assert len(read_json(run / "manifest.json")["shards"]) == 4000
+    assert RunDir(run).shard_count() == 4000
 
 
 def test_stale_lock_of_a_dead_planner_is_taken_over(tmp_path: Path) -> None:
@@ -174,9 +167,10 @@ def test_duplicates_across_groups_in_several_buckets(tmp_path: Path, monkeypatch
     config = fake_config(tmp_path, plan={"duplicate_ids": policy, "max_reject_rate": 1.0, "shard_docs": 2})
     plan = plan_corpus(config, run, [str(tmp_path / "in")], jobs=2)
     manifest = read_json(run.manifest_path)
-    docs = [d for s in manifest["shards"] for d in read_jsonl_zst(run.root / s["path"])]
+    docs = [d for s in run.manifest_rows() for d in read_jsonl_zst(run.root / s["path"])]
     assert [d["id"] for d in docs] == kept and manifest["documents"] == len(kept) == plan.documents
-    for shard in manifest["shards"]:  # rewritten shards: checksums, sizes and counts follow
+    assert run.shard_ids() == [s["id"] for s in run.manifest_rows()] == list(range(plan.shards))  # 0..N-1
+    for shard in run.manifest_rows():  # rewritten shards: checksums, sizes and counts follow
         assert sha256_file(run.root / shard["path"]) == shard["sha256"]
         assert len(list(read_jsonl_zst(run.root / shard["path"]))) == shard["documents"]
     rejects = [orjson.loads(l) for l in (run.root / "plan" / "rejects.jsonl").read_bytes().splitlines()]

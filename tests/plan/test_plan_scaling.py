@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hpcsynth.files import read_json
-from hpcsynth.plan import planner, plan_corpus
-from hpcsynth.rundir import RunDir
+from hpcsynth.plan import manifest as plan_manifest, planner, plan_corpus
+from hpcsynth.rundir import MANIFEST_ROWS, RunDir
 
 from conftest import fake_config, outlived, write_corpus
 
@@ -44,6 +44,7 @@ def test_small_plan_is_split_for_the_pool_and_gives_the_same_bytes(tmp_path: Pat
     shards = [sorted((tmp_path / f"run-{jobs}" / "shards").iterdir()) for jobs in (1, 2)]
     assert [p.read_bytes() for p in shards[0]] == [p.read_bytes() for p in shards[1]]
     assert read_json(tmp_path / "run-1" / "manifest.json") == read_json(tmp_path / "run-2" / "manifest.json")
+    assert (tmp_path / "run-1" / MANIFEST_ROWS).read_bytes() == (tmp_path / "run-2" / MANIFEST_ROWS).read_bytes()
     # The pool froze the collector's objects for its fork only: this process collects them again.
     assert gc.get_freeze_count() == 0
 
@@ -84,19 +85,19 @@ def test_pool_workers_fsync_every_shard_before_the_manifest(tmp_path: Path, monk
         write_corpus(tmp_path / "in" / f"p{part}.jsonl", 20, prefix=f"p{part}")
     log = tmp_path / "log"
     monkeypatch.setattr(os, "fsync", _logging_fsync(log))  # the forked workers inherit it
-    real_write = planner.atomic_write_json
+    real_write = plan_manifest.atomic_write_chunks
 
-    def write_json(path: Path, data) -> None:
-        if path.name == "manifest.json":
+    def write_chunks(path: Path, chunks) -> None:
+        if path.name == MANIFEST_ROWS:  # the manifest's first file (its header comes after)
             with open(log, "a") as handle:
                 handle.write("manifest\n")
-        real_write(path, data)
+        real_write(path, chunks)
 
-    monkeypatch.setattr(planner, "atomic_write_json", write_json)
+    monkeypatch.setattr(plan_manifest, "atomic_write_chunks", write_chunks)
     run = RunDir(tmp_path / "run")
     plan_corpus(fake_config(tmp_path, plan={"group_mb": 0, "shard_docs": 3}), run, [str(tmp_path / "in")], jobs=2)
     events = log.read_text().splitlines()
-    shards = {Path(row["path"]).name for row in read_json(run.manifest_path)["shards"]}
+    shards = {Path(row["path"]).name for row in run.manifest_rows()}
     assert len(shards) == 28 and events.count("manifest") == 1
     synced = {e.split()[1] for e in events[:events.index("manifest")] if e.startswith("fsync")}
     assert shards <= synced, f"not on disk before the manifest: {sorted(shards - synced)[:5]}"

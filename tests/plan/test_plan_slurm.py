@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -24,6 +25,55 @@ def digest(run: Path) -> str:
     for path in sorted((run / "shards").iterdir()):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
+
+
+def squeue(cluster, *args: str) -> list[str]:
+    return subprocess.run(["squeue", "-h", *args], env=cluster.env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+@contextlib.contextmanager
+def node_held(cluster):
+    """A job on every CPU of the one node: array tasks submitted meanwhile stay pending until it ends."""
+    import time
+
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "-c", "8", "--mem", "100M", "-o", "/dev/null",
+                              "--wrap", "sleep 600"], env=cluster.env, capture_output=True, text=True,
+                             check=True).stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 60
+        while squeue(cluster, "-j", blocker, "-o", "%T") != ["RUNNING"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield
+    finally:
+        subprocess.run(["scancel", blocker], env=cluster.env, check=True)
+
+
+def slurm_plan(tmp_path: Path, parts: int, docs: int) -> tuple[list[str], Path]:
+    """A corpus of `parts` files of `docs` documents, a config, and the `plan --executor slurm` command."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for part in range(parts):
+        (inputs / f"p{part}.jsonl").write_bytes(b"".join(
+            orjson.dumps({"id": f"p{part}-{i}", "text": f"document {i} " + "words " * 40}) + b"\n" for i in range(docs)))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {engine: fake}\nplan: {group_mb: 0}\nslurm: {partition: gpu, mem_gb: 1}\n")
+    run = tmp_path / "run"
+    return [sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input", str(inputs),
+            "--jobs", "1", "--executor", "slurm"], run
+
+
+def submitted_array(run: Path, proc: subprocess.Popen) -> str:
+    """The id of the plan's scan array, once the planner has submitted it."""
+    import time
+
+    array, deadline = "", time.monotonic() + 120
+    while not array and time.monotonic() < deadline and proc.poll() is None:
+        for folder in (run / "slurm").glob("plan-scan-*"):
+            array = folder.name.removeprefix("plan-scan-")
+        time.sleep(0.05)
+    assert array.isdigit(), "the scan array was submitted"
+    return array
 
 
 def test_plan_as_cpu_arrays_matches_local(tmp_path: Path, cluster) -> None:
@@ -60,45 +110,17 @@ def test_a_scan_task_cancelled_before_it_starts_fails_the_plan_and_cancels_the_r
     waiting on it hung the plan for ever. squeue shows it gone: the plan fails in one line naming the task,
     cancels the array's other tasks (they would write into a plan that is gone), leaves nothing that looks
     planned, and the next plan finishes."""
-    import time
-
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for part in range(3):
-        with open(inputs / f"p{part}.jsonl", "wb") as handle:
-            for i in range(30):
-                handle.write(orjson.dumps({"id": f"p{part}-{i}", "text": f"document {i} " + "words " * 40}) + b"\n")
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {engine: fake}\nplan: {group_mb: 0}\nslurm: {partition: gpu, mem_gb: 1}\n")
-    run = tmp_path / "run"
-    command = [sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input", str(inputs),
-               "--jobs", "1", "--executor", "slurm"]
-    squeue = lambda *args: subprocess.run(["squeue", "-h", *args], env=cluster.env, capture_output=True,  # noqa: E731
-                                          text=True, check=True).stdout.split()
-    # A job on every CPU of the one node: the plan's tasks stay pending until it ends.
-    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "-c", "8", "--mem", "100M", "-o", "/dev/null",
-                              "--wrap", "sleep 600"], env=cluster.env, capture_output=True, text=True,
-                             check=True).stdout.strip().split(";")[0]
-    try:
-        deadline = time.monotonic() + 60
-        while squeue("-j", blocker, "-o", "%T") != ["RUNNING"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+    command, run = slurm_plan(tmp_path, 3, 30)
+    with node_held(cluster):
         proc = subprocess.Popen(command, cwd=REPO, env=cluster.env, stderr=subprocess.PIPE, text=True)
-        array, deadline = "", time.monotonic() + 120
-        while not array and time.monotonic() < deadline and proc.poll() is None:
-            for folder in (run / "slurm").glob("plan-scan-*"):
-                array = folder.name.removeprefix("plan-scan-")
-            time.sleep(0.05)
-        assert array.isdigit(), "the scan array was submitted"
-        assert f"{array}_0" in squeue("-r", "-j", array, "-o", "%i"), "task 0 is pending"
+        array = submitted_array(run, proc)
+        assert f"{array}_0" in squeue(cluster, "-r", "-j", array, "-o", "%i"), "task 0 is pending"
         subprocess.run(["scancel", f"{array}_0"], env=cluster.env, check=True)
         _, stderr = proc.communicate(timeout=120)
         lines = stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, stderr
         assert f"plan-scan array task {array}_0 left Slurm's queue without a result" in lines[0], lines[0]
-        assert squeue("-r", "-j", array, "-o", "%i") == [], "the array's other tasks were cancelled"
-    finally:
-        subprocess.run(["scancel", blocker], env=cluster.env, check=True)
+        assert squeue(cluster, "-r", "-j", array, "-o", "%i") == [], "the array's other tasks were cancelled"
     assert not (run / "manifest.json").exists() and not list(run.glob(".plan-tmp-*")) and not (run / "shards").exists()
     subprocess.run(command, cwd=REPO, env=cluster.env, check=True, capture_output=True, timeout=300)
     assert orjson.loads((run / "manifest.json").read_bytes())["documents"] == 90
@@ -120,36 +142,15 @@ def test_a_planner_stopped_by_term_or_hup_cancels_its_array(tmp_path: Path, clus
     and left its array queued; now it unwinds as Ctrl-C does and cancels the array."""
     import time
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for part in range(2):
-        (inputs / f"p{part}.jsonl").write_bytes(b"".join(
-            orjson.dumps({"id": f"p{part}-{i}", "text": f"document {i} " + "words " * 40}) + b"\n" for i in range(20)))
-    config = tmp_path / "c.yaml"
-    config.write_text("model: {engine: fake}\nplan: {group_mb: 0}\nslurm: {partition: gpu, mem_gb: 1}\n")
-    run = tmp_path / "run"
-    squeue = lambda *args: subprocess.run(["squeue", "-h", *args], env=cluster.env, capture_output=True,  # noqa: E731
-                                          text=True, check=True).stdout.split()
-    blocker = subprocess.run(["sbatch", "--parsable", "-p", "gpu", "-c", "8", "--mem", "100M", "-o", "/dev/null",
-                              "--wrap", "sleep 600"], env=cluster.env, capture_output=True, text=True,
-                             check=True).stdout.strip().split(";")[0]
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "hpcsynth", "plan", str(config), "--run", str(run), "--input",
-                                 str(inputs), "--jobs", "1", "--executor", "slurm"], cwd=REPO, env=cluster.env,
-                                stderr=subprocess.PIPE, text=True)
-        array, deadline = "", time.monotonic() + 120
-        while not array and time.monotonic() < deadline and proc.poll() is None:
-            for folder in (run / "slurm").glob("plan-scan-*"):
-                array = folder.name.removeprefix("plan-scan-")
-            time.sleep(0.05)
-        assert array.isdigit(), "the scan array was submitted"
-        while not squeue("-r", "-j", array, "-o", "%i") and time.monotonic() < deadline:
+    command, run = slurm_plan(tmp_path, 2, 20)
+    with node_held(cluster):
+        proc = subprocess.Popen(command, cwd=REPO, env=cluster.env, stderr=subprocess.PIPE, text=True)
+        array, deadline = submitted_array(run, proc), time.monotonic() + 60
+        while not squeue(cluster, "-r", "-j", array, "-o", "%i") and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # the planner is waiting on its tasks now
         proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "interrupted" in stderr, (proc.returncode, stderr)
-        assert squeue("-r", "-j", array, "-o", "%i") == [], "the array was cancelled"
-    finally:
-        subprocess.run(["scancel", blocker], env=cluster.env, check=True)
+        assert squeue(cluster, "-r", "-j", array, "-o", "%i") == [], "the array was cancelled"
     assert not (run / "manifest.json").exists()

@@ -114,7 +114,7 @@ def test_validate_skips_a_damaged_output_and_refuses_a_run_with_none_done(plante
     assert proc.returncode == 0, proc.stderr
     report = read_json(run.root / "validate" / "report.json")
     assert report["shards_checked"] == 1 and report["records"] == 5 * 4
-    assert report["shards_skipped"][0]["shard"] == 1 and "checksum" in report["shards_skipped"][0]["reason"]
+    assert report["shards_skipped"][0]["shard"] == 1 and "its done marker says" in report["shards_skipped"][0]["reason"]
     assert "1 shard(s) not done were left out" in proc.stdout
     # Where the report cannot be written, the table is still shown, then one line says why.
     import shutil

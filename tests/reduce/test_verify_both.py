@@ -43,19 +43,9 @@ def test_verify_names_the_partial_and_the_full_reduce_with_their_own_figures(tmp
 
 def test_a_full_disk_under_reduce_out_is_one_line_naming_it(tmp_path: Path, tiny_model: Path) -> None:
     """A real full filesystem (a 1 MB tmpfs) as --out: the writes that hit it name no file."""
-    import os
-    import subprocess
+    from conftest import run_process, small_tmpfs
 
-    import pytest
-
-    from conftest import run_process
-
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a 1 MB tmpfs needs root and the right to mount")
-    try:
+    with small_tmpfs(tmp_path / "small") as small:
         corpus = write_corpus(tmp_path / "c.jsonl", 400)
         config = fake_config(corpus, reduce={"tokenizer": str(tiny_model), "min_chars": 1, "part_shards": 1})
         config = dataclasses.replace(config, plan=dataclasses.replace(config.plan, shard_docs=20))
@@ -68,5 +58,3 @@ def test_a_full_disk_under_reduce_out_is_one_line_naming_it(tmp_path: Path, tiny
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert f"no space left on the filesystem of {small / 'out'}" in lines[0], lines[0]
         assert "run the same reduce again" in lines[0]
-    finally:
-        subprocess.run(["umount", str(small)], check=True)

@@ -108,11 +108,13 @@ def test_lengths_of_a_run_in_progress_come_from_heartbeats(tmp_path: Path) -> No
 
 
 def _markers_without_by_prompt(run) -> None:
-    """Done markers as written before `by_prompt` existed: lengths then come from the outputs."""
+    """Done markers as written before `by_prompt` existed: lengths then come from the outputs. Written as
+    hpcsynth writes a marker (a new file renamed over the old: another inode than its index line names)."""
     for path in (run.root / "done").glob("*.json"):
         marker = orjson.loads(path.read_bytes())
         marker.pop("by_prompt", None)
-        path.write_bytes(orjson.dumps(marker))
+        path.with_suffix(".tmp").write_bytes(orjson.dumps(marker))
+        path.with_suffix(".tmp").replace(path)
 
 
 def test_lengths_come_from_the_markers_every_shard_without_reading_outputs(finished) -> None:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from hpcsynth.files import read_jsonl_zst
+from hpcsynth.rundir import RunDir
 
 from conftest import Result, run_cli, write_corpus
 
@@ -65,12 +66,16 @@ def grid_run(tmp_path_factory, tiny_model: Path) -> Path:
 
 def test_plan_shares_the_shards_and_fingerprints_each_generator(grid_run: Path) -> None:
     parent = orjson.loads((grid_run / "manifest.json").read_bytes())
+    parent_rows = list(RunDir(grid_run).manifest_rows())
     fingerprints = set()
     for name in ("tiny", "fake"):
         sub = grid_run / "generators" / name
         manifest = orjson.loads((sub / "manifest.json").read_bytes())
-        assert [r["sha256"] for r in manifest["shards"]] == [r["sha256"] for r in parent["shards"]]
-        for row in parent["shards"]:
+        assert manifest["rows"] == parent["rows"] and manifest["grid"] == {"parent": "../..", "generator": name}
+        assert list(RunDir(sub).manifest_rows()) == parent_rows
+        mine, theirs = (sub / "manifest.rows.jsonl").stat(), (grid_run / "manifest.rows.jsonl").stat()
+        assert (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev), "the parent's row file, linked"
+        for row in parent_rows:
             mine, theirs = (sub / row["path"]).stat(), (grid_run / row["path"]).stat()
             assert (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev), "a link, not a copy"
         assert manifest["fingerprint"] == (sub / "fingerprint").read_text().strip()

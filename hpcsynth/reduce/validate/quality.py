@@ -75,7 +75,7 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
 
     started = time.monotonic()
     manifest = run.manifest()
-    shards, skipped = ready_shards(run, manifest, partial=True)
+    shards, skipped = ready_shards(run, partial=True)
     formats = prompt_formats(manifest)
     prompts: dict[str, PromptQuality] = {}
     for shard in shards:
