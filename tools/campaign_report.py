@@ -48,7 +48,7 @@ def report(r: dict) -> None:
           f"{b['window_s']} s)")
     print(f"at {1000:,} GPUs ({e['of_size']:,} shards): {e['seconds_per_shard']} s per shard (FinePhrase: 1,000 docs x "
           f"4 prompts x 359 tokens at 4,000 tok/s), {e['commits_per_s']} commits/s")
-    print(f"  steady rate = per-shard calls at W=1000 ({e['per_shard_calls_at_1000']}, the line through W=2 and 8) x "
+    print(f"  steady rate = per-shard calls at W=1000 ({e['per_shard_calls_at_1000']}, the line through W=2 and 8, at least the larger measured) x "
           f"{e['commits_per_s']}/s + {b['calls_per_worker_s']}/s x 1000 = {e['shard_rate']:,} + {e['time_rate']:,} = "
           f"{e['steady_rate']:,} calls/s")
     print(f"  (if per-shard calls stayed at W=8's: {e['flat_rate']:,} calls/s)")
