@@ -108,6 +108,8 @@ class Inputs:
     price: float = 0.0
     efficiency: float = 1.0
     input_tokens: float = 0.0
+    # The run's own sampling.max_tokens: no record can be longer, whatever a published length says (0: none).
+    max_output_tokens: float = 0.0
     # Measured on a run: {prompt: (tokens per record, how)} and {generator: (tok/s per GPU, how)}.
     measured_lengths: dict[str, tuple[float, str]] = field(default_factory=dict)
     measured_rates: dict[str, tuple[float, str]] = field(default_factory=dict)
@@ -180,7 +182,11 @@ def _length(prompt: str, inputs: Inputs, anchors: dict[str, Any]) -> tuple[float
         return inputs.output_tokens, "given (--output-tokens)"
     if prompt in inputs.measured_lengths:
         return inputs.measured_lengths[prompt]
-    return output_length(prompt, anchors)
+    length, source = output_length(prompt, anchors)
+    cap = inputs.max_output_tokens
+    if cap and length > cap:  # a published length the run's own limit cannot reach
+        return cap, f"the run's sampling.max_tokens={cap:g} (below {source}: {length:,.0f})"
+    return length, source
 
 
 def _row(generator: str, prompt: str, documents: int, length: float, tokens: float, length_source: str,

@@ -8,11 +8,13 @@ the estimate to the published anchors.
 
 from __future__ import annotations
 
+import numpy as np
 import zstandard
 
+from hpcsynth.config import Config
 from hpcsynth.files import read_jsonl_zst
+from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
-import numpy as np
 
 from hpcsynth.status.collect import Collected, collect_run
 from hpcsynth.status.collect import count_number as _number
@@ -34,11 +36,24 @@ def inputs_from_run(run: RunDir, collected: Collected | None = None, **given) ->
     generator = config.model.path or config.model.engine
     collected = collected if collected is not None else collect_run(run, slurm=False)
     rate = measured_rate(run, collected)
-    return Inputs(**{"documents": int(manifest["documents"]), "prompts": prompts, "generators": (generator,),
-                     "input_tokens": float(manifest.get("est_tokens", 0)) * len(prompts),
+    documents = int(manifest["documents"])
+    return Inputs(**{"documents": documents, "prompts": prompts, "generators": (generator,),
+                     "input_tokens": float(manifest.get("est_tokens", 0)) * len(prompts)
+                     + instruction_tokens(config, manifest) * documents,
+                     "max_output_tokens": float(config.sampling.max_tokens),
                      "measured_lengths": measured_lengths(run, prompts, collected),
                      "measured_rates": {generator: rate[:2]} if rate else {},
                      "unit": rate[2] if rate else "GPU", **given})
+
+
+def instruction_tokens(config: Config, manifest: dict) -> float:
+    """Prompt-side tokens a record adds to its document: the system message and the template around it,
+    estimated with the plan's bytes per token (the same yardstick as the documents' est_tokens)."""
+    per_token = float(manifest.get("bytes_per_token") or 0) or 4.0
+    total = 0
+    for prompt in load_prompts(config):
+        total += sum(len(m["content"].encode()) for m in prompt.render(""))
+    return total / per_token
 
 
 def measured_lengths(run: RunDir, prompts: tuple[str, ...],

@@ -36,8 +36,8 @@ def render_estimate(estimate: Estimate, account: dict[str, Any] | None = None, c
     if estimate.price and totals["tokens"]:
         console.print(f"${totals['cost_per_million_tokens']:,.4f} per million completion tokens")
     if estimate.input_tokens:
-        console.print(f"input: ~{si(estimate.input_tokens)} prompt-side tokens (plan's estimate, documents x "
-                      f"prompts); the rates above already include their prefill")
+        console.print(f"input: ~{si(estimate.input_tokens)} prompt-side tokens (plan's estimate: documents x "
+                      f"prompts, with each prompt's instruction); the rates above already include their prefill")
     console.print("where the figures come from:", style="dim")
     for names, source in sources(estimate):
         console.print(f"  {names}: {source}", style="dim", markup=False)

@@ -103,3 +103,22 @@ def test_documents_far_from_finephrases_length_are_pointed_out() -> None:
     far = make_estimate(Inputs(documents=100, prompts=("faq", "math"), input_tokens=2 * 100 * 150))
     assert not any("average" in n for n in near.notes)
     assert any("average ~150 tokens against FinePhrase's ~1,150" in n for n in far.notes)
+
+
+def test_a_planned_run_is_priced_with_its_own_token_limit_and_its_instructions(tmp_path) -> None:
+    """Before a run had measured anything, estimate priced 359 completion tokens a record (FinePhrase's
+    published mean) where the run's sampling.max_tokens is 64, and counted only the documents on the
+    prompt side, not each prompt's instruction."""
+    from conftest import planned_fake_run
+    from hpcsynth.rundir import RunDir
+
+    run: RunDir = planned_fake_run(tmp_path, docs=20, shard_docs=5, sampling={"max_tokens": 64})
+    result = run_cli("estimate", str(run.root), "--json", "--tokens-per-second", "1000")
+    assert result.returncode == 0, result.stderr
+    estimate = orjson.loads(result.stdout)
+    rows = estimate["rows"]
+    assert rows and all(r["tokens_per_record"] <= 64 for r in rows), rows
+    assert all("sampling.max_tokens=64" in r["length_source"] for r in rows), rows
+    manifest = run.manifest()
+    documents_only = manifest["est_tokens"] * len(manifest["prompts"])
+    assert estimate["input_tokens"] > documents_only * 1.05, "each prompt's instruction is counted too"
