@@ -6,11 +6,14 @@ User mistakes arrive here as HpcsynthError and leave as one line on stderr with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import threading
 import sys
 import time
 from pathlib import Path
 
+from collections.abc import Iterator
 from typing import Any
 
 from hpcsynth import __version__
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--verify", choices=["sha256", "size"], default="sha256",
                         help="how done outputs are checked before relaunching: sha256 reads every "
                              "output once, size is a stat per shard (default: sha256)")
+    launch.add_argument("--progress", type=float, metavar="SECONDS",
+                        help="local runs: print records, tokens, shards, rate and ETA this often on stderr (default: "
+                             "every 2 s in place at a terminal, a line every 30 s when piped; 0: never)")
     launch.add_argument("--workers", type=int, default=1,
                         help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES; with 1 and several GPUs "
                              "listed there, all of them, as slurm.gpu_mode says (default: 1)")
@@ -212,8 +218,10 @@ def _launch(args: argparse.Namespace) -> int:
     from hpcsynth.execute.launch import launch_run
     from hpcsynth.rundir import RunDir
 
-    report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
-                        config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
+    interval = args.progress if args.progress is not None else (2.0 if sys.stderr.isatty() else 30.0)
+    with launch_progress(RunDir(args.run), interval if args.executor == "local" else 0):
+        report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
+                            config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
     for shard, problem in report.repaired[:10]:
         print(f"  shard {shard} will be generated again: {problem}", file=sys.stderr)
     if report.executor == "slurm":
@@ -230,6 +238,41 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"  {len(report.worker_errors)} of {args.workers} worker(s) failed; first: {report.worker_errors[0]}",
               file=sys.stderr)
     return 1 if report.failed or report.worker_errors else 0
+
+
+@contextlib.contextmanager
+def launch_progress(run: Any, interval: float) -> Iterator[None]:
+    """While a local launch runs: records, tokens, shards, rate and ETA every `interval` seconds, on stderr
+    (one line rewritten in place at a terminal, a line each time when piped to a file, a batch log or
+    tee). Read from the run directory as status reads it: the done index and the heartbeats."""
+    if interval <= 0:
+        yield
+        return
+    stop = threading.Event()
+    tty = sys.stderr.isatty()
+
+    def show() -> None:
+        from hpcsynth.status.collect import collect_status
+
+        while not stop.wait(interval):
+            try:
+                st = collect_status(run, slurm=False)
+            except Exception:  # noqa: BLE001 - a run mid-change: the next tick shows it
+                continue
+            eta = f", ETA {st.eta_s / 60:,.1f} min" if st.eta_s else ""
+            line = (f"launch: {st.shards.done}/{st.shards.total} shards, {st.records_done:,}/"
+                    f"{st.records_expected:,} records, {st.tokens_done:,} tokens, {st.tokens_per_s:,.0f} tok/s{eta}")
+            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=show, daemon=True, name="hpcsynth-launch-progress")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        if tty:
+            print(file=sys.stderr)
 
 
 def _status(args: argparse.Namespace) -> int:

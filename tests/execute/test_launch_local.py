@@ -4,6 +4,7 @@ starts, and workers that fail anyway make launch exit non-zero with their first 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -97,3 +98,17 @@ def test_a_model_directory_only_compute_nodes_see_is_left_to_slurm_workers(tmp_p
     check_model(elsewhere, "c.yaml", here=False)  # plan, and launch --executor slurm
     with pytest.raises(ConfigError, match="is not a directory"):
         check_model(elsewhere, "c.yaml")  # local workers would fail: say so now
+
+
+def test_a_piped_launch_prints_progress_lines_while_it_runs(tmp_path: Path) -> None:
+    # launch printed nothing until it ended (60 s blank on a real run, to a terminal or a batch log).
+    from conftest import planned_fake_run, run_cli
+
+    run = planned_fake_run(tmp_path, docs=20, shard_docs=2)
+    result = run_cli("launch", str(run.root), "--progress", "0.3",
+                     env={"HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.03})})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("launch: ")]
+    assert len(lines) >= 2, result.stderr
+    assert all("/10 shards" in line and "records" in line and "tok/s" in line for line in lines), lines
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr, "piped: plain lines"
