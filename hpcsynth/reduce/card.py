@@ -74,7 +74,7 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
         front["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}]
     partial = " This is a PARTIAL reduce: not every shard of the run was done." if info.get("partial") else ""
     body = [
-        f"# {info['name']}: synthetic rephrasings\n",
+        f"# {cell(info['name'])}: synthetic rephrasings\n",
         f"Web documents rephrased by {code(model_name(info.get('model', '')))} with the prompts "
         f"{cell(', '.join(map(str, prompts))) or '-'}, "
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
@@ -107,9 +107,9 @@ def _cost_scope(info: dict[str, Any]) -> str:
     if not view.get("prompts"):
         return ""
     run_prompts = info.get("run_prompts") or []
-    return (f"The cost is that of the generator's whole run ({', '.join(map(str, run_prompts)) or 'all its prompts'}"
+    return (f"The cost is that of the generator's whole run ({cell(', '.join(map(str, run_prompts))) or 'all its prompts'}"
             f" in one request stream), shared by every dataset made from it; this one holds "
-            f"{', '.join(map(str, view['prompts']))}.")
+            f"{cell(', '.join(map(str, view['prompts'])))}.")
 
 
 def model_name(path: str) -> str:

@@ -139,10 +139,12 @@ def tokenizer_name(path: str) -> str:
 
 
 def cell(value: Any) -> str:
-    """A table cell: no pipe or line break from a name may break the table, and no '<' start an HTML tag
-    on the Hub's page (a corpus file named `<img src=x onerror=...>.jsonl`)."""
+    """A table cell: no pipe or line break from a name may break the table, no '<' start an HTML tag on the
+    Hub's page (a corpus file named `<img src=x onerror=...>.jsonl`), and no bracket start a Markdown link
+    or image (a file named `[click](https://...)`, an image that calls a tracker when the page is read)."""
     text = str(value if value is not None else "")
-    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("<", "&lt;")
+    return (text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+            .replace("<", "&lt;").replace("[", "\\[").replace("]", "\\]"))
 
 
 def code(value: Any) -> str:

@@ -336,3 +336,25 @@ def test_verify_checks_the_mix_against_the_written_files(small_run: RunDir, tmp_
     atomic_write_json(out / "report.json", report)
     proc = hpcsynth("verify", str(out), check=False)
     assert proc.returncode == 1 and "the mix says run_originals has" in proc.stdout and "tokens, mix.docs.jsonl holds" in proc.stdout
+
+
+def test_markdown_links_and_images_in_names_stay_text_on_the_card() -> None:
+    """A corpus file or a prompt named `[click](https://...)` became a live link on the Hub's page, and an
+    image reference a request to a tracker from every reader's browser."""
+    import re
+
+    from hpcsynth.reduce.card import render_card
+
+    evil = "[click](https://example.invalid/x) ![t](https://example.invalid/p.png)"
+    mix = {"seed": 0, "total_tokens": 10, "sources": [
+        {"name": "hq", "kind": "corpus", "path": f"/data/{evil}.jsonl", "documents": 1, "tokens": 10}]}
+    info = {"name": f"mix {evil}", "model": "m", "engine": "fake", "prompts": ["faq"],
+            "inputs": [{"name": f"{evil}.jsonl"}], "input_files": 1, "mix": mix, "mix_file": "mix.json",
+            "prompt_table": [{"name": evil, "format": "faq", "version": 1, "template_hash": "h"}],
+            "view": {"prompts": [evil]}, "run_prompts": [evil],
+            "report": {"sequences": 1, "tokens": 10, "tokenizer": "t", "eos_token": "e", "tokens_by_source": {"hq": 10}},
+            "card": {"license": "odc-by"}}
+    body = render_card(info, None).split("---\n", 2)[2]
+    outside = "".join(_outside_code(line) for line in body.splitlines())
+    assert "click" in outside, "the names are still shown"
+    assert not re.search(r"(?<!\\)\]\(", outside), "no unescaped ](: no link or image is formed"
