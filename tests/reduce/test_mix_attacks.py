@@ -35,6 +35,20 @@ def small_run(tmp_path_factory) -> RunDir:
     return rephrased_run(root, 100, tokenizer, part_shards=1, bucket_docs=50)
 
 
+@pytest.fixture(autouse=True)
+def _the_run_as_it_was(request):
+    """Tests re-mix the module's one run (set_mix, write_config); each leaves its config as it found it,
+    so the order the tests run in (xdist hands them out as it likes) cannot change what another sees: a
+    test that deleted its mix source left the run pointing at it, and a later reduce failed."""
+    if "small_run" not in request.fixturenames:
+        yield
+        return
+    run = request.getfixturevalue("small_run")
+    config = run.config()
+    yield
+    run.write_config(config, run.fingerprint())
+
+
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
