@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -54,3 +55,26 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent ended before the prctl above took effect
         os._exit(1)
+
+
+@contextlib.contextmanager
+def stops_on_term_and_hup() -> Iterator[None]:
+    """SIGTERM (`kill`, `hpcsynth cancel`, a batch system's limit) and SIGHUP (a closed terminal) unwind
+    like Ctrl-C, so what this process started is stopped and its records removed; Python's default for
+    both ended the process at once. Only the main thread may set handlers; elsewhere nothing changes."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise Stopped(f"stopped by signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (a waiting plan cancels its array, a launch ends its workers)."""

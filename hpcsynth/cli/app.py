@@ -28,7 +28,8 @@ COMMANDS = {
                "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
-    "cancel": ("cancel the Slurm jobs of a run, its launches and Slurm reduces (finished work is kept)",
+    "cancel": ("stop a run's local workers (this host) and cancel its Slurm launches and reduces (finished work "
+               "is kept)",
                "hpcsynth cancel runs/fp"),
     "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx",
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--progress", type=float, metavar="SECONDS",
                         help="local runs: print records, tokens, shards, rate and ETA this often on stderr (default: "
                              "every 2 s in place at a terminal, a line every 30 s when piped; 0: never)")
+    launch.add_argument("--add-workers", action="store_true",
+                        help="start more workers beside a launch still running (local: on GPUs it does not use; "
+                             "slurm: submit while the run's jobs are queued or running)")
     launch.add_argument("--workers", type=int, default=1,
                         help="local worker processes, one per GPU via CUDA_VISIBLE_DEVICES; with 1 and several GPUs "
                              "listed there, all of them, as slurm.gpu_mode says (default: 1)")
@@ -221,7 +225,8 @@ def _launch(args: argparse.Namespace) -> int:
     interval = args.progress if args.progress is not None else (2.0 if sys.stderr.isatty() else 30.0)
     with launch_progress(RunDir(args.run), interval if args.executor == "local" else 0):
         report = launch_run(RunDir(args.run), args.executor, retry_failed=args.retry_failed, workers=args.workers,
-                            config_path=args.config, force=args.force, profile=args.profile, verify=args.verify)
+                            config_path=args.config, force=args.force, profile=args.profile, verify=args.verify,
+                            add_workers=args.add_workers)
     for shard, problem in report.repaired[:10]:
         print(f"  shard {shard} will be generated again: {problem}", file=sys.stderr)
     if report.executor == "slurm":
@@ -315,11 +320,23 @@ def _cancel(args: argparse.Namespace) -> int:
     from hpcsynth.execute.slurm_jobs import cancel, cancel_jobs, recorded_reduce_ids
     from hpcsynth.rundir import RunDir
 
+    from hpcsynth.execute.local_runs import cancel_local
+
     run = RunDir(args.run)
     run.require_planned()
+    stopped, elsewhere = cancel_local(run)  # local launches of this host: by host, pid and start time
     ids = cancel(run) + cancel_jobs(recorded_reduce_ids(run.reduce_jobs_path))  # launches, then reduces
-    print(f"cancelled Slurm jobs {', '.join(ids)}" if ids else f"{args.run} has no Slurm jobs to cancel")
-    return 0
+    for line in stopped:
+        print(line)
+    if ids:
+        print(f"cancelled Slurm jobs {', '.join(ids)}")
+    for line in elsewhere:
+        print(line, file=sys.stderr)
+    if not (stopped or ids or elsewhere):
+        print(f"{args.run} has no local workers or Slurm jobs to cancel")
+    if stopped or ids:
+        print(f"finished shards are kept; `hpcsynth launch {args.run}` goes on from them")
+    return 1 if elsewhere else 0
 
 
 def _reduce(args: argparse.Namespace) -> int:

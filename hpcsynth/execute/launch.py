@@ -24,6 +24,7 @@ from hpcsynth.prompts import load_prompts
 from hpcsynth.execute.local import describe_failures, run_task, run_worker_processes, visible_gpus
 from hpcsynth.generate.engines import check_model
 from hpcsynth.generate.pull import pull_shards
+from hpcsynth.locks import process_start
 from hpcsynth.logs import log_to
 from hpcsynth.rundir import RunDir
 
@@ -46,7 +47,7 @@ class LaunchReport:
 
 def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False, workers: int = 1,
                config_path: Path | None = None, force: bool = False, profile: Path | None = None,
-               verify: str = "sha256") -> LaunchReport:
+               verify: str = "sha256", add_workers: bool = False) -> LaunchReport:
     run.require_planned()
     try:
         config = run.config()  # a broken resolved config should fail here, not inside a worker
@@ -70,18 +71,36 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
     _check_engine_args(config)
     if executor == "slurm":
         slurm = load_profile(profile, config.slurm) if profile else config.slurm
-        return dataclasses.replace(_launch_slurm(run, slurm, retry_failed, force), repaired=repaired)
-    if workers == 1 and len(visible_gpus()) > 1:
-        # This machine lists several GPUs: use them all, as an array task given them would.
-        run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode)
-    elif workers == 1:
-        _run_in_process(run, retry_failed)
-    else:
-        visible = visible_gpus()
-        gpus = visible[:workers] if len(visible) >= workers else [str(i) for i in range(workers)]
-        errors = describe_failures(run_worker_processes(run, gpus, retry_failed))
-        return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
-    return dataclasses.replace(_report(run, executor), repaired=repaired)
+        return dataclasses.replace(_launch_slurm(run, slurm, retry_failed, force or add_workers),
+                                   repaired=repaired)
+    errors = _launch_local(run, config, workers, retry_failed, add_workers)
+    return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
+
+
+def _launch_local(run: RunDir, config: Config, workers: int, retry_failed: bool, add: bool) -> list[str]:
+    """Workers on this machine, recorded in RUN/local/ (execute/local_runs.py) for `cancel` and for the next
+    launch, on GPUs no other live launch of the run holds. SIGTERM and SIGHUP end them as Ctrl-C does.
+    Returns a line per worker process that failed."""
+    from hpcsynth.execute.local_runs import machine_gpus, registered
+    from hpcsynth.pool import stops_on_term_and_hup
+
+    pool, visible = machine_gpus(), visible_gpus()
+    every = workers == 1 and len(visible) > 1 and not add  # several GPUs listed: all, as an array task would
+    with stops_on_term_and_hup(), registered(run, len(visible) if every else workers, pool, add) as me:
+        def started(procs: list[tuple[int, str]]) -> None:
+            me.workers = [{"pid": pid, "start": process_start(pid), "gpu": gpu} for pid, gpu in procs]
+            me.write()
+
+        if every:
+            run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode, started=started)
+        elif workers == 1 and not add:
+            if pool is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = me.gpus[0]  # the GPU this launch holds, as a worker's
+            _run_in_process(run, retry_failed)
+        else:  # logs by GPU: the workers of a second launch (--add-workers) never write into the first's
+            return describe_failures(run_worker_processes(run, me.gpus, retry_failed, log_names=me.gpus,
+                                                          started=started))
+    return []
 
 
 def set_aside_bad_markers(run: RunDir, verify: str) -> list[tuple[int, str]]:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hpcsynth.config import Config
@@ -33,14 +35,16 @@ def visible_gpus() -> list[str]:
     return [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
 
 
-def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu") -> int:
+def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu",
+             started: Started | None = None) -> int:
     """What one Slurm array task runs: the workers for the GPUs it sees. Returns how many shards failed."""
     run = RunDir(Path(run_root))
     gpus = visible_gpus()
     # The task's own log: its workers' start, and the checkpoint before a requeue.
     log_to(run.log_path(f"worker-{task_name()}"))
     if len(gpus) > 1 and gpu_mode == "per_gpu":
-        exits = run_worker_processes(run, gpus, retry_failed, shards, log_prefix=f"worker-{task_name()}-gpu")
+        exits = run_worker_processes(run, gpus, retry_failed, shards, log_prefix=f"worker-{task_name()}-gpu",
+                                     started=started)
         for line in describe_failures(exits):
             log.error("%s", line)
         return sum(1 for worker in exits if worker.code != 0)
@@ -58,16 +62,25 @@ class WorkerExit:
     start: int  # where this launch's part of the log begins
 
 
+# Told the workers' (pid, GPU) once all have started: a local launch records them for `hpcsynth cancel`.
+Started = Callable[[list[tuple[int, str]]], None]
+
+
 def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shards: list[int] | None = None,
-                         log_prefix: str = "worker-local-") -> list[WorkerExit]:
-    """One worker process per GPU, each pinned to it; wait for all and say how each ended."""
+                         log_prefix: str = "worker-local-", log_names: list[str] | None = None,
+                         started: Started | None = None) -> list[WorkerExit]:
+    """One worker process per GPU, each pinned to it; wait for all and say how each ended. Each worker is
+    killed with this process (generate/pull.py: HPCSYNTH_PARENT_PID), so a launcher ended by kill -9
+    leaves no worker running on; log_names: each worker's log name after log_prefix (default: its slot)."""
     procs = []
     try:
         for slot, gpu in enumerate(gpus):
-            log_path = run.log_path(f"{log_prefix}{slot}")
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", log_names[slot]) if log_names else str(slot)  # MIG ids hold "/"
+            log_path = run.log_path(f"{log_prefix}{name}")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "HPCSYNTH_GPU_SLOT": str(slot),
-                   "HPCSYNTH_GPU_SLOTS": str(len(gpus))}  # where in the shard list each starts (generate/pull.py)
+                   "HPCSYNTH_GPU_SLOTS": str(len(gpus)),  # where in the shard list each starts (generate/pull.py)
+                   "HPCSYNTH_PARENT_PID": str(os.getpid())}
             command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root), "--log", str(log_path)]
             command += ["--shards", ",".join(map(str, shards))] if shards is not None else []
             command += ["--retry-failed"] if retry_failed else []
@@ -77,6 +90,8 @@ def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shard
                 procs.append((subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                                preexec_fn=_ignore_usr2), log_path, start))
         log.info("started %d workers on GPUs %s", len(procs), ",".join(gpus))
+        if started is not None:
+            started([(proc.pid, gpu) for (proc, _, _), gpu in zip(procs, gpus)])
         return [WorkerExit(slot, proc.pid, proc.wait(), path, start) for slot, (proc, path, start) in enumerate(procs)]
     except BaseException:  # interrupted (Ctrl-C, a Slurm signal): leave no worker running for nobody
         for proc, _, _ in procs:

@@ -18,16 +18,15 @@ import contextlib
 import dataclasses
 import logging
 import shlex
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import SlurmConfig
 from hpcsynth.errors import HpcsynthError
+from hpcsynth.pool import stops_on_term_and_hup
 from hpcsynth.execute.slurm_jobs import (SLURM_TIMEOUT_S, SlurmError, _captured_stderr, _first_error, _run,
                                        cancel_jobs, require_tools)
 from hpcsynth.rundir import RunDir
@@ -204,35 +203,12 @@ def map_array(fn: Callable[[Any], Any], items: Sequence[Any], config: SlurmConfi
                              what=f"{name} array")
     log.info("%s: %d array tasks submitted", name, len(submitted))
     try:
-        with _stops_on_term_and_hup():
+        with stops_on_term_and_hup():
             return [_result(job, name, again) for job in submitted]
     except BaseException:  # a task failed, or this process is stopped: the others would run for nothing
         with contextlib.suppress(HpcsynthError):
             cancel_jobs(sorted({array_id(job) for job in submitted}))
         raise
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP while waiting on an array: unwinds like Ctrl-C, so the array is cancelled."""
-
-
-@contextlib.contextmanager
-def _stops_on_term_and_hup() -> Iterator[None]:
-    """A waiting caller killed politely (SIGTERM from a batch system's time limit or `kill`, SIGHUP from a
-    closed terminal) cancels its array like Ctrl-C does; Python's default for both ended the process at
-    once and left the array queued. Only the main thread may set handlers; elsewhere nothing changes."""
-    def stop(signum: int, _frame: Any) -> None:
-        raise Stopped(f"stopped by signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
 
 
 MAP_POLL_S = 1.0  # how often a caller waiting on an array task looks for its result

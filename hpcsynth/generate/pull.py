@@ -21,6 +21,7 @@ from hpcsynth.generate.clock import CountingEngine, TaskClock, engine_device
 from hpcsynth.generate.engines import make_engine
 from hpcsynth.errors import HpcsynthError
 from hpcsynth.generate.lease import gpu_slot, new_owner, slurm_task
+from hpcsynth.pool import die_with_parent
 from hpcsynth.rundir import RunDir
 from hpcsynth.generate.worker import ShardResult, WorkerSession, WorkerStopped
 
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--log", help="log file (default: stderr); named in failed markers for status")
     args = parser.parse_args(argv)
+    parent = os.environ.get("HPCSYNTH_PARENT_PID", "")
+    if parent.isdigit():  # started by a launch: end with it, even when it is killed with -9
+        die_with_parent(int(parent))
     if args.log:
         from hpcsynth.logs import log_to
 
