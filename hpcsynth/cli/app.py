@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from hpcsynth import __version__
-from hpcsynth.cli.common import grid_of, inert, plan_config, plan_profile  # noqa: F401  (inert: tests use it)
+from hpcsynth.cli.common import (check_plan_model, grid_of, inert, plan_config, plan_profile,  # noqa: F401 (inert: tests)
+                                 print_plan_warnings, with_plan_flags)
 from hpcsynth.cli.grid import GRID_HANDLERS
 from hpcsynth.errors import HpcsynthError
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--executor", default="local", choices=["local", "slurm"],
                       help="slurm: plan the input files as CPU array tasks (RUN on a shared filesystem)")
     plan.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (partition, account...)")
+    plan.add_argument("--skip-bad-files", action="store_true",
+                      help="plan without input files that cannot be read whole (cut .gz/.zst, corrupt Parquet, "
+                           "no text column), listed as lost files, their bytes counted against "
+                           "plan.max_reject_rate (sets plan.skip_bad_files: true); by default they fail the plan")
 
     launch = command("launch")
     launch.add_argument("run", type=Path, help="a planned run directory")
@@ -197,7 +202,8 @@ def _plan(args: argparse.Namespace) -> int:
     from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
 
-    config = plan_config(args)
+    config = with_plan_flags(args, plan_config(args))
+    check_plan_model(config, str(args.config), args.executor)
     slurm = plan_profile(args, config)
     map_groups = None
     if slurm is not None:
@@ -212,9 +218,11 @@ def _plan(args: argparse.Namespace) -> int:
               f"documents in {plan.shards:,} shards; nothing to do")
         return 0
     render_summary(plan.summary, str(plan.run.root))
+    print_plan_warnings(plan.summary)
+    lost = len(plan.summary.get("lost_files", []))
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root} "
-          f"({plan.rejected:,} rejected, see {plan.run.root / 'plan' / 'rejects.jsonl'}; "
-          f"fingerprint {plan.fingerprint[:12]})")
+          f"({plan.rejected:,} rejected{f', {lost:,} lost file(s)' if lost else ''}, see "
+          f"{plan.run.root / 'plan' / 'rejects.jsonl'}; fingerprint {plan.fingerprint[:12]})")
     return 0
 
 

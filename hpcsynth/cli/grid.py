@@ -8,26 +8,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpcsynth.cli.common import inert, plan_profile
+from hpcsynth.cli.common import check_plan_model, inert, plan_profile, print_plan_warnings, with_plan_flags
 from hpcsynth.errors import HpcsynthError
 
 
 def plan_grid_command(args: argparse.Namespace, config) -> int:
-    from hpcsynth.generate.engines import check_model
     from hpcsynth.plan.summary import progress_bar, render_summary
     from hpcsynth.rundir import RunDir
     from hpcsynth.config.grid import expand_grid
     from hpcsynth.study.grid_plan import plan_grid
 
+    config = with_plan_flags(args, config)
     slurm = plan_profile(args, config)
     for generator in expand_grid(config, str(args.config)).generators:  # each one's model, before any shard
-        check_model(generator.config, f"{args.config} (generator {generator.name!r})", here=False)
+        check_plan_model(generator.config, f"{args.config} (generator {generator.name!r})", args.executor)
     with progress_bar("planning") as progress:
         result = plan_grid(config, RunDir(args.run), args.input, jobs=args.jobs, force=args.force,
                            progress=progress, slurm=slurm)
     plan = result.plan
     if not plan.unchanged:
         render_summary(plan.summary, str(plan.run.root))
+        print_plan_warnings(plan.summary)
     print(f"planned {plan.documents:,} documents into {plan.shards:,} shards in {plan.run.root}"
           + (" (unchanged)" if plan.unchanged else "") + f"; grid: {len(result.generators)} generator(s) x "
           f"{len(config.prompts)} prompt(s) x {len(config.grid.mixins) or 1} mix-in(s)")
@@ -45,7 +46,8 @@ def launch_grid_command(args: argparse.Namespace, grid: dict) -> int:
         raise HpcsynthError(f"{args.run} is a grid run: change its config by planning it again (`hpcsynth plan "
                             f"CONFIG --run {args.run}`, --force to replace a generator's settings)")
     results = launch_grid(RunDir(args.run), grid, args.executor, retry_failed=args.retry_failed,
-                          workers=args.workers, force=args.force, profile=args.profile, verify=args.verify)
+                          workers=args.workers, force=args.force, profile=args.profile, verify=args.verify,
+                          add_workers=args.add_workers)
     bad, retry = 0, False  # --retry-failed reruns failed shards; a generator's error line carries its own fix
     for result in results:
         report = result.report

@@ -70,7 +70,12 @@ class PlanConfig:
     # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
     duplicate_ids: DuplicateIds = "keep_first"
     # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
+    # Under skip_bad_files, the bytes of lost files, as a share of all input bytes, are held to it too.
     max_reject_rate: float = 0.05
+    # A file that cannot be read whole (a cut .gz/.zst, a corrupt Parquet file or one without text_key)
+    # fails the plan: its documents would vanish unseen. true plans without it, listed as a lost file
+    # (the documents read before the failure are kept) and its bytes counted against max_reject_rate.
+    skip_bad_files: bool = False
     # Consecutive input files are planned together (one process, no shard across groups) up to this many
     # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone). A plan
     # under 16 x this takes 1/16 of its input per group (not under 1 MB), so a pool is busy to the end.

@@ -7,7 +7,9 @@ The predicate language is deliberately small, enough for the subsets studies rep
 
 Comparisons (== != < <= > >=, `in [..]`) of a field (dotted for nested objects) with a literal (number,
 quoted string, true, false, null), joined by and / or / not and parentheses. A missing field or a value
-of another type makes its comparison false, never an error: web metadata is ragged.
+of another type makes its comparison false, never an error: web metadata is ragged. But a field that no
+document has is a misspelling, not ragged metadata: the plan refuses a filter that removed documents by one
+(and warns where a field is missing from some documents the filter removed; plan/planner.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ def compile_predicate(text: str, bad: Callable[[str, str], Exception] | None = N
 
 def predicate_fields(text: str) -> list[str]:
     """Top-level field names the predicate reads (a columnar reader loads just these)."""
-    return sorted({value.split(".")[0] for kind, value, _ in _tokenize(text)
+    return sorted({path.split(".")[0] for path in predicate_paths(text)})
+
+
+def predicate_paths(text: str) -> list[str]:
+    """The fields the predicate reads, dotted as written ('metadata.lang'), sorted."""
+    return sorted({value for kind, value, _ in _tokenize(text)
                    if kind == "name" and value not in ("and", "or", "not", "in") and value not in _WORDS})
 
 

@@ -1,9 +1,10 @@
 """Corpus readers: JSONL (plain, .gz, .zst) and Parquet (streamed by row group), one record at a time.
 
 A reader never raises for bad data: it yields (position, record, "") for a good record and
-(position, None, reason) for a bad one, and a file that cannot be read on (truncated, corrupt, the text
-column missing) ends with one such reason. The planner counts them and writes them to the rejects file.
-Positions are 1-based line numbers for JSONL and 0-based row numbers for Parquet.
+(position, None, reason) for a bad one, and a file that cannot be read on (truncated, corrupt, unreadable,
+the text column missing) ends with one such item whose reason is a FileFailure: the plan counts that file
+as lost (or fails), not as one bad record. Positions are 1-based line numbers for JSONL and 0-based row
+numbers for Parquet.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from hpcsynth.files import zstd_cut_at
 
 Item = tuple[int, "dict | None", str]
 PARQUET_BATCH_ROWS = 1024  # a batch at a time inside a row group: bounded memory even for huge row groups
+
+
+class FileFailure(str):
+    """The reason a file could not be read on: the reader's last item. A str, so that a caller that only
+    lists reasons (the mix) takes it as one; the planner tells it apart by its class."""
 
 
 class ByteCounter:
@@ -94,6 +100,50 @@ def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None
     return _read_jsonl(path, counter, max_line_bytes)  # returned, not delegated: one generator less a record
 
 
+def field_names(paths: list[Path], records: int = 1000, limit: int = 40) -> list[str]:
+    """Dotted names of the fields in the first `records` records of these files (of a Parquet file, its
+    schema), sorted, at most `limit`: what an error about a field the data lacks lists instead."""
+    names: dict[str, None] = {}
+    seen = 0
+    for path in paths[:16]:  # the start of the input is enough to show what its records hold
+        if is_parquet(path):
+            names.update(dict.fromkeys(_parquet_names(path)))
+            continue
+        for _, record, _ in _read_jsonl(path, ByteCounter(), 1 << 20):
+            if record is not None:
+                _dotted(record, "", names)
+            seen += 1
+            if seen >= records:
+                break
+        if seen >= records:
+            break
+    return sorted(names)[:limit]
+
+
+def _parquet_names(path: Path) -> list[str]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    def walk(kind: Any, prefix: str) -> list[str]:
+        if not pyarrow.types.is_struct(kind):
+            return []
+        fields = [kind.field(i) for i in range(kind.num_fields)]
+        return [n for f in fields for n in [prefix + f.name, *walk(f.type, f"{prefix}{f.name}.")]]
+
+    try:
+        schema = pq.ParquetFile(path).schema_arrow
+    except (pyarrow.ArrowException, OSError):  # an unreadable file names no field; the plan reports it
+        return []
+    return [n for f in schema for n in [f.name, *walk(f.type, f"{f.name}.")]]
+
+
+def _dotted(record: dict, prefix: str, names: dict[str, None], depth: int = 0) -> None:
+    for key, value in record.items():
+        names[prefix + str(key)] = None
+        if isinstance(value, dict) and depth < 2:
+            _dotted(value, f"{prefix}{key}.", names, depth + 1)
+
+
 class _Counting(io.RawIOBase):
     """A raw file that adds what it reads to a ByteCounter."""
 
@@ -138,7 +188,7 @@ def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterat
                     continue
                 yield number, record, ""
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-        yield number + 1, None, _file_reason(path, exc)
+        yield number + 1, None, _file_reason(path, exc, number)
 
 
 def _stream(path: Path, raw: Any, source: Any) -> Any:
@@ -163,14 +213,26 @@ def _json_reason(line: bytes, exc: Exception) -> str:
     return f"not valid JSON ({exc})"
 
 
-def _file_reason(path: Path, exc: BaseException) -> str:
+def _file_reason(path: Path, exc: BaseException, lines: int = 0) -> FileFailure:
+    """Why a file stops; `lines`: how many were read before."""
+    before = f"; the {lines:,} lines before it were read" if lines else ""
     if isinstance(exc, PermissionError):
-        return "cannot read the file (permission denied)"
-    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
-        return f"gzip stream is truncated or corrupt ({exc}); the lines before it were planned"
+        return FileFailure("cannot read the file (permission denied)")
+    if isinstance(exc, EOFError):  # gzip: the stream stops before its end marker, i.e. where the file does
+        return FileFailure(f"gzip stream is truncated or corrupt (cut at byte {_size(path):,}, the end of the "
+                           f"file, before the end of the stream){before}")
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)):
+        return FileFailure(f"gzip stream is truncated or corrupt ({exc}){before}")
     if isinstance(exc, zstandard.ZstdError):
-        return f"zstd stream is truncated or corrupt ({exc}); the lines before it were planned"
-    return f"cannot read the file ({getattr(exc, 'strerror', None) or exc})"
+        return FileFailure(f"zstd stream is truncated or corrupt ({exc}){before}")
+    return FileFailure(f"cannot read the file ({getattr(exc, 'strerror', None) or exc})")
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
@@ -183,7 +245,7 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
         if columns[0] not in names:
-            yield 0, None, f"no column {columns[0]!r} (plan.text_key); the file has: {', '.join(names)}"
+            yield 0, None, FileFailure(f"no column {columns[0]!r} (plan.text_key); the file has: {', '.join(names)}")
             return
         wanted = [c for c in dict.fromkeys(columns) if c in names]
         size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
@@ -201,4 +263,4 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
         if isinstance(exc, PermissionError):
             yield row, None, _file_reason(path, exc)
         else:
-            yield row, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})"
+            yield row, None, FileFailure(f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})")

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from hpcsynth.config import PlanConfig
-from hpcsynth.corpus.filters import MISSING, compile_predicate, lookup, sampled
+from hpcsynth.corpus.filters import MISSING, compile_predicate, lookup, predicate_paths, sampled
 
 # Cut points for a long document, coarsest first; a cut must keep at least half the budget.
 BOUNDARIES = ("\n\n", "\n", ". ", " ")
@@ -53,6 +53,13 @@ class DocumentBuilder:
         self.text_key, self.id_key = plan.text_key, plan.id_key
         self.max_chars, self.min_chars = plan.max_chars, plan.min_chars
         self.sample = plan.sample_fraction < 1.0
+        # The predicate's fields; per field, whether a judged document had it, and how many documents the
+        # predicate removed lacking it: a field no document has is a misspelling (planner.py refuses it).
+        self.watched = [(f, "." not in f) for f in predicate_paths(plan.filter)] if plan.filter else []
+        self.judged = 0
+        self.seen = [False] * len(self.watched)
+        self.unseen = list(range(len(self.watched)))  # fields no judged document has shown yet
+        self.lacking_removed = [0] * len(self.watched)
 
     def source_id(self, record: dict, name: str, position: int) -> str:
         value = record.get(self.id_key)
@@ -73,8 +80,13 @@ class DocumentBuilder:
             return Dropped("filter", f"{chars} characters, above plan.max_chars={self.max_chars}", "max_chars")
         if chars < self.min_chars:
             return Dropped("filter", f"{chars} characters, below plan.min_chars={self.min_chars}", "min_chars")
-        if self.predicate is not None and not self.predicate(record):
-            return Dropped("filter", "plan.filter", "filter", listed=False)
+        if self.predicate is not None:
+            self.judged += 1
+            if not self.predicate(record):
+                self._lacking(record)
+                return Dropped("filter", "plan.filter", "filter", listed=False)
+            if self.unseen:
+                self._note(record, self.unseen)
         if self.sample and not sampled(source_id, self.plan.sample_seed, self.plan.sample_fraction):
             return Dropped("filter", "plan.sample_fraction", "sample", listed=False)
         fields = None
@@ -98,6 +110,26 @@ class DocumentBuilder:
             return self._parts(text, source_id, meta)
         except orjson.JSONEncodeError as exc:  # lone surrogates from "\ud800" escapes
             return Dropped("reject", f"text cannot be written as UTF-8 JSON ({exc})")
+
+    def _lacking(self, record: dict) -> None:
+        """A document the predicate removed: count the fields it lacks."""
+        self._note(record, range(len(self.watched)), True)
+
+    def _note(self, record: dict, fields: Any, removed: bool = False) -> None:
+        """Which of `fields` the record has (seen) or lacks (counted, if the predicate removed it). A kept
+        document is looked at only while some field is unseen: nearly every one skips this."""
+        for i in fields:
+            name, top = self.watched[i]
+            if (name not in record) if top else (lookup(record, name) is MISSING):
+                self.lacking_removed[i] += removed
+            else:
+                self.seen[i] = True
+        if self.unseen:
+            self.unseen = [i for i in self.unseen if not self.seen[i]]
+
+    def filter_fields(self) -> dict[str, list[int]]:
+        """{field: [1 if a judged document had it else 0, documents the predicate removed lacking it]}."""
+        return {name: [int(self.seen[i]), self.lacking_removed[i]] for i, (name, _) in enumerate(self.watched)}
 
     def _parts(self, text: str, source_id: str, meta: dict[str, Any]) -> list[Part]:
         chars = len(text)

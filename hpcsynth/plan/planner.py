@@ -23,7 +23,7 @@ import orjson
 
 from hpcsynth import __version__
 from hpcsynth.config import Config, fingerprint
-from hpcsynth.errors import HpcsynthError, InputError, RunError
+from hpcsynth.errors import ConfigError, HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_json, read_json
 from hpcsynth.plan.calibrate import bytes_per_token
 from hpcsynth.plan.heap import keep_freed_memory
@@ -135,6 +135,8 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         results, rows = run_groups(group_jobs, jobs, counter, lambda: progress and progress(counter.done, total),
                                    meanwhile)
     check_inputs_unchanged(paths, stats)  # first: a file being written may also look like bad records
+    lost = _check_lost([entry for r in results for entry in r.lost], stats, config)
+    warnings = _check_filter_fields(results, config, paths)
     rejects = _merge_rejects(tmp, len(results), empty)
     from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 
@@ -146,7 +148,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         rejects.write(orjson.dumps({"source": stats[r.file]["path"], unit(paths[r.file]): r.pos, "kind": "reject",
                                     "reason": f"duplicate id {doc['id']!r} (first at {first})"}) + b"\n")
     rejects.close()
-    totals = _totals(results, empty, removed)
+    totals = {**_totals(results, empty, removed), **lost, "warnings": warnings}
     _check_rejects(totals, config, run, tmp)
     per_input: Counter[int] = Counter()
     for result in results:
@@ -218,6 +220,64 @@ def _totals(results: list[GroupResult], empty: list[str], removed: list) -> dict
     return {"read": sum(r.read for r in results) + len(empty), "rejected": rejected,
             "sources": sum(r.sources for r in results) - len(removed),
             "reasons": dict(reasons.most_common()), "filtered": dict(filtered.most_common())}
+
+
+def _check_lost(lost: list[dict[str, Any]], stats: list[dict], config: Config) -> dict[str, Any]:
+    """Files that could not be read whole fail the plan, unless plan.skip_bad_files: then their bytes
+    (whole files, the part read before the failure too) count against plan.max_reject_rate, as a share
+    of all input bytes. Returns what the summary says of them."""
+    total = sum(s["bytes"] for s in stats)
+    size = sum(entry["bytes"] for entry in lost)
+    summary = {"lost_files": [{k: v for k, v in entry.items() if k != "file"} for entry in lost],
+               "lost_bytes": size, "input_bytes": total}
+    if not lost:
+        return summary
+    first = f"{lost[0]['source']}: {lost[0]['reason']}"
+    more = ""
+    if len(lost) > 1:
+        names = ", ".join(e["source"] for e in lost[1:4]) + (" ..." if len(lost) > 4 else "")
+        more = f" (and {len(lost) - 1:,} more: {names})"
+    if not config.plan.skip_bad_files:
+        raise InputError(f"input file {first}{more}; a file that cannot be read whole fails the plan (nothing was "
+                         f"planned): repair or remove it, or plan with --skip-bad-files (plan.skip_bad_files: "
+                         f"true) to plan without it, its bytes counted against plan.max_reject_rate")
+    rate = size / total if total else 1.0
+    if rate > config.plan.max_reject_rate:
+        raise InputError(f"{len(lost):,} lost input file(s), {size:,} of {total:,} input bytes ({rate:.1%}), above "
+                         f"plan.max_reject_rate={config.plan.max_reject_rate}: {first}{more}; repair or remove "
+                         f"them, or raise plan.max_reject_rate (nothing was planned)")
+    return summary
+
+
+def _check_filter_fields(results: list[GroupResult], config: Config, paths: list[Path]) -> list[str]:
+    """A plan.filter field that no judged document has is a misspelling: refused when the filter removed
+    documents (a missing field never matches), a warning when it removed none. A field only some documents
+    lack is ragged metadata: a warning, with the share of documents removed that lack it. Returns the warnings."""
+    judged = sum(r.judged for r in results)
+    fields: dict[str, list[int]] = {}
+    for result in results:
+        for name, (seen, removed) in result.filter_fields.items():
+            counts = fields.setdefault(name, [0, 0])
+            counts[0] += seen
+            counts[1] += removed
+    warnings = []
+    for name, (seen, removed) in fields.items():
+        if not judged or (seen and not removed):
+            continue
+        if not seen and removed:
+            from hpcsynth.corpus.readers import field_names
+
+            have = ", ".join(field_names(paths)) or "none"
+            raise ConfigError(f"'plan.filter' reads field {name!r}, which none of the {judged:,} documents it judged "
+                              f"has, and removed {removed:,} of them (a missing field never matches); the documents "
+                              f"have: {have}; fix the field's name in plan.filter (nothing was planned)")
+        if not seen:
+            warnings.append(f"plan.filter reads field {name!r}, which none of the {judged:,} documents it judged has "
+                            f"(it removed none for it); check the field's name")
+        else:
+            warnings.append(f"plan.filter removed {removed:,} of the {judged:,} documents it judged "
+                            f"({removed / judged:.1%}) that lack field {name!r} (a missing field never matches)")
+    return warnings
 
 
 def _check_rejects(totals: dict[str, Any], config: Config, run: RunDir, tmp: Path) -> None:

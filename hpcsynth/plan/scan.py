@@ -5,9 +5,13 @@ its shards directly. Otherwise it spills its documents, without keys, to TMP/spi
 to TMP/spill/G.bin (int64s), counting the shards they make as they come (ShardCutter's rule); once the
 earlier groups are counted, write_spilled() cuts the same shards from the spill. Both paths write
 through a ShardSink, which applies that rule, over the same documents, so --jobs never changes a byte.
-Per group, also: TMP/rejects/G.jsonl (bad records and character-bound drops, in input order) and
-TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection). What a group
+Per group, also: TMP/rejects/G.jsonl (bad records, character-bound drops and lost files, in input order)
+and TMP/ids/G.bin (a 128-bit hash and position per source document, for duplicate detection). What a group
 holds in memory is bounded (FLUSH_BYTES, and hold_bytes of spilled documents), whatever its size.
+A file that cannot be read whole (a cut or corrupt stream, a Parquet file without the text column) is a
+lost file, not a bad record: the group notes it and goes on, keeping the documents read before the failure
+(every --jobs and the Slurm map keep the same ones); the planner then fails the plan, or, under
+plan.skip_bad_files, counts the file's bytes against plan.max_reject_rate.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import os
 import struct
 from array import array
 from collections import Counter
@@ -28,7 +33,7 @@ import orjson
 from hpcsynth.config import PlanConfig
 from hpcsynth.plan.documents import DocumentBuilder, Dropped
 from hpcsynth.corpus.filters import predicate_fields
-from hpcsynth.corpus.readers import ByteCounter, display_path, read_file, unit
+from hpcsynth.corpus.readers import ByteCounter, FileFailure, display_path, read_file, unit
 from hpcsynth.plan.shards import ShardCutter, ShardSink
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position
@@ -59,11 +64,15 @@ class GroupResult:
     sources: int = 0  # source documents planned
     documents: int = 0  # shard documents (a split source is several)
     est_tokens: int = 0
-    read: int = 0  # records and file-level failures seen
+    read: int = 0  # records seen (a lost file's failure is not one)
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
     filtered: Counter = field(default_factory=Counter)
     per_input: dict[int, int] = field(default_factory=dict)
+    # files that could not be read whole: {"file": input index, "source", "bytes", "reason", "documents"}
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    judged: int = 0  # documents plan.filter judged
+    filter_fields: dict[str, list[int]] = field(default_factory=dict)  # DocumentBuilder.filter_fields()
 
 
 def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:
@@ -76,6 +85,7 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | N
             scan.file(file_index, real)
         scan.ids_file.write(scan.ids)
     sink, result = scan.sink, scan.result
+    result.judged, result.filter_fields = scan.builder.judged, scan.builder.filter_fields()
     result.rows = _rows(sink, not job.defer_sync) if isinstance(sink, ShardSink) else sink.close()
     if held is not None and isinstance(sink, _Spill):
         held.append(sink)
@@ -108,10 +118,14 @@ class _Scan:
         for position, record, reason in records:
             if limit and sources >= limit:
                 break
-            read += 1
             if record is None:
+                if reason.__class__ is FileFailure:  # the file ends here: lost, not a bad record
+                    self.lost(file_index, real, path, kind, position, reason, sources - result.sources)
+                    continue
+                read += 1
                 _drop(result, rejects, path, kind, position, Dropped("reject", reason))
                 continue
+            read += 1
             source_id = source_id_of(record, name, position)
             parts = build(record, source_id, path, kind, position)
             if isinstance(parts, Dropped):
@@ -130,6 +144,19 @@ class _Scan:
         result.per_input[file_index] = sources - result.sources
         result.read, result.sources, result.documents = read, sources, documents
         result.est_tokens += est_tokens
+
+    def lost(self, file_index: int, real: str, path: str, kind: str, position: int, reason: str,
+             documents: int) -> None:
+        """A file that could not be read whole: noted in the result and the rejects file; the documents
+        read before the failure stay planned (the planner decides whether the plan goes on)."""
+        try:
+            size = os.stat(real).st_size
+        except OSError:  # removed meanwhile: check_inputs_unchanged fails the plan, naming it
+            size = 0
+        self.result.lost.append({"file": file_index, "source": path, "bytes": size, "reason": str(reason),
+                                 "documents": documents})
+        self.rejects.write(orjson.dumps({"source": path, kind: position, "kind": "lost file", "bytes": size,
+                                         "reason": str(reason), "documents_kept": documents}) + b"\n")
 
 
 def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:

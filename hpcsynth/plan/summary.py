@@ -24,6 +24,8 @@ def summarize(manifest: dict[str, Any], rows: list[dict[str, Any]], totals: dict
         "bytes_per_token_source": ratio_source, "records_read": totals["read"], "rejected": totals["rejected"],
         "rejected_by_reason": totals["reasons"], "filtered_by_rule": totals["filtered"],
         "inputs": len(manifest["inputs"]), "input_groups": groups, "jobs": jobs,
+        "lost_files": totals["lost_files"], "lost_bytes": totals["lost_bytes"], "input_bytes": totals["input_bytes"],
+        "warnings": totals["warnings"],
     }
 
 
@@ -44,6 +46,13 @@ def render_summary(summary: dict[str, Any], run: str) -> None:
     table.add_row("rejected", f"{summary['rejected']:,}")
     for reason, count in summary["rejected_by_reason"].items():
         table.add_row(f"  {reason}", f"{count:,}")
+    lost = summary.get("lost_files", [])
+    if lost:  # only under plan.skip_bad_files: otherwise a lost file fails the plan
+        kept = sum(entry["documents"] for entry in lost)
+        table.add_row("lost files", f"{len(lost):,} ({summary['lost_bytes']:,} of {summary['input_bytes']:,} input "
+                                    f"bytes; {kept:,} documents read before the failure kept)")
+        for entry in lost:
+            table.add_row(f"  {entry['source']}", entry["reason"])
     for rule, count in summary["filtered_by_rule"].items():
         table.add_row(f"filtered by {rule}", f"{count:,}")
     table.add_row("time", f"{summary.get('seconds', 0):.1f} s with {summary['jobs']} job(s)")

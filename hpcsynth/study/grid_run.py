@@ -31,7 +31,7 @@ class GeneratorLaunch:
 
 def launch_grid(run: RunDir, grid: dict[str, Any], executor: str = "local", retry_failed: bool = False,
                 workers: int = 1, force: bool = False, profile: Path | None = None,
-                verify: str = "sha256") -> list[GeneratorLaunch]:
+                verify: str = "sha256", add_workers: bool = False) -> list[GeneratorLaunch]:
     """Launch every generator's run; one that cannot start is reported and the others still run."""
     from hpcsynth.execute.launch import launch_run
 
@@ -42,7 +42,7 @@ def launch_grid(run: RunDir, grid: dict[str, Any], executor: str = "local", retr
         try:
             require_generator_run(run, name)
             report = launch_run(sub, executor, retry_failed=retry_failed, workers=workers, force=force,
-                                profile=profile, verify=verify)
+                                profile=profile, verify=verify, add_workers=add_workers)
             results.append(GeneratorLaunch(name, sub, report))
         except HpcsynthError as exc:
             results.append(GeneratorLaunch(name, sub, error=str(exc)))

@@ -55,7 +55,9 @@ def test_parquet_without_text_column_lists_its_columns(tmp_path: Path) -> None:
     write_parquet(tmp_path / "a.parquet", 4, text="content")
     write_corpus(tmp_path / "b.jsonl", 40)
     run = RunDir(tmp_path / "run")
-    plan_corpus(fake_config(tmp_path, plan={"max_reject_rate": 0.5}), run, [str(tmp_path / "*")], jobs=1)
+    # A lost file (test_lost_files.py): planned without only under plan.skip_bad_files
+    plan_corpus(fake_config(tmp_path, plan={"max_reject_rate": 0.5, "skip_bad_files": True}), run,
+                [str(tmp_path / "*")], jobs=1)
     [reject] = rejects(run)
     assert reject["row"] == 0 and reject["reason"] == "no column 'text' (plan.text_key); the file has: id, content, " \
                                                       "int_score, language"
@@ -82,9 +84,10 @@ def test_corrupt_files_are_rejected_and_the_rest_planned(tmp_path: Path, name: s
     (tmp_path / "in" / name).write_bytes(data)
     write_corpus(tmp_path / "in" / "z-good.jsonl", 50)
     run = RunDir(tmp_path / "run")
-    plan = plan_corpus(fake_config(tmp_path), run, [str(tmp_path / "in")], jobs=1)
+    plan = plan_corpus(fake_config(tmp_path, plan={"skip_bad_files": True, "max_reject_rate": 1.0}), run,
+                       [str(tmp_path / "in")], jobs=1)
     found = [r for r in rejects(run) if reason in r["reason"]]
-    assert len(found) == 1 and found[0]["source"].endswith(name)
+    assert len(found) == 1 and found[0]["source"].endswith(name) and found[0]["kind"] == "lost file"
     assert plan.documents >= 50
 
 
@@ -115,7 +118,7 @@ def test_unreadable_files_are_rejects(tmp_path: Path) -> None:
     broken.symlink_to("/proc/self/mem")  # a regular file whose first read fails with EIO, even for root
     good = write_corpus(tmp_path / "good.jsonl", 60)
     run = RunDir(tmp_path / "run")
-    plan_corpus(fake_config(good), run, [str(broken), str(locked), str(good)], jobs=1)
+    plan_corpus(fake_config(good, plan={"skip_bad_files": True}), run, [str(broken), str(locked), str(good)], jobs=1)
     reasons = {r["source"]: r["reason"] for r in rejects(run)}
     assert [v for k, v in reasons.items() if k.endswith("/mem")] == ["cannot read the file (Input/output error)"]
     if os.geteuid() != 0:  # root reads every file

@@ -263,7 +263,8 @@ def test_two_launches_of_one_grid_at_once_generate_each_record_once_per_generato
     hpcsynth("plan", str(fake_grid(tmp_path, docs=16)), "--run", str(run))
     counted = tmp_path / "generated.txt"
     env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.01, "count_to": str(counted)})}
-    command = [sys.executable, "-m", "hpcsynth", "launch", str(run)]
+    # Both add workers: a second plain launch is refused while the first runs (tests/execute/test_local_control.py).
+    command = [sys.executable, "-m", "hpcsynth", "launch", str(run), "--add-workers"]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for proc in procs:
