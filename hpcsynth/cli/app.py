@@ -25,14 +25,16 @@ from hpcsynth.errors import HpcsynthError
 COMMANDS = {
     "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
              "hpcsynth plan finephrase --run runs/fp --input 'corpus/*.jsonl.zst'"),
-    "launch": ("run the workers of a planned run (only shards not yet done)",
+    "launch": ("run the workers of a planned run (only shards not yet done); stop them with Ctrl-C, `kill PID` or "
+               "`hpcsynth cancel RUN`, and launch again to go on from what they committed",
                "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
     "cancel": ("stop a run's local workers (this host) and cancel its Slurm launches and reduces (finished work "
                "is kept)",
                "hpcsynth cancel runs/fp"),
-    "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx",
+    "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx; re-mix the same outputs "
+               "with --config MIX.yaml; DIR/parts/ (what a resume and a re-mix reuse) goes with --clean-parts",
                "hpcsynth reduce runs/fp --out data/fp --tokenizer models/smollm2/tokenizer.json"),
     "demo": ("run the whole pipeline on a tiny model, CPU only, no downloads",
              "hpcsynth demo /tmp/hpcsynth-demo"),
@@ -138,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     reduce.add_argument("--profile", type=Path, help="site profile YAML with a slurm: section (with --executor slurm)")
     reduce.add_argument("--train-args", action="store_true", help="grid runs: only write RUN/datasets/TRAIN.md "
                         "from the datasets reduced so far (after a reduce --executor slurm)")
+    reduce.add_argument("--config", type=Path, help="re-mix under this file's reduce:, validate: and card: keys (laid "
+                        "over the run's config; keys that change what was generated are refused); the changes are "
+                        "printed first, RUN/config.yaml is left as it is, DIR/reduce-config.yaml records them")
+    reduce.add_argument("--keep-parts", action="store_true", help="keep every tokenized part in DIR/parts after the "
+                        "merge; by default the mix-in corpora's parts are removed (the run's stay for a re-mix)")
+    reduce.add_argument("--clean-parts", action="store_true", help="only remove DIR/parts of a finished reduce "
+                        "(the output stays; a later reduce into DIR tokenizes again)")
 
     verify = command("verify")
     verify.add_argument("dir", type=Path, help="a reduce output directory (default reduce output: RUN/reduce)")
@@ -159,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = command("validate")
     validate.add_argument("run", type=Path, help="a run with done shards")
-    validate.add_argument("--config", type=Path, help="take the validate: thresholds from this config instead "
-                                                     "of the run's own (to tune them before a reduce)")
+    validate.add_argument("--config", type=Path, help="a what-if: this file's validate: keys (and reduce.min_chars, "
+                          "drop_truncated) over the run's own; its report goes to RUN/validate/whatif-HASH.json, "
+                          "never to RUN/validate/report.json, which the dataset card quotes")
 
     from hpcsynth.cli.study import add_arguments as add_estimate_arguments
 
@@ -368,6 +378,14 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"verify: {args.dir} is whole: the {kind} reduce ({report.get('prefix', '?')}): "
               f"{report['sequences']:,} sequences, {report['tokens']:,} tokens in {len(report['files'])} files, "
               f"every checksum matches")
+        made = report.get("reduce_settings") or {}
+        if made.get("file"):  # which settings made this mix (hpcsynth/reduce/settings.py)
+            from hpcsynth.reduce.settings import change_line
+
+            source = (f"from {made['config']}" if made.get("config") else "the grid's mix-in over the run's config"
+                      if made.get("grid") else "the run's own config")
+            changed = f"; changed: {', '.join(map(change_line, made['changed']))}" if made.get("changed") else ""
+            print(f"  made with the reduce settings in {made['file']} ({source}{changed})")
     return 0
 
 

@@ -110,6 +110,11 @@ def reduce_grid_command(args: argparse.Namespace, grid: dict) -> int:
                             f"drop --out")
     if args.jobs < 1:
         raise HpcsynthError(f"--jobs must be 1 or more, got {args.jobs}")
+    given = [flag for flag, value in (("--config", args.config), ("--keep-parts", args.keep_parts),
+                                      ("--clean-parts", args.clean_parts)) if value]
+    if given:  # a grid's mixes are its config's grid.mixins, and its datasets keep their parts
+        raise HpcsynthError(f"{args.run} is a grid run: {given[0]} is for one run's reduce; change a grid's mixes "
+                            f"in its config's grid.mixins and plan it again (its datasets keep every part)")
     if args.executor == "slurm":
         return _reduce_grid_on_slurm(run, grid, args)
     if args.profile:

@@ -16,10 +16,13 @@ from hpcsynth.errors import HpcsynthError
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from hpcsynth.reduce.spec import KeepParts
+
     from hpcsynth.reduce.marker import PartMarker
 
 
 def reduce_command(args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.cleanup import drop_empty
     from hpcsynth.reduce.lock import reduce_lock
     from hpcsynth.reduce.reducer import merge_only, prepare_reduce, run_parts_local
     from hpcsynth.rundir import RunDir
@@ -27,21 +30,66 @@ def reduce_command(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise HpcsynthError(f"--jobs must be 1 or more, got {args.jobs}")
     run = RunDir(args.run)
+    if args.clean_parts:
+        return _clean_parts(run, args)
+    remix = _remix(run, args)
     if args.executor == "slurm":
-        return _reduce_on_slurm(run, args)
+        return _reduce_on_slurm(run, args, remix)
     if args.profile:
         raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
-    with reduce_lock(args.out or run.default_reduce_dir):
-        spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
+    out = args.out or run.default_reduce_dir
+    with reduce_lock(out):
+        spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
         pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
         with _Progress(len(pending)) as progress:
             run_parts_local(spec, args.jobs, progress.part_done)
             report = merge_only(spec.out_dir, progress.merged).data
+    drop_empty(Path(out) / "parts")  # its lock is gone now: an empty folder goes too
     print_summary(report)
     return 0
 
 
-def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
+def _keep(args: argparse.Namespace) -> KeepParts:
+    """What the merge leaves in DIR/parts (hpcsynth/reduce/cleanup.py)."""
+    return "all" if args.keep_parts else "run"
+
+
+def _remix(run, args: argparse.Namespace):
+    """`--config FILE`: its reduce-side settings over the run's, the change printed before any work."""
+    if not args.config:
+        return None
+    from hpcsynth.reduce.settings import change_line, remix
+
+    found = remix(run.config(), args.config)
+    if found.changes:
+        print(f"reduce settings from {args.config} (the run's config.yaml is left as it is):")
+        for change in found.changes:
+            print(f"  {change_line(change)}")
+    else:
+        print(f"reduce settings from {args.config}: the same as the run's config")
+    return found
+
+
+def _clean_parts(run, args: argparse.Namespace) -> int:
+    from hpcsynth.reduce.cleanup import clean_parts, drop_empty, megabytes
+    from hpcsynth.reduce.lock import reduce_lock
+
+    if args.config or args.keep_parts or args.executor != "local":
+        raise HpcsynthError("--clean-parts only removes the parts of a finished reduce; run it alone (with --out "
+                            "DIR if the reduce had one)")
+    out = Path(args.out or run.default_reduce_dir)
+    if not (out / "parts").is_dir():
+        print(f"{out} has no parts to remove")
+        return 0
+    with reduce_lock(out):
+        freed = clean_parts(out)
+    drop_empty(out / "parts")
+    print(f"removed {megabytes(freed)} of parts from {out / 'parts'}; the output is untouched (a later reduce "
+          f"into {out} tokenizes again)")
+    return 0
+
+
+def _reduce_on_slurm(run, args: argparse.Namespace, remix=None) -> int:
     from hpcsynth.execute.launch import load_profile
     from hpcsynth.execute.slurm import check_slurm_path
     from hpcsynth.execute.slurm_jobs import record_reduce
@@ -53,12 +101,15 @@ def _reduce_on_slurm(run, args: argparse.Namespace) -> int:
                      "pass --out a directory without them")
     config = run.config()
     slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
-    spec = prepare_reduce(run, args.out, args.tokenizer, args.partial)
+    spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
     jobs = submit_reduce(spec, slurm)
     record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`
     print(f"reduce (slurm): {jobs['parts']} parts pending in array {jobs['array'] or '-'}, merge job "
           f"{jobs['merge']}; the report appears at {spec.out_dir}/report{spec.suffix}.json; then: "
           f"hpcsynth verify {spec.out_dir}")
+    if spec.corpus_parts and spec.keep_parts == "run":
+        print(f"  the merge job removes the mix-in corpora's parts once the report is written (--keep-parts keeps "
+              f"them); until then every part stays, for a rerun to go on from")
     return 0
 
 
@@ -80,6 +131,7 @@ def print_summary(report: dict) -> None:
               f"{report['prefix'].rsplit('/', 1)[0]}/{report['text_export']['dir']}/ (with a dataset card)")
     print(f"  trainer: {_trainer_hint(report)}")
     _print_validation(report)
+    _print_parts(report)
     if report.get("backend_note"):
         print(report["backend_note"], file=sys.stderr)
     for note in report["mix"]["policy"]["notes"]:  # a shrunk total, a repeated source, a share off target
@@ -98,6 +150,27 @@ def _print_validation(report: dict) -> None:
     if report.get("rejects"):
         print(f"  rejects with their reasons: {report['prefix'].rsplit('/', 1)[0]}/{report['rejects']}; "
               f"samples per check: hpcsynth validate {shlex.quote(report['run'])}")
+
+
+def _print_parts(report: dict) -> None:
+    """What DIR/parts holds now, and what the merge removed (hpcsynth/reduce/cleanup.py)."""
+    from hpcsynth.reduce.cleanup import megabytes
+
+    disk = report.get("parts_on_disk")
+    if not disk:
+        return
+    out = report["prefix"].rsplit("/", 1)[0]
+    folder = f"{out}/{disk['dir']}"
+    clean = (f"`hpcsynth reduce {shlex.quote(report['run'])}"
+             f"{'' if out == report['run'].rstrip('/') + '/reduce' else ' --out ' + shlex.quote(out)} --clean-parts`")
+    if disk["keep"] == "all":
+        print(f"  parts: {megabytes(disk['bytes'])} kept in {folder} (--keep-parts): a reduce into this folder that "
+              f"changes only mix weights, totals or the format merges from them; {clean} removes them")
+        return
+    removed = (f"{megabytes(disk['removed_bytes'])} of {disk['removed_parts']} mix-in corpus part(s) removed "
+               f"(--keep-parts keeps them), " if disk["removed_parts"] else "")
+    print(f"  parts: {removed}{megabytes(disk['bytes'])} of the run's kept in {folder} for a re-mix of weights; "
+          f"{clean} removes them")
 
 
 def _trainer_hint(report: dict) -> str:

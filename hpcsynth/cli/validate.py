@@ -12,28 +12,35 @@ from hpcsynth.errors import HpcsynthError
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from hpcsynth.config import load_config
-    from hpcsynth.reduce.validate.quality import validate_run, write_report
+    from hpcsynth.reduce.settings import overlay
+    from hpcsynth.reduce.validate.quality import validate_run, validation_settings, whatif_path, write_report
     from hpcsynth.rundir import RunDir
 
     run = RunDir(args.run)
     config = run.config()
-    source = ""
+    source, path = "", run.validate_report_path
     if args.config:
-        # Only the thresholds come from the other file: the run's outputs were made under its own config.
-        other = load_config(args.config)
-        config = dataclasses.replace(config, validate=other.validate)
-        source = f"{args.config} (validate: section)"
+        # Only the checks' settings come from the other file, laid over the run's as `reduce --config` lays
+        # them: the run's outputs were made under its own config.
+        other = overlay(config, args.config, sections=("validate", "reduce"))
+        other = dataclasses.replace(config, validate=other.validate, reduce=other.reduce)
+        if validation_settings(other) != validation_settings(config):
+            # A what-if: RUN/validate/report.json is what the dataset card quotes, under the run's settings.
+            source, path = f"{args.config} (validate: section)", whatif_path(run, validation_settings(other))
+        config = other
     report = validate_run(run, config, source, write=False)
     if report["records"] == 0:
         raise HpcsynthError(f"{run.root}: the done shards hold no records to validate")
-    print_table(report)
+    print_table(report, str(path))
     # Written after the table: on a run directory we may only read, the table is still shown.
-    write_report(run, report)
+    write_report(run, report, path)
+    if path != run.validate_report_path:
+        print(f"a what-if under {args.config}'s settings: written to {path}; {run.validate_report_path} (the run's "
+              f"own settings, which the dataset card quotes) is left as it was")
     return 0
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict, path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -61,7 +68,7 @@ def print_table(report: dict) -> None:
     clean = report["accepted"] - flagged
     kept = f"; {flagged:,} failed a check and were kept (validate.action: keep)" if flagged else ""
     print(f"{clean:,} of {report['records']:,} records pass every check{kept}; {rejected:,} rejected; each check's "
-          f"counts and three samples in {report['run']}/validate/report.json")
+          f"counts and three samples in {path or report['run'] + '/validate/report.json'}")
     if report["shards_skipped"]:
         print(f"note: {len(report['shards_skipped'])} shard(s) not done were left out")
 

@@ -181,6 +181,24 @@ def adopt_config(run: RunDir, current: Config | None, new: Config, force: bool, 
         if not force:
             raise RunError(f"{source} changes what this run generates ({', '.join(changed) or 'prompt templates'} "
                            f"differ from {run.config_path}); pass --force to adopt it (finished shards are redone)")
+    # The reduce-side sections are not fingerprinted: adopted without a word, a changed mix surprised the next
+    # reduce. One line on stderr (launch's report comes later, and only says how the shards went).
+    reduce_side = [k for k in diff_configs(current, new) if k.split(".")[0] in ("reduce", "validate", "card")]
+    if reduce_side:
+        import sys
+
+        from hpcsynth.config import config_to_dict
+
+        def value(data, key):
+            for part in key.split("."):
+                data = data.get(part) if isinstance(data, dict) else None
+            shown = repr(data)
+            return shown if len(shown) <= 60 else shown[:57] + "..."  # a mix's sources: one line still
+
+        old_data, new_data = config_to_dict(current), config_to_dict(new)
+        said = ", ".join(f"{k} {value(old_data, k)} -> {value(new_data, k)}" for k in reduce_side)
+        print(f"reduce settings changed in {run.config_path}: {said}; they apply at the next `hpcsynth reduce` "
+              f"(outputs made before keep theirs in DIR/reduce-config.yaml)", file=sys.stderr)
     run.write_config(new, digest)
     return new
 

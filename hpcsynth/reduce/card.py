@@ -53,7 +53,7 @@ def card_info(spec, report: dict[str, Any]) -> dict[str, Any]:
             # full reduce's mix.json under a --partial card, or one an older reduce left.
             "mix": report.get("mix") or _read_json(spec.out_dir / f"mix{spec.suffix}.json"),
             "mix_file": f"mix{spec.suffix}.json",
-            "validate_report": _validate_report(Path(spec.run), run_info.get("fingerprint", "")),
+            **_validate_report(Path(spec.run), run_info),
             "account": _account(spec.run, run_info.get("card", {}).get("gpu_hour_price", 0.0))}
 
 
@@ -80,7 +80,8 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
         f"{report.get('tokens', 0):,} tokens.{partial}\n",
         _generation_section(info), _prompts_section(info), sources_section(info), mix_section(info),
-        tokens_section(report), quality_section(info), cost_section(info.get("account"), _cost_scope(info)),
+        tokens_section(report), quality_section(info), _settings_section(info),
+        cost_section(info.get("account"), _cost_scope(info)),
         _files_section(report),
         f"Run fingerprint: {code(info.get('fingerprint', ''))}.\n",
     ]
@@ -159,11 +160,43 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _validate_report(run: Path, fingerprint: str) -> dict[str, Any] | None:
-    data = _read_json(run / "validate" / "report.json")
-    if isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("prompts"), dict):
-        return data
-    return None  # none, or one of another config: its figures would describe other records
+def _validate_report(run: Path, run_info: dict[str, Any]) -> dict[str, Any]:
+    """The `hpcsynth validate` report made under this reduce's own validation settings: RUN/validate/report.json
+    (the run's config), else the what-if report of these settings (`validate RUN --config FILE`, the FILE
+    this reduce took too). One of other settings is never quoted: "accepted 0" under stricter thresholds
+    beside this dataset's own counts would describe records other than these."""
+    from hpcsynth.reduce.validate.quality import whatif_path
+    from hpcsynth.rundir import RunDir
+
+    settings = run_info.get("validate_settings")
+    candidates = [run / "validate" / "report.json"]
+    if isinstance(settings, dict):
+        candidates.append(whatif_path(RunDir(run), settings))
+    for path in candidates:
+        data = _read_json(path)
+        if (isinstance(data, dict) and data.get("fingerprint") == run_info.get("fingerprint", "")
+                and isinstance(data.get("prompts"), dict) and (settings is None or data.get("settings") == settings)):
+            return {"validate_report": data, "validate_report_file": f"RUN/validate/{path.name}"}
+    return {"validate_report": None}  # none, or one of another config: its figures would describe other records
+
+
+def _settings_section(info: dict[str, Any]) -> str:
+    """Which reduce settings made this output (reduce/settings.py)."""
+    from hpcsynth.reduce.settings import change_line
+
+    config = info.get("reduce_config")
+    if not isinstance(config, dict):
+        return ""
+    made = info.get("settings_from") or {}
+    source = (f"{code(Path(str(made['config'])).name)} laid over the run's config" if made.get("config")
+              else "the grid mix-in's `reduce:` keys laid over the generator run's config" if made.get("grid")
+              else "the run's own config")
+    changed = made.get("changed") or []
+    said = ("; these keys differ from the run's config:\n\n" + "\n".join(f"- {code(change_line(c, card=True))}"
+                                                                          for c in changed if isinstance(c, dict))
+            if changed else ".")
+    return (f"## Reduce settings\n\nThis output was made with the `reduce:`, `validate:` and `card:` settings in "
+            f"`reduce-config{'-partial' if info.get('partial') else ''}.yaml` ({source}){said}\n")
 
 
 def _account(run: str, price: float) -> dict[str, Any] | None:

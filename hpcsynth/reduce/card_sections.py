@@ -78,7 +78,8 @@ def quality_section(info: dict[str, Any]) -> str:
     parts = [validation_section(info)]
     report = info.get("validate_report")
     if report:
-        lines = ["`hpcsynth validate` on this run (RUN/validate/report.json):\n",
+        lines = [f"`hpcsynth validate` on this run under this output's settings "
+                 f"({info.get('validate_report_file') or 'RUN/validate/report.json'}):\n",
                  "| prompt | records | accepted | output/input length | truncated | distinct "
                  f"{report.get('diversity_n', 2)}-grams |", "|---|---|---|---|---|---|"]
         for name, q in sorted(report["prompts"].items()):

@@ -28,12 +28,14 @@ import numpy as np
 
 from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_chunks, atomic_write_json, open_write_nofollow, sha256_file
+from hpcsynth.reduce.cleanup import remove, settle_parts
 from hpcsynth.reduce.formats.datatrove import DatatroveWriter, ds_dtype
 from hpcsynth.reduce.formats.megatron import IndexedDatasetWriter, token_dtype
 from hpcsynth.reduce.formats.numpy_flat import NumpyWriter
 from hpcsynth.reduce.mix.choose import copies_of
 from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.mix.plan import MixPlan, plan_mix
+from hpcsynth.reduce.settings import write_reduce_config
 from hpcsynth.reduce.spec import ReduceSpec, read_spec
 
 TOKEN_SUFFIXES = (".bin", ".idx", ".ds", ".ds.index", ".ds.metadata", ".npy")
@@ -104,14 +106,20 @@ def merge_parts(out_dir: str, on_bucket: Callable[[int, int], None] | None = Non
     from hpcsynth.reduce.report import build_report, save_report
 
     manifest = write_mix_manifest(spec, markers, mix, written)  # before the cards, which render it
+    settings = write_reduce_config(spec.out_dir, spec.suffix, spec.run_info)  # the settings that made this mix
     text, rejects = _text_export(spec, markers), _rejects(spec, markers)
-    data = build_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]], text,
-                        rejects, manifest["data"], merge_cpu_seconds=time.process_time() - started)
+    data = build_report(spec, markers, output, files + [docs_path, spec.out_dir / manifest["file"]]
+                        + ([settings] if settings else []), text, rejects, manifest["data"],
+                        merge_cpu_seconds=time.process_time() - started)
     cards = write_cards(spec, data)  # the dataset cards need the counts; report.json stays the last file written
     # The cards in the report too, so that `hpcsynth verify` finds one damaged or edited since.
     data["files"] += [{"path": str(c.relative_to(spec.out_dir)), "bytes": c.stat().st_size, "sha256": sha256_file(c)}
                       for c in cards]
-    return save_report(spec, data)
+    # Parts are removed (per spec.keep_parts) only once the report is written: a merge that fails keeps them all.
+    data["parts_on_disk"], drop = settle_parts(spec)
+    report = save_report(spec, data)
+    remove(drop)
+    return report
 
 
 def _check_room(spec: ReduceSpec, mix: MixPlan, markers: dict[int, PartMarker]) -> None:

@@ -34,9 +34,11 @@ from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
 from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
 from hpcsynth.reduce.select import prompt_formats, ready_shards, verified_records
-from hpcsynth.reduce.spec import (ReduceSpec, bucket_count, group_parts, read_spec, settings_digest, spec_key,
-                                  write_spec)
+from hpcsynth.reduce.settings import Remix, changes, reduce_sections
+from hpcsynth.reduce.spec import (KeepParts, ReduceSpec, bucket_count, group_parts, read_spec, settings_digest,
+                                  spec_key, write_spec)
 from hpcsynth.reduce.tokenize import load_tokenizer
+from hpcsynth.reduce.validate.quality import validation_settings
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
@@ -51,20 +53,32 @@ class ReduceReport:
 
 
 def reduce_run(run: RunDir, out_dir: Path | None = None, tokenizer: str | None = None, partial: bool = False,
-               jobs: int = 1, on_part: Callable[[PartMarker], None] | None = None) -> ReduceReport:
+               jobs: int = 1, on_part: Callable[[PartMarker], None] | None = None, keep_parts: KeepParts = "all",
+               remix: Remix | None = None) -> ReduceReport:
+    """keep_parts: "all" keeps every part after the merge (a re-mix of weights tokenizes nothing), "run"
+    removes the mix-in corpora's (what `hpcsynth reduce` does unless --keep-parts; reduce/cleanup.py)."""
     out = Path(out_dir) if out_dir else run.default_reduce_dir
     with reduce_lock(out):
-        spec = prepare_reduce(run, out, tokenizer, partial)
+        spec = prepare_reduce(run, out, tokenizer, partial, keep_parts=keep_parts, remix=remix)
         run_parts_local(spec, jobs, on_part)
         data = merge_parts(str(spec.out_dir))
     return ReduceReport(spec.out_dir, Path(data["prefix"]), data)
 
 
 def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, partial: bool,
-                   view: dict[str, Any] | None = None) -> ReduceSpec:
-    """view: reduce only some prompts, with some reduce: keys changed (reduce/view.py; a grid's cell)."""
+                   view: dict[str, Any] | None = None, keep_parts: KeepParts = "all",
+                   remix: Remix | None = None) -> ReduceSpec:
+    """view: reduce only some prompts, with some reduce: keys changed (reduce/view.py; a grid's cell).
+    remix: the reduce-side sections of `reduce --config FILE` (reduce/settings.py), sent to the parts as a view."""
     manifest = run.manifest()
-    config = apply_view(run.config(), view)
+    if remix is not None:
+        view = remix.view
+    base = run.config()
+    config = apply_view(base, view)
+    # Where the reduce settings came from: the run's config, a --config FILE over it, or a grid's mix-in.
+    made = ({"config": remix.source, "changed": remix.changes} if remix else
+            {"config": "", "grid": True, "changed": changes(base, config)} if view else
+            {"config": "", "changed": []})
     out = Path(out_dir) if out_dir else run.default_reduce_dir
     ready, problems = ready_shards(run, partial)
     planned = run.shard_count()
@@ -82,12 +96,18 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
                 "seed": config.reduce.seed, "original_ratio": config.reduce.original_ratio,
                 "formats": prompt_formats(manifest), "validate_action": config.validate.action,
                 "settings": settings_digest(config),
+                # Which validate report the card may quote (reduce/card.py): one made under these settings.
+                "validate_settings": validation_settings(config),
+                # What DIR/reduce-config.yaml records (reduce/settings.py): the sections and where they came from.
+                "reduce_config": reduce_sections(config),
+                "settings_from": made,
                 **_card_context(manifest, config)}
     mix = resolve_mix(config, run)
     # Weights, too_few and total_tokens decide only the merge's choice: changing them reuses every part.
     settings = {k: v for k, v in dataclasses.asdict(config.reduce).items() if k not in ("mix", "original_ratio")}
     if view:
         run_info["view"] = view
+    if view and view.get("prompts"):  # a re-mix over all prompts keeps a plain reduce's key: its parts serve
         settings["prompts"] = list(config.prompts)
     spec = ReduceSpec(
         run=str(run.root), out=str(out), name=name, partial=bool(problems), shards_skipped=problems,
@@ -97,7 +117,8 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
         key=spec_key(run.fingerprint(), {**settings, "mix": part_settings(mix),
                                          "validate": dataclasses.asdict(config.validate)}, described, buckets),
         mix=mix, corpus_parts=corpus_parts(mix, math.ceil(planned / config.reduce.part_shards),
-                                           config.reduce.part_shards * config.plan.shard_docs))
+                                           config.reduce.part_shards * config.plan.shard_docs),
+        keep_parts=keep_parts)
     _drop_stale_parts(out, spec.key)
     write_spec(spec)
     remember_tokenizer(spec, tok)

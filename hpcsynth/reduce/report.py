@@ -44,6 +44,7 @@ def build_report(spec: ReduceSpec, markers: dict[int, PartMarker], output: Any, 
         add_tallies(validation, marker.validation)
     syn, orig = total["synthetic_tokens"], total["original_tokens"]
     backends = sorted({m.backend for m in markers.values()})
+    made = spec.run_info.get("settings_from") or {}
     first = output.prefixes[0]
     data = {
         "run": spec.run, "fingerprint": spec.run_info["fingerprint"], "partial": spec.partial,
@@ -75,5 +76,9 @@ def build_report(spec: ReduceSpec, markers: dict[int, PartMarker], output: Any, 
         "rejects": rejects.name if rejects else "", "text_export": text,
         # Per prompt: records accepted, refused by check, and (validate.action: keep) flagged by check.
         "validation": dict(sorted(validation.items())), "validate_action": spec.run_info.get("validate_action", ""),
+        # Which reduce settings made this mix (reduce/settings.py): DIR/reduce-config.yaml, from the run's
+        # config or a `reduce --config FILE`, and the keys that differ from the run's config.
+        "reduce_settings": {"file": f"reduce-config{spec.suffix}.yaml" if "reduce_config" in spec.run_info else "",
+                            "config": made.get("config", ""), "changed": made.get("changed", [])},
     }
     return data

@@ -15,7 +15,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -24,6 +24,7 @@ from hpcsynth.errors import RunError
 from hpcsynth.reduce.marker import PartMarker
 
 SPEC_VERSION = 2  # 2: parts hold every candidate of the exact mix, with keys and sources
+KeepParts = Literal["all", "run"]  # what the merge leaves in DIR/parts (reduce/cleanup.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class ReduceSpec:
     # [part index, source index, file, Parquet row groups or None]: the parts of mix-in corpora, after the
     # run's parts (a JSONL file is one part, a Parquet file one per run of row groups).
     corpus_parts: list[list] = dataclasses.field(default_factory=list)
+    # What the merge leaves in DIR/parts once the output is written (reduce/cleanup.py): "all", or "run" (the
+    # mix-in corpora's parts removed). Not in the key: it changes no byte. "all" for specs written before.
+    keep_parts: KeepParts = "all"
 
     @property
     def out_dir(self) -> Path:
@@ -130,7 +134,7 @@ def spec_key(fingerprint: str, reduce_settings: dict, tokenizer: dict, buckets: 
                 if k not in ("format", "name", "max_file_mb", "backend")}  # these touch only the merge
     described = {k: v for k, v in tokenizer.items() if k != "backend"}  # parity makes backends equal
     payload = {"version": SPEC_VERSION, "fingerprint": fingerprint, "reduce": settings, "buckets": buckets,
-               "tokenizer": described, "tokenizer_sha256": sha256_file(Path(tokenizer["tokenizer"]))}
+               "tokenizer": described, "tokenizer_sha256": sha256_file(Path(tokenizer["tokenizer"]), follow=True)}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

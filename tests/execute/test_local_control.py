@@ -260,3 +260,12 @@ def test_a_record_another_user_wrote_never_has_us_signal_our_own_process(tmp_pat
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_help_says_how_to_stop_remix_and_clean_up() -> None:
+    launch = run_cli("launch", "--help").stdout
+    assert "hpcsynth cancel RUN" in launch and "--add-workers" in launch
+    cancel = run_cli("cancel", "--help").stdout
+    assert "local workers" in cancel
+    reduce = run_cli("reduce", "--help").stdout
+    assert "--config MIX.yaml" in reduce and "--clean-parts" in reduce and "--keep-parts" in reduce

@@ -95,8 +95,10 @@ def test_validate_command_reports_per_prompt(planted: tuple[RunDir, dict], tmp_p
     # Other thresholds from another file: FAQs of three pairs fail a four-pair minimum.
     stricter = tmp_path / "stricter.yaml"
     stricter.write_text("validate:\n  min_faq_pairs: 4\n")
+    own = (run.root / "validate" / "report.json").read_bytes()
     proc = run_cli("validate", str(run.root), "--config", str(stricter))
-    report = read_json(run.root / "validate" / "report.json")
+    assert (run.root / "validate" / "report.json").read_bytes() == own  # a what-if: the card's report stays
+    report = read_json(next((run.root / "validate").glob("whatif-*.json")))
     assert proc.returncode == 0 and report["prompts"]["faq"]["accepted"] == 0
     assert report["prompts"]["faq"]["rejected"]["faq_few_pairs"] == DOCUMENTS
     assert report["config"].startswith(str(stricter)) and report["settings"]["min_faq_pairs"] == 4

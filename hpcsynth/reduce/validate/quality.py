@@ -7,9 +7,13 @@ per prompt and check are kept: memory does not grow with the run.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from hpcsynth.config import Config
 from hpcsynth.files import atomic_write_json, read_jsonl_zst
@@ -88,7 +92,7 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
             prompts[prompt].add(record, verdict, shard, config)
     report = {
         "run": str(run.root), "fingerprint": run.fingerprint(), "config": config_source or str(run.config_path),
-        "action": config.validate.action, "settings": _settings(config),
+        "action": config.validate.action, "settings": validation_settings(config),
         "shards_checked": len(shards), "shards_skipped": skipped,
         "records": sum(q.records for q in prompts.values()),
         "accepted": sum(q.accepted for q in prompts.values()),
@@ -101,12 +105,24 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
     return report
 
 
-def write_report(run: RunDir, report: dict[str, Any]) -> None:
-    atomic_write_json(run.validate_report_path, report)
+def write_report(run: RunDir, report: dict[str, Any], path: Path | None = None) -> None:
+    atomic_write_json(path or run.validate_report_path, report)
 
 
-def _settings(config: Config) -> dict[str, Any]:
+def whatif_path(run: RunDir, settings: dict[str, Any]) -> Path:
+    """Where `validate RUN --config FILE` writes a report under settings other than the run's own:
+    RUN/validate/whatif-HASH.json, HASH of the settings. Never RUN/validate/report.json, which the dataset
+    card quotes (reduce/card.py): a what-if must not put stricter counts beside a reduce's own."""
+    digest = hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return run.validate_report_path.with_name(f"whatif-{digest}.json")
+
+
+def validation_settings(config: Config) -> dict[str, Any]:
+    """What decides which records pass (the report's "settings"), as JSON gives it back: equal settings
+    compare equal whether read from a report or made from a config."""
     import dataclasses
 
-    return {**dataclasses.asdict(config.validate), "reduce.min_chars": config.reduce.min_chars,
-            "reduce.drop_truncated": config.reduce.drop_truncated}
+    settings = {**dataclasses.asdict(config.validate), "reduce.min_chars": config.reduce.min_chars,
+                "reduce.drop_truncated": config.reduce.drop_truncated}
+    return orjson.loads(orjson.dumps(settings))
+
