@@ -92,18 +92,39 @@ def read_json(path: Path) -> Any:
 MAX_READ_BYTES = 1 << 30
 
 
-def read_regular(path: Path | str, max_bytes: int = MAX_READ_BYTES) -> bytes:
-    """A regular file's bytes; OSError for anything else. O_NONBLOCK: a FIFO planted as a run file (a done
-    marker, grid.json, a task clock) would otherwise hang status, estimate or launch on open(). os, not
-    pathlib: status reads 10^5 markers this way, and building Path objects was a third of its time.
-    max_bytes: a sparse giant planted as one would otherwise be read whole (OSError EFBIG instead)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
+def open_regular(path: Path | str, max_bytes: int | None = MAX_READ_BYTES, follow: bool = False) -> BinaryIO:
+    """The one way to open a run file for reading: a regular file, or OSError naming it.
+
+    Every command reads the run directory this way (tests/test_run_files_planted.py plants a link, a FIFO,
+    /dev/zero and a sparse giant at each of its paths). O_NOFOLLOW: a symlink planted as the file (to a
+    secret, to /dev/zero) is refused, never followed. O_NONBLOCK: a FIFO planted as one (a done marker,
+    grid.json, a task clock) would otherwise hang status, estimate or launch on open(). max_bytes: a file
+    read whole is bounded (a sparse giant would otherwise be read whole; OSError EFBIG instead); None for a
+    file read as a stream. os, not pathlib: status reads 10^5 markers this way, and building Path objects
+    was a third of its time. follow: for a file the user names (a tokenizer in a hub cache is a link)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link where hpcsynth keeps a file of its own (never followed)",
+                          str(path)) from None
+        raise
+    handle = os.fdopen(fd, "rb")
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if info.st_size > max_bytes:
+        if max_bytes is not None and info.st_size > max_bytes:
             raise OSError(errno.EFBIG, f"larger than {max_bytes:,} bytes", str(path))
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def read_regular(path: Path | str, max_bytes: int = MAX_READ_BYTES) -> bytes:
+    """A regular run file's bytes, at most max_bytes (open_regular); OSError for anything else."""
+    with open_regular(path, max_bytes) as handle:
         return handle.read()  # not read(max_bytes + 1): that allocates the whole bound up front
 
 
@@ -140,9 +161,16 @@ def open_write_nofollow(path: Path, directory_too: bool = True) -> IO[bytes]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     if not directory_too:
         try:
-            return os.fdopen(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE), "wb")
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE)
         except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+                raise OSError(errno.EINVAL, "not a regular file", str(path)) from None
             raise _symlink_error(Path(path), exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb")
     return os.fdopen(_open_nofollow(path, flags), "wb")
 
 
@@ -166,18 +194,27 @@ def read_bytes_nofollow(path: Path) -> bytes:
 
 
 def _open_nofollow(path: Path, flags: int) -> int:
-    """A descriptor for path, refusing a symlink as the file itself or as the directory holding it."""
+    """A descriptor for the regular file at path, refusing a symlink as the file itself or as the directory
+    holding it, and anything but a regular file there (a FIFO planted as a log would block the open for
+    ever: O_NONBLOCK, then the check)."""
     path = Path(path)
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise _symlink_error(path.parent, exc) from None
     try:
-        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
+        fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads, opened for writing without blocking
+            raise OSError(errno.EINVAL, "not a regular file", str(path)) from None
         raise _symlink_error(path, exc) from None
     finally:
         os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _symlink_error(path: Path, exc: OSError) -> OSError | RunError:
@@ -245,10 +282,15 @@ def _write_frame(handle: Any, compressor: zstandard.ZstdCompressor, lines: list[
     handle.write(blob)
 
 
-def read_jsonl_zst(path: Path) -> Iterator[dict]:
-    """Records of a zstd JSONL file written by this project (all frames, via a stream reader)."""
-    with open(path, "rb") as raw:
-        yield from jsonl_zst_records(raw)
+def read_jsonl_zst(path: Path, fix: str = "restore it, or make it again") -> Iterator[dict]:
+    """Records of a zstd JSONL file written by this project (all frames, via a stream reader). A file that
+    is not one (damaged, cut, replaced by a link or a FIFO) is a RunError naming it and `fix`."""
+    try:
+        with open_regular(path, None) as raw:
+            yield from jsonl_zst_records(raw)
+    except (OSError, ValueError, zstandard.ZstdError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        raise RunError(f"{path} cannot be read ({reason}); {fix}") from None
 
 
 def jsonl_zst_records(raw: Any) -> Iterator[dict]:
@@ -319,9 +361,10 @@ def zstd_stream(raw: Any) -> Any:
     return io.BufferedReader(reader, buffer_size=1 << 20)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, follow: bool = False) -> str:
+    """The sha256 of a run file (of a file the user names, with follow=True), read as a stream."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path, None, follow) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -68,6 +68,9 @@ SIZE_CHECKS = 20_000  # listed outputs whose size one refresh checks (~40 ms of 
 COUNT_COLUMNS = ("documents", "records", "rejected", "completion_tokens", "prompt_tokens", "bytes", "committed")
 MARKER_NUMBERS = ("documents", "records", "rejected", "completion_tokens")  # status's DONE_NUMBERS
 MAX_MARKER_BYTES = 16 << 20
+# One worker process's index file holds a line per shard it committed (~300 bytes; a line per commit, so a
+# shard redone by the same process adds one more): far past that, the file is not a worker's.
+INDEX_BYTES_PER_SHARD = 16 << 10
 PARSE_BATCH = 2 << 20  # index bytes read and parsed at once (~4,000 lines: few numpy calls, data in cache)
 QUIET_S = 10.0
 RECONCILE_S = 300.0
@@ -154,6 +157,9 @@ class DoneTable:
         try:
             info = os.fstat(fd)
             if not (info.st_mode & 0o170000 == 0o100000):  # a regular file only (no FIFO, no device)
+                return
+            if info.st_size > (self.shards + 1) * INDEX_BYTES_PER_SHARD:  # not one worker's commits: planted
+                self.damaged_lines += 1  # (a sparse giant read whole took status seconds per GB); list done/
                 return
             ino, offset = self.offsets.get(name, (info.st_ino, 0))
             if ino != info.st_ino or offset > info.st_size:

@@ -12,6 +12,7 @@ import numpy as np
 import zstandard
 
 from hpcsynth.config import Config
+from hpcsynth.errors import HpcsynthError
 from hpcsynth.files import read_jsonl_zst
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
@@ -79,7 +80,7 @@ def measured_lengths(run: RunDir, prompts: tuple[str, ...],
                 entry[0] += _number(record.get("completion_tokens"))
                 entry[1] += 1
             read += 1
-        except (OSError, ValueError, zstandard.ZstdError):
+        except (OSError, ValueError, zstandard.ZstdError, HpcsynthError):
             continue  # a damaged output: launch redoes it; the others measure well enough
     lengths = {p: (total / n, f"measured: {n:,} records of {read} done shard(s)")
                for p, (total, n) in sums.items() if n and p in prompts}
