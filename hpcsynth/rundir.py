@@ -21,6 +21,7 @@ import yaml
 from hpcsynth.config import (MAX_RUN_YAML_BYTES, Config, config_from_dict, config_to_dict, diff_payloads,
                              fingerprint, fingerprint_payload, read_yaml)
 from hpcsynth.errors import ConfigError, HpcsynthError, RunError
+from hpcsynth import typed
 from hpcsynth.files import atomic_write_bytes, read_json, read_regular, sha256_file
 from hpcsynth.locks import describe_holder, lock_holder
 from hpcsynth.rowfile import MAX_WIDTH, RowFileError, check_file, iter_rows, read_row
@@ -228,6 +229,9 @@ class RunDir:
             raise RunError(f"{self.manifest_path}: layout version {manifest.get('layout_version')} is not "
                            f"{LAYOUT_VERSION}; plan the run again with this hpcsynth")
         self._rows_spec(manifest)
+        wrong = typed.problem(manifest, MANIFEST_SHAPE)
+        if wrong:  # a forged or damaged header: one line here, not a traceback in whichever stage reads it
+            raise RunError(f"{self.manifest_path} is damaged ({wrong}); {fix}")
         return manifest
 
     def _layout_1_error(self, found: re.Match | None, version: Any = None) -> RunError:
@@ -419,6 +423,17 @@ ROW_COUNTS = ("documents", "est_tokens", "chars", "bytes")
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What every stage reads of the manifest's header (docs/run-directory.md, "The plan"), checked as it is read.
+MANIFEST_SHAPE: dict[str, Any] = {
+    "documents": typed.count, "sources": typed.count, "rejected": typed.count, "est_tokens": typed.count,
+    "bytes_per_token": typed.positive, "fingerprint": typed.text, "hpcsynth_version": typed.text,
+    "prompts": typed.list_of({"name": typed.text, "format": typed.text, "version": typed.text,
+                              "template_hash": typed.text}),
+    "inputs": typed.list_of({"path": typed.text, "bytes": typed.count, "mtime_ns": typed.count,
+                             "documents": typed.count}),
+}
 
 
 def _checked_row(row: dict[str, Any], path: Path, index: int) -> dict[str, Any]:
