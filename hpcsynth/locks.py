@@ -34,7 +34,7 @@ import orjson
 from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes
 
-_PROCESS_START = ""
+_PROCESS_START = (0, "")  # (pid, its start time): a forked child has a pid and a start time of its own
 TAKEOVER_TIMEOUT_S = 60.0  # a takeover takes milliseconds: a mutex this old was left by a taker that died
 
 
@@ -54,8 +54,10 @@ def process_start(pid: int) -> str:
 def new_owner() -> str:
     """A holder identity unique on the cluster: host, pid, the process's start time and a random token."""
     global _PROCESS_START
-    _PROCESS_START = _PROCESS_START or process_start(os.getpid()) or "0"
-    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_START}:{uuid.uuid4().hex[:12]}"
+    pid = os.getpid()
+    if _PROCESS_START[0] != pid:  # cached per pid: a child forked after its parent named itself is not its parent
+        _PROCESS_START = (pid, process_start(pid) or "0")
+    return f"{socket.gethostname()}:{pid}:{_PROCESS_START[1]}:{uuid.uuid4().hex[:12]}"
 
 
 def slurm_task() -> str:

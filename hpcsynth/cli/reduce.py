@@ -93,17 +93,22 @@ def _reduce_on_slurm(run, args: argparse.Namespace, remix=None) -> int:
     from hpcsynth.execute.launch import load_profile
     from hpcsynth.execute.slurm import check_slurm_path
     from hpcsynth.execute.slurm_jobs import record_reduce
+    from hpcsynth.reduce.lock import reduce_lock
     from hpcsynth.reduce.reducer import prepare_reduce
     from hpcsynth.reduce.slurm import submit_reduce
 
+    out = Path(args.out) if args.out else run.default_reduce_dir
     # Before prepare_reduce writes anything there (submit_reduce checks again, for the grid's reduces).
-    check_slurm_path(Path(args.out) if args.out else run.default_reduce_dir, "reduce output directory",
-                     "pass --out a directory without them")
+    check_slurm_path(out, "reduce output directory", "pass --out a directory without them")
     config = run.config()
     slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
-    spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
-    jobs = submit_reduce(spec, slurm)
-    record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`
+    # Under the reduce lock, as a local reduce: preparing drops DIR's parts of other settings and rewrites
+    # DIR/parts/spec.json, which a local reduce running into DIR reads part by part, and a local reduce
+    # started meanwhile would do the same under the jobs being submitted.
+    with reduce_lock(out):
+        spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
+        jobs = submit_reduce(spec, slurm)
+        record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`
     print(f"reduce (slurm): {jobs['parts']} parts pending in array {jobs['array'] or '-'}, merge job "
           f"{jobs['merge']}; the report appears at {spec.out_dir}/report{spec.suffix}.json; then: "
           f"hpcsynth verify {spec.out_dir}")

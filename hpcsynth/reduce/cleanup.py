@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsynth.errors import RunError
+from hpcsynth.reduce.lock import is_lock_file
 from hpcsynth.reduce.report import report_path
 from hpcsynth.reduce.spec import ReduceSpec
 
@@ -42,7 +43,7 @@ def settle_parts(spec: ReduceSpec) -> tuple[dict[str, Any], list[Path]]:
                 # The done marker first: a removal cut short leaves files no marker vouches for (redone).
                 drop += sorted(spec.parts_dir.glob(f"part-{index:06d}.*"),
                                key=lambda p: not p.name.endswith(".done.json"))
-    held = [p for p in spec.parts_dir.iterdir() if p.name != "lock"] if spec.parts_dir.is_dir() else []
+    held = [p for p in spec.parts_dir.iterdir() if not is_lock_file(p.name)] if spec.parts_dir.is_dir() else []
     removed = own_bytes(drop)
     return {"dir": "parts", "keep": spec.keep_parts, "bytes": own_bytes(held) - removed,
             "removed_bytes": removed, "removed_parts": sum(p.name.endswith(".done.json") for p in drop)}, drop
@@ -58,7 +59,7 @@ def clean_parts(out_dir: Path) -> int:
     Refused while DIR/parts is the progress of an unfinished reduce: one started after the last report."""
     out_dir = Path(out_dir)
     parts = out_dir / "parts"
-    held = [p for p in parts.iterdir() if p.name != "lock"] if parts.is_dir() else []
+    held = [p for p in parts.iterdir() if not is_lock_file(p.name)] if parts.is_dir() else []
     if not held:
         return 0
     reports = [p for p in (report_path(out_dir, False), report_path(out_dir, True)) if p.is_file()]

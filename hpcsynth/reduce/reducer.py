@@ -43,6 +43,11 @@ from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
 PARITY_SAMPLE = 64  # documents the fast backend must encode exactly as `tokenizers` before it is used
+# Of each, the first this many characters (a web page's whole text, mostly): `tokenizers` holds ~400 bytes
+# per token of an encoding (its strings, offsets, masks), and one 10 MB page kept whole (plan.long_docs:
+# keep) made this check alone cost 1.2 GB and 5 s. Each part checks its own first documents again, as far
+# as it tokenizes them (parts.py), so a difference deep in a long text is still found there.
+PARITY_CHARS = 16_384
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,7 @@ def _parity_sample(run: RunDir, shard: int) -> list[str]:
             if len(texts) >= limit:
                 break
             if isinstance(record.get("text"), str):
-                texts.append(record["text"])
+                texts.append(record["text"][:PARITY_CHARS])
     return texts
 
 

@@ -55,6 +55,7 @@ def reduce_grid(run: RunDir, grid: dict[str, Any], tokenizer: str | None = None,
 def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str | None = None,
                        partial: bool = False) -> list[dict[str, Any]]:
     """Every dataset's reduce as a Slurm CPU array and a merge job (as `reduce --executor slurm` does)."""
+    from hpcsynth.reduce.lock import reduce_lock
     from hpcsynth.reduce.reducer import prepare_reduce
     from hpcsynth.reduce.slurm import submit_reduce
 
@@ -64,10 +65,11 @@ def submit_grid_reduce(run: RunDir, grid: dict[str, Any], slurm, tokenizer: str 
     submitted = []
     for dataset in grid["datasets"]:
         view = {"prompts": [dataset["prompt"]], "reduce": mixins[dataset["mixin"]]}
-        spec = prepare_reduce(generator_run(run, dataset["generator"]), datasets_dir(run) / dataset["name"],
-                              tokenizer, partial, view=view)
-        submitted.append({**dataset, "dir": str(spec.out_dir), "jobs": submit_reduce(spec, slurm)})
-        record_reduce_jobs(run, submitted[-1])  # after each: a failure midway leaves the others cancellable
+        out = datasets_dir(run) / dataset["name"]
+        with reduce_lock(out):  # as reduce --executor slurm: no other reduce writes DIR while it is prepared
+            spec = prepare_reduce(generator_run(run, dataset["generator"]), out, tokenizer, partial, view=view)
+            submitted.append({**dataset, "dir": str(spec.out_dir), "jobs": submit_reduce(spec, slurm)})
+            record_reduce_jobs(run, submitted[-1])  # after each: a failure midway leaves the others cancellable
     return submitted
 
 

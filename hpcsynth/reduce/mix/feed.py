@@ -25,7 +25,8 @@ from hpcsynth.reduce.mix.sources import originals_source, prompt_sources, source
 from hpcsynth.reduce.select import Document
 
 # Byte-level BPE tokens of real text average 4-5 chars; a text this many chars per allowed token is
-# encoded from a prefix first, so a 10 MB page is not tokenized whole only to be cut.
+# encoded from a prefix first (then from prefixes twice as long, while one gives no more than the cap), so a
+# 10 MB page is never tokenized whole only to be cut: memory follows max_doc_tokens, not the page.
 PREFIX_CHARS_PER_TOKEN = 8
 CORPUS_BATCH = 1024  # corpus documents encoded at a time
 # Originals tokenized beyond the most the mix could take from a part (None: all of them). 1.25 covers
@@ -122,8 +123,12 @@ class MixFeed:
         limit = self.cap * PREFIX_CHARS_PER_TOKEN
         texts = [d.text[:limit] if self.cap and len(d.text) > limit else d.text for d in docs]
         for doc, text, array in zip(docs, texts, self.encoder.encode(texts, kind)):
-            if len(text) < len(doc.text) and len(array) <= self.cap:  # the prefix did not tell: encode it all
-                array = self.encoder.encode([doc.text], kind)[0]
+            while len(text) < len(doc.text) and len(array) <= self.cap:
+                # The prefix did not tell (more chars a token: long runs of spaces...): one twice as long, not
+                # the whole text, which cost 630 MB for a 10 MB page under `tokenizers`. It ends at the whole
+                # text, or at a prefix past the cap, cut as the first prefix would be.
+                text = doc.text[:2 * len(text)]
+                array = self.encoder.encode([text], kind)[0]
             counts = self.counts[doc.source]
             if self.cap and len(array) > self.cap:
                 if self.mix["oversize"] == "drop":
