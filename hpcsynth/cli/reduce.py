@@ -39,6 +39,7 @@ def reduce_command(args: argparse.Namespace) -> int:
         raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
     out = args.out or run.default_reduce_dir
     with reduce_lock(out):
+        _no_slurm_reduce_into(run, Path(out))
         spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
         pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
         with _Progress(len(pending)) as progress:
@@ -47,6 +48,17 @@ def reduce_command(args: argparse.Namespace) -> int:
     drop_empty(Path(out) / "parts")  # its lock is gone now: an empty folder goes too
     print_summary(report)
     return 0
+
+
+def _no_slurm_reduce_into(run, out: Path) -> None:
+    """A Slurm reduce's jobs write DIR without its lock (their submitter let it go): while Slurm still holds
+    them, no other reduce starts into DIR (one squeue call; nothing where Slurm is not installed)."""
+    from hpcsynth.execute.slurm_jobs import active_reduce_jobs
+
+    active = active_reduce_jobs(run.reduce_jobs_path, out.name)
+    if active:
+        raise HpcsynthError(f"{out} is being written by the Slurm reduce jobs {', '.join(active)} (still queued or "
+                            f"running); wait for {out}/report.json, or stop them with `hpcsynth cancel {run.root}`")
 
 
 def _keep(args: argparse.Namespace) -> KeepParts:
@@ -82,6 +94,7 @@ def _clean_parts(run, args: argparse.Namespace) -> int:
         print(f"{out} has no parts to remove")
         return 0
     with reduce_lock(out):
+        _no_slurm_reduce_into(run, out)
         freed = clean_parts(out)
     drop_empty(out / "parts")
     print(f"removed {megabytes(freed)} of parts from {out / 'parts'}; the output is untouched (a later reduce "
@@ -106,6 +119,7 @@ def _reduce_on_slurm(run, args: argparse.Namespace, remix=None) -> int:
     # DIR/parts/spec.json, which a local reduce running into DIR reads part by part, and a local reduce
     # started meanwhile would do the same under the jobs being submitted.
     with reduce_lock(out):
+        _no_slurm_reduce_into(run, out)
         spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
         jobs = submit_reduce(spec, slurm)
         record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`

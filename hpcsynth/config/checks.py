@@ -1,13 +1,15 @@
-"""Checks of config values beyond their types: names, Slurm strings, pass-through engine arguments."""
+"""Checks of config values beyond their types: names, Slurm strings, pass-through engine arguments, and every
+numeric key against the Range declared beside it in sections.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, get_args
 
 from hpcsynth.config.sections import (DTYPES, ENGINES, FORMATS, VALIDATE_CHECKS, Config, DuplicateIds, GpuMode,
-                                      GpuRequest, LongDocs, Oversize, Preamble, RejectAction, SlurmConfig,
+                                      GpuRequest, LongDocs, Oversize, Preamble, Range, RejectAction, SlurmConfig,
                                       TokenizerBackend, TooFew, ValidateConfig)
 from hpcsynth.errors import ConfigError
 
@@ -23,22 +25,11 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("prompts", "must name at least one prompt, e.g. [faq, math, table, tutorial]")
     if len(set(config.prompts)) != len(config.prompts):
         raise bad("prompts", "names a prompt twice")
-    positive = {
-        "plan.shard_docs": config.plan.shard_docs,
-        "model.max_model_len": config.model.max_model_len,
-        "model.max_input_chars": config.model.max_input_chars,
-        "sampling.max_tokens": config.sampling.max_tokens,
-        "worker.batch_size": config.worker.batch_size,
-        "worker.flush_interval_s": config.worker.flush_interval_s,
-        "worker.heartbeat_interval_s": config.worker.heartbeat_interval_s,
-        "worker.lease_timeout_s": config.worker.lease_timeout_s,
-        "worker.watchdog_s": config.worker.watchdog_s,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise bad(key, f"must be greater than 0, got {value}")
-    if not 1 <= config.plan.zstd_level <= 22:
-        raise bad("plan.zstd_level", f"must be between 1 and 22 (3 is the fast default), got {config.plan.zstd_level}")
+    # A few numbers (this one, reduce.original_ratio, the mix's weights and max_repeat) are checked first in
+    # the words and with the advice they had before ranges; _check_ranges, last, holds every numeric key
+    # to the Range declared beside it in sections.py.
+    if config.plan.shard_docs <= 0:
+        raise bad("plan.shard_docs", f"must be greater than 0, got {config.plan.shard_docs}")
     if config.model.dtype not in DTYPES:
         raise bad("model.dtype", f"must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
     device = config.worker.device
@@ -48,28 +39,64 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     _check_card(config, bad)
     if config.slurm.gpu_request not in get_args(GpuRequest):
         raise bad("slurm.gpu_request", f"must be {_or(get_args(GpuRequest))}, got {config.slurm.gpu_request!r}")
-    if config.slurm.array_tasks < 1:
-        raise bad("slurm.array_tasks", f"must be 1 or more, got {config.slurm.array_tasks}")
     if config.reduce.backend not in get_args(TokenizerBackend):
         raise bad("reduce.backend", f"must be {_or(get_args(TokenizerBackend))}, got {config.reduce.backend!r}")
-    for key in ("part_shards", "bucket_docs"):
-        if getattr(config.reduce, key) < 1:
-            raise bad(f"reduce.{key}", f"must be 1 or more, got {getattr(config.reduce, key)}")
-    if config.reduce.max_file_mb < 0:
-        raise bad("reduce.max_file_mb", f"must be 0 (no cap) or more, got {config.reduce.max_file_mb}")
     if not 0 <= config.reduce.original_ratio < math.inf:
         raise bad("reduce.original_ratio", f"must be 0 or more, and finite, got {config.reduce.original_ratio}")
-    if not 0 <= config.sampling.top_p <= 1:
-        raise bad("sampling.top_p", f"must be between 0 and 1, got {config.sampling.top_p}")
-    if config.sampling.temperature < 0:
-        raise bad("sampling.temperature", f"must be 0 or more, got {config.sampling.temperature}")
     _check_names(config, bad)
     _check_slurm_strings(config.slurm, bad)
-    if config.plan.max_line_bytes < 1024:
-        raise bad("plan.max_line_bytes", f"must be at least 1024, got {config.plan.max_line_bytes}")
     _check_pass_through(config, bad)
     _check_validate(config.validate, bad)
     _check_mix(config, bad)
+    _check_ranges(config, "", bad)
+
+
+def _check_ranges(section: Any, prefix: str, bad: Any) -> None:
+    """Every numeric key of a section (and of the sections and lists of sections in it) against its Range;
+    a mapping of numbers (reduce.mix.synthetic) has each of its values checked."""
+    for spec in dataclasses.fields(section):
+        key, value = prefix + spec.name, getattr(section, spec.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.", bad)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                _check_ranges(item, f"{key}[{i}].", bad)
+        elif "range" in spec.metadata:
+            default = spec.default if spec.default is not dataclasses.MISSING else None
+            for name, number in (value.items() if isinstance(value, dict) else [("", value)]):
+                _check_range(f"{key}.{name}" if name else key, number, spec.metadata["range"], default, bad)
+
+
+def _check_range(key: str, value: Any, limits: Range, default: Any, bad: Any) -> None:
+    """Refuse a number outside its Range, nan and inf (every comparison with nan is false), and a bool."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        low_ok = limits.lo < value if limits.above else limits.lo <= value
+        if (low_ok and value <= limits.hi) or (value == 0 and limits.zero):
+            return
+    fix = f"e.g. the default, {_number(default)}" if default is not None else "a value in that range"
+    got = f"{value} ({type(value).__name__})" if isinstance(value, bool) else f"{value}"
+    raise bad(key, f"must be {_span(limits, value)} ({limits.why}), got {got}; fix: {fix}")
+
+
+def _span(limits: Range, value: Any) -> str:
+    """The range in words; a number below it hears its lower bound first ('1 or more, at most 65,536')."""
+    lo, hi = _number(limits.lo), _number(limits.hi)
+    if limits.zero:
+        low = f"0 ({limits.zero}) or more" if limits.lo == 0 else f"0 ({limits.zero}) or at least {lo}"
+        return f"{low}, at most {hi}"
+    if limits.above:
+        return f"above {lo} and at most {hi}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < limits.lo:
+        return f"{lo} or more, at most {hi}" if limits.lo <= 1 else f"at least {lo}, at most {hi}"
+    return f"between {lo} and {hi}"
+
+
+def _number(value: float) -> str:
+    """1, 0.01, 1e-06, 8192, 65,536: whole numbers of five digits or more with thousands separators."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}"
+    whole = int(value)
+    return f"{whole:,}" if abs(whole) >= 10_000 else str(whole)
 
 
 # Pass-through names that a typed key already sets: two ways to say one thing would let them disagree.
@@ -94,11 +121,27 @@ def _check_pass_through(config: Config, bad) -> None:
     for name in config.sampling.extra:
         if name in NAMED_SAMPLING_ARGS:
             raise bad(f"sampling.extra.{name}", f"is set by {NAMED_SAMPLING_ARGS[name]}; use that key instead")
+    for key, value in _floats({"sampling.extra": config.sampling.extra, "vllm.engine_args": config.vllm.engine_args}):
+        if not math.isfinite(value):
+            raise bad(key, f"is {value}; a value passed through must be finite (vLLM's own checks compare it and "
+                           f"pass nan, and JSON cannot carry it to an endpoint); fix: write the number")
     if config.sampling.extra and config.model.engine == "transformers":
         raise bad("sampling.extra", "is passed through to vLLM and endpoints only; transformers' generate() "
                   "spells several of those names differently (use the named sampling keys)")
     if config.slurm.gpu_mode not in GPU_MODES:
         raise bad("slurm.gpu_mode", f"must be one of {', '.join(GPU_MODES)}, got {config.slurm.gpu_mode!r}")
+
+
+def _floats(tree: Any, prefix: str = "") -> Any:
+    """(dotted key, value) for every float in nested mappings and lists, as _key_lines names their lines."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield from _floats(value, f"{prefix}.{name}" if prefix else str(name))
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _floats(value, f"{prefix}[{i}]")
+    elif isinstance(tree, float):
+        yield prefix, tree
 
 
 # A name becomes part of a path (prompts_dir/NAME.md, DIR/NAME.bin) and of record ids (KEY/PROMPT).
@@ -155,16 +198,6 @@ def _check_plan(config: Config, bad: Any) -> None:
         raise bad("plan.long_docs", f"must be one of {', '.join(LONG_DOCS)}, got {plan.long_docs!r}")
     if plan.duplicate_ids not in DUPLICATE_IDS:
         raise bad("plan.duplicate_ids", f"must be one of {', '.join(DUPLICATE_IDS)}, got {plan.duplicate_ids!r}")
-    if not 0 < plan.sample_fraction <= 1:
-        raise bad("plan.sample_fraction", f"must be above 0 and at most 1, got {plan.sample_fraction}")
-    if not 0 <= plan.max_reject_rate <= 1:
-        raise bad("plan.max_reject_rate", f"must be between 0 and 1, got {plan.max_reject_rate}")
-    for key in ("shard_tokens", "long_doc_chars"):
-        if getattr(plan, key) <= 0:
-            raise bad(f"plan.{key}", f"must be greater than 0, got {getattr(plan, key)}")
-    for key in ("bytes_per_token", "max_chars", "limit", "long_doc_tokens", "group_mb"):
-        if getattr(plan, key) < 0:
-            raise bad(f"plan.{key}", f"must be 0 or more, got {getattr(plan, key)}")
     if plan.filter:
         from hpcsynth.corpus.filters import compile_predicate
 
@@ -179,13 +212,6 @@ def _check_validate(validate: ValidateConfig, bad: Any) -> None:
     unknown = [name for name in validate.skip if name not in VALIDATE_CHECKS]
     if unknown:
         raise bad("validate.skip", f"names no check {unknown[0]!r}; checks: {', '.join(VALIDATE_CHECKS)}")
-    for key in ("min_length_ratio", "max_repetition", "max_tail_repetition"):
-        if not 0 <= getattr(validate, key) <= 1:
-            raise bad(f"validate.{key}", f"must be between 0 and 1, got {getattr(validate, key)}")
-    for key in ("repetition_n", "tail_words", "min_table_rows", "min_faq_pairs", "min_math_steps",
-                "min_tutorial_steps", "diversity_n"):
-        if getattr(validate, key) < 1:
-            raise bad(f"validate.{key}", f"must be 1 or more, got {getattr(validate, key)}")
 
 
 def _where(source: str, lines: dict[str, int], key: str) -> str:
@@ -197,8 +223,6 @@ def _check_card(config: Config, bad) -> None:
     """The card's front matter is YAML the Hub parses: a licence id is one plain token, never a newline
     or a YAML document of its own."""
     card = config.card
-    if card.gpu_hour_price < 0 or card.gpu_hour_price != card.gpu_hour_price:
-        raise bad("card.gpu_hour_price", f"must be 0 (no price) or more, got {card.gpu_hour_price}")
     named = {"card.license": card.license, **{f"card.language[{i}]": v for i, v in enumerate(card.language)},
              **{f"card.source_licenses.{k}": v for k, v in card.source_licenses.items()}}
     for key, value in named.items():
@@ -209,7 +233,6 @@ def _check_card(config: Config, bad) -> None:
 MIX_POLICIES: tuple[str, ...] = get_args(TooFew)
 RUN_ORIGINALS = "run_originals"
 MAX_MIX_SOURCES = 255  # a part stores each document's source as one byte
-MAX_TOKENS = 1 << 62  # reduce.mix token counts: past any real corpus, inside JSON's 64-bit integers
 
 
 def _check_mix(config: Config, bad: Any) -> None:
@@ -248,13 +271,6 @@ def _check_mix(config: Config, bad: Any) -> None:
         raise bad("reduce.mix.oversize", f"must be {_or(get_args(Oversize))}, got {mix.oversize!r}")
     if not 1 <= mix.max_repeat < math.inf:
         raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, and finite, got {mix.max_repeat}")
-    for key in ("total_tokens", "max_doc_tokens"):
-        # A token count beyond 2^62 is no real mix, and could not be stored (JSON readers stop at 64 bits).
-        if not 0 <= getattr(mix, key) <= MAX_TOKENS:
-            raise bad(f"reduce.mix.{key}", f"must be 0 (no limit) or more, at most {MAX_TOKENS:,}, "
-                                           f"got {getattr(mix, key)}")
-    if 0 < mix.max_doc_tokens < 16:
-        raise bad("reduce.mix.max_doc_tokens", f"must be 0 (no cap) or at least 16, got {mix.max_doc_tokens}")
 
 
 def _or(choices: tuple[str, ...]) -> str:

@@ -26,52 +26,79 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric key takes: lo to hi (above lo, when `above`), and 0 as well where `zero` says what
+    0 means. Values outside it were accepted and then failed late, silently or in sbatch (a 10^12-task
+    array, a nan temperature, a 0 batch); config/checks.py refuses them at load in one line that gives `why`."""
+
+    lo: float
+    hi: float
+    why: str
+    zero: str = ""
+    above: bool = False
+
+
+def ranged(default: Any, lo: float, hi: float, why: str, zero: str = "", above: bool = False) -> Any:
+    """A numeric key's default with its Range beside it (tests/test_config_ranges.py fails on a key without one)."""
+    return field(default=default, metadata={"range": Range(lo, hi, why, zero, above)})
+
+
+MAX_TOKENS = 1 << 62  # reduce.mix token counts: past any real corpus, inside JSON's 64-bit integers
+WEIGHT_WHY = "a relative share: token counts as weights still fit, and their sum stays finite"
+COUNT_WHY = "a count in one output; no answer holds 10,000"
+
+
+@dataclass(frozen=True)
 class PlanConfig:
     # Files, directories or globs: JSONL (plain, .gz or .zst) or Parquet; `hpcsynth plan --input` replaces them.
     inputs: tuple[str, ...] = ()
     # A cap beside plan.shard_tokens: 10,000 documents x 4 prompts keeps a shard of very short documents
     # (tweets, titles) to minutes of GPU work; 339M FineWeb-Edu documents stay a few hundred thousand files.
-    shard_docs: int = 10000
+    shard_docs: int = ranged(10000, 1, 10**8, "a shard is what one lease holds and a crash loses; 100M documents "
+                             "is weeks of GPU work")
     # dolma / datatrove field names for the document text and its id.
     text_key: str = "text"
     id_key: str = "id"
     # Shorter documents carry too little to rephrase; they are counted and skipped.
-    min_chars: int = 1
+    min_chars: int = ranged(1, 0, 1 << 32, "characters; no document is longer than the 4 GiB line "
+                            "plan.max_line_bytes lets through")
     # zstd level 3: ~250 MB/s to write, ~1.4 GB/s to read; higher levels cost far more than they save.
-    zstd_level: int = 3
+    zstd_level: int = ranged(3, 1, 22, "zstd's own levels")
     # A corpus line longer than this is a counted reject, never read whole: web documents stay far
     # below it (the longest FineWeb pages are a few MB), and it bounds what a decompression bomb costs.
-    max_line_bytes: int = 64 << 20
+    max_line_bytes: int = ranged(64 << 20, 1024, 1 << 32, "a line is held whole by each planning process: 4 GiB at "
+                                 "most; under 1 KiB would reject ordinary pages")
     # ~1,000 FineWeb-Edu documents of ~1k tokens: minutes of GPU work per shard, balanced by tokens so that
     # a shard of long documents does not take ten times longer than one of short ones.
-    shard_tokens: int = 1_000_000
+    shard_tokens: int = ranged(1_000_000, 1, 10**10, "a shard is what a crash loses: 10B tokens is weeks of one GPU")
     # 0: measure UTF-8 bytes per token on the first MiB of the corpus with model.path's tokenizer when it
     # has one, else 4.0 (English web text under ~50k-vocabulary BPE tokenizers averages 4.2-4.6).
-    bytes_per_token: float = 0.0
+    bytes_per_token: float = ranged(0.0, 1.0, 64.0, "every token is a byte or more of text, and none averages 64",
+                                    zero="measure it")
     # Metadata fields (dotted for nested ones) copied into each document's "meta" and every output record.
     keep_fields: tuple[str, ...] = ()
     # A predicate over metadata, e.g. 'int_score >= 3 and language == "en"'; empty keeps everything.
     filter: str = ""
     # 0 leaves the filter off; a document longer than this is filtered (and listed in the rejects file).
-    max_chars: int = 0
+    max_chars: int = ranged(0, 0, 1 << 32, "characters, as plan.min_chars", zero="off")
     # Plan at most this many documents, in input order (0: all); the study rephrases subsets.
-    limit: int = 0
+    limit: int = ranged(0, 0, 10**12, "documents; the largest web corpora hold ~10^11", zero="all")
     # Keep this seeded fraction of documents (chosen by a hash of the id, so it does not depend on order).
-    sample_fraction: float = 1.0
+    sample_fraction: float = ranged(1.0, 0.0, 1.0, "a share of the documents; 0 would plan none", above=True)
     # Another seed draws another subset of the same size; 0 is as good a default as any.
-    sample_seed: int = 0
+    sample_seed: int = ranged(0, 0, 2**32 - 1, "a seed; 2^32 of them are plenty, and a longer one is a typo")
     # FinePhrase cut documents at ~18k characters: "truncate" at a paragraph boundary, "split" into parts
     # rephrased separately, or "keep" them whole (the worker still cuts at model.max_input_chars).
     long_docs: LongDocs = "truncate"
     # The long-document budget in characters: FinePhrase's ~18k characters fit SmolLM2's 8k context.
-    long_doc_chars: int = 18000
+    long_doc_chars: int = ranged(18000, 1, 1 << 32, "characters, as plan.min_chars")
     # The same budget in estimated tokens instead (0: use long_doc_chars), for models with other contexts.
-    long_doc_tokens: int = 0
+    long_doc_tokens: int = ranged(0, 0, 1 << 28, "tokens; 268M is past any model's context", zero="use long_doc_chars")
     # "keep_first" plans the first document of an id and rejects later ones; "reject" rejects all of them.
     duplicate_ids: DuplicateIds = "keep_first"
     # A few bad lines are normal in a web dump; more than 5% means a wrong text_key, format or file.
     # Under skip_bad_files, the bytes of lost files, as a share of all input bytes, are held to it too.
-    max_reject_rate: float = 0.05
+    max_reject_rate: float = ranged(0.05, 0.0, 1.0, "a share of the documents")
     # A file that cannot be read whole (a cut .gz/.zst, a corrupt Parquet file or one without text_key)
     # fails the plan: its documents would vanish unseen. true plans without it, listed as a lost file
     # (the documents read before the failure are kept) and its bytes counted against max_reject_rate.
@@ -79,7 +106,7 @@ class PlanConfig:
     # Consecutive input files are planned together (one process, no shard across groups) up to this many
     # MB on disk: 8 MB keeps processes busy and lets small files share shards (0: each file alone). A plan
     # under 16 x this takes 1/16 of its input per group (not under 1 MB), so a pool is busy to the end.
-    group_mb: int = 8
+    group_mb: int = ranged(8, 0, 10**6, "MB one process plans; a TB is past any useful group", zero="each file alone")
 
 
 @dataclass(frozen=True)
@@ -94,23 +121,23 @@ class ModelConfig:
     # SmolLM2 and most small instruct models are trained and served in bf16.
     dtype: Dtype = "bfloat16"
     # FinePhrase ran SmolLM2 with an 8k context.
-    max_model_len: int = 8192
+    max_model_len: int = ranged(8192, 1, 1 << 24, "tokens; 16M is past any model's context")
     # FinePhrase cut documents longer than ~18k characters at the last newline; we do too, and record it.
-    max_input_chars: int = 18000
+    max_input_chars: int = ranged(18000, 1, 1 << 32, "characters, as plan.min_chars")
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     # Plain sampling from the model's distribution, as FinePhrase rephrased: varied, not greedy.
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, 0.0, 5.0, "0 is greedy; past 5 every model samples noise")
     # 1.0 leaves nucleus sampling off.
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, 0.0, 1.0, "a share of the probability mass; vLLM refuses 0", above=True)
     # 0 turns top-k off; transformers and vLLM then sample alike.
-    top_k: int = 0
+    top_k: int = ranged(0, 0, 1 << 20, "tokens; past any vocabulary, the largest of which hold ~262k", zero="off")
     # FinePhrase's cap; outputs average ~360 tokens, so the cap only trims runaways.
-    max_tokens: int = 2048
+    max_tokens: int = ranged(2048, 1, 1 << 20, "new tokens; 1M is past any model's context")
     # Each record's seed is derived from this and the record id, so reruns reproduce a record.
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**32 - 1, "vLLM seeds numpy with it, which takes 0 to 2^32-1")
     # Any other vLLM SamplingParams argument (e.g. repetition_penalty, min_p), passed through as given
     # (to an endpoint as request body fields); empty because FinePhrase sampled plainly.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -119,20 +146,24 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     # Requests handed to the engine at once (transformers: one padded batch).
-    batch_size: int = 8
+    batch_size: int = ranged(8, 1, 1 << 16, "requests held at once by one engine; 65,536 is past any device's batch")
     # Completed records reach the disk at least this often: the most work a crash can cost.
-    flush_interval_s: float = 60.0
+    flush_interval_s: float = ranged(60.0, 0.01, 86400.0, "seconds: under 10 ms every record is its own write, "
+                                     "and a crash should never cost more than a day")
     # How often status sees fresh numbers.
-    heartbeat_interval_s: float = 10.0
+    heartbeat_interval_s: float = ranged(10.0, 0.01, 3600.0, "seconds: under 10 ms the heartbeat is all the "
+                                         "worker writes; past an hour status sees nothing live")
     # A shard whose lease has not been renewed for this long may be taken over by another worker.
-    lease_timeout_s: float = 300.0
+    lease_timeout_s: float = ranged(300.0, 1.0, 604800.0, "seconds: under one a live lease is taken over; past "
+                                    "a week a dead worker's shard waits a week")
     # Fail the shard when the engine holds requests but finishes none for this long (a hung GPU or
     # server); FinePhrase outputs take seconds each, so ten quiet minutes mean something is stuck.
-    watchdog_s: float = 600.0
+    watchdog_s: float = ranged(600.0, 0.1, 604800.0, "seconds: under 0.1 no completion arrives in time; past a "
+                               "week a hung GPU is held a week")
     # Out-of-memory errors answered by halving the engine's concurrency before the shard fails.
-    oom_retries: int = 3
+    oom_retries: int = ranged(3, 0, 30, "each halves the concurrency: 30 halvings bring any batch down to one")
     # torch intra-op threads; 0 leaves torch's default. Tests use 1 (shared cores thrash at 2+).
-    threads: int = 0
+    threads: int = ranged(0, 0, 4096, "no node has more hardware threads", zero="torch's default")
     # "auto" picks cuda when present, else cpu.
     device: str = "auto"
 
@@ -141,22 +172,23 @@ class WorkerConfig:
 class VllmConfig:
     # Sequences decoded together. FinePhrase used 2048, but the KV pool of a 1.7B model holds ~215 (H100)
     # to ~400 (H200) sequences, so more only queues inside vLLM.
-    max_num_seqs: int = 512
+    max_num_seqs: int = ranged(512, 1, 1 << 16, "sequences in one GPU's batch; past 2,048 they only queue")
     # 32768 was faster for FinePhrase but ran out of memory; 16384 is their stable setting.
-    max_num_batched_tokens: int = 16384
+    max_num_batched_tokens: int = ranged(16384, 1, 1 << 24, "tokens per step; 16M is past any GPU's memory")
     # 0.95 hit OOM in FinePhrase; 0.90 did not.
-    gpu_memory_utilization: float = 0.90
+    gpu_memory_utilization: float = ranged(0.90, 0.01, 1.0, "a share of the GPU's memory; under 1% holds no model")
     # The four prompts share their instructions; caching their prefix saves prefill.
     enable_prefix_caching: bool = True
     # CUDA graphs cost minutes at start-up and pay off over a shard; tests turn them off.
     enforce_eager: bool = False
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = ranged(1, 1, 256, "GPUs under one engine: 32 nodes of 8 is past any rephraser")
     # Speculative decoding, passed through to vLLM (FinePhrase: method "suffix", 32 tokens, ~1.75x).
     speculative_method: str = ""
-    num_speculative_tokens: int = 0
+    num_speculative_tokens: int = ranged(0, 0, 1024, "tokens guessed per step; FinePhrase used 32", zero="off")
     kv_cache_dtype: str = "auto"
     # Requests kept queued in the engine beyond max_num_seqs, so a finished slot refills at once.
-    in_flight: int = 0
+    in_flight: int = ranged(0, 0, 1 << 20, "queued requests each hold a document, ~18k chars: a million is ~20 GB "
+                            "of host memory")
     # Any other vllm.LLM(...) argument our keys do not name (e.g. speculative_config, quantization),
     # checked against vLLM's own signature; empty: the named keys above cover the FinePhrase recipe.
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -167,12 +199,13 @@ class EndpointConfig:
     # An OpenAI-compatible server (vllm serve, SGLang, TGI); loopback unless you say otherwise.
     url: str = "http://127.0.0.1:8000/v1"
     # Requests open at once: enough to fill the server's batch, few enough not to time out in its queue.
-    concurrency: int = 64
+    concurrency: int = ranged(64, 1, 1 << 16, "open connections; past 65,536 the client runs out of ports")
     # A 2048-token answer from a busy server can take minutes.
-    timeout_s: float = 600.0
+    timeout_s: float = ranged(600.0, 0.1, 86400.0, "seconds per request: under 0.1 no server answers; a day is "
+                              "past any answer")
     # Connection errors, 429 and 5xx: retried this many times, waits doubling from backoff_s.
-    retries: int = 5
-    backoff_s: float = 1.0
+    retries: int = ranged(5, 0, 100, "each waits up to a minute: 100 outlasts any outage worth waiting for")
+    backoff_s: float = ranged(1.0, 0.0, 60.0, "seconds; the waits stop doubling at 60 anyway")
     # Name of the environment variable holding an API key, if the server wants one.
     api_key_env: str = ""
     # An API key sent over plain http to another host can be read on the way; say true only for a
@@ -183,28 +216,30 @@ class EndpointConfig:
 @dataclass(frozen=True)
 class SlurmConfig:
     # Array tasks = GPUs kept busy; each starts its engine once and pulls shards until none remain.
-    array_tasks: int = 8
+    array_tasks: int = ranged(8, 1, 100_000, "GPUs kept busy, ~1,000 for FinePhrase; no cluster lends 100,000")
     # Several shards per array task instead of pulling: each task gets its own fixed group (0: pull).
-    shards_per_task: int = 0
+    shards_per_task: int = ranged(0, 0, 10**7, "FinePhrase had 339k shards in all", zero="pull")
     # Slurm's %N: at most this many array tasks at once (0: no limit).
-    array_parallelism: int = 0
+    array_parallelism: int = ranged(0, 0, 100_000, "as slurm.array_tasks", zero="no limit")
     # Empty partition, qos and account leave Slurm's defaults; a site profile sets them.
     partition: str = ""
     qos: str = ""
     account: str = ""
     # One engine per GPU: generators around 1-2B gain nothing from tensor parallelism.
-    gpus_per_task: int = 1
+    gpus_per_task: int = ranged(1, 0, 64, "a task runs on one node, and none holds 64 GPUs",
+                                zero="no GPU, for endpoint or CPU engines")
     # "gres" asks --gres=gpu:N (works on every Slurm); "gpus" asks --gpus-per-task=N.
     gpu_request: GpuRequest = "gres"
     # Tokenization, the request stream and zstd need a few cores and host memory beside each GPU.
-    cpus_per_task: int = 8
-    mem_gb: int = 64
+    cpus_per_task: int = ranged(8, 1, 4096, "no node has more hardware threads")
+    mem_gb: int = ranged(64, 0, 65536, "no node has 64 TB", zero="Slurm's --mem=0, all of the node's memory")
     # Requeue on a time limit is built in, so a short limit mostly buys earlier starts.
-    time_min: int = 240
+    time_min: int = ranged(240, 1, 525600, "minutes: a year is past any partition's limit; 0 asks Slurm for "
+                           "no limit, which partitions refuse")
     # USR2 comes this long before the limit: enough to flush the progress logs and requeue.
-    signal_delay_s: int = 120
+    signal_delay_s: int = ranged(120, 1, 65535, "Slurm's --signal takes at most 65,535 s; 0 leaves no time to flush")
     # 0 reads MaxArraySize from `scontrol show config`; arrays larger than that are split.
-    max_array_size: int = 0
+    max_array_size: int = ranged(0, 0, 4_000_001, "Slurm's own ceiling for MaxArraySize", zero="read it from scontrol")
     # Extra sbatch options as "key=value" ("exclusive" alone for a flag), e.g. ["constraint=h100"].
     sbatch: tuple[str, ...] = ()
     # Shell lines run before the worker: module load, venv activation.
@@ -230,14 +265,15 @@ class MixSource:
     text_key: str = "text"
     id_key: str = "id"
     # Relative share of the written tokens, against every other source's and synthetic prompt's weight.
-    weight: float = 1.0
+    weight: float = ranged(1.0, 0.0, 1e12, WEIGHT_WHY, above=True)
 
 
 @dataclass(frozen=True)
 class MixConfig:
     # Prompt -> weight; "*" pools every prompt as one source in its natural proportions. Empty: {"*": 1.0}.
     # A prompt left out is validated and exported as text, but not written to the token files.
-    synthetic: dict[str, float] = field(default_factory=dict)
+    synthetic: dict[str, float] = field(default_factory=dict,
+                                        metadata={"range": Range(0.0, 1e12, WEIGHT_WHY, above=True)})
     # Mix-in sources; empty: run_originals at weight reduce.original_ratio x the synthetic weights
     # (so the simple form keeps working), none when original_ratio is 0.
     sources: tuple[MixSource, ...] = ()
@@ -247,14 +283,17 @@ class MixConfig:
     too_few: TooFew = "shrink"
     # Most times a source may be used under too_few: repeat; repeated text beyond ~4 epochs stops helping
     # (Muennighoff et al., data-constrained scaling).
-    max_repeat: float = 4.0
+    max_repeat: float = ranged(4.0, 1.0, 1e18, "1: no repeat; the written total and the free-disk check bound what "
+                               "repeats cost, so the cap only has to stay a number")
     # Tokens written in all; 0: as many as the scarcest synthetic prompt allows without repeating it
     # (all of the synthetic text when its prompts are pooled), generation being the costly part.
-    total_tokens: int = 0
+    total_tokens: int = ranged(0, 0, MAX_TOKENS, "JSON readers stop at 64-bit integers",
+                               zero="as many as the synthetic text allows")
     # Largest document in tokens (with BOS and EOS); 0: no cap. A FinePhrase document is cut at 18,000
     # chars (~4.5k tokens) and a rephrasing is at most 2,048: 65,536 leaves those whole, while one 10 MB
     # page (~2.5M tokens) could otherwise be most of a small mix.
-    max_doc_tokens: int = 65536
+    max_doc_tokens: int = ranged(65536, 16, MAX_TOKENS, "16 is BOS, EOS and a few words; JSON readers stop at "
+                                 "64-bit integers", zero="no cap")
     # What happens to a larger document: "cut" keeps its first max_doc_tokens (the start of a page is its
     # most coherent part), "drop" leaves it out; either way it is counted in mix.json.
     oversize: Oversize = "cut"
@@ -267,16 +306,17 @@ class ReduceConfig:
     # Appended after every document; empty: from tokenizer_config.json, else a well-known EOS token.
     eos_token: str = ""
     # Original web tokens mixed in per synthetic token (FinePhrase: the mix matters; 1.0 is half/half).
-    original_ratio: float = 1.0
+    original_ratio: float = ranged(1.0, 0.0, 1000.0, "past 1,000 the synthetic text is a rounding error; "
+                                   "reduce.mix says other mixes exactly")
     # Megatron .bin/.idx: read by Megatron-LM and NeMo, and as a flat array by nanoGPT and OLMo-core;
     # "datatrove" writes .ds/.ds.index/.ds.metadata (nanotron), "numpy" one flat .npy array.
     format: TokenFormat = "megatron"
     # Flat readers cut contiguous windows, so documents are shuffled (seeded) before writing.
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**32 - 1, "as plan.sample_seed")
     # Drop records the engine cut at max_tokens instead of keeping a truncated rephrase.
     drop_truncated: bool = False
     # Shorter outputs are rejected (empty or near-empty generations teach nothing).
-    min_chars: int = 16
+    min_chars: int = ranged(16, 0, 1 << 32, "characters, as plan.min_chars")
     # Output file prefix: DIR/NAME.bin and DIR/NAME.idx.
     name: str = "mix"
     # "auto" uses gigatoken when it encodes a sample exactly as `tokenizers` does (10-30x faster per
@@ -284,12 +324,12 @@ class ReduceConfig:
     backend: TokenizerBackend = "auto"
     # Run shards per reduce part (the unit a --jobs process or a Slurm array task does, and redoes after
     # a crash); 8 FinePhrase shards are ~20M tokens: a few minutes on one core, ~200 MB of memory.
-    part_shards: int = 8
+    part_shards: int = ranged(8, 1, 10_000, "a part holds its shards in memory, ~25 MB each: 10,000 is ~250 GB")
     # Source documents per shuffle bucket; the merge holds one bucket (~2.6k tokens per FinePhrase
     # document with its rephrasings: ~250 MB of uint16), so memory stays flat as the run grows.
-    bucket_docs: int = 50000
+    bucket_docs: int = ranged(50000, 1, 10**7, "the merge holds one bucket, ~5 KB a document: 10M is ~50 GB")
     # Largest token file, in MB, before the next one starts (NAME-00000, NAME-00001...); 0: one file.
-    max_file_mb: float = 0.0
+    max_file_mb: float = ranged(0.0, 0.0, 1e7, "MB; 10 TB is past any file a trainer reads", zero="no cap")
     # Also write the synthetic text as Parquet with a dataset card (what FinePhrase published).
     text_export: bool = True
     # Exact token shares of synthetic prompts and mix-in sources (hpcsynth/reduce/mix/); empty: the
@@ -316,26 +356,26 @@ class ValidateConfig:
     preamble: Preamble = "strip"
     # Output chars per input char below this is a give-up: a FinePhrase math problem from an 18,000-char
     # document is ~1,000 chars (0.055); one sentence from a long page is under 0.01.
-    min_length_ratio: float = 0.03
+    min_length_ratio: float = ranged(0.03, 0.0, 1.0, "a ratio over 1 would refuse every output shorter than its input")
     # Word n-gram size for the repetition ratio: 4-grams skip the scaffolding real FAQs repeat ("what is").
-    repetition_n: int = 4
+    repetition_n: int = ranged(4, 1, 64, "words; a 64-word n-gram is a paragraph")
     # Share of repeated word 4-grams over the whole text: degenerate loops reach 0.8+, our good samples
     # of every format stay under 0.15.
-    max_repetition: float = 0.35
+    max_repetition: float = ranged(0.35, 0.0, 1.0, "a share of the n-grams")
     # Words at the end checked alone for a loop (a good start that degenerates before max_tokens).
-    tail_words: int = 120
+    tail_words: int = ranged(120, 1, 1_000_000, "words; a million is the whole of any output")
     # Repeated 4-gram share allowed in that tail; higher than the whole-text limit, since it is short.
-    max_tail_repetition: float = 0.5
+    max_tail_repetition: float = ranged(0.5, 0.0, 1.0, "a share of the n-grams")
     # Data rows a table needs below its header and separator; one row is a sentence, not a table.
-    min_table_rows: int = 2
+    min_table_rows: int = ranged(2, 1, 10_000, COUNT_WHY)
     # Question/answer pairs an FAQ needs: one pair is a Q&A, and short documents honestly give 2-3.
-    min_faq_pairs: int = 2
+    min_faq_pairs: int = ranged(2, 1, 10_000, COUNT_WHY)
     # Worked lines (a calculation or a step) a math solution needs: the prompt asks for several steps.
-    min_math_steps: int = 2
+    min_math_steps: int = ranged(2, 1, 10_000, COUNT_WHY)
     # Numbered steps or bullets a tutorial needs: fewer is prose with a list in it.
-    min_tutorial_steps: int = 3
+    min_tutorial_steps: int = ranged(3, 1, 10_000, COUNT_WHY)
     # n for the distinct-n-gram diversity `hpcsynth validate` reports (distinct-2 is the usual measure).
-    diversity_n: int = 2
+    diversity_n: int = ranged(2, 1, 64, "words, as validate.repetition_n")
 
 
 @dataclass(frozen=True)
@@ -362,7 +402,7 @@ class CardConfig:
     # not listed here is taken to be under card.license.
     source_licenses: dict[str, str] = field(default_factory=dict)
     # Dollars per GPU-hour, to price the card's GPU-hours; 0 leaves the cost in hours (prices differ by site).
-    gpu_hour_price: float = 0.0
+    gpu_hour_price: float = ranged(0.0, 0.0, 1000.0, "dollars; no GPU rents for $1,000 an hour", zero="no price")
 
 
 @dataclass(frozen=True)

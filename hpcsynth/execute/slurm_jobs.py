@@ -172,6 +172,17 @@ def _recorded_reduces(path: Path) -> list[dict[str, Any]]:
         return []  # none yet, or damaged: the next submission starts the record again
 
 
+def active_reduce_jobs(path: Path, dataset: str) -> list[str]:
+    """The recorded Slurm reduce jobs into the output folder named `dataset` that Slurm still holds (queued
+    or running): they write that folder without holding its lock. [] where Slurm is not installed."""
+    ids = [str(job.get(key)) for job in _recorded_reduces(path) if job.get("dataset") == dataset
+           for key in ("array", "merge") if isinstance(job.get(key), str) and JOB_ID.fullmatch(job[key])]
+    if not ids or shutil.which("squeue") is None:
+        return []
+    queued = set(_run(["squeue", "-h", "-o", "%F"], check=False).split())
+    return [i for i in dict.fromkeys(ids) if i.split("_")[0] in queued]
+
+
 def active_jobs(run: RunDir) -> list[str]:
     """Recorded jobs that Slurm still holds (pending, running, requeued): one squeue call, which unlike
     sacct shows a job the moment it is submitted."""

@@ -75,9 +75,17 @@ def test_cancel_stops_a_plain_runs_slurm_reduce(tmp_path: Path, cluster: Cluster
     recorded = orjson.loads((run / "reduce-jobs.json").read_bytes())["jobs"]
     ids = [job[key] for job in recorded for key in ("array", "merge") if job[key]]
     assert len(recorded) == 1 and len(ids) == 2, recorded
+    # Its jobs write RUN/reduce without the lock: no other reduce starts into it while Slurm holds them.
+    for again in (("reduce", str(run)), ("reduce", str(run), "--executor", "slurm"),
+                  ("reduce", str(run), "--clean-parts")):
+        said = subprocess.run([sys.executable, "-m", "hpcsynth", *again], env=cluster.env, capture_output=True,
+                              text=True, timeout=120)
+        assert said.returncode == 2 and said.stderr.count("\n") == 1, said.stderr
+        assert "is being written by the Slurm reduce jobs" in said.stderr and ids[0] in said.stderr
     said = cli(cluster, "cancel", str(run)).stdout
     assert all(i in said for i in ids), said
     wait_cancelled(cluster, ids)
+    assert cli(cluster, "reduce", str(run)).returncode == 0  # once they are gone, a local reduce goes on
 
 
 REQUEUE_CONFIG = """\
