@@ -1,4 +1,5 @@
-"""Corpus readers: JSONL (plain, .gz, .zst) and Parquet (streamed by row group), one record at a time.
+"""Corpus readers: JSONL (plain, .gz, .zst) and Parquet (streamed by row group, in batches bounded by bytes:
+parquet_rows.py), one record at a time.
 
 A reader never raises for bad data: it yields (position, record, "") for a good record and
 (position, None, reason) for a bad one, and a file that cannot be read on (truncated, corrupt, unreadable,
@@ -26,7 +27,6 @@ from hpcsynth.errors import InputError
 from hpcsynth.files import zstd_cut_at
 
 Item = tuple[int, "dict | None", str]
-PARQUET_BATCH_ROWS = 1024  # a batch at a time inside a row group: bounded memory even for huge row groups
 
 
 class FileFailure(str):
@@ -96,7 +96,7 @@ def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None
     `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file)."""
     counter = counter or ByteCounter()
     if is_parquet(path):
-        return _read_parquet(path, columns, counter, row_groups)
+        return _read_parquet(path, columns, counter, max_line_bytes, row_groups)
     return _read_jsonl(path, counter, max_line_bytes)  # returned, not delegated: one generator less a record
 
 
@@ -235,10 +235,15 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
+def _read_parquet(path: Path, columns: list[str], counter: ByteCounter, max_line_bytes: int,
                   only: list[int] | None = None) -> Iterator[Item]:
+    """Rows in batches bounded by bytes, not rows, each row measured before it becomes Python objects
+    (parquet_rows.py: a few KB of Parquet can decode to gigabytes)."""
     import pyarrow  # heavy; only a Parquet corpus pays for it
     import pyarrow.parquet as pq
+
+    from hpcsynth.corpus.parquet_rows import (SLICE_BYTES, bounded, holds_dictionary, leaves, python_values, row_bytes,
+                                              rows_per_batch)
 
     row = 0
     try:
@@ -248,17 +253,30 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter,
             yield 0, None, FileFailure(f"no column {columns[0]!r} (plan.text_key); the file has: {', '.join(names)}")
             return
         wanted = [c for c in dict.fromkeys(columns) if c in names]
+        metadata, chunks = parquet.metadata, leaves(parquet.schema, wanted)
+        dictionaries = any(holds_dictionary(field.type) for field in parquet.schema_arrow if field.name in wanted)
+        small = min(max_line_bytes, SLICE_BYTES)
         size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
-        for group in range(parquet.num_row_groups):
-            if only is not None and group not in only:
-                row += parquet.metadata.row_group(group).num_rows
-                continue
-            for batch in parquet.iter_batches(PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted):
-                names = batch.schema.names
-                for values in zip(*(column.to_pylist() for column in batch.columns)):
-                    yield row, dict(zip(names, values)), ""
-                    row += 1
-            counter.done += size // groups
+        with open(path, "rb", buffering=0) as headers:  # the dictionary pages' headers are read from it
+            for group in range(parquet.num_row_groups):
+                if only is not None and group not in only:
+                    row += metadata.row_group(group).num_rows
+                    continue
+                rows = rows_per_batch(metadata.row_group(group), chunks, headers.fileno())
+                # one thread: the planner runs a process per core, and small batches cost a hand-off each
+                for batch in parquet.iter_batches(rows, row_groups=[group], columns=wanted, use_threads=False):
+                    # Arrow's buffers hold at least what the rows decode to, but a dictionary holds each entry once
+                    if dictionaries or batch.get_total_buffer_size() > small:
+                        sizes = row_bytes(batch)
+                        if batch.num_rows and (sizes.max() > max_line_bytes or sizes.sum() > SLICE_BYTES):
+                            yield from bounded(batch, sizes, row, group, max_line_bytes)  # rare: no hot path
+                            row += batch.num_rows
+                            continue
+                    names = batch.schema.names
+                    for values in zip(*(python_values(column) for column in batch.columns)):
+                        yield row, dict(zip(names, values)), ""
+                        row += 1
+                counter.done += size // groups
     except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, PermissionError):
             yield row, None, _file_reason(path, exc)

@@ -28,7 +28,8 @@ from hpcsynth.reduce.select import Document
 # encoded from a prefix first (then from prefixes twice as long, while one gives no more than the cap), so a
 # 10 MB page is never tokenized whole only to be cut: memory follows max_doc_tokens, not the page.
 PREFIX_CHARS_PER_TOKEN = 8
-CORPUS_BATCH = 1024  # corpus documents encoded at a time
+CORPUS_BATCH = 1024  # corpus documents encoded at a time...
+CORPUS_BATCH_CHARS = 64 << 20  # ...or fewer: 1,024 pages of 20 MB each (a Parquet bomb's rows) held 20 GiB
 # Originals tokenized beyond the most the mix could take from a part (None: all of them). 1.25 covers
 # the spread of one part's originals around the run's average; too little only costs a redone part.
 LAZY_MARGIN: float | None = 1.25
@@ -99,6 +100,7 @@ class MixFeed:
         entry = self.mix["sources"][source]
         text_key, id_key, name = entry["text_key"], entry["id_key"], entry["name"]
         batch: list[Document] = []
+        held = 0  # characters in batch
         for position, record, reason in read_file(Path(file), [text_key, id_key], max_line_bytes=max_line_bytes,
                                                   row_groups=row_groups):
             where = f"{file}:{position}"
@@ -112,9 +114,10 @@ class MixFeed:
             doc_id = record.get(id_key)
             source_id = str(doc_id) if doc_id is not None else where
             batch.append(Document("corpus", f"{name}:{source_id}", source_id, text, source=source))
-            if len(batch) >= CORPUS_BATCH:
+            held += len(text)
+            if len(batch) >= CORPUS_BATCH or held >= CORPUS_BATCH_CHARS:
                 self._add(batch, "corpus")
-                batch = []
+                batch, held = [], 0
         self._add(batch, "corpus")
 
     def _add(self, docs: list[Document], kind: str) -> None:
