@@ -178,6 +178,35 @@ class RunDir:
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
 
+    # --- written by `hpcsynth repair` (hpcsynth/repair/): each attempt's sub-runs, ordinary run directories
+    # of the records still refused, and the yield report; reduce and status read them by these paths alone
+    @property
+    def repair_dir(self) -> Path:
+        return self.root / "repair"
+
+    def repair_run_dir(self, attempt: int, prompt: str) -> Path:
+        return self.repair_dir / f"attempt-{attempt}" / prompt
+
+    @property
+    def repair_report_path(self) -> Path:
+        return self.repair_dir / "report.json"
+
+    def repair_runs(self) -> list[tuple[int, str, RunDir]]:
+        """(attempt, prompt, sub-run) of every planned repair sub-run, by attempt then prompt; [] without repair."""
+        found = []
+        try:
+            attempts = [p for p in self.repair_dir.iterdir() if p.name.startswith("attempt-")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for folder in attempts:
+            number = folder.name[len("attempt-"):]
+            if not number.isdigit() or not folder.is_dir():
+                continue
+            for sub in folder.iterdir():
+                if (sub / "manifest.json").is_file():
+                    found.append((int(number), sub.name, RunDir(sub)))
+        return sorted(found, key=lambda entry: (entry[0], entry[1]))
+
     def _restore_fix(self, what: str = "restore the config") -> str:
         parent = self.grid_parent()
         if parent is not None:  # a grid generator's config is derived from the grid's: plan puts it back

@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("execute",),            # where workers run: local processes or Slurm (execute/slurm.py knows no stage)
     ("status",),             # collect, view, timeline, the account
     ("reduce",),
-    ("study",),              # estimates, charts, the experiment grid
+    ("study", "repair"),     # estimates, charts, the experiment grid; repair: refused records generated again
     ("cli", "__main__"),
 ]
 

@@ -45,10 +45,10 @@ def test_shipped_configs_by_name_outside_the_source_tree(tmp_path: Path) -> None
     assert proc.returncode == 0 and "planned 3 documents" in proc.stdout, proc.stderr
     proc = cli("plan", "configs/nosuch.yaml", "--run", str(tmp_path / "x"), "--input", str(corpus))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "shipped config by name (demo, finephrase, grid-example)" in proc.stderr
+    assert "shipped config by name (demo, finephrase, grid-example, nemotron-cc)" in proc.stderr
     assert "hpcsynth config finephrase > mine.yaml" in proc.stderr
     proc = cli("config", "nosuch")
-    assert proc.returncode == 2 and "choose one of demo, finephrase, grid-example, site-dev, site-example" in proc.stderr
+    assert proc.returncode == 2 and "choose one of demo, finephrase, grid-example, nemotron-cc, site-dev, site-example" in proc.stderr
 
 
 def test_help_shows_every_default() -> None:

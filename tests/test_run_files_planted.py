@@ -24,7 +24,7 @@ from conftest import REPO, fake_config, run_cli, write_corpus
 SECRET = "TOPSECRET-9f3b1c"
 KINDS = ("symlink", "fifo", "zero", "sparse")
 COMMANDS = (("status",), ("status", "--json"), ("estimate",), ("launch", "--progress", "0"), ("validate",),
-            ("reduce",), ("verify",), ("cancel",))
+            ("repair",), ("reduce",), ("verify",), ("cancel",))
 
 
 def documented_paths() -> list[str]:
@@ -52,9 +52,9 @@ EXTRA = ["reduce-jobs.json.lock"]
 def pattern(documented: str) -> re.Pattern:
     """A documented path as a regex over real ones: ID, NAME, HOST.PID, ... stand for any name part."""
     out = ""
-    for piece in re.split(r"(ID|NNNNNN|NNNNN|MMMMM|NAME|HOST|PID|TOKEN|JOB|STAMP|HASH|\*)", documented):
-        out += "[^/]+?" if piece in ("ID", "NNNNNN", "NNNNN", "MMMMM", "NAME", "HOST", "PID", "TOKEN", "JOB",
-                                     "STAMP", "HASH", "*") else re.escape(piece)
+    names = ("ID", "NNNNNN", "NNNNN", "MMMMM", "NAME", "HOST", "PID", "TOKEN", "JOB", "STAMP", "HASH", "PROMPT", "K")
+    for piece in re.split(r"(ID|NNNNNN|NNNNN|MMMMM|NAME|HOST|PID|TOKEN|JOB|STAMP|HASH|PROMPT|K|\*)", documented):
+        out += "[^/]+?" if piece in names or piece == "*" else re.escape(piece)
     return re.compile(out + (".*" if documented.endswith("/") else ""))
 
 
@@ -72,12 +72,14 @@ def base(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("planted")
     build_tokenizer(tmp / "tok")
     corpus = write_corpus(tmp / "corpus.jsonl", 6)
-    config = fake_config(corpus, plan={"shard_docs": 3}, reduce={"tokenizer": str(tmp / "tok"), "min_chars": 1},
+    # Records cut at sampling.max_tokens ~45% of the time, refused as truncated: `repair` has work to do.
+    config = fake_config(corpus, plan={"shard_docs": 3}, sampling={"max_tokens": 30},
+                         reduce={"tokenizer": str(tmp / "tok"), "min_chars": 1, "drop_truncated": True},
                          validate={"action": "keep"})
     run = RunDir(tmp / "run")
     plan_corpus(config, run)
-    for args in (("launch", run.root, "--progress", "0"), ("validate", run.root), ("reduce", run.root),
-                 ("status", run.root)):
+    for args in (("launch", run.root, "--progress", "0"), ("validate", run.root), ("repair", run.root),
+                 ("reduce", run.root), ("status", run.root)):
         result = run_cli(*args)
         assert result.returncode == 0, (args, result.stderr)
     strict = tmp / "strict.yaml"
@@ -105,7 +107,7 @@ def base(tmp_path_factory) -> Path:
     (root / "rejects" / "000000.jsonl").write_text('{"id": "x", "reason": "refused"}\n')
     for name in ("set-aside/000000.1.1.done.json", "replaced/20260101T000000/000000.jsonl.zst",
                  "slurm/4242/4242_0_0_log.out", "reduce/slurm/4243/4243_0_0_log.out", ".plan.lock",
-                 "local/.lock", "reduce-jobs.json.lock", "reduce/parts/lock", ".plan-tmp-1/x"):
+                 "local/.lock", "reduce-jobs.json.lock", "reduce/parts/lock", ".plan-tmp-1/x", "repair/.lock"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x\n")
     (tmp / "secret.txt").write_text(SECRET + "\n")

@@ -165,7 +165,9 @@ def test_status_json_keeps_its_keys_and_order(tmp_path: Path) -> None:
     assert list(data) == ["run", "fingerprint", "shards", "documents", "prompts", "docs_done", "records_done",
                           "records_expected", "tokens_done", "tokens_per_s", "eta_s", "stale_shards",
                           "running_shards", "failed_shards", "redo_shards", "gpu_hours", "cpu_worker_hours",
-                          "live_workers", "worker_hours", "workers", "tasks", "timeline", "slurm"]
+                          "live_workers", "worker_hours", "workers", "tasks", "timeline", "slurm",
+                          "repair"]  # `hpcsynth repair`'s sub-runs, added last ([] without repair)
+    assert data["repair"] == []
     assert list(data["shards"]) == ["pending", "running", "requeued", "stale", "failed", "done", "total"]
     assert list(data["slurm"]) == ["jobs", "array_tasks", "sacct_calls", "pending_reasons", "never_starts",
                                    "failed_tasks"]

@@ -46,6 +46,8 @@ COMMANDS = {
                 "hpcsynth prompts --config configs/finephrase.yaml --render faq --doc page.txt"),
     "validate": ("check a run's outputs by their prompt's format, without tokenizing: a quality report per prompt",
                  "hpcsynth validate runs/fp --config stricter.yaml"),
+    "repair": ("generate again the records validation refused, in sub-runs with a seed of their own per attempt; "
+               "reduce then takes each record's first passing attempt", "hpcsynth repair runs/fp --attempts 2"),
     "estimate": ("what a run will cost (GPU-hours, wall time, $), per generator and prompt; and so far, for a run "
                  "that has worked", "hpcsynth estimate --tokens 486e9 --tokens-per-second 9200 --gpus 100 --price 2.5"),
 }
@@ -171,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", type=Path, help="a what-if: this file's validate: keys (and reduce.min_chars, "
                           "drop_truncated) over the run's own; its report goes to RUN/validate/whatif-HASH.json, "
                           "never to RUN/validate/report.json, which the dataset card quotes")
+
+    from hpcsynth.cli.repair import add_arguments as add_repair_arguments
+
+    add_repair_arguments(command("repair"))
 
     from hpcsynth.cli.study import add_arguments as add_estimate_arguments
 
@@ -473,6 +479,12 @@ def _validate(args: argparse.Namespace) -> int:
     return validate_command(args)
 
 
+def _repair(args: argparse.Namespace) -> int:
+    from hpcsynth.cli.repair import repair_command
+
+    return repair_command(args)
+
+
 def _estimate(args: argparse.Namespace) -> int:
     from hpcsynth.cli.study import estimate_command
 
@@ -486,6 +498,7 @@ AFTER_INTERRUPT = {
               "(local workers stop with their launcher; a Slurm job goes on: `hpcsynth cancel RUN` stops it)",
     "reduce": "finished parts are kept; run the same reduce again to go on from them",
     "validate": "nothing was written; validate again",
+    "repair": "committed shards of its sub-runs are kept; run the same repair again to go on from them",
     "demo": "pass a new directory to start the demo again",
 }
 
@@ -517,4 +530,4 @@ def grid_target(args: argparse.Namespace) -> Any:
 
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
             "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts, "validate": _validate,
-            "estimate": _estimate}
+            "estimate": _estimate, "repair": _repair}

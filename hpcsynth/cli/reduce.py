@@ -150,6 +150,7 @@ def print_summary(report: dict) -> None:
               f"{report['prefix'].rsplit('/', 1)[0]}/{report['text_export']['dir']}/ (with a dataset card)")
     print(f"  trainer: {_trainer_hint(report)}")
     _print_validation(report)
+    _print_decontamination(report)
     _print_parts(report)
     if report.get("backend_note"):
         print(report["backend_note"], file=sys.stderr)
@@ -169,6 +170,25 @@ def _print_validation(report: dict) -> None:
     if report.get("rejects"):
         print(f"  rejects with their reasons: {report['prefix'].rsplit('/', 1)[0]}/{report['rejects']}; "
               f"samples per check: hpcsynth validate {shlex.quote(report['run'])}")
+
+
+def _print_decontamination(report: dict) -> None:
+    """reduce.decontaminate: the benchmarks, then per prompt the records refused by cause (under any
+    validate.action), per source the documents dropped."""
+    found = report.get("decontamination")
+    if not found:
+        return
+    names = ", ".join(b["name"] for b in found["benchmarks"])
+    print(f"  decontamination: {found['ngram']}-grams of {names}")
+    for prompt, counts in found["synthetic"].items():
+        if counts["refused"]:
+            print(f"    {prompt}: {counts['refused']:,} records refused ({counts['copied']:,} copied from the source "
+                  f"document, {counts['written']:,} written by the generator)")
+    for source, count in found["documents"].items():
+        if count:
+            print(f"    {source}: {count:,} documents dropped")
+    if not any(c["refused"] for c in found["synthetic"].values()) and not any(found["documents"].values()):
+        print("    nothing held benchmark text")
 
 
 def _print_parts(report: dict) -> None:

@@ -86,6 +86,7 @@ def estimate_command(args: argparse.Namespace) -> int:
         inputs = inputs_from_run(run, collected, **given)
         if launched:
             account = account_run(run, args.price, collected)
+            account.update(_repair_account(run, args.price))
     else:
         inputs = Inputs(**given)
     try:
@@ -96,6 +97,18 @@ def estimate_command(args: argparse.Namespace) -> int:
         # A run whose generator has no published rate and has measured none yet: its account still stands.
         return _account_only(account, str(exc), args)
     return _show(estimate, account, args)
+
+
+def _repair_account(run, price: float) -> dict:
+    """{"repair": what `hpcsynth repair`'s sub-runs cost} apart from the run's own account; {} without repair."""
+    from hpcsynth.status.repair import repair_progress, repair_totals
+
+    subs = repair_progress(run)
+    if not subs:
+        return {}
+    totals = repair_totals(subs)
+    return {"repair": {**totals, "sub_runs": len(subs), "attempts": len({s["attempt"] for s in subs}),
+                       "cost": round(totals["gpu_seconds"] / 3600 * price, 2)}}
 
 
 def _show(estimate, account: dict | None, args: argparse.Namespace) -> int:

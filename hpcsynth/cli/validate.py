@@ -32,6 +32,13 @@ def validate_command(args: argparse.Namespace) -> int:
     if report["records"] == 0:
         raise HpcsynthError(f"{run.root}: the done shards hold no records to validate")
     print_table(report, str(path))
+    from hpcsynth.cli.repair import repair_summary
+
+    repaired, lines = repair_summary(run)  # the yield before and after `hpcsynth repair`, when it ran
+    for line in lines:
+        print(line)
+    if repaired:
+        report["repair"] = repaired
     # Written after the table: on a run directory we may only read, the table is still shown.
     write_report(run, report, path)
     if path != run.validate_report_path:
@@ -55,7 +62,8 @@ def print_table(report: dict, path: str | None = None) -> None:
         # Both kinds, each labelled: with validate.action keep, a check's failures are flagged and kept, yet
         # a record with no text at all is still rejected; showing one kind hid the other (287 format
         # failures behind "empty 1").
-        failed = [f"{check} {count:,} (rejected)" for check, count in row["rejected"].items()]
+        failed = [f"{check} {count:,} (rejected){_causes(row) if check == 'contaminated' else ''}"
+                  for check, count in row["rejected"].items()]
         failed += [f"{check} {count:,} (kept)" for check, count in row["flagged"].items()]
         table.add_row(prompt, row["format"], f"{row['records']:,}",
                       f"{row['accepted']:,} ({_pct(row['accepted_share'])})", "\n".join(failed) or "-",
@@ -69,8 +77,20 @@ def print_table(report: dict, path: str | None = None) -> None:
     kept = f"; {flagged:,} failed a check and were kept (validate.action: keep)" if flagged else ""
     print(f"{clean:,} of {report['records']:,} records pass every check{kept}; {rejected:,} rejected; each check's "
           f"counts and three samples in {path or report['run'] + '/validate/report.json'}")
+    found = report.get("decontamination")
+    if found:
+        names = ", ".join(b["name"] for b in found["benchmarks"])
+        held = sum(r["rejected"].get("contaminated", 0) for r in report["prompts"].values())
+        print(f"decontamination: {held:,} records hold a {found['ngram']}-gram of {names} "
+              f"({found['ngrams']:,} n-grams); refused whatever validate.action says")
     if report["shards_skipped"]:
         print(f"note: {len(report['shards_skipped'])} shard(s) not done were left out")
+
+
+def _causes(row: dict) -> str:
+    """Under `contaminated`: how many records copied the benchmark text from their source, how many wrote it."""
+    found = row.get("contamination") or {}
+    return f"\n  {found.get('copied', 0):,} copied, {found.get('written', 0):,} written" if found else ""
 
 
 def _pct(value: float | None) -> str:

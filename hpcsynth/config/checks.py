@@ -25,6 +25,7 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
         raise bad("prompts", "must name at least one prompt, e.g. [faq, math, table, tutorial]")
     if len(set(config.prompts)) != len(config.prompts):
         raise bad("prompts", "names a prompt twice")
+    _check_routes(config, bad)
     # A few numbers (this one, reduce.original_ratio, the mix's weights and max_repeat) are checked first in
     # the words and with the advice they had before ranges; _check_ranges, last, holds every numeric key
     # to the Range declared beside it in sections.py.
@@ -48,6 +49,8 @@ def _check_values(config: Config, source: str, lines: dict[str, int]) -> None:
     _check_pass_through(config, bad)
     _check_validate(config.validate, bad)
     _check_mix(config, bad)
+    _check_decontaminate(config, bad)
+    _check_repair(config, bad)
     _check_ranges(config, "", bad)
 
 
@@ -204,6 +207,16 @@ def _check_plan(config: Config, bad: Any) -> None:
         compile_predicate(plan.filter, bad)
 
 
+def _check_routes(config: Config, bad: Any) -> None:
+    """Each prompt's condition (`prompts[i].when`) in plan.filter's language: a syntax error or an unknown
+    operator is one line naming the entry, at load, not at plan time."""
+    from hpcsynth.corpus.filters import compile_predicate
+
+    for i, name in enumerate(config.prompts):
+        if name in config.prompt_when:
+            compile_predicate(config.prompt_when[name], bad, key=f"prompts[{i}].when")
+
+
 def _check_validate(validate: ValidateConfig, bad: Any) -> None:
     if validate.action not in get_args(RejectAction):
         raise bad("validate.action", f"must be {_or(get_args(RejectAction))}, got {validate.action!r}")
@@ -212,6 +225,20 @@ def _check_validate(validate: ValidateConfig, bad: Any) -> None:
     unknown = [name for name in validate.skip if name not in VALIDATE_CHECKS]
     if unknown:
         raise bad("validate.skip", f"names no check {unknown[0]!r}; checks: {', '.join(VALIDATE_CHECKS)}")
+
+
+def _check_repair(config: Config, bad: Any) -> None:
+    """repair.checks by name, and repair.sampling.extra as sampling.extra (a typed key is said there)."""
+    from hpcsynth.config.sections import REPAIR_CHECKS
+
+    unknown = [name for name in config.repair.checks if name not in REPAIR_CHECKS]
+    if unknown:
+        raise bad("repair.checks", f"names no check {unknown[0]!r}; checks: {', '.join(REPAIR_CHECKS)} (format: "
+                                   f"every check of the prompt's format)")
+    for name in config.repair.sampling.extra:
+        if name in NAMED_SAMPLING_ARGS:
+            key = "repair.sampling.seed is derived per attempt" if name == "seed" else f"repair.sampling.{name}"
+            raise bad(f"repair.sampling.extra.{name}", f"is set by {key}; use that instead")
 
 
 def _where(source: str, lines: dict[str, int], key: str) -> str:
@@ -271,6 +298,19 @@ def _check_mix(config: Config, bad: Any) -> None:
         raise bad("reduce.mix.oversize", f"must be {_or(get_args(Oversize))}, got {mix.oversize!r}")
     if not 1 <= mix.max_repeat < math.inf:
         raise bad("reduce.mix.max_repeat", f"must be 1 (no repeat) or more, and finite, got {mix.max_repeat}")
+
+
+def _check_decontaminate(config: Config, bad: Any) -> None:
+    """Names only: the files are found and read by the reduce and `validate` (reduce/validate/benchmarks.py),
+    so a config naming a benchmark this host lacks still loads for `status` or `launch`."""
+    settings = config.reduce.decontaminate
+    for i, pattern in enumerate(settings.benchmarks):
+        if not pattern.strip():
+            raise bad(f"reduce.decontaminate.benchmarks[{i}]", "is empty; name a JSONL or Parquet file, a directory "
+                                                               "or a glob of your benchmark's texts")
+    if not settings.text_keys or not all(key.strip() for key in settings.text_keys):
+        raise bad("reduce.decontaminate.text_keys", f"must name the fields that hold a benchmark item's text, e.g. "
+                                                    f"[question, answer], got {list(settings.text_keys)!r}")
 
 
 def _or(choices: tuple[str, ...]) -> str:

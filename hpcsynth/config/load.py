@@ -104,6 +104,8 @@ def fingerprint_payload(config: Config, prompt_hashes: dict[str, str]) -> dict[s
     # Pass-through options count only when set, so runs planned without them keep their fingerprint.
     if not config.sampling.extra:
         del payload["sampling"]["extra"]
+    # A routed prompt counts as {name, when} (config_to_dict): its condition decides which records exist; an
+    # entry without one stays a name, so runs without routing keep the fingerprint they had before it.
     if not config.plan.skip_bad_files:  # a key added later: runs planned before it keep their fingerprint
         del payload["plan"]["skip_bad_files"]
     if config.vllm.engine_args:

@@ -300,6 +300,21 @@ class MixConfig:
 
 
 @dataclass(frozen=True)
+class DecontaminateConfig:
+    """Benchmark text kept out of the training files (hpcsynth/reduce/validate/benchmarks.py, docs/reduce.md)."""
+
+    # Your own copies of the benchmarks (GSM8K, MMLU...): JSONL (plain, .gz, .zst) or Parquet files,
+    # directories or globs, read like plan.inputs; nothing is downloaded. Empty: no decontamination.
+    benchmarks: tuple[str, ...] = ()
+    # A record or document sharing n consecutive words (lowercased \w+ words) with a benchmark item is
+    # refused: 13, as GPT-3's and later decontaminations, is long enough that no everyday phrase matches.
+    ngram: int = ranged(13, 4, 256, "words: under 4 everyday phrases match, and a 256-word n-gram is a page")
+    # The fields of a benchmark record whose text is checked, joined by line breaks (question and answer:
+    # [question, answer]; a list of strings, e.g. MMLU's choices, counts as its lines).
+    text_keys: tuple[str, ...] = ("text",)
+
+
+@dataclass(frozen=True)
 class ReduceConfig:
     # tokenizer.json file or a directory holding one; empty: the generator's own tokenizer.
     tokenizer: str = ""
@@ -335,6 +350,9 @@ class ReduceConfig:
     # Exact token shares of synthetic prompts and mix-in sources (hpcsynth/reduce/mix/); empty: the
     # simple form above, all prompts pooled plus run_originals at original_ratio.
     mix: MixConfig = field(default_factory=MixConfig)
+    # Benchmarks whose text no synthetic record and no mixed-in document may hold; empty by default, as
+    # only you know which benchmarks your model will be measured on.
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
 
 # The reducer's quality checks by name (hpcsynth/reduce/validate/), for validate.skip; in check order.
 VALIDATE_CHECKS = ("preamble", "refusal", "too_short", "repetition", "degenerate",
@@ -405,10 +423,58 @@ class CardConfig:
     gpu_hour_price: float = ranged(0.0, 0.0, 1000.0, "dollars; no GPU rents for $1,000 an hour", zero="no price")
 
 
+# Checks a record can fail before any quality check (validate/generic.py basic): always dropped by reduce.
+BASIC_CHECKS = ("no_text", "error", "empty", "truncated")
+# What repair.checks may name: every check, and "format" for all the checks of a prompt's declared format.
+REPAIR_CHECKS = BASIC_CHECKS + VALIDATE_CHECKS + ("format",)
+# Checks that judge what the model chose to say rather than how the text came out; regenerating a refusal
+# asks the model to change its mind, so they are left out of repair.checks' default (name one to repair it).
+CONTENT_REFUSALS = ("refusal",)
+
+
+@dataclass(frozen=True)
+class RepairSamplingConfig:
+    """sampling: keys that `hpcsynth repair`'s sub-runs use instead of the run's own (0: the run's value).
+    The seed is never set here: each attempt derives its own from sampling.seed (hpcsynth/repair/subrun.py)."""
+
+    # Every key 0 by default: a repair samples as the run did, with another seed, so what it adds is what the
+    # run would have made. A little cooler (0.7) makes loops and cut-offs rarer; greedy cannot be asked for
+    # (0 is the run's): with the seed not counting it would give each attempt the same text.
+    temperature: float = ranged(0.0, 0.0, 5.0, "as sampling.temperature", zero="the run's sampling.temperature")
+    top_p: float = ranged(0.0, 0.01, 1.0, "a share of the probability mass, as sampling.top_p",
+                          zero="the run's sampling.top_p")
+    top_k: int = ranged(0, 0, 1 << 20, "tokens, as sampling.top_k", zero="the run's sampling.top_k")
+    # A record cut at max_tokens (check truncated) is only repaired by a larger cap or by luck.
+    max_tokens: int = ranged(0, 0, 1 << 20, "new tokens, as sampling.max_tokens", zero="the run's sampling.max_tokens")
+    # Laid over the run's sampling.extra, key by key (e.g. {repetition_penalty: 1.1} against loops).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """`hpcsynth repair RUN`: generate again the records validation refused. Not fingerprinted: the repair
+    runs in sub-runs of their own (RUN/repair/attempt-K/PROMPT/), each with its own fingerprint."""
+
+    # Which refusals are repaired: check names, "format" for every check of the prompt's format. Cut, short and
+    # malformed outputs are often the sampler's luck; a content refusal (refusal) is the model's choice.
+    checks: tuple[str, ...] = ("format", "truncated", "too_short", "empty")
+    # Attempts `hpcsynth repair` runs when --attempts is not given; each samples the still refused records
+    # again with a seed of its own. One: what the sampler's luck lost is mostly back after it (docs/benchmarks.md);
+    # a record refused again and again points at the prompt or the document, which a seed does not fix.
+    attempts: int = ranged(1, 1, 16, "each attempt samples what is still refused once more; 16 is past the "
+                           "point where a seed still helps")
+    sampling: RepairSamplingConfig = field(default_factory=RepairSamplingConfig)
+
+
 @dataclass(frozen=True)
 class Config:
-    # FinePhrase's four structured formats; every document is rephrased once per prompt.
+    # FinePhrase's four structured formats; every document is rephrased once per prompt. An entry may be
+    # {name: NAME, when: CONDITION} instead: that prompt then runs only on the documents the condition
+    # selects (plan.filter's language over their metadata, judged once per document at plan time).
     prompts: tuple[str, ...] = ("faq", "math", "table", "tutorial")
+    # Not a key of its own: the `when` of each routed entry of `prompts`, by prompt name (config/build.py
+    # reads and writes them as part of `prompts`); empty: every prompt runs on every document.
+    prompt_when: dict[str, str] = field(default_factory=dict, metadata={"part_of": "prompts"})
     # A directory of your own NAME.md prompts, looked up before the ones that ship with hpcsynth; empty:
     # only the shipped ones (FinePhrase's four formats and the baselines).
     prompts_dir: str = ""
@@ -426,6 +492,8 @@ class Config:
     grid: GridConfig = field(default_factory=GridConfig)
     # The dataset card's licence, languages and price (hpcsynth/reduce/card.py).
     card: CardConfig = field(default_factory=CardConfig)
+    # `hpcsynth repair`: which refused records are generated again, how often, and how (hpcsynth/repair/).
+    repair: RepairConfig = field(default_factory=RepairConfig)
 
 
 # Sections whose values change what is generated; the fingerprint covers these (plus prompt texts).

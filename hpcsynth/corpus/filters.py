@@ -10,6 +10,8 @@ quoted string, true, false, null), joined by and / or / not and parentheses. A m
 of another type makes its comparison false, never an error: web metadata is ragged. But a field that no
 document has is a misspelling, not ragged metadata: the plan refuses a filter that removed documents by one
 (and warns where a field is missing from some documents the filter removed; plan/planner.py).
+The same language routes documents to prompts (`prompts: [{name: faq, when: "int_score >= 3"}]`): each
+condition is judged once per planned document, by plan/documents.py, under the same field checks.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ _WORDS = {"true": True, "false": False, "null": None}
 MISSING = object()
 
 
-def compile_predicate(text: str, bad: Callable[[str, str], Exception] | None = None) -> Predicate:
-    """A function record -> bool for `text`; a syntax error raises bad('plan.filter', why)."""
+def compile_predicate(text: str, bad: Callable[[str, str], Exception] | None = None,
+                      key: str = "plan.filter") -> Predicate:
+    """A function record -> bool for `text`; a syntax error raises bad(key, why). `key` names the setting the
+    text came from: plan.filter, or a prompt's condition (prompts[i].when), which routes documents to it."""
     try:
         parser = _Parser(_tokenize(text))
         predicate = parser.expression()
@@ -42,10 +46,11 @@ def compile_predicate(text: str, bad: Callable[[str, str], Exception] | None = N
             raise ValueError(f"unexpected {extra[1]!r} at column {extra[2] + 1}")
         return predicate
     except ValueError as exc:
-        why = f"is not a valid filter ({exc}); e.g. 'int_score >= 3 and language == \"en\"'"
+        kind = "filter" if key == "plan.filter" else "condition"
+        why = f"is not a valid {kind} ({exc}); e.g. 'int_score >= 3 and language == \"en\"'"
         if bad is None:
-            raise ConfigError(f"'plan.filter' {why}") from None
-        raise bad("plan.filter", why) from None
+            raise ConfigError(f"'{key}' {why}") from None
+        raise bad(key, why) from None
 
 
 def predicate_fields(text: str) -> list[str]:
@@ -66,6 +71,38 @@ def lookup(record: dict, dotted: str) -> Any:
             return MISSING
         value = value[part]
     return value
+
+
+class FieldWatch:
+    """A predicate's fields against the documents it judges: per field, whether a judged document had it, and
+    how many documents the predicate turned away lacking it. A field no document has is a misspelling
+    (plan/planner.py refuses it, for plan.filter and for each prompt's condition alike)."""
+
+    def __init__(self, text: str) -> None:
+        self.watched = [(f, "." not in f) for f in predicate_paths(text)]
+        self.seen = [False] * len(self.watched)
+        self.unseen = list(range(len(self.watched)))  # fields no judged document has shown yet
+        self.lacking_removed = [0] * len(self.watched)
+
+    def turned_away(self, record: dict) -> None:
+        """A document the predicate did not select: count the fields it lacks."""
+        self.note(record, range(len(self.watched)), True)
+
+    def note(self, record: dict, fields: Any, removed: bool = False) -> None:
+        """Which of `fields` the record has (seen) or lacks (counted, if the predicate removed it). A kept
+        document is looked at only while some field is unseen: nearly every one skips this."""
+        for i in fields:
+            name, top = self.watched[i]
+            if (name not in record) if top else (lookup(record, name) is MISSING):
+                self.lacking_removed[i] += removed
+            else:
+                self.seen[i] = True
+        if self.unseen:
+            self.unseen = [i for i in self.unseen if not self.seen[i]]
+
+    def fields(self) -> dict[str, list[int]]:
+        """{field: [1 if a judged document had it else 0, documents the predicate removed lacking it]}."""
+        return {name: [int(self.seen[i]), self.lacking_removed[i]] for i, (name, _) in enumerate(self.watched)}
 
 
 def sampled(source_id: str, seed: int, fraction: float) -> bool:

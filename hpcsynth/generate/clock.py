@@ -5,6 +5,10 @@ status sees the split as it is now (not only once the worker ends) and a killed 
 numbers behind. It is rewritten in place (InPlaceFile: one pwrite a tick, no temp file, no fsync), as
 are the shards' heartbeats. Its rate comes from a window over the worker's recent completions, counted as they leave
 the engine: it does not drop to zero when a shard commits and the next one starts.
+
+At each tick it also asks the engine for its telemetry (KV-cache use, prefix-cache hits, speculative
+acceptance, running and waiting requests, preemptions: engines/telemetry.py), once, from the clock's own
+thread and outside its lock, so that a slow answer (a server's /metrics) never holds up a completion.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from hpcsynth.generate.engines import Completion, Request
+from hpcsynth.generate.engines.telemetry import TelemetryLog
 from hpcsynth.generate.lease import checked_record, rewrite_held, slurm_task
 from hpcsynth.rundir import RunDir
 
@@ -38,6 +43,9 @@ class TaskClock:
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self.tick_s = tick_s
+        self._read_telemetry: Callable[[], dict[str, Any] | None] | None = None
+        self.telemetry: TelemetryLog | None = None
+        self._telemetry_asked = 0.0
         self.data: dict[str, Any] = {"name": name, "task": slurm_task(), "host": socket.gethostname(), "pid": os.getpid(),
                      "gpus": 0, "device": "", "started": self.started, "startup_s": 0.0, "generation_s": 0.0,
                      "shards_done": 0, "state": "starting", "tokens": 0, "records": 0, "tokens_per_s": 0.0,
@@ -52,6 +60,35 @@ class TaskClock:
         self.write(startup_s=round(now - self.started, 3), state="generating", device=device, gpus=gpus)
         threading.Thread(target=self._tick, daemon=True, name="hpcsynth-taskclock").start()
 
+    def watch(self, engine) -> None:
+        """Read the engine's telemetry at each tick: its `telemetry()` (one reading, or None when it has
+        none now), `telemetry_source` and `telemetry_scope` (engines/telemetry.py TelemetryLog)."""
+        read = getattr(engine, "telemetry", None)
+        if not callable(read):
+            return
+        self._read_telemetry = read
+        self.telemetry = TelemetryLog(str(getattr(engine, "telemetry_source", "") or ""),
+                                      str(getattr(engine, "telemetry_scope", "engine") or "engine"),
+                                      str(getattr(engine, "telemetry_server", "") or ""), self.tick_s)
+        self.sample_telemetry()  # before the first request: a server's counters so far are its baseline
+
+    def sample_telemetry(self) -> None:
+        """One reading from the engine, folded into the task file's "telemetry" at the next write. The
+        engine is asked outside the lock; a failing read is no reading (the last one stays)."""
+        if self._read_telemetry is None or self.telemetry is None:
+            return
+        asked = time.time()
+        try:
+            reading = self._read_telemetry()
+        except Exception:  # telemetry is for the eye: it never stops the worker
+            return
+        with self.lock:
+            # The last tick's read and finish's may overlap: an older answer folded after a newer one
+            # would look like a counter reset.
+            if asked >= self._telemetry_asked and self.telemetry.add(reading, time.time()):
+                self._telemetry_asked = asked
+                self.data["telemetry"] = self.telemetry.to_json()
+
     def count(self, completion: Completion) -> None:
         with self.lock:
             self.records += 1
@@ -59,6 +96,7 @@ class TaskClock:
 
     def finish(self, **changes) -> None:
         self._stop.set()
+        self.sample_telemetry()  # the engine's last numbers (a closed engine keeps its final reading)
         if self.generating_since is not None:
             changes.setdefault("generation_s", round(time.time() - self.generating_since, 3))
         self.generating_since = None
@@ -89,6 +127,7 @@ class TaskClock:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.tick_s):
+            self.sample_telemetry()
             try:
                 self.write()
             except OSError:  # a full disk or a vanished run: the worker's own writes will say so
@@ -140,6 +179,7 @@ class CountingEngine:
 
     def __init__(self, engine, clock: TaskClock) -> None:
         self._engine, self._clock = engine, clock
+        clock.watch(engine)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         for completion in self._engine.generate(requests):

@@ -23,6 +23,7 @@ from hpcsynth.errors import HpcsynthError
 from hpcsynth.generate.lease import gpu_slot, new_owner, slurm_task
 from hpcsynth.pool import die_with_parent
 from hpcsynth.rundir import RunDir
+from hpcsynth.generate.shard import check_routing
 from hpcsynth.generate.worker import ShardResult, WorkerSession, WorkerStopped
 
 log = logging.getLogger("hpcsynth.generate.worker")
@@ -48,6 +49,7 @@ def pull_shards(run_root: str | Path, shard_ids: list[int] | None = None, retry_
     todo = shards_to_try(run, shard_ids, retry_failed, owner, position or worker_position())
     if not todo:
         return []
+    check_routing(run, config)  # before the engine starts: a config routing otherwise than the plan is refused
     # At least a second between rewrites: status refreshes no faster, and each rewrite is an fsync.
     clock = TaskClock(run, task_name(), tick_s=max(1.0, config.worker.heartbeat_interval_s))
     try:

@@ -22,6 +22,7 @@ import orjson
 import zstandard
 
 from hpcsynth.config import Config
+from hpcsynth.errors import RunError
 from hpcsynth.generate.engines import Completion, Request
 from hpcsynth.files import atomic_write_bytes, atomic_write_json, jsonl_zst_records, read_json, write_jsonl_zst
 from hpcsynth.generate.lease import Lease, slurm_task
@@ -68,10 +69,15 @@ class ShardTask:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.documents = read_shard(run, shard, expected)
+        self.pairs = routed_pairs(self.documents, prompts)
+        if expected and "pairs" in expected and len(self.pairs) != expected["pairs"]:
+            raise ShardUnusable(f"input shard {run.shard_path(shard)} routes {len(self.pairs)} (document, prompt) "
+                                f"pairs, the manifest says {expected['pairs']}; plan the run again into a new "
+                                f"directory")
         self.meta = {d["key"]: d for d in self.documents}
         self.progress = ProgressLog(run.progress_path(shard), config.worker.flush_interval_s, digest,
                                     run.set_aside_dir)
-        self.progress.expected = len(self.documents) * len(prompts)
+        self.progress.expected = len(self.pairs)
         self.beat_file = InPlaceFile(run.heartbeat_path(shard))  # rewritten in place every heartbeat
         run.failed_path(shard).unlink(missing_ok=True)
 
@@ -131,15 +137,16 @@ class ShardTask:
         return len(self.progress.finished) >= self.progress.expected
 
     def requests(self) -> Iterator[Request]:
-        """Every record not yet on disk, in document x prompt order."""
+        """Every record not yet on disk, in document x prompt order (the routed pairs only)."""
         seed = self.config.sampling.seed
         limit = self.config.model.max_input_chars
-        for doc in self.documents:
-            text, _ = truncate_document(doc["text"], limit)
-            for prompt in self.prompts:
-                record_id = f"{doc['key']}/{prompt.name}"
-                if record_id not in self.progress.finished:
-                    yield Request(record_id, prompt.render(text), record_seed(seed, doc["id"], prompt.name))
+        last, text = None, ""
+        for doc, prompt in self.pairs:
+            if doc is not last:  # a document's text is cut once, for all its prompts
+                last, (text, _) = doc, truncate_document(doc["text"], limit)
+            record_id = f"{doc['key']}/{prompt.name}"
+            if record_id not in self.progress.finished:
+                yield Request(record_id, prompt.render(text), record_seed(seed, doc["id"], prompt.name))
 
     def add(self, completion: Completion, model_id: str, revision: str) -> None:
         if not self.lost:
@@ -225,8 +232,7 @@ class ShardTask:
 
 def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, Any]:
     run, shard = task.run, task.shard
-    order = {f"{d['key']}/{p.name}": i
-             for i, (d, p) in enumerate((d, p) for d in task.documents for p in task.prompts)}
+    order = {f"{d['key']}/{p.name}": i for i, (d, p) in enumerate(task.pairs)}
     by_id: dict[str, dict] = {}
     for record in task.progress.records():
         by_id.setdefault(record["id"], record)
@@ -274,6 +280,35 @@ class ShardUnusable(Exception):
     """A shard's input file cannot be used (missing, damaged, or not what plan wrote)."""
 
 
+def routed_pairs(documents: list[dict], prompts: list[Prompt]) -> list[tuple[dict, Prompt]]:
+    """The (document, prompt) pairs a shard generates, in document x prompt order: a document the plan routed
+    (`prompts: [{name, when}]`) to the prompts its "prompts" lists, any other to every prompt. The plan
+    decided the routing; the worker never judges a condition (check_routing holds the two to one config)."""
+    pairs = []
+    for doc in documents:
+        routed = doc.get("prompts")
+        pairs += [(doc, p) for p in prompts if routed is None or p.name in routed]
+    return pairs
+
+
+def check_routing(run: RunDir, config: Config) -> None:
+    """Refuse to generate with prompt conditions other than those the shards were routed by: `plan` decides
+    which pairs exist (and writes them into every shard), so a config whose `prompts` route otherwise (adopted
+    with `launch --config --force`) would silently generate the old pairs."""
+    from hpcsynth.plan.routing import routes_of
+
+    routing = run.manifest().get("routing")
+    planned = routing.get("prompts") if isinstance(routing, dict) else None
+    wanted = [{"name": name, **({"when": when} if when else {})} for name, when in routes_of(config)]
+    if (planned or []) != wanted:
+        def shown(entries: list) -> str:
+            return ", ".join(f"{e.get('name')} when {e['when']!r}" for e in entries
+                             if isinstance(e, dict) and e.get("when")) or "none"
+        raise RunError(f"{run.root}: its config routes prompts by {shown(wanted)}, its shards were planned with "
+                       f"{shown(planned or [])}; routing is decided at plan time: plan the run again with this "
+                       f"config (`hpcsynth plan CONFIG --run {run.root} --force`)")
+
+
 def read_shard(run: RunDir, shard: int, expected: dict | None) -> list[dict]:
     """The shard's documents, verified against its manifest row (sha256 and count) before any is used."""
     path = run.shard_path(shard)
@@ -297,6 +332,10 @@ def read_shard(run: RunDir, shard: int, expected: dict | None) -> list[dict]:
     for number, doc in enumerate(documents, start=1):
         if not (isinstance(doc, dict) and isinstance(doc.get("key"), str) and isinstance(doc.get("text"), str)):
             raise ShardUnusable(f"input shard {path} record {number} is not a planned document")
+        routed = doc.get("prompts", [])  # the prompts plan routed it to, when routed: a list of names
+        if not (isinstance(routed, list) and all(isinstance(name, str) for name in routed)):
+            raise ShardUnusable(f"input shard {path} record {number} is not a planned document (its \"prompts\" "
+                                f"is not a list of prompt names)")
     return documents
 
 

@@ -25,7 +25,7 @@ from hpcsynth.generate.engines import Completion, Engine, Request
 from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.lease import LeaseLost
 from hpcsynth.generate.progress import DamagedLog
-from hpcsynth.generate.shard import ShardResult, ShardTask, record_seed, shard_of, truncate_document
+from hpcsynth.generate.shard import ShardResult, ShardTask, check_routing, record_seed, shard_of, truncate_document
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import RunDir
 
@@ -89,6 +89,7 @@ class WorkerSession:
                  on_result=None, failed_since: float | None = None) -> None:
         self.run, self.engine, self.config, self.owner = run, engine, config, owner
         self.prompts = load_prompts(config)
+        check_routing(run, config)  # the pairs each shard holds are the plan's: refuse other conditions
         # The fingerprint of the config this worker generates with, not the file's: should the run's
         # config change between loading and here, the two differ and the worker stops at its first check.
         self.digest = fingerprint(config, {p.name: p.template_hash for p in self.prompts})
@@ -105,6 +106,9 @@ class WorkerSession:
         self.step_downs: list[str] = []
         self.lock = threading.RLock()  # between the main loop's commits and the heartbeat thread
         self.submitted = self.completed = 0
+        # The shard each request in flight was fed from: a repair sub-run's documents keep the main run's keys,
+        # whose shard number (shard_of) is not the sub-run's shard (hpcsynth/repair/subrun.py).
+        self.fed: dict[str, int] = {}
         self.last_completion = time.time()
         self.tripped = ""
         self.grace_s = grace_s
@@ -202,6 +206,7 @@ class WorkerSession:
             if task.lost or self.open.get(task.shard) is not task:
                 return  # lost to another worker: not one more request for it
             self.submitted += 1
+            self.fed[request.record_id] = task.shard
             yield request
 
     def _on_completion(self, completion: Completion) -> None:
@@ -211,7 +216,8 @@ class WorkerSession:
             raise self._error
         if self.config_changed:
             raise ConfigChanged()
-        task = self.open.get(shard_of(completion.record_id))
+        shard = self.fed.pop(completion.record_id, None)
+        task = self.open.get(shard_of(completion.record_id) if shard is None else shard)
         if task is None:
             return
         if task.lost:

@@ -2,8 +2,10 @@
 
 Order of the rules: a record without usable text is a reject (bad input, counted against
 plan.max_reject_rate); then the filters the user chose (max_chars, min_chars, the predicate, sampling) drop
-it by rule; then the long-document policy truncates or splits it. What happened is kept in the
-document's "meta", which the worker copies into every output record.
+it by rule; then the prompts' conditions route it (`prompts: [{name, when}]`: the prompts whose condition
+selects it, judged once here, listed in the document's "prompts"; a document routed to no prompt is still
+planned, an original for the mix); then the long-document policy truncates or splits it. What happened is
+kept in the document's "meta", which the worker copies into every output record.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from typing import Any, NamedTuple
 import orjson
 
 from hpcsynth.config import PlanConfig
-from hpcsynth.corpus.filters import MISSING, compile_predicate, lookup, predicate_paths, sampled
+from hpcsynth.corpus.filters import MISSING, FieldWatch, compile_predicate, lookup, sampled
+from hpcsynth.plan.routing import Router, kept_fields
 
 # Cut points for a long document, coarsest first; a cut must keep at least half the budget.
 BOUNDARIES = ("\n\n", "\n", ". ", " ")
 
 
 class Part(NamedTuple):  # a tuple, not a dataclass: one is made per document of the corpus
-    line: bytes  # the document's JSON without its key: {"id", "text", "meta"}
+    line: bytes  # the document's JSON without its key: {"id", "text", "meta"} (and "prompts", when routed)
     tokens: int
     chars: int
+    pairs: int  # prompts the document is routed to (0 without routing: the worker then runs every prompt)
 
 
 # Part(...) runs a Python-level __new__; tuple.__new__ makes the same Part in C (~0.3 us a document).
@@ -43,23 +47,20 @@ class DocumentBuilder:
     """Runs on every document of the corpus: settings are hoisted into attributes once, and a document
     that needs no cut (nearly all) takes a path without the cutting bookkeeping."""
 
-    def __init__(self, plan: PlanConfig, bytes_per_token: float) -> None:
+    def __init__(self, plan: PlanConfig, bytes_per_token: float, routes: tuple[tuple[str, str], ...] = ()) -> None:
         self.plan = plan
         self.bytes_per_token = bytes_per_token
         self.predicate: Callable[[dict], bool] | None = compile_predicate(plan.filter) if plan.filter else None
         self.budget = (int(plan.long_doc_tokens * bytes_per_token) if plan.long_doc_tokens
                        else plan.long_doc_chars)
-        self.keep = [(f, "." not in f) for f in plan.keep_fields]
+        self.keep = [(f, "." not in f) for f in kept_fields(plan, routes)]
         self.text_key, self.id_key = plan.text_key, plan.id_key
         self.max_chars, self.min_chars = plan.max_chars, plan.min_chars
         self.sample = plan.sample_fraction < 1.0
-        # The predicate's fields; per field, whether a judged document had it, and how many documents the
-        # predicate removed lacking it: a field no document has is a misspelling (planner.py refuses it).
-        self.watched = [(f, "." not in f) for f in predicate_paths(plan.filter)] if plan.filter else []
+        # The predicate's fields: a field no document has is a misspelling (planner.py refuses it).
+        self.watch = FieldWatch(plan.filter)  # no filter: no fields
         self.judged = 0
-        self.seen = [False] * len(self.watched)
-        self.unseen = list(range(len(self.watched)))  # fields no judged document has shown yet
-        self.lacking_removed = [0] * len(self.watched)
+        self.router = Router(routes) if routes else None
 
     def source_id(self, record: dict, name: str, position: int) -> str:
         value = record.get(self.id_key)
@@ -82,13 +83,16 @@ class DocumentBuilder:
             return Dropped("filter", f"{chars} characters, below plan.min_chars={self.min_chars}", "min_chars")
         if self.predicate is not None:
             self.judged += 1
+            watch = self.watch
             if not self.predicate(record):
-                self._lacking(record)
+                watch.turned_away(record)
                 return Dropped("filter", "plan.filter", "filter", listed=False)
-            if self.unseen:
-                self._note(record, self.unseen)
+            if watch.unseen:
+                watch.note(record, watch.unseen)
         if self.sample and not sampled(source_id, self.plan.sample_seed, self.plan.sample_fraction):
             return Dropped("filter", "plan.sample_fraction", "sample", listed=False)
+        router = self.router
+        routed = None if router is None else router.route(record)
         fields = None
         if self.keep:
             fields = {}
@@ -101,37 +105,27 @@ class DocumentBuilder:
                          "parts": 1, "part": 0} if fields is None else
                         {"source": source, unit: position, "fields": fields, "chars": chars, "truncated": False,
                          "kept_fraction": 1.0, "parts": 1, "part": 0})
-                line = orjson.dumps({"id": source_id, "text": text, "meta": meta})
                 size = chars if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # estimate_tokens
-                return [_part(Part, (line, max(1, round(size / self.bytes_per_token)), chars))]
+                tokens = max(1, round(size / self.bytes_per_token))
+                if router is None or routed is None:
+                    line = orjson.dumps({"id": source_id, "text": text, "meta": meta})
+                    return [_part(Part, (line, tokens, chars, 0))]
+                line = orjson.dumps({"id": source_id, "text": text, "meta": meta, "prompts": routed[0]})
+                router.tally(routed[1], tokens)
+                return [_part(Part, (line, tokens, chars, len(routed[0])))]
             meta = {"source": source, unit: position}
             if fields is not None:
                 meta["fields"] = fields
-            return self._parts(text, source_id, meta)
+            return self._parts(text, source_id, meta, routed)
         except orjson.JSONEncodeError as exc:  # lone surrogates from "\ud800" escapes
             return Dropped("reject", f"text cannot be written as UTF-8 JSON ({exc})")
 
-    def _lacking(self, record: dict) -> None:
-        """A document the predicate removed: count the fields it lacks."""
-        self._note(record, range(len(self.watched)), True)
-
-    def _note(self, record: dict, fields: Any, removed: bool = False) -> None:
-        """Which of `fields` the record has (seen) or lacks (counted, if the predicate removed it). A kept
-        document is looked at only while some field is unseen: nearly every one skips this."""
-        for i in fields:
-            name, top = self.watched[i]
-            if (name not in record) if top else (lookup(record, name) is MISSING):
-                self.lacking_removed[i] += removed
-            else:
-                self.seen[i] = True
-        if self.unseen:
-            self.unseen = [i for i in self.unseen if not self.seen[i]]
-
     def filter_fields(self) -> dict[str, list[int]]:
         """{field: [1 if a judged document had it else 0, documents the predicate removed lacking it]}."""
-        return {name: [int(self.seen[i]), self.lacking_removed[i]] for i, (name, _) in enumerate(self.watched)}
+        return self.watch.fields()
 
-    def _parts(self, text: str, source_id: str, meta: dict[str, Any]) -> list[Part]:
+    def _parts(self, text: str, source_id: str, meta: dict[str, Any],
+               routed: tuple[list[str], list[int]] | None = None) -> list[Part]:
         chars = len(text)
         texts = [text]
         if chars > self.budget and self.plan.long_docs == "truncate":
@@ -143,10 +137,17 @@ class DocumentBuilder:
         meta["kept_fraction"] = 1.0 if texts[0] is text else round(sum(map(len, texts)) / chars, 4)
         meta["parts"] = len(texts)
         parts = []
+        doc: dict[str, Any] = {"id": source_id, "text": text, "meta": meta}
+        router = self.router
+        if routed is not None:
+            doc["prompts"] = routed[0]
         for index, part in enumerate(texts):
             meta["part"] = index
-            line = orjson.dumps({"id": source_id, "text": part, "meta": meta})
-            parts.append(Part(line, estimate_tokens(part, self.bytes_per_token), len(part)))
+            doc["text"] = part
+            tokens = estimate_tokens(part, self.bytes_per_token)
+            parts.append(Part(orjson.dumps(doc), tokens, len(part), 0 if routed is None else len(routed[0])))
+            if router is not None and routed is not None:
+                router.tally(routed[1], tokens)
         return parts
 
 

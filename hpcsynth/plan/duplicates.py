@@ -176,6 +176,8 @@ def remove_documents(shards_dir: Path, rows: list[dict[str, Any]], removed: list
                 row["documents"] -= 1
                 row["chars"] -= len(doc["text"])
                 row["est_tokens"] -= estimate_tokens(doc["text"], bytes_per_token)
+                if "pairs" in row:  # routed prompts: the pairs the document was routed to go with it
+                    row["pairs"] -= len(doc.get("prompts", ()))
             else:
                 kept.append(line)
         row["bytes"], row["sha256"] = _rewrite(path, kept, level)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpcsynth import typed
 from hpcsynth.config import Config, diff_configs
 from hpcsynth.errors import InputError, RunError
 from hpcsynth.files import atomic_write_chunks, atomic_write_json, read_json
@@ -172,3 +173,27 @@ def _retire(run: RunDir, shard: int, stamp: str) -> None:
             target = run.replaced_dir / stamp / path.parent.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(path, target)
+
+
+# The header's "routing" (prompts: [{name, when}]), as status and estimate read it; absent without routing.
+ROUTING_SHAPE: dict[str, Any] = {"pairs": typed.count, "unrouted": typed.count,
+                                 "prompts": typed.list_of({"name": typed.text})}
+ROUTED_PROMPT_SHAPE: dict[str, Any] = {"documents": typed.count, "est_tokens": typed.count}
+
+
+def planned_routing(run: RunDir, header: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's routing (None: every prompt runs on every document): "pairs", the (document, prompt) pairs
+    the run is to generate; "unrouted", documents routed to no prompt; "by_prompt", {prompt: {"documents",
+    "est_tokens"}}. Checked as it is read: a forged count is one line, not a traceback in status."""
+    routing = header.get("routing")
+    if routing is None:
+        return None
+    wrong = typed.problem(routing, ROUTING_SHAPE, where="routing")
+    by_prompt = routing.get("by_prompt") if isinstance(routing, dict) else None
+    if not wrong and not isinstance(by_prompt, dict):
+        wrong = "routing.by_prompt is not an object"
+    for name, counts in (by_prompt.items() if not wrong and isinstance(by_prompt, dict) else ()):
+        wrong = wrong or typed.problem(counts, ROUTED_PROMPT_SHAPE, where=f"routing.by_prompt.{name}")
+    if wrong:
+        raise RunError(f"{run.manifest_path} is damaged ({wrong}); plan the run again into a new directory")
+    return routing

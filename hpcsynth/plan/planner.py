@@ -31,6 +31,8 @@ from hpcsynth.plan.manifest import (changes_since, check_inputs_unchanged, commi
                                     write_manifest)
 from hpcsynth.plan.parallel import MapGroups, default_jobs, run_groups, run_groups_mapped
 from hpcsynth.corpus.readers import ByteCounter, display_path, expand_inputs, unit
+from hpcsynth.plan.documents import estimate_tokens
+from hpcsynth.plan.routing import routes_of, totals as route_totals
 from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
@@ -115,7 +117,8 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     paths, stats = inputs
     keep_freed_memory()  # before the pool forks: its workers inherit the setting
     ratio, ratio_source = bytes_per_token(config, paths)
-    group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit)
+    routes = routes_of(config)
+    group_jobs = [GroupJob(i, files, str(tmp), config.plan, ratio, -1, config.plan.limit, routes=routes)
                   for i, files in enumerate(_groups(paths, stats, group_bytes(config, stats)))]
     if config.plan.limit:
         jobs = 1  # a limit is a prefix of the input: later groups would be read only to be thrown away
@@ -137,6 +140,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
     check_inputs_unchanged(paths, stats)  # first: a file being written may also look like bad records
     lost = _check_lost([entry for r in results for entry in r.lost], stats, config)
     warnings = _check_filter_fields(results, config, paths)
+    warnings += _check_route_fields(results, routes, paths)
     rejects = _merge_rejects(tmp, len(results), empty)
     from hpcsynth.plan.duplicates import find_duplicates, remove_documents
 
@@ -149,6 +153,9 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
                                     "reason": f"duplicate id {doc['id']!r} (first at {first})"}) + b"\n")
     rejects.close()
     totals = {**_totals(results, empty, removed), **lost, "warnings": warnings}
+    gone = [dropped[r.doc + i] for r in removed for i in range(r.parts)]  # shard documents of duplicate ids
+    routing = route_totals([r.routing for r in results if r.routing], routes,
+                           [(doc, estimate_tokens(doc["text"], ratio)) for doc in gone])
     _check_rejects(totals, config, run, tmp)
     per_input: Counter[int] = Counter()
     for result in results:
@@ -161,7 +168,7 @@ def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: lis
         "inputs": [{**s, "documents": per_input.get(i, 0)} for i, s in enumerate(stats)],
         "documents": sum(r["documents"] for r in rows), "sources": totals["sources"],
         "rejected": totals["rejected"], "est_tokens": sum(r["est_tokens"] for r in rows),
-        "bytes_per_token": ratio,
+        "bytes_per_token": ratio, **({"routing": routing} if routing else {}),
     }, rows)
     summary = summarize(manifest, rows, totals, ratio_source, jobs, len(group_jobs))
     return Plan(run, len(rows), manifest["documents"], totals["rejected"], digest, summary)
@@ -254,9 +261,30 @@ def _check_filter_fields(results: list[GroupResult], config: Config, paths: list
     documents (a missing field never matches), a warning when it removed none. A field only some documents
     lack is ragged metadata: a warning, with the share of documents removed that lack it. Returns the warnings."""
     judged = sum(r.judged for r in results)
+    return _check_fields("plan.filter", judged, [r.filter_fields for r in results], paths, "removed", "")
+
+
+def _check_route_fields(results: list[GroupResult], routes: tuple[tuple[str, str], ...],
+                        paths: list[Path]) -> list[str]:
+    """plan.filter's rule for each prompt's condition: a field no planned document has, where the condition
+    kept documents from its prompt for it, fails the plan naming the fields the data has."""
+    judged = sum(r.routing.get("judged", 0) for r in results)
+    warnings = []
+    for i, (name, when) in enumerate(routes):
+        if when:
+            key = f"prompts[{i}].when"
+            found = [r.routing["fields"][key] for r in results if r.routing]
+            warnings += _check_fields(key, judged, found, paths, "kept", f" from prompt {name!r}")
+    return warnings
+
+
+def _check_fields(key: str, judged: int, found: list[dict[str, list[int]]], paths: list[Path], verb: str,
+                  whence: str) -> list[str]:
+    """A predicate's fields against the documents it judged (documents.FieldWatch, summed over the groups):
+    `verb` and `whence` say what it did to a document it did not select ("removed", "kept ... from prompt X")."""
     fields: dict[str, list[int]] = {}
-    for result in results:
-        for name, (seen, removed) in result.filter_fields.items():
+    for group in found:
+        for name, (seen, removed) in group.items():
             counts = fields.setdefault(name, [0, 0])
             counts[0] += seen
             counts[1] += removed
@@ -268,15 +296,15 @@ def _check_filter_fields(results: list[GroupResult], config: Config, paths: list
             from hpcsynth.corpus.readers import field_names
 
             have = ", ".join(field_names(paths)) or "none"
-            raise ConfigError(f"'plan.filter' reads field {name!r}, which none of the {judged:,} documents it judged "
-                              f"has, and removed {removed:,} of them (a missing field never matches); the documents "
-                              f"have: {have}; fix the field's name in plan.filter (nothing was planned)")
+            raise ConfigError(f"'{key}' reads field {name!r}, which none of the {judged:,} documents it judged "
+                              f"has, and {verb} {removed:,} of them{whence} (a missing field never matches); the "
+                              f"documents have: {have}; fix the field's name in {key} (nothing was planned)")
         if not seen:
-            warnings.append(f"plan.filter reads field {name!r}, which none of the {judged:,} documents it judged has "
-                            f"(it removed none for it); check the field's name")
+            warnings.append(f"{key} reads field {name!r}, which none of the {judged:,} documents it judged has "
+                            f"(it {verb} none{whence} for it); check the field's name")
         else:
-            warnings.append(f"plan.filter removed {removed:,} of the {judged:,} documents it judged "
-                            f"({removed / judged:.1%}) that lack field {name!r} (a missing field never matches)")
+            warnings.append(f"{key} {verb} {removed:,} of the {judged:,} documents it judged ({removed / judged:.1%})"
+                            f"{whence} that lack field {name!r} (a missing field never matches)")
     return warnings
 
 

@@ -41,7 +41,7 @@ ID_RECORD = struct.Struct("<16sQIIQ")
 # What a group keeps in memory of its per-document logs (id records, a spill's sizes) before writing them
 # out: a group's memory does not grow with its documents.
 FLUSH_BYTES = 1 << 20
-SIZES = 4  # int64s a spilled document has in TMP/spill/G.bin: tokens, chars, input file, position
+SIZES = 5  # int64s a spilled document has in TMP/spill/G.bin: tokens, chars, input file, position, routed pairs
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class GroupJob:
     limit: int = 0  # source documents this group may still plan (0: no limit)
     hold_bytes: int = 0  # while the first shard id is unknown, documents kept in memory before spilling
     defer_sync: bool = False  # leave waiting for the fsyncs to the caller (shards.finish_syncs)
+    # (prompt, condition or "") per prompt when some prompt is routed (documents.routes_of); () otherwise
+    routes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -73,6 +75,7 @@ class GroupResult:
     lost: list[dict[str, Any]] = field(default_factory=list)
     judged: int = 0  # documents plan.filter judged
     filter_fields: dict[str, list[int]] = field(default_factory=dict)  # DocumentBuilder.filter_fields()
+    routing: dict[str, Any] = field(default_factory=dict)  # Router.counts(), when the prompts are routed
 
 
 def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | None = None) -> GroupResult:
@@ -86,6 +89,8 @@ def scan_group(job: GroupJob, counter: ByteCounter | None = None, held: list | N
         scan.ids_file.write(scan.ids)
     sink, result = scan.sink, scan.result
     result.judged, result.filter_fields = scan.builder.judged, scan.builder.filter_fields()
+    if scan.builder.router is not None:
+        result.routing = scan.builder.router.counts()
     result.rows = _rows(sink, not job.defer_sync) if isinstance(sink, ShardSink) else sink.close()
     if held is not None and isinstance(sink, _Spill):
         held.append(sink)
@@ -98,9 +103,10 @@ class _Scan:
     def __init__(self, job: GroupJob, counter: ByteCounter | None, sink: Any) -> None:
         self.job, self.counter, self.sink = job, counter, sink
         self.result = GroupResult(job.index)
-        self.builder = DocumentBuilder(job.plan, job.bytes_per_token)
+        self.builder = DocumentBuilder(job.plan, job.bytes_per_token, job.routes)
         self.columns = [job.plan.text_key, job.plan.id_key] + [f.split(".")[0] for f in job.plan.keep_fields]
         self.columns += predicate_fields(job.plan.filter) if job.plan.filter else []
+        self.columns += [field for _, when in job.routes if when for field in predicate_fields(when)]
         self.ids = bytearray()  # ID_RECORD per source document, written to ids_file every FLUSH_BYTES
         self.ids_file: Any = None
         self.rejects: Any = None
@@ -136,8 +142,8 @@ class _Scan:
             if len(ids) >= FLUSH_BYTES:  # memory flat in the documents, even for one huge file
                 self.ids_file.write(ids)
                 ids.clear()
-            for line, tokens, chars in parts:
-                add(line, tokens, chars, path, kind, position)
+            for line, tokens, chars, pairs in parts:
+                add(line, tokens, chars, path, kind, position, pairs)
                 est_tokens += tokens
             documents += len(parts)
             sources += 1
@@ -172,7 +178,7 @@ def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> lis
             for i in range(0, len(sizes), SIZES):
                 path, kind = files[sizes[i + 2]]
                 line = lines[doc] if doc < kept else readline()[:-1]
-                add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3])
+                add(line, sizes[i], sizes[i + 1], path, kind, sizes[i + 3], sizes[i + 4])
                 doc += 1
     rows = _rows(sink, not job.defer_sync)
     for ext in ("bin", "jsonl"):
@@ -194,17 +200,18 @@ def count_spilled_shards(tmp: Path, job: GroupJob) -> int:
 
 
 def _spilled_sizes(tmp: Path, job: GroupJob) -> Iterator[list[int]]:
-    """tokens, chars, input file, position of each spilled document, FLUSH_BYTES at a time (no numpy: a pool
-    worker would import it at start-up, ~0.1 s of CPU, to read one flat array)."""
+    """tokens, chars, input file, position, routed pairs of each spilled document, FLUSH_BYTES at a time (no
+    numpy: a pool worker would import it at start-up, ~0.1 s of CPU, to read one flat array)."""
     with open(_part(tmp, "spill", job.index, "bin"), "rb") as handle:
-        while chunk := handle.read(FLUSH_BYTES):
+        while chunk := handle.read(FLUSH_BYTES - FLUSH_BYTES % (SIZES * 8)):  # whole documents a read
             sizes = array("q")
             sizes.frombytes(chunk)
             yield sizes.tolist()
 
 
 def _direct(tmp: Path, job: GroupJob) -> ShardSink:
-    return ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level, job.plan.shard_tokens, job.plan.shard_docs)
+    return ShardSink(tmp / "shards", job.first_shard, job.plan.zstd_level, job.plan.shard_tokens, job.plan.shard_docs,
+                     routed=bool(job.routes))
 
 
 def _rows(sink: ShardSink, wait: bool) -> list[dict[str, Any]]:
@@ -226,14 +233,14 @@ class _Spill:
         self.held: list[bytes] = []
         self.room = job.hold_bytes
 
-    def add(self, line: bytes, tokens: int, chars: int, path: str, kind: str, position: int) -> None:
+    def add(self, line: bytes, tokens: int, chars: int, path: str, kind: str, position: int, pairs: int = 0) -> None:
         if self.room > 0 and not self.handle.tell():  # in order: memory first, the rest on disk
             self.held.append(line)
             self.room -= len(line)
         else:
             self.handle.write(line + b"\n")
         sizes = self.sizes
-        sizes.extend((tokens, chars, self.files[path], position))
+        sizes.extend((tokens, chars, self.files[path], position, pairs))
         if len(sizes) >= FLUSH_BYTES // 8:
             self._flush()
 

@@ -58,6 +58,8 @@ class ShardRow:
     bytes: int = 0
     sha256: str = ""
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    pairs: int = 0  # (document, prompt) pairs routed: the records the shard is to have, when routed
+    routed: bool = False  # the prompts are routed: the row carries "pairs" (a row without it: documents x prompts)
 
     def note_input(self, path: str, unit: str, position: int) -> None:
         last = self.inputs[-1] if self.inputs else None
@@ -67,9 +69,12 @@ class ShardRow:
             self.inputs.append({"path": path, "unit": unit, "first": position, "last": position})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": f"shards/{shard_name(self.id)}.jsonl.zst", "documents": self.documents,
-                "est_tokens": self.est_tokens, "chars": self.chars, "bytes": self.bytes, "sha256": self.sha256,
-                "inputs": self.inputs}
+        row = {"id": self.id, "path": f"shards/{shard_name(self.id)}.jsonl.zst", "documents": self.documents,
+               "est_tokens": self.est_tokens, "chars": self.chars, "bytes": self.bytes, "sha256": self.sha256,
+               "inputs": self.inputs}
+        if self.routed:
+            row["pairs"] = self.pairs
+        return row
 
 
 class ShardSink:
@@ -82,11 +87,13 @@ class ShardSink:
     waits for all of it, so a plan's manifest is written only after its shards are on disk.
     """
 
-    def __init__(self, shards_dir: Path, first_id: int, level: int, shard_tokens: int, shard_docs: int) -> None:
+    def __init__(self, shards_dir: Path, first_id: int, level: int, shard_tokens: int, shard_docs: int,
+                 routed: bool = False) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         self.dir = str(shards_dir)  # str, not Path: path objects cost ~50 us a shard at 10^5 shards
         self.compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
         self.shard_tokens, self.shard_docs = shard_tokens, shard_docs
+        self.routed = routed
         self.next_id = first_id
         self.rows: list[ShardRow] = []
         self.row: ShardRow | None = None
@@ -98,8 +105,9 @@ class ShardSink:
         self.unsynced: list[int] = []
         self.syncer: _Syncer | None = None
 
-    def add(self, line: bytes, tokens: int, chars: int, source: str, unit: str, position: int) -> None:
-        """Append one document's JSON (without its key, which is given here) to the open shard."""
+    def add(self, line: bytes, tokens: int, chars: int, source: str, unit: str, position: int, pairs: int = 0) -> None:
+        """Append one document's JSON (without its key, which is given here) to the open shard; `pairs`: the
+        prompts it is routed to."""
         row = self.row
         if row is None:
             row = self._open()
@@ -109,6 +117,7 @@ class ShardSink:
         row.documents = documents = documents + 1
         row.est_tokens += tokens
         row.chars += chars
+        row.pairs += pairs
         inputs = row.inputs
         if inputs and inputs[-1]["path"] is source:  # the same str object for every line of a file
             inputs[-1]["last"] = position
@@ -120,7 +129,7 @@ class ShardSink:
             self.end_shard()
 
     def _open(self) -> ShardRow:
-        row = self.row = ShardRow(self.next_id)
+        row = self.row = ShardRow(self.next_id, routed=self.routed)
         self.next_id += 1
         name = shard_name(row.id)
         self.fd = os.open(os.path.join(self.dir, name + ".jsonl.zst"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)

@@ -18,6 +18,7 @@ def summarize(manifest: dict[str, Any], rows: list[dict[str, Any]], totals: dict
     if sizes:
         spread = {"min": sizes[0], "p50": int(statistics.median(sizes)), "max": sizes[-1],
                   "mean": round(sum(sizes) / len(sizes))}
+    routing = manifest.get("routing")
     return {
         "documents": manifest["documents"], "sources": manifest["sources"], "est_tokens": manifest["est_tokens"],
         "shards": len(sizes), "shard_est_tokens": spread, "bytes_per_token": manifest["bytes_per_token"],
@@ -26,6 +27,7 @@ def summarize(manifest: dict[str, Any], rows: list[dict[str, Any]], totals: dict
         "inputs": len(manifest["inputs"]), "input_groups": groups, "jobs": jobs,
         "lost_files": totals["lost_files"], "lost_bytes": totals["lost_bytes"], "input_bytes": totals["input_bytes"],
         "warnings": totals["warnings"],
+        **({"routing": {k: routing[k] for k in ("pairs", "unrouted", "by_prompt")}} if routing else {}),
     }
 
 
@@ -55,6 +57,12 @@ def render_summary(summary: dict[str, Any], run: str) -> None:
             table.add_row(f"  {entry['source']}", entry["reason"])
     for rule, count in summary["filtered_by_rule"].items():
         table.add_row(f"filtered by {rule}", f"{count:,}")
+    routing = summary.get("routing")
+    if routing:  # prompts: [{name, when}]: which prompts each document goes to, decided here
+        table.add_row("routed pairs", f"{routing['pairs']:,} (document x prompt)")
+        for name, counts in routing["by_prompt"].items():
+            table.add_row(f"  {name}", f"{counts['documents']:,} documents")
+        table.add_row("routed to no prompt", f"{routing['unrouted']:,} (kept as originals for the mix)")
     table.add_row("time", f"{summary.get('seconds', 0):.1f} s with {summary['jobs']} job(s)")
     Console().print(table)
 

@@ -18,6 +18,7 @@ import orjson
 import yaml
 
 from hpcsynth.files import atomic_write_bytes
+from hpcsynth.reduce.card_repair import repair_cost, repair_section
 from hpcsynth.reduce.card_sections import (cell, code, cost_section, mix_section, quality_section, sources_section,
                                            tokens_section)
 
@@ -54,7 +55,8 @@ def card_info(spec, report: dict[str, Any]) -> dict[str, Any]:
             "mix": report.get("mix") or _read_json(spec.out_dir / f"mix{spec.suffix}.json"),
             "mix_file": f"mix{spec.suffix}.json",
             **_validate_report(Path(spec.run), run_info),
-            "account": _account(spec.run, run_info.get("card", {}).get("gpu_hour_price", 0.0))}
+            "account": _account(spec.run, run_info.get("card", {}).get("gpu_hour_price", 0.0)),
+            "repair_cost": repair_cost(spec.run) if getattr(spec, "repair", None) else None}
 
 
 def render_card(info: dict[str, Any], data_files: str | None) -> str:
@@ -80,7 +82,7 @@ def render_card(info: dict[str, Any], data_files: str | None) -> str:
         f"mixed with original text and tokenized by hpcsynth: {report.get('sequences', 0):,} sequences, "
         f"{report.get('tokens', 0):,} tokens.{partial}\n",
         _generation_section(info), _prompts_section(info), sources_section(info), mix_section(info),
-        tokens_section(report), quality_section(info), _settings_section(info),
+        tokens_section(report), quality_section(info), repair_section(info), _settings_section(info),
         cost_section(info.get("account"), _cost_scope(info)),
         _files_section(report),
         f"Run fingerprint: {code(info.get('fingerprint', ''))}.\n",

@@ -75,7 +75,7 @@ def tokens_section(report: dict[str, Any]) -> str:
 
 def quality_section(info: dict[str, Any]) -> str:
     """Validation by format (what this reduce kept), and the validate report's measures when there is one."""
-    parts = [validation_section(info)]
+    parts = [validation_section(info), decontamination_section(info.get("report") or {})]
     report = info.get("validate_report")
     if report:
         lines = [f"`hpcsynth validate` on this run under this output's settings "
@@ -111,6 +111,25 @@ def validation_section(info: dict[str, Any]) -> str:
     return ("Each output was checked for the shape its prompt's format asks for; "
             f"{what}.\n\n| prompt | format | records | kept | failed checks |\n|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
+
+
+def decontamination_section(report: dict[str, Any]) -> str:
+    """What reduce.decontaminate kept out: the benchmarks by name, records and documents by prompt and source."""
+    found = report.get("decontamination")
+    if not isinstance(found, dict):
+        return ""
+    names = ", ".join(code(b.get("name")) for b in found.get("benchmarks") or [] if isinstance(b, dict)) or "-"
+    lines = [f"No text here shares a {found.get('ngram')}-word sequence (lowercased words) with the benchmarks "
+             f"{names}: a rephrasing that did was refused, a mixed-in document that did was dropped.\n",
+             "| prompt or source | left out | copied from the source document | written by the generator |",
+             "|---|---|---|---|"]
+    for prompt, counts in sorted((found.get("synthetic") or {}).items()):
+        if isinstance(counts, dict):
+            lines.append(f"| {cell(prompt)} | {number(counts.get('refused'))} | {number(counts.get('copied'))} | "
+                         f"{number(counts.get('written'))} |")
+    for source, count in sorted((found.get("documents") or {}).items()):
+        lines.append(f"| {cell(source)} | {number(count)} | - | - |")
+    return "\n".join(lines) + "\n"
 
 
 def cost_section(account: dict[str, Any] | None, scope: str = "") -> str:

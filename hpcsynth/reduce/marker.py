@@ -32,6 +32,8 @@ class MixCounts:
     limit: int | None
     rest_documents: int
     rest_chars: int
+    # Documents dropped for holding benchmark text (reduce.decontaminate; validate/contamination.py).
+    contaminated: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,11 @@ class PartMarker:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for counts in data["mix"]:  # written only when some: a marker of a reduce without benchmarks is as before
+            if not counts["contaminated"]:
+                del counts["contaminated"]
+        return data
 
 
 def _mix_counts(path: Path | str, counts: object, source: int) -> MixCounts:
@@ -85,7 +91,8 @@ def _mix_counts(path: Path | str, counts: object, source: int) -> MixCounts:
     if not isinstance(counts, dict):
         raise _forged(path, where, counts, "an object of counts")
     limit = None if counts.get("limit") is None else _count(path, counts, "limit", where)
-    values = {f.name: _count(path, counts, f.name, where) for f in dataclasses.fields(MixCounts) if f.name != "limit"}
+    values = {f.name: _count(path, counts, f.name, where) for f in dataclasses.fields(MixCounts)
+              if f.name != "limit" and (f.name in counts or f.default is dataclasses.MISSING)}
     return MixCounts(limit=limit, **values)
 
 

@@ -38,9 +38,12 @@ from hpcsynth.reduce.formats.datatrove import ds_dtype
 from hpcsynth.reduce.marker import MixCounts, PartMarker
 from hpcsynth.reduce.mix.choose import document_key
 from hpcsynth.reduce.mix.feed import MixFeed
+from hpcsynth.reduce.repaired import RepairIndex
 from hpcsynth.reduce.select import Document, bucket_of, prompt_formats, synthetic_documents
 from hpcsynth.reduce.spec import ReduceSpec, read_spec, settings_digest
 from hpcsynth.reduce.tokenize import DocumentTokenizer, load_tokenizer
+from hpcsynth.reduce.validate.benchmarks import TABLE, load_table
+from hpcsynth.reduce.validate.contamination import Screen
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
 
@@ -61,8 +64,10 @@ def reduce_part(out_dir: str, index: int) -> PartMarker:
         raise RunError(f"{run.root / 'config.yaml'} changed (reduce:, validate: or plan.max_line_bytes) since this "
                        f"reduce started; run `hpcsynth reduce` again: it redoes the parts under the new settings")
     encoder = _PartEncoder(part_tokenizer(spec))
-    feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec))
     rejects: list[dict] = []
+    screen = part_screen(spec)
+    feed = MixFeed(spec.mix, encoder, config.reduce.seed, all_originals=index in all_originals_parts(spec),
+                   screen=screen, rejects=rejects)
     exported: list[dict] = []  # every validated record goes to the text export, mixed or not
     tally: dict[str, dict] = {}
     corpus = spec.corpus_part(index)
@@ -72,7 +77,8 @@ def reduce_part(out_dir: str, index: int) -> PartMarker:
         check_corpus_file(spec, *corpus[:2])  # changed while it was read: rows of two versions
     formats = spec.run_info.get("formats") or prompt_formats(run.manifest())
     for shard in spec.part_shards(index):
-        synthetic = synthetic_documents(run, shard, config, rejects, formats, tally)
+        repairs = RepairIndex.for_shard(run, shard, spec.repair, config, formats, screen) if spec.repair else None
+        synthetic = synthetic_documents(run, shard, config, rejects, formats, tally, screen, repairs)
         exported += [d.record for d in synthetic]
         feed.add_synthetic(synthetic)
     feed.add_originals(run, spec.part_shards(index))  # after the synthetic: their tokens bound the originals
@@ -100,6 +106,18 @@ def check_corpus_file(spec: ReduceSpec, source: int, file: str) -> None:
         raise RunError(f"{file} (reduce.mix.sources {entry['name']}) changed since this reduce started ({said}); "
                        f"leave it alone while reduce runs, then run `hpcsynth reduce` again: it redoes the parts "
                        f"of a changed corpus")
+
+
+def part_screen(spec: ReduceSpec) -> Screen | None:
+    """reduce.decontaminate's benchmark table, memory-mapped from DIR/parts once per process (prepare_reduce
+    built it); None when off."""
+    if not spec.decontaminate:
+        return None
+    table = load_table(spec.parts_dir, spec.decontaminate["table"])
+    if table is None:
+        raise RunError(f"{spec.parts_dir}/{TABLE}.* (the benchmarks' n-grams, reduce.decontaminate) is missing or "
+                       f"damaged; run `hpcsynth reduce {spec.run} --out {spec.out}` again: it builds it anew")
+    return Screen(table)
 
 
 def all_originals_parts(spec: ReduceSpec) -> set[int]:
@@ -159,7 +177,7 @@ def _write_part(spec: ReduceSpec, index: int, docs: list[tuple[Document, np.ndar
     names = [s["name"] for s in spec.mix["sources"]]
     lines = [orjson.dumps({"kind": docs[i][0].kind, "source": names[docs[i][0].source], "id": docs[i][0].id,
                            "source_id": docs[i][0].source_id, "prompt": docs[i][0].prompt,
-                           "tokens": len(docs[i][1])}) + b"\n" for i in order]
+                           "tokens": len(docs[i][1]), **docs[i][0].repair}) + b"\n" for i in order]
     lens = np.asarray([len(docs[i][1]) for i in order], dtype=np.int32)
     keys = np.asarray([document_key(docs[i][0].id, seed) for i in order], dtype=np.uint64)
     sources = np.asarray([docs[i][0].source for i in order], dtype=np.uint8)

@@ -33,11 +33,13 @@ from hpcsynth.reduce.merge import merge_parts
 from hpcsynth.reduce.mix.sources import corpus_parts, part_settings, resolve_mix
 from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.parts import reduce_part, remember_tokenizer
+from hpcsynth.reduce.repaired import repair_state
 from hpcsynth.reduce.select import prompt_formats, ready_shards, verified_records
 from hpcsynth.reduce.settings import Remix, changes, reduce_sections
 from hpcsynth.reduce.spec import (KeepParts, ReduceSpec, bucket_count, group_parts, read_spec, settings_digest,
                                   spec_key, write_spec)
 from hpcsynth.reduce.tokenize import load_tokenizer
+from hpcsynth.reduce.validate.benchmarks import prepare_table, resolve_benchmarks, table_key
 from hpcsynth.reduce.validate.quality import validation_settings
 from hpcsynth.reduce.view import apply_view
 from hpcsynth.rundir import RunDir
@@ -110,6 +112,15 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
     mix = resolve_mix(config, run)
     # Weights, too_few and total_tokens decide only the merge's choice: changing them reuses every part.
     settings = {k: v for k, v in dataclasses.asdict(config.reduce).items() if k not in ("mix", "original_ratio")}
+    # The benchmarks by content (sha256), not by name: a benchmark file changed redoes the parts. None set:
+    # no key at all, so the parts of a reduce made before decontamination existed keep their key.
+    benchmarks = resolve_benchmarks(config.reduce.decontaminate)
+    settings.pop("decontaminate")
+    if benchmarks:
+        settings["decontaminate"] = benchmarks
+    repair = repair_state(run)  # `hpcsynth repair`'s sub-runs: in the key, so a repair since redoes the parts
+    if repair:
+        settings["repair"] = repair["digest"]
     if view:
         run_info["view"] = view
     if view and view.get("prompts"):  # a re-mix over all prompts keeps a plain reduce's key: its parts serve
@@ -123,8 +134,11 @@ def prepare_reduce(run: RunDir, out_dir: Path | None, tokenizer: str | None, par
                                          "validate": dataclasses.asdict(config.validate)}, described, buckets),
         mix=mix, corpus_parts=corpus_parts(mix, math.ceil(planned / config.reduce.part_shards),
                                            config.reduce.part_shards * config.plan.shard_docs),
-        keep_parts=keep_parts)
+        keep_parts=keep_parts, decontaminate={**benchmarks, "table": table_key(benchmarks)} if benchmarks else {},
+        repair=repair)
     _drop_stale_parts(out, spec.key)
+    if benchmarks:  # once per reduce, before any part: every part memory-maps it (validate/benchmarks.py)
+        prepare_table(benchmarks, spec.parts_dir, config.plan.max_line_bytes)
     write_spec(spec)
     remember_tokenizer(spec, tok)
     return spec

@@ -81,4 +81,25 @@ def build_report(spec: ReduceSpec, markers: dict[int, PartMarker], output: Any, 
         "reduce_settings": {"file": f"reduce-config{spec.suffix}.yaml" if "reduce_config" in spec.run_info else "",
                             "config": made.get("config", ""), "changed": made.get("changed", [])},
     }
+    if spec.decontaminate:
+        data["decontamination"] = decontamination(spec, validation, mix)
     return data
+
+
+def decontamination(spec: ReduceSpec, validation: dict[str, dict], mix: dict[str, Any]) -> dict[str, Any]:
+    """What reduce.decontaminate left out: per prompt, records refused (copied from their source document,
+    or written by the generator) by benchmark; per mix source, the documents dropped; the benchmarks."""
+    from hpcsynth.reduce.validate.benchmarks import load_table
+
+    table = load_table(spec.parts_dir, spec.decontaminate["table"])
+    benchmarks = (table.summary()["benchmarks"] if table is not None else
+                  [{k: f[k] for k in ("name", "bytes", "sha256")} for f in spec.decontaminate["files"]])
+    synthetic = {}
+    for prompt, counts in validation.items():
+        found = counts.get("contamination") or {"copied": 0, "written": 0, "benchmarks": {}}
+        synthetic[prompt] = {"refused": found["copied"] + found["written"], **found}
+    return {"ngram": spec.decontaminate["ngram"], "text_keys": spec.decontaminate["text_keys"],
+            "benchmarks": benchmarks, "ngrams": len(table) if table is not None else None,
+            "synthetic": synthetic,
+            "documents": {row["name"]: row.get("contaminated_documents", 0) for row in mix["sources"]
+                          if row["kind"] != "synthetic"}}

@@ -36,6 +36,7 @@ class Document:
     prompt: str = ""
     record: dict[str, Any] = field(default_factory=dict)  # the whole output record, for the text export
     source: int = -1  # its source's index in the reduce's mix (hpcsynth/reduce/mix/sources.py)
+    repair: dict[str, Any] = field(default_factory=dict)  # a repaired run's record: its attempt (reduce/repaired.py)
 
 
 def ready_shards(run: RunDir, partial: bool) -> tuple[list[int], list[dict]]:
@@ -119,22 +120,35 @@ def prompt_formats(manifest: dict) -> dict[str, str]:
 
 
 def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[dict],
-                        formats: dict[str, str], tally: dict[str, dict] | None = None) -> list[Document]:
+                        formats: dict[str, str], tally: dict[str, dict] | None = None,
+                        screen: Any = None, repairs: Any = None) -> list[Document]:
     """The shard's records that pass validation (hpcsynth/reduce/validate/), with their cleaned text.
+    `repairs`: the shard's records generated again by `hpcsynth repair` (repaired.RepairIndex), None for none.
 
     Refused records go to `rejects` with their prompt, check and reason; `tally` counts, per prompt,
-    accepted records and refused (and, under validate.action: keep, flagged) ones by check.
+    accepted records and refused (and, under validate.action: keep, flagged) ones by check, and those
+    holding benchmark text by cause and benchmark. `screen`: reduce.decontaminate's (contamination.Screen).
     """
+    from hpcsynth.files import read_jsonl_zst
     from hpcsynth.reduce.validate import reason_code, validate_records
+    from hpcsynth.reduce.validate.contamination import ShardSources, add_hit
 
     keep = []
     tally = {} if tally is None else tally
+    if screen is not None:  # a contaminated record's cause is read from its source document, in the shard
+        screen = screen.for_sources(ShardSources(lambda: read_jsonl_zst(run.shard_path(shard))))
     # A reduce of some prompts only (reduce/view.py) leaves the others out before they are checked.
     records = (r for r in verified_records(run, shard) if str(r.get("prompt", "")) in config.prompts)
-    for record, (ok, reason, text, _) in validate_records(((r, formats.get(str(r.get("prompt", "")), "free"))
-                                                           for r in records), config):
+    for record, (ok, reason, text, _, hit) in validate_records(
+            ((r, formats.get(str(r.get("prompt", "")), "free")) for r in records), config, screen):
         prompt = str(record.get("prompt", ""))
         counts = tally.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
+        if hit is not None:
+            add_hit(counts, hit)
+        if not ok and repairs is not None:  # generated again by `hpcsynth repair`: its first passing attempt
+            from hpcsynth.reduce.repaired import apply_repair
+
+            record, ok, reason, text = apply_repair(repairs, record, reason, text, counts)
         if reason:
             bucket = counts["flagged" if ok else "rejected"]
             bucket[reason_code(reason)] = bucket.get(reason_code(reason), 0) + 1
@@ -146,21 +160,33 @@ def synthetic_documents(run: RunDir, shard: int, config: Config, rejects: list[d
         if text != record["text"]:  # a chatty preamble or closing line went (validate.preamble: strip)
             counts["preamble_stripped"] = counts.get("preamble_stripped", 0) + 1
             record = {**record, "text": text}
-        keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), text, prompt, record))
+        keep.append(Document("synthetic", record["id"], str(record.get("source_id", "")), text, prompt, record,
+                             repair=_provenance(record) if repairs is not None else {}))
     return keep
 
 
 def add_tallies(total: dict[str, dict], part: dict[str, dict]) -> dict[str, dict]:
     """Sum per-prompt validation counts (parts into the report)."""
+    from hpcsynth.reduce.repaired import add_repaired
+    from hpcsynth.reduce.validate.contamination import add_contamination
+
     for prompt, counts in part.items():
         into = total.setdefault(prompt, {"accepted": 0, "rejected": {}, "flagged": {}})
         into["accepted"] += counts.get("accepted", 0)
+        add_contamination(into, counts.get("contamination") or {})
+        add_repaired(into, counts)
         if counts.get("preamble_stripped"):
             into["preamble_stripped"] = into.get("preamble_stripped", 0) + counts["preamble_stripped"]
         for kind in ("rejected", "flagged"):
             for check, n in counts.get(kind, {}).items():
                 into[kind][check] = into[kind].get(check, 0) + n
     return total
+
+
+def _provenance(record: dict) -> dict[str, Any]:
+    from hpcsynth.reduce.repaired import provenance
+
+    return provenance(record)
 
 
 def bucket_of(doc_id: str, seed: int, buckets: int) -> int:

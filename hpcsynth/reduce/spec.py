@@ -51,6 +51,12 @@ class ReduceSpec:
     # What the merge leaves in DIR/parts once the output is written (reduce/cleanup.py): "all", or "run" (the
     # mix-in corpora's parts removed). Not in the key: it changes no byte. "all" for specs written before.
     keep_parts: KeepParts = "all"
+    # reduce.decontaminate resolved (benchmarks.resolve_benchmarks: n, text_keys, each file's name, size and
+    # sha256) and the key of the table prepare_reduce built into DIR/parts; {} when off. In the spec key.
+    decontaminate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # `hpcsynth repair`'s sub-runs as the reduce found them (reduce/repaired.py repair_state: each one's done
+    # shards and checksums); {} without repairs. Its digest is in the key: a repair since redoes the parts.
+    repair: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:

@@ -24,11 +24,13 @@ from hpcsynth.files import read_regular
 from hpcsynth.generate.lease import holder_gone, process_start
 from hpcsynth.redact import redact, register_env_secret
 from hpcsynth.rundir import RunDir
+from hpcsynth.status.repair import repair_progress
 from hpcsynth.status.runstatus import (FailedShard, RedoShard, RunningShard, RunStatus, ShardCounts, SlurmSummary,
                                        WorkerHours)
 from hpcsynth.status.done import DAMAGED, OUTPUT_BAD, OUTPUT_LISTED, OUTPUT_OK, DoneTable, signature
 from hpcsynth.status.donecache import load_table, save_table
-from hpcsynth.status.timeline import commit_timeline
+from hpcsynth.generate.engines.telemetry import telemetry_of
+from hpcsynth.status.timeline import commit_timeline, run_telemetry
 
 STATES = ("pending", "running", "requeued", "stale", "failed", "done")
 WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESIZING", "SUSPENDED")
@@ -137,8 +139,12 @@ def collect_run(run: RunDir, slurm: bool = True, watch: Watch | None = None) -> 
         rate = sum(_number(t.get("tokens_per_s")) for t in live)
     total_docs = header["documents"]
     remaining_docs = total_docs - docs_done
+    records_expected = planned_records(run, header)
     eta = None
-    if rate > 0 and docs_done > 0:
+    if header.get("routing") is not None:  # routed: documents differ in how many records they have: count those
+        if rate > 0 and records_done > 0:
+            eta = max(0, records_expected - records_done) * (tokens_done / records_done) / rate
+    elif rate > 0 and docs_done > 0:
         eta = remaining_docs * (tokens_done / docs_done) / rate
     time_split = {key: round(sum(_number(t.get(key)) for t in tasks) / 3600, 4)
                   for key in ("startup_s", "generation_s", "idle_s")}
@@ -154,7 +160,7 @@ def collect_run(run: RunDir, slurm: bool = True, watch: Watch | None = None) -> 
         prompts=prompts,
         docs_done=docs_done,
         records_done=records_done,
-        records_expected=total_docs * prompts,
+        records_expected=records_expected,
         tokens_done=tokens_done,
         tokens_per_s=round(rate, 2),
         eta_s=None if eta is None else round(eta, 1),
@@ -168,12 +174,15 @@ def collect_run(run: RunDir, slurm: bool = True, watch: Watch | None = None) -> 
         worker_hours=WorkerHours(**time_split),
         workers=len(tasks),
         tasks=sorted(({**{k: t.get(k) for k in TASK_KEYS}, "live": id(t) in live_ids,
-                       "error": redact(str(t["error"])) if t.get("error") else t.get("error")} for t in tasks),
+                       "error": redact(str(t["error"])) if t.get("error") else t.get("error"),
+                       "telemetry": telemetry_of(t.get("telemetry"))} for t in tasks),  # engines/telemetry.py
                      key=lambda t: str(t["name"])),
-        timeline=commit_timeline(cols["committed"][done_mask], cols["completion_tokens"][done_mask],
-                                 [_number(t.get("started")) for t in tasks], now, now if live else 0.0),
+        timeline={**commit_timeline(cols["committed"][done_mask], cols["completion_tokens"][done_mask],
+                                    [_number(t.get("started")) for t in tasks], now, now if live else 0.0),
+                  "telemetry": run_telemetry([(t, id(t) in live_ids) for t in tasks], now)},
         slurm=SlurmSummary(jobs=[a["job_id"] for launch in jobs for a in launch.get("arrays", [])],
                            array_tasks=task_states, sacct_calls=1 if jobs else 0, **_slurm_problems(run, sacct)),
+        repair=repair_progress(run),
     )
     return Collected(status, table, beats, frozenset(s for s in failed if not (0 <= s < total and ours[s])))
 
@@ -193,6 +202,17 @@ def _plan(run: RunDir, watch: Watch | None) -> tuple[dict[str, Any], int, DoneTa
             watch.table = load_table(run, watch.shards, names)
         watch.manifest = stamp
     return watch.header, watch.shards, watch.table
+
+
+def planned_records(run: RunDir, header: dict[str, Any]) -> int:
+    """The records the plan expects: documents x prompts, or, when its prompts are routed
+    (`prompts: [{name, when}]`), the (document, prompt) pairs it routed, from the header alone."""
+    if header.get("routing") is None:
+        return int(header["documents"]) * len(header["prompts"])
+    from hpcsynth.plan.manifest import planned_routing  # here: a run without routing never imports the planner
+
+    routing = planned_routing(run, header)
+    return int(routing["pairs"]) if routing else 0
 
 
 TASK_KEYS = ("name", "task", "state", "device", "gpus", "startup_s", "generation_s", "idle_s", "wall_s",

@@ -99,6 +99,9 @@ class RunStatus:
     # Tokens and shards committed per time bin since the first worker started (status/timeline.py).
     timeline: dict[str, Any]
     slurm: SlurmSummary
+    # `hpcsynth repair`'s sub-runs (status/repair.py repair_progress): per attempt and prompt, shards done of
+    # planned, records planned and their own cost, apart from the run's GPU-hours above; [] without repair.
+    repair: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The object `status --json` prints (nested parts as dicts, fields in order)."""

@@ -119,6 +119,7 @@ def status_renderables(status: RunStatus, width: int = 80, rate_samples: list[fl
                     f"tokens {status.tokens_done:,}", f"{status.tokens_per_s:,.0f} tok/s",
                     f"ETA {'-' if eta is None else _duration(eta)}"], width)
     parts += _history_lines(status, width, rate_samples or [])
+    parts += _telemetry_lines((status.timeline or {}).get("telemetry"), width)
     hours = []
     if status.gpu_hours or not status.cpu_worker_hours:
         hours.append(f"GPU-hours {status.gpu_hours:.2f}")
@@ -129,6 +130,7 @@ def status_renderables(status: RunStatus, width: int = 80, rate_samples: list[fl
                     f"idle {_duration(split.idle_s * 3600)}",
                     f"({status.workers} workers, {status.live_workers} live)"], width)
     parts += _slurm_lines(status.slurm, width)
+    parts += _repair_lines(status, width)
     broken = [t for t in status.tasks if t.get("state") == "failed"]
     if broken:
         parts.append(_cut(f"{len(broken)} worker(s) failed to start", f", e.g. {broken[0]['name']}: "
@@ -154,6 +156,24 @@ def status_renderables(status: RunStatus, width: int = 80, rate_samples: list[fl
     return parts
 
 
+def _repair_lines(status: RunStatus, width: int) -> list:
+    """`hpcsynth repair`'s attempts: each one's sub-runs done, records and cost, apart from the run's hours."""
+    attempts: dict[int, list[dict]] = {}
+    for entry in status.repair:
+        attempts.setdefault(int(entry["attempt"]), []).append(entry)
+    lines = []
+    for attempt, subs in sorted(attempts.items()):
+        done = sum(1 for s in subs if s["shards_done"] >= s["shards"])
+        gpu, cpu = sum(s["gpu_seconds"] for s in subs) / 3600, sum(s["cpu_seconds"] for s in subs) / 3600
+        hours = f"GPU-hours {gpu:.2f}" if gpu or not cpu else f"CPU worker-hours {cpu:.2f}"
+        failed = sum(s["failed"] for s in subs)
+        lines += _flow([f"repair attempt {attempt}: {done}/{len(subs)} sub-runs done",
+                        f"shards {sum(s['shards_done'] for s in subs):,}/{sum(s['shards'] for s in subs):,}",
+                        f"records {sum(s['records'] for s in subs):,}/{sum(s['records_planned'] for s in subs):,}",
+                        hours + (f", {failed} shard(s) failed" if failed else "")], width)
+    return lines
+
+
 def _history_lines(status: RunStatus, width: int, samples: list[float]) -> list:
     """Sparklines: committed progress over the run's time (done markers), and tok/s over time: the live
     rate at each --watch refresh, else the committed tokens per time bin."""
@@ -170,6 +190,42 @@ def _history_lines(status: RunStatus, width: int, samples: list[float]) -> list:
         rates = [t / bin_s for t in tokens]
         lines.append(_spark("tok/s", rates, "cyan", width, f"committed, peak {max(rates):,.0f}"))
     return lines
+
+
+# What status calls the engine whose telemetry it shows (RUN/tasks/NAME.json's telemetry.source).
+TELEMETRY_LABELS = {"vllm": "vLLM", "endpoint": "server", "fake": "fake engine"}
+
+
+def _telemetry_lines(telemetry: object, width: int) -> list:
+    """One line of what the engines report (status/timeline.py run_telemetry): KV-cache use now (mean,
+    and the fullest worker's), prefix-cache hit rate, speculative acceptance rate, requests running and
+    waiting, preemptions; only what some worker reports, none when no engine reports anything."""
+    if not isinstance(telemetry, dict):
+        return []
+    phrases = []
+    if "kv_cache_usage" in telemetry:
+        fullest = telemetry.get("kv_cache_usage_max", telemetry["kv_cache_usage"])
+        most = f" (max {fullest:.0%})" if telemetry.get("live", 0) > 1 else ""
+        phrases.append(f"KV cache {telemetry['kv_cache_usage']:.0%}{most}")
+    if "prefix_cache_hit_rate" in telemetry:
+        phrases.append(f"prefix-cache hits {telemetry['prefix_cache_hit_rate']:.0%}")
+    if "spec_acceptance_rate" in telemetry:
+        phrases.append(f"spec. accepted {telemetry['spec_acceptance_rate']:.0%}")
+    for key, label in (("requests_running", "running"), ("requests_waiting", "waiting")):
+        if key in telemetry:
+            phrases.append(f"{label} {telemetry[key]:,.0f}")
+    if "preemptions" in telemetry:
+        phrases.append(f"preemptions {telemetry['preemptions']:,.0f}")
+    if not phrases:
+        return []
+    return _flow([f"{_telemetry_label(telemetry)}:", *phrases], width)
+
+
+def _telemetry_label(telemetry: dict) -> str:
+    sources = telemetry.get("sources")
+    if isinstance(sources, list) and len(sources) == 1 and sources[0] in TELEMETRY_LABELS:
+        return TELEMETRY_LABELS[sources[0]]
+    return "engine"
 
 
 def _spark(label: str, values: list[float], style: str, width: int, said: str):

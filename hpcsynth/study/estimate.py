@@ -114,6 +114,9 @@ class Inputs:
     measured_lengths: dict[str, tuple[float, str]] = field(default_factory=dict)
     measured_rates: dict[str, tuple[float, str]] = field(default_factory=dict)
     unit: str = "GPU"
+    # A routed plan's documents per prompt (prompts: [{name, when}]): each prompt's row counts only the
+    # documents routed to it. A prompt not named here has all `documents` (the plan without routing).
+    routed: dict[str, int] = field(default_factory=dict)
 
 
 def check_inputs(inputs: Inputs) -> None:
@@ -148,11 +151,13 @@ def make_estimate(inputs: Inputs) -> Estimate:
             continue
         for prompt in inputs.prompts:
             length, length_source = _length(prompt, inputs, anchors)
-            rows.append(_row(generator, prompt, inputs.documents, length, inputs.documents * length, length_source,
+            documents = inputs.routed.get(prompt, inputs.documents)
+            rows.append(_row(generator, prompt, documents, length, documents * length, length_source,
                              rate, rate_source, inputs))
     _check_finite(rows)
     notes = []
-    per_document = inputs.input_tokens / len(inputs.prompts) / inputs.documents if inputs.documents else 0.0
+    requests = sum(inputs.routed.get(prompt, inputs.documents) for prompt in inputs.prompts)
+    per_document = inputs.input_tokens / requests if inputs.documents and requests else 0.0
     if per_document and not 0.5 <= per_document / FINEPHRASE_INPUT_TOKENS <= 2.0 and not inputs.measured_lengths:
         notes.append(f"your documents average ~{per_document:,.0f} tokens against FinePhrase's ~"
                      f"{FINEPHRASE_INPUT_TOKENS:,} per request: its published length and rate may not hold; "

@@ -38,9 +38,18 @@ def inputs_from_run(run: RunDir, collected: Collected | None = None, **given) ->
     collected = collected if collected is not None else collect_run(run, slurm=False)
     rate = measured_rate(run, collected)
     documents = int(manifest["documents"])
-    return Inputs(**{"documents": documents, "prompts": prompts, "generators": (generator,),
-                     "input_tokens": float(manifest.get("est_tokens", 0)) * len(prompts)
-                     + instruction_tokens(config, manifest) * documents,
+    routed: dict[str, int] = {}
+    input_tokens = (float(manifest.get("est_tokens", 0)) * len(prompts)
+                    + instruction_tokens(config, manifest) * documents)
+    if manifest.get("routing") is not None and "documents" not in given:  # routed: each prompt, its documents
+        from hpcsynth.plan.manifest import planned_routing
+
+        by_prompt = (planned_routing(run, manifest) or {}).get("by_prompt", {})
+        routed = {p: int(by_prompt[p]["documents"]) for p in prompts if p in by_prompt}
+        instructions = instruction_tokens_by_prompt(config, manifest)
+        input_tokens = sum(float(by_prompt[p]["est_tokens"]) + instructions.get(p, 0.0) * routed[p] for p in routed)
+    return Inputs(**{"documents": documents, "prompts": prompts, "generators": (generator,), "routed": routed,
+                     "input_tokens": input_tokens,
                      "max_output_tokens": float(config.sampling.max_tokens),
                      "measured_lengths": measured_lengths(run, prompts, collected),
                      "measured_rates": {generator: rate[:2]} if rate else {},
@@ -50,11 +59,14 @@ def inputs_from_run(run: RunDir, collected: Collected | None = None, **given) ->
 def instruction_tokens(config: Config, manifest: dict) -> float:
     """Prompt-side tokens a record adds to its document: the system message and the template around it,
     estimated with the plan's bytes per token (the same yardstick as the documents' est_tokens)."""
+    return sum(instruction_tokens_by_prompt(config, manifest).values())
+
+
+def instruction_tokens_by_prompt(config: Config, manifest: dict) -> dict[str, float]:
+    """instruction_tokens, per prompt (a routed plan gives each prompt its own documents)."""
     per_token = float(manifest.get("bytes_per_token") or 0) or 4.0
-    total = 0
-    for prompt in load_prompts(config):
-        total += sum(len(m["content"].encode()) for m in prompt.render(""))
-    return total / per_token
+    return {prompt.name: sum(len(m["content"].encode()) for m in prompt.render("")) / per_token
+            for prompt in load_prompts(config)}
 
 
 def measured_lengths(run: RunDir, prompts: tuple[str, ...],

@@ -70,6 +70,14 @@ def render_account(account: dict[str, Any], console) -> None:
                   f"{account['tokens_per_s_effective']:,.0f} over the whole bill"
                   + (f"; ${per_million:,.4f} per million tokens" if per_million is not None and account["price_per_hour"]
                      else ""), markup=False)
+    repair = account.get("repair")
+    if repair:  # `hpcsynth repair`'s sub-runs, apart from the figures above (the run's own workers)
+        spent = (f"{hours_text(repair['gpu_seconds'] / 3600)} of GPU time" if repair["gpu_seconds"] else
+                 f"{hours_text(repair['cpu_seconds'] / 3600)} of CPU worker time")
+        console.print(f"repair: {repair['records']:,} records generated again in {repair['attempts']} attempt(s) "
+                      f"({repair['sub_runs']} sub-runs), {si(repair['completion_tokens'])} tokens, {spent}"
+                      + (f", ${repair['cost']:,.2f}" if repair["cost"] else "") + " (not in the figures above)",
+                      markup=False)
     left = account.get("remaining")
     if left and left["share"] > 0:
         console.print(f"to go, by the estimate: {left['share']:.0%} of its tokens, {hours_text(left['gpu_hours'])} of "

@@ -226,6 +226,22 @@ def test_endpoint_engine_against_vllm_server(server, config, requests, offline_c
     assert {k: c.text for k, c in served.items()} == {k: c.text for k, c in offline_completions.items()}
 
 
+def test_endpoint_engine_reads_the_vllm_servers_metrics(server, config, requests, measured):
+    """The endpoint engine's telemetry parses what a real `vllm serve` publishes at /metrics."""
+    endpoint = make_engine(dataclasses.replace(
+        config, model=dataclasses.replace(config.model, engine="endpoint"),
+        endpoint=dataclasses.replace(config.endpoint, url=server)))
+    before = endpoint.telemetry()
+    run(endpoint, requests[:6], "vllm server via endpoint engine, for /metrics", measured)
+    after = endpoint.telemetry()
+    measured.append(f"vllm server /metrics: {after}")
+    assert before is not None and after is not None
+    assert set(after) >= {"kv_cache_usage", "requests_running", "requests_waiting", "preemptions",
+                          "prefix_cache_queries", "prefix_cache_hits"}
+    assert after["prefix_cache_queries"] > before.get("prefix_cache_queries", 0)
+    assert 0 <= after["kv_cache_usage"] <= 1 and after["prefix_cache_hits"] <= after["prefix_cache_queries"]
+
+
 
 def test_same_records_from_transformers_vllm_and_endpoint(offline, server, config, tmp_path):
     """One shard through the worker with each engine: identical record schema, ids and prompt tokens."""

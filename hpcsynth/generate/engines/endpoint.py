@@ -13,8 +13,13 @@ What happens to a failed request:
 - other 4xx (401, 403, 404: wrong key, url or model name) raise EngineError at once: a setup problem;
 - redirects are never followed (urllib would resend the key to the new address): EngineError at once.
 
-The API key goes only to endpoint.url, and over plain http only to loopback unless
+The API key goes only to endpoint.url's own host, and over plain http only to loopback unless
 endpoint.allow_plain_http_key says so; server messages are redacted before they are stored anywhere.
+
+Telemetry is the server's /metrics (Prometheus text, vLLM's names; engines/telemetry.py), next to the
+API: http://host:8000/v1 -> http://host:8000/metrics. The worker's clock asks at most once a tick, over
+the same connection rules (no redirect followed, no proxy for loopback); a server without it (404, a
+redirect, 401/403) is not asked again and the worker has no telemetry, which is no error.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import os
 import random
 import threading
@@ -36,15 +42,25 @@ from typing import Any
 from hpcsynth.config import Config
 from hpcsynth.generate.engines.protocol import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
+from hpcsynth.generate.engines.telemetry import parse_prometheus
 from hpcsynth.errors import EngineError
 from hpcsynth.redact import redact, register_secret
 
 RETRY_STATUS = {408, 429}
 REJECT_STATUS = {400, 413, 422}
 MAX_BACKOFF_S = 60.0
+# /metrics is asked from the worker's clock between its writes: a short wait, a bounded answer (vLLM's
+# is ~100 KB with every histogram; past this it is not a metrics page).
+METRICS_TIMEOUT_S = 5.0
+MAX_METRICS_BYTES = 8 << 20
+
+log = logging.getLogger("hpcsynth.generate.worker")
 
 
 class EndpointEngine:
+    telemetry_source = "endpoint"
+    telemetry_scope = "server"  # its counters are the server's, shared with its other clients (TelemetryLog)
+
     def __init__(self, config: Config) -> None:
         endpoint = config.endpoint
         self.config = config
@@ -74,6 +90,8 @@ class EndpointEngine:
             handlers.append(urllib.request.ProxyHandler({}))
         self.opener = urllib.request.build_opener(*handlers)
         self.jitter = random.Random()
+        self.metrics_url: str | None = metrics_url(endpoint.url)
+        self.telemetry_server = redact(self.metrics_url)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         feeder = Feeder(requests, max(1, self.config.endpoint.concurrency))
@@ -96,6 +114,37 @@ class EndpointEngine:
 
     def close(self) -> None:
         pass
+
+    def telemetry(self) -> dict[str, float] | None:
+        """One reading of the server's /metrics, or None: not reachable now (asked again next tick), or
+        not served (a 404, a redirect, a refusal: never asked again)."""
+        url = self.metrics_url
+        if url is None:
+            return None
+        try:
+            # Only the Authorization header goes along, to endpoint.url's own scheme, host and port.
+            headers = {k: v for k, v in self.headers.items() if k == "Authorization"}
+            request = urllib.request.Request(url, headers=headers, method="GET")
+            with self.opener.open(request, timeout=min(METRICS_TIMEOUT_S, self.config.endpoint.timeout_s)) as response:
+                if response.status != 200:
+                    self._no_metrics(f"HTTP {response.status}")
+                    return None
+                data = response.read(MAX_METRICS_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_STATUS and exc.code < 500:
+                self._no_metrics(f"HTTP {exc.code}")
+            return None
+        except (OSError, ValueError):  # refused, reset, timed out: the server may come back
+            return None
+        if len(data) > MAX_METRICS_BYTES:
+            self._no_metrics(f"more than {MAX_METRICS_BYTES >> 20} MiB")
+            return None
+        return parse_prometheus(data.decode("utf-8", "replace")) or None
+
+    def _no_metrics(self, why: str) -> None:
+        log.info("telemetry: %s answered %s; the server's metrics are not read again",
+                 redact(self.metrics_url or ""), why)
+        self.metrics_url = None
 
     def body(self, request: Request) -> dict[str, Any]:
         sampling = self.config.sampling
@@ -161,6 +210,14 @@ def _redirect_refused(url: str, exc: urllib.error.HTTPError) -> str:
     target = exc.headers.get("Location", "") if exc.headers else ""
     return (f"{redact(url)} answered HTTP {exc.code}, a redirect to {redact(target) or 'elsewhere'}; hpcsynth does "
             f"not follow redirects (the API key would go along): set endpoint.url to the server itself")
+
+
+def metrics_url(base: str) -> str:
+    """The server's Prometheus page beside its API: BASE with a last /v1 replaced by /metrics (vLLM,
+    SGLang and TGI serve it at their root; a proxy's prefix is kept)."""
+    parts = urllib.parse.urlsplit(base.rstrip("/"))
+    path = parts.path[:-3] if parts.path.endswith("/v1") else parts.path
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path + "/metrics", "", ""))
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,6 +11,13 @@ another process (a subprocess, a Slurm job) misbehaves the same way:
   count_to     a file to which every generated record id is appended (tests count generations across
                processes: a record generated twice shows twice)
   fail_start   raises a plain error with this message when the engine is built (a broken install)
+  no_telemetry the engine reports no telemetry (as a server without /metrics)
+  preempt_every one preemption counted every this many completions
+
+Its telemetry is synthetic and follows from what it generated, so status's telemetry path is tested
+without a model: per completion of P prompt and C completion tokens, 4P prefix-cache queries of which
+3P hit (a 0.75 hit rate), C drafts of 2C tokens of which C are accepted (a 0.5 acceptance rate);
+KV-cache use 0.25 with one request running while it generates, 0 and none after; nothing waits.
 """
 
 from __future__ import annotations
@@ -23,10 +30,13 @@ from collections.abc import Iterable, Iterator
 
 from hpcsynth.config import Config
 from hpcsynth.generate.engines.protocol import Completion, Request
+from hpcsynth.generate.engines.telemetry import COUNTERS
 
 
 class FakeEngine:
     revision = ""
+    telemetry_source = "fake"
+    telemetry_scope = "engine"
 
     def __init__(self, config: Config, **faults) -> None:
         self.model_id = config.model.path or "fake"
@@ -36,8 +46,35 @@ class FakeEngine:
         self.faults = {**(json.loads(env) if env else {}), **faults}
         if self.faults.get("fail_start"):
             raise RuntimeError(self.faults["fail_start"])
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.completions = 0
+        self.generating = False
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        self.generating = True
+        try:
+            yield from self._generate(requests)
+        finally:
+            self.generating = False
+
+    def telemetry(self) -> dict[str, float] | None:
+        if self.faults.get("no_telemetry"):
+            return None
+        busy = 1.0 if self.generating else 0.0
+        return {"kv_cache_usage": 0.25 * busy, "requests_running": busy, "requests_waiting": 0.0,
+                **{k: float(v) for k, v in self.counters.items()}}
+
+    def _count(self, completion: Completion) -> Completion:
+        prompt, made = completion.prompt_tokens, completion.completion_tokens
+        self.completions += 1
+        every = int(self.faults.get("preempt_every") or 0)
+        for key, added in (("prefix_cache_queries", 4 * prompt), ("prefix_cache_hits", 3 * prompt),
+                           ("spec_drafts", made), ("spec_draft_tokens", 2 * made), ("spec_accepted_tokens", made),
+                           ("preemptions", 1 if every > 0 and self.completions % every == 0 else 0)):
+            self.counters[key] += added
+        return completion
+
+    def _generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         faults = self.faults
         for request in requests:
             prompt = request.messages[-1]["content"]
@@ -52,14 +89,15 @@ class FakeEngine:
                 time.sleep(faults["delay_s"])
             prompt_tokens = len(prompt.split())
             if faults.get("reject_on") and faults["reject_on"] in prompt:
-                yield Completion(request.record_id, "", "rejected", prompt_tokens, 0, "fake: rejected on marker")
+                yield self._count(Completion(request.record_id, "", "rejected", prompt_tokens, 0,
+                                             "fake: rejected on marker"))
                 continue
             if faults.get("count_to"):
                 with open(faults["count_to"], "a") as handle:
                     handle.write(request.record_id + "\n")
             words = _words(request, self.max_tokens)
             finish = "length" if len(words) == self.max_tokens else "stop"
-            yield Completion(request.record_id, " ".join(words), finish, prompt_tokens, len(words))
+            yield self._count(Completion(request.record_id, " ".join(words), finish, prompt_tokens, len(words)))
 
     def step_down(self) -> str:
         if self.concurrency <= 1:

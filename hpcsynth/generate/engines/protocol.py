@@ -43,3 +43,7 @@ class Engine(Protocol):
 
     # Optional: `step_down() -> str` lowers concurrency after an out-of-memory error and describes the
     # change ('' at the floor); the worker calls it when present.
+    # Optional: `telemetry() -> dict | None`, one reading of what the engine reports about itself
+    # (engines/telemetry.py: KV-cache use, prefix-cache and speculative counters, queue, preemptions),
+    # with `telemetry_source` and `telemetry_scope`; the worker's clock calls it once a tick, from its
+    # own thread, so it must be cheap and safe beside generate().

@@ -7,12 +7,17 @@ them and reject an over-long prompt ourselves instead of letting vLLM raise mid-
 
 vLLM starts its engine core in a spawned process (unless VLLM_ENABLE_V1_MULTIPROCESSING=0): a script that
 builds this engine must do so under `if __name__ == "__main__":`.
+
+Telemetry (KV-cache use, prefix-cache hits, speculative acceptance, queue, preemptions) is what vLLM's
+own statistics say, read with `LLM.get_metrics()`: vLLM records them into its Prometheus registry in this
+process as it steps, so reading them asks nothing of the engine (see `telemetry`).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from typing import Any
 from hpcsynth.config import Config
 from hpcsynth.generate.engines.protocol import Completion, Request
 from hpcsynth.generate.engines.feed import Feeder
+from hpcsynth.generate.engines.telemetry import COUNTERS, from_vllm_metrics
 from hpcsynth.generate.engines.vllm_args import check_vllm_args, engine_kwargs, sampling_kwargs
 from hpcsynth.errors import EngineError
 from hpcsynth.optional import require
@@ -71,6 +77,9 @@ def cpu_prefill_whole(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class VllmEngine:
+    telemetry_source = "vllm"
+    telemetry_scope = "engine"  # its counters start at zero with it (TelemetryLog)
+
     def __init__(self, config: Config) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hpcsynth never downloads a model
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -106,10 +115,19 @@ class VllmEngine:
         self._detokenize = "stop" in config.sampling.extra
         self._ids = itertools.count()
         self.max_num_seqs = config.vllm.max_num_seqs
+        # Counters of engines this one replaced (step_down restarts vLLM, whose counters start again at
+        # zero), and the last reading of a closed engine: telemetry stays one worker's whole story.
+        self._carried: dict[str, float] = {}
+        self._final: dict[str, float] | None = None
+        self._telemetry_lock = threading.Lock()
+        self.llm: Any = None
         self._start()
 
     def _start(self) -> None:
-        kwargs = engine_kwargs(self.config, self.max_num_seqs)
+        # vLLM's offline LLM keeps no statistics unless asked; with them on it records, each step, what
+        # `vllm serve` records by default (and logs a throughput line every VLLM_LOG_STATS_INTERVAL
+        # seconds). vllm.engine_args.disable_log_stats: true turns them off, and telemetry with them.
+        kwargs = {"disable_log_stats": False, **engine_kwargs(self.config, self.max_num_seqs)}
         if self.device == "cpu":
             kwargs = cpu_prefill_whole(kwargs)
         try:
@@ -154,11 +172,43 @@ class VllmEngine:
             if inside:  # the consumer stopped early or failed: don't leave vLLM generating for nobody
                 self.engine.abort_request(list(inside))
 
+    def telemetry(self) -> dict[str, float] | None:
+        """One reading of vLLM's statistics (engines/telemetry.py), or None when they are off.
+
+        `LLM.get_metrics()` copies vLLM's Prometheus registry of this process (~2 ms): it touches
+        neither the scheduler nor the engine core, and prometheus_client guards each value with its own
+        lock, so the clock's thread reads it while the worker's thread steps the engine. The registry is
+        the process's: one engine per worker process (a second LLM in the process takes it over). The
+        lock keeps a reading whole across close() and a step-down's restart: never an old engine's
+        counters with the carried ones already added."""
+        with self._telemetry_lock:
+            return self._read_telemetry()
+
+    def _read_telemetry(self) -> dict[str, float] | None:
+        llm = self.llm
+        if llm is None:
+            return self._final
+        if not getattr(getattr(llm, "llm_engine", None), "log_stats", False):
+            return None  # vllm.engine_args.disable_log_stats: true (get_metrics would assert)
+        try:
+            reading = from_vllm_metrics(llm.get_metrics())
+        except Exception:  # a vLLM whose metrics differ: no telemetry, never a failed worker
+            return None
+        for key, carried in self._carried.items():
+            reading[key] = reading.get(key, 0.0) + carried
+        return reading
+
     def close(self) -> None:
+        with self._telemetry_lock:  # the last numbers, kept for the clock's last write and a restart
+            final = self._read_telemetry() if self.llm is not None else None
+            if final is not None:
+                self._final = final
+                self._carried = {k: final[k] for k in COUNTERS if k in final}
+            self.llm = None
         engine_core = getattr(self.engine, "engine_core", None)
         if engine_core is not None and hasattr(engine_core, "shutdown"):
             engine_core.shutdown()
-        self.llm = self.engine = None
+        self.engine = None
 
     def render(self, request: Request) -> list[int]:
         """Chat template (with the assistant turn opened) -> token ids, as vLLM's server renders it."""

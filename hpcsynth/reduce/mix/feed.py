@@ -9,7 +9,10 @@ tokenizes its originals in mix-key order only up to LAZY_MARGIN times that, and 
 it stopped. The merge's threshold must stay below every such key; when it does not (another weight, a
 source too small), those parts are redone with all their originals (merge.py), so the choice is always
 the one a full count would make. Documents over reduce.mix.max_doc_tokens are cut (the first tokens,
-EOS kept last) or dropped, and counted.
+EOS kept last) or dropped, and counted. With reduce.decontaminate, an original or corpus document is
+screened just before it would be tokenized (validate/contamination.py): one holding benchmark text is
+dropped, counted per source ("contaminated") and listed in the rejects. So the originals a part leaves
+untokenized are never screened, as they never reach the mix.
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ ORIGINALS_BATCH = 64  # originals are encoded this many at a time, in key order,
 
 
 class MixFeed:
-    def __init__(self, mix: dict[str, Any], encoder: Any, seed: int, all_originals: bool = False) -> None:
+    def __init__(self, mix: dict[str, Any], encoder: Any, seed: int, all_originals: bool = False,
+                 screen: Any = None, rejects: list[dict] | None = None) -> None:
         self.mix = mix
+        self.screen = screen  # contamination.Screen of reduce.decontaminate, or None
+        self.rejects = rejects if rejects is not None else []
         self.encoder = encoder
         self.seed = seed
         self.all_originals = all_originals
@@ -48,7 +54,7 @@ class MixFeed:
         # limit: the mix key of the first original not tokenized (None: all were); rest_*: what was not.
         self.counts: list[dict[str, Any]] = [
             {"documents": 0, "tokens": 0, "cut": 0, "dropped": 0, "largest": 0, "chars": 0, "limit": None,
-             "rest_documents": 0, "rest_chars": 0} for _ in mix["sources"]]
+             "rest_documents": 0, "rest_chars": 0, "contaminated": 0} for _ in mix["sources"]]
         self.docs: list[tuple[Document, np.ndarray]] = []
 
     def add_synthetic(self, records: list[Document]) -> None:
@@ -121,6 +127,8 @@ class MixFeed:
         self._add(batch, "corpus")
 
     def _add(self, docs: list[Document], kind: str) -> None:
+        if self.screen is not None and kind != "synthetic" and docs:  # synthetic records: screened by validation
+            docs = self._clean(docs)
         if not docs:
             return
         limit = self.cap * PREFIX_CHARS_PER_TOKEN
@@ -145,3 +153,16 @@ class MixFeed:
             counts["largest"] = max(counts["largest"], len(array))
             doc.text = ""  # tokenized: a part holds tokens, not text and tokens (the export keeps records)
             self.docs.append((doc, array))
+
+    def _clean(self, docs: list[Document]) -> list[Document]:
+        """The documents without benchmark text; the others counted and listed in the rejects."""
+        kept = []
+        for doc, hit in zip(docs, self.screen.documents([d.text for d in docs])):
+            if hit is None:
+                kept.append(doc)
+                continue
+            self.counts[doc.source]["contaminated"] += 1
+            self.rejects.append({"id": doc.id, "shard": None, "prompt": None,
+                                 "source": self.mix["sources"][doc.source]["name"], "check": "contaminated",
+                                 "reason": hit.reason(self.screen.n)})
+        return kept

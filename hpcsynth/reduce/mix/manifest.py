@@ -6,7 +6,8 @@ Its shape is a contract (the dataset card renders it): {"seed", "total_tokens", 
 copies included, EOS included; repeat is written tokens / the source's tokens (0.5: half of it was
 used; 2.0: all of it twice). The policy holds the settings, the total aimed at, each source's tokens
 before choosing, and the notes `reduce` prints: a shrunk total, a repeated source, a share more than 1%
-off the asked one and why.
+off the asked one and why. With reduce.decontaminate, each source also has "contaminated_documents": its
+documents left out for holding benchmark text (a synthetic source: its records refused by validation).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def write_mix_manifest(spec: Any, markers: dict[int, PartMarker], plan: MixPlan,
                      "tokens": written[i]["tokens"], "documents": written[i]["documents"],
                      "repeat": round(written[i]["tokens"] / tokens, 4) if tokens else 0.0,
                      "cut_documents": available.cut, "dropped_documents": available.dropped})
+        if getattr(spec, "decontaminate", None):
+            rows[-1]["contaminated_documents"] = (_contaminated_records(source, markers)
+                                                  if source["kind"] == "synthetic" else available.contaminated)
     notes += _off_target(sources, plan, written, total)
     policy = {"form": spec.mix["form"], "too_few": spec.mix["too_few"], "max_repeat": spec.mix["max_repeat"],
               "max_doc_tokens": spec.mix["max_doc_tokens"], "oversize": spec.mix["oversize"],
@@ -47,6 +51,17 @@ def write_mix_manifest(spec: Any, markers: dict[int, PartMarker], plan: MixPlan,
     name = f"mix{spec.suffix}.json"
     atomic_write_json(spec.out_dir / name, data)
     return {"file": name, "data": data}
+
+
+def _contaminated_records(source: dict, markers: dict[int, PartMarker]) -> int:
+    """Records of a synthetic source (one prompt, or every prompt: "*") refused for benchmark text."""
+    total = 0
+    for marker in markers.values():
+        for prompt, counts in marker.validation.items():
+            if source["prompt"] in (None, prompt) and isinstance(counts, dict):
+                found = counts.get("contamination") or {}
+                total += int(found.get("copied", 0)) + int(found.get("written", 0))
+    return total
 
 
 def _off_target(sources: list[dict], plan: MixPlan, written: list[dict[str, int]], total: int) -> list[str]:
@@ -81,4 +96,7 @@ def mix_lines(mix: dict[str, Any]) -> list[str]:
         if row["cut_documents"] or row["dropped_documents"]:
             lines.append(f"    documents over reduce.mix.max_doc_tokens={mix['policy']['max_doc_tokens']:,}: "
                          f"{row['cut_documents']:,} cut, {row['dropped_documents']:,} dropped")
+        if row.get("contaminated_documents"):
+            lines.append(f"    holding benchmark text (reduce.decontaminate): {row['contaminated_documents']:,} "
+                         f"{'records refused' if row['kind'] == 'synthetic' else 'documents dropped'}")
     return lines

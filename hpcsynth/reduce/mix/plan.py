@@ -16,7 +16,7 @@ from hpcsynth.reduce.marker import PartMarker
 from hpcsynth.reduce.mix.choose import part_arrays, thresholds
 from hpcsynth.reduce.mix.targets import plan_targets
 
-SUMMED = ("documents", "tokens", "cut", "dropped", "chars", "rest_documents", "rest_chars")
+SUMMED = ("documents", "tokens", "cut", "dropped", "chars", "rest_documents", "rest_chars", "contaminated")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class SourceTotals:
     rest_documents: int  # originals parts did not tokenize (mix/feed.py): their tokens are estimated
     rest_chars: int
     largest: int
+    contaminated: int = 0  # documents dropped for holding benchmark text (reduce.decontaminate)
 
     @property
     def estimated(self) -> bool:

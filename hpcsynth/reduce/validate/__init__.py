@@ -8,18 +8,23 @@ reports count by, the detail is for a person.
 
 Records are checked in batches (validate_records): the word split and n-gram hashing behind the
 repetition checks run once over a batch in numpy, not once per record, which was most of their cost.
+With reduce.decontaminate, the same word ids are looked up in the benchmark table (contamination.py): a
+record holding benchmark text is refused with check `contaminated`, whatever validate.action says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hpcsynth.config import Config
 from hpcsynth.reduce.validate import faq, generic, math_problem, table, tutorial
 from hpcsynth.reduce.validate.ngrams import ngram_hashes
 from hpcsynth.reduce.validate.wordids import word_ids_many
+
+if TYPE_CHECKING:
+    from hpcsynth.reduce.validate.contamination import Hit, Screen
 
 # Each yields its format's failures in order, so that a check named in validate.skip lets the next speak.
 FORMAT_CHECKS: dict[str, Callable[[str, Config], Iterator[str]]] = {
@@ -34,6 +39,7 @@ class Verdict(NamedTuple):
     reason: str  # why not, or what was flagged (validate.action: keep); "" when every check passed
     text: str  # the text to use: a chatty preamble or closing line stripped (validate.preamble: strip)
     ids: Any  # the word ids (wordids.word_ids) of `text` where the checks computed them, else None
+    hit: Hit | None = None  # the benchmark text it holds (reduce.decontaminate), with its cause
 
 
 def reason_code(reason: str) -> str:
@@ -50,8 +56,10 @@ def validate_record(record: dict, fmt: str, config: Config) -> tuple[bool, str, 
     return next(validate_records([(record, fmt)], config))[1][:3]  # type: ignore[return-value]
 
 
-def validate_records(items: Iterable[tuple[dict, str]], config: Config) -> Iterator[tuple[dict, Verdict]]:
-    """(record, its Verdict) for each (record, its prompt's format), in order, checked a batch at a time."""
+def validate_records(items: Iterable[tuple[dict, str]], config: Config,
+                     screen: Screen | None = None) -> Iterator[tuple[dict, Verdict]]:
+    """(record, its Verdict) for each (record, its prompt's format), in order, checked a batch at a time;
+    `screen`: the benchmarks to refuse (reduce.decontaminate), None for none."""
     items = iter(items)
     while True:
         batch, chars = [], 0
@@ -63,7 +71,7 @@ def validate_records(items: Iterable[tuple[dict, str]], config: Config) -> Itera
                 break
         if not batch:
             return
-        yield from zip((record for record, _ in batch), _validate_batch(batch, config))
+        yield from zip((record for record, _ in batch), _validate_batch(batch, config, screen))
 
 
 class _Pending(NamedTuple):
@@ -74,7 +82,7 @@ class _Pending(NamedTuple):
     same_words: bool  # body and cleaned have the same words
 
 
-def _validate_batch(batch: list[tuple[dict, str]], config: Config) -> list[Verdict]:
+def _validate_batch(batch: list[tuple[dict, str]], config: Config, screen: Screen | None = None) -> list[Verdict]:
     strip = config.validate.preamble == "strip"
     verdicts: list[Verdict | _Pending] = []
     for record, fmt in batch:
@@ -97,6 +105,7 @@ def _validate_batch(batch: list[tuple[dict, str]], config: Config) -> list[Verdi
     ids, bounds = word_ids_many([p.body for p in pending])
     n = config.validate.repetition_n
     grams = ngram_hashes(ids, n)  # a record's n-grams are a slice: those running into the next go unused
+    found = screen.find(ids, bounds) if screen is not None else [None] * len(pending)
     out, k = [], 0
     for verdict in verdicts:
         if not isinstance(verdict, _Pending):
@@ -104,6 +113,10 @@ def _validate_batch(batch: list[tuple[dict, str]], config: Config) -> list[Verdi
             continue
         first, end = int(bounds[k]), int(bounds[k + 1])
         k += 1
+        if found[k - 1] is not None and screen is not None:  # benchmark text: refused under any action
+            hit = screen.record_hit(verdict.record, verdict.body, found[k - 1])  # type: ignore[arg-type]
+            out.append(Verdict(False, hit.reason(screen.n), verdict.cleaned, None, hit))
+            continue
         repeats = generic.Repeats(end - first, grams[first:max(first, end - n + 1)])
         reason = _quality(verdict.record, verdict.body, verdict.fmt, repeats, config)
         out.append(_verdict(reason, verdict.cleaned, ids[first:end] if verdict.same_words else None, config))

@@ -18,6 +18,8 @@ import orjson
 from hpcsynth.config import Config
 from hpcsynth.files import atomic_write_json, read_jsonl_zst
 from hpcsynth.reduce.validate import Verdict, reason_code, validate_records
+from hpcsynth.reduce.validate.benchmarks import build_table, resolve_benchmarks
+from hpcsynth.reduce.validate.contamination import Screen, ShardSources, add_hit
 from hpcsynth.reduce.validate.ngrams import DistinctSketch, word_ids
 from hpcsynth.rundir import RunDir, shard_name
 
@@ -38,10 +40,14 @@ class PromptQuality:
     input_chars: int = 0
     samples: dict[str, list[dict]] = field(default_factory=dict)
     sketch: DistinctSketch = field(default_factory=DistinctSketch)
+    # Records holding benchmark text (reduce.decontaminate): by cause (copied, written) and benchmark.
+    tally: dict[str, Any] = field(default_factory=dict)
 
     def add(self, record: dict, verdict: Verdict, shard: int, config: Config) -> None:
         self.records += 1
-        ok, reason, text, ids = verdict
+        ok, reason, text, ids = verdict.ok, verdict.reason, verdict.text, verdict.ids
+        if verdict.hit is not None:
+            add_hit(self.tally, verdict.hit)
         self.truncated += record.get("finish_reason") == "length"
         raw: str = record["text"] if isinstance(record.get("text"), str) else ""
         if isinstance(record.get("input_chars"), int) and record["input_chars"] > 0:
@@ -70,6 +76,7 @@ class PromptQuality:
                 "length_ratio": round(self.output_chars / self.input_chars, 4) if self.input_chars else None,
                 "truncation_rate": round(self.truncated / self.records, 4) if self.records else None,
                 "distinct_ngrams": round(distinct, 4) if distinct is not None else None,
+                **({"contamination": self.tally["contamination"]} if self.tally else {}),
                 "samples": self.samples}
 
 
@@ -82,10 +89,13 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
     shards, skipped = ready_shards(run, partial=True)
     formats = prompt_formats(manifest)
     prompts: dict[str, PromptQuality] = {}
+    screen = benchmark_screen(config)
     for shard in shards:
         records = read_jsonl_zst(run.output_path(shard))
         items = ((r, formats.get(str(r.get("prompt", "")), "free")) for r in records)
-        for record, verdict in validate_records(items, config):
+        # A contaminated record's cause is read from its source document, in the run's shard.
+        sources = ShardSources(lambda shard=shard: read_jsonl_zst(run.shard_path(shard)))  # type: ignore[misc]
+        for record, verdict in validate_records(items, config, screen.for_sources(sources) if screen else None):
             prompt = str(record.get("prompt", ""))
             if prompt not in prompts:
                 prompts[prompt] = PromptQuality(formats.get(prompt, "free"))
@@ -97,12 +107,21 @@ def validate_run(run: RunDir, config: Config, config_source: str = "", write: bo
         "records": sum(q.records for q in prompts.values()),
         "accepted": sum(q.accepted for q in prompts.values()),
         "diversity_n": config.validate.diversity_n,
+        **({"decontamination": screen.table.summary()} if screen else {}),
         "prompts": {name: prompts[name].summary() for name in sorted(prompts)},
         "seconds": round(time.monotonic() - started, 2),
     }
     if write:
         write_report(run, report)
     return report
+
+
+def benchmark_screen(config: Config) -> Screen | None:
+    """reduce.decontaminate's table, built in this process (one validate reads the benchmarks once)."""
+    resolved = resolve_benchmarks(config.reduce.decontaminate)
+    if resolved is None:
+        return None
+    return Screen(build_table(resolved, config.plan.max_line_bytes))
 
 
 def write_report(run: RunDir, report: dict[str, Any], path: Path | None = None) -> None:
@@ -124,5 +143,8 @@ def validation_settings(config: Config) -> dict[str, Any]:
 
     settings = {**dataclasses.asdict(config.validate), "reduce.min_chars": config.reduce.min_chars,
                 "reduce.drop_truncated": config.reduce.drop_truncated}
+    resolved = resolve_benchmarks(config.reduce.decontaminate)
+    if resolved is not None:  # only when set: the settings of reports made before it stay equal
+        settings["reduce.decontaminate"] = resolved
     return orjson.loads(orjson.dumps(settings))
 
