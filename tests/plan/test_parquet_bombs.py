@@ -151,17 +151,15 @@ def test_prompts_doc_whose_first_row_is_past_the_limit_is_one_line(tmp_path: Pat
                              f"(68,157,440 bytes decoded, in row group 0")
 
 
-def test_reduce_mix_source_that_is_a_bomb_counts_its_rows_and_mixes_the_rest(tmp_path: Path) -> None:
-    """A reduce.mix corpus source read by the planner's reader: the bomb's rows are rejects with file and row,
-    its 8 good rows are mixed. The old reader ran out of memory, lost the file and failed the reduce."""
+def run_mixing(tmp_path: Path, corpus: Path, plan_section: dict) -> RunDir:
+    """A generated fake run of 20 documents whose reduce mixes in `corpus` as the source "web"."""
     tokenizer = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
     if not tokenizer.is_file():
         from hpcsynth.tinymodel import build_tokenizer
 
         build_tokenizer(tmp_path / "tok")
         tokenizer = tmp_path / "tok"
-    corpus = dictionary_bomb(tmp_path / "bomb.parquet", 4 * MIB, 1024, arrow_dictionary=False)
-    config = fake_config(write_corpus(tmp_path / "c.jsonl", 20), plan={"max_line_bytes": MIB},
+    config = fake_config(write_corpus(tmp_path / "c.jsonl", 20), plan=plan_section,
                          reduce={"tokenizer": str(tokenizer), "min_chars": 1})
     mix = MixConfig(synthetic={"*": 1.0}, sources=(MixSource(name="web", path=str(corpus), weight=0.5),),
                     max_doc_tokens=256)
@@ -169,6 +167,14 @@ def test_reduce_mix_source_that_is_a_bomb_counts_its_rows_and_mixes_the_rest(tmp
     run = RunDir(tmp_path / "run")
     plan_corpus(config, run)
     pull_shards(run.root)
+    return run
+
+
+def test_reduce_mix_source_that_is_a_bomb_counts_its_rows_and_mixes_the_rest(tmp_path: Path) -> None:
+    """A reduce.mix corpus source read by the planner's reader: the bomb's rows are rejects with file and row,
+    its 8 good rows are mixed. The old reader ran out of memory, lost the file and failed the reduce."""
+    corpus = dictionary_bomb(tmp_path / "bomb.parquet", 4 * MIB, 1024, arrow_dictionary=False)
+    run = run_mixing(tmp_path, corpus, {"max_line_bytes": MIB})
     rc, _, stderr, peak = run_measured("reduce", run.root, "--out", tmp_path / "out")
     assert rc == 0, stderr[-3000:]
     assert peak < PEAK, f"peak RSS {peak / MIB:.0f} MiB"
@@ -183,18 +189,8 @@ def test_reduce_mix_source_that_is_a_bomb_counts_its_rows_and_mixes_the_rest(tmp
 def test_reduce_mix_source_of_large_rows_within_the_limit_is_encoded_in_bounded_batches(tmp_path: Path) -> None:
     """Rows each under plan.max_line_bytes but many of them: the mix held 1,024 whole documents before it
     encoded any (here 96 x 16 MiB: 1.5 GiB); it holds at most 64 MiB of text now."""
-    from hpcsynth.tinymodel import build_tokenizer
-
-    build_tokenizer(tmp_path / "tok")
     corpus = dictionary_bomb(tmp_path / "big.parquet", 16 * MIB, 96, arrow_dictionary=False)
-    config = fake_config(write_corpus(tmp_path / "c.jsonl", 20),
-                         reduce={"tokenizer": str(tmp_path / "tok"), "min_chars": 1})
-    mix = MixConfig(synthetic={"*": 1.0}, sources=(MixSource(name="web", path=str(corpus), weight=0.5),),
-                    max_doc_tokens=256)
-    config = dataclasses.replace(config, reduce=dataclasses.replace(config.reduce, mix=mix))
-    run = RunDir(tmp_path / "run")
-    plan_corpus(config, run)
-    pull_shards(run.root)
+    run = run_mixing(tmp_path, corpus, {})
     # Address space to spare (Arrow's pools reserve more than they touch); the bound is on resident memory.
     rc, _, stderr, peak = run_measured("reduce", run.root, "--out", tmp_path / "out", cap=4 << 30)
     assert rc == 0, stderr[-3000:]
