@@ -119,11 +119,12 @@ def test_plan_rejects_a_huge_plain_row_and_plans_the_rest(tmp_path: Path) -> Non
     """One 80 MiB value in 8 KB of Parquet, past the default 64 MiB: the old reader planned it (rc 0, no
     reject), as it did the issue's 300 MB row at 1.0 GB."""
     corpus = plain_bomb(tmp_path / "row.parquet", 80 * MIB)
-    # Address space to spare: Arrow decodes the 80 MiB page whole and its pools reserve beyond what they
-    # touch; under the 1.5 GiB cap this test failed once in a full parallel run. The bound is on resident memory.
+    # Address space to spare: Arrow's pools reserve beyond what they touch. The bound is on resident memory.
     rc, stderr, peak = plan(tmp_path, corpus, "{max_reject_rate: 0.5}", cap=3 << 30)
     assert rc == 0, stderr[-3000:]
-    assert peak < PEAK, f"peak RSS {peak / MIB:.0f} MiB"
+    # Arrow decodes the 80 MiB page whole to read the one value, a few copies of it at once: measured 482 MiB
+    # alone and 781 MiB once in a loaded parallel run, so 1 GiB here.
+    assert peak < 1 << 30, f"peak RSS {peak / MIB:.0f} MiB"
     assert orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["documents"] == 8
     [said] = rejects(tmp_path / "run" / "plan" / "rejects.jsonl")
     assert said["row"] == 1 and said["source"].endswith("row.parquet")
