@@ -30,8 +30,8 @@ COMMANDS = {
                "hpcsynth launch runs/fp --executor slurm --profile site-dev"),
     "status": ("show a run's progress from its run directory (and one sacct call)",
                "hpcsynth status runs/fp --watch"),
-    "cancel": ("stop a run's local workers (this host) and cancel its Slurm launches and reduces (finished work "
-               "is kept)",
+    "cancel": ("stop a run's local workers (this host) and its repair, and cancel its Slurm launches, repairs and "
+               "reduces (finished work is kept)",
                "hpcsynth cancel runs/fp"),
     "reduce": ("validate outputs, mix in original text, tokenize into Megatron .bin/.idx; re-mix the same outputs "
                "with --config MIX.yaml; DIR/parts/ (what a resume and a re-mix reuse) goes with --clean-parts",
@@ -345,22 +345,27 @@ def _cancel(args: argparse.Namespace) -> int:
     from hpcsynth.rundir import RunDir
 
     from hpcsynth.execute.local_runs import cancel_local
+    from hpcsynth.repair.cancel import cancel_repair
 
     run = RunDir(args.run)
     run.require_planned()
     stopped, elsewhere = cancel_local(run)  # local launches of this host: by host, pid and start time
+    repair = cancel_repair(run)  # `hpcsynth repair` first (it launches no more), then its sub-runs' launches
     ids = cancel(run) + cancel_jobs(recorded_reduce_ids(run.reduce_jobs_path))  # launches, then reduces
-    for line in stopped:
-        print(line)
-    if ids:
-        print(f"cancelled Slurm jobs {', '.join(ids)}")
-    for line in elsewhere:
-        print(line, file=sys.stderr)
-    if not (stopped or ids or elsewhere):
+    repair_ids = cancel_jobs(repair.job_ids)  # the repair sub-runs' Slurm launches
+    for line in stopped + repair.stopped:
+        print(inert(line))  # a sub-run's name is a directory's, whatever was planted there
+    if ids or repair_ids:
+        print(f"cancelled Slurm jobs {', '.join(ids + repair_ids)}")
+    for line in elsewhere + repair.problems:
+        print(inert(line), file=sys.stderr)
+    if not (stopped or repair.stopped or ids or repair_ids or elsewhere or repair.problems):
         print(f"{args.run} has no local workers or Slurm jobs to cancel")
     if stopped or ids:
         print(f"finished shards are kept; `hpcsynth launch {args.run}` goes on from them")
-    return 1 if elsewhere else 0
+    if repair.stopped or repair_ids:
+        print(f"the repair's committed shards are kept; `hpcsynth repair {args.run}` goes on from them")
+    return 1 if elsewhere or repair.problems else 0
 
 
 def _reduce(args: argparse.Namespace) -> int:

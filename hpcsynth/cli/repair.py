@@ -21,13 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def repair_command(args: argparse.Namespace) -> int:
     from hpcsynth.cli.common import inert
+    from hpcsynth.pool import stops_on_term_and_hup
     from hpcsynth.repair import repair_run
     from hpcsynth.repair.report import report_lines
     from hpcsynth.rundir import RunDir
 
     run = RunDir(args.run)
-    result = repair_run(run, args.attempts, args.config, args.executor, args.profile, args.workers,
-                        say=lambda line: print(inert(line), flush=True))
+    # `kill PID` and `hpcsynth cancel RUN` (which finds it by RUN/repair/.lock) stop it as Ctrl-C does, while it
+    # validates and plans too: its lock and staging folders go, and its sub-run's workers end with it.
+    with stops_on_term_and_hup():
+        result = repair_run(run, args.attempts, args.config, args.executor, args.profile, args.workers,
+                            say=lambda line: print(inert(line), flush=True))
     for line in result.failed[:10]:
         print(inert(f"  {line}"), file=sys.stderr)
     print(f"repair: {result.finished} of {result.attempts} attempt(s) done; report in {run.repair_report_path}")

@@ -8,6 +8,8 @@ A local launch writes RUN/local/HOST.PID.json while it runs: its own pid and sta
 - a second `launch` on this host see the first: it refuses, or with --add-workers starts more workers
   on GPUs no live launch holds (a GPU is never handed out twice: the choice is made under
   RUN/local/.lock, and the record is written before the lock is let go).
+A command that records no launch but holds a lock while it works (`hpcsynth repair`: RUN/repair/.lock) is
+stopped the same way through the holder its lock names (cancel_holder).
 A record whose launcher has ended (kill -9, a reboot) is simply stale: it is ignored and removed by the
 next reader on its host. Records of other hosts (a run directory on a shared file system) are shown, not
 judged: only their own host can tell whether they still run.
@@ -32,7 +34,7 @@ import orjson
 
 from hpcsynth.errors import RunError
 from hpcsynth.files import atomic_write_bytes
-from hpcsynth.locks import acquire_lock, process_start
+from hpcsynth.locks import acquire_lock, process_start, read_holder
 from hpcsynth.rundir import RunDir
 
 log = logging.getLogger("hpcsynth.execute.local_runs")
@@ -173,6 +175,34 @@ def cancel_local(run: RunDir, wait_s: float = STOP_WAIT_S) -> tuple[list[str], l
             launch.path.unlink()
         stopped.append(f"stopped the local launch {launch.describe()}")
     return stopped, elsewhere
+
+
+def cancel_holder(lock: Path, what: str, wait_s: float = STOP_WAIT_S) -> tuple[list[str], list[str]]:
+    """Stop the process of this host that holds `lock` while it works (`hpcsynth repair` holds RUN/repair/.lock),
+    as cancel_local stops a launch: SIGTERM, SIGKILL after wait_s. The lock names its holder's host, pid and
+    start time (locks.py), so a pid given since to another process is never signalled; a lock file that names
+    no holder (damaged, a link, a FIFO) stops nothing, and one whose writer is not the user running the pid
+    it names (planted where others may write) is named, not obeyed. Returns (stopped, what only its host or
+    its user can stop)."""
+    held = read_holder(lock)
+    parts = str((held or {}).get("owner", "")).split(":")
+    if len(parts) < 4 or not parts[1].isdigit():
+        return [], []  # no lock, or one that names no holder
+    host, pid, start = parts[0], int(parts[1]), parts[2]
+    if host != socket.gethostname():
+        return [], [f"{what} holds {lock} on {host} (pid {pid}); it can only be stopped there: run `hpcsynth "
+                    f"cancel` on {host} (or remove {lock} if that process is gone)"]
+    if pid == os.getpid() or not _same_process(pid, start):
+        return [], []  # gone: the next one to take the lock takes it over
+    try:
+        writer = os.lstat(lock).st_uid
+    except OSError:
+        return [], []  # released meanwhile
+    if _owner(pid) not in (writer, None):
+        return [], [f"{lock} names pid {pid}, which another user than the lock's writer runs: left alone; remove "
+                    f"{lock} if it is not yours"]
+    _stop([(pid, start)], wait_s)
+    return [f"stopped {what} (pid {pid} on {host})"], []
 
 
 def _stop(processes: list[tuple[int, str]], wait_s: float) -> None:
