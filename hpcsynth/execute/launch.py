@@ -92,7 +92,7 @@ def _launch_local(run: RunDir, config: Config, workers: int, retry_failed: bool,
             me.write()
 
         if every:
-            run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode, started=started)
+            run_task(str(run.root), None, retry_failed, config.slurm.gpu_mode, started=started, local=True)
         elif workers == 1 and not add:
             if pool is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = me.gpus[0]  # the GPU this launch holds, as a worker's

@@ -36,7 +36,7 @@ def visible_gpus() -> list[str]:
 
 
 def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mode: str = "per_gpu",
-             started: Started | None = None) -> int:
+             started: Started | None = None, local: bool = False) -> int:
     """What one Slurm array task runs: the workers for the GPUs it sees. Returns how many shards failed."""
     run = RunDir(Path(run_root))
     gpus = visible_gpus()
@@ -44,7 +44,7 @@ def run_task(run_root: str, shards: list[int] | None, retry_failed: bool, gpu_mo
     log_to(run.log_path(f"worker-{task_name()}"))
     if len(gpus) > 1 and gpu_mode == "per_gpu":
         exits = run_worker_processes(run, gpus, retry_failed, shards, log_prefix=f"worker-{task_name()}-gpu",
-                                     started=started)
+                                     started=started, die_with_launcher=local)
         for line in describe_failures(exits):
             log.error("%s", line)
         return sum(1 for worker in exits if worker.code != 0)
@@ -68,10 +68,14 @@ Started = Callable[[list[tuple[int, str]]], None]
 
 def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shards: list[int] | None = None,
                          log_prefix: str = "worker-local-", log_names: list[str] | None = None,
-                         started: Started | None = None) -> list[WorkerExit]:
-    """One worker process per GPU, each pinned to it; wait for all and say how each ended. Each worker is
-    killed with this process (generate/pull.py: HPCSYNTH_PARENT_PID), so a launcher ended by kill -9
-    leaves no worker running on; log_names: each worker's log name after log_prefix (default: its slot)."""
+                         started: Started | None = None, die_with_launcher: bool = True) -> list[WorkerExit]:
+    """One worker process per GPU, each pinned to it; wait for all and say how each ended.
+
+    die_with_launcher: each worker is killed with this process (generate/pull.py: HPCSYNTH_PARENT_PID), so a
+    local launcher ended by kill -9 leaves no worker running on. Not in a Slurm task: there the task's
+    process ends when it has requeued itself (preemption, time limit) while its workers go on generating,
+    records the requeued task resumes from, until Slurm ends the step (which ends every process of it).
+    log_names: each worker's log name after log_prefix (default: its slot)."""
     procs = []
     try:
         for slot, gpu in enumerate(gpus):
@@ -81,6 +85,8 @@ def run_worker_processes(run: RunDir, gpus: list[str], retry_failed: bool, shard
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "HPCSYNTH_GPU_SLOT": str(slot),
                    "HPCSYNTH_GPU_SLOTS": str(len(gpus)),  # where in the shard list each starts (generate/pull.py)
                    "HPCSYNTH_PARENT_PID": str(os.getpid())}
+            if not die_with_launcher:
+                del env["HPCSYNTH_PARENT_PID"]
             command = [sys.executable, "-m", "hpcsynth.generate.pull", str(run.root), "--log", str(log_path)]
             command += ["--shards", ",".join(map(str, shards))] if shards is not None else []
             command += ["--retry-failed"] if retry_failed else []
