@@ -170,9 +170,14 @@ def adopt_config(run: RunDir, current: Config | None, new: Config, force: bool, 
     """Use a config given at launch: refuse one that changes outputs, unless forced. `current` is None
     when the run's own config could not be read (then --force is set, and its planned inputs are taken
     from fingerprint.json where that is intact)."""
+    from hpcsynth.generate.shard import check_routing
+
     inputs = current.plan.inputs if current is not None else _planned_inputs(run, new.plan.inputs)
     new = dataclasses.replace(new, plan=dataclasses.replace(new.plan, inputs=inputs))
     digest = fingerprint(new, {p.name: p.template_hash for p in load_prompts(new)})
+    # Routing is decided at plan time, into every shard: a config routing otherwise is refused before it is
+    # written into the run (afterwards every worker refused it, and the run's own config was gone).
+    check_routing(run, new)
     if current is None:
         run.write_config(new, digest)
         return new

@@ -268,3 +268,18 @@ def test_kill_9_mid_shard_then_relaunch_gives_the_routed_pairs_exactly_once(tmp_
     key_of = {r["id"]: (r["source_id"], r["prompt"]) for r in records}
     generated = counts.read_text().split()
     assert {key_of[record_id] for record_id in generated} == expected, "no pair outside the routing was generated"
+
+
+def test_launch_refuses_a_config_routing_otherwise_before_writing_it(tmp_path: Path) -> None:
+    """`launch --config NEW --force` with other conditions: refused in one line, and the run's config.yaml
+    stays as it was (it used to be replaced first, then every worker refused the run)."""
+    run, _, proc = planned(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    before = run.config_path.read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text(config_text().replace("int_score >= 3", "int_score >= 4"))
+    result = run_cli("launch", run.root, "--config", other, "--force", "--progress", "0")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "routing is decided at plan time" in result.stderr and "int_score >= 4" in result.stderr
+    assert run.config_path.read_bytes() == before
+    assert run_cli("launch", run.root, "--progress", "0").returncode == 0  # the run itself is untouched
