@@ -58,6 +58,25 @@ def outlived(pids: list[int], seconds: float = 10) -> list[int]:
     return sorted(alive)
 
 
+def same_process(pid: int, start: str) -> bool:
+    """pid still names the process that started at `start` (RUN/local/ and lock records give both)."""
+    from hpcsynth.locks import process_start
+
+    return bool(start) and process_start(pid) == start
+
+
+def all_gone(processes: list[dict], timeout: float = 10.0) -> bool:
+    """Whether every {"pid", "start"} of `processes` has ended within `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(same_process(p["pid"], p["start"]) for p in processes):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """What a CLI call did, shaped like subprocess.CompletedProcess (returncode, stdout, stderr)."""

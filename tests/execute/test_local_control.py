@@ -22,7 +22,7 @@ import pytest
 from hpcsynth.locks import process_start
 from hpcsynth.rundir import RunDir
 
-from conftest import planned_fake_run, run_cli
+from conftest import all_gone, planned_fake_run, run_cli, same_process
 
 SLOW = {"HPCSYNTH_FAKE_FAULTS": json.dumps({"delay_s": 0.5})}  # 6 s a shard: a run that outlasts every wait here
 
@@ -67,23 +67,10 @@ def launch_with_workers(run: RunDir, proc: subprocess.Popen, count: int) -> dict
     return record
 
 
-def alive(pid: int, start: str) -> bool:
-    return process_start(pid) == start
-
-
-def gone(workers: list[dict], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(alive(w["pid"], w["start"]) for w in workers):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def stop(proc: subprocess.Popen, workers: list[dict]) -> None:
     """Leave nothing running, whatever the test did."""
     for pid, start in [(proc.pid, None)] + [(w["pid"], w["start"]) for w in workers]:
-        if (start is None and proc.poll() is None) or (start is not None and alive(pid, start)):
+        if (start is None and proc.poll() is None) or (start is not None and same_process(pid, start)):
             os.kill(pid, signal.SIGKILL)
     proc.communicate()
 
@@ -96,7 +83,7 @@ def test_workers_end_with_their_launcher_and_a_relaunch_finishes(tmp_path: Path,
     try:
         os.kill(proc.pid, sig)
         proc.wait(timeout=30)
-        assert gone(record["workers"]), "a worker ran on after its launcher ended"
+        assert all_gone(record["workers"]), "a worker ran on after its launcher ended"
         if sig == signal.SIGTERM:  # a polite stop unwinds as Ctrl-C does: workers ended, record removed
             assert proc.returncode == 130, proc.communicate()
             assert "interrupted; committed shards are kept" in proc.communicate()[1]
@@ -121,7 +108,7 @@ def test_cancel_stops_a_local_run_and_the_run_goes_on_from_its_shards(tmp_path: 
         assert "2 worker process(es) on GPU(s) 0,1" in result.stdout
         assert "goes on from them" in result.stdout
         assert proc.wait(timeout=30) == 130
-        assert gone(record["workers"], timeout=1)
+        assert all_gone(record["workers"], timeout=1)
         assert records(run) == []
         assert run_cli("cancel", str(run.root)).stdout.strip().endswith("has no local workers or Slurm jobs to cancel")
     finally:
@@ -160,7 +147,7 @@ def test_a_second_launch_refuses_and_added_workers_take_other_gpus(tmp_path: Pat
         assert (run.root / "logs" / "worker-local-2.log").exists()  # its own logs, not the first's
         result = run_cli("cancel", str(run.root))
         assert result.stdout.count("stopped the local launch") == 2, result.stdout
-        assert gone(first["workers"] + second["workers"], timeout=1)
+        assert all_gone(first["workers"] + second["workers"], timeout=1)
     finally:
         stop(proc, first["workers"])
         if added is not None:

@@ -23,7 +23,7 @@ import pytest
 from hpcsynth.locks import process_start
 from hpcsynth.rundir import RunDir
 
-from conftest import planned_fake_run, run_cli
+from conftest import all_gone, planned_fake_run, run_cli, same_process
 from test_repair import outputs, refusing_run, truncated
 
 
@@ -36,19 +36,6 @@ def sub_records(run: RunDir) -> list[dict]:
         except (OSError, ValueError):
             pass  # being replaced
     return found
-
-
-def alive(pid: int, start: str) -> bool:
-    return bool(start) and process_start(pid) == start
-
-
-def gone(processes: list[dict], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(alive(p["pid"], p["start"]) for p in processes):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize("how", ["cancel", "kill -TERM"])
@@ -85,14 +72,14 @@ def test_a_stopped_local_repair_ends_its_workers_and_a_rerun_commits_each_record
             os.kill(repair.pid, signal.SIGTERM)
         assert repair.wait(timeout=30) == 130, repair.stderr.read()
         assert "interrupted; committed shards of its sub-runs are kept" in repair.stderr.read()
-        assert gone(workers, timeout=5), "a sub-run worker ran on after the repair was stopped"
+        assert all_gone(workers, timeout=5), "a sub-run worker ran on after the repair was stopped"
         assert sub_records(run) == [] and not (run.repair_dir / ".lock").exists(), "it unwound: records, lock"
         assert "has no local workers" in run_cli("cancel", run.root).stdout
     finally:
         if repair.poll() is None:
             os.killpg(repair.pid, signal.SIGKILL)
         for worker in workers:
-            if alive(worker["pid"], worker["start"]):
+            if same_process(worker["pid"], worker["start"]):
                 os.kill(worker["pid"], signal.SIGKILL)
         repair.wait()
     before = {r["id"] for _, _, sub in run.repair_runs() for r in outputs(sub)}
