@@ -40,7 +40,9 @@ def test_a_profile_the_cluster_cannot_satisfy_is_reported_as_never_starting(tmp_
     run = planned(tmp_path, cluster, docs=10)  # two shards: an array of two tasks, one sacct line
     cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", "site-example")  # 12 CPUs, 96 GB
     try:
-        current = wait_status(cluster, run, lambda s: s["slurm"]["pending_reasons"])
+        # The reason is set by the controller's next scheduling pass over the job, which a loaded cluster
+        # (other tests' arrays) can put off past a minute.
+        current = wait_status(cluster, run, lambda s: s["slurm"]["pending_reasons"], timeout=180)
         assert current["slurm"]["pending_reasons"] == {"PartitionConfig": 2}
         assert current["slurm"]["array_tasks"] == {"PENDING": 2}
         assert current["slurm"]["never_starts"].startswith("PartitionConfig: the partition cannot give")
