@@ -38,11 +38,15 @@ def test_guarded_setup_lines_stop_the_script_with_their_message(tmp_path: Path) 
 def test_a_profile_the_cluster_cannot_satisfy_is_reported_as_never_starting(tmp_path: Path,
                                                                            cluster: ClusterInfo) -> None:
     run = planned(tmp_path, cluster, docs=10)  # two shards: an array of two tasks, one sacct line
+    # An earlier test's job still running out its last requeue (time-limit tests) left this array without a
+    # reason for minutes in a full run: the controller judges it on an idle node at once.
+    deadline = time.monotonic() + 180
+    while subprocess.run(["squeue", "-h"], env=cluster.env, capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the dev cluster's queue never emptied"
+        time.sleep(1)
     cli(cluster, "launch", str(run), "--executor", "slurm", "--profile", "site-example")  # 12 CPUs, 96 GB
     try:
-        # The reason is set by the controller's next scheduling pass over the job, which a loaded cluster
-        # (other tests' arrays) can put off past a minute.
-        current = wait_status(cluster, run, lambda s: s["slurm"]["pending_reasons"], timeout=180)
+        current = wait_status(cluster, run, lambda s: s["slurm"]["pending_reasons"], timeout=120)
         assert current["slurm"]["pending_reasons"] == {"PartitionConfig": 2}
         assert current["slurm"]["array_tasks"] == {"PENDING": 2}
         assert current["slurm"]["never_starts"].startswith("PartitionConfig: the partition cannot give")
