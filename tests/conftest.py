@@ -246,6 +246,19 @@ def fake_config(corpus: Path, **sections) -> Config:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Path:
+    """GPT-NeoX-20B's tokenizer.json where ../shared/data has it, else a tokenizer trained here in seconds."""
+    shared = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
+    if shared.is_file():
+        return shared
+    from hpcsynth.tinymodel import build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok")
+    build_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def cluster():
     """The project's single-node Slurm (slurm/start-cluster.sh), started once, left running."""
     from slurm_cluster import cluster_available, ensure_cluster

@@ -21,7 +21,7 @@ from hpcsynth.config import config_from_dict, config_to_dict, fingerprint, load_
 from hpcsynth.files import read_json, read_jsonl_zst
 from hpcsynth.rundir import RunDir
 
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, run_cli
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -146,18 +146,6 @@ def test_status_estimate_and_validate_count_only_the_routed_pairs(tmp_path: Path
     report = read_json(run.validate_report_path)
     assert report["records"] == len(expected)
     assert {p: row["records"] for p, row in report["prompts"].items()} == by_prompt
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Path:
-    shared = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
-    if shared.is_file():
-        return shared
-    from hpcsynth.tinymodel import build_tokenizer
-
-    folder = tmp_path_factory.mktemp("tok")
-    build_tokenizer(folder)
-    return folder
 
 
 def test_a_reduce_mixes_the_routed_records_and_keeps_unrouted_documents_as_originals(tmp_path: Path,

@@ -29,18 +29,6 @@ BIG_DOC_BYTES = 10 << 20
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Path:
-    shared = SHARED_DATA / "tokenizers" / "gpt-neox-20b.tokenizer.json"
-    if shared.is_file():
-        return shared
-    from hpcsynth.tinymodel import build_tokenizer
-
-    folder = tmp_path_factory.mktemp("tok")
-    build_tokenizer(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, tokenizer: Path) -> tuple[RunDir, Path]:
     """300 documents rephrased by two prompts, and a Parquet corpus of 60 documents plus one of 10 MB."""
     root = tmp_path_factory.mktemp("mix")
