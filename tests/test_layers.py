@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpcsynth"
 # Bottom to top. prompts.py and rundir.py are the two contracts every stage reads (the prompt files and
 # the run directory); they read config/, so they stand just above it.
 FLOORS: list[tuple[str, ...]] = [
+    ("storage",),            # s3:// URLs: listing, reading and uploading objects (corpus, reduce and the CLI use it)
     ("corpus",),             # readers and filters of corpus files: plan, the mix and config checks use them
     ("config",),             # sections, checks, load, the grid's expansion
     ("prompts", "rundir"),
@@ -27,7 +28,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("execute",),            # where workers run: local processes or Slurm (execute/slurm.py knows no stage)
     ("status",),             # collect, view, timeline, the account
     ("reduce",),
-    ("study", "repair"),     # estimates, charts, the experiment grid; repair: refused records generated again
+    ("study", "repair", "tune"),  # estimates, charts, the grid; repair: refused records again; tune: engine trials
     ("cli", "__main__"),
 ]
 

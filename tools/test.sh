@@ -28,6 +28,7 @@ echo "[test.sh] main lane done at $(( $(date +%s) - t0 ))s"
 if [ "${HPCSYNTH_SKIP_VLLM:-0}" != 1 ] && [ -f tools/setup_vllm_lane.sh ]; then
   bash tools/setup_vllm_lane.sh
   .venv-vllm/bin/python -m pytest -q tests/vllm_lane/test_vllm_engines.py tests/vllm_lane/test_vllm_telemetry_metrics.py \
+    tests/vllm_lane/test_tune_vllm.py \
     tests/generate/test_endpoint_engine.py
   # Its own process: vLLM's CPU platform rebinds kernels by scanning every loaded module, and a module the
   # argument checks load first makes that scan fail ('_lib_fn_wrapper' object has no attribute 'get').

@@ -21,6 +21,7 @@ from hpcsynth.cli.common import (check_plan_model, grid_of, inert, plan_config, 
                                  print_plan_warnings, with_plan_flags)
 from hpcsynth.cli.grid import GRID_HANDLERS
 from hpcsynth.errors import HpcsynthError
+from hpcsynth.storage import path_or_url
 
 COMMANDS = {
     "plan": ("split a corpus into zstd JSONL shards and write the run's manifest",
@@ -50,6 +51,9 @@ COMMANDS = {
                "reduce then takes each record's first passing attempt", "hpcsynth repair runs/fp --attempts 2"),
     "estimate": ("what a run will cost (GPU-hours, wall time, $), per generator and prompt; and so far, for a run "
                  "that has worked", "hpcsynth estimate --tokens 486e9 --tokens-per-second 9200 --gpus 100 --price 2.5"),
+    "tune": ("short trials of the engine settings (batch, token budget, memory, speculation...) on a sample of your "
+             "corpus: a table, the winner as a config fragment, and the estimate at its rate",
+             "hpcsynth tune finephrase --input 'sample/*.parquet' --budget 60 --out tune-fp"),
 }
 
 
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--run", type=Path, required=True, help="run directory to create")
     plan.add_argument("--input", action="append", metavar="PATH_OR_GLOB",
                       help="corpus files, directories or globs: JSONL (plain/.gz/.zst) or Parquet; repeatable; "
-                           "replaces plan.inputs")
+                           "replaces plan.inputs; s3://BUCKET/PREFIX/*.parquet reads a bucket (the [s3] extra; "
+                           "AWS_* credentials); RUN itself stays on a local or shared filesystem")
     plan.add_argument("--jobs", type=int, default=0,
                       help="processes planning input files at once (default: the CPUs Slurm or the OS gives us); "
                            "the shards are the same for any value")
@@ -131,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     reduce = command("reduce")
     reduce.add_argument("run", type=Path, help="a run whose shards are done")
-    reduce.add_argument("--out", type=Path, help="output directory (default: RUN/reduce)")
+    reduce.add_argument("--out", type=path_or_url, help="output directory, or s3://BUCKET/PREFIX (written in "
+                        "RUN/reduce-s3/ first, then uploaded; needs the [s3] extra) (default: RUN/reduce)")
     reduce.add_argument("--tokenizer", help="tokenizer.json or its directory (default: reduce.tokenizer, "
                                             "else the generator's own)")
     reduce.add_argument("--partial", action="store_true", help="reduce the done shards even if some are not "
@@ -151,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the output stays; a later reduce into DIR tokenizes again)")
 
     verify = command("verify")
-    verify.add_argument("dir", type=Path, help="a reduce output directory (default reduce output: RUN/reduce)")
+    verify.add_argument("dir", type=path_or_url, help="a reduce output directory (default reduce output: RUN/reduce), "
+                        "or the s3://BUCKET/PREFIX a reduce uploaded to (downloaded to TMPDIR, then checked)")
 
     demo = command("demo")
     demo.add_argument("dir", nargs="?", type=Path, help="where to put the demo (default: a new temp dir)")
@@ -181,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hpcsynth.cli.study import add_arguments as add_estimate_arguments
 
     add_estimate_arguments(command("estimate"))
+
+    from hpcsynth.cli.tune import add_arguments as add_tune_arguments
+
+    add_tune_arguments(command("tune"))
     return parser
 
 
@@ -496,6 +507,12 @@ def _estimate(args: argparse.Namespace) -> int:
     return estimate_command(args)
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from hpcsynth.cli.tune import tune_command
+
+    return tune_command(args)
+
+
 # What Ctrl-C leaves behind, and what to run next, per command.
 AFTER_INTERRUPT = {
     "plan": "a plan is moved into place whole, so the run is as it was; plan again to plan it",
@@ -505,6 +522,7 @@ AFTER_INTERRUPT = {
     "validate": "nothing was written; validate again",
     "repair": "committed shards of its sub-runs are kept; run the same repair again to go on from them",
     "demo": "pass a new directory to start the demo again",
+    "tune": "the trial in flight was stopped; tune.json holds the trials finished; run the tune again to start over",
 }
 
 
@@ -535,4 +553,4 @@ def grid_target(args: argparse.Namespace) -> Any:
 
 HANDLERS = {"plan": _plan, "launch": _launch, "status": _status, "cancel": _cancel, "reduce": _reduce,
             "demo": _demo, "config": _config, "verify": _verify, "prompts": _prompts, "validate": _validate,
-            "estimate": _estimate, "repair": _repair}
+            "estimate": _estimate, "repair": _repair, "tune": _tune}

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price", type=float, default=0.0, help="dollars per GPU-hour")
     parser.add_argument("--efficiency", type=float, default=1.0,
                         help="share of the ideal rate a campaign keeps (FinePhrase's kept ~0.43)")
+    parser.add_argument("--tuned", type=Path, metavar="TUNE_DIR",
+                        help="price at the winning rate of `hpcsynth tune` (its --out directory), and its measured "
+                             "output lengths where the run measured none; --tokens-per-second still wins")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the cost breakdown as a PNG")
 
@@ -89,6 +92,11 @@ def estimate_command(args: argparse.Namespace) -> int:
             account.update(_repair_account(run, args.price))
     else:
         inputs = Inputs(**given)
+    if args.tuned is not None:
+        from hpcsynth.tune import read_tune
+        from hpcsynth.tune.report import tuned_inputs
+
+        inputs = tuned_inputs(inputs, read_tune(args.tuned), args.tuned)
     try:
         estimate = make_estimate(inputs)
     except HpcsynthError as exc:

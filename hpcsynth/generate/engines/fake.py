@@ -13,6 +13,10 @@ another process (a subprocess, a Slurm job) misbehaves the same way:
   fail_start   raises a plain error with this message when the engine is built (a broken install)
   no_telemetry the engine reports no telemetry (as a server without /metrics)
   preempt_every one preemption counted every this many completions
+  step_s       seconds per engine step of `concurrency` completions: throughput grows with the batch, as a
+               GPU's does until its memory is full (tests of `hpcsynth tune` pick a winner by it)
+  segv_at      the process dies of SIGSEGV when its concurrency is this (a crashing CUDA kernel)
+  hang_at      the engine hangs when its concurrency is this (a trial that never finishes)
 
 Its telemetry is synthetic and follows from what it generated, so status's telemetry path is tested
 without a model: per completion of P prompt and C completion tokens, 4P prefix-cache queries of which
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from collections.abc import Iterable, Iterator
 
@@ -76,7 +81,14 @@ class FakeEngine:
 
     def _generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         faults = self.faults
-        for request in requests:
+        if faults.get("segv_at") is not None and self.concurrency == faults["segv_at"]:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if faults.get("hang_at") is not None and self.concurrency == faults["hang_at"]:
+            while True:
+                time.sleep(0.05)
+        for index, request in enumerate(requests):
+            if faults.get("step_s") and index % max(1, self.concurrency) == 0:
+                time.sleep(faults["step_s"])
             prompt = request.messages[-1]["content"]
             if faults.get("oom_above") is not None and self.concurrency > faults["oom_above"]:
                 raise RuntimeError(f"CUDA out of memory (injected at concurrency {self.concurrency})")

@@ -1,0 +1,310 @@
+"""`hpcsynth tune`: short trials on the user's own documents and prompt mix, a winner to launch with.
+
+The tune directory (--out) holds everything a trial needs and everything the tune found, so that a Slurm job
+runs the same search on a GPU node that a local tune runs here:
+  config.yaml          the config as given, resolved (every trial lays its settings over it)
+  sample/              the sample planned as a run is (filters, routing, long documents cut): a plain RunDir
+  requests.jsonl       the requests every trial sends, built once from the sample as a worker builds them
+  options.json         the search: knobs, budget, per-trial deadline
+  trials/K.*           each trial's settings, log and result (tune/trial.py)
+  tune.json            every trial so far and the winner; rewritten after each trial
+  winner.yaml          the winning settings as a config fragment; tuned.yaml: the whole config with them
+
+The search walks the knobs one at a time from the best setting so far (space.py says why), each candidate
+one process with a deadline; a failed trial is classed and the search goes on. Once a knob that grows memory
+runs out of memory, its larger candidates are skipped. The budget bounds the whole search: a trial starts only
+while the time left covers a typical trial.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from hpcsynth.config import Config, load_config
+from hpcsynth.config.build import config_to_dict
+from hpcsynth.errors import HpcsynthError
+from hpcsynth.files import atomic_write_bytes, read_regular
+from hpcsynth.tune.space import Knob, Settings, apply, default_knobs, nested, parse_try, settings_of
+from hpcsynth.tune.trial import finish_trial, start_trial
+
+MARKER = "tune.json"
+DEFAULT_REQUESTS = {"vllm": 2048, "endpoint": 1024}  # enough to fill the largest batches tried, twice
+OTHER_REQUESTS = 64  # transformers, fake: a padded batch of 64 at most
+
+
+@dataclass
+class TuneOptions:
+    config: Path
+    inputs: list[str]
+    out: Path
+    budget_min: float = 30.0
+    trial_timeout_s: float = 0.0  # 0: a quarter of the budget, at least 2 minutes
+    requests: int = 0  # 0: DEFAULT_REQUESTS for the engine
+    tries: list[str] = field(default_factory=list)
+    gpus: int | None = None  # None: the GPUs this machine lists
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    trials: list[dict[str, Any]]
+    winner: dict[str, Any] | None
+    notes: list[str]
+
+
+def prepare(options: TuneOptions, say: Callable[[str], None] = lambda line: None) -> Path:
+    """Make the tune directory: the config, the sample planned, the requests, the search's options."""
+    from hpcsynth.generate.engines import check_model
+
+    config = load_config(options.config)
+    check_model(config, str(options.config))
+    if not 0 < options.budget_min <= 7 * 24 * 60:  # also nan, which every comparison refuses
+        raise HpcsynthError(f"--budget must be above 0 and at most a week of minutes (10080), got {options.budget_min:g}")
+    if not 0 <= options.trial_timeout_s <= 7 * 24 * 3600:
+        raise HpcsynthError(f"--trial-timeout must be 0 (a quarter of the budget) up to a week of seconds, got "
+                            f"{options.trial_timeout_s:g}")
+    if options.requests < 0:
+        raise HpcsynthError(f"--requests must be 0 (the engine's default) or more, got {options.requests}")
+    knobs = parse_try(options.tries) if options.tries else default_knobs(config, _gpus(options))
+    for knob in knobs:  # every candidate is a valid config before any trial is paid for
+        for candidate in knob.candidates:
+            apply(config, candidate, f"--try {knob.name}")
+    out = _claim(options.out)
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
+    wanted = options.requests or DEFAULT_REQUESTS.get(config.model.engine, OTHER_REQUESTS)
+    count = _write_requests(config, options.inputs, out, wanted, say)
+    notes = []
+    biggest = max((v for k in knobs for c in k.candidates for key, v in c.items()
+                   if key.endswith(("max_num_seqs", "batch_size", "concurrency")) and isinstance(v, int)), default=0)
+    if biggest and count < 2 * biggest:
+        notes.append(f"the sample gives {count:,} requests, under twice the largest batch tried ({biggest:,}): "
+                     f"those trials never run full; pass a larger --input or --requests")
+    timeout = options.trial_timeout_s or max(120.0, options.budget_min * 60 / 4)
+    payload = {"budget_s": options.budget_min * 60, "trial_timeout_s": timeout, "requests": count,
+               "knobs": [{"name": k.name, "candidates": list(k.candidates), "grows_memory": k.grows_memory}
+                         for k in knobs], "notes": notes, "inputs": list(options.inputs),
+               "config_source": str(options.config)}
+    atomic_write_bytes(out / "options.json", orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    return out
+
+
+def _gpus(options: TuneOptions) -> int:
+    if options.gpus is not None:
+        return options.gpus
+    from hpcsynth.execute.local_runs import machine_gpus
+
+    return len(machine_gpus() or [])
+
+
+def _claim(out: Path) -> Path:
+    """The tune directory, emptied of an earlier tune's files; a directory holding anything else is refused
+    (--out is the user's path: a tune never deletes what it did not write)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise HpcsynthError(f"--out {out} is a symbolic link; pass a plain directory")
+    if out.exists() and not out.is_dir():
+        raise HpcsynthError(f"--out {out} is a file; pass a directory (a new one, or an earlier tune's)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "options.json").is_file():
+        raise HpcsynthError(f"--out {out} holds other files; pass a new directory or an earlier tune's")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("sample", "trials"):
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+        elif (out / name).exists() or (out / name).is_symlink():
+            (out / name).unlink()
+    for name in (MARKER, "winner.yaml", "tuned.yaml", "requests.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    (out / "trials").mkdir()
+    return out
+
+
+def _write_requests(config: Config, inputs: list[str], out: Path, wanted: int, say: Callable[[str], None]) -> int:
+    """Plan the sample into OUT/sample and write the first `wanted` requests the workers would send."""
+    from hpcsynth.generate.shard import read_shard, record_seed, routed_pairs, truncate_document
+    from hpcsynth.plan import plan_corpus
+    from hpcsynth.prompts import load_prompts
+    from hpcsynth.rundir import RunDir
+
+    sample = RunDir(out / "sample")
+    plan_corpus(config, sample, inputs=inputs or None, jobs=1)
+    prompts = load_prompts(config)
+    lines, limit = [], config.model.max_input_chars
+    for row in sample.manifest_rows():
+        documents = read_shard(sample, row["id"], row)
+        for doc, prompt in routed_pairs(documents, prompts):
+            text, _ = truncate_document(doc["text"], limit)
+            lines.append(orjson.dumps({"record_id": f"{doc['key']}/{prompt.name}", "prompt": prompt.name,
+                                       "messages": prompt.render(text),
+                                       "seed": record_seed(config.sampling.seed, doc["id"], prompt.name)}))
+            if len(lines) >= wanted:
+                break
+        if len(lines) >= wanted:
+            break
+    if not lines:
+        raise HpcsynthError(f"the sample {', '.join(inputs)} gives no request (every document filtered out or "
+                            f"routed to no prompt); pass documents the run would rephrase")
+    atomic_write_bytes(out / "requests.jsonl", b"\n".join(lines) + b"\n")
+    say(f"tune: {len(lines):,} requests from the sample ({len({l.split(b'/')[0] for l in lines}):,} documents "
+        f"planned into {sample.root})")
+    return len(lines)
+
+
+def search(out: Path, say: Callable[[str], None] = lambda line: None) -> TuneResult:
+    """Run the trials of the prepared tune directory OUT within its budget; write tune.json and the winner."""
+    options = orjson.loads(read_regular(out / "options.json"))
+    config = load_config(out / "config.yaml")
+    knobs = [Knob(k["name"], tuple(k["candidates"]), bool(k["grows_memory"])) for k in options["knobs"]]
+    keys = list(dict.fromkeys(key for knob in knobs for c in knob.candidates for key in c))
+    deadline = time.monotonic() + float(options["budget_s"])
+    state = _State(out, config, keys, list(options.get("notes", [])), options)
+    best: Settings = {}
+    state.run({}, "baseline", deadline, float(options["trial_timeout_s"]), say)
+    for knob in knobs:
+        ran_out = False
+        for candidate in knob.candidates:
+            if state.spent(deadline):
+                break
+            settings = {**best, **candidate}
+            if ran_out:
+                state.skip(settings, knob.name, "a smaller value ran out of memory")
+                continue
+            result = state.run(settings, knob.name, deadline, float(options["trial_timeout_s"]), say)
+            if result is not None and result["state"] == "oom" and knob.grows_memory:
+                ran_out = True
+        winner = state.winner()
+        best = dict(winner["settings"]) if winner else best
+    if state.spent(deadline):
+        untried = sum(len(k.candidates) for k in knobs) + 1 - len(state.trials)
+        if untried > 0:
+            state.notes.append(f"the budget ran out with {untried} candidate(s) untried; a larger --budget tries them")
+    return state.finish()
+
+
+class _State:
+    """The trials so far, tune.json rewritten after each."""
+
+    def __init__(self, out: Path, config: Config, keys: list[str], notes: list[str], options: dict) -> None:
+        self.out, self.config, self.keys, self.notes, self.options = out, config, keys, notes, options
+        self.base = settings_of(config, keys)
+        self.trials: list[dict[str, Any]] = []
+        self.seen: dict[str, dict[str, Any]] = {}
+
+    def effective(self, settings: Settings) -> Settings:
+        """The values a trial runs with: the config's, with these laid over (None: not set)."""
+        return {**self.base, **settings}
+
+    def spent(self, deadline: float) -> bool:
+        """No time left for a typical trial (the median of those that ran; a first trial always runs)."""
+        left = deadline - time.monotonic()
+        walls = [t["wall_s"] for t in self.trials if t.get("wall_s")]
+        typical = statistics.median(walls) if walls else 0.0
+        return left <= 1.0 or (bool(walls) and left < 0.5 * typical)
+
+    def run(self, settings: Settings, knob: str, deadline: float, timeout_s: float,
+            say: Callable[[str], None]) -> dict[str, Any] | None:
+        key = json.dumps(self.effective(settings), sort_keys=True, default=str)
+        if key in self.seen:  # the same values as a trial already run (the config's own value, say)
+            return self.seen[key]
+        number = len(self.trials)
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the config as given"
+        say(f"tune: trial {number} ({knob}): {shown}")
+        process = start_trial(self.out, number, settings)
+        result = finish_trial(self.out, number, process, min(timeout_s, max(1.0, deadline - time.monotonic())))
+        result.update(trial=number, knob=knob, settings=settings)
+        self.trials.append(result)
+        self.seen[key] = result
+        say("tune:   " + describe(result))
+        self.write()
+        return result
+
+    def skip(self, settings: Settings, knob: str, why: str) -> None:
+        self.trials.append({"trial": len(self.trials), "knob": knob, "settings": settings, "state": "skipped",
+                            "error": why})
+        self.write()
+
+    def winner(self) -> dict[str, Any] | None:
+        done = [t for t in self.trials if t["state"] == "ok" and t.get("tokens_per_s", 0) > 0]
+        return max(done, key=lambda t: t["tokens_per_s"]) if done else None
+
+    def write(self) -> None:
+        winner = self.winner()
+        payload = {"config": str(self.options.get("config_source", "")), "inputs": self.options.get("inputs", []),
+                   "requests": self.options.get("requests"), "engine": self.config.model.engine,
+                   "model": self.config.model.path or self.config.model.engine, "device": _device(self.config),
+                   "budget_s": self.options.get("budget_s"), "trials": self.trials, "notes": self.notes,
+                   "winner": _winner_entry(winner, self.base) if winner else None}
+        atomic_write_bytes(self.out / MARKER, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+
+    def finish(self) -> TuneResult:
+        winner = self.winner()
+        self.write()
+        if winner is not None:
+            chosen = {**winner["settings"]}
+            tuned = apply(self.config, chosen)
+            header = (f"# hpcsynth tune: trial {winner['trial']} of {len(self.trials)}, "
+                      f"{winner['tokens_per_s']:,.0f} output tok/s per {_unit(self.config)} (steady state)\n")
+            fragment = nested(chosen) or {"_": "the config as given won; nothing to change"}
+            atomic_write_bytes(self.out / "winner.yaml", (header + yaml.safe_dump(fragment, sort_keys=False)).encode())
+            atomic_write_bytes(self.out / "tuned.yaml",
+                               (header + yaml.safe_dump(config_to_dict(tuned), sort_keys=False)).encode())
+        return TuneResult(self.out, self.trials, winner, self.notes)
+
+
+def _winner_entry(winner: dict[str, Any], base: Settings) -> dict[str, Any]:
+    return {"trial": winner["trial"], "settings": winner["settings"], "tokens_per_s": winner["tokens_per_s"],
+            "output_tokens_per_record": winner.get("output_tokens_per_record", {}),
+            "baseline": {k: base.get(k) for k in winner["settings"]}}
+
+
+def _device(config: Config) -> str:
+    from hpcsynth.execute.local_runs import machine_gpus
+
+    if config.model.engine in ("endpoint", "fake"):
+        return config.model.engine
+    return "gpu" if machine_gpus() and config.worker.device != "cpu" else "cpu"
+
+
+def _unit(config: Config) -> str:
+    return "GPU" if _device(config) == "gpu" else "worker"
+
+
+def describe(result: dict[str, Any]) -> str:
+    if result["state"] == "ok":
+        telemetry = result.get("telemetry") or {}
+        extra = "".join(f", {label} {telemetry[key]:.0%}" for key, label in
+                        (("prefix_cache_hit_rate", "prefix hits"), ("spec_acceptance_rate", "accepted"),
+                         ("kv_cache_peak", "KV peak")) if key in telemetry)
+        return (f"ok: {result['tokens_per_s']:,.1f} tok/s steady ({result['requests']:,} requests, "
+                f"start-up {result['load_s']:.1f} s{extra})")
+    return f"{result['state']}: {result.get('error', '')}"
+
+
+def read_tune(path: Path) -> dict[str, Any]:
+    """A tune directory's tune.json (or the file itself), for `estimate --tuned`; one line when it is not one."""
+    path = Path(path)
+    file = path / MARKER if path.is_dir() else path
+    try:
+        data = orjson.loads(read_regular(file))
+    except FileNotFoundError:
+        raise HpcsynthError(f"--tuned {path}: no {MARKER} there; pass the --out directory of `hpcsynth tune`") from None
+    except orjson.JSONDecodeError:
+        raise HpcsynthError(f"--tuned {file} is not the JSON `hpcsynth tune` writes; run the tune again") from None
+    winner = data.get("winner") if isinstance(data, dict) else None
+    rate = winner.get("tokens_per_s") if isinstance(winner, dict) else None
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1e12:
+        raise HpcsynthError(f"--tuned {file} has no winning trial (every trial failed, or it was cut short); "
+                            f"run the tune again")
+    return data
+
+
+__all__ = ["TuneOptions", "TuneResult", "prepare", "search", "read_tune", "describe"]

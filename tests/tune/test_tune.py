@@ -1,0 +1,199 @@
+"""`hpcsynth tune` end to end: trials as processes, failures classed and survived, the winner written and priced.
+
+The fake engine's step_s makes its throughput grow with the batch, as a GPU's does until its memory is full,
+so the search has a right answer: with oom_above 8 the winner is batch 8; batch 2 dies of SIGSEGV (segv_at),
+batch 16 runs out of memory and the larger ones are skipped. The transformers engine on the tiny model runs
+the same path with a real model; tests/vllm_lane/test_tune_vllm.py runs it on vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from conftest import run_cli, write_corpus
+from hpcsynth.config import load_config
+
+FAULTS = {"step_s": 0.02, "oom_above": 8, "segv_at": 2}
+
+
+def fake_tune_config(tmp_path: Path, **extra) -> Path:
+    data = {"model": {"engine": "fake", "path": "fake-model"}, "prompts": ["faq", "math"],
+            "sampling": {"max_tokens": 64}, **extra}
+    path = tmp_path / "tune-config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def tune(tmp_path: Path, *args: str, faults: dict | None = None, docs: int = 40, timeout: float = 240):
+    corpus = write_corpus(tmp_path / "sample.jsonl", docs)
+    config = tmp_path / "tune-config.yaml"
+    if not config.exists():
+        fake_tune_config(tmp_path)
+    env = {"HPCSYNTH_FAKE_FAULTS": json.dumps(FAULTS if faults is None else faults)}
+    return run_cli("tune", config, "--input", corpus, "--out", tmp_path / "tune", *args, env=env, timeout=timeout)
+
+
+def trials_of(tmp_path: Path) -> list[dict]:
+    return orjson.loads((tmp_path / "tune" / "tune.json").read_bytes())["trials"]
+
+
+def test_tune_survives_a_crash_and_an_oom_and_picks_the_fastest_batch(tmp_path: Path) -> None:
+    result = tune(tmp_path, "--budget", "5", "--documents", "1000", "--json")
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    states = {t["settings"].get("worker.batch_size", 8): t["state"] for t in data["trials"]}
+    # 8 is the config's own batch: the baseline measured it, the sweep does not run it twice.
+    assert states == {8: "ok", 1: "ok", 2: "crash", 4: "ok", 16: "oom", 32: "skipped", 64: "skipped"}, states
+    errors = {t["settings"].get("worker.batch_size"): t.get("error", "") for t in data["trials"]}
+    assert "SIGSEGV" in errors[2] and "out of memory" in errors[16]
+    rates = {t["settings"].get("worker.batch_size", 8): t["tokens_per_s"] for t in data["trials"]
+             if t["state"] == "ok"}
+    assert rates[1] < rates[4] < rates[8], rates  # steady state grows with the batch, as step_s makes it
+    winner = data["winner"]
+    assert winner["trial"] == 0 and winner["tokens_per_s"] == rates[8]
+    assert set(winner["output_tokens_per_record"]) == {"faq", "math"}
+    # The estimate is priced at the winner's rate and lengths.
+    rows = data["estimate"]["rows"]
+    assert {r["prompt"] for r in rows} == {"faq", "math"} and all(r["documents"] == 1000 for r in rows)
+    assert all(r["tokens_per_s"] == pytest.approx(winner["tokens_per_s"]) for r in rows)
+    assert all("hpcsynth tune" in r["rate_source"] and "hpcsynth tune" in r["length_source"] for r in rows)
+    # The winner as the whole config loads as a config, and as a fragment names only what it changed.
+    tuned = load_config(tmp_path / "tune" / "tuned.yaml")
+    assert tuned.worker.batch_size == 8 and tuned.model.engine == "fake"
+
+
+def test_the_winner_fragment_holds_the_winning_setting_and_estimate_takes_it(tmp_path: Path) -> None:
+    fake_tune_config(tmp_path, worker={"batch_size": 1})  # the config's own batch is the slowest
+    result = tune(tmp_path, "--budget", "5", "--try", "worker.batch_size=2,4,8,16")
+    assert result.returncode == 0, result.stderr
+    fragment = yaml.safe_load((tmp_path / "tune" / "winner.yaml").read_text())
+    assert fragment == {"worker": {"batch_size": 8}}
+    assert "winner: trial" in result.stdout and "tok/s" in result.stdout
+    tune_data = orjson.loads((tmp_path / "tune" / "tune.json").read_bytes())
+    estimate = run_cli("estimate", "--documents", "5000", "--prompts", "faq,math", "--tuned", tmp_path / "tune",
+                       "--json")
+    assert estimate.returncode == 0, estimate.stderr
+    rows = orjson.loads(estimate.stdout)["rows"]
+    assert all(r["tokens_per_s"] == pytest.approx(tune_data["winner"]["tokens_per_s"]) for r in rows)
+    # A rate the user gives still wins over the tune's.
+    given = run_cli("estimate", "--documents", "5000", "--tuned", tmp_path / "tune", "--tokens-per-second", "7",
+                    "--json")
+    assert {r["tokens_per_s"] for r in orjson.loads(given.stdout)["rows"]} == {7.0}
+
+
+def test_a_hanging_trial_is_a_timeout_and_leaves_no_process(tmp_path: Path) -> None:
+    result = tune(tmp_path, "--try", "worker.batch_size=4,2", "--trial-timeout", "4", "--budget", "5",
+                  faults={"hang_at": 2, "step_s": 0.01})
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(tmp_path)
+    hung = [t for t in trials if t["settings"].get("worker.batch_size") == 2]
+    assert hung[0]["state"] == "timeout" and hung[0]["wall_s"] < 30
+    assert "timeout" in result.stdout
+    # The trial's process group was stopped: no process of it is left (its pid is in no /proc entry).
+    log = (tmp_path / "tune" / "trials" / f"{hung[0]['trial']}.log")
+    assert log.is_file()
+    time.sleep(0.5)
+    leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _runs_trial(p, tmp_path / "tune")]
+    assert leftover == []
+
+
+def _runs_trial(proc: Path, tune_dir: Path) -> bool:
+    try:
+        return str(tune_dir.resolve()).encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_a_small_budget_stops_the_search_and_says_what_was_not_tried(tmp_path: Path) -> None:
+    result = tune(tmp_path, "--budget", "0.02", "--json", faults={"step_s": 0.3})  # 1.2 s for 64 requests
+    assert result.returncode in (0, 1), result.stderr
+    data = orjson.loads(result.stdout)
+    assert len(data["trials"]) < 7
+    assert any("budget ran out" in note for note in data["notes"]), data["notes"]
+
+
+def test_every_trial_failing_exits_1_with_the_reason(tmp_path: Path) -> None:
+    result = tune(tmp_path, "--try", "worker.batch_size=2", faults={"fail_start": "no GPU here"})
+    assert result.returncode == 1
+    assert "no trial finished" in result.stderr
+    assert "no GPU here" in result.stdout
+    assert not (tmp_path / "tune" / "winner.yaml").exists()
+    estimate = run_cli("estimate", "--documents", "10", "--tuned", tmp_path / "tune")
+    assert estimate.returncode == 2 and "no winning trial" in estimate.stderr
+    assert len(estimate.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--try", "worker.nope=1,2"], "'worker.nope' is not a config key"),
+    (["--try", "worker.batch_size"], "write KEY=VALUE"),
+    (["--try", "worker.batch_size=0,4"], "worker.batch_size"),
+    (["--budget", "0"], "--budget must be above 0"),
+    (["--budget", "nan"], "--budget must be above 0"),
+])
+def test_bad_options_are_one_line_before_any_trial(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = tune(tmp_path, *args)
+    assert result.returncode == 2, result.stdout
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "tune" / "trials").exists()
+
+
+def test_out_holding_other_files_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "precious.txt").write_text("mine")
+    result = tune(tmp_path, "--try", "worker.batch_size=2")
+    assert result.returncode == 2 and "holds other files" in result.stderr
+    assert (tmp_path / "tune" / "precious.txt").read_text() == "mine"
+    os.symlink(tmp_path / "tune", tmp_path / "link")
+    linked = run_cli("tune", tmp_path / "tune-config.yaml", "--input", tmp_path / "sample.jsonl", "--out",
+                     tmp_path / "link")
+    assert linked.returncode == 2 and "symbolic link" in linked.stderr
+
+
+def test_a_tune_run_again_starts_over_in_its_own_directory(tmp_path: Path) -> None:
+    first = tune(tmp_path, "--try", "worker.batch_size=4")
+    assert first.returncode == 0, first.stderr
+    again = tune(tmp_path, "--try", "worker.batch_size=2,4", faults={"step_s": 0.01})
+    assert again.returncode == 0, again.stderr
+    assert [t["settings"] for t in trials_of(tmp_path)] == [{}, {"worker.batch_size": 2}, {"worker.batch_size": 4}]
+
+
+def test_tune_on_the_transformers_engine_with_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
+    fake_tune_config(tmp_path, model={"engine": "transformers", "path": str(tiny_model), "dtype": "float32"},
+                     sampling={"max_tokens": 8}, worker={"batch_size": 2, "threads": 1, "device": "cpu"})
+    result = tune(tmp_path, "--try", "worker.batch_size=1,4", "--requests", "12", "--json", faults={})
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert [t["state"] for t in data["trials"]] == ["ok", "ok", "ok"], data["trials"]
+    assert all(t["requests"] == 12 and t["completion_tokens"] > 0 and t["load_s"] > 0 for t in data["trials"])
+    assert data["device"] == "cpu" and data["estimate"]["unit"] == "worker"
+    assert data["winner"]["tokens_per_s"] == max(t["tokens_per_s"] for t in data["trials"])
+
+
+def test_sigterm_stops_the_tune_and_its_trial(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "sample.jsonl", 20)
+    config = fake_tune_config(tmp_path)
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"hang_at": 2})}
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsynth", "tune", str(config), "--input", str(corpus), "--out",
+                             str(tmp_path / "tune"), "--try", "worker.batch_size=2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "tune" / "trials" / "1.log").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    time.sleep(0.5)
+    leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _runs_trial(p, tmp_path / "tune")]
+    assert leftover == [], err
