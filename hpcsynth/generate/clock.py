@@ -89,6 +89,15 @@ class TaskClock:
                 self._telemetry_asked = asked
                 self.data["telemetry"] = self.telemetry.to_json()
 
+    def telemetry_now(self) -> dict[str, float] | None:
+        """The worker's counters so far and the engine's gauges at the last tick (None before a reading): what
+        a shard's done marker takes the difference of (engines/telemetry.py shard_window)."""
+        with self.lock:
+            log = self.telemetry
+            if log is None or log.read_at is None:
+                return None
+            return {**log.totals, **log.gauges}
+
     def count(self, completion: Completion) -> None:
         with self.lock:
             self.records += 1
@@ -185,6 +194,11 @@ class CountingEngine:
         for completion in self._engine.generate(requests):
             self._clock.count(completion)
             yield completion
+
+    def telemetry_now(self) -> dict[str, float] | None:
+        """A fresh reading first (the clock's tick may be a minute away from a shard's open or commit)."""
+        self._clock.sample_telemetry()
+        return self._clock.telemetry_now()
 
     def __getattr__(self, name: str):  # model_id, revision, step_down, close: the engine's own
         return getattr(self._engine, name)

@@ -68,6 +68,9 @@ class ShardTask:
         self.by_name = {p.name: p for p in prompts}
         self.started = time.monotonic()
         self.started_wall = time.time()
+        # The worker's engine counters when it opened the shard, and what they gained by its commit (worker.py).
+        self.engine_at_open: dict[str, float] | None = None
+        self.telemetry: dict[str, Any] | None = None
         self.documents = read_shard(run, shard, expected)
         self.pairs = routed_pairs(self.documents, prompts)
         if expected and "pairs" in expected and len(self.pairs) != expected["pairs"]:
@@ -256,6 +259,8 @@ def _commit(task: ShardTask, digest: str, step_downs: list[str]) -> dict[str, An
         "resumed_records": task.progress.resumed, "committed": time.time(),
     }
     marker["by_prompt"] = _by_prompt(records)
+    if task.telemetry:
+        marker["telemetry"] = task.telemetry
     atomic_write_json(run.done_path(shard), marker)
     from hpcsynth.generate.index import append_done  # here: the rest of generate/ is another's to edit
 

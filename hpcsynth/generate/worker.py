@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from hpcsynth.config import Config, fingerprint
 from hpcsynth.generate.engines import Completion, Engine, Request
+from hpcsynth.generate.engines.telemetry import shard_window
 from hpcsynth.files import atomic_write_json
 from hpcsynth.generate.lease import LeaseLost
 from hpcsynth.generate.progress import DamagedLog
@@ -193,6 +194,7 @@ class WorkerSession:
                     continue
                 with self.lock:
                     self.open[shard] = opened
+                opened.engine_at_open = self._telemetry_now()
                 self._beat_once(opened)
                 if opened.complete:  # everything was on disk already: commit without the engine
                     self._finish(opened)
@@ -227,10 +229,19 @@ class WorkerSession:
         if task.complete:
             self._finish(task)
 
+    def _telemetry_now(self) -> dict[str, float] | None:
+        """The engine's telemetry so far as the worker's clock last read it (None without a clock or a reading)."""
+        read = getattr(self.engine, "telemetry_now", None)
+        try:
+            return read() if callable(read) else None
+        except Exception:  # telemetry is for the eye: it never stops the worker
+            return None
+
     def _finish(self, task: ShardTask) -> None:
         self._check_config()  # never commit under a fingerprint that is no longer the run's
         with self.lock:
             del self.open[task.shard]
+            task.telemetry = shard_window(task.engine_at_open, self._telemetry_now())
             try:
                 result = task.commit(self.digest, self.step_downs)
             except LeaseLost as exc:

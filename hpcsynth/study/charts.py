@@ -74,7 +74,7 @@ def _dollars(text: str) -> str:
 
 def plot_status(status: RunStatus, path: Path) -> None:
     plt = _pyplot()
-    fig, ((progress, rate), (speed, split)) = plt.subplots(2, 2, figsize=(12, 8))
+    fig, ((progress, rate), (speed, split), (cache, queue)) = plt.subplots(3, 2, figsize=(12, 12))
     fig.suptitle(_dollars(f"hpcsynth run {Path(status.run).name}: {status.shards.done:,}/"
                  f"{status.shards.total:,} shards, {status.tokens_done:,} tokens"))
     timeline = status.timeline or {}
@@ -98,9 +98,53 @@ def plot_status(status: RunStatus, path: Path) -> None:
                  ylabel="tokens")
     rate.set(title="throughput: committed tokens per second", xlabel=unit, ylabel="tok/s")
     _workers(speed, split, [t for t in status.tasks if isinstance(t.get("name"), str)])
+    _engine(cache, queue, ((status.timeline or {}).get("telemetry") or {}).get("history") or {})
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _engine(cache, queue, history: dict[str, Any]) -> None:
+    """What the engines reported over the run's recent past (status/timeline.py _telemetry_bins): KV-cache use,
+    prefix-cache hit rate and speculative acceptance (shares), and the queue with the preemptions per span."""
+    bin_s = _num(history.get("bin_s"))
+    series = {key: history.get(key) for key in ("kv_cache_usage", "prefix_cache_hit_rate", "spec_acceptance_rate",
+                                                 "requests_running", "requests_waiting", "preemptions")}
+    bins = max((len(v) for v in series.values() if isinstance(v, list)), default=0)
+    scale, unit = _time_unit(bin_s * bins)
+    times = [(i + 0.5) * bin_s / scale for i in range(bins)]
+
+    def points(key: str) -> tuple[list[float], list[float]]:
+        values = series.get(key)
+        pairs = [(t, _num(v)) for t, v in zip(times, values or []) if isinstance(v, (int, float))]
+        return [t for t, _ in pairs], [v for _, v in pairs]
+
+    drawn = False
+    for key, label, color in (("kv_cache_usage", "KV-cache use", COLORS[0]),
+                              ("prefix_cache_hit_rate", "prefix-cache hits", COLORS[1]),
+                              ("spec_acceptance_rate", "speculative acceptance", COLORS[4])):
+        xs, ys = points(key)
+        if xs:
+            cache.plot(xs, ys, marker="o", markersize=3, color=color, label=label)
+            drawn = True
+    cache.set(title="engine: caches and speculation", xlabel=unit, ylabel="share", ylim=(0, 1.05))
+    for key, label, color in (("requests_running", "running", COLORS[2]), ("requests_waiting", "waiting", COLORS[3])):
+        xs, ys = points(key)
+        if xs:
+            queue.plot(xs, ys, marker="o", markersize=3, color=color, label=label)
+            drawn = True
+    xs, ys = points("preemptions")
+    if any(ys):
+        queue.bar(xs, ys, width=bin_s / scale * 0.8, color=COLORS[9], alpha=0.6, label="preemptions")
+    queue.set(title="engine: requests and preemptions", xlabel=unit, ylabel="requests")
+    if drawn:
+        for ax in (cache, queue):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="upper right", fontsize="small")
+    else:
+        for ax in (cache, queue):
+            ax.text(0.5, 0.5, "no engine telemetry (none reported yet)", ha="center", va="center",
+                    transform=ax.transAxes)
 
 
 def plot_estimate(estimate: Estimate, account: dict[str, Any] | None, path: Path) -> None:

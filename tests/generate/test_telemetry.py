@@ -76,6 +76,15 @@ def test_a_fake_run_shows_telemetry_per_worker_and_for_the_run(tmp_path: Path) -
     assert telemetry["preemptions"] == 0 and telemetry["requests_waiting"] == 0
     history = telemetry["history"]
     assert history["fields"][0] == "t" and 1 <= len(history["samples"]) <= HISTORY_SAMPLES
+    # Per shard: each done marker holds what the counters gained while it was open (one open at a time here).
+    markers = [orjson.loads(path.read_bytes()) for path in sorted(run.done_dir.glob("*.json"))]
+    assert len(markers) > 1
+    for marker in markers:
+        window = marker["telemetry"]
+        assert window["prefix_cache_queries"] == 4 * marker["prompt_tokens"], marker
+        assert window["spec_accepted_tokens"] == marker["completion_tokens"]
+        assert window["prefix_cache_hit_rate"] == 0.75 and window["spec_acceptance_rate"] == 0.5
+    assert sum(m["telemetry"]["prefix_cache_queries"] for m in markers) == telemetry["prefix_cache_queries"]
 
     status = orjson.loads(run_cli("status", str(run.root), "--json").stdout)
     (worker,) = status["tasks"]

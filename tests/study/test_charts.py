@@ -39,12 +39,14 @@ def test_status_plot_draws_progress_and_workers(finished, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert f"chart: {out}" in proc.stdout
     rgb, colours = read_png(out)
-    assert rgb.shape[:2] == (800, 1200)
+    assert rgb.shape[:2] == (1200, 1200)  # three rows: progress, workers, the engines' telemetry
     assert len(colours) > 100  # lines, fills, text: not a blank canvas
     assert (rgb.sum(axis=2) < 700).mean() > 0.05  # more than a few per cent of the image is drawn on
     # The committed-rate bars (green), the worker's throughput bar (blue), the phases (orange, green, grey).
     for color in (COLORS[0], COLORS[1], COLORS[2], COLORS[7]):
         assert hex_rgb(color) in colours, color
+    # The engines' panel: the fake engine's prefix-cache hits (orange) and speculative acceptance (purple).
+    assert hex_rgb(COLORS[4]) in colours
 
 
 def test_estimate_plot_draws_cost_per_prompt_and_the_account(finished, tmp_path: Path) -> None:
@@ -70,7 +72,7 @@ def test_a_run_with_nothing_done_still_plots(tmp_path: Path) -> None:
     proc = run_cli("status", str(run.root), "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     rgb, colours = read_png(out)
-    assert rgb.shape[:2] == (800, 1200) and len(colours) > 20  # axes and the "nothing yet" text
+    assert rgb.shape[:2] == (1200, 1200) and len(colours) > 20  # axes and the "nothing yet" text
 
 
 def test_bad_plot_path_is_one_line(finished, tmp_path: Path) -> None:
@@ -125,4 +127,4 @@ def test_forged_names_and_times_do_not_break_the_chart(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     timeline = orjson.loads(proc.stdout)["timeline"]
     assert sum(timeline["shards"]) == 2 and len(timeline["tokens"]) == TIMELINE_BINS
-    assert read_png(out)[0].shape[:2] == (800, 1200)
+    assert read_png(out)[0].shape[:2] == (1200, 1200)

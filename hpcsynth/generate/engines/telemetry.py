@@ -207,6 +207,22 @@ class TelemetryLog:
         return out
 
 
+def shard_window(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    """What the engine reported while one shard was open, for its done marker: the counters gained between
+    the clock's readings at its opening and at its commit (shared with any shard open beside it, and to the
+    clock's tick), the gauges at its commit, and the rates they give. None when the engine reports nothing."""
+    if not after:
+        return None
+    before = before or {}
+    out: dict[str, Any] = {}
+    for key in COUNTERS:
+        if key in after:
+            gained = after[key] - before.get(key, 0.0)
+            out[key] = round(gained if gained >= 0 else after[key], 2)
+    out.update({k: round(after[k], 4) for k in GAUGES if k in after})
+    return with_rates(out)
+
+
 # --- reading a task file's telemetry back (status)
 
 def telemetry_of(data: object) -> dict[str, Any] | None:
