@@ -47,7 +47,10 @@ def tune_command(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.json else (lambda line: print(inert(line), file=sys.stderr, flush=True))
     options = TuneOptions(args.config, list(args.input), out, args.budget, args.trial_timeout, args.requests,
                           list(args.tries or []))
-    with stops_on_term_and_hup():  # `kill PID` stops the trial in flight as Ctrl-C does
+    from hpcsynth.tune.search import hold
+
+    # `kill PID` stops the trial in flight as Ctrl-C does; a second tune into OUT is refused while this one runs.
+    with stops_on_term_and_hup(), hold(out):
         prepare(options, say)
         if args.executor == "slurm":
             from hpcsynth.execute.launch import load_profile

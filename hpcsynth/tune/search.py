@@ -106,23 +106,39 @@ def _gpus(options: TuneOptions) -> int:
     return len(machine_gpus() or [])
 
 
-def _claim(out: Path) -> Path:
-    """The tune directory, emptied of an earlier tune's files; a directory holding anything else is refused
-    (--out is the user's path: a tune never deletes what it did not write)."""
+# What a tune directory holds (see the module's docstring): anything else in --out is the user's, never removed.
+OWN_NAMES = {"config.yaml", "sample", "requests.jsonl", "options.json", "trials", MARKER, "winner.yaml", "tuned.yaml",
+             "slurm", ".tune.lock"}
+
+
+def hold(out: Path) -> Any:
+    """The tune directory, made and locked for this tune (two tunes into one directory would delete each
+    other's trials): a lock (hpcsynth.locks) that the caller releases, as a context manager."""
+    from hpcsynth.locks import acquire_lock
+
     out = Path(out)
     if out.is_symlink():
         raise HpcsynthError(f"--out {out} is a symbolic link; pass a plain directory")
     if out.exists() and not out.is_dir():
         raise HpcsynthError(f"--out {out} is a file; pass a directory (a new one, or an earlier tune's)")
-    if out.is_dir() and any(out.iterdir()) and not (out / "options.json").is_file():
-        raise HpcsynthError(f"--out {out} holds other files; pass a new directory or an earlier tune's")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_NAMES)
+        if foreign:
+            raise HpcsynthError(f"--out {out} holds other files ({', '.join(foreign[:3])}); pass a new directory "
+                                f"or an earlier tune's")
     out.mkdir(parents=True, exist_ok=True)
+    return acquire_lock(out / ".tune.lock", "tune")
+
+
+def _claim(out: Path) -> Path:
+    """The tune directory (held: see hold), emptied of an earlier tune's files."""
+    out = Path(out)
     for name in ("sample", "trials"):
         if (out / name).is_dir() and not (out / name).is_symlink():
             shutil.rmtree(out / name)
         elif (out / name).exists() or (out / name).is_symlink():
             (out / name).unlink()
-    for name in (MARKER, "winner.yaml", "tuned.yaml", "requests.jsonl"):
+    for name in (MARKER, "winner.yaml", "tuned.yaml", "requests.jsonl", "options.json"):
         (out / name).unlink(missing_ok=True)
     (out / "trials").mkdir()
     return out

@@ -149,7 +149,7 @@ def test_out_holding_other_files_is_refused_and_left_alone(tmp_path: Path) -> No
     (tmp_path / "tune").mkdir()
     (tmp_path / "tune" / "precious.txt").write_text("mine")
     result = tune(tmp_path, "--try", "worker.batch_size=2")
-    assert result.returncode == 2 and "holds other files" in result.stderr
+    assert result.returncode == 2 and "holds other files (precious.txt)" in result.stderr
     assert (tmp_path / "tune" / "precious.txt").read_text() == "mine"
     os.symlink(tmp_path / "tune", tmp_path / "link")
     linked = run_cli("tune", tmp_path / "tune-config.yaml", "--input", tmp_path / "sample.jsonl", "--out",
@@ -191,6 +191,10 @@ def test_sigterm_stops_the_tune_and_its_trial(tmp_path: Path) -> None:
     while time.monotonic() < deadline and not (tmp_path / "tune" / "trials" / "1.log").exists():
         time.sleep(0.1)
     time.sleep(1.0)
+    # A second tune into the same directory is refused while this one runs: it would delete its trials.
+    second = run_cli("tune", config, "--input", corpus, "--out", tmp_path / "tune", "--try", "worker.batch_size=4")
+    assert second.returncode == 2 and "another tune is writing" in second.stderr, second.stderr
+    assert (tmp_path / "tune" / "trials" / "1.log").exists()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
