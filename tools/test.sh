@@ -33,5 +33,7 @@ if [ "${HPCSYNTH_SKIP_VLLM:-0}" != 1 ] && [ -f tools/setup_vllm_lane.sh ]; then
   # Its own process: vLLM's CPU platform rebinds kernels by scanning every loaded module, and a module the
   # argument checks load first makes that scan fail ('_lib_fn_wrapper' object has no attribute 'get').
   .venv-vllm/bin/python -m pytest -q tests/vllm_lane/test_engine_args.py
+  # tools/bench_gpu.py --reduced (~1 min): its own process too, as it reads vLLM's argument parser.
+  .venv-vllm/bin/python -m pytest -q tests/vllm_lane/test_bench_gpu.py
   echo "[test.sh] vLLM lane done at $(( $(date +%s) - t0 ))s"
 fi
