@@ -24,6 +24,7 @@ from hpcsynth.errors import ConfigError, HpcsynthError, RunError
 from hpcsynth import typed
 from hpcsynth.files import atomic_write_bytes, read_json, read_regular, sha256_file
 from hpcsynth.locks import describe_holder, lock_holder
+from hpcsynth.storage import folded_url
 from hpcsynth.rowfile import MAX_WIDTH, RowFileError, check_file, iter_rows, read_row
 
 # 2: manifest.json is a header and the shard rows are a fixed-width row file beside it (MANIFEST_ROWS);
@@ -40,6 +41,14 @@ def shard_name(shard: int) -> str:
 @dataclass(frozen=True)
 class RunDir:
     root: Path
+
+    def __post_init__(self) -> None:
+        url = folded_url(self.root)
+        if url is not None:  # pathlib folds "s3://b/run" to "s3:/b/run": a local folder no one meant
+            raise RunError(f"the run directory {url} is a URL; a run directory must be "
+                           f"on a POSIX filesystem (its leases, markers and renames need one), shared with the "
+                           f"workers: pass a local or shared path to --run; the corpus (plan --input) and the "
+                           f"reduce output (reduce --out) may be s3:// URLs")
 
     # --- written by plan
     @property
@@ -177,6 +186,14 @@ class RunDir:
     @property
     def default_reduce_dir(self) -> Path:
         return self.root / "reduce"
+
+    def staged_reduce_dir(self, url: str) -> Path:
+        """Where `reduce --out s3://...` writes before uploading (and keeps its parts for a re-mix): a folder
+        per URL, named after it, made unique by its hash."""
+        import hashlib
+
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_.")[:80] or "bucket"
+        return self.root / "reduce-s3" / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
 
     # --- written by `hpcsynth repair` (hpcsynth/repair/): each attempt's sub-runs, ordinary run directories
     # of the records still refused, and the yield report; reduce and status read them by these paths alone

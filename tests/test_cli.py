@@ -115,13 +115,13 @@ def test_forged_failure_reason_reaches_the_terminal_inert(tmp_path: Path) -> Non
     assert "shard 0 failed: x?]0;PWNED??y" in proc.stderr and "\x1b" not in proc.stderr
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/corpus/*.parquet", "hf://datasets/HuggingFaceFW/fineweb-edu"])
-def test_a_remote_input_says_it_is_not_supported_yet(tmp_path: Path, url: str) -> None:
+@pytest.mark.parametrize("url", ["gs://bucket/corpus/*.parquet", "hf://datasets/HuggingFaceFW/fineweb-edu"])
+def test_a_remote_input_says_what_is_supported(tmp_path: Path, url: str) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model: {engine: fake, path: fake-model}\n")
     result = run_cli("plan", str(config), "--run", str(tmp_path / "run"), "--input", url)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert f"reading from {url.split(':')[0]}:// is not supported yet" in result.stderr
+    assert f"{url.split(':')[0]}:// is not supported (only s3:// URLs and local paths are)" in result.stderr
     assert "matches no file" not in result.stderr
 
 

@@ -107,7 +107,8 @@ def base(tmp_path_factory) -> Path:
     (root / "rejects" / "000000.jsonl").write_text('{"id": "x", "reason": "refused"}\n')
     for name in ("set-aside/000000.1.1.done.json", "replaced/20260101T000000/000000.jsonl.zst",
                  "slurm/4242/4242_0_0_log.out", "reduce/slurm/4243/4243_0_0_log.out", ".plan.lock",
-                 "local/.lock", "reduce-jobs.json.lock", "reduce/parts/lock", ".plan-tmp-1/x", "repair/.lock"):
+                 "local/.lock", "reduce-jobs.json.lock", "reduce/parts/lock", ".plan-tmp-1/x", "repair/.lock",
+                 "reduce-s3/bucket_out-0123abcd/report.json"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("x\n")
     (tmp / "secret.txt").write_text(SECRET + "\n")

@@ -30,6 +30,7 @@ def reduce_command(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise HpcsynthError(f"--jobs must be 1 or more, got {args.jobs}")
     run = RunDir(args.run)
+    bucket = _staged(run, args)
     if args.clean_parts:
         return _clean_parts(run, args)
     remix = _remix(run, args)
@@ -47,7 +48,41 @@ def reduce_command(args: argparse.Namespace) -> int:
             report = merge_only(spec.out_dir, progress.merged).data
     drop_empty(Path(out) / "parts")  # its lock is gone now: an empty folder goes too
     print_summary(report)
+    if bucket is not None:
+        _upload(Path(out), bucket)
     return 0
+
+
+def _staged(run, args: argparse.Namespace) -> str | None:
+    """`--out s3://...`: the reduce writes into RUN/reduce-s3/NAME (args.out is set to it) and uploads from
+    there; returns the URL, or None for a local --out."""
+    from hpcsynth.storage import check_scheme, is_remote
+
+    if args.out is None:
+        return None
+    check_scheme(str(args.out), "--out")
+    if not is_remote(args.out):
+        return None
+    if args.executor == "slurm":
+        raise HpcsynthError(f"--out {args.out}: a reduce into a bucket runs with --executor local (the upload follows "
+                            f"the merge); reduce on Slurm into a local --out, or run this reduce locally")
+    from hpcsynth.storage.s3 import filesystem
+
+    filesystem()  # without s3fs, one line with the install hint before any work
+    url = str(args.out)
+    args.out = run.staged_reduce_dir(url)
+    return url
+
+
+def _upload(out: Path, url: str) -> None:
+    """The staged output to the bucket, the report last; what was already there whole is skipped."""
+    from hpcsynth.reduce.cleanup import megabytes
+    from hpcsynth.storage.upload import upload_dir
+
+    sent = upload_dir(out, url)
+    kept = f"; {sent.skipped} already there, whole" if sent.skipped else ""
+    print(f"uploaded {sent.files} file(s), {megabytes(sent.bytes)}, to {url}{kept} (staged in {out}); "
+          f"check it with: hpcsynth verify {shlex.quote(url)}")
 
 
 def _no_slurm_reduce_into(run, out: Path) -> None:

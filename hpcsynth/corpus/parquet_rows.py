@@ -19,8 +19,7 @@ row of a list column holds (known only once decoded), and a file whose metadata 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ SLICE_BYTES = 64 << 20  # the most decoded bytes turned into Python objects at o
 DICTIONARY_PAGE = 2  # parquet.thrift PageType
 DICTIONARY_ENCODINGS = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
 
+ReadAt = Callable[[int, int], bytes]  # (size, offset) -> bytes of the file
 Leaf = tuple[int, Any]  # a leaf column's index in the file's schema, and its pyarrow.parquet.ColumnSchema
 
 
@@ -50,9 +50,10 @@ def leaves(schema: Any, columns: list[str]) -> list[Leaf]:
     return found
 
 
-def rows_per_batch(group: Any, wanted: list[Leaf], fd: int) -> int:
+def rows_per_batch(group: Any, wanted: list[Leaf], read_at: ReadAt) -> int:
     """Rows a batch of this row group (its RowGroupMetaData) may hold: BATCH_BYTES over the most a row can
-    decode to, judged by the metadata and the dictionary pages' headers (read from `fd`)."""
+    decode to, judged by the metadata and the dictionary pages' headers (read_at(size, offset) reads the
+    file's bytes: a pread of a local file, a ranged read of an object in a bucket)."""
     rows = max(group.num_rows, 1)
     row_bytes = 0.0
     for index, leaf in wanted:
@@ -62,11 +63,11 @@ def rows_per_batch(group: Any, wanted: list[Leaf], fd: int) -> int:
         if leaf.physical_type == "FIXED_LEN_BYTE_ARRAY":
             row_bytes += (leaf.length or 0) * per_row  # a dictionary of them decodes each to its full length
         elif leaf.physical_type == "BYTE_ARRAY":
-            row_bytes += _dictionary_bytes(chunk, fd) * per_row
+            row_bytes += _dictionary_bytes(chunk, read_at) * per_row
     return max(1, min(BATCH_ROWS, int(BATCH_BYTES // max(row_bytes, 1.0))))
 
 
-def _dictionary_bytes(chunk: Any, fd: int) -> int:
+def _dictionary_bytes(chunk: Any, read_at: ReadAt) -> int:
     """The decoded size of a column chunk's dictionary page (0 without one): the most that one value read
     through it can be. Read from the header of the chunk's first page (Thrift compact: the required fields
     1-3, type, uncompressed_page_size and compressed_page_size, come first, each an i32); a header that does
@@ -77,7 +78,7 @@ def _dictionary_bytes(chunk: Any, fd: int) -> int:
         start = chunk.data_page_offset
         if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
             start = chunk.dictionary_page_offset
-        header = os.pread(fd, 24, start)
+        header = read_at(24, start)
     except (OSError, OverflowError, TypeError):
         return worst
     fields: list[int] = []

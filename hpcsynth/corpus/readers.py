@@ -11,7 +11,6 @@ numbers for Parquet.
 from __future__ import annotations
 
 import glob
-import re
 import gzip
 import io
 import os
@@ -23,8 +22,9 @@ from typing import Any
 import orjson
 import zstandard
 
-from hpcsynth.errors import InputError
+from hpcsynth.errors import HpcsynthError, InputError
 from hpcsynth.files import zstd_cut_at
+from hpcsynth.storage import Location, base_name, check_scheme, is_remote, open_binary, size_of
 
 Item = tuple[int, "dict | None", str]
 
@@ -41,36 +41,36 @@ class ByteCounter:
         self.done = 0
 
 
-# s3://bucket/x, hf://datasets/..., gs://, https://: a scheme of letters, then "://".
-URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Path], list[str]]:
-    """Files named by paths, directories (every file below, sorted) and globs, in order, each once;
-    and the patterns that matched no file (the planner lists them as rejects)."""
+def expand_inputs(patterns: tuple[str, ...] | list[str]) -> tuple[list[Location], list[str]]:
+    """Files named by paths, directories (every file below, sorted) and globs, in order, each once, as
+    resolved Paths, and objects named by s3:// URLs (one, a prefix or a glob: storage/s3.py) as URLs; and
+    the patterns that matched nothing (the planner lists them as rejects)."""
     if not patterns:
         raise InputError("no input files: pass --input PATH_OR_GLOB or set plan.inputs in the config")
-    paths: list[Path] = []
+    paths: list[Location] = []
     empty: list[str] = []
     for pattern in patterns:
-        remote = URL_SCHEME.match(pattern)
-        if remote:  # a URL read as a path "matches no file", which says nothing of the fix
-            raise InputError(f"input {pattern!r}: reading from {remote.group(1)}:// is not supported yet; copy the "
-                             f"files to a filesystem this machine and the workers see (e.g. `aws s3 sync`, "
-                             f"`huggingface-cli download`) and pass that path")
+        check_scheme(pattern, "input")  # a URL read as a path "matches no file", which says nothing of the fix
+        if is_remote(pattern):
+            from hpcsynth.storage.s3 import expand
+
+            objects = expand(pattern)
+            empty += [] if objects else [pattern]
+            paths += objects
+            continue
         if glob.has_magic(pattern) and not Path(pattern).exists():  # "part[1].jsonl" may be a real name
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         elif Path(pattern).is_dir():
             matches = sorted(p for p in Path(pattern).rglob("*") if not p.name.startswith("."))
         else:
             matches = [Path(pattern)]
-        files = [m for m in matches if m.is_file()]
+        files = [m.resolve() for m in matches if m.is_file()]
         if not files:
             empty.append(pattern)
         paths += files
     if not paths:
         raise InputError(f"input {empty[0]!r} matches no file; check the path or glob")
-    return list(dict.fromkeys(p.resolve() for p in paths)), empty
+    return list(dict.fromkeys(paths)), empty
 
 
 def display_path(path: str) -> str:
@@ -82,15 +82,15 @@ def display_path(path: str) -> str:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def unit(path: Path) -> str:
+def unit(path: Location) -> str:
     return "row" if is_parquet(path) else "line"
 
 
-def is_parquet(path: Path) -> bool:
-    return path.name.endswith((".parquet", ".pq"))
+def is_parquet(path: Location) -> bool:
+    return base_name(path).endswith((".parquet", ".pq"))
 
 
-def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None,
+def read_file(path: Location, columns: list[str], counter: ByteCounter | None = None,
               max_line_bytes: int = 64 << 20, row_groups: list[int] | None = None) -> Iterator[Item]:
     """Records of one corpus file; `columns` names the top-level fields a columnar reader must load;
     `row_groups` reads only those of a Parquet file (rows keep their numbers in the whole file)."""
@@ -100,7 +100,7 @@ def read_file(path: Path, columns: list[str], counter: ByteCounter | None = None
     return _read_jsonl(path, counter, max_line_bytes)  # returned, not delegated: one generator less a record
 
 
-def field_names(paths: list[Path], records: int = 1000, limit: int = 40) -> list[str]:
+def field_names(paths: list[Location], records: int = 1000, limit: int = 40) -> list[str]:
     """Dotted names of the fields in the first `records` records of these files (of a Parquet file, its
     schema), sorted, at most `limit`: what an error about a field the data lacks lists instead."""
     names: dict[str, None] = {}
@@ -120,7 +120,7 @@ def field_names(paths: list[Path], records: int = 1000, limit: int = 40) -> list
     return sorted(names)[:limit]
 
 
-def _parquet_names(path: Path) -> list[str]:
+def _parquet_names(path: Location) -> list[str]:
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -131,9 +131,10 @@ def _parquet_names(path: Path) -> list[str]:
         return [n for f in fields for n in [prefix + f.name, *walk(f.type, f"{prefix}{f.name}.")]]
 
     try:
-        schema = pq.ParquetFile(path).schema_arrow
-    except (pyarrow.ArrowException, OSError):  # an unreadable file names no field; the plan reports it
-        return []
+        with open_binary(path) as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+    except (pyarrow.ArrowException, OSError, HpcsynthError):  # an unreadable file names no field; the plan
+        return []  # reports it
     return [n for f in schema for n in [f.name, *walk(f.type, f"{f.name}.")]]
 
 
@@ -159,11 +160,11 @@ class _Counting(io.RawIOBase):
         return n
 
 
-def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterator[Item]:
+def _read_jsonl(path: Location, counter: ByteCounter, max_line_bytes: int) -> Iterator[Item]:
     number = 0
     loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError  # noqa: N806 (a local for the hot loop)
     try:
-        with open(path, "rb", buffering=0) as raw:
+        with open_binary(path) as raw:
             source = io.BufferedReader(_Counting(raw, counter), 1 << 20)
             # A line is read with a bound, never whole: a small .gz/.zst of zeros must not fill memory.
             # (files.bounded_lines, inlined: this loop runs once per line of the corpus.)
@@ -187,15 +188,15 @@ def _read_jsonl(path: Path, counter: ByteCounter, max_line_bytes: int) -> Iterat
                     yield number, None, f"expected a JSON object, got {type(record).__name__}"
                     continue
                 yield number, record, ""
-    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError, InputError) as exc:
         yield number + 1, None, _file_reason(path, exc, number)
 
 
-def _stream(path: Path, raw: Any, source: Any) -> Any:
+def _stream(path: Location, raw: Any, source: Any) -> Any:
     """A readable binary stream of the decompressed file."""
-    if path.name.endswith(".gz"):
+    if base_name(path).endswith(".gz"):
         return gzip.GzipFile(fileobj=source)
-    if path.name.endswith(".zst"):
+    if base_name(path).endswith(".zst"):
         cut = zstd_cut_at(raw)  # zstandard's stream reader ends quietly inside a cut frame
         raw.seek(0)
         if cut is not None:
@@ -213,9 +214,11 @@ def _json_reason(line: bytes, exc: Exception) -> str:
     return f"not valid JSON ({exc})"
 
 
-def _file_reason(path: Path, exc: BaseException, lines: int = 0) -> FileFailure:
+def _file_reason(path: Location, exc: BaseException, lines: int = 0) -> FileFailure:
     """Why a file stops; `lines`: how many were read before."""
     before = f"; the {lines:,} lines before it were read" if lines else ""
+    if isinstance(exc, InputError):  # an object refused or changed since it was listed: the line says which
+        return FileFailure(f"{exc}{before}")
     if isinstance(exc, PermissionError):
         return FileFailure("cannot read the file (permission denied)")
     if isinstance(exc, EOFError):  # gzip: the stream stops before its end marker, i.e. where the file does
@@ -228,14 +231,11 @@ def _file_reason(path: Path, exc: BaseException, lines: int = 0) -> FileFailure:
     return FileFailure(f"cannot read the file ({getattr(exc, 'strerror', None) or exc})")
 
 
-def _size(path: Path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+def _size(path: Location) -> int:
+    return size_of(path)
 
 
-def _read_parquet(path: Path, columns: list[str], counter: ByteCounter, max_line_bytes: int,
+def _read_parquet(path: Location, columns: list[str], counter: ByteCounter, max_line_bytes: int,
                   only: list[int] | None = None) -> Iterator[Item]:
     """Rows in batches bounded by bytes, not rows, each row measured before it becomes Python objects
     (parquet_rows.py: a few KB of Parquet can decode to gigabytes)."""
@@ -246,8 +246,10 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter, max_line
                                               rows_per_batch)
 
     row = 0
+    source = None
     try:
-        parquet = pq.ParquetFile(path)
+        source = open_binary(path) if is_remote(path) else None  # a local file: Arrow's own reads, memory-mapped
+        parquet = pq.ParquetFile(source or path)
         names = parquet.schema_arrow.names
         if columns[0] not in names:
             yield 0, None, FileFailure(f"no column {columns[0]!r} (plan.text_key); the file has: {', '.join(names)}")
@@ -256,13 +258,13 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter, max_line
         metadata, chunks = parquet.metadata, leaves(parquet.schema, wanted)
         dictionaries = any(holds_dictionary(field.type) for field in parquet.schema_arrow if field.name in wanted)
         small = min(max_line_bytes, SLICE_BYTES)
-        size, groups = os.path.getsize(path), max(parquet.num_row_groups, 1)
-        with open(path, "rb", buffering=0) as headers:  # the dictionary pages' headers are read from it
+        size, groups = size_of(path), max(parquet.num_row_groups, 1)
+        with open_binary(path) as headers:  # the dictionary pages' headers are read from it
             for group in range(parquet.num_row_groups):
                 if only is not None and group not in only:
                     row += metadata.row_group(group).num_rows
                     continue
-                rows = rows_per_batch(metadata.row_group(group), chunks, headers.fileno())
+                rows = rows_per_batch(metadata.row_group(group), chunks, _reader_at(headers))
                 # one thread: the planner runs a process per core, and small batches cost a hand-off each
                 for batch in parquet.iter_batches(rows, row_groups=[group], columns=wanted, use_threads=False):
                     # Arrow's buffers hold at least what the rows decode to, but a dictionary holds each entry once
@@ -277,8 +279,26 @@ def _read_parquet(path: Path, columns: list[str], counter: ByteCounter, max_line
                         yield row, dict(zip(names, values)), ""
                         row += 1
                 counter.done += size // groups
-    except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as exc:
-        if isinstance(exc, PermissionError):
+    except (pyarrow.ArrowException, OSError, UnicodeDecodeError, InputError) as exc:
+        if isinstance(exc, InputError):  # an object changed or refused since it was listed: the line says which
+            yield row, None, FileFailure(str(exc))
+        elif isinstance(exc, PermissionError):
             yield row, None, _file_reason(path, exc)
         else:
             yield row, None, FileFailure(f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})")
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _reader_at(handle: Any) -> Any:
+    """read_at(size, offset) over a file: one pread of a local file, a seek and a read of an object."""
+    if isinstance(handle, io.FileIO):
+        fd = handle.fileno()
+        return lambda size, offset: os.pread(fd, size, offset)
+
+    def read_at(size: int, offset: int) -> bytes:
+        handle.seek(offset)
+        return handle.read(size)
+
+    return read_at

@@ -49,6 +49,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
                config_path: Path | None = None, force: bool = False, profile: Path | None = None,
                verify: str = "sha256", add_workers: bool = False) -> LaunchReport:
     run.require_planned()
+    _check_planned_objects(run)
     try:
         config = run.config()  # a broken resolved config should fail here, not inside a worker
     except RunError:
@@ -75,6 +76,21 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
                                    repaired=repaired)
     errors = _launch_local(run, config, workers, retry_failed, add_workers)
     return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
+
+
+def _check_planned_objects(run: RunDir) -> None:
+    """Inputs planned from a bucket are still the objects the shards were cut from (ETag and size), checked
+    once here, before any worker starts or any job waits in a queue: the workers read the shards, never the
+    bucket, so a changed corpus would otherwise go unnoticed until someone compared the data by hand."""
+    try:
+        inputs = read_json(run.manifest_path).get("inputs") or []
+    except (OSError, ValueError, AttributeError):  # a damaged manifest: what reads it next says so, as before
+        return
+    if isinstance(inputs, list) and all(isinstance(entry, dict) for entry in inputs) \
+            and any("etag" in entry for entry in inputs):
+        from hpcsynth.plan.manifest import check_objects_unchanged
+
+        check_objects_unchanged(inputs)
 
 
 def _launch_local(run: RunDir, config: Config, workers: int, retry_failed: bool, add: bool) -> list[str]:

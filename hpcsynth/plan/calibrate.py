@@ -7,17 +7,19 @@ a documented default. The number and where it came from go into the manifest and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hpcsynth.config import Config
 from hpcsynth.corpus.readers import read_file
+from hpcsynth.storage import Location
 
 DEFAULT_BYTES_PER_TOKEN = 4.0  # English web text under ~50k-vocabulary BPE tokenizers: 4.2-4.6; rounded down
 SAMPLE_BYTES = 1 << 20
 MAX_SAMPLE_LINE = 64 << 20  # a longer line is skipped here as the plan itself rejects it
 
 
-def bytes_per_token(config: Config, paths: list[Path]) -> tuple[float, str]:
+def bytes_per_token(config: Config, paths: Sequence[Location]) -> tuple[float, str]:
     if config.plan.bytes_per_token > 0:
         return config.plan.bytes_per_token, "plan.bytes_per_token"
     tokenizer = _tokenizer(config.model.path)
@@ -46,7 +48,7 @@ def _tokenizer(model_path: str):
         return None
 
 
-def _sample(paths: list[Path], text_key: str) -> list[str]:
+def _sample(paths: Sequence[Location], text_key: str) -> list[str]:
     texts, size = [], 0
     for path in paths:
         for _, record, _ in read_file(path, [text_key], max_line_bytes=MAX_SAMPLE_LINE):

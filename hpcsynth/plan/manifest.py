@@ -20,39 +20,64 @@ from typing import Any
 
 from hpcsynth import typed
 from hpcsynth.config import Config, diff_configs
-from hpcsynth.errors import InputError, RunError
+from hpcsynth.errors import HpcsynthError, InputError, RunError
 from hpcsynth.files import atomic_write_chunks, atomic_write_json, read_json
 from hpcsynth.locks import Lock, acquire_lock
 from hpcsynth.corpus.readers import display_path
 from hpcsynth.plan.shards import fsync_dir
 from hpcsynth.rowfile import encode_row, padded_rows, row_width
+from hpcsynth.storage import Location, stat_of
 from hpcsynth.rundir import LAYOUT_VERSION, MANIFEST_ROWS, PLAN_LOCK, RunDir
 
 PLAN_PARTS = ("shards", "plan")
 
 
-def input_stats(paths: list[Path]) -> list[dict[str, Any]]:
-    """What identifies an input file cheaply: its path, size and modification time."""
-    stats = []
-    for path in paths:
-        info = path.stat()
-        stats.append({"path": display_path(str(path)), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
-    return stats
+def input_stats(paths: Sequence[Location]) -> list[dict[str, Any]]:
+    """What identifies an input cheaply: its path, size and modification time; an object's ETag too."""
+    return [{"path": display_path(str(path)), **stat_of(path)} for path in paths]
 
 
-def check_inputs_unchanged(paths: list[Path], stats: list[dict[str, Any]]) -> None:
+def identity(entry: dict[str, Any]) -> tuple:
+    """What must stay the same of an input between two looks: size and time; an object's ETag (a rewrite
+    within the same second keeps S3's time but not its ETag)."""
+    return entry.get("bytes"), entry.get("mtime_ns"), entry.get("etag")
+
+
+def check_inputs_unchanged(paths: Sequence[Location], stats: list[dict[str, Any]]) -> None:
     """Refuse a plan whose input files changed while they were read (appended to, rewritten, removed): its
     shards would match neither version and the manifest would name the old one."""
     for path, before in zip(paths, stats):
         try:
-            info = path.stat()
-            now: tuple | None = (info.st_size, info.st_mtime_ns)
-        except OSError:
+            now: tuple | None = identity(stat_of(path))
+        except (OSError, HpcsynthError):  # a file or an object that is gone
             now = None
-        if now != (before["bytes"], before["mtime_ns"]):
-            what = "was removed" if now is None else "changed (size or modification time)"
+        if now != identity(before):
+            what = "was removed" if now is None else f"changed ({_what_changed(before)})"
             raise InputError(f"input {before['path']} {what} while it was being planned; nothing was planned: "
                              f"plan again once the inputs are stable")
+
+
+def check_objects_unchanged(inputs: list[dict[str, Any]]) -> None:
+    """Refuse to go on from a plan whose inputs in a bucket changed since (their ETag or size): one HEAD
+    per object. Local files are left to the shards' own checksums, as before."""
+    from hpcsynth.storage import is_remote
+
+    for entry in inputs:
+        if not is_remote(entry.get("path")) or "etag" not in entry:
+            continue
+        try:
+            now: dict[str, Any] | None = stat_of(entry["path"])
+        except (OSError, HpcsynthError):
+            now = None
+        if now is None or (now["etag"], now["bytes"]) != (entry["etag"], entry["bytes"]):
+            what = "was removed" if now is None else (f"changed (ETag {entry['etag']}, {entry['bytes']:,} bytes when "
+                                                      f"planned; now {now['etag']}, {now['bytes']:,} bytes)")
+            raise InputError(f"input {entry['path']} {what} since the run was planned; its shards hold the planned "
+                             f"version: plan again (--force, or into a new --run), or put the object back as it was")
+
+
+def _what_changed(entry: dict[str, Any]) -> str:
+    return "size or ETag" if "etag" in entry else "size or modification time"
 
 
 def write_manifest(directory: Path, header: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -87,11 +112,13 @@ def changes_since(run: RunDir, config: Config, inputs: list[dict[str, Any]]) -> 
     keys = [k for k in diff_configs(old_config, config) if k != "plan.inputs" and not k.startswith("grid.")]
     if keys:
         changes.append(f"config keys changed: {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
-    old = {i["path"]: (i.get("bytes"), i.get("mtime_ns")) for i in manifest.get("inputs", [])}
-    new = {i["path"]: (i["bytes"], i["mtime_ns"]) for i in inputs}
+    old = {i["path"]: identity(i) for i in manifest.get("inputs", [])}
+    new = {i["path"]: identity(i) for i in inputs}
+    changed = [p for p in new if p in old and old[p] != new[p]]
+    what = "size, time or ETag" if any(new[p][2] is not None for p in changed) else "size or time"
     for label, names in (("inputs added", [p for p in new if p not in old]),
                          ("inputs removed", [p for p in old if p not in new]),
-                         ("inputs changed (size or time)", [p for p in new if p in old and old[p] != new[p]])):
+                         (f"inputs changed ({what})", changed)):
         if names:
             more = f" and {len(names) - 3} more" if len(names) > 3 else ""
             changes.append(f"{label}: {', '.join(names[:3])}{more}")

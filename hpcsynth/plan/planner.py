@@ -37,6 +37,7 @@ from hpcsynth.plan.scan import GroupJob, GroupResult
 from hpcsynth.plan.summary import summarize
 from hpcsynth.prompts import load_prompts
 from hpcsynth.rundir import LAYOUT_VERSION, RunDir
+from hpcsynth.storage import Location
 
 MIN_GROUPS = 16  # a plan under 16 x plan.group_mb is cut into this many groups, when it has the files
 MIN_GROUP_BYTES = 1 << 20  # ...but groups of at least this: a smaller plan takes a moment in one process
@@ -112,7 +113,7 @@ def plan_corpus(config: Config, run: RunDir, inputs: list[str] | None = None, jo
 
 
 def _plan_into(tmp: Path, run: RunDir, config: Config, digest: str, prompts: list,
-               inputs: tuple[list[Path], list[dict]], empty: list[str], jobs: int,
+               inputs: tuple[list[Location], list[dict]], empty: list[str], jobs: int,
                progress: Callable[[int, int], None] | None, map_groups: MapGroups | None = None) -> Plan:
     paths, stats = inputs
     keep_freed_memory()  # before the pool forks: its workers inherit the setting
@@ -187,7 +188,7 @@ def group_bytes(config: Config, stats: list[dict]) -> int:
     return min(config.plan.group_mb << 20, max(MIN_GROUP_BYTES, share))
 
 
-def _groups(paths: list[Path], stats: list[dict], group_bytes: int) -> list[tuple[tuple[int, str], ...]]:
+def _groups(paths: list[Location], stats: list[dict], group_bytes: int) -> list[tuple[tuple[int, str], ...]]:
     groups: list[list[tuple[int, str]]] = []
     size = group_bytes
     for index, info in enumerate(stats):
@@ -256,7 +257,7 @@ def _check_lost(lost: list[dict[str, Any]], stats: list[dict], config: Config) -
     return summary
 
 
-def _check_filter_fields(results: list[GroupResult], config: Config, paths: list[Path]) -> list[str]:
+def _check_filter_fields(results: list[GroupResult], config: Config, paths: list[Location]) -> list[str]:
     """A plan.filter field that no judged document has is a misspelling: refused when the filter removed
     documents (a missing field never matches), a warning when it removed none. A field only some documents
     lack is ragged metadata: a warning, with the share of documents removed that lack it. Returns the warnings."""
@@ -265,7 +266,7 @@ def _check_filter_fields(results: list[GroupResult], config: Config, paths: list
 
 
 def _check_route_fields(results: list[GroupResult], routes: tuple[tuple[str, str], ...],
-                        paths: list[Path]) -> list[str]:
+                        paths: list[Location]) -> list[str]:
     """plan.filter's rule for each prompt's condition: a field no planned document has, where the condition
     kept documents from its prompt for it, fails the plan naming the fields the data has."""
     judged = sum(r.routing.get("judged", 0) for r in results)
@@ -278,7 +279,7 @@ def _check_route_fields(results: list[GroupResult], routes: tuple[tuple[str, str
     return warnings
 
 
-def _check_fields(key: str, judged: int, found: list[dict[str, list[int]]], paths: list[Path], verb: str,
+def _check_fields(key: str, judged: int, found: list[dict[str, list[int]]], paths: list[Location], verb: str,
                   whence: str) -> list[str]:
     """A predicate's fields against the documents it judged (documents.FieldWatch, summed over the groups):
     `verb` and `whence` say what it did to a document it did not select ("removed", "kept ... from prompt X")."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import os
 import struct
 from array import array
 from collections import Counter
@@ -35,6 +34,7 @@ from hpcsynth.plan.documents import DocumentBuilder, Dropped
 from hpcsynth.corpus.filters import predicate_fields
 from hpcsynth.corpus.readers import ByteCounter, FileFailure, display_path, read_file, unit
 from hpcsynth.plan.shards import ShardCutter, ShardSink
+from hpcsynth.storage import is_remote, size_of
 
 # hash (16 bytes), first planned document of the source in its group, its parts, input file, position
 ID_RECORD = struct.Struct("<16sQIIQ")
@@ -115,12 +115,12 @@ class _Scan:
         """Plan one input file. This loop runs once per document of the corpus: what it touches is bound
         to locals, and its counters are locals written back to the result once per file."""
         # `path` names the file in every record, reject and manifest row; `real` opens it.
-        path, kind = display_path(real), unit(Path(real))
+        path, kind = display_path(real), unit(real)
         name, result, rejects, ids = Path(path).name, self.result, self.rejects, self.ids
         build, source_id_of, add = self.builder.build, self.builder.source_id, self.sink.add
         pack, blake2b = ID_RECORD.pack, hashlib.blake2b
         limit, read, sources, documents, est_tokens = self.job.limit, result.read, result.sources, result.documents, 0
-        records = read_file(Path(real), self.columns, self.counter, self.job.plan.max_line_bytes)
+        records = read_file(real if is_remote(real) else Path(real), self.columns, self.counter, self.job.plan.max_line_bytes)
         for position, record, reason in records:
             if limit and sources >= limit:
                 break
@@ -155,10 +155,7 @@ class _Scan:
              documents: int) -> None:
         """A file that could not be read whole: noted in the result and the rejects file; the documents
         read before the failure stay planned (the planner decides whether the plan goes on)."""
-        try:
-            size = os.stat(real).st_size
-        except OSError:  # removed meanwhile: check_inputs_unchanged fails the plan, naming it
-            size = 0
+        size = size_of(real)  # 0 when removed meanwhile: check_inputs_unchanged fails the plan, naming it
         self.result.lost.append({"file": file_index, "source": path, "bytes": size, "reason": str(reason),
                                  "documents": documents})
         self.rejects.write(orjson.dumps({"source": path, kind: position, "kind": "lost file", "bytes": size,
@@ -167,7 +164,7 @@ class _Scan:
 
 def write_spilled(tmp: Path, job: GroupJob, held: "_Spill | None" = None) -> list[dict[str, Any]]:
     """The shards of a spilled group, now that its first shard id is known; removes the spill."""
-    files = {index: (display_path(path), unit(Path(path))) for index, path in job.files}
+    files = {index: (display_path(path), unit(path)) for index, path in job.files}
     sink = _direct(tmp, job)
     add = sink.add
     lines = held.held if held is not None else []

@@ -22,7 +22,6 @@ task can run it; a part already done for this spec is skipped.
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,18 +90,23 @@ def reduce_part(out_dir: str, index: int) -> PartMarker:
 
 
 def check_corpus_file(spec: ReduceSpec, source: int, file: str) -> None:
-    """A mix-in corpus file must be the one prepare_reduce stamped (size, mtime) into the spec key:
-    rewritten, appended or deleted since, its row groups and counts no longer match the other parts'."""
+    """A mix-in corpus file must be the one prepare_reduce stamped (size, mtime; of an object in a bucket,
+    size and ETag) into the spec key: rewritten, appended or deleted since, its row groups and counts no
+    longer match the other parts'."""
+    from hpcsynth.errors import HpcsynthError
+    from hpcsynth.reduce.mix.sources import corpus_stamp
+
     entry = spec.mix["sources"][source]
     stamp = entry["stamps"][entry["files"].index(file)]
     try:
-        info = os.stat(file)
-        now: list[int] | str = [info.st_size, info.st_mtime_ns]
+        now: list | str = corpus_stamp(file)
     except OSError as exc:
         now = f"unreadable ({exc.strerror})"
+    except HpcsynthError:  # an object the server no longer gives
+        now = "removed from its bucket"
     if now != stamp:
         said = (now if isinstance(now, str) else f"{now[0]:,} bytes now, {stamp[0]:,} then" if now[0] != stamp[0]
-                else "modified, same size")
+                else f"ETag {stamp[1]} is now {now[1]}" if isinstance(now[1], str) else "modified, same size")
         raise RunError(f"{file} (reduce.mix.sources {entry['name']}) changed since this reduce started ({said}); "
                        f"leave it alone while reduce runs, then run `hpcsynth reduce` again: it redoes the parts "
                        f"of a changed corpus")

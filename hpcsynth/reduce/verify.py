@@ -21,14 +21,29 @@ from hpcsynth.errors import RunError
 from hpcsynth.files import read_json, sha256_file
 from hpcsynth.reduce.formats.megatron import read_index, with_suffix
 from hpcsynth.reduce.report import report_path
+from hpcsynth.storage import Location, is_remote
 
 BLOCK = 1 << 24  # tokens per block when scanning token files
 
 
-def verify_output(out_dir: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+def verify_output(out_dir: Location) -> tuple[list[tuple[str, dict]], list[str]]:
     """([(which reduce, its report)] for each reduce DIR holds: "full" (report.json) and/or "partial"
     (report-partial.json), each checked; one line per problem); RunError when DIR holds no reduce output.
-    A folder may hold both (a `reduce --partial`, then the full one): each is named, never mixed up."""
+    A folder may hold both (a `reduce --partial`, then the full one): each is named, never mixed up.
+    An s3:// URL is downloaded into a temporary folder and checked there, by the same checks."""
+    if is_remote(out_dir):
+        import shutil
+
+        from hpcsynth.storage.upload import download_dir
+
+        folder = download_dir(str(out_dir))
+        try:
+            return verify_output(folder)
+        except RunError:  # named by the URL, not by the temporary folder
+            raise RunError(f"{out_dir} has no report.json or report-partial.json; is it where `hpcsynth reduce "
+                           f"--out` uploaded?") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     out_dir = Path(out_dir)
     reports = [(kind, path) for kind, path in (("full", report_path(out_dir, False)),
                                                ("partial", report_path(out_dir, True))) if path.is_file()]

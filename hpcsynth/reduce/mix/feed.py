@@ -17,7 +17,6 @@ untokenized are never screened, as they never reach the mix.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,7 +106,7 @@ class MixFeed:
         text_key, id_key, name = entry["text_key"], entry["id_key"], entry["name"]
         batch: list[Document] = []
         held = 0  # characters in batch
-        for position, record, reason in read_file(Path(file), [text_key, id_key], max_line_bytes=max_line_bytes,
+        for position, record, reason in read_file(file, [text_key, id_key], max_line_bytes=max_line_bytes,
                                                   row_groups=row_groups):
             where = f"{file}:{position}"
             text = record.get(text_key) if record is not None else None
@@ -166,3 +165,4 @@ class MixFeed:
                                  "source": self.mix["sources"][doc.source]["name"], "check": "contaminated",
                                  "reason": hit.reason(self.screen.n)})
         return kept
+

@@ -9,12 +9,12 @@ original_ratio.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from hpcsynth.config import Config
 from hpcsynth.errors import ConfigError, InputError
 from hpcsynth.rundir import RunDir
+from hpcsynth.storage import Location
 
 RUN_ORIGINALS = "run_originals"
 # What a part's bytes depend on (the merge-only settings, weights and policy, are left out of the spec
@@ -78,11 +78,20 @@ def _corpus(index: int, entry: Any) -> dict[str, Any]:
         files, empty = expand_inputs([entry.path])
     except InputError as exc:
         raise ConfigError(f"reduce.mix.sources[{index}].path ({entry.name}): {exc}") from None
-    # Size and modification time of each file, in the spec key: a corpus changed since its parts were made
-    # is never mixed from stale parts (every part is redone, as for any change of reduce settings).
-    stamps = [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    # Size and modification time of each file (of an object: size and ETag), in the spec key: a corpus changed
+    # since its parts were made is never mixed from stale parts (every part is redone, as for any change of
+    # reduce settings); a part checks an object's ETag again as it opens it (feed.py).
+    stamps = [corpus_stamp(f) for f in files]
     return {"name": entry.name, "kind": "corpus", "prompt": None, "path": entry.path, "weight": entry.weight,
             "text_key": entry.text_key, "id_key": entry.id_key, "files": [str(f) for f in files], "stamps": stamps}
+
+
+def corpus_stamp(file: Location) -> list:
+    """[bytes, mtime_ns] of a file, [bytes, ETag] of an object: what must not change while it is mixed."""
+    from hpcsynth.storage import stat_of
+
+    info = stat_of(file)
+    return [info["bytes"], info["etag"]] if "etag" in info else [info["bytes"], info["mtime_ns"]]
 
 
 def corpus_parts(mix: dict[str, Any], first_index: int, part_rows: int) -> list[list]:
@@ -100,12 +109,15 @@ def corpus_parts(mix: dict[str, Any], first_index: int, part_rows: int) -> list[
 def _row_group_runs(file: str, part_rows: int) -> list[list[int] | None]:
     from hpcsynth.corpus.readers import is_parquet
 
-    if not is_parquet(Path(file)):
+    if not is_parquet(file):
         return [None]
     try:
         import pyarrow.parquet as pq
 
-        metadata = pq.ParquetFile(file).metadata
+        from hpcsynth.storage import open_binary
+
+        with open_binary(file) as handle:
+            metadata = pq.ParquetFile(handle).metadata
     except Exception:  # unreadable: one part, whose reader records why in the rejects
         return [None]
     current: list[int] = []

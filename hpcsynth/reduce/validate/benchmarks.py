@@ -95,9 +95,15 @@ def resolve_benchmarks(settings: Any) -> dict[str, Any] | None:
     if not settings.benchmarks:
         return None
     from hpcsynth.corpus.readers import expand_inputs
+    from hpcsynth.storage import is_remote
 
+    remote = [name for name in settings.benchmarks if is_remote(name)]
+    if remote:  # small files, hashed whole for the spec key: a local copy is what the check should read
+        raise ConfigError(f"{KEY}.benchmarks: {remote[0]!r}: benchmarks are read from local files only; copy them "
+                          f"here (e.g. `aws s3 cp`) and name that path")
     try:
-        paths, empty = expand_inputs(list(settings.benchmarks))
+        found, empty = expand_inputs(list(settings.benchmarks))
+        paths = [Path(path) for path in found]
     except InputError as exc:
         raise ConfigError(f"{KEY}.benchmarks: {exc} (a benchmark left out would check nothing)") from None
     if empty:

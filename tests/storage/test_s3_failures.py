@@ -1,0 +1,125 @@
+"""What goes wrong with a bucket, each as one line naming the URL and the fix (no traceback, no secret):
+wrong credentials, a missing bucket, a glob matching nothing, other schemes, s3fs not installed; and the
+readers' bounds and rejects on objects as on files (a decompression bomb, keys with spaces and shell
+characters, Parquet read by ranges)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import run_cli, run_process, write_corpus
+from moto_s3 import Server, bucket, s3, s3_auth_server, s3_server  # noqa: F401 (fixtures)
+
+
+def config(folder: Path, extra: str = "") -> Path:
+    path = folder / "config.yaml"
+    path.write_text(f"prompts: [faq]\nmodel: {{engine: fake, path: fake-model}}\n{extra}")
+    return path
+
+
+def one_line_error(*args, env=None) -> str:
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_wrong_credentials_are_one_line_without_the_secret(s3_auth_server: Server, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    server = s3_auth_server
+    server.client().create_bucket(Bucket="guarded")
+    server.client().put_object(Bucket="guarded", Key="c/a.jsonl", Body=b'{"id": "1", "text": "hello"}\n')
+    wrong = "Wr0ngSecretValue/ThatMustNotLeak+123456"
+    for name, value in server.env(AWS_SECRET_ACCESS_KEY=wrong).items():
+        monkeypatch.setenv(name, value) if value is not None else monkeypatch.delenv(name, raising=False)
+    for url in ("s3://guarded/c/*.jsonl", "s3://guarded/c/a.jsonl"):
+        said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run", "--input", url)
+        assert "refused the request" in said and "AWS_SECRET_ACCESS_KEY" in said and url in said, said
+        assert wrong not in said and server.secret not in said
+    said = one_line_error("verify", "s3://guarded/out")
+    assert "refused" in said and wrong not in said
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_bucket_is_one_line(s3: Server, tmp_path: Path) -> None:
+    for url in ("s3://no-such-bucket-here/c/*.jsonl", "s3://no-such-bucket-here/c/a.jsonl"):
+        said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run", "--input", url)
+        assert "bucket 'no-such-bucket-here' does not exist" in said and s3.endpoint in said, said
+    run = tmp_path / "run"
+    said = one_line_error("verify", "s3://no-such-bucket-here/out")
+    assert "does not exist" in said
+    assert not run.exists()
+
+
+def test_a_glob_matching_nothing_is_one_line(s3: Server, bucket: str, tmp_path: Path) -> None:
+    s3.client().put_object(Bucket=bucket, Key="c/a.jsonl", Body=b'{"id": "1", "text": "hello"}\n')
+    said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/c/*.parquet")
+    assert f"s3://{bucket}/c/*.parquet" in said and "matches no file" in said
+
+
+@pytest.mark.parametrize("url", ["hf://datasets/HuggingFaceFW/fineweb-edu", "gs://bucket/c/*.parquet",
+                                 "https://example.org/c.jsonl"])
+def test_other_schemes_say_what_is_supported(tmp_path: Path, url: str) -> None:
+    said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run", "--input", url)
+    assert f"{url.split(':')[0]}:// is not supported (only s3:// URLs and local paths are)" in said
+
+
+def test_without_s3fs_one_line_with_the_install_hint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    from hpcsynth.storage import s3 as storage_s3
+
+    monkeypatch.setattr(storage_s3, "_filesystems", {})
+    said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run", "--input", "s3://b/c/*.jsonl")
+    assert "s3fs is not installed" in said and "pip install 'hpcsynth[s3]'" in said
+    said = one_line_error("reduce", tmp_path / "run", "--out", "s3://b/out")
+    assert "s3fs is not installed" in said and "pip install 'hpcsynth[s3]'" in said
+
+
+def test_keys_with_spaces_and_shell_characters_are_read_and_named_as_they_are(s3: Server, bucket: str,
+                                                                               tmp_path: Path) -> None:
+    key = "odd dir/$(touch pwned); rm -rf x `id` 'q' \"d\" #1.jsonl"
+    corpus = write_corpus(tmp_path / "c.jsonl", 4)
+    s3.client().upload_file(str(corpus), bucket, key)
+    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/odd dir/*.jsonl")
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["documents"] == 4 and manifest["inputs"][0]["path"] == f"s3://{bucket}/{key}"
+    assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_a_bomb_in_a_bucket_is_a_counted_reject_in_bounded_memory(s3: Server, bucket: str, tmp_path: Path) -> None:
+    """1 GiB of zeros on one line, zstd-compressed to ~32 KB, read from the bucket by a planner whose address
+    space is capped: the same reject, with the URL and the line, as from a local file (tests/plan/test_bombs.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plan"))
+    from test_bombs import CAP, zst_bomb
+
+    bomb = zst_bomb(tmp_path / "bomb.jsonl.zst")
+    s3.client().upload_file(str(bomb), bucket, "c/bomb.jsonl.zst")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (CAP * 2, CAP * 2))  # s3fs's threads and aiohttp add their own
+
+    proc = run_process("plan", config(tmp_path, "plan: {max_reject_rate: 0.9}\n"), "--run", tmp_path / "run",
+                       "--input", f"s3://{bucket}/c/bomb.jsonl.zst", preexec_fn=cap)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rejects = [orjson.loads(line) for line in (tmp_path / "run" / "plan" / "rejects.jsonl").read_bytes().splitlines()]
+    assert len(rejects) == 1 and rejects[0]["source"] == f"s3://{bucket}/c/bomb.jsonl.zst" and rejects[0]["line"] == 1
+    assert "longer than plan.max_line_bytes" in rejects[0]["reason"]
+
+
+def test_a_parquet_object_is_read_by_row_group(s3: Server, bucket: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": [f"p{i}" for i in range(50)], "text": [f"page {i} " + "word " * 30 for i in range(50)]})
+    pq.write_table(table, tmp_path / "c.parquet", row_group_size=10)
+    s3.client().upload_file(str(tmp_path / "c.parquet"), bucket, "pq/c.parquet")
+    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/pq/")
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["documents"] == 50 and manifest["inputs"][0]["path"] == f"s3://{bucket}/pq/c.parquet"
