@@ -123,3 +123,30 @@ def test_a_parquet_object_is_read_by_row_group(s3: Server, bucket: str, tmp_path
     assert result.returncode == 0, result.stderr
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["documents"] == 50 and manifest["inputs"][0]["path"] == f"s3://{bucket}/pq/c.parquet"
+
+
+def test_credentials_from_a_named_profile(s3_auth_server: Server, tmp_path: Path, monkeypatch) -> None:
+    """AWS_PROFILE and a credentials file, as `aws configure --profile` writes them, with no key in the
+    environment: the server checks the signature, so only the profile's key gets through."""
+    server = s3_auth_server
+    server.client().create_bucket(Bucket="profiled")
+    server.client().put_object(Bucket="profiled", Key="c/a.jsonl",
+                               Body=b"".join(orjson.dumps({"id": f"d{i}", "text": f"document {i} " * 20}) + b"\n"
+                                             for i in range(5)))
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n"
+                           f"[hpcsynth-test]\naws_access_key_id = {server.key}\naws_secret_access_key = {server.secret}\n")
+    settings = tmp_path / "config"
+    settings.write_text("[default]\nregion = us-east-1\n\n[profile hpcsynth-test]\nregion = us-east-1\n")
+    env = server.env(AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_PROFILE="hpcsynth-test",
+                     AWS_SHARED_CREDENTIALS_FILE=str(credentials), AWS_CONFIG_FILE=str(settings))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value) if value is not None else monkeypatch.delenv(name, raising=False)
+    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", "s3://profiled/c/a.jsonl")
+    assert result.returncode == 0, result.stderr
+    assert server.secret not in result.stdout + result.stderr
+    run_text = b"".join(p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert server.secret.encode() not in run_text and server.key.encode() not in run_text
+    monkeypatch.setenv("AWS_PROFILE", "default")  # a profile whose key the server does not know
+    said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run2", "--input", "s3://profiled/c/*.jsonl")
+    assert "refused the request" in said and "AWS_PROFILE" in said
