@@ -322,7 +322,10 @@ def zstd_cut_at(raw: Any) -> int | None:
             length = raw.read(4)
             if len(length) < 4:
                 return at
-            at += 8 + int.from_bytes(length, "little")
+            end = at + 8 + int.from_bytes(length, "little")
+            if end > size:  # its content is cut
+                return at
+            at = end
             continue
         if magic != ZSTD_MAGIC:
             return at
@@ -346,8 +349,75 @@ def zstd_cut_at(raw: Any) -> int | None:
                 return at
             if value & 1:
                 break
-        at = block + (4 if (flags >> 2) & 1 else 0)
+        end = block + (4 if (flags >> 2) & 1 else 0)
+        if end > size:  # the checksum after the last block is cut
+            return at
+        at = end
     return None if at == size else at
+
+
+class ZstdFrameWalk:
+    """A zstd file's bytes passed through unchanged while its frame and block headers are followed, so that a
+    file cut inside a frame (which zstandard's stream reader ends quietly) fails at its end with ZstdError,
+    without zstd_cut_at's pass over the file first: each byte is read once. For an object in a bucket that
+    pass would be a second download (a block header every 128 KiB: every range of the object)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.at = 0  # bytes followed so far
+        self.frame = 0  # where the frame being read started
+        self.state, self.need, self.header, self.skip, self.checksum = "magic", 4, bytearray(), 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self._follow(memoryview(data))
+        elif self.state != "magic" or self.header or self.skip:
+            raise zstandard.ZstdError(f"the file is cut short or damaged inside the zstd frame at byte {self.frame}")
+        return data
+
+    def _follow(self, data: memoryview) -> None:
+        i = 0
+        while i < len(data):
+            if self.skip:  # block contents, a skippable frame, a checksum: counted, not looked at
+                taken = min(self.skip, len(data) - i)
+                self.skip -= taken
+                i += taken
+                continue
+            taken = min(self.need - len(self.header), len(data) - i)
+            if not self.header and self.state == "magic":
+                self.frame = self.at + i
+            self.header += data[i:i + taken]
+            i += taken
+            if len(self.header) == self.need:
+                self._header(bytes(self.header))
+                self.header.clear()
+        self.at += len(data)
+
+    def _header(self, head: bytes) -> None:
+        value = int.from_bytes(head, "little")
+        if self.state == "magic":
+            if 0x184D2A50 <= value <= 0x184D2A5F:  # a skippable frame: its 4-byte size, then its content
+                self.state, self.need = "skippable", 4
+            elif value == ZSTD_MAGIC:
+                self.state, self.need = "descriptor", 1
+            else:
+                raise zstandard.ZstdError(f"the file is cut short or damaged inside the zstd frame at byte {self.frame}")
+        elif self.state == "skippable":
+            self.state, self.need, self.skip = "magic", 4, value
+        elif self.state == "descriptor":  # window, dictionary id and content size: skipped, as zstd_cut_at does
+            single = (value >> 5) & 1
+            self.skip = (0 if single else 1) + (0, 1, 2, 4)[value & 3] + ((1 if single else 0), 2, 4, 8)[value >> 6]
+            self.checksum = 4 if (value >> 2) & 1 else 0
+            self.state, self.need = "block", 3
+        else:  # a block header: its kind, its size, whether it is the frame's last
+            kind, length = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise zstandard.ZstdError(f"the file is cut short or damaged inside the zstd frame at byte {self.frame}")
+            self.skip = 1 if kind == 1 else length  # an RLE block stores its byte once
+            if value & 1:
+                self.skip += self.checksum
+                self.state, self.need = "magic", 4
 
 
 def zstd_stream(raw: Any) -> Any:

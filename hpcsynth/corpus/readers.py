@@ -17,13 +17,13 @@ import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 import zstandard
 
 from hpcsynth.errors import HpcsynthError, InputError
-from hpcsynth.files import zstd_cut_at
+from hpcsynth.files import ZstdFrameWalk, zstd_cut_at
 from hpcsynth.storage import Location, base_name, check_scheme, is_remote, open_binary, size_of
 
 Item = tuple[int, "dict | None", str]
@@ -196,6 +196,9 @@ def _stream(path: Location, raw: Any, source: Any) -> Any:
     """A readable binary stream of the decompressed file."""
     if base_name(path).endswith(".gz"):
         return gzip.GzipFile(fileobj=source)
+    if base_name(path).endswith(".zst") and is_remote(path):  # one download: the cut is found on the way
+        walked = cast(BinaryIO, ZstdFrameWalk(source))  # a reader with read(), as stream_reader takes
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(walked, read_across_frames=True), 1 << 20)
     if base_name(path).endswith(".zst"):
         cut = zstd_cut_at(raw)  # zstandard's stream reader ends quietly inside a cut frame
         raw.seek(0)

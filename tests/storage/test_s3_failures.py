@@ -150,3 +150,50 @@ def test_credentials_from_a_named_profile(s3_auth_server: Server, tmp_path: Path
     monkeypatch.setenv("AWS_PROFILE", "default")  # a profile whose key the server does not know
     said = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run2", "--input", "s3://profiled/c/*.jsonl")
     assert "refused the request" in said and "AWS_PROFILE" in said
+
+
+def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: Server, bucket: str, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """A local .zst is checked for a cut by a seeking pass over its block headers before it is read; an object
+    is followed as it streams (files.ZstdFrameWalk), so it is downloaded once, and a cut one still fails the plan
+    with the local file's reason."""
+    import zstandard
+
+    import os
+
+    # ~20 MB compressed: past two of s3fs's 8 MiB read-ahead blocks, where a pass before the read downloads again.
+    lines = b"".join(orjson.dumps({"id": f"d{i}", "text": f"document {i} " + os.urandom(500).hex()}) + b"\n"
+                     for i in range(40_000))
+    frames = [zstandard.ZstdCompressor(level=3, write_checksum=True).compress(lines[i:i + 400_000])
+              for i in range(0, len(lines), 400_000)]  # frames cut mid-line, as zstd -B writes them
+    whole = b"".join(frames)
+    cut = whole[:len(whole) - 1000]
+    (tmp_path / "whole.jsonl.zst").write_bytes(whole)
+    (tmp_path / "cut.jsonl.zst").write_bytes(cut)
+    s3.client().put_object(Bucket=bucket, Key="z/whole.jsonl.zst", Body=whole)
+    s3.client().put_object(Bucket=bucket, Key="z/cut.jsonl.zst", Body=cut)
+    fetched = {"bytes": 0}
+    import s3fs.core
+
+    real_fetch = s3fs.core.S3File._fetch_range
+
+    def counted(self, start: int, end: int):  # every ranged GET s3fs sends for a file it reads
+        data = real_fetch(self, start, end)
+        fetched["bytes"] += len(data)
+        return data
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
+    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/z/whole.jsonl.zst",
+                     "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["documents"] == 40_000
+    assert len(whole) > 2 * (8 << 20)
+    assert len(whole) <= fetched["bytes"] <= 1.05 * len(whole), (fetched, len(whole))
+    remote = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run2", "--input",
+                            f"s3://{bucket}/z/cut.jsonl.zst", "--jobs", "1")
+    local = one_line_error("plan", config(tmp_path), "--run", tmp_path / "run3", "--input", tmp_path / "cut.jsonl.zst",
+                           "--jobs", "1")
+    frame = len(whole) - len(frames[-1])
+    for said in (remote, local):
+        assert f"cut short or damaged inside the zstd frame at byte {frame}" in said, said
