@@ -35,7 +35,7 @@ def reduce_command(args: argparse.Namespace) -> int:
         return _clean_parts(run, args)
     remix = _remix(run, args)
     if args.executor == "slurm":
-        return _reduce_on_slurm(run, args, remix)
+        return _reduce_on_slurm(run, args, remix, bucket or "")
     if args.profile:
         raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
     out = args.out or run.default_reduce_dir
@@ -63,9 +63,6 @@ def _staged(run, args: argparse.Namespace) -> str | None:
     check_scheme(str(args.out), "--out")
     if not is_remote(args.out):
         return None
-    if args.executor == "slurm":
-        raise HpcsynthError(f"--out {args.out}: a reduce into a bucket runs with --executor local (the upload follows "
-                            f"the merge); reduce on Slurm into a local --out, or run this reduce locally")
     from hpcsynth.storage.s3 import filesystem
 
     filesystem()  # without s3fs, one line with the install hint before any work
@@ -137,7 +134,7 @@ def _clean_parts(run, args: argparse.Namespace) -> int:
     return 0
 
 
-def _reduce_on_slurm(run, args: argparse.Namespace, remix=None) -> int:
+def _reduce_on_slurm(run, args: argparse.Namespace, remix=None, bucket: str = "") -> int:
     from hpcsynth.execute.launch import load_profile
     from hpcsynth.execute.slurm import check_slurm_path
     from hpcsynth.execute.slurm_jobs import record_reduce
@@ -156,11 +153,13 @@ def _reduce_on_slurm(run, args: argparse.Namespace, remix=None) -> int:
     with reduce_lock(out):
         _no_slurm_reduce_into(run, out)
         spec = prepare_reduce(run, args.out, args.tokenizer, args.partial, keep_parts=_keep(args), remix=remix)
-        jobs = submit_reduce(spec, slurm)
+        jobs = submit_reduce(spec, slurm, upload_to=bucket)
         record_reduce(run.reduce_jobs_path, spec.out_dir.name, jobs)  # for `hpcsynth cancel RUN`
+    where = (f"it is staged in {spec.out_dir}, and the merge job uploads it to {bucket}, report{spec.suffix}.json "
+             f"last; then: hpcsynth verify {shlex.quote(bucket)}" if bucket else
+             f"the report appears at {spec.out_dir}/report{spec.suffix}.json; then: hpcsynth verify {spec.out_dir}")
     print(f"reduce (slurm): {jobs['parts']} parts pending in array {jobs['array'] or '-'}, merge job "
-          f"{jobs['merge']}; the report appears at {spec.out_dir}/report{spec.suffix}.json; then: "
-          f"hpcsynth verify {spec.out_dir}")
+          f"{jobs['merge']}; {where}")
     if spec.corpus_parts and spec.keep_parts == "run":
         print(f"  the merge job removes the mix-in corpora's parts once the report is written (--keep-parts keeps "
               f"them); until then every part stays, for a rerun to go on from")

@@ -19,9 +19,10 @@ REDUCE_CPUS = 1  # one part at a time in one process: the array is the paralleli
 REDUCE_MEM_GB = 4  # at most this (less if the profile asks less): the reduce's tasks need no GPU node's memory
 
 
-def submit_reduce(spec: ReduceSpec, config: SlurmConfig) -> dict[str, Any]:
+def submit_reduce(spec: ReduceSpec, config: SlurmConfig, upload_to: str = "") -> dict[str, Any]:
     """Submit the parts not yet done as one array (at most slurm.array_tasks tasks, each a fixed group of
-    parts) and the merge as a job depending on it; return {array, merge, parts}."""
+    parts) and the merge as a job depending on it; return {array, merge, parts}. With `upload_to` (an s3://
+    URL: `reduce --out s3://...`), the merge job uploads the output there once it is written."""
     out = Path(spec.out)
     check_slurm_path(out, "reduce output directory", "pass --out a directory without them")
     pending = [i for i in spec.part_indices() if spec.part_done(i) is None]
@@ -34,7 +35,7 @@ def submit_reduce(spec: ReduceSpec, config: SlurmConfig) -> dict[str, Any]:
         jobs = submit_array(Requeued(reduce_parts), [(spec.out, group) for group in groups], cpu, out / "slurm",
                             what="reduce")
         array = array_id(jobs[0])
-    merge = submit_array(merge_job, [(spec.out,)], cpu, out / "slurm", after=array, what="reduce")[0]
+    merge = submit_array(merge_job, [(spec.out, upload_to)], cpu, out / "slurm", after=array, what="reduce")[0]
     return {"array": array, "merge": merge.job_id, "parts": len(pending)}
 
 
@@ -45,7 +46,17 @@ def reduce_parts(out_dir: str, indices: list[int]) -> int:
     return len(indices)
 
 
-def merge_job(out_dir: str) -> dict[str, Any]:
-    """The merge task; returns a little of the report (the whole one is OUT/report.json)."""
+def merge_job(out_dir: str, upload_to: str = "") -> dict[str, Any]:
+    """The merge task; returns a little of the report (the whole one is OUT/report.json). With `upload_to`,
+    then the upload (storage/upload.py: the report last, what is already there whole skipped), with the
+    credentials the job's environment holds (sbatch passes the submitter's on, unless the site says not to)."""
     report = merge_parts(out_dir)
-    return {"sequences": report["sequences"], "tokens": report["tokens"]}
+    done = {"sequences": report["sequences"], "tokens": report["tokens"]}
+    if upload_to:
+        from hpcsynth.storage.upload import upload_dir
+
+        sent = upload_dir(Path(out_dir), upload_to)
+        print(f"uploaded {sent.files} file(s), {sent.bytes:,} bytes, to {upload_to} ({sent.skipped} already there)",
+              flush=True)
+        done["uploaded"] = sent.files + sent.skipped
+    return done
