@@ -197,3 +197,33 @@ def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: 
     frame = len(whole) - len(frames[-1])
     for said in (remote, local):
         assert f"cut short or damaged inside the zstd frame at byte {frame}" in said, said
+
+
+def test_a_parquet_object_is_downloaded_once(s3: Server, bucket: str, tmp_path: Path, monkeypatch) -> None:
+    """The dictionary pages' headers are read through Arrow's own handle: a handle of their own fetched a
+    read-ahead block of the object per header (1.7x its bytes before)."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs.core
+
+    table = pa.table({"id": [f"p{i}" for i in range(20_000)], "text": [os.urandom(600).hex() for _ in range(20_000)]})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=2_000)
+    size = (tmp_path / "big.parquet").stat().st_size
+    assert size > 2 * (8 << 20)
+    s3.client().upload_file(str(tmp_path / "big.parquet"), bucket, "pq/big.parquet")
+    fetched = {"bytes": 0}
+    real_fetch = s3fs.core.S3File._fetch_range
+
+    def counted(self, start: int, end: int):
+        data = real_fetch(self, start, end)
+        fetched["bytes"] += len(data)
+        return data
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
+    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/pq/big.parquet",
+                     "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["documents"] == 20_000
+    assert size <= fetched["bytes"] <= 1.1 * size, (fetched, size)
