@@ -66,8 +66,7 @@ def tune_command(args: argparse.Namespace) -> int:
     config = load_config(out / "config.yaml")
     estimate = None
     if tune.get("winner"):
-        tune = read_tune(out)
-        estimate = tune_estimate(tune, out, config.prompts, args.documents, config.sampling.max_tokens)
+        estimate = tune_estimate(read_tune(out), out, config.prompts, args.documents, config.sampling.max_tokens)
     if args.json:
         sys.stdout.write(orjson.dumps({**tune, "estimate": estimate.to_json() if estimate else None}).decode() + "\n")
         return 0 if estimate else 1

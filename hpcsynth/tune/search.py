@@ -18,6 +18,7 @@ while the time left covers a typical trial.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -80,7 +81,8 @@ def prepare(options: TuneOptions, say: Callable[[str], None] = lambda line: None
         for candidate in knob.candidates:
             apply(config, candidate, f"--try {knob.name}")
     out = _claim(options.out)
-    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
+    resolved = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
+    atomic_write_bytes(out / "config.yaml", resolved)
     wanted = options.requests or DEFAULT_REQUESTS.get(config.model.engine, OTHER_REQUESTS)
     count = _write_requests(config, options.inputs, out, wanted, say)
     notes = []
@@ -91,6 +93,7 @@ def prepare(options: TuneOptions, say: Callable[[str], None] = lambda line: None
                      f"those trials never run full; pass a larger --input or --requests")
     timeout = options.trial_timeout_s or max(120.0, options.budget_min * 60 / 4)
     payload = {"budget_s": options.budget_min * 60, "trial_timeout_s": timeout, "requests": count,
+               "config_sha256": hashlib.sha256(resolved).hexdigest(),
                "knobs": [{"name": k.name, "candidates": list(k.candidates), "grows_memory": k.grows_memory}
                          for k in knobs], "notes": notes, "inputs": list(options.inputs),
                "config_source": str(options.config)}
@@ -317,10 +320,28 @@ def read_tune(path: Path) -> dict[str, Any]:
         raise HpcsynthError(f"--tuned {file} is not the JSON `hpcsynth tune` writes; run the tune again") from None
     winner = data.get("winner") if isinstance(data, dict) else None
     rate = winner.get("tokens_per_s") if isinstance(winner, dict) else None
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1e12:
+    if not _number(rate, 1e12):
         raise HpcsynthError(f"--tuned {file} has no winning trial (every trial failed, or it was cut short); "
                             f"run the tune again")
-    return data
+    # What the estimate takes from it, each kept only as what a tune writes: a hand-edited or forged file
+    # gives a plain estimate or one line, never a nan or a string where a figure goes.
+    assert isinstance(winner, dict) and isinstance(data, dict) and isinstance(rate, (int, float))
+    lengths = winner.get("output_tokens_per_record")
+    trial = winner.get("trial")
+    return {"winner": {"tokens_per_s": float(rate), "trial": trial if isinstance(trial, int) else "?",
+                       "settings": winner.get("settings") if isinstance(winner.get("settings"), dict) else {},
+                       "output_tokens_per_record": {str(k)[:64]: float(v) for k, v in lengths.items()
+                                                    if _number(v, 1 << 24)} if isinstance(lengths, dict) else {}},
+            "device": data.get("device") if data.get("device") in DEVICES else "unknown device",
+            "model": str(data.get("model") or "the model")[:200]}
+
+
+DEVICES = ("gpu", "cpu", "endpoint", "fake")
+
+
+def _number(value: Any, most: float) -> bool:
+    """A finite number above 0 and under `most` (JSON's bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < most
 
 
 __all__ = ["TuneOptions", "TuneResult", "prepare", "search", "read_tune", "describe"]

@@ -17,6 +17,7 @@ drains say nothing of a shard of thousands of requests.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -72,6 +73,10 @@ def run_trial(tune_dir: Path, number: int) -> dict[str, Any]:
     from hpcsynth.tune.space import apply, per_gpu
 
     spec = orjson.loads(read_regular(tune_dir / "trials" / f"{number}.spec.json"))
+    planned = orjson.loads(read_regular(tune_dir / "options.json")).get("config_sha256")
+    if hashlib.sha256(read_regular(tune_dir / "config.yaml")).hexdigest() != planned:
+        raise ConfigError(f"{tune_dir / 'config.yaml'} changed during the tune: its trials would not compare; "
+                          f"change the config you pass to `hpcsynth tune` and run the tune again")
     config = apply(load_config(tune_dir / "config.yaml"), spec["settings"], f"tune trial {number}")
     requests, prompt_of = [], {}
     for line in read_regular(tune_dir / "requests.jsonl", 1 << 34).splitlines():

@@ -201,3 +201,53 @@ def test_sigterm_stops_the_tune_and_its_trial(tmp_path: Path) -> None:
     time.sleep(0.5)
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _runs_trial(p, tmp_path / "tune")]
     assert leftover == [], err
+
+
+def test_the_config_changed_during_a_tune_fails_the_trials_after_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "sample.jsonl", 20)
+    config = fake_tune_config(tmp_path)
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"step_s": 0.05})}
+    proc = subprocess.Popen([sys.executable, "-m", "hpcsynth", "tune", str(config), "--input", str(corpus), "--out",
+                             str(tmp_path / "tune"), "--try", "worker.batch_size=1,2,4", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "tune" / "trials" / "1.log").exists():
+        time.sleep(0.05)
+    copied = tmp_path / "tune" / "config.yaml"
+    copied.write_text(copied.read_text().replace("batch_size: 8", "batch_size: 7"))
+    out, err = proc.communicate(timeout=120)
+    data = orjson.loads(out)
+    states = [t["state"] for t in data["trials"]]
+    assert states[0] == "ok" and states[-1] == "invalid", states
+    assert "changed during the tune" in data["trials"][-1]["error"]
+
+
+@pytest.mark.parametrize("forged", [
+    {"winner": {"tokens_per_s": float("1e400")}},
+    {"winner": {"tokens_per_s": -5}},
+    {"winner": {"tokens_per_s": True}},
+    {"winner": {"tokens_per_s": "9200"}},
+    {"winner": None},
+    [],
+])
+def test_a_forged_tune_json_is_one_line_for_estimate(tmp_path: Path, forged) -> None:
+    (tmp_path / "tune.json").write_text(json.dumps(forged))  # 1e400 as Infinity: not JSON orjson reads
+    result = run_cli("estimate", "--documents", "100", "--tuned", tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_odd_fields_of_a_tune_json_never_reach_the_estimate_as_figures(tmp_path: Path) -> None:
+    forged = {"device": "\x1b[2Jgpu", "model": "m" * 5000,
+              "winner": {"tokens_per_s": 100.0, "trial": "\x1b[31m",
+                         "output_tokens_per_record": {"faq": -1, "math": 1e30, "table": 50}}}
+    (tmp_path / "tune.json").write_text(json.dumps(forged))
+    result = run_cli("estimate", "--documents", "100", "--prompts", "faq,math,table", "--tuned", tmp_path, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["prompt"]: r for r in orjson.loads(result.stdout)["rows"]}
+    assert rows["table"]["tokens_per_record"] == 50 and "hpcsynth tune" in rows["table"]["length_source"]
+    assert "hpcsynth tune" not in rows["faq"]["length_source"] and "hpcsynth tune" not in rows["math"]["length_source"]
+    assert "\x1b" not in result.stdout and "unknown device" in rows["faq"]["rate_source"]
