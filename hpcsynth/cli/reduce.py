@@ -67,6 +67,9 @@ def _staged(run, args: argparse.Namespace) -> str | None:
 
     filesystem()  # without s3fs, one line with the install hint before any work
     url = str(args.out)
+    from hpcsynth.storage.upload import check_prefix
+
+    check_prefix(url, run.fingerprint())  # another run's output there: one line before any work
     args.out = run.staged_reduce_dir(url)
     return url
 

@@ -20,14 +20,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import orjson
 
 from hpcsynth.errors import InputError
-from hpcsynth.files import open_regular
+from hpcsynth.files import open_regular, read_regular
 from hpcsynth.storage.s3 import filesystem, one_line
 
 LEFT_LOCAL = ("parts",)  # tokenized parts: the merge's input, kept in the staging folder for a re-mix
 LAST = ("report.json", "report-partial.json")
+REPORT_BYTES = 64 << 20  # a report read back from a bucket: ours are kilobytes; a larger one is not ours
 UPLOAD_BLOCK = 64 << 20  # bytes per multipart part, at least; S3 takes at most 10,000 parts (block_size below)
 MAX_PARTS = 9_000  # written last: the report makes a remote output count
 
@@ -47,6 +50,8 @@ def upload_dir(local: Path, url: str, before_each: Callable[[str], None] | None 
     base = url.rstrip("/")
     with one_line(url, "reduce --out"):
         fs.call_s3("list_objects_v2", Bucket=base[len("s3://"):].split("/", 1)[0], MaxKeys=1)
+        ours = _fingerprint(orjson.loads(read_regular(local / name)) for name in LAST if (local / name).is_file())
+        _not_another_runs(fs, url, ours)
         for relative in _files(local):
             target = f"{base}/{relative}"[len("s3://"):]
             # One descriptor for the checksum and the upload, opened without following a link: a file swapped
@@ -68,6 +73,36 @@ def upload_dir(local: Path, url: str, before_each: Callable[[str], None] | None 
             done.files += 1
             done.bytes += size
     return done
+
+
+def check_prefix(url: str, fingerprint: str) -> None:
+    """Before a reduce into `url` starts: InputError when the prefix holds another run's output (below)."""
+    with one_line(url, "reduce --out"):
+        _not_another_runs(filesystem(), url, fingerprint)
+
+
+def _not_another_runs(fs: Any, url: str, ours: str) -> None:
+    """Refuse a prefix whose report names another run (its fingerprint): its files and ours would mix, which a
+    local --out cannot do (one reduce lock per folder; each run stages in a folder of its own). The same run
+    (a re-mix under other reduce settings) replaces its own output, as locally. Checked before the reduce
+    starts and again before the upload (another run's upload may have ended meanwhile)."""
+    for name in LAST:
+        target = f"{url.rstrip('/')}/{name}"[len("s3://"):]
+        try:
+            with fs.open(target, "rb") as handle:
+                theirs = _fingerprint([orjson.loads(handle.read(REPORT_BYTES))])
+        except (FileNotFoundError, ValueError):
+            continue
+        if theirs and ours and theirs != ours:
+            raise InputError(f"reduce --out {url}: the prefix holds the output of another run (fingerprint "
+                             f"{theirs[:12]}, ours {ours[:12]}); pass another --out, or remove that output first")
+
+
+def _fingerprint(reports: Any) -> str:
+    for report in reports:
+        if isinstance(report, dict) and isinstance(report.get("fingerprint"), str):
+            return report["fingerprint"]
+    return ""
 
 
 def _sha256(handle: BinaryIO) -> str:

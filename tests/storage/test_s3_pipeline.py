@@ -197,3 +197,26 @@ def test_a_link_planted_in_the_staging_folder_is_never_uploaded(s3: Server, buck
             upload_dir(staged, f"s3://{bucket}/third")
     finally:
         upload._files = original
+
+
+def test_another_runs_prefix_is_refused_and_left_whole(s3: Server, bucket: str, tmp_path: Path,
+                                                       tokenizer: Path, corpora: dict[str, Path]) -> None:
+    """Each run stages in a folder of its own, so no reduce lock stands between two runs sent to one prefix:
+    the prefix's report says whose output it holds, and another run's upload is refused before any object."""
+    config = write_config(tmp_path, tokenizer)
+    ok("plan", config, "--run", tmp_path / "a", "--input", corpora["main"])
+    ok("plan", config, "--run", tmp_path / "b", "--input", corpora["web"])
+    for run in ("a", "b"):
+        ok("launch", tmp_path / run)
+    ok("reduce", tmp_path / "a", "--out", f"s3://{bucket}/shared")
+    before = {o["Key"]: o["ETag"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="shared/")["Contents"]}
+    said = one_line_error("reduce", tmp_path / "b", "--out", f"s3://{bucket}/shared")
+    assert "holds the output of another run" in said and "pass another --out" in said
+    after = {o["Key"]: o["ETag"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="shared/")["Contents"]}
+    assert after == before
+    assert "is whole" in ok("verify", f"s3://{bucket}/shared")
+    # The same run again (a re-mix under other reduce settings) replaces its own output.
+    remix = tmp_path / "remix.yaml"
+    remix.write_text("reduce:\n  original_ratio: 0.25\n")
+    ok("reduce", tmp_path / "a", "--out", f"s3://{bucket}/shared", "--config", remix)
+    assert "is whole" in ok("verify", f"s3://{bucket}/shared")
