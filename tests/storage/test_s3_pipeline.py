@@ -220,3 +220,28 @@ def test_another_runs_prefix_is_refused_and_left_whole(s3: Server, bucket: str, 
     remix.write_text("reduce:\n  original_ratio: 0.25\n")
     ok("reduce", tmp_path / "a", "--out", f"s3://{bucket}/shared", "--config", remix)
     assert "is whole" in ok("verify", f"s3://{bucket}/shared")
+
+
+def test_a_mix_in_object_changed_mid_reduce_stops_it_and_the_rerun_mixes_the_new_one(
+        s3: Server, bucket: str, tmp_path: Path, tokenizer: Path, corpora: dict[str, Path]) -> None:
+    from hpcsynth.errors import RunError
+    from hpcsynth.reduce.parts import reduce_part
+    from hpcsynth.reduce.reducer import prepare_reduce
+    from hpcsynth.rundir import RunDir
+
+    web = upload_corpus(s3, bucket, corpora["web"], "web/web.jsonl")
+    ok("plan", write_config(tmp_path, tokenizer, web), "--run", tmp_path / "run", "--input", corpora["main"])
+    ok("launch", tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    spec = prepare_reduce(run, tmp_path / "out", None, False)
+    corpus = [index for index, *_ in spec.corpus_parts]
+    # The object is rewritten after the reduce stamped it, before its part reads it.
+    write_corpus(tmp_path / "web2.jsonl", 15, prefix="changed")
+    upload_corpus(s3, bucket, tmp_path / "web2.jsonl", "web/web.jsonl")
+    with pytest.raises(RunError, match=r"web/web.jsonl \(reduce.mix.sources web\) changed since this reduce started "
+                                       r"\(\d[\d,]* bytes now"):
+        reduce_part(str(spec.out_dir), corpus[0])
+    # Run again: the new object's stamp is in the spec key, so its parts are made from it.
+    ok("reduce", tmp_path / "run", "--out", tmp_path / "out")
+    docs = (tmp_path / "out" / "mix.docs.jsonl").read_text()
+    assert "changed-" in docs
