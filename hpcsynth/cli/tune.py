@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hpcsynth.cli.study import count
+from hpcsynth.errors import HpcsynthError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,17 +48,23 @@ def tune_command(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.json else (lambda line: print(inert(line), file=sys.stderr, flush=True))
     options = TuneOptions(args.config, list(args.input), out, args.budget, args.trial_timeout, args.requests,
                           list(args.tries or []))
+    slurm = None
+    if args.executor == "slurm":
+        from hpcsynth.execute.launch import load_profile
+
+        base = load_config(args.config).slurm
+        slurm = load_profile(args.profile, base) if args.profile else base
+        options.gpus = slurm.gpus_per_task  # the knobs of the node the trials run on, not of this login node
+    elif args.profile:
+        raise HpcsynthError("--profile is for --executor slurm; drop it or add --executor slurm")
     from hpcsynth.tune.search import hold
 
     # `kill PID` stops the trial in flight as Ctrl-C does; a second tune into OUT is refused while this one runs.
     with stops_on_term_and_hup(), hold(out):
         prepare(options, say)
-        if args.executor == "slurm":
-            from hpcsynth.execute.launch import load_profile
+        if slurm is not None:
             from hpcsynth.tune.slurm import search_on_slurm
 
-            config = load_config(out / "config.yaml")
-            slurm = load_profile(args.profile, config.slurm) if args.profile else config.slurm
             say(f"tune: submitting the trials as one Slurm job (files under {out / 'slurm'})")
             search_on_slurm(out, slurm, args.budget * 60)
         else:

@@ -136,6 +136,7 @@ def hold(out: Path) -> Any:
 def _claim(out: Path) -> Path:
     """The tune directory (held: see hold), emptied of an earlier tune's files."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for name in ("sample", "trials"):
         if (out / name).is_dir() and not (out / name).is_symlink():
             shutil.rmtree(out / name)

@@ -251,3 +251,23 @@ def test_odd_fields_of_a_tune_json_never_reach_the_estimate_as_figures(tmp_path:
     assert rows["table"]["tokens_per_record"] == 50 and "hpcsynth tune" in rows["table"]["length_source"]
     assert "hpcsynth tune" not in rows["faq"]["length_source"] and "hpcsynth tune" not in rows["math"]["length_source"]
     assert "\x1b" not in result.stdout and "unknown device" in rows["faq"]["rate_source"]
+
+
+def test_a_slurm_tune_takes_its_knobs_from_the_gpu_node_it_asks_for(tmp_path: Path) -> None:
+    """prepare() runs on the login node, which has no GPU: the knobs come from the profile's GPUs per task."""
+    from hpcsynth.tune import TuneOptions, prepare
+    from hpcsynth.tune.space import default_knobs
+
+    config = fake_tune_config(tmp_path, model={"engine": "vllm", "path": str(tmp_path)})
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    corpus = write_corpus(tmp_path / "sample.jsonl", 10)
+    out = prepare(TuneOptions(config, [str(corpus)], tmp_path / "tune", gpus=4))
+    knobs = [k["name"] for k in orjson.loads((out / "options.json").read_bytes())["knobs"]]
+    assert knobs == ["vllm.max_num_seqs", "vllm.max_num_batched_tokens", "vllm.gpu_memory_utilization",
+                     "speculation", "vllm.engine_args.enable_chunked_prefill", "vllm.tensor_parallel_size"]
+    assert [k.name for k in default_knobs(load_config(config), 0)] == knobs[:2]  # a CPU: what vLLM's CPU build takes
+    tp = next(k for k in orjson.loads((out / "options.json").read_bytes())["knobs"]
+              if k["name"] == "vllm.tensor_parallel_size")
+    assert [c["vllm.tensor_parallel_size"] for c in tp["candidates"]] == [1, 2, 4]
+    result = run_cli("tune", config, "--input", corpus, "--out", tmp_path / "t2", "--profile", "site-dev")
+    assert result.returncode == 2 and "--profile is for --executor slurm" in result.stderr
