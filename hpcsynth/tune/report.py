@@ -21,8 +21,12 @@ def tuned_inputs(inputs: Inputs, tune: dict[str, Any], where: Path) -> Inputs:
     for prompt, length in (winner.get("output_tokens_per_record") or {}).items():
         if prompt not in lengths and isinstance(length, (int, float)) and length > 0:
             lengths[prompt] = (float(length), f"measured by hpcsynth tune in {where} (its sample)")
-    unit = "GPU" if device == "gpu" else "worker" if device == "cpu" else inputs.unit
-    return dataclasses.replace(inputs, measured_rates=rates, measured_lengths=lengths, unit=unit)
+    return dataclasses.replace(inputs, measured_rates=rates, measured_lengths=lengths, unit=unit_of(device))
+
+
+def unit_of(device: str) -> str:
+    """What a tune's rate is per: a GPU, a CPU worker (the tiny model, the fake engine), or an endpoint's server."""
+    return {"gpu": "GPU", "endpoint": "server"}.get(device, "worker")
 
 
 def tune_estimate(tune: dict[str, Any], where: Path, prompts: tuple[str, ...], documents: int,
@@ -39,7 +43,7 @@ def render_trials(tune: dict[str, Any], console: Any = None) -> None:
 
     console = console or Console()
     winner = (tune.get("winner") or {}).get("trial")
-    unit = "GPU" if tune.get("device") == "gpu" else "worker"
+    unit = unit_of(str(tune.get("device")))
     table = Table(title=f"tune: {len(tune['trials'])} trial(s), {tune.get('requests', 0):,} requests each "
                         f"({tune.get('engine')}, {tune.get('device')})", box=None, padding=(0, 1, 0, 0),
                   title_justify="left")

@@ -295,7 +295,9 @@ def _device(config: Config) -> str:
 
 
 def _unit(config: Config) -> str:
-    return "GPU" if _device(config) == "gpu" else "worker"
+    from hpcsynth.tune.report import unit_of
+
+    return unit_of(_device(config))
 
 
 def describe(result: dict[str, Any]) -> str:

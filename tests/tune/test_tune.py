@@ -65,6 +65,7 @@ def test_tune_survives_a_crash_and_an_oom_and_picks_the_fastest_batch(tmp_path: 
     assert {r["prompt"] for r in rows} == {"faq", "math"} and all(r["documents"] == 1000 for r in rows)
     assert all(r["tokens_per_s"] == pytest.approx(winner["tokens_per_s"]) for r in rows)
     assert all("hpcsynth tune" in r["rate_source"] and "hpcsynth tune" in r["length_source"] for r in rows)
+    assert data["estimate"]["unit"] == "worker"  # the fake engine's rate is no GPU's
     # The winner as the whole config loads as a config, and as a fragment names only what it changed.
     tuned = load_config(tmp_path / "tune" / "tuned.yaml")
     assert tuned.worker.batch_size == 8 and tuned.model.engine == "fake"

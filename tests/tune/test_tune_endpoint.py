@@ -65,4 +65,4 @@ def test_tune_finds_more_open_requests_faster_against_a_server(server: str, tmp_
     assert rates[1] < rates[2] < rates[8], rates
     assert data["winner"]["settings"] == {"endpoint.concurrency": 8}
     assert all(t["telemetry"] == {} for t in data["trials"])  # the server reports none: nothing invented
-    assert data["device"] == "endpoint"
+    assert data["device"] == "endpoint" and data["estimate"]["unit"] == "server"  # the rate is the server's
