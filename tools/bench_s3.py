@@ -74,8 +74,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=60000)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
-    import s3fs.core
-    from moto_s3 import _server
+    from moto_s3 import _server, counting_fetches
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-s3-"))
     (work / "local").mkdir(parents=True, exist_ok=True)
@@ -83,16 +82,7 @@ def main() -> None:
     size = sum(f.stat().st_size for f in files)
     config = work / "config.yaml"
     config.write_text("prompts: [faq, math]\nmodel: {engine: fake, path: fake-model}\nplan: {shard_docs: 5000}\n")
-    fetched = {"bytes": 0}
-    real_fetch = s3fs.core.S3File._fetch_range
-
-    def counted(self, start: int, end: int):
-        data = real_fetch(self, start, end)
-        fetched["bytes"] += len(data)
-        return data
-
-    s3fs.core.S3File._fetch_range = counted
-    with _server(authenticated=False) as server:
+    with _server(authenticated=False) as server, counting_fetches() as fetched:
         for name, value in server.env().items():
             if value is None:
                 os.environ.pop(name, None)

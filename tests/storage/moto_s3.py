@@ -130,3 +130,24 @@ def bucket(s3: Server) -> str:
     name = f"hpcsynth-{uuid.uuid4().hex[:12]}"
     s3.client().create_bucket(Bucket=name)
     return name
+
+
+@contextlib.contextmanager
+def counting_fetches() -> Iterator[dict[str, int]]:
+    """{"bytes": N}: what s3fs fetched from the server inside the block (every ranged GET of a file it reads),
+    for the tests and tools/bench_s3.py that hold a read to about one download."""
+    import s3fs.core
+
+    fetched = {"bytes": 0}
+    real = s3fs.core.S3File._fetch_range
+
+    def counted(self, start: int, end: int):
+        data = real(self, start, end)
+        fetched["bytes"] += len(data)
+        return data
+
+    s3fs.core.S3File._fetch_range = counted
+    try:
+        yield fetched
+    finally:
+        s3fs.core.S3File._fetch_range = real

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from conftest import run_cli, run_process, write_corpus
-from moto_s3 import Server, bucket, s3, s3_auth_server, s3_server  # noqa: F401 (fixtures)
+from moto_s3 import Server, bucket, counting_fetches, s3, s3_auth_server, s3_server  # noqa: F401 (fixtures)
 
 
 def config(folder: Path, extra: str = "") -> Path:
@@ -152,8 +152,8 @@ def test_credentials_from_a_named_profile(s3_auth_server: Server, tmp_path: Path
     assert "refused the request" in said and "AWS_PROFILE" in said
 
 
-def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: Server, bucket: str, tmp_path: Path,
-                                                                           monkeypatch) -> None:
+def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: Server, bucket: str,
+                                                                           tmp_path: Path) -> None:
     """A local .zst is checked for a cut by a seeking pass over its block headers before it is read; an object
     is followed as it streams (files.ZstdFrameWalk), so it is downloaded once, and a cut one still fails the plan
     with the local file's reason."""
@@ -172,19 +172,9 @@ def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: 
     (tmp_path / "cut.jsonl.zst").write_bytes(cut)
     s3.client().put_object(Bucket=bucket, Key="z/whole.jsonl.zst", Body=whole)
     s3.client().put_object(Bucket=bucket, Key="z/cut.jsonl.zst", Body=cut)
-    fetched = {"bytes": 0}
-    import s3fs.core
-
-    real_fetch = s3fs.core.S3File._fetch_range
-
-    def counted(self, start: int, end: int):  # every ranged GET s3fs sends for a file it reads
-        data = real_fetch(self, start, end)
-        fetched["bytes"] += len(data)
-        return data
-
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
-    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/z/whole.jsonl.zst",
-                     "--jobs", "1")
+    with counting_fetches() as fetched:
+        result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input",
+                         f"s3://{bucket}/z/whole.jsonl.zst", "--jobs", "1")
     assert result.returncode == 0, result.stderr
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["documents"] == 40_000
@@ -199,31 +189,22 @@ def test_a_zstd_object_is_downloaded_once_and_a_cut_one_is_named_as_locally(s3: 
         assert f"cut short or damaged inside the zstd frame at byte {frame}" in said, said
 
 
-def test_a_parquet_object_is_downloaded_once(s3: Server, bucket: str, tmp_path: Path, monkeypatch) -> None:
+def test_a_parquet_object_is_downloaded_once(s3: Server, bucket: str, tmp_path: Path) -> None:
     """The dictionary pages' headers are read through Arrow's own handle: a handle of their own fetched a
     read-ahead block of the object per header (1.7x its bytes before)."""
     import os
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import s3fs.core
 
     table = pa.table({"id": [f"p{i}" for i in range(20_000)], "text": [os.urandom(600).hex() for _ in range(20_000)]})
     pq.write_table(table, tmp_path / "big.parquet", row_group_size=2_000)
     size = (tmp_path / "big.parquet").stat().st_size
     assert size > 2 * (8 << 20)
     s3.client().upload_file(str(tmp_path / "big.parquet"), bucket, "pq/big.parquet")
-    fetched = {"bytes": 0}
-    real_fetch = s3fs.core.S3File._fetch_range
-
-    def counted(self, start: int, end: int):
-        data = real_fetch(self, start, end)
-        fetched["bytes"] += len(data)
-        return data
-
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
-    result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input", f"s3://{bucket}/pq/big.parquet",
-                     "--jobs", "1")
+    with counting_fetches() as fetched:
+        result = run_cli("plan", config(tmp_path), "--run", tmp_path / "run", "--input",
+                         f"s3://{bucket}/pq/big.parquet", "--jobs", "1")
     assert result.returncode == 0, result.stderr
     assert orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["documents"] == 20_000
     assert size <= fetched["bytes"] <= 1.1 * size, (fetched, size)
