@@ -522,7 +522,8 @@ AFTER_INTERRUPT = {
     "validate": "nothing was written; validate again",
     "repair": "committed shards of its sub-runs are kept; run the same repair again to go on from them",
     "demo": "pass a new directory to start the demo again",
-    "tune": "the trial in flight was stopped; tune.json holds the trials finished; run the tune again to start over",
+    "tune": "the trial in flight was stopped; tune.json holds the trials finished; run the same tune again to go on "
+            "from them",
 }
 
 

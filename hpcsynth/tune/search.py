@@ -80,23 +80,38 @@ def prepare(options: TuneOptions, say: Callable[[str], None] = lambda line: None
     for knob in knobs:  # every candidate is a valid config before any trial is paid for
         for candidate in knob.candidates:
             apply(config, candidate, f"--try {knob.name}")
-    out = _claim(options.out)
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
-    atomic_write_bytes(out / "config.yaml", resolved)
     wanted = options.requests or DEFAULT_REQUESTS.get(config.model.engine, OTHER_REQUESTS)
-    count = _write_requests(config, options.inputs, out, wanted, say)
+    requests = _requests(config, options.inputs, out, wanted, say)
+    count = requests.count(b"\n")
+    timeout = options.trial_timeout_s or max(120.0, options.budget_min * 60 / 4)
+    # What the trials measure: the same question asked again goes on from the trials already answered.
+    question = {"config_sha256": hashlib.sha256(resolved).hexdigest(),
+                "requests_sha256": hashlib.sha256(requests).hexdigest(), "trial_timeout_s": timeout,
+                "knobs": [{"name": k.name, "candidates": list(k.candidates), "grows_memory": k.grows_memory}
+                          for k in knobs]}
+    earlier = _earlier_question(out)
+    if earlier is not None and earlier == question:
+        kept = orjson.loads(read_regular(out / "options.json"))
+        kept["budget_s"] = options.budget_min * 60  # a budget for this invocation; the trials done are kept
+        atomic_write_bytes(out / "options.json", orjson.dumps(kept, option=orjson.OPT_INDENT_2))
+        done = len([t for t in _earlier_trials(out) if t.get("state") != "skipped"])
+        say(f"tune: going on from the {done} trial(s) in {out / MARKER} (the same config, sample and knobs); a new "
+            f"--out, or another of them, starts over")
+        return out
+    _claim(out)
+    atomic_write_bytes(out / "config.yaml", resolved)
+    atomic_write_bytes(out / "requests.jsonl", requests)
     notes = []
     biggest = max((v for k in knobs for c in k.candidates for key, v in c.items()
                    if key.endswith(("max_num_seqs", "batch_size", "concurrency")) and isinstance(v, int)), default=0)
     if biggest and count < 2 * biggest:
         notes.append(f"the sample gives {count:,} requests, under twice the largest batch tried ({biggest:,}): "
                      f"those trials never run full; pass a larger --input or --requests")
-    timeout = options.trial_timeout_s or max(120.0, options.budget_min * 60 / 4)
-    payload = {"budget_s": options.budget_min * 60, "trial_timeout_s": timeout, "requests": count,
-               "config_sha256": hashlib.sha256(resolved).hexdigest(),
-               "knobs": [{"name": k.name, "candidates": list(k.candidates), "grows_memory": k.grows_memory}
-                         for k in knobs], "notes": notes, "inputs": list(options.inputs),
-               "config_source": str(options.config)}
+    payload = {"budget_s": options.budget_min * 60, "requests": count, **question, "notes": notes,
+               "inputs": list(options.inputs), "config_source": str(options.config)}
     atomic_write_bytes(out / "options.json", orjson.dumps(payload, option=orjson.OPT_INDENT_2))
     return out
 
@@ -137,7 +152,7 @@ def _claim(out: Path) -> Path:
     """The tune directory (held: see hold), emptied of an earlier tune's files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("sample", "trials"):
+    for name in ("trials",):
         if (out / name).is_dir() and not (out / name).is_symlink():
             shutil.rmtree(out / name)
         elif (out / name).exists() or (out / name).is_symlink():
@@ -148,15 +163,39 @@ def _claim(out: Path) -> Path:
     return out
 
 
-def _write_requests(config: Config, inputs: list[str], out: Path, wanted: int, say: Callable[[str], None]) -> int:
-    """Plan the sample into OUT/sample and write the first `wanted` requests the workers would send."""
+def _earlier_question(out: Path) -> dict[str, Any] | None:
+    """What an earlier tune into OUT measured (its options.json), when its trials are there to go on from."""
+    try:
+        kept = orjson.loads(read_regular(out / "options.json"))
+        read_regular(out / MARKER)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(kept, dict):
+        return None
+    return {key: kept.get(key) for key in ("config_sha256", "requests_sha256", "trial_timeout_s", "knobs")}
+
+
+def _earlier_trials(out: Path) -> list[dict[str, Any]]:
+    """The trials an earlier tune into OUT finished (its tune.json), each as it wrote it."""
+    try:
+        data = orjson.loads(read_regular(out / MARKER))
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    trials = data.get("trials") if isinstance(data, dict) else None
+    return [t for t in trials if isinstance(t, dict) and isinstance(t.get("trial"), int)
+            and isinstance(t.get("settings"), dict) and isinstance(t.get("state"), str)] if isinstance(trials, list) else []
+
+
+def _requests(config: Config, inputs: list[str], out: Path, wanted: int, say: Callable[[str], None]) -> bytes:
+    """Plan the sample into OUT/sample (again: the same sample plans the same) and return the first `wanted`
+    requests the workers would send, as requests.jsonl holds them."""
     from hpcsynth.generate.shard import read_shard, record_seed, routed_pairs, truncate_document
     from hpcsynth.plan import plan_corpus
     from hpcsynth.prompts import load_prompts
     from hpcsynth.rundir import RunDir
 
     sample = RunDir(out / "sample")
-    plan_corpus(config, sample, inputs=inputs or None, jobs=1)
+    plan_corpus(config, sample, inputs=inputs or None, jobs=1, force=True)
     prompts = load_prompts(config)
     lines, limit = [], config.model.max_input_chars
     for row in sample.manifest_rows():
@@ -173,10 +212,9 @@ def _write_requests(config: Config, inputs: list[str], out: Path, wanted: int, s
     if not lines:
         raise HpcsynthError(f"the sample {', '.join(inputs)} gives no request (every document filtered out or "
                             f"routed to no prompt); pass documents the run would rephrase")
-    atomic_write_bytes(out / "requests.jsonl", b"\n".join(lines) + b"\n")
     say(f"tune: {len(lines):,} requests from the sample ({len({l.split(b'/')[0] for l in lines}):,} documents "
         f"planned into {sample.root})")
-    return len(lines)
+    return b"\n".join(lines) + b"\n"
 
 
 def search(out: Path, say: Callable[[str], None] = lambda line: None) -> TuneResult:
@@ -187,6 +225,7 @@ def search(out: Path, say: Callable[[str], None] = lambda line: None) -> TuneRes
     keys = list(dict.fromkeys(key for knob in knobs for c in knob.candidates for key in c))
     deadline = time.monotonic() + float(options["budget_s"])
     state = _State(out, config, keys, list(options.get("notes", [])), options)
+    state.resume(_earlier_trials(out))
     best: Settings = {}
     state.run({}, "baseline", deadline, float(options["trial_timeout_s"]), say)
     for knob in knobs:
@@ -218,6 +257,20 @@ class _State:
         self.base = settings_of(config, keys)
         self.trials: list[dict[str, Any]] = []
         self.seen: dict[str, dict[str, Any]] = {}
+        self.next = 0  # the next trial's number (its files: trials/K.*)
+
+    def resume(self, earlier: list[dict[str, Any]]) -> None:
+        """Take the trials an earlier tune of the same question finished: the walk meets them again and uses
+        their results instead of running them (what it skipped, it decides again)."""
+        for trial in earlier:
+            self.next = max(self.next, trial["trial"] + 1)
+            if trial["state"] == "skipped" or trial.get("cut_by_budget"):  # decided again, run again
+                continue
+            self.trials.append(trial)
+            self.seen[self._key(trial["settings"])] = trial
+
+    def _key(self, settings: Settings) -> str:
+        return json.dumps(self.effective(settings), sort_keys=True, default=str)
 
     def effective(self, settings: Settings) -> Settings:
         """The values a trial runs with: the config's, with these laid over (None: not set)."""
@@ -232,14 +285,17 @@ class _State:
 
     def run(self, settings: Settings, knob: str, deadline: float, timeout_s: float,
             say: Callable[[str], None]) -> dict[str, Any] | None:
-        key = json.dumps(self.effective(settings), sort_keys=True, default=str)
+        key = self._key(settings)
         if key in self.seen:  # the same values as a trial already run (the config's own value, say)
             return self.seen[key]
-        number = len(self.trials)
+        number, self.next = self.next, self.next + 1
         shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the config as given"
         say(f"tune: trial {number} ({knob}): {shown}")
         process = start_trial(self.out, number, settings)
-        result = finish_trial(self.out, number, process, min(timeout_s, max(1.0, deadline - time.monotonic())))
+        given = min(timeout_s, max(1.0, deadline - time.monotonic()))
+        result = finish_trial(self.out, number, process, given)
+        if result["state"] == "timeout" and given < timeout_s:  # the budget ended it, not its own deadline
+            result["cut_by_budget"] = True
         result.update(trial=number, knob=knob, settings=settings)
         self.trials.append(result)
         self.seen[key] = result
@@ -248,8 +304,9 @@ class _State:
         return result
 
     def skip(self, settings: Settings, knob: str, why: str) -> None:
-        self.trials.append({"trial": len(self.trials), "knob": knob, "settings": settings, "state": "skipped",
+        self.trials.append({"trial": self.next, "knob": knob, "settings": settings, "state": "skipped",
                             "error": why})
+        self.next += 1
         self.write()
 
     def winner(self) -> dict[str, Any] | None:

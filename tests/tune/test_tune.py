@@ -272,3 +272,37 @@ def test_a_slurm_tune_takes_its_knobs_from_the_gpu_node_it_asks_for(tmp_path: Pa
     assert [c["vllm.tensor_parallel_size"] for c in tp["candidates"]] == [1, 2, 4]
     result = run_cli("tune", config, "--input", corpus, "--out", tmp_path / "t2", "--profile", "site-dev")
     assert result.returncode == 2 and "--profile is for --executor slurm" in result.stderr
+
+
+def test_the_same_tune_again_goes_on_from_the_trials_it_finished(tmp_path: Path) -> None:
+    """Stopped (Ctrl-C, SIGTERM, a preempted job) and run again with the same config, sample and knobs, a tune
+    keeps the trials it finished and runs only the rest; another sample starts over."""
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "sample.jsonl", 20)
+    config = fake_tune_config(tmp_path)
+    args = [sys.executable, "-m", "hpcsynth", "tune", str(config), "--input", str(corpus), "--out",
+            str(tmp_path / "tune"), "--try", "worker.batch_size=1,2,4"]
+    env = {**os.environ, "HPCSYNTH_FAKE_FAULTS": json.dumps({"hang_at": 2, "step_s": 0.01})}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "tune" / "trials" / "2.log").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    first = trials_of(tmp_path)
+    assert [t["settings"] for t in first] == [{}, {"worker.batch_size": 1}]  # the hung trial 2 was not finished
+    again = run_cli(*args[3:], "--json", env={"HPCSYNTH_FAKE_FAULTS": json.dumps({"step_s": 0.01})})
+    assert again.returncode == 0, again.stderr
+    data = orjson.loads(again.stdout)
+    assert data["trials"][:2] == first  # kept as they were, not measured again
+    assert [t["settings"] for t in data["trials"]] == [{}, {"worker.batch_size": 1}, {"worker.batch_size": 2},
+                                                       {"worker.batch_size": 4}]
+    assert [t["trial"] for t in data["trials"]] == [0, 1, 2, 3]  # 2 again: the stopped one left no result
+    assert all(t["state"] == "ok" for t in data["trials"])
+    write_corpus(tmp_path / "sample.jsonl", 21)  # another sample: its requests differ, the trials start over
+    fresh = run_cli(*args[3:], "--json", env={"HPCSYNTH_FAKE_FAULTS": json.dumps({"step_s": 0.01})})
+    trials = orjson.loads(fresh.stdout)["trials"]
+    assert [t["trial"] for t in trials] == [0, 1, 2, 3] and trials[0]["wall_s"] != data["trials"][0]["wall_s"]
