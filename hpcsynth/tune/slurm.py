@@ -25,10 +25,12 @@ def tune_task(out: str) -> int:
 
 
 def search_on_slurm(out: Path, config: SlurmConfig, budget_s: float) -> Any:
-    from hpcsynth.execute.slurm import check_slurm_path, map_array
+    from hpcsynth.execute.slurm import Requeued, check_slurm_path, map_array
 
     check_slurm_path(out, "tune directory", "pass an --out without them")
     job = dataclasses.replace(config, array_tasks=1, job_name=f"{config.job_name}-tune",
                               time_min=math.ceil(budget_s / 60) + SLACK_MIN)
-    (count,) = map_array(tune_task, [str(out.resolve())], job, out / "slurm", "tune", again="run the tune again")
+    # Preempted or out of time, the job is requeued and its search goes on from the trials in tune.json.
+    (count,) = map_array(Requeued(tune_task), [str(out.resolve())], job, out / "slurm", "tune",
+                         again="run the tune again")
     return count
