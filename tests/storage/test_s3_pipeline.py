@@ -245,3 +245,16 @@ def test_a_mix_in_object_changed_mid_reduce_stops_it_and_the_rerun_mixes_the_new
     ok("reduce", tmp_path / "run", "--out", tmp_path / "out")
     docs = (tmp_path / "out" / "mix.docs.jsonl").read_text()
     assert "changed-" in docs
+
+
+def test_tune_takes_its_sample_from_a_bucket(s3: Server, bucket: str, tmp_path: Path, tokenizer: Path,
+                                             corpora: dict[str, Path]) -> None:
+    """`hpcsynth tune --input s3://...` plans its sample as `plan` does: the same readers, from the bucket."""
+    upload_corpus(s3, bucket, corpora["main"], "sample/main.jsonl")
+    result = run_cli("tune", write_config(tmp_path, tokenizer), "--input", f"s3://{bucket}/sample/*.jsonl", "--out",
+                     tmp_path / "tune", "--try", "worker.batch_size=2", "--json")
+    assert result.returncode == 0, result.stderr
+    data = orjson.loads(result.stdout)
+    assert [t["state"] for t in data["trials"]] == ["ok", "ok"] and data["requests"] == 30  # 30 documents x faq
+    manifest = orjson.loads((tmp_path / "tune" / "sample" / "manifest.json").read_bytes())
+    assert manifest["inputs"][0]["path"] == f"s3://{bucket}/sample/main.jsonl" and manifest["inputs"][0]["etag"]
