@@ -43,6 +43,8 @@ def check_scheme(name: str, what: str) -> None:
     from hpcsynth.errors import InputError
 
     scheme = scheme_of(name)
+    if scheme == "s3" and not name[len("s3://"):].split("/", 1)[0]:
+        raise InputError(f"{what} {name!r} names no bucket; write s3://BUCKET/KEY (a key, a prefix or a glob)")
     if scheme is None or scheme in SUPPORTED:
         return
     raise InputError(f"{what} {name!r}: {scheme}:// is not supported (only s3:// URLs and local paths are); copy "

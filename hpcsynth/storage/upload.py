@@ -140,6 +140,9 @@ def _whole(fs: object, target: str, size: int, digest: str) -> bool:
 def download_dir(url: str) -> Path:
     """Every object below url, into a new temporary folder (the caller removes it); InputError when the
     prefix holds nothing."""
+    from hpcsynth.storage import check_scheme
+
+    check_scheme(url, "verify")
     fs = filesystem()
     base = url.rstrip("/")[len("s3://"):]
     with one_line(url, "verify"):

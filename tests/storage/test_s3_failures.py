@@ -208,3 +208,17 @@ def test_a_parquet_object_is_downloaded_once(s3: Server, bucket: str, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["documents"] == 20_000
     assert size <= fetched["bytes"] <= 1.1 * size, (fetched, size)
+
+
+@pytest.mark.parametrize("args", [("plan", "--input", "s3://"), ("plan", "--input", "s3:///key.jsonl"),
+                                  ("verify", "s3:///out"), ("reduce", "--out", "s3://")])
+def test_a_url_without_a_bucket_is_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    command, *rest = args
+    if command == "plan":
+        argv = ["plan", config(tmp_path), "--run", tmp_path / "run", *rest]
+    elif command == "reduce":
+        argv = ["reduce", tmp_path / "run", *rest]
+    else:
+        argv = list(args)
+    said = one_line_error(*argv)
+    assert "names no bucket" in said and "s3://BUCKET/KEY" in said
