@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--config", type=Path, help="a config to use instead of the run's own (must not change "
                                                    "outputs unless --force)")
     launch.add_argument("--force", action="store_true", help="adopt --config even if it changes outputs; "
-                                                             "submit even while the run has active Slurm jobs")
+                                                             "submit even while the run has active Slurm jobs; go on "
+                                                             "from the shards when an input object in a bucket "
+                                                             "changed since the plan")
     launch.add_argument("--retry-failed", action="store_true", help="also rerun shards marked failed")
     launch.add_argument("--verify", choices=["sha256", "size"], default="sha256",
                         help="how done outputs are checked before relaunching: sha256 reads every "

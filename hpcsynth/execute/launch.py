@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from hpcsynth.config import (Config, SlurmConfig, config_from_dict, diff_configs, fingerprint, load_config,
                              read_yaml)
-from hpcsynth.errors import ConfigError, HpcsynthError, RunError
+from hpcsynth.errors import ConfigError, HpcsynthError, InputError, RunError
 from hpcsynth.files import read_json
 from hpcsynth.prompts import load_prompts
 from hpcsynth.execute.local import describe_failures, run_task, run_worker_processes, visible_gpus
@@ -49,7 +50,7 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
                config_path: Path | None = None, force: bool = False, profile: Path | None = None,
                verify: str = "sha256", add_workers: bool = False) -> LaunchReport:
     run.require_planned()
-    _check_planned_objects(run)
+    _check_planned_objects(run, force)
     try:
         config = run.config()  # a broken resolved config should fail here, not inside a worker
     except RunError:
@@ -78,10 +79,12 @@ def launch_run(run: RunDir, executor: str = "local", retry_failed: bool = False,
     return dataclasses.replace(_report(run, executor), worker_errors=errors, repaired=repaired)
 
 
-def _check_planned_objects(run: RunDir) -> None:
+def _check_planned_objects(run: RunDir, force: bool) -> None:
     """Inputs planned from a bucket are still the objects the shards were cut from (ETag and size), checked
     once here, before any worker starts or any job waits in a queue: the workers read the shards, never the
-    bucket, so a changed corpus would otherwise go unnoticed until someone compared the data by hand."""
+    bucket, so a changed corpus would otherwise go unnoticed until someone compared the data by hand. With
+    --force (a campaign whose corpus was updated upstream mid-way), a warning: the shards, which hold the
+    planned version, are what the workers read anyway."""
     try:
         inputs = read_json(run.manifest_path).get("inputs") or []
     except (OSError, ValueError, AttributeError):  # a damaged manifest: what reads it next says so, as before
@@ -90,7 +93,13 @@ def _check_planned_objects(run: RunDir) -> None:
             and any("etag" in entry for entry in inputs):
         from hpcsynth.plan.manifest import check_objects_unchanged
 
-        check_objects_unchanged(inputs)
+        try:
+            check_objects_unchanged(inputs)
+        except InputError as exc:
+            if not force:
+                raise
+            print(f"hpcsynth: warning: {str(exc).split('; its shards')[0]}; --force: going on from the shards, which "
+                  f"hold the planned version", file=sys.stderr)
 
 
 def _launch_local(run: RunDir, config: Config, workers: int, retry_failed: bool, add: bool) -> list[str]:

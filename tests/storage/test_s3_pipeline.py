@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from conftest import run_cli, write_corpus
+from hpcsynth.files import read_jsonl_zst
 from moto_s3 import Server, bucket, s3, s3_server  # noqa: F401 (fixtures)
 
 TOKEN_FILES = ("mix.bin", "mix.idx")
@@ -108,6 +109,33 @@ def test_an_object_changed_after_the_plan_stops_launch_in_one_line(s3: Server, b
     # A re-plan without --force names the change.
     said = one_line_error("plan", write_config(tmp_path, tokenizer), "--run", tmp_path / "run", "--input", url)
     assert "inputs changed" in said
+    # A campaign whose corpus was updated upstream mid-way goes on from its shards with launch --force.
+    forced = run_cli("launch", tmp_path / "run", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "warning" in forced.stderr and "going on from the shards" in forced.stderr and url in forced.stderr
+    records = [r for p in sorted((tmp_path / "run" / "outputs").iterdir()) for r in read_jsonl_zst(p)]
+    assert {r["source_id"] for r in records} == {f"doc-{i}" for i in range(30)}  # the planned version's 30
+
+
+def test_launch_checks_many_objects_at_once(s3: Server, bucket: str, tmp_path: Path, tokenizer: Path) -> None:
+    """One HEAD per object, 16 at a time: a dump of hundreds of objects is checked in about the time of a few."""
+    import time
+
+    for i in range(200):
+        s3.client().put_object(Bucket=bucket, Key=f"many/{i:04d}.jsonl",
+                               Body=orjson.dumps({"id": f"m{i}", "text": f"document {i} " * 20}) + b"\n")
+    ok("plan", write_config(tmp_path, tokenizer), "--run", tmp_path / "run", "--input", f"s3://{bucket}/many/")
+    from hpcsynth.plan.manifest import check_objects_unchanged
+
+    inputs = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())["inputs"]
+    assert len(inputs) == 200
+    started = time.monotonic()
+    check_objects_unchanged(inputs)
+    took = time.monotonic() - started
+    s3.client().put_object(Bucket=bucket, Key="many/0150.jsonl", Body=b'{"id": "x", "text": "changed"}\n')
+    with pytest.raises(Exception, match="many/0150.jsonl changed"):
+        check_objects_unchanged(inputs)
+    assert took < 30, took
 
 
 def test_an_object_deleted_after_the_plan_stops_launch_in_one_line(s3: Server, bucket: str, tmp_path: Path,
