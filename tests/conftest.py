@@ -305,3 +305,19 @@ def small_tmpfs(folder: Path, size: str = "1m"):
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def loopback_server(handler):
+    """A stand-in HTTP server (a BaseHTTPRequestHandler class) on 127.0.0.1 and a free port, served from a
+    thread for the block; yields its base URL, http://127.0.0.1:PORT."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

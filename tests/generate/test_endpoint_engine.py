@@ -10,10 +10,11 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from conftest import loopback_server
 from hpcsynth.config import config_from_dict
 from hpcsynth.generate.engines import Request, make_engine
 from hpcsynth.errors import EngineError
@@ -76,12 +77,8 @@ def server():
     FakeOpenAI.hits = Counter()
     FakeOpenAI.bodies, FakeOpenAI.headers_seen = [], []
     FakeOpenAI.open_now = FakeOpenAI.most_open = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(FakeOpenAI) as base:
+        yield f"{base}/v1"
 
 
 def engine_for(url: str, model: str = "tiny-model", **endpoint):

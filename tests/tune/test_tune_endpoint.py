@@ -5,16 +5,15 @@ whatever the load, as a server with room to spare does, so more open requests fi
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import orjson
 import pytest
 import yaml
 
-from conftest import run_cli, write_corpus
+from conftest import loopback_server, run_cli, write_corpus
 
 
 class Slow(BaseHTTPRequestHandler):
@@ -42,12 +41,8 @@ class Slow(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(Slow) as base:
+        yield f"{base}/v1"
 
 
 def test_tune_finds_more_open_requests_faster_against_a_server(server: str, tmp_path: Path) -> None:
