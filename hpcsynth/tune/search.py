@@ -182,8 +182,20 @@ def _earlier_trials(out: Path) -> list[dict[str, Any]]:
     except (OSError, orjson.JSONDecodeError):
         return []
     trials = data.get("trials") if isinstance(data, dict) else None
-    return [t for t in trials if isinstance(t, dict) and isinstance(t.get("trial"), int)
-            and isinstance(t.get("settings"), dict) and isinstance(t.get("state"), str)] if isinstance(trials, list) else []
+    return [t for t in trials if _whole_trial(t)] if isinstance(trials, list) else []
+
+
+def _whole_trial(trial: Any) -> bool:
+    """A trial as a tune writes it (a damaged or hand-edited one is measured again): its number, settings and
+    state, and for an ok one the figures the table and the winner read."""
+    if not (isinstance(trial, dict) and isinstance(trial.get("trial"), int) and not isinstance(trial["trial"], bool)
+            and 0 <= trial["trial"] < 1 << 20 and isinstance(trial.get("settings"), dict)
+            and trial.get("state") in ("ok", "oom", "timeout", "invalid", "crash", "skipped")):
+        return False
+    if trial["state"] != "ok":
+        return True
+    return all(_number(trial.get(key), 1e12) for key in ("tokens_per_s", "requests", "wall_s")) and \
+        isinstance(trial.get("load_s"), (int, float)) and isinstance(trial.get("telemetry", {}), dict)
 
 
 def _requests(config: Config, inputs: list[str], out: Path, wanted: int, say: Callable[[str], None]) -> bytes:

@@ -306,3 +306,32 @@ def test_the_same_tune_again_goes_on_from_the_trials_it_finished(tmp_path: Path)
     fresh = run_cli(*args[3:], "--json", env={"HPCSYNTH_FAKE_FAULTS": json.dumps({"step_s": 0.01})})
     trials = orjson.loads(fresh.stdout)["trials"]
     assert [t["trial"] for t in trials] == [0, 1, 2, 3] and trials[0]["wall_s"] != data["trials"][0]["wall_s"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "forged-trial", "symlink"])
+def test_a_damaged_tune_json_is_measured_again_not_trusted(tmp_path: Path, damage: str) -> None:
+    args = ("--try", "worker.batch_size=2", "--json")
+    first = tune(tmp_path, *args, faults={"step_s": 0.01})
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / "tune" / "tune.json"
+    data = orjson.loads(path.read_bytes())
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "forged-trial":  # the baseline's figures gone: it is run again, the other kept
+        data["trials"][0].pop("tokens_per_s")
+        data["trials"][0]["telemetry"] = "\x1b[2J"
+        path.write_bytes(orjson.dumps(data))
+    else:
+        (tmp_path / "secret.txt").write_text("TOPSECRET-tune\n")
+        path.unlink()
+        path.symlink_to(tmp_path / "secret.txt")
+    again = tune(tmp_path, *args, faults={"step_s": 0.01})
+    assert again.returncode == 0, again.stderr
+    assert "TOPSECRET" not in again.stdout + again.stderr and "Traceback" not in again.stderr
+    trials = orjson.loads(again.stdout)["trials"]
+    assert [t["state"] for t in trials] == ["ok", "ok"]
+    before = {json.dumps(t["settings"]): t["wall_s"] for t in data["trials"]}
+    remeasured = {json.dumps(t["settings"]): t["wall_s"] != before[json.dumps(t["settings"])] for t in trials}
+    assert remeasured == ({"{}": True, '{"worker.batch_size": 2}': False} if damage == "forged-trial" else
+                          {"{}": True, '{"worker.batch_size": 2}': True})
+    assert not path.is_symlink()
